@@ -1,0 +1,53 @@
+//! Run work in separate OS processes as easily as in threads: Python's `multiprocessing`,
+//! in Rust, and crash-proof.
+//!
+//! # A first process
+//! ```
+//! use multiproc::Process;
+//!
+//! let mut p = Process::with_args(|who: String| println!("hello, {who}"), "world".to_string());
+//! p.start()?;
+//! assert_eq!(p.join()?, 0); // the exit code
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! # A typed result, as with `std::thread`
+//! ```
+//! let handle = multiproc::spawn(|| (1..=10u64).product::<u64>())?;
+//! assert_eq!(handle.join()?, 3_628_800);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What is here
+//! - [`Process`] with Python's surface: start, join (with timeout), is_alive, terminate,
+//!   kill, close, pid, exitcode, name, daemon, authkey, sentinel; built with a target and
+//!   arguments, in the subclass style through [`Run`], or with a [`Builder`].
+//! - [`spawn`] → [`JoinHandle<T>`]: the child's return value, or a [`JoinError`] that tells a
+//!   panic from a signal from an exit code.
+//! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
+//! - Start methods ([`StartMethod`]); `fork` today.
+//!
+//! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
+//! counterpart of Python's `log_to_stderr`.
+//!
+//! # Safety of data
+//! Values cross process boundaries with serde and postcard. Decoding only ever builds plain
+//! data: unlike Python's pickle, bytes received from another process never run code.
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs, missing_debug_implementations)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod context;
+mod error;
+mod process;
+mod start;
+#[allow(unsafe_code)]
+mod sys;
+mod wire;
+
+pub use context::{StartMethod, get_all_start_methods, get_start_method};
+pub use error::{Error, ErrorKind, JoinError, Result};
+pub use process::{
+    ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
+    active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
+};

@@ -1,0 +1,125 @@
+//! The child's side of a start: become the new process, run the target, report, leave.
+//!
+//! [`run_forked`] is what a forked child executes. Until it calls the target it does only
+//! async-signal-safe work (a `prctl`, a `getppid`, atomic stores): everything that needs memory
+//! was prepared by the parent before the fork. Start methods that begin a fresh program rebuild
+//! the same [`ChildPlan`] from bytes and join the same path at [`run_target`].
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use serde::{Deserialize, Serialize};
+
+use super::children;
+use super::env::{self, ProcessEnv};
+use super::target::Task;
+use crate::error::Result;
+use crate::sys;
+use crate::wire;
+
+/// What the parent prepares for a child before it exists.
+#[derive(Debug)]
+pub(crate) struct ChildPlan {
+    pub(crate) env: Box<ProcessEnv>,
+    /// Write end of the pipe that carries the [`Outcome`] back, for typed `JoinHandle`s.
+    pub(crate) result: Option<OwnedFd>,
+}
+
+/// How the target ended, sent from child to parent for typed results.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The target returned; its value, encoded.
+    Returned(Vec<u8>),
+    /// The target panicked.
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    /// The target returned a value that could not be encoded.
+    Unencodable(String),
+}
+
+/// The exit code of a child whose target panicked, as Python's for an uncaught exception.
+pub(crate) const PANIC_EXIT_CODE: i32 = 1;
+
+/// The body of a forked child. Returns its exit code.
+pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
+    if plan.env.identity.daemon {
+        if let Some((parent, _)) = &plan.env.identity.parent {
+            if !sys::die_with_parent(*parent) {
+                return PANIC_EXIT_CODE;
+            }
+        }
+    }
+    env::install(plan.env);
+    // User code from here on.
+    run_target(plan.result, move || task.run_here())
+}
+
+/// Runs `target` as this child's body, reports its outcome on `result` if given, joins the
+/// child's own children as Python's `_exit_function` does, flushes stdout, and returns the
+/// exit code.
+pub(crate) fn run_target(result: Option<OwnedFd>, target: impl FnOnce() -> Result<Vec<u8>>) -> i32 {
+    CAPTURE_PANICS.set(true);
+    let outcome = match panic::catch_unwind(AssertUnwindSafe(target)) {
+        Ok(Ok(bytes)) => Outcome::Returned(bytes),
+        Ok(Err(e)) => {
+            eprintln!("multiproc: child could not report its result: {e}");
+            Outcome::Unencodable(e.to_string())
+        }
+        Err(payload) => Outcome::Panicked {
+            message: panic_message(&*payload),
+            location: PANIC_LOCATION.take(),
+        },
+    };
+    CAPTURE_PANICS.set(false);
+    let code = match outcome {
+        Outcome::Returned(_) => 0,
+        _ => PANIC_EXIT_CODE,
+    };
+    if let Some(fd) = result {
+        // The parent may be gone already; then nobody is waiting for the value.
+        if let Ok(frame) = wire::encode_frame(&outcome) {
+            let _ = sys::write_all(fd.as_fd(), &frame);
+        }
+    }
+    children::shutdown();
+    let _ = std::io::stdout().flush();
+    code
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs a child's target: its panics are recorded for the parent.
+    static CAPTURE_PANICS: Cell<bool> = const { Cell::new(false) };
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Chains a panic hook that records where a target panicked, then prints as before (the
+/// child's stderr shows the message, as Python prints a traceback). Installed in the parent,
+/// before the first child starts, so a forked child never has to allocate for it.
+pub(crate) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if CAPTURE_PANICS.get() {
+                let location = info.location().map(|l| l.to_string());
+                PANIC_LOCATION.set(location);
+            }
+            previous(info);
+        }));
+    });
+}

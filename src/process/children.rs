@@ -1,0 +1,125 @@
+//! The parent's side of a started child: its pidfd, how it ended, and the process-wide list
+//! behind `active_children()` and the exit-time join.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Instant;
+
+use super::env;
+use crate::sys::{self, Kill, RawPid};
+
+/// A child process this process started and has not necessarily reaped.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub(crate) pid: RawPid,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    /// Readable once the child has exited: Python's `sentinel`.
+    pidfd: OwnedFd,
+    /// Python's `exitcode` once the child was reaped. The lock also serialises reaping.
+    exitcode: Mutex<Option<i32>>,
+}
+
+impl Child {
+    pub(crate) fn new(pid: RawPid, pidfd: OwnedFd, name: String, daemon: bool) -> Self {
+        Child {
+            pid,
+            name,
+            daemon,
+            pidfd,
+            exitcode: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn sentinel(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The exit code if the child has ended, reaping it if needed. Never blocks.
+    pub(crate) fn poll(&self) -> io::Result<Option<i32>> {
+        let mut code = self.exitcode.lock().unwrap_or_else(|e| e.into_inner());
+        if code.is_none() {
+            *code = sys::try_reap(self.pidfd.as_fd())?;
+            if let Some(c) = *code {
+                tracing::info!(pid = self.pid, name = %self.name, exitcode = c, "process exited");
+            }
+        }
+        Ok(*code)
+    }
+
+    /// Waits until the child ends or `deadline` passes; `None` waits forever.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<i32>> {
+        loop {
+            if let Some(code) = self.poll()? {
+                return Ok(Some(code));
+            }
+            let ready = sys::wait_readable(&[self.pidfd.as_fd()], deadline)?;
+            if !ready[0] && deadline.is_some_and(|d| Instant::now() >= d) {
+                return self.poll();
+            }
+        }
+    }
+
+    /// Sends SIGTERM or SIGKILL, unless the child was already reaped.
+    pub(crate) fn signal(&self, sig: Kill) -> io::Result<()> {
+        let code = self.exitcode.lock().unwrap_or_else(|e| e.into_inner());
+        if code.is_none() {
+            tracing::info!(pid = self.pid, name = %self.name, signal = ?sig, "signalling process");
+            sys::pidfd_signal(self.pidfd.as_fd(), sig)?;
+        }
+        Ok(())
+    }
+}
+
+/// Records a newly started child so that `active_children()` and the exit-time join see it.
+pub(crate) fn register(child: &Arc<Child>) {
+    ensure_exit_handler();
+    let mut children = env::current().children();
+    // Reap what ended meanwhile (Python's `_cleanup` on every start), so dropped processes
+    // do not linger as zombies.
+    children.retain(|c| matches!(c.poll(), Ok(None)));
+    children.push(Arc::clone(child));
+}
+
+/// Drops a reaped child from the list, so its pidfd closes with the last handle.
+pub(crate) fn forget(child: &Arc<Child>) {
+    env::current().children().retain(|c| !Arc::ptr_eq(c, child));
+}
+
+/// The started children still running, reaping (and forgetting) those that ended.
+pub(crate) fn active() -> Vec<Arc<Child>> {
+    let mut children = env::current().children();
+    children.retain(|c| matches!(c.poll(), Ok(None)));
+    children.clone()
+}
+
+/// Python's `_exit_function`: terminate daemonic children, then join every child.
+///
+/// Runs at normal exit of the main process, and at the end of every child's bootstrap.
+pub(crate) fn shutdown() {
+    for child in active() {
+        if child.daemon {
+            let _ = child.signal(Kill::Term);
+        }
+    }
+    for child in active() {
+        tracing::info!(pid = child.pid, name = %child.name, "joining child at exit");
+        let _ = child.wait(None);
+    }
+    env::current().children().clear();
+}
+
+extern "C" fn shutdown_at_exit() {
+    // A panic must not unwind into libc's exit machinery.
+    let _ = std::panic::catch_unwind(shutdown);
+}
+
+fn ensure_exit_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = sys::at_exit(shutdown_at_exit) {
+            tracing::warn!(error = %e, "could not register exit handler; children will not be joined at exit");
+        }
+    });
+}

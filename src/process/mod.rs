@@ -1,0 +1,852 @@
+//! [`Process`], its [`Builder`], the typed [`JoinHandle`], and the module functions
+//! (`current_process`, `parent_process`, `active_children`, `cpu_count`).
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::{self, StartMethod};
+use crate::error::{Error, ErrorKind, JoinError, Result};
+use crate::start;
+use crate::sys::{self, Kill};
+use crate::wire;
+
+mod authkey;
+pub(crate) mod bootstrap;
+pub(crate) mod children;
+pub(crate) mod env;
+pub(crate) mod target;
+
+pub use authkey::AuthKey;
+pub use target::Run;
+
+use bootstrap::{ChildPlan, Outcome};
+use children::Child;
+use env::{Identity, ProcessEnv};
+use target::{ArgsTask, ClosureTask, RunTask, Task};
+
+/// A child process, with the surface of Python's `multiprocessing.Process`.
+///
+/// Create one with a target ([`Process::new`], [`Process::with_args`]), in the "subclass"
+/// style ([`Process::from_run`]), or through a [`Builder`]; then [`start`](Process::start) and
+/// [`join`](Process::join) it. Dropping a started `Process` does not stop the child: it keeps
+/// running and is joined when this program exits normally (daemons are terminated instead), as
+/// in Python.
+///
+/// # Examples
+/// ```
+/// use multiproc::Process;
+///
+/// let mut p = Process::with_args(|(a, b): (i32, i32)| assert_eq!(a + b, 3), (1, 2));
+/// assert_eq!(p.name(), "Process-1");
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct Process {
+    identity: Identity,
+    method: Option<StartMethod>,
+    target: Option<Box<dyn Task>>,
+    state: State,
+}
+
+enum State {
+    New,
+    Started(Arc<Child>),
+    Closed,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Process");
+        d.field("name", &self.identity.name)
+            .field("daemon", &self.identity.daemon);
+        match &self.state {
+            State::New => d.field("state", &"initial"),
+            State::Started(c) => d
+                .field("pid", &c.pid)
+                .field("exitcode", &c.poll().ok().flatten()),
+            State::Closed => d.field("state", &"closed"),
+        };
+        d.finish()
+    }
+}
+
+impl Process {
+    /// A process that will run `target`, Python's `Process(target=f)`.
+    ///
+    /// Under the `fork` start method any closure works. Start methods that begin a fresh
+    /// program need a closure that captures nothing; pass values with [`Process::with_args`].
+    pub fn new<F>(target: F) -> Process
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Builder::new().target(target)
+    }
+
+    /// A process that will run `target(args)`, Python's `Process(target=f, args=..)`.
+    ///
+    /// `args` is any serializable value: a tuple for positional arguments, a struct for named
+    /// ones (Python's `kwargs`). With a function item or non-capturing closure this works
+    /// under every start method.
+    pub fn with_args<F, A>(target: F, args: A) -> Process
+    where
+        F: FnOnce(A) + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Builder::new().target_with_args(target, args)
+    }
+
+    /// A process whose body is `value.run()`: Python's subclass that overrides `run`.
+    /// Its default name is the type's name, `Greeter-1` for a `Greeter`.
+    pub fn from_run<R>(value: R) -> Process
+    where
+        R: Run + Serialize + DeserializeOwned,
+    {
+        Builder::new().from_run(value)
+    }
+
+    /// A builder for name, daemon flag, authkey and start method.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    fn with_task(builder: Builder, label: &str, task: Box<dyn Task>) -> Process {
+        let parent = env::current();
+        let mut ident = parent.identity.ident.clone();
+        ident.push(parent.next_child_number());
+        let name = builder.name.unwrap_or_else(|| {
+            let numbers: Vec<String> = ident.iter().map(u32::to_string).collect();
+            format!("{label}-{}", numbers.join(":"))
+        });
+        Process {
+            identity: Identity {
+                name,
+                ident,
+                daemon: builder.daemon,
+                authkey: builder
+                    .authkey
+                    .unwrap_or_else(|| parent.identity.authkey.clone()),
+                parent: None,
+            },
+            method: builder.method,
+            target: Some(task),
+            state: State::New,
+        }
+    }
+
+    /// The process's name, `Process-N` (`Process-N:M` in a child) unless one was given.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// Renames the process; the child sees the name it had at `start`.
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.identity.name = name.into();
+    }
+
+    /// Whether the process is daemonic: terminated when this program exits, and killed by the
+    /// kernel if this program dies (on Linux); it may not start children of its own.
+    pub fn daemon(&self) -> bool {
+        self.identity.daemon
+    }
+
+    /// Sets the daemon flag.
+    ///
+    /// # Errors
+    /// [`ErrorKind::DaemonAfterStart`] once the process was started.
+    pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
+        if !matches!(self.state, State::New) {
+            return Err(Error::new(ErrorKind::DaemonAfterStart));
+        }
+        self.identity.daemon = daemon;
+        Ok(())
+    }
+
+    /// The key the child will have (inherited from this process unless set).
+    pub fn authkey(&self) -> &AuthKey {
+        &self.identity.authkey
+    }
+
+    /// Sets the key the child will have.
+    pub fn set_authkey(&mut self, key: AuthKey) {
+        self.identity.authkey = key;
+    }
+
+    /// The start method this process will use (the default unless one was chosen).
+    pub fn start_method(&self) -> StartMethod {
+        self.method.unwrap_or_else(context::get_start_method)
+    }
+
+    /// Starts the child, which runs the target.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyStarted`] or [`ErrorKind::Closed`] on a second start,
+    /// [`ErrorKind::DaemonicParent`] when called in a daemonic process,
+    /// [`ErrorKind::TargetConsumed`] after [`run`](Process::run), and
+    /// [`ErrorKind::Os`] when the OS refuses a new process.
+    pub fn start(&mut self) -> Result<()> {
+        self.start_with(None)
+    }
+
+    fn start_with(&mut self, result: Option<OwnedFd>) -> Result<()> {
+        match self.state {
+            State::New => {}
+            State::Started(_) => return Err(Error::new(ErrorKind::AlreadyStarted)),
+            State::Closed => return Err(Error::new(ErrorKind::Closed)),
+        }
+        let parent = env::current();
+        if parent.identity.daemon {
+            return Err(Error::new(ErrorKind::DaemonicParent));
+        }
+        let task = self
+            .target
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::TargetConsumed))?;
+        bootstrap::install_panic_hook();
+        let mut identity = self.identity.clone();
+        identity.parent = Some((sys::current_pid(), parent.identity.name.clone()));
+        let plan = ChildPlan {
+            env: Box::new(ProcessEnv::new(identity)),
+            result,
+        };
+        let method = self.start_method();
+        let launched = start::popen(method).launch(plan, task)?;
+        let child = Arc::new(Child::new(
+            launched.pid,
+            launched.pidfd,
+            self.identity.name.clone(),
+            self.identity.daemon,
+        ));
+        children::register(&child);
+        tracing::info!(pid = child.pid, name = %child.name, method = %method, "process started");
+        self.state = State::Started(child);
+        Ok(())
+    }
+
+    /// Runs the target in the calling process, as Python's `Process.run`. Panics propagate.
+    ///
+    /// # Errors
+    /// [`ErrorKind::TargetConsumed`] if the target already ran or the process was started.
+    pub fn run(&mut self) -> Result<()> {
+        let task = self
+            .target
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::TargetConsumed))?;
+        task.run_here().map(drop)
+    }
+
+    fn child(&self) -> Result<&Arc<Child>> {
+        match &self.state {
+            State::Started(child) => Ok(child),
+            State::New => Err(Error::new(ErrorKind::NotStarted)),
+            State::Closed => Err(Error::new(ErrorKind::Closed)),
+        }
+    }
+
+    /// Waits for the child to end and returns its [exit code](Process::exitcode).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotStarted`], [`ErrorKind::Closed`], or an OS error.
+    pub fn join(&mut self) -> Result<i32> {
+        let child = self.child()?;
+        let code = child
+            .wait(None)?
+            .expect("an untimed wait returns only when the child ended");
+        children::forget(child);
+        Ok(code)
+    }
+
+    /// Waits at most `timeout` for the child to end: `Some(exitcode)` if it did, `None` if time
+    /// ran out (the child keeps running). A zero timeout just checks.
+    ///
+    /// # Errors
+    /// As [`join`](Process::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child()?;
+        let code = child.wait(Some(Instant::now() + timeout))?;
+        if code.is_some() {
+            children::forget(child);
+        }
+        Ok(code)
+    }
+
+    /// Whether the child was started and has not ended. Reaps it if it has ended.
+    pub fn is_alive(&self) -> bool {
+        self.exitcode_checked().is_ok_and(|code| code.is_none())
+            && matches!(self.state, State::Started(_))
+    }
+
+    /// Python's `exitcode`: `None` before start and while running, `0` on success, `1` if the
+    /// target panicked, `n` after `std::process::exit(n)`, `-N` if signal `N` ended it.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.exitcode_checked().ok().flatten()
+    }
+
+    fn exitcode_checked(&self) -> Result<Option<i32>> {
+        let child = self.child()?;
+        let code = child.poll()?;
+        if code.is_some() {
+            children::forget(child);
+        }
+        Ok(code)
+    }
+
+    /// Sends SIGTERM, as Python's `terminate()`. Does nothing if the child already ended.
+    /// The target's own cleanup does not run, and locks it held are not released by this
+    /// call (see the crate's crash-safe primitives).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotStarted`], [`ErrorKind::Closed`], or an OS error.
+    pub fn terminate(&self) -> Result<()> {
+        Ok(self.child()?.signal(Kill::Term)?)
+    }
+
+    /// Sends SIGKILL, as Python's `kill()`. Does nothing if the child already ended.
+    ///
+    /// # Errors
+    /// As [`terminate`](Process::terminate).
+    pub fn kill(&self) -> Result<()> {
+        Ok(self.child()?.signal(Kill::Kill)?)
+    }
+
+    /// The child's process id, once started.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.state {
+            State::Started(child) => Some(child.pid as u32),
+            _ => None,
+        }
+    }
+
+    /// A file descriptor that becomes readable when the child ends (a pidfd on Linux), for
+    /// use with `poll`, `epoll` or this crate's `wait()`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotStarted`] or [`ErrorKind::Closed`].
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>> {
+        Ok(self.child()?.sentinel())
+    }
+
+    /// Releases the process's resources (its pidfd). Later calls on it fail with
+    /// [`ErrorKind::Closed`]; closing twice is fine.
+    ///
+    /// # Errors
+    /// [`ErrorKind::StillRunning`] if the child has not ended.
+    pub fn close(&mut self) -> Result<()> {
+        if let State::Started(child) = &self.state {
+            if child.poll()?.is_none() {
+                return Err(Error::new(ErrorKind::StillRunning));
+            }
+            children::forget(child);
+        }
+        self.state = State::Closed;
+        self.target = None;
+        Ok(())
+    }
+}
+
+/// Configures and creates processes: name, daemon flag, authkey, start method.
+///
+/// # Examples
+/// ```
+/// use multiproc::Builder;
+///
+/// let mut p = Builder::new().name("worker").target(|| println!("hi"));
+/// assert_eq!(p.name(), "worker");
+/// p.start()?;
+/// p.join()?;
+///
+/// let handle = Builder::new().name("adder").spawn_with_args(|(a, b): (u64, u64)| a + b, (2, 3))?;
+/// assert_eq!(handle.join()?, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until a target is given"]
+pub struct Builder {
+    name: Option<String>,
+    daemon: bool,
+    authkey: Option<AuthKey>,
+    method: Option<StartMethod>,
+}
+
+impl Builder {
+    /// A builder with Python's defaults: generated name, not daemonic, inherited authkey,
+    /// the default start method.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// The process's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Whether the process is daemonic (see [`Process::daemon`]).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// The child's authkey (see [`Process::authkey`]).
+    pub fn authkey(mut self, key: AuthKey) -> Self {
+        self.authkey = Some(key);
+        self
+    }
+
+    /// The start method for this process only.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// A process running `target` (see [`Process::new`]).
+    pub fn target<F>(self, target: F) -> Process
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Process::with_task(self, "Process", Box::new(ClosureTask(target)))
+    }
+
+    /// A process running `target(args)` (see [`Process::with_args`]).
+    pub fn target_with_args<F, A>(self, target: F, args: A) -> Process
+    where
+        F: FnOnce(A) + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Process::with_task(self, "Process", Box::new(ArgsTask { f: target, args }))
+    }
+
+    /// A process whose body is `value.run()` (see [`Process::from_run`]).
+    #[allow(clippy::wrong_self_convention)]
+    pub fn from_run<R>(self, value: R) -> Process
+    where
+        R: Run + Serialize + DeserializeOwned,
+    {
+        Process::with_task(self, target::type_label::<R>(), Box::new(RunTask(value)))
+    }
+
+    /// Starts a process running `f` and returns a handle whose `join` gives `f`'s value.
+    ///
+    /// # Errors
+    /// As [`Process::start`].
+    pub fn spawn<F, T>(self, f: F) -> Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Serialize + DeserializeOwned,
+    {
+        let process = Process::with_task(self, "Process", Box::new(ClosureTask(f)));
+        JoinHandle::start(process)
+    }
+
+    /// Starts a process running `f(args)` and returns a handle whose `join` gives its value.
+    ///
+    /// # Errors
+    /// As [`Process::start`].
+    pub fn spawn_with_args<F, A, T>(self, f: F, args: A) -> Result<JoinHandle<T>>
+    where
+        F: FnOnce(A) -> T + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned,
+    {
+        let process = Process::with_task(self, "Process", Box::new(ArgsTask { f, args }));
+        JoinHandle::start(process)
+    }
+}
+
+/// Starts a process running `f` and returns a handle to its result, in the shape of
+/// [`std::thread::spawn`].
+///
+/// # Examples
+/// ```
+/// let handle = multiproc::spawn(|| std::process::id())?;
+/// let child_pid = handle.pid();
+/// assert_eq!(handle.join()?, child_pid);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// As [`Process::start`].
+pub fn spawn<F, T>(f: F) -> Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Serialize + DeserializeOwned,
+{
+    Builder::new().spawn(f)
+}
+
+/// Starts a process running `f(args)` and returns a handle to its result.
+///
+/// # Examples
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+/// let handle = multiproc::spawn_with_args(square, 7)?;
+/// assert_eq!(handle.join()?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// As [`Process::start`].
+pub fn spawn_with_args<F, A, T>(f: F, args: A) -> Result<JoinHandle<T>>
+where
+    F: FnOnce(A) -> T + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize + DeserializeOwned,
+{
+    Builder::new().spawn_with_args(f, args)
+}
+
+/// An owned permission to join a child process and receive its value, as
+/// [`std::thread::JoinHandle`].
+///
+/// [`join`](JoinHandle::join) tells a panic (with its message and location) from a signal
+/// from an exit code. Dropping the handle without joining leaves the child running, like
+/// dropping a [`Process`].
+///
+/// # Examples
+/// ```
+/// use multiproc::JoinError;
+///
+/// let handle = multiproc::spawn(|| -> u8 { panic!("boom") })?;
+/// match handle.join() {
+///     Err(JoinError::Panic { message, .. }) => assert_eq!(message, "boom"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct JoinHandle<T> {
+    process: Process,
+    /// Read end of the pipe the child reports its outcome on; `None` once at end of file.
+    reader: Option<OwnedFd>,
+    received: Vec<u8>,
+    joined: bool,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("process", &self.process)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned> JoinHandle<T> {
+    fn start(mut process: Process) -> Result<Self> {
+        let (reader, writer) = sys::pipe()?;
+        sys::set_nonblocking(reader.as_fd())?;
+        process.start_with(Some(writer))?;
+        Ok(JoinHandle {
+            process,
+            reader: Some(reader),
+            received: Vec::new(),
+            joined: false,
+            _value: PhantomData,
+        })
+    }
+
+    /// Waits for the child to end and returns the value its target returned.
+    ///
+    /// # Errors
+    /// [`JoinError::Panic`], [`JoinError::Signal`] or [`JoinError::Exit`] when the child
+    /// produced no value; [`JoinError::Process`] when the value could not be decoded.
+    pub fn join(mut self) -> Result<T, JoinError> {
+        self.wait(None)
+    }
+
+    /// Waits at most `timeout`. On [`JoinError::Timeout`] the child keeps running and the
+    /// handle can be joined again.
+    ///
+    /// # Errors
+    /// As [`join`](JoinHandle::join), plus [`JoinError::Timeout`] and
+    /// [`JoinError::AlreadyJoined`].
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<T, JoinError> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<T, JoinError> {
+        if self.joined {
+            return Err(JoinError::AlreadyJoined);
+        }
+        let child = Arc::clone(self.process.child()?);
+        let exitcode = loop {
+            // Read while waiting: a value larger than the pipe buffer would otherwise block
+            // the child's write, and so its exit.
+            let ready = match &self.reader {
+                Some(reader) => sys::wait_readable(&[child.sentinel(), reader.as_fd()], deadline)?,
+                None => sys::wait_readable(&[child.sentinel()], deadline)?,
+            };
+            if ready.get(1) == Some(&true) {
+                self.drain()?;
+            }
+            if ready[0] {
+                // The child is gone; what it wrote is all in the pipe now.
+                self.drain()?;
+                if let Some(code) = child.poll().map_err(Error::from)? {
+                    break code;
+                }
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(JoinError::Timeout);
+            }
+        };
+        children::forget(&child);
+        self.joined = true;
+        self.reader = None;
+        match wire::decode_frame::<Outcome>(&self.received)? {
+            Some((Outcome::Returned(bytes), _)) => Ok(target::decode(&bytes)?),
+            Some((Outcome::Panicked { message, location }, _)) => {
+                Err(JoinError::Panic { message, location })
+            }
+            Some((Outcome::Unencodable(reason), _)) => {
+                Err(JoinError::Process(Error::with_message(
+                    ErrorKind::Encode,
+                    format!("child could not encode its value: {reason}"),
+                )))
+            }
+            None if exitcode < 0 => Err(JoinError::Signal(-exitcode)),
+            None => Err(JoinError::Exit(exitcode)),
+        }
+    }
+
+    /// Moves whatever the pipe holds into `received`, without blocking.
+    fn drain(&mut self) -> Result<()> {
+        let Some(reader) = &self.reader else {
+            return Ok(());
+        };
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match sys::read(reader.as_fd(), &mut chunk) {
+                Ok(0) => {
+                    self.reader = None;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.received.extend_from_slice(&chunk[..n]);
+                    if let Some(len) = wire::frame_len(&self.received)? {
+                        if self.received.len() > wire::HEADER + len {
+                            return Err(Error::with_message(
+                                ErrorKind::Decode,
+                                "child sent more than one result",
+                            ));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .pid()
+            .expect("a JoinHandle's process is always started")
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        self.process.name()
+    }
+
+    /// Whether the child has ended (its value may still be waiting to be joined).
+    pub fn is_finished(&self) -> bool {
+        !self.process.is_alive()
+    }
+
+    /// Sends SIGTERM to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn terminate(&self) -> Result<()> {
+        self.process.terminate()
+    }
+
+    /// Sends SIGKILL to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn kill(&self) -> Result<()> {
+        self.process.kill()
+    }
+
+    /// The underlying process, for its sentinel, exit code and other attributes.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+}
+
+/// What a process knows about itself: Python's `current_process()`.
+///
+/// # Examples
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id());
+/// let child_name = multiproc::spawn(|| multiproc::current_process().name().to_owned())?.join()?;
+/// assert!(child_name.starts_with("Process-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CurrentProcess {
+    env: &'static ProcessEnv,
+}
+
+impl CurrentProcess {
+    /// `MainProcess` in the main program, the name the parent gave in a child.
+    pub fn name(&self) -> &'static str {
+        &self.env.identity.name
+    }
+
+    /// The operating system's id for this process.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Whether this process is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.env.identity.daemon
+    }
+
+    /// This process's authkey.
+    pub fn authkey(&self) -> &'static AuthKey {
+        &self.env.identity.authkey
+    }
+
+    /// Python's `_identity`: empty for the main process, `[1]` for `Process-1`, and so on.
+    pub fn identity(&self) -> &'static [u32] {
+        &self.env.identity.ident
+    }
+}
+
+/// The calling process.
+pub fn current_process() -> CurrentProcess {
+    CurrentProcess {
+        env: env::current(),
+    }
+}
+
+/// The process that started this one, as Python's `parent_process()`.
+///
+/// # Examples
+/// ```
+/// assert!(multiproc::parent_process().is_none());
+/// let (parent_pid, alive) = multiproc::spawn(|| {
+///     let parent = multiproc::parent_process().expect("a child has a parent");
+///     (parent.pid(), parent.is_alive())
+/// })?.join()?;
+/// assert_eq!(parent_pid, std::process::id());
+/// assert!(alive);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    pid: sys::RawPid,
+    name: String,
+}
+
+impl ParentProcess {
+    /// The parent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The parent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the parent still runs: once it dies, the kernel gives this process a new parent.
+    pub fn is_alive(&self) -> bool {
+        sys::parent_pid() == self.pid
+    }
+}
+
+/// The process that started this one, or `None` in the main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    let (pid, name) = env::current().identity.parent.clone()?;
+    Some(ParentProcess { pid, name })
+}
+
+/// A running child of this process, as listed by [`active_children`].
+#[derive(Debug, Clone)]
+pub struct ActiveChild {
+    child: Arc<Child>,
+}
+
+impl ActiveChild {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid as u32
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.child.name
+    }
+
+    /// Whether the child is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.child.daemon
+    }
+
+    /// Whether the child still runs.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.child.poll(), Ok(None))
+    }
+
+    /// Sends SIGTERM to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn terminate(&self) -> Result<()> {
+        Ok(self.child.signal(Kill::Term)?)
+    }
+
+    /// Sends SIGKILL to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn kill(&self) -> Result<()> {
+        Ok(self.child.signal(Kill::Kill)?)
+    }
+}
+
+/// The children of this process that are still running, as Python's `active_children()`;
+/// finished children are reaped on the way.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+///
+/// let mut p = multiproc::Process::new(|| std::thread::sleep(Duration::from_secs(5)));
+/// p.start()?;
+/// assert!(multiproc::active_children().iter().any(|c| Some(c.pid()) == p.pid()));
+/// p.kill()?;
+/// p.join()?;
+/// assert!(multiproc::active_children().is_empty());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn active_children() -> Vec<ActiveChild> {
+    children::active()
+        .into_iter()
+        .map(|child| ActiveChild { child })
+        .collect()
+}
+
+/// The number of CPUs this process may run on.
+///
+/// # Examples
+/// ```
+/// assert!(multiproc::cpu_count() >= 1);
+/// ```
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

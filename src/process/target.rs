@@ -1,0 +1,190 @@
+//! What a child runs: a closure, a function with serialized arguments, or a [`Run`] type.
+//!
+//! Every target can run in a forked child, where it is simply moved across the fork. Start
+//! methods that begin a fresh program (spawn, forkserver) need the target as data: an
+//! [`Entry`] function, monomorphised for the target's type, plus its serialized arguments.
+//! That works for any function item or non-capturing closure, because such a type is
+//! zero-sized: the child can make its one value out of nothing.
+
+// The remote half is wired up by the spawn and forkserver start methods.
+#![allow(dead_code)]
+
+use std::mem::{MaybeUninit, size_of};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The "subclass" style of Python's `Process`: a type whose `run` is the child's body.
+///
+/// The type is moved into the child. It must be serializable so that it also works under
+/// start methods that begin a fresh program; under `fork` it is moved without serializing.
+///
+/// # Examples
+/// ```
+/// use multiproc::{Process, Run};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Greeter { who: String }
+///
+/// impl Run for Greeter {
+///     fn run(&mut self) {
+///         println!("hello, {}", self.who);
+///     }
+/// }
+///
+/// let mut p = Process::from_run(Greeter { who: "world".into() });
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub trait Run: Send + 'static {
+    /// The child's body, as Python's `Process.run`.
+    fn run(&mut self);
+}
+
+/// A child-side entry point: decodes the payload, runs the target, encodes its return value.
+pub(crate) type Entry = fn(&[u8]) -> Result<Vec<u8>>;
+
+/// A target in a form that a fresh program can run.
+#[derive(Debug)]
+pub(crate) struct RemoteTask {
+    pub(crate) entry: Entry,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A target, before it is run.
+pub(crate) trait Task: Send {
+    /// Runs the target in this process and encodes its return value.
+    fn run_here(self: Box<Self>) -> Result<Vec<u8>>;
+
+    /// Describes the target for a child that does not share this address space.
+    fn to_remote(&self) -> Result<RemoteTask>;
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| Error::with_source(ErrorKind::Encode, e))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::with_source(ErrorKind::Decode, e))
+}
+
+fn capture_error() -> Error {
+    Error::with_message(
+        ErrorKind::UnsupportedTarget,
+        "a closure that captures variables can only run under the fork start method; \
+         pass its values as arguments (Process::with_args) or use a fn item",
+    )
+}
+
+/// Makes the one value of a zero-sized closure or function item type.
+fn conjure<F>() -> F {
+    assert!(size_of::<F>() == 0, "conjure called on a sized type");
+    // SAFETY: `F` is zero-sized (asserted above), so it has no bytes to initialise. Callers use
+    // it only for closure and fn-item types (`F: FnOnce`), which a zero size proves capture
+    // nothing: their one value carries no state and no invariant.
+    #[allow(unsafe_code)]
+    unsafe {
+        MaybeUninit::<F>::uninit().assume_init()
+    }
+}
+
+/// `Process::new(closure)` and `spawn(closure)`.
+pub(crate) struct ClosureTask<F>(pub(crate) F);
+
+impl<F, T> Task for ClosureTask<F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Serialize,
+{
+    fn run_here(self: Box<Self>) -> Result<Vec<u8>> {
+        encode(&(self.0)())
+    }
+
+    fn to_remote(&self) -> Result<RemoteTask> {
+        if size_of::<F>() != 0 {
+            return Err(capture_error());
+        }
+        Ok(RemoteTask {
+            entry: closure_entry::<F, T>,
+            payload: Vec::new(),
+        })
+    }
+}
+
+fn closure_entry<F: FnOnce() -> T, T: Serialize>(_payload: &[u8]) -> Result<Vec<u8>> {
+    encode(&conjure::<F>()())
+}
+
+/// `Process::with_args(f, args)` and `spawn_with_args(f, args)`.
+pub(crate) struct ArgsTask<F, A> {
+    pub(crate) f: F,
+    pub(crate) args: A,
+}
+
+impl<F, A, T> Task for ArgsTask<F, A>
+where
+    F: FnOnce(A) -> T + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize,
+{
+    fn run_here(self: Box<Self>) -> Result<Vec<u8>> {
+        encode(&(self.f)(self.args))
+    }
+
+    fn to_remote(&self) -> Result<RemoteTask> {
+        if size_of::<F>() != 0 {
+            return Err(capture_error());
+        }
+        Ok(RemoteTask {
+            entry: args_entry::<F, A, T>,
+            payload: encode(&self.args)?,
+        })
+    }
+}
+
+fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
+where
+    F: FnOnce(A) -> T,
+    A: DeserializeOwned,
+    T: Serialize,
+{
+    let args: A = decode(payload)?;
+    encode(&conjure::<F>()(args))
+}
+
+/// `Process::from_run(value)`.
+pub(crate) struct RunTask<R>(pub(crate) R);
+
+impl<R> Task for RunTask<R>
+where
+    R: Run + Serialize + DeserializeOwned,
+{
+    fn run_here(mut self: Box<Self>) -> Result<Vec<u8>> {
+        self.0.run();
+        encode(&())
+    }
+
+    fn to_remote(&self) -> Result<RemoteTask> {
+        Ok(RemoteTask {
+            entry: run_entry::<R>,
+            payload: encode(&self.0)?,
+        })
+    }
+}
+
+fn run_entry<R: Run + DeserializeOwned>(payload: &[u8]) -> Result<Vec<u8>> {
+    let mut value: R = decode(payload)?;
+    value.run();
+    encode(&())
+}
+
+/// A short display name for a `Run` type, as Python names a subclass's processes.
+pub(crate) fn type_label<R>() -> &'static str {
+    let full = std::any::type_name::<R>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}

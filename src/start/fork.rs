@@ -1,0 +1,29 @@
+//! `fork`: the child is a copy of the parent and runs the target it inherited.
+
+use std::io::Write;
+
+use super::{Launched, Popen};
+use crate::error::Result;
+use crate::process::bootstrap::{self, ChildPlan};
+use crate::process::target::Task;
+use crate::sys;
+
+pub(crate) struct Fork;
+
+impl Popen for Fork {
+    fn launch(&self, plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
+        // Whatever sits in our buffers would otherwise be printed twice, once by each process.
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // In the parent the closure is dropped unrun: the plan's copy of the result pipe's
+        // write end closes, and the target's captures are released as after a move to a thread.
+        let pid = sys::fork_child(move || bootstrap::run_forked(plan, task))?;
+        match sys::pidfd_open(pid) {
+            Ok(pidfd) => Ok(Launched { pid, pidfd }),
+            Err(e) => {
+                sys::kill_and_reap(pid);
+                Err(e.into())
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Linux: pidfd for sentinels, waits and signals; `PR_SET_PDEATHSIG` for daemons.
+//!
+//! # Safety
+//! `fork` is the one operation here with real hazards: the child is a copy of one thread of a
+//! possibly multi-threaded parent. [`fork_child`] therefore runs only the closure it is given,
+//! which must stay async-signal-safe until it reaches user code, and always ends the child with
+//! `_exit`.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+/// The OS process id type used across the crate.
+pub(crate) type RawPid = i32;
+
+/// Forks the calling process.
+///
+/// In the parent, returns the child's pid. In the child, runs `child` and ends the process with
+/// the code it returns; `child` must do only async-signal-safe work until it runs user code,
+/// and must not unwind (the caller wraps user code in `catch_unwind`).
+///
+/// # References
+/// fork(2), _exit(2); std's `process::unix::do_fork`.
+pub(crate) fn fork_child<F: FnOnce() -> i32>(child: F) -> io::Result<RawPid> {
+    // SAFETY: `fork` has no memory-safety preconditions of its own; the hazards are in what the
+    // child does next. The child branch below runs only `child` (whose contract is stated above)
+    // and leaves by `_exit`, so it never returns into the parent's stack frames, destructors or
+    // atexit handlers.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // Unwinding out of here would run the parent's frames in the child: abort instead.
+            let guard = AbortOnUnwind;
+            let code = child();
+            std::mem::forget(guard);
+            exit_now(code)
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Aborts the process if dropped during unwinding (rayon's `AbortIfPanic`).
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        std::process::abort();
+    }
+}
+
+/// Ends the calling process at once with `code`: no destructors, no atexit handlers, no
+/// stdio flush (callers flush what they own first).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and never returns; skipping destructors is the point.
+    unsafe { libc::_exit(code) }
+}
+
+/// Asks the kernel to SIGKILL the calling process when its parent dies, then checks that the
+/// parent is still `expected_parent` (it may have died before the request took effect).
+///
+/// Returns `false` if the parent is already gone. Async-signal-safe.
+pub(crate) fn die_with_parent(expected_parent: RawPid) -> bool {
+    if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err() {
+        return false;
+    }
+    parent_pid() == expected_parent
+}
+
+/// The calling process's id.
+pub(crate) fn current_pid() -> RawPid {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// The calling process's parent id (0 if it has none).
+pub(crate) fn parent_pid() -> RawPid {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// Opens a pidfd for a child of ours that has not been reaped (so the pid cannot be reused).
+pub(crate) fn pidfd_open(pid: RawPid) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// The signals the library sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kill {
+    /// SIGTERM: the polite request, `terminate()`.
+    Term,
+    /// SIGKILL: `kill()`.
+    Kill,
+}
+
+/// Sends `sig` to the process behind `pidfd`. Signalling a process that has exited but was
+/// not reaped yet is not an error (the signal has no effect), as with Python's `terminate()`.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Kill) -> io::Result<()> {
+    let sig = match sig {
+        Kill::Term => Signal::TERM,
+        Kill::Kill => Signal::KILL,
+    };
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reaps the child behind `pidfd` if it has exited, returning Python's `exitcode`: the exit
+/// status, or `-N` when signal N ended it. Never blocks.
+pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    reap(pidfd, WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+}
+
+fn reap(pidfd: BorrowedFd<'_>, options: WaitIdOptions) -> io::Result<Option<i32>> {
+    let status = rustix::process::waitid(WaitId::PidFd(pidfd), options)?;
+    Ok(status.and_then(|s| {
+        if let Some(code) = s.exit_status() {
+            Some(code)
+        } else {
+            s.terminating_signal().map(|sig| -sig)
+        }
+    }))
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `deadline` passes.
+///
+/// Returns one flag per fd; all `false` means the deadline passed. `None` waits forever.
+pub(crate) fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<bool>> {
+    let mut pollfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(duration_to_timespec(left))
+            }
+        };
+        match rustix::event::poll(&mut pollfds, timeout.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pollfds.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+fn duration_to_timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// A one-way pipe, both ends close-on-exec.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Makes reads and writes on `fd` return `WouldBlock` instead of blocking.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// Reads what is available without blocking; `Ok(0)` is end of file. `WouldBlock` when empty.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `buf`, blocking as needed. Async-signal-safe (no allocation on success).
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` from the kernel's random source.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` when the process exits normally (returning from `main` or `std::process::exit`),
+/// after Rust's own runtime is done with `main`. Not run when a child leaves by [`exit_now`].
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `atexit` only records the function pointer; `f` is a plain `extern "C" fn` with no
+    // captured state, valid for the whole life of the program.
+    match unsafe { libc::atexit(f) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit registration failed")),
+    }
+}
+
+/// Kills and reaps a child we hold no pidfd for (only when opening one failed).
+pub(crate) fn kill_and_reap(pid: RawPid) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, Signal::KILL);
+        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+    }
+}

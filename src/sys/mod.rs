@@ -1,0 +1,21 @@
+//! Platform layer: the only place that talks to the OS directly.
+//!
+//! Everything above this module sees plain Rust types (`OwnedFd`, `io::Error`, `ExitCode`
+//! values as `i32`). Linux is complete; other Unixes (kqueue instead of pidfd, no parent-death
+//! signal) and Windows (spawn only) slot in as sibling files with the same functions.
+//!
+//! # Safety
+//! Each `unsafe` block in the platform files carries a `// SAFETY:` note. The post-fork child
+//! path is [`fork_child`]: it runs no allocation and takes no lock before handing control to
+//! the caller's closure, and it leaves through [`exit_now`], never through the parent's
+//! destructors or `atexit` handlers.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
+);
