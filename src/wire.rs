@@ -55,3 +55,80 @@ pub(crate) fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
     }
     Ok(Some(len))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The descriptor side channel (used by the spawn and forkserver start methods).
+//
+// Handles that own a file descriptor (a Connection, a Queue's pipes, a shared-memory segment)
+// can be passed to a child as start arguments. Under `fork` arguments are moved, not
+// serialized, and the child inherits the descriptors. Under start methods that begin a fresh
+// program, the arguments are serialized inside `collect_fds`: each descriptor is recorded in a
+// side table and only its index goes into the bytes; the start method passes the table's
+// descriptors to the child (SCM_RIGHTS or inheritance), and the child decodes the arguments
+// inside `with_received_fds`, where each index is swapped back for its descriptor.
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<RawFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` (which serializes start arguments) and returns the descriptors that the
+/// serialized handles refer to, in index order. They stay owned by the handles, which must
+/// outlive the start.
+#[allow(dead_code)] // until the spawn start method uses it
+pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
+    let previous = OUTGOING.replace(Some(Vec::new()));
+    let result = encode();
+    let fds = OUTGOING.replace(previous).unwrap_or_default();
+    (result, fds)
+}
+
+/// Runs `decode` (which deserializes start arguments) with `fds` as the table that serialized
+/// indexes refer to. Descriptors nobody claimed are closed afterwards.
+#[allow(dead_code)] // until the spawn start method uses it
+pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let previous = INCOMING.replace(Some(fds.into_iter().map(Some).collect()));
+    let result = decode();
+    INCOMING.set(previous);
+    result
+}
+
+/// Serializes a descriptor as an index into the side table.
+///
+/// # Errors
+/// Outside [`collect_fds`]: the handle is being sent somewhere descriptors cannot follow
+/// (over a queue, into a file), which this crate does not support.
+#[allow(dead_code)] // until the spawn start method uses it
+pub(crate) fn serialize_fd<S: serde::Serializer>(
+    fd: BorrowedFd<'_>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with_borrow_mut(|table| {
+        table.as_mut().map(|fds| {
+            fds.push(fd.as_raw_fd());
+            fds.len() - 1
+        })
+    });
+    match index {
+        Some(i) => s.serialize_u32(i as u32),
+        None => Err(serde::ser::Error::custom(
+            "a handle that owns a file descriptor can only be passed to a child process as a start argument",
+        )),
+    }
+}
+
+/// Deserializes a descriptor serialized by [`serialize_fd`], taking it out of the side table.
+#[allow(dead_code)] // until the spawn start method uses it
+pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = <u32 as serde::Deserialize>::deserialize(d)? as usize;
+    INCOMING
+        .with_borrow_mut(|table| table.as_mut().and_then(|fds| fds.get_mut(index)?.take()))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "descriptor {index} missing from the start arguments"
+            ))
+        })
+}
