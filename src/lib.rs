@@ -25,6 +25,8 @@
 //! - [`spawn`] → [`JoinHandle<T>`]: the child's return value, or a [`JoinError`] that tells a
 //!   panic from a signal from an exit code.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
+//! - [`Pool`] and [`ProcessPoolExecutor`]: Python's process pools, where a crashed, killed or
+//!   stuck worker fails only its own task ([`TaskError`]) and is replaced; nothing hangs.
 //! - Start methods ([`StartMethod`]); `fork` today.
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
@@ -39,6 +41,7 @@
 
 mod context;
 mod error;
+mod pool;
 mod process;
 mod start;
 #[allow(unsafe_code)]
@@ -47,6 +50,10 @@ mod wire;
 
 pub use context::{StartMethod, get_all_start_methods, get_start_method};
 pub use error::{Error, ErrorKind, JoinError, Result};
+pub use pool::{
+    AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Pool, PoolBuilder,
+    ProcessPoolExecutor, TaskError, TaskFuture, WorkerExit, as_completed,
+};
 pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,

@@ -123,3 +123,13 @@ pub(crate) fn install_panic_hook() {
         }));
     });
 }
+
+/// Runs one pool task inside a worker, catching a panic as its message and location.
+pub(crate) fn catch_task<R>(
+    f: impl FnOnce() -> R,
+) -> std::result::Result<R, (String, Option<String>)> {
+    let was = CAPTURE_PANICS.replace(true);
+    let caught = panic::catch_unwind(AssertUnwindSafe(f));
+    CAPTURE_PANICS.set(was);
+    caught.map_err(|payload| (panic_message(&*payload), PANIC_LOCATION.take()))
+}

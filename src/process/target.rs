@@ -81,7 +81,7 @@ fn capture_error() -> Error {
 }
 
 /// Makes the one value of a zero-sized closure or function item type.
-fn conjure<F>() -> F {
+pub(crate) fn conjure<F>() -> F {
     assert!(size_of::<F>() == 0, "conjure called on a sized type");
     // SAFETY: `F` is zero-sized (asserted above), so it has no bytes to initialise. Callers use
     // it only for closure and fn-item types (`F: FnOnce`), which a zero size proves capture
@@ -146,7 +146,7 @@ where
     }
 }
 
-fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
+pub(crate) fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
 where
     F: FnOnce(A) -> T,
     A: DeserializeOwned,

@@ -15,6 +15,13 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
+mod code;
+mod poll;
+mod signal;
+pub(crate) use code::{code_offset, entry_at};
+pub(crate) use poll::{Interest, poll_fds, write_some};
+pub(crate) use signal::restore_default_sigint;
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"

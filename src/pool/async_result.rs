@@ -1,0 +1,319 @@
+//! [`AsyncResult`]: a task's value that arrives later, and the slot behind it that the
+//! executor's futures share.
+
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::error::TaskError;
+use super::supervisor::Sink;
+use crate::process::target;
+
+type Outcome<T> = Result<T, TaskError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Pending,
+    Running,
+    Done,
+}
+
+struct SlotState<T> {
+    phase: Phase,
+    outcome: Option<Outcome<T>>,
+    /// The outcome was handed out.
+    taken: bool,
+    cancelled: bool,
+    /// The outcome was a value (kept after it is taken).
+    ok: bool,
+    wakers: Vec<Waker>,
+}
+
+/// Where one task's outcome lands: a mutex, a condition variable for blocking waiters, and
+/// wakers for async ones.
+pub(crate) struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    cond: Condvar,
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                phase: Phase::Pending,
+                outcome: None,
+                taken: false,
+                cancelled: false,
+                ok: false,
+                wakers: Vec::new(),
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    /// Pending → running (a task requeued after its worker died is running already);
+    /// `false` if it was cancelled or has finished.
+    pub(crate) fn try_start(&self) -> bool {
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Pending => {
+                s.phase = Phase::Running;
+                true
+            }
+            Phase::Running => true,
+            Phase::Done => false,
+        }
+    }
+
+    /// Cancels a task that has not started. Returns whether it is now cancelled.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Pending => {
+                s.cancelled = true;
+                drop(s);
+                self.complete(Err(TaskError::Cancelled));
+                true
+            }
+            _ => s.cancelled,
+        }
+    }
+
+    /// Stores the outcome (the first one wins) and wakes every waiter.
+    pub(crate) fn complete(&self, outcome: Outcome<T>) {
+        let mut s = self.lock();
+        if s.phase == Phase::Done {
+            return;
+        }
+        s.phase = Phase::Done;
+        s.ok = outcome.is_ok();
+        s.outcome = Some(outcome);
+        let wakers = std::mem::take(&mut s.wakers);
+        drop(s);
+        self.cond.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Waits until done or `deadline`; returns whether done.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        let mut s = self.lock();
+        while s.phase != Phase::Done {
+            match deadline {
+                None => s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    s = self
+                        .cond
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes the outcome once done: `None` while not done.
+    pub(crate) fn take(&self) -> Option<Outcome<T>> {
+        let mut s = self.lock();
+        if s.phase != Phase::Done {
+            return None;
+        }
+        if s.taken {
+            return Some(Err(TaskError::AlreadyTaken));
+        }
+        s.taken = true;
+        s.outcome.take()
+    }
+
+    /// Whether it is done and succeeded; `None` while not done.
+    pub(crate) fn successful(&self) -> Option<bool> {
+        let s = self.lock();
+        if s.phase != Phase::Done {
+            return None;
+        }
+        Some(s.ok)
+    }
+
+    /// Registers `waker` to be woken when done; returns `true` if already done.
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        let mut s = self.lock();
+        if s.phase == Phase::Done {
+            return true;
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(waker)) {
+            s.wakers.push(waker.clone());
+        }
+        false
+    }
+
+    /// Waits like [`wait`](Slot::wait), then takes the outcome; `Timeout` if time ran out.
+    pub(crate) fn get(&self, deadline: Option<Instant>) -> Outcome<T> {
+        if !self.wait(deadline) {
+            return Err(TaskError::Timeout);
+        }
+        self.take().unwrap_or(Err(TaskError::Timeout))
+    }
+}
+
+/// Decodes a task's value and completes a slot, running callbacks first.
+pub(crate) struct ApplySink<T> {
+    pub(crate) slot: Arc<Slot<T>>,
+    pub(crate) callbacks: Option<Callbacks<T>>,
+}
+
+/// Python's `callback` and `error_callback`, run on the pool's thread.
+pub(crate) struct Callbacks<T> {
+    pub(crate) on_value: Box<dyn FnOnce(&T) + Send>,
+    pub(crate) on_error: Box<dyn FnOnce(&TaskError) + Send>,
+}
+
+impl<T> Callbacks<T> {
+    pub(crate) fn run(self, outcome: &Outcome<T>) {
+        match outcome {
+            Ok(v) => (self.on_value)(v),
+            Err(e) => (self.on_error)(e),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
+    fn start(&self) -> bool {
+        self.slot.try_start()
+    }
+
+    fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
+        let outcome =
+            outcome.and_then(|bytes| target::decode::<T>(&bytes).map_err(TaskError::from));
+        if let Some(cb) = self.callbacks.take() {
+            // Python runs the callback before the result becomes ready. A panicking callback
+            // is reported and the result still completes.
+            if catch_unwind(AssertUnwindSafe(|| cb.run(&outcome))).is_err() {
+                tracing::warn!("a pool callback panicked");
+            }
+        }
+        self.slot.complete(outcome);
+    }
+}
+
+impl<T> Drop for ApplySink<T> {
+    fn drop(&mut self) {
+        // Dropped without an outcome (the pool went away): never leave a waiter waiting.
+        // After `finish` or a cancel this does nothing, since the first outcome wins.
+        self.slot.complete(Err(TaskError::Terminated));
+    }
+}
+
+/// The value of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async) or
+/// [`Pool::map_async`](crate::Pool::map_async), once it arrives: Python's `AsyncResult`.
+///
+/// Every wait ends: the task returns, panics, times out, or its worker dies, and each of these
+/// completes the result.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// fn slow_square(x: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(50));
+///     x * x
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// let mut r = pool.apply_async(slow_square, 7);
+/// assert!(!r.ready());
+/// assert!(r.wait_timeout(Duration::from_secs(10)));
+/// assert_eq!(r.successful(), Some(true));
+/// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct AsyncResult<T> {
+    slot: Arc<Slot<T>>,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
+        AsyncResult {
+            slot,
+            _value: PhantomData,
+        }
+    }
+
+    /// A result that failed before it was submitted.
+    pub(crate) fn failed(error: TaskError) -> Self {
+        let slot = Slot::new();
+        slot.complete(Err(error));
+        AsyncResult::new(slot)
+    }
+
+    /// Waits for the task and returns its value.
+    ///
+    /// # Errors
+    /// The task's [`TaskError`]: a panic, its worker's death, its time limit, the pool's
+    /// termination, or a value that could not be decoded.
+    pub fn get(self) -> Result<T, TaskError> {
+        self.slot.get(None)
+    }
+
+    /// Waits at most `timeout`. On [`TaskError::Timeout`] the task goes on and the result can
+    /// be waited for again.
+    ///
+    /// # Errors
+    /// As [`get`](AsyncResult::get), plus [`TaskError::Timeout`] and, after the value was
+    /// taken, [`TaskError::AlreadyTaken`].
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, TaskError> {
+        self.slot.get(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        self.slot.wait(None);
+    }
+
+    /// Waits at most `timeout`; returns whether the result is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the task has finished (with a value or an error).
+    pub fn ready(&self) -> bool {
+        self.slot.phase() == Phase::Done
+    }
+
+    /// Whether the task finished with a value; `None` while it is not ready (where Python
+    /// raises `ValueError`).
+    pub fn successful(&self) -> Option<bool> {
+        self.slot.successful()
+    }
+}

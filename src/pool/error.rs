@@ -1,0 +1,165 @@
+//! [`TaskError`]: why a pool task produced no value.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How a pool worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// A signal ended it (`SIGKILL`, `SIGSEGV`, `SIGABRT`, ...): the signal number.
+    Signal(i32),
+    /// It exited with this status (`std::process::exit` inside the task).
+    Exit(i32),
+}
+
+impl WorkerExit {
+    pub(crate) fn from_exitcode(code: i32) -> Self {
+        if code < 0 {
+            WorkerExit::Signal(-code)
+        } else {
+            WorkerExit::Exit(code)
+        }
+    }
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            WorkerExit::Signal(n) => match signal_name(n) {
+                Some(name) => write!(f, "killed by signal {n} ({name})"),
+                None => write!(f, "killed by signal {n}"),
+            },
+            WorkerExit::Exit(n) => write!(f, "exited with status {n}"),
+        }
+    }
+}
+
+fn signal_name(n: i32) -> Option<&'static str> {
+    Some(match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// Why a task submitted to a [`Pool`](crate::Pool) or
+/// [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) produced no value.
+///
+/// Every way a task can fail ends in one of these; none of them leaves a caller waiting.
+///
+/// # Examples
+/// ```
+/// use multiproc::{Pool, TaskError};
+///
+/// fn fail(_: ()) -> u8 { panic!("no luck") }
+///
+/// let pool = Pool::new(1)?;
+/// match pool.apply(fail, ()) {
+///     Err(TaskError::Panic { message, .. }) => assert_eq!(message, "no luck"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked; the worker survived and goes on with other tasks.
+    #[error("task panicked: {message}{}", location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panic {
+        /// The panic message (`"Box<dyn Any>"` when the payload was not a string).
+        message: String,
+        /// `file:line:column` of the panic, when it could be captured.
+        location: Option<String>,
+    },
+    /// The worker process running the task died (killed, crashed, or exited); it was replaced.
+    #[error("worker process {how} while running the task")]
+    WorkerDied {
+        /// How the worker ended.
+        how: WorkerExit,
+    },
+    /// The task ran longer than the pool's per-task time limit; its worker was killed and
+    /// replaced.
+    #[error("task exceeded its time limit of {limit:?}; its worker was killed")]
+    TimeLimit {
+        /// The limit that was exceeded.
+        limit: Duration,
+    },
+    /// A wait with a timeout (`get_timeout`, `result_timeout`) ran out of time; the task goes
+    /// on and can be waited for again.
+    #[error("timed out waiting for the task")]
+    Timeout,
+    /// The task was cancelled before it started.
+    #[error("task was cancelled")]
+    Cancelled,
+    /// The pool was terminated (explicitly, by being dropped, or by Ctrl-C reaching its
+    /// workers) before the task finished.
+    #[error("pool was terminated before the task finished")]
+    Terminated,
+    /// The pool no longer accepts tasks (`close` or `shutdown` was called).
+    #[error("pool is closed to new tasks")]
+    PoolClosed,
+    /// The pool's initializer failed in a worker, so the pool cannot run tasks.
+    #[error("pool initializer failed in a worker: {message}")]
+    InitializerFailed {
+        /// The initializer's panic message, or how its worker died.
+        message: String,
+    },
+    /// The task's value was already taken by an earlier `get`.
+    #[error("task result already taken")]
+    AlreadyTaken,
+    /// The arguments or the value could not be serialized or deserialized, or the operating
+    /// system refused (no worker could be started).
+    #[error(transparent)]
+    Process(#[from] Error),
+}
+
+impl TaskError {
+    /// Whether a timed wait ran out of time (the task may still finish).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TaskError::Timeout)
+    }
+
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Panic { .. })
+    }
+
+    /// Whether the task's worker process died under it.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self, TaskError::WorkerDied { .. })
+    }
+
+    /// An error to hand to a second waiter of the same failure (callbacks see the original).
+    pub(crate) fn duplicate(&self) -> TaskError {
+        match self {
+            TaskError::Panic { message, location } => TaskError::Panic {
+                message: message.clone(),
+                location: location.clone(),
+            },
+            TaskError::WorkerDied { how } => TaskError::WorkerDied { how: *how },
+            TaskError::TimeLimit { limit } => TaskError::TimeLimit { limit: *limit },
+            TaskError::Timeout => TaskError::Timeout,
+            TaskError::Cancelled => TaskError::Cancelled,
+            TaskError::Terminated => TaskError::Terminated,
+            TaskError::PoolClosed => TaskError::PoolClosed,
+            TaskError::InitializerFailed { message } => TaskError::InitializerFailed {
+                message: message.clone(),
+            },
+            TaskError::AlreadyTaken => TaskError::AlreadyTaken,
+            TaskError::Process(e) => {
+                TaskError::Process(Error::with_message(e.kind(), e.to_string()))
+            }
+        }
+    }
+}

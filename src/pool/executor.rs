@@ -1,0 +1,445 @@
+//! [`ProcessPoolExecutor`], Python's `concurrent.futures.ProcessPoolExecutor`, and its
+//! [`TaskFuture`], which is also a `std::future::Future`.
+//!
+//! Unlike Python's executor, a worker that dies does not break the pool: only the task it was
+//! running fails ([`TaskError::WorkerDied`]), and the worker is replaced.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::async_result::{ApplySink, Phase, Slot};
+use super::{Pool, PoolBuilder, TaskError, apply_entry};
+use crate::context::StartMethod;
+use crate::error::Result;
+use crate::process::target;
+
+/// A pool of worker processes with Python's executor interface.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::ProcessPoolExecutor;
+///
+/// fn cube(x: i64) -> i64 { x * x * x }
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// let f = ex.submit(cube, 3);
+/// assert_eq!(f.result()?, 27);
+///
+/// let cubes: Vec<i64> = ex
+///     .map(cube, 1..=3, Some(Duration::from_secs(10)))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(cubes, vec![1, 8, 27]);
+///
+/// // Futures are `std::future::Future`s too: `ex.submit(cube, 2).await` in async code.
+/// ex.shutdown(true, false);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct ProcessPoolExecutor {
+    pool: Pool,
+}
+
+/// Configures a [`ProcessPoolExecutor`]: Python's `max_workers`, `initializer`, `initargs`,
+/// `max_tasks_per_child` and `mp_context`, plus a per-task time limit.
+///
+/// # Examples
+/// ```
+/// use multiproc::ProcessPoolExecutor;
+///
+/// fn id(x: u8) -> u8 { x }
+///
+/// let ex = ProcessPoolExecutor::builder().max_workers(1).max_tasks_per_child(1).build()?;
+/// assert_eq!(ex.submit(id, 1).result()?, 1);
+/// assert_eq!(ex.submit(id, 2).result()?, 2); // ran in a fresh worker
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ExecutorBuilder {
+    inner: PoolBuilder,
+}
+
+impl ExecutorBuilder {
+    /// A builder with Python's defaults ([`cpu_count`](crate::cpu_count) workers).
+    pub fn new() -> Self {
+        ExecutorBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.inner = self.inner.processes(n);
+        self
+    }
+
+    /// A function each worker runs once with `args` before its first task.
+    pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
+    where
+        F: Fn(A) + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.inner = self.inner.initializer(f, args);
+        self
+    }
+
+    /// Each worker exits after this many tasks and is replaced.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.inner = self.inner.maxtasksperchild(n);
+        self
+    }
+
+    /// The start method for the workers (Python's `mp_context`).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.inner = self.inner.start_method(method);
+        self
+    }
+
+    /// A time limit for each task; see [`PoolBuilder::task_timeout`].
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.inner = self.inner.task_timeout(limit);
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn build(self) -> Result<ProcessPoolExecutor> {
+        Ok(ProcessPoolExecutor {
+            pool: self.inner.name("ProcessPoolExecutor").build()?,
+        })
+    }
+}
+
+impl ProcessPoolExecutor {
+    /// An executor with `max_workers` worker processes.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(max_workers: usize) -> Result<Self> {
+        ExecutorBuilder::new().max_workers(max_workers).build()
+    }
+
+    /// A builder for the other options.
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::new()
+    }
+
+    /// Schedules `f(args)` and returns its future. After [`shutdown`](Self::shutdown) the
+    /// future has failed with [`TaskError::PoolClosed`].
+    pub fn submit<F, A, T>(&self, f: F, args: A) -> TaskFuture<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_entry(apply_entry::<F, A, T>(&f), &args)
+    }
+
+    fn submit_entry<A: Serialize, T: DeserializeOwned + Send + 'static>(
+        &self,
+        entry: i64,
+        args: &A,
+    ) -> TaskFuture<T> {
+        let slot = Slot::new();
+        let sink = Box::new(ApplySink {
+            slot: Arc::clone(&slot),
+            callbacks: None,
+        });
+        match target::encode(args) {
+            Ok(payload) => super::submit(&self.pool.core, entry, payload, sink),
+            Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
+        }
+        TaskFuture { slot }
+    }
+
+    /// Submits `f` for every item at once and returns their values in order, Python's
+    /// `Executor.map`. With a `timeout`, an item not ready that long after this call yields
+    /// [`TaskError::Timeout`], the remaining tasks are cancelled, and the iterator ends.
+    pub fn map<F, A, T, I>(&self, f: F, iterable: I, timeout: Option<Duration>) -> ExecutorMap<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let entry = apply_entry::<F, A, T>(&f);
+        let futures = iterable
+            .into_iter()
+            .map(|a| self.submit_entry(entry, &a))
+            .collect();
+        ExecutorMap {
+            futures,
+            deadline: timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Stops accepting tasks. With `cancel_futures`, tasks that have not started are
+    /// cancelled; with `wait`, returns once every other task has finished and the workers
+    /// have exited. Dropping the executor is `shutdown(true, false)`, as leaving Python's
+    /// `with` block.
+    pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        if cancel_futures {
+            self.pool.core.cancel_queued();
+        }
+        self.pool.close();
+        if wait {
+            let _ = self.pool.join();
+        }
+    }
+}
+
+impl Drop for ProcessPoolExecutor {
+    fn drop(&mut self) {
+        self.shutdown(true, false);
+    }
+}
+
+/// The future value of a task given to [`ProcessPoolExecutor::submit`], Python's
+/// `concurrent.futures.Future`. It is a [`std::future::Future`] as well, so async code can
+/// `.await` it (no runtime needed: completion wakes the task's waker).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::ProcessPoolExecutor;
+///
+/// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+///
+/// let ex = ProcessPoolExecutor::new(1)?;
+/// let first = ex.submit(nap, 200);
+/// let second = ex.submit(nap, 1);
+/// assert!(second.cancel()); // not started yet: the only worker is busy
+/// assert!(second.cancelled());
+/// assert_eq!(first.result()?, 200);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[doc(alias = "Future")]
+pub struct TaskFuture<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> std::fmt::Debug for TaskFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFuture")
+            .field("phase", &self.slot.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> TaskFuture<T> {
+    /// Waits for the task and returns its value.
+    ///
+    /// # Errors
+    /// The task's [`TaskError`], [`TaskError::Cancelled`] if it was cancelled.
+    pub fn result(self) -> Result<T, TaskError> {
+        self.slot.get(None)
+    }
+
+    /// Waits at most `timeout`; on [`TaskError::Timeout`] the task goes on.
+    ///
+    /// # Errors
+    /// As [`result`](TaskFuture::result), plus [`TaskError::Timeout`].
+    pub fn result_timeout(&mut self, timeout: Duration) -> Result<T, TaskError> {
+        self.slot.get(Some(Instant::now() + timeout))
+    }
+
+    /// Cancels the task if it has not started; returns whether it is cancelled.
+    pub fn cancel(&self) -> bool {
+        self.slot.cancel()
+    }
+
+    /// Whether the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.slot.cancelled()
+    }
+
+    /// Whether a worker has the task and it has not finished.
+    pub fn running(&self) -> bool {
+        self.slot.phase() == Phase::Running
+    }
+
+    /// Whether the task finished, failed or was cancelled.
+    pub fn done(&self) -> bool {
+        self.slot.phase() == Phase::Done
+    }
+}
+
+impl<T> std::future::Future for TaskFuture<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.slot.register(cx.waker()) {
+            Poll::Ready(self.slot.take().unwrap_or(Err(TaskError::AlreadyTaken)))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The iterator of [`ProcessPoolExecutor::map`].
+#[derive(Debug)]
+pub struct ExecutorMap<T> {
+    futures: VecDeque<TaskFuture<T>>,
+    deadline: Option<Instant>,
+}
+
+impl<T> Iterator for ExecutorMap<T> {
+    type Item = Result<T, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let f = self.futures.pop_front()?;
+        let out = f.slot.get(self.deadline);
+        if matches!(out, Err(TaskError::Timeout)) {
+            f.cancel();
+            for rest in self.futures.drain(..) {
+                rest.cancel();
+            }
+        }
+        Some(out)
+    }
+}
+
+impl<T> Drop for ExecutorMap<T> {
+    fn drop(&mut self) {
+        // As Python's map generator: futures nobody will read are cancelled if not started.
+        for f in &self.futures {
+            f.cancel();
+        }
+    }
+}
+
+/// Yields the futures as they finish, Python's `concurrent.futures.as_completed`. With a
+/// `timeout`, yields [`TaskError::Timeout`] once when it passes, then ends.
+///
+/// # Examples
+/// ```
+/// use multiproc::{ProcessPoolExecutor, as_completed};
+///
+/// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// let futures = vec![ex.submit(nap, 300), ex.submit(nap, 1)];
+/// let order: Vec<u64> = as_completed(futures, None)
+///     .map(|f| f?.result())
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(order, vec![1, 300]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn as_completed<T, I>(futures: I, timeout: Option<Duration>) -> AsCompleted<T>
+where
+    I: IntoIterator<Item = TaskFuture<T>>,
+{
+    let queue = Arc::new(DoneQueue {
+        done: Mutex::new(Vec::new()),
+        cond: Condvar::new(),
+    });
+    let mut waiting: Vec<Option<TaskFuture<T>>> = Vec::new();
+    for (index, f) in futures.into_iter().enumerate() {
+        let waker = Waker::from(Arc::new(IndexWaker {
+            index,
+            queue: Arc::clone(&queue),
+        }));
+        if f.slot.register(&waker) {
+            queue.push(index);
+        }
+        waiting.push(Some(f));
+    }
+    AsCompleted {
+        left: waiting.len(),
+        waiting,
+        queue,
+        deadline: timeout.map(|t| Instant::now() + t),
+        timed_out: false,
+    }
+}
+
+struct DoneQueue {
+    done: Mutex<Vec<usize>>,
+    cond: Condvar,
+}
+
+impl DoneQueue {
+    fn push(&self, index: usize) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(index);
+        self.cond.notify_one();
+    }
+}
+
+struct IndexWaker {
+    index: usize,
+    queue: Arc<DoneQueue>,
+}
+
+impl Wake for IndexWaker {
+    fn wake(self: Arc<Self>) {
+        self.queue.push(self.index);
+    }
+}
+
+/// The iterator of [`as_completed`].
+pub struct AsCompleted<T> {
+    waiting: Vec<Option<TaskFuture<T>>>,
+    left: usize,
+    queue: Arc<DoneQueue>,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+impl<T> std::fmt::Debug for AsCompleted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Iterator for AsCompleted<T> {
+    type Item = Result<TaskFuture<T>, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 || self.timed_out {
+            return None;
+        }
+        let mut done = self.queue.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            while let Some(index) = done.pop() {
+                if let Some(f) = self.waiting.get_mut(index).and_then(Option::take) {
+                    self.left -= 1;
+                    return Some(Ok(f));
+                }
+            }
+            match self.deadline {
+                None => {
+                    done = self
+                        .queue
+                        .cond
+                        .wait(done)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.timed_out = true;
+                        return Some(Err(TaskError::Timeout));
+                    }
+                    done = self
+                        .queue
+                        .cond
+                        .wait_timeout(done, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}

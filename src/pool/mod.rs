@@ -1,0 +1,869 @@
+//! [`Pool`] (Python's `multiprocessing.Pool`) and [`ProcessPoolExecutor`] (Python's
+//! `concurrent.futures.ProcessPoolExecutor`), over one supervisor that never lets a caller
+//! hang.
+//!
+//! A task is a function item or a closure that captures nothing, applied to serializable
+//! arguments; its value travels back serialized. That is what lets the same task run in a
+//! worker started by any start method, and it is checked at compile time:
+//!
+//! ```compile_fail
+//! let pool = multiproc::Pool::new(1)?;
+//! let k = 3u64;
+//! pool.apply(move |x: u64| x * k, 2); // captures `k`: pass it as an argument instead
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! Layout: `supervisor.rs` (the pool's thread: workers, dispatch, deaths, time limits),
+//! `transport.rs` (the link to one worker, behind a trait), `worker.rs` (the worker's loop),
+//! `async_result.rs`, `executor.rs`, `error.rs`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::target;
+use crate::sys;
+
+mod async_result;
+mod error;
+mod executor;
+mod progress;
+mod supervisor;
+mod transport;
+mod worker;
+
+pub use async_result::AsyncResult;
+pub use error::{TaskError, WorkerExit};
+pub use executor::{
+    AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
+};
+
+use async_result::{ApplySink, Callbacks, Slot};
+use progress::Progress;
+use supervisor::{Config, Core, Job, Sink};
+use transport::{PipeLauncher, WorkerSpec};
+
+/// The entry offset of `f` as a pool task taking `A` and returning `T`.
+fn apply_entry<F, A, T>(_f: &F) -> i64
+where
+    F: Fn(A) -> T + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
+        )
+    };
+    sys::code_offset(target::args_entry::<F, A, T>)
+}
+
+/// The entry offset of `f` mapped over a chunk of `A`s.
+fn chunk_entry<F, A, T>(_f: &F) -> i64
+where
+    F: Fn(A) -> T + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
+        )
+    };
+    sys::code_offset(worker::chunk_entry::<F, A, T>)
+}
+
+/// Python's default `chunksize` for `map`: about four chunks per worker.
+fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(processes * 4).max(1)
+}
+
+/// A pool of worker processes, Python's `multiprocessing.Pool`.
+///
+/// Tasks are function items (or closures that capture nothing) applied to serializable
+/// arguments. Unlike Python's pool, nothing here hangs: a task whose worker dies (killed,
+/// crashed, `exit`) fails with [`TaskError::WorkerDied`] saying how, the worker is replaced
+/// and the other tasks complete; a panicking task fails with its message; a task over the
+/// [time limit](PoolBuilder::task_timeout) fails and its worker is replaced.
+///
+/// Dropping the pool terminates it, as leaving Python's `with Pool() as p:` block does;
+/// [`close`](Pool::close) then [`join`](Pool::join) lets every submitted task finish first.
+///
+/// # Examples
+/// ```
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+/// assert_eq!(pool.apply(square, 9)?, 81);
+///
+/// // Tuples for several arguments (Python's `starmap`).
+/// let sums = pool.starmap(|(a, b): (u32, u32)| a + b, vec![(1, 2), (3, 4)])?;
+/// assert_eq!(sums, vec![3, 7]);
+///
+/// // Lazy, in order, pulling the input as it goes.
+/// let firsts: Vec<u64> = pool.imap(square, 0..).take(3).collect::<Result<_, _>>()?;
+/// assert_eq!(firsts, vec![0, 1, 4]);
+///
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    core: Core,
+    processes: usize,
+    progress: bool,
+}
+
+/// Configures a [`Pool`]: Python's `Pool(processes, initializer, initargs, maxtasksperchild)`
+/// plus a start method, a per-task time limit and a progress bar.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// fn greet(name: String) { eprintln!("worker {} ready for {name}", std::process::id()); }
+/// fn double(x: i32) -> i32 { 2 * x }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(greet, "work".to_string())
+///     .maxtasksperchild(100)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(pool.map(double, vec![1, 2, 3])?, vec![2, 4, 6]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Result<(i64, Vec<u8>)>>,
+    max_tasks: Option<usize>,
+    method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+    progress: bool,
+    name: Option<String>,
+}
+
+impl PoolBuilder {
+    /// A builder with Python's defaults: [`cpu_count`](crate::cpu_count) workers, no
+    /// initializer, workers live for ever, the default start method, no time limit.
+    pub fn new() -> Self {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once with `args` before its first task. If it panics the
+    /// pool cannot run tasks, and they fail with [`TaskError::InitializerFailed`] (where
+    /// Python's pool restarts workers for ever).
+    pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
+    where
+        F: Fn(A) + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let entry = apply_entry::<F, A, ()>(&f);
+        self.initializer = Some(target::encode(&args).map(|payload| (entry, payload)));
+        self
+    }
+
+    /// Each worker exits after this many tasks and is replaced by a fresh one (Python's
+    /// `maxtasksperchild`), to release memory a task leaks.
+    #[doc(alias = "max_tasks_per_child")]
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// The start method for the workers.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// A time limit for each task (each chunk, for `map`): a task that runs longer fails with
+    /// [`TaskError::TimeLimit`], and its worker is killed and replaced.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Shows a progress bar on stderr during `map` and `imap` calls. Needs the cargo feature
+    /// `progress`; without it the bar is silently absent.
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// The workers' name prefix (`PoolWorker` by default: `PoolWorker-1`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    fn config(self) -> Result<(Config, bool)> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "a pool needs at least one process",
+            ));
+        }
+        if self.max_tasks == Some(0) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "maxtasksperchild must be at least 1",
+            ));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "a task time limit must be longer than zero",
+            ));
+        }
+        let initializer = self.initializer.transpose()?;
+        Ok((
+            Config {
+                processes,
+                spec: WorkerSpec {
+                    name: self.name.unwrap_or_else(|| "PoolWorker".to_owned()),
+                    method: self.method,
+                    initializer,
+                    max_tasks: self.max_tasks,
+                },
+                task_timeout: self.task_timeout,
+            },
+            self.progress,
+        ))
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild` or a zero
+    /// time limit; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
+    /// [`ErrorKind::Os`] when the workers cannot be started (none is left running).
+    pub fn build(self) -> Result<Pool> {
+        let (config, progress) = self.config()?;
+        let processes = config.processes;
+        let core = Core::start(config, Box::new(PipeLauncher))?;
+        Ok(Pool {
+            core,
+            processes,
+            progress,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool> {
+        PoolBuilder::new().processes(processes).build()
+    }
+
+    /// A builder for the other options.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// The number of workers the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Runs `f(args)` in a worker and waits for its value.
+    ///
+    /// # Errors
+    /// The task's [`TaskError`].
+    pub fn apply<F, A, T>(&self, f: F, args: A) -> Result<T, TaskError>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args).get()
+    }
+
+    /// Submits `f(args)` and returns at once; the value arrives in the [`AsyncResult`].
+    /// Submitting to a closed pool gives a result that failed with [`TaskError::PoolClosed`].
+    pub fn apply_async<F, A, T>(&self, f: F, args: A) -> AsyncResult<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_apply(apply_entry::<F, A, T>(&f), &args, None)
+    }
+
+    /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
+    /// which run on the pool's thread before the result becomes ready; keep them short.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::mpsc;
+    /// use multiproc::Pool;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let r = pool.apply_async_with(square, 5, move |v| tx.send(*v).unwrap(), |e| eprintln!("{e}"));
+    /// assert_eq!(r.get()?, 25);
+    /// assert_eq!(rx.recv()?, 25);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_async_with<F, A, T>(
+        &self,
+        f: F,
+        args: A,
+        callback: impl FnOnce(&T) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> AsyncResult<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let callbacks = Callbacks {
+            on_value: Box::new(callback),
+            on_error: Box::new(error_callback),
+        };
+        self.submit_apply(apply_entry::<F, A, T>(&f), &args, Some(callbacks))
+    }
+
+    fn submit_apply<A: Serialize, T: DeserializeOwned + Send + 'static>(
+        &self,
+        entry: i64,
+        args: &A,
+        callbacks: Option<Callbacks<T>>,
+    ) -> AsyncResult<T> {
+        let slot = Slot::new();
+        let sink = ApplySink {
+            slot: Arc::clone(&slot),
+            callbacks,
+        };
+        match target::encode(args) {
+            Ok(payload) => submit(&self.core, entry, payload, Box::new(sink)),
+            Err(e) => Box::new(sink).finish(Err(e.into())),
+        }
+        AsyncResult::new(slot)
+    }
+
+    /// Applies `f` to every item and returns the values in order, Python's `map`. The input
+    /// is collected first and sent in chunks of Python's default size (about four per worker).
+    ///
+    /// # Errors
+    /// The first [`TaskError`] of any chunk.
+    pub fn map<F, A, T, I>(&self, f: F, iterable: I) -> Result<Vec<T>, TaskError>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, iterable).get()
+    }
+
+    /// [`map`](Pool::map) with an explicit `chunksize` (items per task).
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
+    pub fn map_chunked<F, A, T, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> Result<Vec<T>, TaskError>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.submit_map(chunk_entry::<F, A, T>(&f), iterable, Some(chunksize), None)
+            .get()
+    }
+
+    /// Python's `starmap`: [`map`](Pool::map) over tuples of arguments, which the task takes
+    /// apart in its pattern (`|(a, b): (u32, u32)| a + b`).
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
+    pub fn starmap<F, A, T, I>(&self, f: F, iterable: I) -> Result<Vec<T>, TaskError>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(f, iterable)
+    }
+
+    /// [`map`](Pool::map) without waiting: one [`AsyncResult`] for the whole list.
+    pub fn map_async<F, A, T, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<T>>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.submit_map(chunk_entry::<F, A, T>(&f), iterable, None, None)
+    }
+
+    /// [`map_async`](Pool::map_async) with a `chunksize` (`None`: Python's default) and
+    /// Python's `callback` (given the whole list) and `error_callback`.
+    pub fn map_async_with<F, A, T, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: Option<usize>,
+        callback: impl FnOnce(&Vec<T>) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> AsyncResult<Vec<T>>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let callbacks = Callbacks {
+            on_value: Box::new(callback),
+            on_error: Box::new(error_callback),
+        };
+        self.submit_map(
+            chunk_entry::<F, A, T>(&f),
+            iterable,
+            chunksize,
+            Some(callbacks),
+        )
+    }
+
+    /// Python's `starmap_async`: [`map_async`](Pool::map_async) over tuples of arguments.
+    pub fn starmap_async<F, A, T, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<T>>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, iterable)
+    }
+
+    fn submit_map<A, T, I>(
+        &self,
+        entry: i64,
+        iterable: I,
+        chunksize: Option<usize>,
+        callbacks: Option<Callbacks<Vec<T>>>,
+    ) -> AsyncResult<Vec<T>>
+    where
+        A: Serialize,
+        T: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = iterable.into_iter().collect();
+        let slot = Slot::new();
+        if items.is_empty() {
+            let outcome = Ok(Vec::new());
+            if let Some(cb) = callbacks {
+                cb.run(&outcome);
+            }
+            slot.complete(outcome);
+            return AsyncResult::new(slot);
+        }
+        let chunksize = match chunksize {
+            Some(0) => {
+                let e = TaskError::Process(Error::with_message(
+                    ErrorKind::InvalidInput,
+                    "chunksize must be at least 1",
+                ));
+                return AsyncResult::failed(e);
+            }
+            Some(n) => n,
+            None => default_chunksize(items.len(), self.processes),
+        };
+        let chunks = items.len().div_ceil(chunksize);
+        let state = Arc::new(Mutex::new(MapState {
+            parts: (0..chunks).map(|_| None).collect(),
+            remaining: chunks,
+            slot: Arc::clone(&slot),
+            callbacks,
+            progress: Progress::new(self.progress, Some(items.len() as u64)),
+        }));
+        let mut jobs = Vec::with_capacity(chunks);
+        for (index, chunk) in items.chunks(chunksize).enumerate() {
+            let sink = Box::new(ChunkSink {
+                index,
+                len: chunk.len(),
+                state: Arc::clone(&state),
+                finished: false,
+            });
+            match target::encode(chunk) {
+                Ok(payload) => jobs.push(Job {
+                    entry,
+                    payload,
+                    sink,
+                }),
+                Err(e) => {
+                    sink.finish(Err(e.into()));
+                    return AsyncResult::new(slot);
+                }
+            }
+        }
+        if let Err(jobs) = self.core.submit_all(jobs) {
+            for job in jobs {
+                job.sink.finish(Err(TaskError::PoolClosed));
+            }
+        }
+        AsyncResult::new(slot)
+    }
+
+    /// Applies `f` lazily: an iterator of values in input order, Python's `imap`. The input is
+    /// pulled only as results are consumed (a bounded number of tasks ahead), so an endless
+    /// or huge input runs in bounded memory.
+    pub fn imap<'a, F, A, T, I>(&'a self, f: F, iterable: I) -> Imap<'a, T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        self.imap_chunked(f, iterable, 1)
+    }
+
+    /// [`imap`](Pool::imap) with `chunksize` items per task (0 is taken as 1).
+    pub fn imap_chunked<'a, F, A, T, I>(
+        &'a self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> Imap<'a, T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        Imap::new(self, chunk_entry::<F, A, T>(&f), iterable, chunksize, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but values come in the order they are ready, Python's
+    /// `imap_unordered`.
+    pub fn imap_unordered<'a, F, A, T, I>(&'a self, f: F, iterable: I) -> Imap<'a, T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        self.imap_unordered_chunked(f, iterable, 1)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per task.
+    pub fn imap_unordered_chunked<'a, F, A, T, I>(
+        &'a self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> Imap<'a, T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        Imap::new(self, chunk_entry::<F, A, T>(&f), iterable, chunksize, false)
+    }
+
+    /// Accepts no more tasks; those submitted still run, and the workers exit when done.
+    pub fn close(&self) {
+        self.core.close();
+    }
+
+    /// Stops at once: kills the workers; unfinished tasks fail with
+    /// [`TaskError::Terminated`].
+    pub fn terminate(&self) {
+        self.core.terminate();
+    }
+
+    /// Waits until the workers have exited, after [`close`](Pool::close) (every submitted
+    /// task has finished then) or [`terminate`](Pool::terminate).
+    ///
+    /// # Errors
+    /// [`ErrorKind::StillRunning`] if the pool was neither closed nor terminated (Python's
+    /// `ValueError`).
+    pub fn join(&self) -> Result<()> {
+        self.core.join()
+    }
+}
+
+fn submit(core: &Core, entry: i64, payload: Vec<u8>, sink: Box<dyn Sink>) {
+    if let Err(job) = core.submit(Job {
+        entry,
+        payload,
+        sink,
+    }) {
+        job.sink.finish(Err(TaskError::PoolClosed));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// map: chunks that complete one list.
+
+struct MapState<T> {
+    parts: Vec<Option<Vec<T>>>,
+    remaining: usize,
+    slot: Arc<Slot<Vec<T>>>,
+    callbacks: Option<Callbacks<Vec<T>>>,
+    progress: Progress,
+}
+
+struct ChunkSink<T> {
+    index: usize,
+    len: usize,
+    state: Arc<Mutex<MapState<T>>>,
+    finished: bool,
+}
+
+impl<T: DeserializeOwned + Send + 'static> Sink for ChunkSink<T> {
+    fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        self.finished = true;
+        let decoded = outcome.and_then(|bytes| decode_chunk::<T>(&bytes, self.len));
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.parts.is_empty() {
+            return; // already failed
+        }
+        let outcome = match decoded {
+            Ok(values) => {
+                state.parts[self.index] = Some(values);
+                state.remaining -= 1;
+                state.progress.advance(self.len);
+                if state.remaining > 0 {
+                    return;
+                }
+                let parts = std::mem::take(&mut state.parts);
+                Ok(parts.into_iter().flatten().flatten().collect())
+            }
+            Err(e) => {
+                // Python's map fails as soon as one chunk fails.
+                state.parts = Vec::new();
+                Err(e)
+            }
+        };
+        state.progress.finish();
+        let callbacks = state.callbacks.take();
+        let slot = Arc::clone(&state.slot);
+        drop(state);
+        if let Some(cb) = callbacks {
+            cb.run(&outcome);
+        }
+        slot.complete(outcome);
+    }
+}
+
+impl<T> Drop for ChunkSink<T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped without an outcome (the pool went away): never leave a waiter waiting.
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.slot.complete(Err(TaskError::Terminated));
+        }
+    }
+}
+
+fn decode_chunk<T: DeserializeOwned>(bytes: &[u8], len: usize) -> Result<Vec<T>, TaskError> {
+    let values: Vec<T> = target::decode(bytes)?;
+    if values.len() != len {
+        return Err(TaskError::Process(Error::with_message(
+            ErrorKind::Decode,
+            format!("a chunk of {len} tasks returned {} values", values.len()),
+        )));
+    }
+    Ok(values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// imap: a window of chunks in flight, fed from the input as results are taken.
+
+type Feed<'a> = Box<dyn FnMut() -> Option<(usize, Result<Vec<u8>>)> + 'a>;
+type ChunkOutcome<T> = (usize, std::result::Result<Vec<T>, TaskError>);
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
+/// `Result<T, TaskError>` per input item.
+///
+/// A bounded number of tasks is in flight; the next input items are pulled and submitted as
+/// values are taken. A failed chunk yields one error per item in it.
+pub struct Imap<'a, T> {
+    pool: &'a Pool,
+    entry: i64,
+    feed: Feed<'a>,
+    input_done: bool,
+    window: usize,
+    /// In order: each chunk's length and slot.
+    ordered: Option<VecDeque<(usize, Arc<Slot<Vec<T>>>)>>,
+    /// Out of order: outcomes as they come.
+    unordered: (
+        mpsc::Sender<ChunkOutcome<T>>,
+        mpsc::Receiver<ChunkOutcome<T>>,
+    ),
+    in_flight: usize,
+    ready: VecDeque<Result<T, TaskError>>,
+    progress: Progress,
+}
+
+impl<T> std::fmt::Debug for Imap<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("in_flight", &self.in_flight)
+            .field("input_done", &self.input_done)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ChannelSink<T> {
+    len: usize,
+    tx: Option<mpsc::Sender<ChunkOutcome<T>>>,
+}
+
+impl<T: DeserializeOwned + Send + 'static> Sink for ChannelSink<T> {
+    fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        let decoded = outcome.and_then(|bytes| decode_chunk::<T>(&bytes, self.len));
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.len, decoded));
+        }
+    }
+}
+
+impl<T> Drop for ChannelSink<T> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.len, Err(TaskError::Terminated)));
+        }
+    }
+}
+
+impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
+    fn new<A, I>(pool: &'a Pool, entry: i64, iterable: I, chunksize: usize, ordered: bool) -> Self
+    where
+        A: Serialize + 'a,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        let chunksize = chunksize.max(1);
+        let mut input = iterable.into_iter();
+        let (lower, upper) = input.size_hint();
+        let total = (upper == Some(lower)).then_some(lower as u64);
+        let feed: Feed<'a> = Box::new(move || {
+            let chunk: Vec<A> = input.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                return None;
+            }
+            Some((chunk.len(), target::encode(&chunk)))
+        });
+        Imap {
+            pool,
+            entry,
+            feed,
+            input_done: false,
+            window: (pool.processes * 32).max(64),
+            ordered: ordered.then(VecDeque::new),
+            unordered: mpsc::channel(),
+            in_flight: 0,
+            ready: VecDeque::new(),
+            progress: Progress::new(pool.progress, total),
+        }
+    }
+
+    fn refill(&mut self) {
+        while !self.input_done && self.in_flight < self.window {
+            let Some((len, payload)) = (self.feed)() else {
+                self.input_done = true;
+                break;
+            };
+            self.in_flight += 1;
+            let sink: Box<dyn Sink> = match &mut self.ordered {
+                Some(queue) => {
+                    let slot = Slot::new();
+                    queue.push_back((len, Arc::clone(&slot)));
+                    Box::new(ApplySink {
+                        slot,
+                        callbacks: None,
+                    })
+                }
+                None => Box::new(ChannelSink {
+                    len,
+                    tx: Some(self.unordered.0.clone()),
+                }),
+            };
+            match payload {
+                Ok(payload) => submit(&self.pool.core, self.entry, payload, sink),
+                Err(e) => sink.finish(Err(e.into())),
+            }
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<ChunkOutcome<T>> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        self.in_flight -= 1;
+        match &mut self.ordered {
+            Some(queue) => {
+                let (len, slot) = queue.pop_front()?;
+                Some((len, slot.get(None)))
+            }
+            // Every submitted chunk sends exactly one outcome (on finish or on drop).
+            None => self.unordered.1.recv().ok(),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Iterator for Imap<'_, T> {
+    type Item = Result<T, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                self.progress.advance(1);
+                return Some(item);
+            }
+            self.refill();
+            let Some((len, outcome)) = self.next_chunk() else {
+                self.progress.finish();
+                return None;
+            };
+            match outcome {
+                Ok(values) => self.ready.extend(values.into_iter().map(Ok)),
+                Err(e) => {
+                    for _ in 1..len {
+                        self.ready.push_back(Err(e.duplicate()));
+                    }
+                    self.ready.push_back(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! How the pool talks to its workers: the [`Link`] to one worker, the [`Launcher`] that starts
+//! them, and the frames they exchange.
+//!
+//! The supervisor only needs four things of a worker: send it a task frame, read its reply
+//! frames, know when it died (and how), and kill it. [`PipeLauncher`] does that with a pair of
+//! pipes and the worker's pidfd; a cluster backend (MPI) implements the same two traits.
+//!
+//! Frames use `wire`'s header (a little-endian `u32` length). Bodies are laid out by hand
+//! rather than through serde, because a task's payload and a reply's value are already
+//! serialized bytes and copying them once more per task would cost more than the rest of
+//! the frame:
+//!
+//! | frame | body |
+//! |---|---|
+//! | task | `0u8`, id `u64`, entry `i64`, payload |
+//! | exit | `1u8` |
+//! | reply | `0u8`, id `u64`, status `u8` (0 value, 1 panic, 2 error), bytes |
+//! | ready | `1u8` (the initializer ran) |
+//! | init failed | `2u8`, message |
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::context::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::{Builder, Process};
+use crate::sys::{self, Interest};
+use crate::wire;
+
+/// What a worker needs to know at start.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerSpec {
+    pub(crate) name: String,
+    pub(crate) method: Option<StartMethod>,
+    /// Entry offset and encoded arguments of the initializer.
+    pub(crate) initializer: Option<(i64, Vec<u8>)>,
+    /// Tasks after which the worker exits (Python's `maxtasksperchild`).
+    pub(crate) max_tasks: Option<usize>,
+}
+
+/// Starts workers.
+pub(crate) trait Launcher: Send {
+    /// Starts one worker; on error nothing is left running.
+    fn launch(&self, spec: &WorkerSpec) -> Result<Box<dyn Link>>;
+}
+
+/// A message from a worker.
+#[derive(Debug)]
+pub(crate) enum FromWorker {
+    /// The outcome of task `id`.
+    Reply { id: u64, reply: Reply },
+    /// The initializer ran; tasks from now on are the worker's own doing.
+    Ready,
+    /// The initializer panicked; the worker exits.
+    InitFailed(String),
+}
+
+/// How one task ended inside a worker.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Value(Vec<u8>),
+    Panic {
+        message: String,
+        location: Option<String>,
+    },
+    Failed(String),
+}
+
+/// The pool's end of one worker.
+pub(crate) trait Link: Send {
+    /// The worker's process id (for logs and tests).
+    fn pid(&self) -> u32;
+    /// Queues task `id` for the worker. Never blocks; see [`flush`](Link::flush).
+    fn send_task(&mut self, id: u64, entry: i64, payload: &[u8]);
+    /// Queues the request to exit once the queued tasks are done.
+    fn send_exit(&mut self);
+    /// Writes queued bytes as far as the worker takes them without blocking.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Whether queued bytes wait for the worker to read.
+    fn wants_write(&self) -> bool;
+    /// Descriptors to wait on: replies (read), tasks (write), death (read).
+    fn poll_set(&self) -> [BorrowedFd<'_>; 3];
+    /// Reads every complete message available without blocking. `Ok(true)` at end of stream.
+    fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool>;
+    /// The worker's exit code (`-N` for signal N) once it ended, reaping it. Never blocks.
+    fn exitcode(&mut self) -> io::Result<Option<i32>>;
+    /// Kills the worker at once (SIGKILL). Killing a dead worker is not an error.
+    fn kill(&self);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames.
+
+const TASK: u8 = 0;
+const EXIT: u8 = 1;
+const REPLY: u8 = 0;
+const READY: u8 = 1;
+const INIT_FAILED: u8 = 2;
+const VALUE: u8 = 0;
+const PANIC: u8 = 1;
+const FAILED: u8 = 2;
+
+fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; wire::HEADER]);
+    start
+}
+
+fn end_frame(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - wire::HEADER) as u32;
+    out[start..start + wire::HEADER].copy_from_slice(&len.to_le_bytes());
+}
+
+pub(crate) fn encode_task(out: &mut Vec<u8>, id: u64, entry: i64, payload: &[u8]) {
+    let start = begin_frame(out);
+    out.push(TASK);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&entry.to_le_bytes());
+    out.extend_from_slice(payload);
+    end_frame(out, start);
+}
+
+pub(crate) fn encode_exit(out: &mut Vec<u8>) {
+    let start = begin_frame(out);
+    out.push(EXIT);
+    end_frame(out, start);
+}
+
+pub(crate) fn encode_reply(out: &mut Vec<u8>, id: u64, reply: &Reply) {
+    let start = begin_frame(out);
+    out.push(REPLY);
+    out.extend_from_slice(&id.to_le_bytes());
+    match reply {
+        Reply::Value(bytes) => {
+            out.push(VALUE);
+            out.extend_from_slice(bytes);
+        }
+        Reply::Panic { message, location } => {
+            out.push(PANIC);
+            // Strings always encode.
+            let body = postcard::to_allocvec(&(message, location)).unwrap_or_default();
+            out.extend_from_slice(&body);
+        }
+        Reply::Failed(message) => {
+            out.push(FAILED);
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
+    end_frame(out, start);
+}
+
+pub(crate) fn encode_ready(out: &mut Vec<u8>) {
+    let start = begin_frame(out);
+    out.push(READY);
+    end_frame(out, start);
+}
+
+pub(crate) fn encode_init_failed(out: &mut Vec<u8>, message: &str) {
+    let start = begin_frame(out);
+    out.push(INIT_FAILED);
+    out.extend_from_slice(message.as_bytes());
+    end_frame(out, start);
+}
+
+/// A message to a worker.
+#[derive(Debug)]
+pub(crate) enum ToWorker<'a> {
+    Task {
+        id: u64,
+        entry: i64,
+        payload: &'a [u8],
+    },
+    Exit,
+}
+
+fn malformed(what: &str) -> Error {
+    Error::with_message(ErrorKind::Decode, format!("malformed {what} frame"))
+}
+
+/// Splits the first complete frame off `buf`: its body and the bytes it used.
+pub(crate) fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>> {
+    let Some(len) = wire::frame_len(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < wire::HEADER + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        &buf[wire::HEADER..wire::HEADER + len],
+        wire::HEADER + len,
+    )))
+}
+
+pub(crate) fn decode_to_worker(body: &[u8]) -> Result<ToWorker<'_>> {
+    match body.split_first() {
+        Some((&TASK, rest)) if rest.len() >= 16 => Ok(ToWorker::Task {
+            id: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+            entry: i64::from_le_bytes(rest[8..16].try_into().expect("8 bytes")),
+            payload: &rest[16..],
+        }),
+        Some((&EXIT, _)) => Ok(ToWorker::Exit),
+        _ => Err(malformed("task")),
+    }
+}
+
+pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
+    match body.split_first() {
+        Some((&REPLY, rest)) if rest.len() >= 9 => {
+            let id = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+            let bytes = &rest[9..];
+            let reply = match rest[8] {
+                VALUE => Reply::Value(bytes.to_vec()),
+                PANIC => {
+                    let (message, location) =
+                        postcard::from_bytes(bytes).map_err(|_| malformed("reply"))?;
+                    Reply::Panic { message, location }
+                }
+                FAILED => Reply::Failed(String::from_utf8_lossy(bytes).into_owned()),
+                _ => return Err(malformed("reply")),
+            };
+            Ok(FromWorker::Reply { id, reply })
+        }
+        Some((&READY, _)) => Ok(FromWorker::Ready),
+        Some((&INIT_FAILED, rest)) => Ok(FromWorker::InitFailed(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        _ => Err(malformed("reply")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipes and a local process.
+
+/// Workers as local child processes, one pipe each way.
+#[derive(Debug)]
+pub(crate) struct PipeLauncher;
+
+impl Launcher for PipeLauncher {
+    fn launch(&self, spec: &WorkerSpec) -> Result<Box<dyn Link>> {
+        let (task_rx, task_tx) = sys::pipe()?;
+        let (reply_rx, reply_tx) = sys::pipe()?;
+        sys::set_nonblocking(task_tx.as_fd())?;
+        sys::set_nonblocking(reply_rx.as_fd())?;
+        let child_spec = spec.clone();
+        let mut builder = Builder::new().name(spec.name.clone()).daemon(true);
+        if let Some(method) = spec.method {
+            builder = builder.start_method(method);
+        }
+        // The worker's ends move into the child; the parent's copies close when the closure
+        // is dropped after the start.
+        let mut process = builder.target(move || super::worker::run(task_rx, reply_tx, child_spec));
+        process.start()?;
+        Ok(Box::new(PipeLink {
+            process,
+            task_tx,
+            reply_rx,
+            out: Vec::new(),
+            out_pos: 0,
+            inbuf: Vec::new(),
+            eof: false,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct PipeLink {
+    process: Process,
+    task_tx: OwnedFd,
+    reply_rx: OwnedFd,
+    out: Vec<u8>,
+    out_pos: usize,
+    inbuf: Vec<u8>,
+    eof: bool,
+}
+
+impl Link for PipeLink {
+    fn pid(&self) -> u32 {
+        self.process.pid().unwrap_or(0)
+    }
+
+    fn send_task(&mut self, id: u64, entry: i64, payload: &[u8]) {
+        encode_task(&mut self.out, id, entry, payload);
+    }
+
+    fn send_exit(&mut self) {
+        encode_exit(&mut self.out);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match sys::write_some(self.task_tx.as_fd(), &self.out[self.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => self.out_pos += n,
+                // The worker is gone; its death is noticed through its pidfd.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.out_pos = self.out.len();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+
+    fn wants_write(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    fn poll_set(&self) -> [BorrowedFd<'_>; 3] {
+        let sentinel = self
+            .process
+            .sentinel()
+            .expect("a launched worker is started and not closed");
+        [self.reply_rx.as_fd(), self.task_tx.as_fd(), sentinel]
+    }
+
+    fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool> {
+        if !self.eof {
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match sys::read(self.reply_rx.as_fd(), &mut chunk) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        self.inbuf.extend_from_slice(&chunk[..n]);
+                        if n < chunk.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut used = 0;
+        while let Some((body, n)) = split_frame(&self.inbuf[used..])? {
+            out.push(decode_from_worker(body)?);
+            used += n;
+        }
+        self.inbuf.drain(..used);
+        Ok(self.eof)
+    }
+
+    fn exitcode(&mut self) -> io::Result<Option<i32>> {
+        Ok(self.process.exitcode())
+    }
+
+    fn kill(&self) {
+        let _ = self.process.kill();
+    }
+}
+
+/// What `poll_fds` should watch for one link.
+pub(crate) fn interests(link: &dyn Link, replies: bool) -> [(BorrowedFd<'_>, Interest); 3] {
+    let [reply, task, death] = link.poll_set();
+    let read = Interest {
+        read: true,
+        write: false,
+    };
+    [
+        (
+            reply,
+            Interest {
+                read: replies,
+                write: false,
+            },
+        ),
+        (
+            task,
+            Interest {
+                read: false,
+                write: link.wants_write(),
+            },
+        ),
+        (death, read),
+    ]
+}

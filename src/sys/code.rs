@@ -1,0 +1,34 @@
+//! Naming a function of this executable across processes.
+//!
+//! A pool worker is started once and then runs many different tasks. Each task names its entry
+//! function as a distance from an anchor function in the same executable: the distance is the
+//! same in every process that runs this executable (a forked child, or the same binary
+//! started fresh with a different load address), so the worker can turn it back into a
+//! function pointer.
+//!
+//! # Safety
+//! Turning a number back into a function pointer is sound only when the number was produced by
+//! [`code_offset`] for a function of the same type, in a process running the same executable.
+//! [`entry_at`] states that contract; its callers read offsets only from the private pipe of
+//! the process that started them.
+
+use crate::process::target::Entry;
+
+#[inline(never)]
+fn anchor() {}
+
+/// The distance of `f` from this executable's anchor function.
+pub(crate) fn code_offset(f: Entry) -> i64 {
+    (f as usize as i64).wrapping_sub(anchor as fn() as usize as i64)
+}
+
+/// The entry function at `offset` from the anchor.
+///
+/// # Safety
+/// `offset` must come from [`code_offset`] in a process running the same executable.
+pub(crate) unsafe fn entry_at(offset: i64) -> Entry {
+    let addr = (anchor as fn() as usize as i64).wrapping_add(offset) as usize;
+    // SAFETY: by the caller's contract `addr` is the address of a function of type `Entry` in
+    // this executable's code, and `Entry` is a plain function pointer of the same size.
+    unsafe { std::mem::transmute::<usize, Entry>(addr) }
+}

@@ -1,0 +1,89 @@
+//! Waiting on many descriptors at once, for reading and for writing: the pool's event loop.
+//!
+//! # Safety
+//! No `unsafe` here: `poll(2)` goes through rustix's safe wrapper.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+/// What a caller waits for on one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Interest {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+}
+
+/// What `poll_fds` found on one descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// Readable, or at end of file / hung up / in error (a read will not block).
+    pub(crate) read: bool,
+    /// Writable, or the reader is gone (a write will not block; it may fail with `EPIPE`).
+    pub(crate) write: bool,
+}
+
+/// Waits until one of `fds` is ready as asked, or `deadline` passes (`None`: no deadline).
+/// Interrupted waits are resumed. All-default readiness means the deadline passed.
+///
+/// # References
+/// poll(2).
+pub(crate) fn poll_fds(
+    fds: &[(BorrowedFd<'_>, Interest)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<Readiness>> {
+    let mut pollfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, want)| {
+            let mut flags = PollFlags::empty();
+            if want.read {
+                flags |= PollFlags::IN;
+            }
+            if want.write {
+                flags |= PollFlags::OUT;
+            }
+            PollFd::new(fd, flags)
+        })
+        .collect();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut pollfds, timeout.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pollfds
+        .iter()
+        .zip(fds)
+        .map(|(p, (_, want))| {
+            let r = p.revents();
+            let broken = r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
+            Readiness {
+                read: want.read && (r.contains(PollFlags::IN) || broken),
+                write: want.write && (r.contains(PollFlags::OUT) || broken),
+            }
+        })
+        .collect())
+}
+
+/// Writes as much of `buf` as fits without blocking on a non-blocking descriptor; returns the
+/// bytes written (0 when full).
+pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
