@@ -235,6 +235,12 @@ fn tour_runs_and_prints_buffered_output_once() {
     assert!(s.contains("square(12) computed in pid"));
     assert!(s.contains("terminate() -> exitcode -15"));
     assert!(s.contains("panic: \"something broke\""));
+    // The child printed its panic to stderr, as Python prints a traceback.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("panicked at examples/tour.rs") && err.contains("something broke"),
+        "{err}"
+    );
 }
 
 #[test]
