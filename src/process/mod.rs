@@ -536,6 +536,9 @@ impl<T> std::fmt::Debug for JoinHandle<T> {
     }
 }
 
+/// How long a join waits on the child's exit alone before also watching its result pipe.
+const EXIT_ONLY_SLICE: Duration = Duration::from_millis(1);
+
 impl<T: DeserializeOwned> JoinHandle<T> {
     fn start(mut process: Process) -> Result<Self> {
         let (reader, writer) = sys::pipe()?;
@@ -574,12 +577,23 @@ impl<T: DeserializeOwned> JoinHandle<T> {
             return Err(JoinError::AlreadyJoined);
         }
         let child = Arc::clone(self.process.child()?);
+        // A short child with a small value is done before this slice ends: waiting on its exit
+        // alone costs one wake-up instead of two (data, then exit), and each cross-CPU wake-up
+        // is tens of microseconds on a small VM. A value larger than the pipe buffer blocks
+        // the child until we read, so after the slice the pipe is watched too.
+        let first_slice = Instant::now() + EXIT_ONLY_SLICE;
         let exitcode = loop {
-            // Read while waiting: a value larger than the pipe buffer would otherwise block
-            // the child's write, and so its exit.
+            let watch_pipe = Instant::now() >= first_slice;
+            let slice_end = if watch_pipe {
+                deadline
+            } else {
+                Some(deadline.map_or(first_slice, |d| d.min(first_slice)))
+            };
             let ready = match &self.reader {
-                Some(reader) => sys::wait_readable(&[child.sentinel(), reader.as_fd()], deadline)?,
-                None => sys::wait_readable(&[child.sentinel()], deadline)?,
+                Some(reader) if watch_pipe => {
+                    sys::wait_readable(&[child.sentinel(), reader.as_fd()], slice_end)?
+                }
+                _ => sys::wait_readable(&[child.sentinel()], slice_end)?,
             };
             if ready.get(1) == Some(&true) {
                 self.drain()?;
