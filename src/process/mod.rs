@@ -104,6 +104,7 @@ impl Process {
 
     /// A process whose body is `value.run()`: Python's subclass that overrides `run`.
     /// Its default name is the type's name, `Greeter-1` for a `Greeter`.
+    #[doc(alias = "subclass")]
     pub fn from_run<R>(value: R) -> Process
     where
         R: Run + Serialize + DeserializeOwned,
@@ -160,6 +161,7 @@ impl Process {
     ///
     /// # Errors
     /// [`ErrorKind::DaemonAfterStart`] once the process was started.
+    #[doc(alias = "daemon")]
     pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
         if !matches!(self.state, State::New) {
             return Err(Error::new(ErrorKind::DaemonAfterStart));
@@ -267,6 +269,7 @@ impl Process {
     ///
     /// # Errors
     /// As [`join`](Process::join).
+    #[doc(alias = "join")]
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let child = self.child()?;
         let code = child.wait(Some(Instant::now() + timeout))?;
@@ -316,6 +319,7 @@ impl Process {
     }
 
     /// The child's process id, once started.
+    #[doc(alias = "ident")]
     pub fn pid(&self) -> Option<u32> {
         match &self.state {
             State::Started(child) => Some(child.pid as u32),
@@ -468,6 +472,17 @@ impl Builder {
 /// let child_pid = handle.pid();
 /// assert_eq!(handle.join()?, child_pid);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// The value must be serializable, since it crosses a process boundary:
+/// ```compile_fail
+/// struct NotSerializable;
+/// let _ = multiproc::spawn(|| NotSerializable);
+/// ```
+/// and so must arguments:
+/// ```compile_fail
+/// struct NotSerializable;
+/// let _ = multiproc::spawn_with_args(|_x: NotSerializable| 1u8, NotSerializable);
 /// ```
 ///
 /// # Errors
