@@ -115,7 +115,7 @@ fn panics_fail_only_their_task() {
     let results: Vec<_> = pool
         .imap(
             |x: u32| {
-                if x % 3 == 0 {
+                if x.is_multiple_of(3) {
                     panic!("multiple of three: {x}")
                 } else {
                     x

@@ -710,6 +710,8 @@ fn decode_chunk<T: DeserializeOwned>(bytes: &[u8], len: usize) -> Result<Vec<T>,
 
 type Feed<'a> = Box<dyn FnMut() -> Option<(usize, Result<Vec<u8>>)> + 'a>;
 type ChunkOutcome<T> = (usize, std::result::Result<Vec<T>, TaskError>);
+/// A chunk in flight: its length and where its values land.
+type PendingChunk<T> = (usize, Arc<Slot<Vec<T>>>);
 
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
 /// `Result<T, TaskError>` per input item.
@@ -723,7 +725,7 @@ pub struct Imap<'a, T> {
     input_done: bool,
     window: usize,
     /// In order: each chunk's length and slot.
-    ordered: Option<VecDeque<(usize, Arc<Slot<Vec<T>>>)>>,
+    ordered: Option<VecDeque<PendingChunk<T>>>,
     /// Out of order: outcomes as they come.
     unordered: (
         mpsc::Sender<ChunkOutcome<T>>,
