@@ -1,0 +1,125 @@
+//! Pools: `Pool::map` over tiny items, `apply_async` per-task overhead, and pool startup,
+//! against Python's `Pool`/`ProcessPoolExecutor` (`python/bench_pool.py`) and, for `map`,
+//! rayon on threads as the ceiling for in-process work.
+
+use std::time::Instant;
+
+use multiproc::{Pool, ProcessPoolExecutor};
+use rayon::prelude::*;
+
+use crate::harness::{Case, Ctx, Row, get, median};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "pool_map_small",
+            run: pool_map_small,
+        },
+        Case {
+            name: "pool_apply_async",
+            run: pool_apply_async,
+        },
+        Case {
+            name: "pool_startup",
+            run: pool_startup,
+        },
+    ]
+}
+
+const WORKERS: usize = 2;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn python(ctx: &mut Ctx) -> serde_json::Value {
+    ctx.python("bench_pool.py", &["--workers", "2"])
+}
+
+/// `pool.map(x*x, range(n))` with the default chunksize on 2 workers; items per second.
+fn pool_map_small(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("pool_map_small", "items_per_s");
+    let n = ctx.scale(1_000_000, 200_000) as u64;
+    let pool = Pool::new(WORKERS).expect("pool");
+    pool.map(square, 0..1000).expect("warm-up");
+    row.ours = Some(median(ctx.rounds(), || {
+        let t = Instant::now();
+        let out = pool.map(square, 0..n).expect("map");
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(out.len() as u64, n);
+        assert_eq!(out[n as usize - 1], (n - 1) * (n - 1));
+        rate
+    }));
+    drop(pool);
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()
+        .expect("rayon pool");
+    let rayon_rate = median(ctx.rounds(), || {
+        threads.install(|| {
+            let t = Instant::now();
+            let out: Vec<u64> = (0..n).into_par_iter().map(square).collect();
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            assert_eq!(out.len() as u64, n);
+            rate
+        })
+    });
+    row.peer.insert("rayon_threads".into(), rayon_rate);
+    row.python = get(&python(ctx), "map_items_per_s");
+    row
+}
+
+/// Submit `n` tiny tasks with `apply_async`, then collect every result; tasks per second.
+/// Peers: our executor's `submit` and Python's `ProcessPoolExecutor.submit`.
+fn pool_apply_async(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("pool_apply_async", "tasks_per_s");
+    let n = ctx.scale(20_000, 5_000) as u64;
+    let pool = Pool::new(WORKERS).expect("pool");
+    pool.map(square, 0..1000).expect("warm-up");
+    row.ours = Some(median(ctx.rounds(), || {
+        let t = Instant::now();
+        let results: Vec<_> = (0..n).map(|i| pool.apply_async(square, i)).collect();
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.get().expect("task"), (i * i) as u64);
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    }));
+    drop(pool);
+    let ex = ProcessPoolExecutor::new(WORKERS).expect("executor");
+    let ours_ppe = median(ctx.rounds(), || {
+        let t = Instant::now();
+        let futures: Vec<_> = (0..n).map(|i| ex.submit(square, i)).collect();
+        for f in futures {
+            f.result().expect("task");
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    });
+    drop(ex);
+    let py = python(ctx);
+    row.peer.insert("ours_executor_submit".into(), ours_ppe);
+    if let Some(ppe) = get(&py, "ppe_submit_tasks_per_s") {
+        row.peer.insert("python_executor_submit".into(), ppe);
+        row.peer
+            .insert("ours_executor_vs_python_executor".into(), ours_ppe / ppe);
+    }
+    row.python = get(&py, "apply_async_tasks_per_s");
+    row
+}
+
+/// Create a pool of 2, run one task, close and join; milliseconds.
+fn pool_startup(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("pool_startup", "ms");
+    let n = ctx.scale(20, 5);
+    row.ours = Some(median(ctx.rounds(), || {
+        let t = Instant::now();
+        for _ in 0..n {
+            let pool = Pool::new(WORKERS).expect("pool");
+            assert_eq!(pool.apply(square, 1).expect("task"), 1);
+            pool.close();
+            pool.join().expect("join");
+        }
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    }));
+    row.python = get(&python(ctx), "pool_create_close_join_ms");
+    row
+}
