@@ -21,6 +21,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use serde::{Deserialize, Serialize};
+
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::{Builder, Process};
@@ -36,6 +38,29 @@ pub(crate) struct WorkerSpec {
     pub(crate) initializer: Option<(i64, Vec<u8>)>,
     /// Tasks after which the worker exits (Python's `maxtasksperchild`).
     pub(crate) max_tasks: Option<usize>,
+}
+
+/// What a local worker process is started with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    /// Read end of the task pipe.
+    #[serde(
+        serialize_with = "serialize_fd",
+        deserialize_with = "wire::deserialize_fd"
+    )]
+    pub(crate) tasks: OwnedFd,
+    /// Write end of the reply pipe.
+    #[serde(
+        serialize_with = "serialize_fd",
+        deserialize_with = "wire::deserialize_fd"
+    )]
+    pub(crate) replies: OwnedFd,
+    pub(crate) initializer: Option<(i64, Vec<u8>)>,
+    pub(crate) max_tasks: Option<usize>,
+}
+
+fn serialize_fd<S: serde::Serializer>(fd: &OwnedFd, s: S) -> std::result::Result<S::Ok, S::Error> {
+    wire::serialize_fd(fd.as_fd(), s)
 }
 
 /// Starts workers.
@@ -241,14 +266,21 @@ impl Launcher for PipeLauncher {
         let (reply_rx, reply_tx) = sys::pipe()?;
         sys::set_nonblocking(task_tx.as_fd())?;
         sys::set_nonblocking(reply_rx.as_fd())?;
-        let child_spec = spec.clone();
+        let args = WorkerArgs {
+            tasks: task_rx,
+            replies: reply_tx,
+            initializer: spec.initializer.clone(),
+            max_tasks: spec.max_tasks,
+        };
         let mut builder = Builder::new().name(spec.name.clone()).daemon(true);
         if let Some(method) = spec.method {
             builder = builder.start_method(method);
         }
-        // The worker's ends move into the child; the parent's copies close when the closure
-        // is dropped after the start.
-        let mut process = builder.target(move || super::worker::run(task_rx, reply_tx, child_spec));
+        // A fn item with serializable arguments, so that it runs under every start method: a
+        // forked worker gets the arguments moved, a fresh program gets them serialized with
+        // the pipes passed alongside. The parent's copies of the worker's ends close once the
+        // start is done.
+        let mut process = builder.target_with_args(super::worker::run, args);
         process.start()?;
         Ok(Box::new(PipeLink {
             process,

@@ -5,24 +5,30 @@
 //! so the pool always knows which task a dead worker was running: the oldest one without a
 //! reply.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::transport::{self, Reply, ToWorker, WorkerSpec};
+use super::transport::{self, Reply, ToWorker, WorkerArgs};
 use crate::error::Result;
 use crate::process::bootstrap;
 use crate::process::target::{self, Entry};
 use crate::sys;
 
 /// The body of a pool worker process.
-pub(crate) fn run(tasks: OwnedFd, replies: OwnedFd, spec: WorkerSpec) {
+pub(crate) fn run(args: WorkerArgs) {
+    let WorkerArgs {
+        tasks,
+        replies,
+        initializer,
+        max_tasks,
+    } = args;
     // Ctrl-C reaches the whole process group: a worker must die of it even when the program
     // handles SIGINT (the handler was inherited through fork).
     let _ = sys::restore_default_sigint();
     let mut out = Vec::new();
-    if let Some((entry, payload)) = &spec.initializer {
+    if let Some((entry, payload)) = &initializer {
         let init = resolve(*entry);
         let failure = match bootstrap::catch_task(|| init(payload)) {
             Ok(Ok(_)) => None,
@@ -66,7 +72,7 @@ pub(crate) fn run(tasks: OwnedFd, replies: OwnedFd, spec: WorkerSpec) {
             }
             start += used;
             done += 1;
-            if spec.max_tasks.is_some_and(|max| done >= max) {
+            if max_tasks.is_some_and(|max| done >= max) {
                 return;
             }
         }
