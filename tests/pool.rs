@@ -385,3 +385,60 @@ fn failing_initializer_breaks_the_pool_without_hanging() {
     drop(pool);
     assert!(multiproc::active_children().is_empty());
 }
+
+#[test]
+fn large_arguments_and_values_cross_whole() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(2).unwrap();
+    // Far larger than a pipe's buffer, both ways, several at once.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let results: Vec<_> = (0..4u8)
+        .map(|k| {
+            pool.apply_async(
+                |(v, k): (Vec<u8>, u8)| v.iter().map(|b| b ^ k).collect::<Vec<u8>>(),
+                (big.clone(), k),
+            )
+        })
+        .collect();
+    for (k, r) in results.into_iter().enumerate() {
+        let got = r.get().unwrap();
+        assert_eq!(got.len(), big.len());
+        assert!(got.iter().zip(&big).all(|(g, b)| *g == b ^ k as u8));
+    }
+    let strings: Vec<String> = pool
+        .imap(|n: usize| "x".repeat(n), vec![100_000, 1, 200_000])
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        strings.iter().map(String::len).collect::<Vec<_>>(),
+        vec![100_000, 1, 200_000]
+    );
+}
+
+#[test]
+fn pool_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Pool>();
+    send_sync::<multiproc::ProcessPoolExecutor>();
+    send_sync::<multiproc::AsyncResult<Vec<u8>>>();
+    send_sync::<multiproc::TaskFuture<String>>();
+    send_sync::<TaskError>();
+}
+
+#[test]
+fn a_pool_can_be_shared_between_threads() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                let got = pool.map(square, t * 100..(t + 1) * 100).unwrap();
+                assert_eq!(
+                    got,
+                    (t * 100..(t + 1) * 100).map(|x| x * x).collect::<Vec<_>>()
+                );
+            });
+        }
+    });
+}
