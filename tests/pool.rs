@@ -442,3 +442,14 @@ fn a_pool_can_be_shared_between_threads() {
         }
     });
 }
+
+#[test]
+fn progress_bar_does_not_disturb_results() {
+    // With the `progress` feature a bar is drawn on stderr (hidden when it is not a terminal);
+    // without it the option does nothing. Either way the values are the same.
+    let _r = common::Reaper::new();
+    let pool = Pool::builder().processes(2).progress(true).build().unwrap();
+    assert_eq!(pool.map(square, 0..1000).unwrap().len(), 1000);
+    assert_eq!(pool.imap(square, 0..100).filter(Result::is_ok).count(), 100);
+    assert_eq!(pool.imap_unordered(square, 0..100).count(), 100);
+}
