@@ -18,6 +18,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # A pool of workers, as Python's `Pool`
+//! ```
+//! use multiproc::{Pool, TaskError};
+//!
+//! fn collatz_steps(mut n: u64) -> u32 {
+//!     let mut steps = 0;
+//!     while n != 1 {
+//!         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+//!         steps += 1;
+//!     }
+//!     steps
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! let steps = pool.map(collatz_steps, 1..=10)?;
+//! assert_eq!(steps, vec![0, 1, 7, 2, 5, 8, 16, 3, 19, 6]);
+//!
+//! // A task that crashes its worker fails alone, saying how; the pool carries on.
+//! let crashed = pool.apply(|_: ()| -> u32 { std::process::abort() }, ());
+//! assert!(matches!(crashed, Err(TaskError::WorkerDied { .. })));
+//! assert_eq!(pool.apply(collatz_steps, 27)?, 111);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What is here
 //! - [`Process`] with Python's surface: start, join (with timeout), is_alive, terminate,
 //!   kill, close, pid, exitcode, name, daemon, authkey, sentinel; built with a target and

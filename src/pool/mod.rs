@@ -517,7 +517,7 @@ impl Pool {
                 state: Arc::clone(&state),
                 finished: false,
             });
-            match target::encode(chunk) {
+            match target::encode(chunk).and_then(|p| transport::check_size(p.len()).map(|()| p)) {
                 Ok(payload) => jobs.push(Job {
                     entry,
                     payload,
@@ -621,6 +621,10 @@ impl Pool {
 }
 
 fn submit(core: &Core, entry: i64, payload: Vec<u8>, sink: Box<dyn Sink>) {
+    if let Err(e) = transport::check_size(payload.len()) {
+        sink.finish(Err(e.into()));
+        return;
+    }
     if let Err(job) = core.submit(Job {
         entry,
         payload,

@@ -125,6 +125,23 @@ const VALUE: u8 = 0;
 const PANIC: u8 = 1;
 const FAILED: u8 = 2;
 
+/// Room in a frame for the fixed fields around a payload or value.
+const OVERHEAD: usize = 32;
+
+/// Refuses a payload or value that would not fit in one frame.
+pub(crate) fn check_size(len: usize) -> Result<()> {
+    if len > wire::MAX_FRAME - OVERHEAD {
+        return Err(Error::with_message(
+            ErrorKind::Encode,
+            format!(
+                "a task's arguments or value of {len} bytes exceed the {}-byte limit",
+                wire::MAX_FRAME - OVERHEAD
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn begin_frame(out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; wire::HEADER]);
@@ -411,4 +428,98 @@ pub(crate) fn interests(link: &dyn Link, replies: bool) -> [(BorrowedFd<'_>, Int
         ),
         (death, read),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(buf: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((body, used)) = split_frame(&buf[at..]).unwrap() {
+            out.push(body);
+            at += used;
+        }
+        assert_eq!(at, buf.len(), "trailing bytes");
+        out
+    }
+
+    #[test]
+    fn task_and_exit_frames_round_trip() {
+        let mut buf = Vec::new();
+        encode_task(&mut buf, 7, -12345, b"payload");
+        encode_exit(&mut buf);
+        encode_task(&mut buf, u64::MAX, i64::MIN, b"");
+        let bodies = frames(&buf);
+        assert!(matches!(
+            decode_to_worker(bodies[0]).unwrap(),
+            ToWorker::Task {
+                id: 7,
+                entry: -12345,
+                payload: b"payload"
+            }
+        ));
+        assert!(matches!(
+            decode_to_worker(bodies[1]).unwrap(),
+            ToWorker::Exit
+        ));
+        assert!(matches!(
+            decode_to_worker(bodies[2]).unwrap(),
+            ToWorker::Task {
+                id: u64::MAX,
+                entry: i64::MIN,
+                payload: b""
+            }
+        ));
+    }
+
+    #[test]
+    fn reply_frames_round_trip() {
+        let mut buf = Vec::new();
+        encode_reply(&mut buf, 1, &Reply::Value(vec![1, 2, 3]));
+        encode_reply(
+            &mut buf,
+            2,
+            &Reply::Panic {
+                message: "boom".into(),
+                location: Some("a.rs:1:2".into()),
+            },
+        );
+        encode_reply(&mut buf, 3, &Reply::Failed("bad bytes".into()));
+        encode_ready(&mut buf);
+        encode_init_failed(&mut buf, "init panicked");
+        let got: Vec<FromWorker> = frames(&buf)
+            .into_iter()
+            .map(|b| decode_from_worker(b).unwrap())
+            .collect();
+        assert!(
+            matches!(&got[0], FromWorker::Reply { id: 1, reply: Reply::Value(v) } if v == &[1, 2, 3])
+        );
+        assert!(
+            matches!(&got[1], FromWorker::Reply { id: 2, reply: Reply::Panic { message, location } }
+            if message == "boom" && location.as_deref() == Some("a.rs:1:2"))
+        );
+        assert!(
+            matches!(&got[2], FromWorker::Reply { id: 3, reply: Reply::Failed(m) } if m == "bad bytes")
+        );
+        assert!(matches!(got[3], FromWorker::Ready));
+        assert!(matches!(&got[4], FromWorker::InitFailed(m) if m == "init panicked"));
+    }
+
+    #[test]
+    fn partial_and_malformed_frames() {
+        let mut buf = Vec::new();
+        encode_task(&mut buf, 1, 2, b"abc");
+        for cut in 0..buf.len() {
+            assert!(split_frame(&buf[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        assert!(decode_to_worker(&[]).is_err());
+        assert!(decode_to_worker(&[TASK, 1, 2]).is_err());
+        assert!(decode_to_worker(&[9]).is_err());
+        assert!(decode_from_worker(&[REPLY, 0, 0, 0, 0, 0, 0, 0, 0, 7]).is_err());
+        assert!(decode_from_worker(&[REPLY, 0, 0, 0, 0, 0, 0, 0, 0, PANIC, 0xff]).is_err());
+        // A header announcing more than the limit is an error, not an allocation.
+        assert!(split_frame(&u32::MAX.to_le_bytes()).is_err());
+    }
 }

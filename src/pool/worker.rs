@@ -32,7 +32,7 @@ pub(crate) fn run(args: WorkerArgs) {
         let init = resolve(*entry);
         let failure = match bootstrap::catch_task(|| init(payload)) {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) => Some(with_source(&e)),
             Err((message, location)) => Some(match location {
                 Some(l) => format!("{message} at {l}"),
                 None => message,
@@ -122,9 +122,20 @@ fn read_blocking(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Re
 
 fn run_one(f: Entry, payload: &[u8]) -> Reply {
     match bootstrap::catch_task(|| f(payload)) {
-        Ok(Ok(bytes)) => Reply::Value(bytes),
-        Ok(Err(e)) => Reply::Failed(e.to_string()),
+        Ok(Ok(bytes)) => match transport::check_size(bytes.len()) {
+            Ok(()) => Reply::Value(bytes),
+            Err(e) => Reply::Failed(e.to_string()),
+        },
+        Ok(Err(e)) => Reply::Failed(with_source(&e)),
         Err((message, location)) => Reply::Panic { message, location },
+    }
+}
+
+/// An error's message followed by its source's, for the pool's side.
+fn with_source(e: &crate::error::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
     }
 }
 
