@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use super::transport::{self, Reply, ToWorker, WorkerArgs};
 use crate::error::Result;
 use crate::process::bootstrap;
-use crate::process::target::{self, Entry};
+use crate::process::target;
 use crate::sys;
+use crate::sys::Entry;
 
 /// The body of a pool worker process.
 pub(crate) fn run(args: WorkerArgs) {
@@ -137,6 +138,17 @@ fn with_source(e: &crate::error::Error) -> String {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
     }
+}
+
+/// The entry for one task: decodes the argument, applies the task, encodes the value.
+pub(crate) fn apply_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
+where
+    F: Fn(A) -> T,
+    A: DeserializeOwned,
+    T: Serialize,
+{
+    let args: A = target::decode(payload)?;
+    target::encode(&target::conjure::<F>()(args))
 }
 
 /// The entry for a chunk of `map`: decodes the inputs, maps them, encodes the outputs.

@@ -147,7 +147,7 @@ where
     }
 }
 
-pub(crate) fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
+fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
 where
     F: FnOnce(A) -> T,
     A: DeserializeOwned,

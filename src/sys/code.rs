@@ -12,7 +12,8 @@
 //! [`entry_at`] states that contract; its callers read offsets only from the private pipe of
 //! the process that started them.
 
-use crate::process::target::Entry;
+/// A pool task's entry point: decodes its arguments, runs it, encodes its value.
+pub(crate) type Entry = fn(&[u8]) -> crate::error::Result<Vec<u8>>;
 
 #[inline(never)]
 fn anchor() {}
