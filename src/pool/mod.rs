@@ -61,7 +61,7 @@ where
             "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
         )
     };
-    sys::code_offset(worker::apply_entry::<F, A, T>)
+    sys::pool_entry_offset(worker::apply_entry::<F, A, T>)
 }
 
 /// The entry offset of `f` mapped over a chunk of `A`s.
@@ -77,7 +77,7 @@ where
             "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
         )
     };
-    sys::code_offset(worker::chunk_entry::<F, A, T>)
+    sys::pool_entry_offset(worker::chunk_entry::<F, A, T>)
 }
 
 /// Python's default `chunksize` for `map`: about four chunks per worker.

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::process::bootstrap;
 use crate::process::target;
 use crate::sys;
-use crate::sys::Entry;
+use crate::sys::PoolEntry;
 
 /// The body of a pool worker process.
 pub(crate) fn run(args: WorkerArgs) {
@@ -100,13 +100,13 @@ pub(crate) fn run(args: WorkerArgs) {
 ///
 /// Only ever called with offsets from the pool that started this worker: in the start spec,
 /// or in task frames over the pipe that only the pool holds.
-fn resolve(offset: i64) -> Entry {
-    // SAFETY: every offset reaching here was made by `code_offset` for an `Entry` in the pool's
+fn resolve(offset: i64) -> PoolEntry {
+    // SAFETY: every offset reaching here was made by `pool_entry_offset` for a `PoolEntry` in the pool's
     // process, which runs this same executable (a fork of it, or the same binary started
     // afresh), and travelled only through this worker's start spec or its private task pipe.
     #[allow(unsafe_code)]
     unsafe {
-        sys::entry_at(offset)
+        sys::pool_entry_at(offset)
     }
 }
 
@@ -121,7 +121,7 @@ fn read_blocking(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Re
     }
 }
 
-fn run_one(f: Entry, payload: &[u8]) -> Reply {
+fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {
     match bootstrap::catch_task(|| f(payload)) {
         Ok(Ok(bytes)) => match transport::check_size(bytes.len()) {
             Ok(()) => Reply::Value(bytes),

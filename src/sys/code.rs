@@ -8,28 +8,28 @@
 //!
 //! # Safety
 //! Turning a number back into a function pointer is sound only when the number was produced by
-//! [`code_offset`] for a function of the same type, in a process running the same executable.
-//! [`entry_at`] states that contract; its callers read offsets only from the private pipe of
+//! [`pool_entry_offset`] for a function of the same type, in a process running the same executable.
+//! [`pool_entry_at`] states that contract; its callers read offsets only from the private pipe of
 //! the process that started them.
 
 /// A pool task's entry point: decodes its arguments, runs it, encodes its value.
-pub(crate) type Entry = fn(&[u8]) -> crate::error::Result<Vec<u8>>;
+pub(crate) type PoolEntry = fn(&[u8]) -> crate::error::Result<Vec<u8>>;
 
 #[inline(never)]
 fn anchor() {}
 
 /// The distance of `f` from this executable's anchor function.
-pub(crate) fn code_offset(f: Entry) -> i64 {
+pub(crate) fn pool_entry_offset(f: PoolEntry) -> i64 {
     (f as usize as i64).wrapping_sub(anchor as fn() as usize as i64)
 }
 
 /// The entry function at `offset` from the anchor.
 ///
 /// # Safety
-/// `offset` must come from [`code_offset`] in a process running the same executable.
-pub(crate) unsafe fn entry_at(offset: i64) -> Entry {
+/// `offset` must come from [`pool_entry_offset`] in a process running the same executable.
+pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
     let addr = (anchor as fn() as usize as i64).wrapping_add(offset) as usize;
-    // SAFETY: by the caller's contract `addr` is the address of a function of type `Entry` in
-    // this executable's code, and `Entry` is a plain function pointer of the same size.
-    unsafe { std::mem::transmute::<usize, Entry>(addr) }
+    // SAFETY: by the caller's contract `addr` is the address of a function of type `PoolEntry` in
+    // this executable's code, and `PoolEntry` is a plain function pointer of the same size.
+    unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
 }

@@ -18,7 +18,7 @@ pub(crate) use linux::*;
 mod code;
 mod poll;
 mod signal;
-pub(crate) use code::{Entry, code_offset, entry_at};
+pub(crate) use code::{PoolEntry, pool_entry_at, pool_entry_offset};
 pub(crate) use poll::{Interest, poll_fds, write_some};
 pub(crate) use signal::restore_default_sigint;
 
