@@ -453,3 +453,44 @@ fn progress_bar_does_not_disturb_results() {
     assert_eq!(pool.imap(square, 0..100).filter(Result::is_ok).count(), 100);
     assert_eq!(pool.imap_unordered(square, 0..100).count(), 100);
 }
+
+/// The core promises under every start method this platform has (CPython runs each pool suite
+/// per start method the same way).
+#[test]
+fn every_start_method_runs_tasks_and_survives_crashes() {
+    let _r = common::Reaper::new();
+    for method in multiproc::get_all_start_methods() {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .initializer(set_marker, 7)
+            .maxtasksperchild(50)
+            .build()
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let want: Vec<u64> = (0..200).map(|x| x * x).collect();
+        assert_eq!(
+            pool.map_chunked(square, 0..200, 3).unwrap(),
+            want,
+            "{method}"
+        );
+        let crashed = pool.apply(|_: ()| -> u8 { std::process::abort() }, ());
+        assert!(
+            matches!(
+                crashed,
+                Err(TaskError::WorkerDied {
+                    how: WorkerExit::Signal(6)
+                })
+            ),
+            "{method}: {crashed:?}"
+        );
+        let marker = pool.apply(|_: ()| MARKER.load(std::sync::atomic::Ordering::SeqCst), ());
+        assert_eq!(
+            marker.unwrap(),
+            7,
+            "{method}: the replacement ran the initializer"
+        );
+        pool.close();
+        pool.join().unwrap();
+    }
+    assert!(multiproc::active_children().is_empty());
+}
