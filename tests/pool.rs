@@ -494,3 +494,23 @@ fn every_start_method_runs_tasks_and_survives_crashes() {
     }
     assert!(multiproc::active_children().is_empty());
 }
+
+#[test]
+fn imap_on_a_terminated_pool_ends_instead_of_pulling_forever() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap(square, 0u64..);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    pool.terminate();
+    let rest: Vec<_> = it.collect(); // an endless input: this must still end
+    assert!(
+        rest[..rest.len() - 1]
+            .iter()
+            .all(|r| matches!(r, Ok(_) | Err(TaskError::Terminated)))
+    );
+    assert!(
+        matches!(rest.last(), Some(Err(TaskError::PoolClosed))),
+        "{:?}",
+        rest.last()
+    );
+}

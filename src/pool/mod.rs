@@ -315,7 +315,9 @@ impl Pool {
     }
 
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
-    /// which run on the pool's thread before the result becomes ready; keep them short.
+    /// which run on the pool's thread before the result becomes ready. Keep them short, and
+    /// never wait on the same pool inside one: the pool's thread would wait for itself (as in
+    /// Python). A callback that panics is reported and the pool carries on.
     ///
     /// # Examples
     /// ```
@@ -737,6 +739,8 @@ pub struct Imap<'a, T> {
     ),
     in_flight: usize,
     ready: VecDeque<Result<T, TaskError>>,
+    /// The pool stopped accepting tasks before the input ended.
+    refused: bool,
     progress: Progress,
 }
 
@@ -799,11 +803,19 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             unordered: mpsc::channel(),
             in_flight: 0,
             ready: VecDeque::new(),
+            refused: false,
             progress: Progress::new(pool.progress, total),
         }
     }
 
     fn refill(&mut self) {
+        if !self.input_done && !self.pool.core.is_running() {
+            // Closed or terminated: stop pulling the input (it may be endless); after the
+            // chunks in flight, the iterator says so once and ends.
+            self.input_done = true;
+            self.refused = true;
+            return;
+        }
         while !self.input_done && self.in_flight < self.window {
             let Some((len, payload)) = (self.feed)() else {
                 self.input_done = true;
@@ -859,6 +871,9 @@ impl<T: DeserializeOwned + Send + 'static> Iterator for Imap<'_, T> {
             self.refill();
             let Some((len, outcome)) = self.next_chunk() else {
                 self.progress.finish();
+                if std::mem::take(&mut self.refused) {
+                    return Some(Err(TaskError::PoolClosed));
+                }
                 return None;
             };
             match outcome {

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use multiproc::{Pool, ProcessPoolExecutor};
+use multiproc::{Pool, ProcessPoolExecutor, StartMethod};
 use rayon::prelude::*;
 
 use crate::harness::{Case, Ctx, Row, get, median};
@@ -32,15 +32,24 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// Both sides use `fork`, Python's default on Linux before 3.14, whatever our default is.
 fn python(ctx: &mut Ctx) -> serde_json::Value {
-    ctx.python("bench_pool.py", &["--workers", "2"])
+    ctx.python("bench_pool.py", &["--workers", "2", "--method", "fork"])
+}
+
+fn pool() -> Pool {
+    Pool::builder()
+        .processes(WORKERS)
+        .start_method(StartMethod::Fork)
+        .build()
+        .expect("pool")
 }
 
 /// `pool.map(x*x, range(n))` with the default chunksize on 2 workers; items per second.
 fn pool_map_small(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("pool_map_small", "items_per_s");
     let n = ctx.scale(1_000_000, 200_000) as u64;
-    let pool = Pool::new(WORKERS).expect("pool");
+    let pool = pool();
     pool.map(square, 0..1000).expect("warm-up");
     row.ours = Some(median(ctx.rounds(), || {
         let t = Instant::now();
@@ -74,7 +83,7 @@ fn pool_map_small(ctx: &mut Ctx) -> Row {
 fn pool_apply_async(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("pool_apply_async", "tasks_per_s");
     let n = ctx.scale(20_000, 5_000) as u64;
-    let pool = Pool::new(WORKERS).expect("pool");
+    let pool = pool();
     pool.map(square, 0..1000).expect("warm-up");
     row.ours = Some(median(ctx.rounds(), || {
         let t = Instant::now();
@@ -85,7 +94,11 @@ fn pool_apply_async(ctx: &mut Ctx) -> Row {
         n as f64 / t.elapsed().as_secs_f64()
     }));
     drop(pool);
-    let ex = ProcessPoolExecutor::new(WORKERS).expect("executor");
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(WORKERS)
+        .start_method(StartMethod::Fork)
+        .build()
+        .expect("executor");
     let ours_ppe = median(ctx.rounds(), || {
         let t = Instant::now();
         let futures: Vec<_> = (0..n).map(|i| ex.submit(square, i)).collect();
@@ -113,7 +126,7 @@ fn pool_startup(ctx: &mut Ctx) -> Row {
     row.ours = Some(median(ctx.rounds(), || {
         let t = Instant::now();
         for _ in 0..n {
-            let pool = Pool::new(WORKERS).expect("pool");
+            let pool = pool();
             assert_eq!(pool.apply(square, 1).expect("task"), 1);
             pool.close();
             pool.join().expect("join");
