@@ -382,7 +382,7 @@ impl Pool {
         T: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.map_async(f, iterable).get()
+        self.map_sync(chunk_entry::<F, A, T>(&f), iterable, None)
     }
 
     /// [`map`](Pool::map) with an explicit `chunksize` (items per task).
@@ -401,8 +401,7 @@ impl Pool {
         T: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.submit_map(chunk_entry::<F, A, T>(&f), iterable, Some(chunksize), None)
-            .get()
+        self.map_sync(chunk_entry::<F, A, T>(&f), iterable, Some(chunksize))
     }
 
     /// Python's `starmap`: [`map`](Pool::map) over tuples of arguments, which the task takes
@@ -468,6 +467,55 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         self.map_async(f, iterable)
+    }
+
+    /// `map` for a caller who waits: each chunk is submitted as soon as it is encoded, and
+    /// the values are decoded on the caller's thread, so the pool's thread only moves bytes
+    /// and the caller's encoding and decoding overlap the workers' computing.
+    fn map_sync<A, T, I>(
+        &self,
+        entry: i64,
+        iterable: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<T>, TaskError>
+    where
+        A: Serialize,
+        T: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = iterable.into_iter().collect();
+        let chunksize = match chunksize {
+            Some(0) => {
+                return Err(TaskError::Process(Error::with_message(
+                    ErrorKind::InvalidInput,
+                    "chunksize must be at least 1",
+                )));
+            }
+            Some(n) => n,
+            None => default_chunksize(items.len(), self.processes),
+        };
+        let progress = Progress::new(self.progress, Some(items.len() as u64));
+        let mut pending = VecDeque::with_capacity(items.len().div_ceil(chunksize));
+        for chunk in items.chunks(chunksize) {
+            let slot = Slot::new();
+            let sink = Box::new(BytesSink {
+                slot: Arc::clone(&slot),
+            });
+            match target::encode(chunk) {
+                Ok(payload) => submit(&self.core, entry, payload, sink),
+                Err(e) => return Err(e.into()),
+            }
+            pending.push_back((chunk.len(), slot));
+        }
+        drop(items);
+        let mut out = Vec::new();
+        for (len, slot) in pending {
+            let bytes = slot.get(None)?;
+            out.extend(decode_chunk::<T>(&bytes, len)?);
+            progress.advance(len);
+        }
+        progress.finish();
+        Ok(out)
     }
 
     fn submit_map<A, T, I>(
@@ -639,6 +687,24 @@ fn submit(core: &Core, entry: i64, payload: Vec<u8>, sink: Box<dyn Sink>) {
 // ---------------------------------------------------------------------------------------------
 // map: chunks that complete one list.
 
+/// Keeps a task's encoded value for the waiting caller to decode.
+struct BytesSink {
+    slot: Arc<Slot<Vec<u8>>>,
+}
+
+impl Sink for BytesSink {
+    fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        self.slot.complete(outcome);
+    }
+}
+
+impl Drop for BytesSink {
+    fn drop(&mut self) {
+        // Dropped without an outcome (the pool went away); after `finish` this does nothing.
+        self.slot.complete(Err(TaskError::Terminated));
+    }
+}
+
 struct MapState<T> {
     parts: Vec<Option<Vec<T>>>,
     remaining: usize,
@@ -716,8 +782,10 @@ fn decode_chunk<T: DeserializeOwned>(bytes: &[u8], len: usize) -> Result<Vec<T>,
 
 type Feed<'a> = Box<dyn FnMut() -> Option<(usize, Result<Vec<u8>>)> + 'a>;
 type ChunkOutcome<T> = (usize, std::result::Result<Vec<T>, TaskError>);
-/// A chunk in flight: its length and where its values land.
-type PendingChunk<T> = (usize, Arc<Slot<Vec<T>>>);
+/// A chunk's length and its encoded values.
+type RawChunk = (usize, std::result::Result<Vec<u8>, TaskError>);
+/// A chunk in flight: its length and where its encoded values land.
+type PendingChunk = (usize, Arc<Slot<Vec<u8>>>);
 
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
 /// `Result<T, TaskError>` per input item.
@@ -731,12 +799,9 @@ pub struct Imap<'a, T> {
     input_done: bool,
     window: usize,
     /// In order: each chunk's length and slot.
-    ordered: Option<VecDeque<PendingChunk<T>>>,
+    ordered: Option<VecDeque<PendingChunk>>,
     /// Out of order: outcomes as they come.
-    unordered: (
-        mpsc::Sender<ChunkOutcome<T>>,
-        mpsc::Receiver<ChunkOutcome<T>>,
-    ),
+    unordered: (mpsc::Sender<RawChunk>, mpsc::Receiver<RawChunk>),
     in_flight: usize,
     ready: VecDeque<Result<T, TaskError>>,
     /// The pool stopped accepting tasks before the input ended.
@@ -753,21 +818,20 @@ impl<T> std::fmt::Debug for Imap<'_, T> {
     }
 }
 
-struct ChannelSink<T> {
+struct ChannelSink {
     len: usize,
-    tx: Option<mpsc::Sender<ChunkOutcome<T>>>,
+    tx: Option<mpsc::Sender<RawChunk>>,
 }
 
-impl<T: DeserializeOwned + Send + 'static> Sink for ChannelSink<T> {
+impl Sink for ChannelSink {
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
-        let decoded = outcome.and_then(|bytes| decode_chunk::<T>(&bytes, self.len));
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.len, decoded));
+            let _ = tx.send((self.len, outcome));
         }
     }
 }
 
-impl<T> Drop for ChannelSink<T> {
+impl Drop for ChannelSink {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send((self.len, Err(TaskError::Terminated)));
@@ -826,10 +890,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
                 Some(queue) => {
                     let slot = Slot::new();
                     queue.push_back((len, Arc::clone(&slot)));
-                    Box::new(ApplySink {
-                        slot,
-                        callbacks: None,
-                    })
+                    Box::new(BytesSink { slot })
                 }
                 None => Box::new(ChannelSink {
                     len,
@@ -851,10 +912,16 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
         match &mut self.ordered {
             Some(queue) => {
                 let (len, slot) = queue.pop_front()?;
-                Some((len, slot.get(None)))
+                let values = slot
+                    .get(None)
+                    .and_then(|bytes| decode_chunk::<T>(&bytes, len));
+                Some((len, values))
             }
             // Every submitted chunk sends exactly one outcome (on finish or on drop).
-            None => self.unordered.1.recv().ok(),
+            None => {
+                let (len, raw) = self.unordered.1.recv().ok()?;
+                Some((len, raw.and_then(|bytes| decode_chunk::<T>(&bytes, len))))
+            }
         }
     }
 }

@@ -273,6 +273,9 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
 // ---------------------------------------------------------------------------------------------
 // Pipes and a local process.
 
+/// The pipe buffer asked for, each way.
+const PIPE_SIZE: usize = 1 << 20;
+
 /// Workers as local child processes, one pipe each way.
 #[derive(Debug)]
 pub(crate) struct PipeLauncher;
@@ -283,6 +286,9 @@ impl Launcher for PipeLauncher {
         let (reply_rx, reply_tx) = sys::pipe()?;
         sys::set_nonblocking(task_tx.as_fd())?;
         sys::set_nonblocking(reply_rx.as_fd())?;
+        // Chunks of `map` are often hundreds of KiB: fewer wake-ups with larger buffers.
+        sys::set_pipe_size(task_tx.as_fd(), PIPE_SIZE);
+        sys::set_pipe_size(reply_rx.as_fd(), PIPE_SIZE);
         let args = WorkerArgs {
             tasks: task_rx,
             replies: reply_tx,

@@ -87,3 +87,12 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         }
     }
 }
+
+/// Asks for a pipe buffer of `size` bytes (Linux's default is 64 KiB), so that large messages
+/// cross in fewer wake-ups. Best effort: the kernel caps it (`/proc/sys/fs/pipe-max-size`).
+///
+/// # References
+/// fcntl(2) `F_SETPIPE_SZ`, pipe(7).
+pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
+}
