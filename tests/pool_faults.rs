@@ -205,3 +205,39 @@ fn terminate_during_faults_returns_every_caller() {
     }
     assert!(multiproc::active_children().is_empty());
 }
+
+#[test]
+fn close_and_join_deliver_every_result_despite_crashes() {
+    let _r = common::Reaper::new();
+    let mut rng = Rng::seeded("close_and_join_deliver_every_result_despite_crashes");
+    let pool = Pool::builder()
+        .processes(2)
+        .maxtasksperchild(25)
+        .build()
+        .unwrap();
+    let faults: Vec<Fault> = (0..200)
+        .map(|_| match rng.below(20) {
+            0 => Fault::Kill,
+            1 => Fault::Exit,
+            2 => Fault::Panic,
+            _ => Fault::None,
+        })
+        .collect();
+    let results: Vec<_> = faults
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| pool.apply_async(task, (i as u64, f)))
+        .collect();
+    pool.close();
+    pool.join().unwrap();
+    for (i, (r, fault)) in results.into_iter().zip(&faults).enumerate() {
+        assert!(r.ready(), "task {i} not finished after join");
+        match (fault, r.get()) {
+            (Fault::None, Ok(v)) => assert_eq!(v, 2 * i as u64),
+            (Fault::Kill | Fault::Exit, Err(TaskError::WorkerDied { .. })) => {}
+            (Fault::Panic, Err(TaskError::Panic { .. })) => {}
+            (f, got) => panic!("task {i} with {f:?} ended as {got:?}"),
+        }
+    }
+    assert!(multiproc::active_children().is_empty());
+}

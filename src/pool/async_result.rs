@@ -317,3 +317,68 @@ impl<T> AsyncResult<T> {
         self.slot.successful()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn first_outcome_wins_and_is_taken_once() {
+        let slot = Slot::<u8>::new();
+        assert_eq!(slot.phase(), Phase::Pending);
+        assert!(slot.try_start());
+        assert!(slot.try_start(), "a requeued task starts again");
+        slot.complete(Ok(1));
+        slot.complete(Err(TaskError::Terminated));
+        assert_eq!(slot.successful(), Some(true));
+        assert!(matches!(slot.take(), Some(Ok(1))));
+        assert!(matches!(slot.take(), Some(Err(TaskError::AlreadyTaken))));
+        assert_eq!(
+            slot.successful(),
+            Some(true),
+            "kept after the value is taken"
+        );
+        assert!(!slot.try_start());
+    }
+
+    #[test]
+    fn cancel_only_while_pending() {
+        let pending = Slot::<u8>::new();
+        assert!(pending.cancel());
+        assert!(pending.cancelled());
+        assert!(!pending.try_start());
+        assert!(matches!(pending.get(None), Err(TaskError::Cancelled)));
+
+        let running = Slot::<u8>::new();
+        assert!(running.try_start());
+        assert!(!running.cancel());
+        assert!(!running.wait(Some(Instant::now())));
+        assert!(matches!(
+            running.get(Some(Instant::now() + Duration::from_millis(5))),
+            Err(TaskError::Timeout)
+        ));
+    }
+
+    #[test]
+    fn wakers_fire_once_on_completion() {
+        let slot = Slot::<u8>::new();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        assert!(!slot.register(&waker));
+        assert!(!slot.register(&waker), "registered once");
+        slot.complete(Ok(3));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(slot.register(&waker), "already done");
+    }
+}
