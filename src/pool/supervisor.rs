@@ -6,7 +6,8 @@
 //! a wake-up pipe interrupts the thread's `poll` when it sleeps.
 //!
 //! Each worker may hold several queued tasks (fewer when tasks are slow, more when they are
-//! tiny, about a millisecond's worth) so that the round trip to the pool does not idle it.
+//! tiny, about a millisecond's worth, 33 at most) so that the round trip to the pool does not
+//! idle it.
 //! Workers run tasks in order and reply to each before starting the next, so when a worker
 //! dies the oldest unanswered task is the one it was running: that task fails with how the
 //! worker died, and the tasks behind it, which never started, go back to the queue.
@@ -446,7 +447,7 @@ impl Supervisor {
             // A queued task's clock starts only when the one before it replies: keep it short.
             return ahead.clamp(1, 8);
         }
-        ahead.clamp(1, 256) + 1
+        ahead.clamp(1, 32) + 1
     }
 
     fn dispatch(&mut self) {
