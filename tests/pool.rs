@@ -514,3 +514,24 @@ fn imap_on_a_terminated_pool_ends_instead_of_pulling_forever() {
         rest.last()
     );
 }
+
+#[test]
+fn tasks_queued_behind_a_slow_one_move_to_an_idle_worker() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(2).unwrap();
+    // Many tiny tasks first: the pool learns to queue several per worker.
+    assert_eq!(pool.map_chunked(square, 0..2000, 1).unwrap().len(), 2000);
+    let t0 = Instant::now();
+    let slow = pool.apply_async(sleep_ms, 1500);
+    let quick: Vec<_> = (0..40).map(|i| pool.apply_async(square, i)).collect();
+    for (i, r) in quick.into_iter().enumerate() {
+        assert_eq!(r.get().unwrap(), (i * i) as u64);
+    }
+    let quick_done = t0.elapsed();
+    assert!(!slow.ready());
+    assert!(
+        quick_done < Duration::from_millis(1000),
+        "the quick tasks waited {quick_done:?}"
+    );
+    assert_eq!(slow.get().unwrap(), 1500);
+}

@@ -284,6 +284,8 @@ struct Worker {
     killed_for_time: bool,
     /// End of its reply stream was reached.
     eof: bool,
+    /// A revoke was sent and not answered yet.
+    revoking: bool,
 }
 
 struct Supervisor {
@@ -327,6 +329,7 @@ impl Supervisor {
             leaving: false,
             killed_for_time: false,
             eof: false,
+            revoking: false,
         });
         Ok(())
     }
@@ -360,6 +363,7 @@ impl Supervisor {
             }
             self.replace_workers();
             self.dispatch();
+            self.rebalance();
             if self.state == RunState::Closed
                 && self.pending.is_empty()
                 && self.workers.iter().all(|w| w.inflight.is_empty())
@@ -490,6 +494,35 @@ impl Supervisor {
         }
     }
 
+    /// Whether a worker could take a task now.
+    fn has_idle_worker(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| !w.leaving && w.inflight.is_empty() && w.tasks_left.is_none_or(|n| n > 0))
+    }
+
+    /// When nothing is queued but a worker is idle, takes back the tasks waiting behind a task
+    /// that has run long on another worker (they go to the idle one, as from Python's shared
+    /// queue).
+    fn rebalance(&mut self) {
+        if !self.pending.is_empty() || self.broken.is_some() || !self.has_idle_worker() {
+            return;
+        }
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if w.revoking
+                || w.leaving
+                || w.inflight.len() < 2
+                || now.saturating_duration_since(w.head_started) < QUEUE_AHEAD
+            {
+                continue;
+            }
+            let ids: Vec<u64> = w.inflight.iter().skip(1).map(|(id, _)| *id).collect();
+            w.link.send_revoke(&ids);
+            w.revoking = true;
+        }
+    }
+
     fn wait_and_handle(&mut self) -> Result<()> {
         let deadline = self.next_deadline();
         let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
@@ -528,6 +561,15 @@ impl Supervisor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut deadline = self.retry_launch_at;
+        if self.pending.is_empty() && self.has_idle_worker() {
+            // Wake when a queue behind a running task becomes worth taking back.
+            for w in &self.workers {
+                if !w.revoking && !w.leaving && w.inflight.len() >= 2 {
+                    let d = w.head_started + QUEUE_AHEAD + Duration::from_micros(100);
+                    deadline = Some(deadline.map_or(d, |x| x.min(d)));
+                }
+            }
+        }
         if let Some(limit) = self.config.task_timeout {
             for w in &self.workers {
                 if !w.inflight.is_empty() && !w.killed_for_time {
@@ -570,6 +612,26 @@ impl Supervisor {
                         job.fail(TaskError::InitializerFailed {
                             message: message.clone(),
                         });
+                    }
+                }
+                FromWorker::Revoked(ids) => {
+                    w.revoking = false;
+                    let mut back = Vec::new();
+                    for id in ids {
+                        if let Some(pos) = w.inflight.iter().position(|(x, _)| *x == id) {
+                            let (_, job) = w.inflight.remove(pos).expect("position is in range");
+                            if pos == 0 {
+                                w.head_started = now;
+                            }
+                            if let Some(n) = &mut w.tasks_left {
+                                *n += 1;
+                            }
+                            back.push(job);
+                        }
+                    }
+                    // They never started: to the front of the queue, in their order.
+                    for job in back.into_iter().rev() {
+                        self.pending.push_front(job);
                     }
                 }
                 FromWorker::Reply { id, reply } => {
@@ -668,18 +730,29 @@ impl Supervisor {
         }
     }
 
-    fn kill_all(&mut self) {
+    /// Kills every worker and waits (boundedly) for each to end; returns them with their
+    /// exit codes.
+    fn kill_all(&mut self) -> Vec<(Worker, Option<i32>)> {
         for w in &self.workers {
             w.link.kill();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for w in &mut self.workers {
-            while !matches!(w.link.exitcode(), Ok(Some(_)) | Err(_)) && Instant::now() < deadline {
-                let sentinel = w.link.poll_set()[2];
-                let _ = sys::wait_readable(&[sentinel], Some(deadline));
-            }
+        let mut ended = Vec::new();
+        for mut w in std::mem::take(&mut self.workers) {
+            let code = loop {
+                match w.link.exitcode() {
+                    Ok(Some(code)) => break Some(code),
+                    Err(_) => break None,
+                    Ok(None) if Instant::now() >= deadline => break None,
+                    Ok(None) => {
+                        let sentinel = w.link.poll_set()[2];
+                        let _ = sys::wait_readable(&[sentinel], Some(deadline));
+                    }
+                }
+            };
+            ended.push((w, code));
         }
-        self.workers.clear();
+        ended
     }
 
     /// Terminate: kill every worker, fail every unfinished task.
@@ -689,11 +762,23 @@ impl Supervisor {
         for w in &self.workers {
             w.link.kill();
         }
-        let mut unfinished: Vec<Job> = Vec::new();
-        for w in &mut self.workers {
-            unfinished.extend(w.inflight.drain(..).map(|(_, job)| job));
+        // Replies already written still count.
+        for i in 0..self.workers.len() {
+            self.receive(i);
         }
-        self.kill_all();
+        let mut unfinished: Vec<Job> = Vec::new();
+        for (mut w, code) in self.kill_all() {
+            let mut jobs = w.inflight.drain(..).map(|(_, job)| job);
+            if code == Some(-libc_sigint()) && w.ready && !w.killed_for_time {
+                // Ctrl-C ended this worker before the pool did: its task says so.
+                if let Some(job) = jobs.next() {
+                    job.fail(TaskError::WorkerDied {
+                        how: WorkerExit::Signal(libc_sigint()),
+                    });
+                }
+            }
+            unfinished.extend(jobs);
+        }
         self.take_inbox();
         unfinished.extend(self.pending.drain(..));
         for job in unfinished {

@@ -14,9 +14,11 @@
 //! |---|---|
 //! | task | `0u8`, id `u64`, entry `i64`, payload |
 //! | exit | `1u8` |
+//! | revoke | `2u8`, ids `u64`... (give back these tasks if not started) |
 //! | reply | `0u8`, id `u64`, status `u8` (0 value, 1 panic, 2 error), bytes |
 //! | ready | `1u8` (the initializer ran) |
 //! | init failed | `2u8`, message |
+//! | revoked | `3u8`, ids `u64`... (these never started and never will here) |
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -78,6 +80,8 @@ pub(crate) enum FromWorker {
     Ready,
     /// The initializer panicked; the worker exits.
     InitFailed(String),
+    /// These tasks were given back unstarted, after a revoke.
+    Revoked(Vec<u64>),
 }
 
 /// How one task ended inside a worker.
@@ -99,6 +103,9 @@ pub(crate) trait Link: Send {
     fn send_task(&mut self, id: u64, entry: i64, payload: &[u8]);
     /// Queues the request to exit once the queued tasks are done.
     fn send_exit(&mut self);
+    /// Queues the request to give back those of `ids` that have not started; the worker
+    /// answers with [`FromWorker::Revoked`] even while a task runs.
+    fn send_revoke(&mut self, ids: &[u64]);
     /// Writes queued bytes as far as the worker takes them without blocking.
     fn flush(&mut self) -> io::Result<()>;
     /// Whether queued bytes wait for the worker to read.
@@ -118,9 +125,11 @@ pub(crate) trait Link: Send {
 
 const TASK: u8 = 0;
 const EXIT: u8 = 1;
+const REVOKE: u8 = 2;
 const REPLY: u8 = 0;
 const READY: u8 = 1;
 const INIT_FAILED: u8 = 2;
+const REVOKED: u8 = 3;
 const VALUE: u8 = 0;
 const PANIC: u8 = 1;
 const FAILED: u8 = 2;
@@ -168,6 +177,33 @@ pub(crate) fn encode_exit(out: &mut Vec<u8>) {
     end_frame(out, start);
 }
 
+fn encode_ids(out: &mut Vec<u8>, kind: u8, ids: &[u64]) {
+    let start = begin_frame(out);
+    out.push(kind);
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    end_frame(out, start);
+}
+
+fn decode_ids(bytes: &[u8], what: &str) -> Result<Vec<u64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(malformed(what));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+pub(crate) fn encode_revoke(out: &mut Vec<u8>, ids: &[u64]) {
+    encode_ids(out, REVOKE, ids);
+}
+
+pub(crate) fn encode_revoked(out: &mut Vec<u8>, ids: &[u64]) {
+    encode_ids(out, REVOKED, ids);
+}
+
 pub(crate) fn encode_reply(out: &mut Vec<u8>, id: u64, reply: &Reply) {
     let start = begin_frame(out);
     out.push(REPLY);
@@ -213,6 +249,7 @@ pub(crate) enum ToWorker<'a> {
         payload: &'a [u8],
     },
     Exit,
+    Revoke(Vec<u64>),
 }
 
 fn malformed(what: &str) -> Error {
@@ -241,6 +278,7 @@ pub(crate) fn decode_to_worker(body: &[u8]) -> Result<ToWorker<'_>> {
             payload: &rest[16..],
         }),
         Some((&EXIT, _)) => Ok(ToWorker::Exit),
+        Some((&REVOKE, ids)) => Ok(ToWorker::Revoke(decode_ids(ids, "revoke")?)),
         _ => Err(malformed("task")),
     }
 }
@@ -266,6 +304,7 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
         Some((&INIT_FAILED, rest)) => Ok(FromWorker::InitFailed(
             String::from_utf8_lossy(rest).into_owned(),
         )),
+        Some((&REVOKED, ids)) => Ok(FromWorker::Revoked(decode_ids(ids, "revoked")?)),
         _ => Err(malformed("reply")),
     }
 }
@@ -339,6 +378,10 @@ impl Link for PipeLink {
 
     fn send_exit(&mut self) {
         encode_exit(&mut self.out);
+    }
+
+    fn send_revoke(&mut self, ids: &[u64]) {
+        encode_revoke(&mut self.out, ids);
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -457,7 +500,11 @@ mod tests {
         encode_task(&mut buf, 7, -12345, b"payload");
         encode_exit(&mut buf);
         encode_task(&mut buf, u64::MAX, i64::MIN, b"");
+        encode_revoke(&mut buf, &[3, 4, u64::MAX]);
         let bodies = frames(&buf);
+        assert!(
+            matches!(decode_to_worker(bodies[3]).unwrap(), ToWorker::Revoke(ids) if ids == [3, 4, u64::MAX])
+        );
         assert!(matches!(
             decode_to_worker(bodies[0]).unwrap(),
             ToWorker::Task {
@@ -495,6 +542,7 @@ mod tests {
         encode_reply(&mut buf, 3, &Reply::Failed("bad bytes".into()));
         encode_ready(&mut buf);
         encode_init_failed(&mut buf, "init panicked");
+        encode_revoked(&mut buf, &[9]);
         let got: Vec<FromWorker> = frames(&buf)
             .into_iter()
             .map(|b| decode_from_worker(b).unwrap())
@@ -511,6 +559,7 @@ mod tests {
         );
         assert!(matches!(got[3], FromWorker::Ready));
         assert!(matches!(&got[4], FromWorker::InitFailed(m) if m == "init panicked"));
+        assert!(matches!(&got[5], FromWorker::Revoked(ids) if ids == &[9]));
     }
 
     #[test]
@@ -523,6 +572,7 @@ mod tests {
         assert!(decode_to_worker(&[]).is_err());
         assert!(decode_to_worker(&[TASK, 1, 2]).is_err());
         assert!(decode_to_worker(&[9]).is_err());
+        assert!(decode_to_worker(&[REVOKE, 1, 2, 3]).is_err());
         assert!(decode_from_worker(&[REPLY, 0, 0, 0, 0, 0, 0, 0, 0, 7]).is_err());
         assert!(decode_from_worker(&[REPLY, 0, 0, 0, 0, 0, 0, 0, 0, PANIC, 0xff]).is_err());
         // A header announcing more than the limit is an error, not an allocation.

@@ -4,8 +4,14 @@
 //! Tasks run in the order they arrive and each reply is written before the next task starts,
 //! so the pool always knows which task a dead worker was running: the oldest one without a
 //! reply.
+//!
+//! A reader thread takes frames off the task pipe into a local queue, so that the pool can
+//! take back queued tasks while one runs (a revoke): the reader removes those not started and
+//! says which, at once. The main thread runs tasks from the queue.
 
-use std::os::fd::AsFd;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +22,39 @@ use crate::process::bootstrap;
 use crate::process::target;
 use crate::sys;
 use crate::sys::PoolEntry;
+
+/// A task taken off the pipe, not yet run.
+struct Queued {
+    id: u64,
+    entry: i64,
+    payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    tasks: VecDeque<Queued>,
+    /// No more tasks will come (exit requested, pipe closed, or garbage received).
+    closed: bool,
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    more: Condvar,
+    /// The reply pipe; whole frames are written under this lock.
+    replies: Mutex<OwnedFd>,
+}
+
+impl Shared {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one whole frame; `false` if the pool is gone.
+    fn reply(&self, frame: &[u8]) -> bool {
+        let fd = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        sys::write_all(fd.as_fd(), frame).is_ok()
+    }
+}
 
 /// The body of a pool worker process.
 pub(crate) fn run(args: WorkerArgs) {
@@ -49,49 +88,124 @@ pub(crate) fn run(args: WorkerArgs) {
     if sys::write_all(replies.as_fd(), &out).is_err() {
         return;
     }
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox::default()),
+        more: Condvar::new(),
+        replies: Mutex::new(replies),
+    });
+    let reader_shared = Arc::clone(&shared);
+    let reader = std::thread::Builder::new()
+        .name("multiproc-pool-reader".into())
+        .spawn(move || read_tasks(tasks, &reader_shared));
+    if reader.is_err() {
+        return; // no thread, no tasks: the pool sees this worker end and replaces it
+    }
     let mut done = 0usize;
-    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut start = 0;
     loop {
-        // Run every complete frame already read.
+        let task = {
+            let mut inbox = shared.inbox();
+            loop {
+                if let Some(task) = inbox.tasks.pop_front() {
+                    break Some(task);
+                }
+                if inbox.closed {
+                    break None;
+                }
+                inbox = shared.more.wait(inbox).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let Some(task) = task else { return };
+        let reply = run_one(resolve(task.entry), &task.payload);
+        out.clear();
+        transport::encode_reply(&mut out, task.id, &reply);
+        if !shared.reply(&out) {
+            return; // the pool is gone
+        }
+        done += 1;
+        if max_tasks.is_some_and(|max| done >= max) {
+            return;
+        }
+    }
+    // Leaving `run` ends the process (its reader thread with it).
+}
+
+/// The reader thread: moves task frames into the inbox, answers revokes.
+fn read_tasks(tasks: OwnedFd, shared: &Shared) {
+    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out = Vec::new();
+    loop {
+        let mut start = 0;
+        let mut arrived = VecDeque::new();
+        let mut closed = false;
         loop {
             let (body, used) = match transport::split_frame(&inbuf[start..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(_) => return,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
             };
             match transport::decode_to_worker(body) {
-                Ok(ToWorker::Task { id, entry, payload }) => {
-                    let reply = run_one(resolve(entry), payload);
+                Ok(ToWorker::Task { id, entry, payload }) => arrived.push_back(Queued {
+                    id,
+                    entry,
+                    payload: payload.to_vec(),
+                }),
+                Ok(ToWorker::Revoke(ids)) => {
+                    let mut inbox = shared.inbox();
+                    inbox.tasks.extend(arrived.drain(..));
+                    let mut given_back = Vec::new();
+                    inbox.tasks.retain(|t| {
+                        let revoke = ids.contains(&t.id);
+                        if revoke {
+                            given_back.push(t.id);
+                        }
+                        !revoke
+                    });
+                    let waiting = !inbox.tasks.is_empty();
+                    drop(inbox);
+                    if waiting {
+                        shared.more.notify_one();
+                    }
                     out.clear();
-                    transport::encode_reply(&mut out, id, &reply);
-                    if sys::write_all(replies.as_fd(), &out).is_err() {
-                        return; // the pool is gone
+                    transport::encode_revoked(&mut out, &given_back);
+                    if !shared.reply(&out) {
+                        closed = true;
                     }
                 }
-                Ok(ToWorker::Exit) | Err(_) => return,
+                Ok(ToWorker::Exit) | Err(_) => closed = true,
             }
             start += used;
-            done += 1;
-            if max_tasks.is_some_and(|max| done >= max) {
-                return;
+            if closed {
+                break;
             }
         }
+        if !arrived.is_empty() || closed {
+            let mut inbox = shared.inbox();
+            inbox.tasks.extend(arrived);
+            inbox.closed |= closed;
+            drop(inbox);
+            shared.more.notify_one();
+        }
+        if closed {
+            return;
+        }
         inbuf.drain(..start);
-        start = 0;
         // Block for more.
         let len = inbuf.len();
-        let want = match transport::split_frame(&inbuf).ok().flatten() {
-            None => match crate::wire::frame_len(&inbuf) {
-                Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
-                _ => 64 * 1024,
-            },
-            Some(_) => 0,
+        let want = match crate::wire::frame_len(&inbuf) {
+            Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
+            _ => 64 * 1024,
         };
         inbuf.resize(len + want, 0);
-        match read_blocking(tasks.as_fd(), &mut inbuf[len..]) {
-            Ok(0) | Err(_) => return, // the pool closed our pipe or went away
-            Ok(n) => inbuf.truncate(len + n),
+        let n = read_blocking(tasks.as_fd(), &mut inbuf[len..]).unwrap_or(0);
+        inbuf.truncate(len + n);
+        if n == 0 {
+            // The pool closed our pipe or went away.
+            shared.inbox().closed = true;
+            shared.more.notify_one();
+            return;
         }
     }
 }
@@ -110,7 +224,7 @@ fn resolve(offset: i64) -> PoolEntry {
     }
 }
 
-fn read_blocking(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_blocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match sys::read(fd, buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
