@@ -153,6 +153,7 @@ impl Core {
                     avg_task: 2 * QUEUE_AHEAD,
                     init_deaths: 0,
                     retry_launch_at: None,
+                    interrupted: false,
                 };
                 match sup.fill() {
                     Ok(()) => {
@@ -306,6 +307,8 @@ struct Supervisor {
     init_deaths: u32,
     /// After a failed start, when to try again.
     retry_launch_at: Option<Instant>,
+    /// Ctrl-C reached the workers (one died of SIGINT).
+    interrupted: bool,
 }
 
 /// Workers in a row that may die during initialization before the pool gives up.
@@ -692,6 +695,7 @@ impl Supervisor {
                 tracing::warn!("a pool worker was interrupted (SIGINT); terminating the pool");
                 job.fail(TaskError::WorkerDied { how });
                 self.state = RunState::Terminating;
+                self.interrupted = true;
             } else {
                 job.fail(TaskError::WorkerDied { how });
             }
@@ -759,6 +763,17 @@ impl Supervisor {
     fn shut_down(&mut self) {
         self.state = RunState::Terminating;
         self.shared.inbox().state = RunState::Terminating;
+        if self.interrupted {
+            // The other workers got the same SIGINT: let them die of it (briefly), so that
+            // their tasks report the interrupt rather than our kill.
+            let deadline = Instant::now() + Duration::from_millis(100);
+            for w in &mut self.workers {
+                while matches!(w.link.exitcode(), Ok(None)) && Instant::now() < deadline {
+                    let sentinel = w.link.poll_set()[2];
+                    let _ = sys::wait_readable(&[sentinel], Some(deadline));
+                }
+            }
+        }
         for w in &self.workers {
             w.link.kill();
         }
