@@ -535,3 +535,61 @@ fn tasks_queued_behind_a_slow_one_move_to_an_idle_worker() {
     );
     assert_eq!(slow.get().unwrap(), 1500);
 }
+
+/// Arguments that serialize but refuse to deserialize (in the worker).
+#[derive(Debug)]
+struct Undecodable;
+
+impl serde::Serialize for Undecodable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Undecodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("this type never decodes"))
+    }
+}
+
+/// A value that refuses to serialize (in the worker).
+#[derive(Debug)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value never encodes"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <() as serde::Deserialize>::deserialize(d).map(|()| Unencodable)
+    }
+}
+
+#[test]
+fn serialization_failures_are_errors_not_crashes() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(1).unwrap();
+    match pool.apply(|_: Undecodable| 1u8, Undecodable) {
+        Err(TaskError::Process(e)) => {
+            assert_eq!(e.kind(), ErrorKind::Decode);
+            assert!(e.to_string().contains("could not deserialize"), "{e}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match pool.apply(|_: ()| Unencodable, ()) {
+        Err(TaskError::Process(e)) => assert_eq!(e.kind(), ErrorKind::Encode),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Arguments that cannot be encoded fail at submission, in the caller.
+    match pool
+        .apply(|x: u8| x, 1)
+        .and(pool.apply(|_: Unencodable| 0u8, Unencodable))
+    {
+        Err(TaskError::Process(e)) => assert_eq!(e.kind(), ErrorKind::Encode),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(pool.apply(square, 5).unwrap(), 25, "the worker carried on");
+}

@@ -652,10 +652,14 @@ impl Supervisor {
                         Reply::Panic { message, location } => {
                             Err(TaskError::Panic { message, location })
                         }
-                        Reply::Failed(message) => Err(TaskError::Process(Error::with_message(
-                            ErrorKind::Decode,
-                            message,
-                        ))),
+                        Reply::Failed { decode, message } => {
+                            let kind = if decode {
+                                ErrorKind::Decode
+                            } else {
+                                ErrorKind::Encode
+                            };
+                            Err(TaskError::Process(Error::with_message(kind, message)))
+                        }
                     };
                     finish(job.sink, outcome);
                 }

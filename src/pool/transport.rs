@@ -92,7 +92,11 @@ pub(crate) enum Reply {
         message: String,
         location: Option<String>,
     },
-    Failed(String),
+    /// The arguments could not be decoded (`decode`), or the value encoded (not `decode`).
+    Failed {
+        decode: bool,
+        message: String,
+    },
 }
 
 /// The pool's end of one worker.
@@ -219,8 +223,9 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, id: u64, reply: &Reply) {
             let body = postcard::to_allocvec(&(message, location)).unwrap_or_default();
             out.extend_from_slice(&body);
         }
-        Reply::Failed(message) => {
+        Reply::Failed { decode, message } => {
             out.push(FAILED);
+            out.push(u8::from(*decode));
             out.extend_from_slice(message.as_bytes());
         }
     }
@@ -295,7 +300,13 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
                         postcard::from_bytes(bytes).map_err(|_| malformed("reply"))?;
                     Reply::Panic { message, location }
                 }
-                FAILED => Reply::Failed(String::from_utf8_lossy(bytes).into_owned()),
+                FAILED => match bytes.split_first() {
+                    Some((&decode, message)) => Reply::Failed {
+                        decode: decode != 0,
+                        message: String::from_utf8_lossy(message).into_owned(),
+                    },
+                    None => return Err(malformed("reply")),
+                },
                 _ => return Err(malformed("reply")),
             };
             Ok(FromWorker::Reply { id, reply })
@@ -539,7 +550,14 @@ mod tests {
                 location: Some("a.rs:1:2".into()),
             },
         );
-        encode_reply(&mut buf, 3, &Reply::Failed("bad bytes".into()));
+        encode_reply(
+            &mut buf,
+            3,
+            &Reply::Failed {
+                decode: true,
+                message: "bad bytes".into(),
+            },
+        );
         encode_ready(&mut buf);
         encode_init_failed(&mut buf, "init panicked");
         encode_revoked(&mut buf, &[9]);
@@ -555,7 +573,7 @@ mod tests {
             if message == "boom" && location.as_deref() == Some("a.rs:1:2"))
         );
         assert!(
-            matches!(&got[2], FromWorker::Reply { id: 3, reply: Reply::Failed(m) } if m == "bad bytes")
+            matches!(&got[2], FromWorker::Reply { id: 3, reply: Reply::Failed { decode: true, message } } if message == "bad bytes")
         );
         assert!(matches!(got[3], FromWorker::Ready));
         assert!(matches!(&got[4], FromWorker::InitFailed(m) if m == "init panicked"));

@@ -239,9 +239,15 @@ fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {
     match bootstrap::catch_task(|| f(payload)) {
         Ok(Ok(bytes)) => match transport::check_size(bytes.len()) {
             Ok(()) => Reply::Value(bytes),
-            Err(e) => Reply::Failed(e.to_string()),
+            Err(e) => Reply::Failed {
+                decode: false,
+                message: e.to_string(),
+            },
         },
-        Ok(Err(e)) => Reply::Failed(with_source(&e)),
+        Ok(Err(e)) => Reply::Failed {
+            decode: e.kind() == crate::error::ErrorKind::Decode,
+            message: with_source(&e),
+        },
         Err((message, location)) => Reply::Panic { message, location },
     }
 }
