@@ -180,3 +180,13 @@ fn shutdown_waits_or_cancels() {
     }
     assert!(multiproc::active_children().is_empty());
 }
+
+#[test]
+fn submit_with_time_limit() {
+    let _r = common::Reaper::new();
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let stuck = ex.submit_with_time_limit(sleep_ms, 20_000, Duration::from_millis(150));
+    let next = ex.submit(square, 4);
+    assert!(matches!(stuck.result(), Err(TaskError::TimeLimit { .. })));
+    assert_eq!(next.result().unwrap(), 16);
+}

@@ -593,3 +593,23 @@ fn serialization_failures_are_errors_not_crashes() {
     }
     assert_eq!(pool.apply(square, 5).unwrap(), 25, "the worker carried on");
 }
+
+#[test]
+fn a_time_limit_for_one_task() {
+    let _r = common::Reaper::new();
+    let pool = Pool::new(2).unwrap();
+    let unlimited = pool.apply_async(sleep_ms, 800);
+    let limited = pool.apply_async_with_time_limit(sleep_ms, 20_000, Duration::from_millis(200));
+    let fine = pool.apply_async_with_time_limit(sleep_ms, 10, Duration::from_secs(10));
+    let t0 = Instant::now();
+    assert!(
+        matches!(limited.get(), Err(TaskError::TimeLimit { limit }) if limit == Duration::from_millis(200))
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(fine.get().unwrap(), 10);
+    assert_eq!(
+        unlimited.get().unwrap(),
+        800,
+        "a task without a limit is never cut short"
+    );
+}

@@ -142,10 +142,30 @@ impl ProcessPoolExecutor {
         self.submit_entry(apply_entry::<F, A, T>(&f), &args)
     }
 
+    /// [`submit`](Self::submit) with a time limit for this task alone: past it the task fails
+    /// with [`TaskError::TimeLimit`] and its worker is replaced.
+    pub fn submit_with_time_limit<F, A, T>(&self, f: F, args: A, limit: Duration) -> TaskFuture<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_entry_limited(apply_entry::<F, A, T>(&f), &args, Some(limit))
+    }
+
     fn submit_entry<A: Serialize, T: DeserializeOwned + Send + 'static>(
         &self,
         entry: i64,
         args: &A,
+    ) -> TaskFuture<T> {
+        self.submit_entry_limited(entry, args, None)
+    }
+
+    fn submit_entry_limited<A: Serialize, T: DeserializeOwned + Send + 'static>(
+        &self,
+        entry: i64,
+        args: &A,
+        limit: Option<Duration>,
     ) -> TaskFuture<T> {
         let slot = Slot::new();
         let sink = Box::new(ApplySink {
@@ -153,7 +173,7 @@ impl ProcessPoolExecutor {
             callbacks: None,
         });
         match target::encode(args) {
-            Ok(payload) => super::submit(&self.pool.core, entry, payload, sink),
+            Ok(payload) => super::submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
         TaskFuture { slot }

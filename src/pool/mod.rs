@@ -314,6 +314,52 @@ impl Pool {
         self.submit_apply(apply_entry::<F, A, T>(&f), &args, None)
     }
 
+    /// [`apply_async`](Pool::apply_async) with a time limit for this task alone (pebble's
+    /// `schedule(..., timeout=)`), over the pool's [`task_timeout`](PoolBuilder::task_timeout):
+    /// past it the task fails with [`TaskError::TimeLimit`] and its worker is replaced.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Pool, TaskError};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let r = pool.apply_async_with_time_limit(nap, 10_000, Duration::from_millis(100));
+    /// assert!(matches!(r.get(), Err(TaskError::TimeLimit { .. })));
+    /// assert_eq!(pool.apply(nap, 1)?, 1); // a fresh worker took over
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_async_with_time_limit<F, A, T>(
+        &self,
+        f: F,
+        args: A,
+        limit: Duration,
+    ) -> AsyncResult<T>
+    where
+        F: Fn(A) -> T + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let slot = Slot::new();
+        let sink = Box::new(ApplySink {
+            slot: Arc::clone(&slot),
+            callbacks: None,
+        });
+        match target::encode(&args) {
+            Ok(payload) => submit_limited(
+                &self.core,
+                apply_entry::<F, A, T>(&f),
+                payload,
+                sink,
+                Some(limit),
+            ),
+            Err(e) => sink.finish(Err(e.into())),
+        }
+        AsyncResult::new(slot)
+    }
+
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
     /// which run on the pool's thread before the result becomes ready. Keep them short, and
     /// never wait on the same pool inside one: the pool's thread would wait for itself (as in
@@ -572,6 +618,7 @@ impl Pool {
                     entry,
                     payload,
                     sink,
+                    limit: None,
                 }),
                 Err(e) => {
                     sink.finish(Err(e.into()));
@@ -671,6 +718,16 @@ impl Pool {
 }
 
 fn submit(core: &Core, entry: i64, payload: Vec<u8>, sink: Box<dyn Sink>) {
+    submit_limited(core, entry, payload, sink, None);
+}
+
+fn submit_limited(
+    core: &Core,
+    entry: i64,
+    payload: Vec<u8>,
+    sink: Box<dyn Sink>,
+    limit: Option<Duration>,
+) {
     if let Err(e) = transport::check_size(payload.len()) {
         sink.finish(Err(e.into()));
         return;
@@ -679,6 +736,7 @@ fn submit(core: &Core, entry: i64, payload: Vec<u8>, sink: Box<dyn Sink>) {
         entry,
         payload,
         sink,
+        limit,
     }) {
         job.sink.finish(Err(TaskError::PoolClosed));
     }

@@ -40,6 +40,8 @@ pub(crate) struct Job {
     pub(crate) entry: i64,
     pub(crate) payload: Vec<u8>,
     pub(crate) sink: Box<dyn Sink>,
+    /// This task's time limit, over the pool's.
+    pub(crate) limit: Option<Duration>,
 }
 
 impl Job {
@@ -573,12 +575,10 @@ impl Supervisor {
                 }
             }
         }
-        if let Some(limit) = self.config.task_timeout {
-            for w in &self.workers {
-                if !w.inflight.is_empty() && !w.killed_for_time {
-                    let d = w.head_started + limit;
-                    deadline = Some(deadline.map_or(d, |x| x.min(d)));
-                }
+        for w in &self.workers {
+            if let Some(limit) = self.head_limit(w) {
+                let d = w.head_started + limit;
+                deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
         }
         deadline
@@ -709,22 +709,32 @@ impl Supervisor {
         }
     }
 
+    /// The time limit of the task worker `w` runs, unless it was already killed for it.
+    fn head_limit(&self, w: &Worker) -> Option<Duration> {
+        if w.killed_for_time {
+            return None;
+        }
+        let (_, job) = w.inflight.front()?;
+        job.limit.or(self.config.task_timeout)
+    }
+
     fn check_time_limits(&mut self) {
-        let Some(limit) = self.config.task_timeout else {
-            return;
-        };
         let now = Instant::now();
         for i in 0..self.workers.len() {
-            let w = &self.workers[i];
-            if w.inflight.is_empty() || w.killed_for_time || now < w.head_started + limit {
+            let over = |sup: &Supervisor| {
+                let w = &sup.workers[i];
+                sup.head_limit(w)
+                    .filter(|limit| now >= w.head_started + *limit)
+            };
+            if over(self).is_none() {
                 continue;
             }
             // It may have answered just now.
             self.receive(i);
-            let w = &mut self.workers[i];
-            if w.inflight.is_empty() || now < w.head_started + limit {
+            let Some(limit) = over(self) else {
                 continue;
-            }
+            };
+            let w = &mut self.workers[i];
             tracing::warn!(
                 pid = w.link.pid(),
                 ?limit,
