@@ -31,6 +31,20 @@ fn ctrl_c_helper() {
     if mode == "handled" {
         signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()).unwrap();
     }
+    if mode == "forgotten" {
+        // A program that handles SIGTERM and never drops its pool: at exit the workers are
+        // terminated and joined, and must die although they inherited the handler.
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone()).unwrap();
+        let pool = Pool::new(2).unwrap();
+        let pids: Vec<String> = multiproc::active_children()
+            .iter()
+            .map(|c| c.pid().to_string())
+            .collect();
+        println!("workers {}", pids.join(" "));
+        assert_eq!(pool.apply(sleep_ms, 1).unwrap(), 1);
+        std::mem::forget(pool);
+        return;
+    }
     let pool = Pool::new(2).unwrap();
     let pids: Vec<String> = multiproc::active_children()
         .iter()
@@ -146,4 +160,56 @@ fn ctrl_c_handled_by_the_program_makes_map_return() {
     );
     assert!(line.contains("flag true"), "{line}");
     eprintln!("map returned and everything was gone {took:?} after SIGINT");
+}
+
+#[test]
+fn a_forgotten_pool_does_not_hold_up_exit() {
+    let _r = common::Reaper::new();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ctrl_c_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CTRL_C", "forgotten")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut status = None;
+    let ended = common::eventually(common::WAIT, || {
+        status = status.or_else(|| child.try_wait().unwrap());
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the program did not exit: its pool's workers held it up");
+    }
+    assert!(status.unwrap().success(), "{status:?}");
+    let pids: Vec<u32> = rx
+        .try_iter()
+        .find_map(|line| {
+            let at = line.find("workers ")?;
+            Some(
+                line[at + 8..]
+                    .split(' ')
+                    .map(|p| p.parse().unwrap())
+                    .collect(),
+            )
+        })
+        .expect("the helper reported its workers");
+    assert_eq!(pids.len(), 2);
+    assert!(common::eventually(Duration::from_secs(1), || pids
+        .iter()
+        .all(|&p| is_dead(p))));
 }

@@ -64,9 +64,10 @@ pub(crate) fn run(args: WorkerArgs) {
         initializer,
         max_tasks,
     } = args;
-    // Ctrl-C reaches the whole process group: a worker must die of it even when the program
-    // handles SIGINT (the handler was inherited through fork).
-    let _ = sys::restore_default_sigint();
+    // Ctrl-C reaches the whole process group, and the exit-time cleanup terminates daemonic
+    // children: a worker must die of SIGINT and SIGTERM even when the program handles them
+    // (its handlers were inherited through fork).
+    let _ = sys::restore_default_stop_signals();
     let mut out = Vec::new();
     if let Some((entry, payload)) = &initializer {
         let init = resolve(*entry);

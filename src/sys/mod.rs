@@ -20,7 +20,7 @@ mod poll;
 mod signal;
 pub(crate) use code::{PoolEntry, pool_entry_at, pool_entry_offset};
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
-pub(crate) use signal::restore_default_sigint;
+pub(crate) use signal::restore_default_stop_signals;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
