@@ -111,8 +111,7 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
     });
     let took = sent.elapsed();
     if !gone {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(&mut child);
         panic!(
             "after Ctrl-C: helper exited: {exit:?}, workers alive: {:?}",
             pids.iter().filter(|&&p| !is_dead(p)).collect::<Vec<_>>()
@@ -120,6 +119,14 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
     }
     let rest: Vec<String> = rx.try_iter().collect();
     (exit.unwrap(), rest, pids, took)
+}
+
+/// SIGKILLs the helper's whole process group (helper and workers) and reaps the helper, so a
+/// failing test leaves nothing behind.
+fn kill_group(child: &mut std::process::Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
 }
 
 /// Gone, or a zombie (dead, waiting for whoever inherited it to reap it).
@@ -174,6 +181,7 @@ fn a_forgotten_pool_does_not_hold_up_exit() {
             "--test-threads=1",
         ])
         .env("MULTIPROC_CTRL_C", "forgotten")
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -191,8 +199,7 @@ fn a_forgotten_pool_does_not_hold_up_exit() {
         status.is_some()
     });
     if !ended {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(&mut child);
         panic!("the program did not exit: its pool's workers held it up");
     }
     assert!(status.unwrap().success(), "{status:?}");
