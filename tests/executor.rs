@@ -101,8 +101,8 @@ fn map_with_timeout() {
     let t0 = Instant::now();
     let mut it = ex.map(
         sleep_ms,
-        vec![1, 1_000, 1],
-        Some(Duration::from_millis(200)),
+        vec![1, 2_000, 1],
+        Some(Duration::from_millis(700)),
     );
     assert_eq!(it.next().unwrap().unwrap(), 1);
     assert!(it.next().unwrap().unwrap_err().is_timeout());
