@@ -30,6 +30,7 @@ use crate::process::target;
 use crate::sys;
 
 mod async_result;
+mod codec;
 mod error;
 mod executor;
 mod progress;
@@ -525,8 +526,8 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Vec<T>, TaskError>
     where
-        A: Serialize,
-        T: DeserializeOwned,
+        A: Serialize + 'static,
+        T: DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
         let items: Vec<A> = iterable.into_iter().collect();
@@ -547,14 +548,15 @@ impl Pool {
             let sink = Box::new(BytesSink {
                 slot: Arc::clone(&slot),
             });
-            match target::encode(chunk) {
+            match codec::encode_chunk(chunk) {
                 Ok(payload) => submit(&self.core, entry, payload, sink),
                 Err(e) => return Err(e.into()),
             }
             pending.push_back((chunk.len(), slot));
         }
+        let total = items.len();
         drop(items);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(total);
         for (len, slot) in pending {
             let bytes = slot.get(None)?;
             out.extend(decode_chunk::<T>(&bytes, len)?);
@@ -572,7 +574,7 @@ impl Pool {
         callbacks: Option<Callbacks<Vec<T>>>,
     ) -> AsyncResult<Vec<T>>
     where
-        A: Serialize,
+        A: Serialize + 'static,
         T: DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
@@ -613,7 +615,9 @@ impl Pool {
                 state: Arc::clone(&state),
                 finished: false,
             });
-            match target::encode(chunk).and_then(|p| transport::check_size(p.len()).map(|()| p)) {
+            match codec::encode_chunk(chunk)
+                .and_then(|p| transport::check_size(p.len()).map(|()| p))
+            {
                 Ok(payload) => jobs.push(Job {
                     entry,
                     payload,
@@ -824,8 +828,11 @@ impl<T> Drop for ChunkSink<T> {
     }
 }
 
-fn decode_chunk<T: DeserializeOwned>(bytes: &[u8], len: usize) -> Result<Vec<T>, TaskError> {
-    let values: Vec<T> = target::decode(bytes)?;
+fn decode_chunk<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    len: usize,
+) -> Result<Vec<T>, TaskError> {
+    let values: Vec<T> = codec::decode_chunk(bytes)?;
     if values.len() != len {
         return Err(TaskError::Process(Error::with_message(
             ErrorKind::Decode,
@@ -900,7 +907,7 @@ impl Drop for ChannelSink {
 impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
     fn new<A, I>(pool: &'a Pool, entry: i64, iterable: I, chunksize: usize, ordered: bool) -> Self
     where
-        A: Serialize + 'a,
+        A: Serialize + 'static,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
@@ -913,7 +920,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             if chunk.is_empty() {
                 return None;
             }
-            Some((chunk.len(), target::encode(&chunk)))
+            Some((chunk.len(), codec::encode_chunk(&chunk)))
         });
         Imap {
             pool,

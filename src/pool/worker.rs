@@ -276,11 +276,11 @@ where
 pub(crate) fn chunk_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
 where
     F: Fn(A) -> T,
-    A: DeserializeOwned,
-    T: Serialize,
+    A: DeserializeOwned + 'static,
+    T: Serialize + 'static,
 {
-    let inputs: Vec<A> = target::decode(payload)?;
+    let inputs: Vec<A> = super::codec::decode_chunk(payload)?;
     let f = target::conjure::<F>();
     let outputs: Vec<T> = inputs.into_iter().map(f).collect();
-    target::encode(&outputs)
+    super::codec::encode_chunk(&outputs)
 }
