@@ -627,13 +627,13 @@ impl<T: DeserializeOwned> JoinHandle<T> {
                 }
                 Ok(n) => {
                     self.received.extend_from_slice(&chunk[..n]);
-                    if let Some(len) = wire::frame_len(&self.received)? {
-                        if self.received.len() > wire::HEADER + len {
-                            return Err(Error::with_message(
-                                ErrorKind::Decode,
-                                "child sent more than one result",
-                            ));
-                        }
+                    if let Some(len) = wire::frame_len(&self.received)?
+                        && self.received.len() > wire::HEADER + len
+                    {
+                        return Err(Error::with_message(
+                            ErrorKind::Decode,
+                            "child sent more than one result",
+                        ));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),

@@ -11,7 +11,21 @@
 //! destructors or `atexit` handlers.
 
 #[cfg(target_os = "linux")]
+mod clone;
+#[cfg(target_os = "linux")]
+mod exec;
+mod fdpass;
+#[cfg(target_os = "linux")]
+mod image;
+#[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use clone::*;
+#[cfg(target_os = "linux")]
+pub(crate) use exec::*;
+pub(crate) use fdpass::*;
+#[cfg(target_os = "linux")]
+pub(crate) use image::*;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 

@@ -62,10 +62,16 @@ pub fn os_children() -> Vec<(i32, char)> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the parenthesised command name: state, ppid, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -79,4 +85,41 @@ pub fn os_children() -> Vec<(i32, char)> {
 /// Whether a process with this pid exists (in any state but reaped).
 pub fn pid_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Stamps each test once per start method, as CPython runs each test suite once per method:
+/// `mod fork`, `mod spawn` and `mod forkserver`, each with every test. A test receives the
+/// method's [`multiproc::Context`] under the name it gives; make processes through it (or pass
+/// `ctx.start_method()` to a `Builder`). Tests that need a capturing closure are fork-only and
+/// stay outside the matrix.
+///
+/// ```ignore
+/// start_method_matrix! {
+///     fn child_sees_its_name(ctx) {
+///         let name = ctx.builder().name("w").spawn(|| multiproc::current_process().name().to_owned())?;
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! start_method_matrix {
+    ($($(#[$meta:meta])* fn $name:ident($ctx:ident) $body:block)*) => {
+        $crate::start_method_matrix!(@stamp fork, Fork; $($(#[$meta])* fn $name($ctx) $body)*);
+        $crate::start_method_matrix!(@stamp spawn, Spawn; $($(#[$meta])* fn $name($ctx) $body)*);
+        $crate::start_method_matrix!(@stamp forkserver, ForkServer; $($(#[$meta])* fn $name($ctx) $body)*);
+    };
+    (@stamp $module:ident, $method:ident; $($(#[$meta:meta])* fn $name:ident($ctx:ident) $body:block)*) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    #[allow(unused_variables)]
+                    let $ctx = multiproc::get_context(multiproc::StartMethod::$method);
+                    $body
+                }
+            )*
+        }
+    };
 }
