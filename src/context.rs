@@ -109,6 +109,12 @@ pub fn get_start_method() -> StartMethod {
     DEFAULT.get().copied().unwrap_or(BUILTIN_DEFAULT)
 }
 
+/// The method given to [`set_start_method`], if any: a child that begins a fresh program is
+/// told it, as Python's spawn preparation data carries `start_method`.
+pub(crate) fn chosen_start_method() -> Option<StartMethod> {
+    DEFAULT.get().copied()
+}
+
 /// Sets the process-wide default start method, once, as Python's `set_start_method`. Call it
 /// early in `main`, before starting processes.
 ///

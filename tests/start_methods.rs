@@ -2,14 +2,16 @@
 //!
 //! Mirrors CPython's `_test_multiprocessing` scenarios `test_current`, `test_parent_process`,
 //! `test_process` (name, daemon, authkey seen by the child), `test_forkserver_sigkill` and
-//! `test_spawn_close_fds`. Each scenario runs under every start method via
-//! `start_method_matrix!`.
+//! `test_spawn_close_fds`. The scenarios in `start_method_matrix!` run under every start
+//! method (the matrix makes each the default in turn; `ctx` is its context).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Reaper, WAIT, eventually, os_children, pid_exists};
+use common::{
+    Reaper, WAIT, eventually, is_forkserver, os_children, os_children_with_forkserver, pid_exists,
+};
 use multiproc::{AuthKey, ErrorKind, JoinError, StartMethod, get_context};
 use serde::{Deserialize, Serialize};
 
@@ -59,18 +61,24 @@ impl<'de> Deserialize<'de> for Unserializable {
 }
 
 start_method_matrix! {
-    fn typed_result_from_fn_item(ctx) {
+    #[test]
+    fn typed_result_from_fn_item() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         assert_eq!(ctx.spawn_with_args(square, 12).unwrap().join().unwrap(), 144);
     }
 
-    fn typed_result_from_non_capturing_closure(ctx) {
+    #[test]
+    fn typed_result_from_non_capturing_closure() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let h = ctx.spawn(|| vec!["a".to_string(), "b".to_string()]).unwrap();
         assert_eq!(h.join().unwrap(), ["a", "b"]);
     }
 
-    fn panic_is_reported_with_message(ctx) {
+    #[test]
+    fn panic_is_reported_with_message() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let h = ctx.spawn_with_args(|n: u32| -> u32 { panic!("bad input {n}") }, 7).unwrap();
         match h.join() {
@@ -82,7 +90,9 @@ start_method_matrix! {
         }
     }
 
-    fn exit_code_and_process_api(ctx) {
+    #[test]
+    fn exit_code_and_process_api() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let mut p = ctx.process_with_args(|code: i32| std::process::exit(code), 3);
         assert_eq!(p.start_method(), ctx.start_method());
@@ -90,7 +100,9 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(3));
     }
 
-    fn child_knows_who_it_is(ctx) {
+    #[test]
+    fn child_knows_who_it_is() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let key = AuthKey::from(b"sesame".to_vec());
         let h = ctx
@@ -112,7 +124,9 @@ start_method_matrix! {
         assert_eq!(seen.ppid, me);
     }
 
-    fn child_inherits_authkey_and_daemon_flag(ctx) {
+    #[test]
+    fn child_inherits_authkey_and_daemon_flag() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let seen = ctx.builder().daemon(true).spawn(look_around).unwrap().join().unwrap();
         assert!(seen.daemon);
@@ -120,7 +134,9 @@ start_method_matrix! {
         assert!(seen.name.starts_with("Process-"));
     }
 
-    fn from_run_value_travels(ctx) {
+    #[test]
+    fn from_run_value_travels() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         #[derive(Serialize, Deserialize)]
         struct Exit(i32);
@@ -135,7 +151,9 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(9));
     }
 
-    fn grandchild_under_same_method(ctx) {
+    #[test]
+    fn grandchild_under_same_method() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let method = ctx.start_method().to_string();
         let h = ctx
@@ -154,7 +172,9 @@ start_method_matrix! {
         assert_eq!(inner.ident.len(), 2);
     }
 
-    fn terminate_and_kill(ctx) {
+    #[test]
+    fn terminate_and_kill() {
+        let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
         let mut p = ctx.process(|| std::thread::sleep(Duration::from_secs(60)));
         p.start().unwrap();
@@ -173,14 +193,14 @@ fn fresh_methods() -> [StartMethod; 2] {
 fn capturing_closure_is_refused_before_anything_starts() {
     let _reaper = Reaper::new();
     for m in fresh_methods() {
-        let before = os_children().len();
+        let before = os_children_with_forkserver().len();
         let captured = String::from("captured");
         let err = get_context(m).spawn(move || captured.len()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnsupportedTarget, "{m}");
         assert!(err.to_string().contains("fork"), "{err}");
         assert!(multiproc::active_children().is_empty());
         assert!(
-            os_children().len() <= before + 1,
+            os_children_with_forkserver().len() <= before + 1,
             "{m}: a child was started"
         ); // + forkserver
     }
@@ -254,15 +274,22 @@ fn forkserver_serves_many_starts_from_one_server() {
     let _reaper = Reaper::new();
     let ctx = get_context(StartMethod::ForkServer);
     assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
-    let servers = os_children();
+    let servers = os_children_with_forkserver();
     assert_eq!(servers.len(), 1, "one forkserver expected: {servers:?}");
+    assert!(is_forkserver(servers[0].0));
     for i in 0..30u64 {
         assert_eq!(
             ctx.spawn_with_args(square, i).unwrap().join().unwrap(),
             i * i
         );
     }
-    assert_eq!(os_children(), servers, "the same server, and no zombies");
+    let pids =
+        |children: Vec<(i32, char)>| children.into_iter().map(|(pid, _)| pid).collect::<Vec<_>>();
+    assert_eq!(
+        pids(os_children_with_forkserver()),
+        pids(servers),
+        "the same server, and no zombies"
+    );
 }
 
 #[test]
@@ -270,18 +297,22 @@ fn forkserver_restarts_after_it_is_killed() {
     let _reaper = Reaper::new();
     let ctx = get_context(StartMethod::ForkServer);
     assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
-    let [(server, _)] = os_children()[..] else {
-        panic!("one forkserver expected: {:?}", os_children())
+    let [(server, _)] = os_children_with_forkserver()[..] else {
+        panic!(
+            "one forkserver expected: {:?}",
+            os_children_with_forkserver()
+        )
     };
     // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
     assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
-    assert!(eventually(WAIT, || os_children()
+    assert!(eventually(WAIT, || os_children_with_forkserver()
         .iter()
         .any(|&(p, s)| p == server && s == 'Z')));
     // The next start notices, reaps the dead server and starts a new one.
     assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
-    let now = os_children();
+    let now = os_children_with_forkserver();
     assert_eq!(now.len(), 1, "{now:?}");
+    assert!(is_forkserver(now[0].0));
     assert_ne!(now[0].0, server);
 }
 
@@ -293,8 +324,9 @@ fn forkserver_dies_with_its_owner() {
         .spawn(|| {
             let ctx = get_context(StartMethod::ForkServer);
             ctx.spawn_with_args(square, 4).unwrap().join().unwrap();
-            let children = common::os_children();
+            let children = common::os_children_with_forkserver();
             assert_eq!(children.len(), 1, "{children:?}");
+            assert!(common::is_forkserver(children[0].0));
             children[0].0 as u32
         })
         .unwrap()

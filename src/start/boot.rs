@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap::{self, ChildPlan, PANIC_EXIT_CODE};
 use crate::process::env::{self, Identity, ProcessEnv};
@@ -27,7 +28,7 @@ use crate::wire;
 pub(crate) const MARKER: &str = "__MULTIPROC_CHILD";
 
 /// Bumped whenever [`Boot`] changes shape.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// The running binary, as (device, inode, size, mtime).
 type ExeId = (u64, u64, i64, i64);
@@ -43,6 +44,8 @@ struct Boot {
     payload: Vec<u8>,
     /// Whether the first descriptor is the result pipe's write end.
     has_result: bool,
+    /// The parent's `set_start_method` choice, by name, which the child adopts.
+    start_method: Option<String>,
 }
 
 /// A boot message ready to send.
@@ -100,6 +103,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
         identity: plan.env.identity,
         payload: remote.payload,
         has_result,
+        start_method: context::chosen_start_method().map(|m| m.name().to_owned()),
     };
     Ok(Prepared {
         frame: wire::encode_frame(&boot)?,
@@ -191,6 +195,9 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
         && !sys::die_with_parent(*parent)
     {
         return Ok(PANIC_EXIT_CODE);
+    }
+    if let Some(method) = boot.start_method {
+        context::set_start_method(method.parse()?)?;
     }
     bootstrap::install_panic_hook();
     env::install(Box::new(ProcessEnv::new(boot.identity)));

@@ -57,8 +57,17 @@ pub fn open_fds() -> Vec<i32> {
     fds
 }
 
-/// Children of this process in any state, as (pid, state letter) from /proc.
+/// Children of this process in any state, as (pid, state letter) from /proc, not counting a
+/// running forkserver (see [`is_forkserver`] and [`os_children_with_forkserver`]).
 pub fn os_children() -> Vec<(i32, char)> {
+    os_children_with_forkserver()
+        .into_iter()
+        .filter(|&(pid, state)| state == 'Z' || !is_forkserver(pid))
+        .collect()
+}
+
+/// Children of this process in any state, the forkserver included.
+pub fn os_children_with_forkserver() -> Vec<(i32, char)> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
@@ -87,39 +96,71 @@ pub fn pid_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether `fd` is readable right now (poll with a zero timeout).
+pub fn is_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd that lives across the call; nfds is 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Stamps each test once per start method, as CPython runs each test suite once per method:
-/// `mod fork`, `mod spawn` and `mod forkserver`, each with every test. A test receives the
-/// method's [`multiproc::Context`] under the name it gives; make processes through it (or pass
-/// `ctx.start_method()` to a `Builder`). Tests that need a capturing closure are fork-only and
-/// stay outside the matrix.
+/// `mod fork`, `mod spawn` and `mod forkserver`, each holding every test, which first makes its
+/// method the process-wide default ([`use_start_method`]) and then runs the body unchanged.
+/// Helpers stay outside the macro (each module does `use super::*`). Tests that need a
+/// capturing closure are fork-only and stay outside too.
 ///
 /// ```ignore
 /// start_method_matrix! {
-///     fn child_sees_its_name(ctx) {
-///         let name = ctx.builder().name("w").spawn(|| multiproc::current_process().name().to_owned())?;
+///     #[test]
+///     fn child_sees_its_name() {
+///         let h = multiproc::Builder::new().name("w").spawn(|| multiproc::current_process().name().to_owned());
+///         assert_eq!(h.unwrap().join().unwrap(), "w");
 ///     }
 /// }
 /// ```
 #[macro_export]
 macro_rules! start_method_matrix {
-    ($($(#[$meta:meta])* fn $name:ident($ctx:ident) $body:block)*) => {
-        $crate::start_method_matrix!(@stamp fork, Fork; $($(#[$meta])* fn $name($ctx) $body)*);
-        $crate::start_method_matrix!(@stamp spawn, Spawn; $($(#[$meta])* fn $name($ctx) $body)*);
-        $crate::start_method_matrix!(@stamp forkserver, ForkServer; $($(#[$meta])* fn $name($ctx) $body)*);
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        $crate::start_method_matrix!(@stamp fork, Fork; $($(#[$meta])* fn $name() $body)*);
+        $crate::start_method_matrix!(@stamp spawn, Spawn; $($(#[$meta])* fn $name() $body)*);
+        $crate::start_method_matrix!(@stamp forkserver, ForkServer; $($(#[$meta])* fn $name() $body)*);
     };
-    (@stamp $module:ident, $method:ident; $($(#[$meta:meta])* fn $name:ident($ctx:ident) $body:block)*) => {
+    (@stamp $module:ident, $method:ident; $($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
             $(
                 $(#[$meta])*
-                #[test]
                 fn $name() {
-                    #[allow(unused_variables)]
-                    let $ctx = multiproc::get_context(multiproc::StartMethod::$method);
+                    $crate::common::use_start_method(multiproc::StartMethod::$method);
                     $body
                 }
             )*
         }
     };
+}
+
+/// Makes `method` this test process's default start method. Needs one process per test
+/// (cargo nextest), since the default can be set only once per process.
+pub fn use_start_method(method: multiproc::StartMethod) {
+    if let Err(e) = multiproc::set_start_method(method) {
+        panic!(
+            "{e}: start-method matrix tests need one process per test; run them with cargo nextest"
+        );
+    }
+}
+
+/// Whether `pid` is a multiproc forkserver (a child of ours that `active_children` does not
+/// list). Its environment, as the kernel recorded it at exec, carries the start marker.
+pub fn is_forkserver(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|var| var == b"__MULTIPROC_CHILD=forkserver")
+    })
 }
