@@ -160,6 +160,8 @@ start_method_matrix! {
             .spawn_with_args(
                 |method: String| {
                     let ctx = get_context(method.parse().unwrap());
+                    // The default the parent set (through the matrix) holds in the child too.
+                    assert_eq!(multiproc::get_start_method(), ctx.start_method());
                     let inner = ctx.spawn(look_around).unwrap().join().unwrap();
                     (std::process::id(), multiproc::current_process().name().to_owned(), inner)
                 },
@@ -374,4 +376,59 @@ fn default_is_forkserver() {
         multiproc::get_all_start_methods()[0],
         StartMethod::ForkServer
     );
+}
+
+#[test]
+fn daemon_outlives_the_thread_that_started_the_forkserver() {
+    let _reaper = Reaper::new();
+    let ctx = get_context(StartMethod::ForkServer);
+    // Thread A makes the first forkserver start, so the server is launched on its behalf...
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let a = std::thread::spawn(move || {
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
+        wait.recv().unwrap();
+    });
+    assert!(eventually(WAIT, || !os_children_with_forkserver().is_empty()));
+    // ... then a daemon starts, and then thread A exits.
+    let mut daemon = ctx
+        .builder()
+        .daemon(true)
+        .target(|| std::thread::sleep(Duration::from_secs(30)));
+    daemon.start().unwrap();
+    go.send(()).unwrap();
+    a.join().unwrap();
+    // A parent-death signal tied to thread A would have killed it by now.
+    assert_eq!(
+        daemon.join_timeout(Duration::from_millis(300)).unwrap(),
+        None
+    );
+    daemon.kill().unwrap();
+    assert_eq!(daemon.join_timeout(WAIT).unwrap(), Some(-9));
+}
+
+#[test]
+fn concurrent_starts_from_many_threads() {
+    let _reaper = Reaper::new();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for m in fresh_methods() {
+                    for i in 0..5 {
+                        let n = t * 100 + i;
+                        let got = get_context(m)
+                            .spawn_with_args(square, n)
+                            .unwrap()
+                            .join()
+                            .unwrap();
+                        assert_eq!(got, n * n, "{m}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(multiproc::active_children().is_empty());
 }

@@ -56,6 +56,7 @@ pub(crate) fn pre_main() {
         let Some(role) = sys::take_env(boot::MARKER) else {
             return;
         };
+        sys::rust_signal_defaults();
         let code = match (role.to_str(), sys::take_boot_fd()) {
             (Some("spawn"), Some(sock)) => spawn::child_main(sock),
             (Some("forkserver"), Some(sock)) => forkserver::serve(sock),

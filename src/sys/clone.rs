@@ -77,6 +77,19 @@ pub(crate) fn clone_sibling<F: FnOnce() -> i32>(
     }
 }
 
+/// Gives a re-executed child the signal dispositions Rust's runtime gives `main` (which the
+/// pre-main hook runs before): SIGPIPE ignored, so writes to a closed pipe fail with `EPIPE`
+/// instead of killing the process, as under `fork`, where the child inherits them.
+pub(crate) fn rust_signal_defaults() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
 /// Makes the forkserver immune to the terminal's Ctrl-C (SIGINT goes to the whole foreground
 /// process group; the program that owns the server decides what happens to its children).
 pub(crate) fn ignore_interrupts() {

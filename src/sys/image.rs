@@ -45,6 +45,15 @@ fn text_range() -> (usize, usize) {
     )
 }
 
+/// Whether this crate's image is the main executable (not a shared library loaded into some
+/// other program, where `/proc/self/exe` is that program): the kernel's pointer to the
+/// executable's program headers then lies in our image.
+fn in_main_executable() -> bool {
+    // SAFETY: `getauxval` only reads the auxiliary vector the kernel passed at exec.
+    let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+    in_text(phdr)
+}
+
 fn in_text(addr: usize) -> bool {
     let (start, end) = text_range();
     start <= addr && addr < end
@@ -56,7 +65,7 @@ fn in_text(addr: usize) -> bool {
 pub(crate) fn entry_offset(entry: Entry) -> Option<i64> {
     let addr = entry as usize;
     let base = anchor as fn() -> u32 as usize;
-    if !in_text(addr) || !in_text(base) {
+    if !in_text(addr) || !in_text(base) || !in_main_executable() {
         return None;
     }
     Some(addr as i64 - base as i64)

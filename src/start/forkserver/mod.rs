@@ -82,9 +82,48 @@ fn running(slot: &mut Option<Server>) -> Result<&Server> {
         }
     }
     if slot.is_none() {
-        *slot = Some(Server::start()?);
+        *slot = Some(start_from_a_lasting_thread()?);
     }
     Ok(slot.as_ref().expect("just filled"))
+}
+
+/// Starts the server from a thread that lives as long as this process.
+///
+/// The server's children are made with `CLONE_PARENT`, so their parent is the *thread* that
+/// started the server, and the kernel sends a daemon's parent-death signal when that thread
+/// exits, not the process. The main thread lasts as long as the process; any other caller
+/// hands the start to one keeper thread that never exits.
+fn start_from_a_lasting_thread() -> Result<Server> {
+    type Reply = std::sync::mpsc::SyncSender<Result<Server>>;
+    static KEEPER: Mutex<Option<(RawPid, std::sync::mpsc::Sender<Reply>)>> = Mutex::new(None);
+
+    if sys::is_main_thread() {
+        return Server::start();
+    }
+    let mut keeper = KEEPER.lock().unwrap_or_else(|e| e.into_inner());
+    let owner = sys::current_pid();
+    let requests = match keeper.as_ref() {
+        // A keeper inherited through `fork` has no thread behind it: make a new one.
+        Some((pid, requests)) if *pid == owner => requests.clone(),
+        _ => {
+            let (requests, incoming) = std::sync::mpsc::channel::<Reply>();
+            std::thread::Builder::new()
+                .name("multiproc-forkserver-keeper".to_owned())
+                .spawn(move || {
+                    for reply in incoming {
+                        let _ = reply.send(Server::start());
+                    }
+                    // The sender lives in a static: this loop never ends.
+                })?;
+            *keeper = Some((owner, requests.clone()));
+            requests
+        }
+    };
+    drop(keeper);
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let lost = || Error::with_message(ErrorKind::Os, "the forkserver keeper thread is gone");
+    requests.send(reply).map_err(|_| lost())?;
+    answer.recv().map_err(|_| lost())?
 }
 
 impl Server {
