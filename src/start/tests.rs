@@ -95,3 +95,14 @@ fn garbage_entry_offsets_are_refused() {
         Some(entry as usize)
     );
 }
+
+#[test]
+fn without_hook_or_init_reexecuting_is_refused_with_the_fix() {
+    assert!(super::reexec_check(true, false).is_ok());
+    assert!(super::reexec_check(false, true).is_ok());
+    let err = super::reexec_check(false, false).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::UnsupportedStartMethod);
+    assert!(err.to_string().contains("multiproc::init()"), "{err}");
+    // In this test binary the hook did run: the check passes for real.
+    assert!(super::ensure_can_reexec().is_ok());
+}

@@ -5,8 +5,9 @@
 //! A child's entry point is a monomorphised `fn`. Its address differs between runs (ASLR, PIE)
 //! but its distance from any other function of the same binary does not, so the parent sends
 //! `entry - anchor` and the child adds its own anchor back. The child accepts the result only
-//! if it lands in this program's text segment and the parent ran the very same file (checked
-//! separately, by inode and mtime), so garbage can never make it jump outside its code.
+//! if the parent ran the very same file (checked first, by device, inode, size and mtime) and
+//! the address lies in this program's image below the end of its code (`__ehdr_start` to
+//! `etext`), so garbage can never make it jump outside the program's own code and constants.
 //!
 //! # Safety
 //! Two `unsafe` spots: the `.init_array` entry (a linker section attribute, sound because the
