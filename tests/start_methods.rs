@@ -191,244 +191,247 @@ fn fresh_methods() -> [StartMethod; 2] {
     [StartMethod::Spawn, StartMethod::ForkServer]
 }
 
-#[test]
-fn capturing_closure_is_refused_before_anything_starts() {
-    let _reaper = Reaper::new();
-    for m in fresh_methods() {
-        let before = os_children_with_forkserver().len();
-        let captured = String::from("captured");
-        let err = get_context(m).spawn(move || captured.len()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::UnsupportedTarget, "{m}");
-        assert!(err.to_string().contains("fork"), "{err}");
-        assert!(multiproc::active_children().is_empty());
-        assert!(
-            os_children_with_forkserver().len() <= before + 1,
-            "{m}: a child was started"
-        ); // + forkserver
+// Each needs a process of its own (they count this process's children or set its default).
+alone! {
+    #[test]
+    fn capturing_closure_is_refused_before_anything_starts() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let before = os_children_with_forkserver().len();
+            let captured = String::from("captured");
+            let err = get_context(m).spawn(move || captured.len()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::UnsupportedTarget, "{m}");
+            assert!(err.to_string().contains("fork"), "{err}");
+            assert!(multiproc::active_children().is_empty());
+            assert!(
+                os_children_with_forkserver().len() <= before + 1,
+                "{m}: a child was started"
+            ); // + forkserver
+        }
     }
-}
 
-#[test]
-fn unserializable_arguments_fail_in_the_parent() {
-    let _reaper = Reaper::new();
-    for m in fresh_methods() {
-        let mut p = get_context(m).process_with_args(|_: Unserializable| {}, Unserializable);
-        let err = p.start().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Encode, "{m}");
-        assert!(p.pid().is_none());
-        assert!(multiproc::active_children().is_empty());
+    #[test]
+    fn unserializable_arguments_fail_in_the_parent() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let mut p = get_context(m).process_with_args(|_: Unserializable| {}, Unserializable);
+            let err = p.start().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Encode, "{m}");
+            assert!(p.pid().is_none());
+            assert!(multiproc::active_children().is_empty());
+        }
     }
-}
 
-#[test]
-fn spawned_child_does_not_run_main_or_the_test_harness() {
-    let _reaper = Reaper::new();
-    for m in fresh_methods() {
-        let (args, marker) = get_context(m)
-            .spawn(|| {
-                let args: Vec<String> = std::env::args().collect();
-                (args, std::env::var_os("__MULTIPROC_CHILD").is_some())
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        // The harness would have needed its filter arguments; the child got none.
-        assert!(args.len() <= 1, "{m}: {args:?}");
-        assert!(
-            !marker,
-            "{m}: the marker leaked into the child's environment"
-        );
+    #[test]
+    fn spawned_child_does_not_run_main_or_the_test_harness() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let (args, marker) = get_context(m)
+                .spawn(|| {
+                    let args: Vec<String> = std::env::args().collect();
+                    (args, std::env::var_os("__MULTIPROC_CHILD").is_some())
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            // The harness would have needed its filter arguments; the child got none.
+            assert!(args.len() <= 1, "{m}: {args:?}");
+            assert!(
+                !marker,
+                "{m}: the marker leaked into the child's environment"
+            );
+        }
     }
-}
 
-#[test]
-fn fresh_children_hold_only_what_they_were_given() {
-    let _reaper = Reaper::new();
-    // A descriptor without close-on-exec, as a careless library might leave one: it must not
-    // reach children that begin a fresh program (CPython's test_spawn_close_fds).
-    let (r, _w) = std::io::pipe().unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_DUPFD on an open descriptor only allocates a new one, which we close below.
-    let leaky = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD, 100) };
-    assert!(leaky >= 100);
-    for m in fresh_methods() {
-        let (leaked, count) = get_context(m)
-            .spawn_with_args(
-                |fd: i32| {
-                    let open = std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
-                    (open, common::open_fds().len())
-                },
-                leaky,
-            )
-            .unwrap()
-            .join()
-            .unwrap();
-        assert!(!leaked, "{m}: descriptor {leaky} leaked into the child");
-        // stdin, stdout, stderr, the result pipe, and the directory being listed.
-        assert!(count <= 5, "{m}: child holds {count} descriptors");
+    #[test]
+    fn fresh_children_hold_only_what_they_were_given() {
+        let _reaper = Reaper::new();
+        // A descriptor without close-on-exec, as a careless library might leave one: it must not
+        // reach children that begin a fresh program (CPython's test_spawn_close_fds).
+        let (r, _w) = std::io::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_DUPFD on an open descriptor only allocates a new one, which we close below.
+        let leaky = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD, 100) };
+        assert!(leaky >= 100);
+        for m in fresh_methods() {
+            let (leaked, count) = get_context(m)
+                .spawn_with_args(
+                    |fd: i32| {
+                        let open = std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
+                        (open, common::open_fds().len())
+                    },
+                    leaky,
+                )
+                .unwrap()
+                .join()
+                .unwrap();
+            assert!(!leaked, "{m}: descriptor {leaky} leaked into the child");
+            // stdin, stdout, stderr, the result pipe, and the directory being listed.
+            assert!(count <= 5, "{m}: child holds {count} descriptors");
+        }
+        // SAFETY: `leaky` is ours and closed once.
+        unsafe { libc::close(leaky) };
     }
-    // SAFETY: `leaky` is ours and closed once.
-    unsafe { libc::close(leaky) };
-}
 
-#[test]
-fn forkserver_serves_many_starts_from_one_server() {
-    let _reaper = Reaper::new();
-    let ctx = get_context(StartMethod::ForkServer);
-    assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
-    let servers = os_children_with_forkserver();
-    assert_eq!(servers.len(), 1, "one forkserver expected: {servers:?}");
-    assert!(is_forkserver(servers[0].0));
-    for i in 0..30u64 {
-        assert_eq!(
-            ctx.spawn_with_args(square, i).unwrap().join().unwrap(),
-            i * i
-        );
-    }
-    let pids =
-        |children: Vec<(i32, char)>| children.into_iter().map(|(pid, _)| pid).collect::<Vec<_>>();
-    assert_eq!(
-        pids(os_children_with_forkserver()),
-        pids(servers),
-        "the same server, and no zombies"
-    );
-}
-
-#[test]
-fn forkserver_restarts_after_it_is_killed() {
-    let _reaper = Reaper::new();
-    let ctx = get_context(StartMethod::ForkServer);
-    assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
-    let [(server, _)] = os_children_with_forkserver()[..] else {
-        panic!(
-            "one forkserver expected: {:?}",
-            os_children_with_forkserver()
-        )
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
-    assert!(eventually(WAIT, || os_children_with_forkserver()
-        .iter()
-        .any(|&(p, s)| p == server && s == 'Z')));
-    // The next start notices, reaps the dead server and starts a new one.
-    assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
-    let now = os_children_with_forkserver();
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert!(is_forkserver(now[0].0));
-    assert_ne!(now[0].0, server);
-}
-
-#[test]
-fn forkserver_dies_with_its_owner() {
-    let _reaper = Reaper::new();
-    // A fork child starts its own forkserver, reports the server's pid and exits.
-    let server = get_context(StartMethod::Fork)
-        .spawn(|| {
-            let ctx = get_context(StartMethod::ForkServer);
-            ctx.spawn_with_args(square, 4).unwrap().join().unwrap();
-            let children = common::os_children_with_forkserver();
-            assert_eq!(children.len(), 1, "{children:?}");
-            assert!(common::is_forkserver(children[0].0));
-            children[0].0 as u32
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    // Gone, or a zombie waiting for init to reap it.
-    let running = || {
-        pid_exists(server)
-            && std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|stat| {
-                stat.rsplit(") ")
-                    .next()
-                    .is_some_and(|rest| !rest.starts_with('Z'))
-            })
-    };
-    assert!(
-        eventually(WAIT, || !running()),
-        "forkserver {server} outlived its owner"
-    );
-}
-
-#[test]
-fn set_start_method_is_settable_once_and_used_by_default() {
-    let _reaper = Reaper::new();
-    multiproc::set_start_method(StartMethod::Spawn).unwrap();
-    multiproc::set_start_method(StartMethod::Spawn).unwrap();
-    let err = multiproc::set_start_method(StartMethod::Fork).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::StartMethodAlreadySet);
-    let p = multiproc::Process::new(|| {});
-    assert_eq!(p.start_method(), StartMethod::Spawn);
-    // A spawned child's parent is this process, and it has no forkserver.
-    assert_eq!(
-        multiproc::spawn_with_args(square, 6)
-            .unwrap()
-            .join()
-            .unwrap(),
-        36
-    );
-    assert!(os_children().is_empty());
-}
-
-#[test]
-fn default_is_forkserver() {
-    assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
-    assert_eq!(
-        multiproc::get_all_start_methods()[0],
-        StartMethod::ForkServer
-    );
-}
-
-#[test]
-fn daemon_outlives_the_thread_that_started_the_forkserver() {
-    let _reaper = Reaper::new();
-    let ctx = get_context(StartMethod::ForkServer);
-    // Thread A makes the first forkserver start, so the server is launched on its behalf...
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let a = std::thread::spawn(move || {
+    #[test]
+    fn forkserver_serves_many_starts_from_one_server() {
+        let _reaper = Reaper::new();
         let ctx = get_context(StartMethod::ForkServer);
         assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
-        wait.recv().unwrap();
-    });
-    assert!(eventually(WAIT, || !os_children_with_forkserver().is_empty()));
-    // ... then a daemon starts, and then thread A exits.
-    let mut daemon = ctx
-        .builder()
-        .daemon(true)
-        .target(|| std::thread::sleep(Duration::from_secs(30)));
-    daemon.start().unwrap();
-    go.send(()).unwrap();
-    a.join().unwrap();
-    // A parent-death signal tied to thread A would have killed it by now.
-    assert_eq!(
-        daemon.join_timeout(Duration::from_millis(300)).unwrap(),
-        None
-    );
-    daemon.kill().unwrap();
-    assert_eq!(daemon.join_timeout(WAIT).unwrap(), Some(-9));
-}
-
-#[test]
-fn concurrent_starts_from_many_threads() {
-    let _reaper = Reaper::new();
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            std::thread::spawn(move || {
-                for m in fresh_methods() {
-                    for i in 0..5 {
-                        let n = t * 100 + i;
-                        let got = get_context(m)
-                            .spawn_with_args(square, n)
-                            .unwrap()
-                            .join()
-                            .unwrap();
-                        assert_eq!(got, n * n, "{m}");
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+        let servers = os_children_with_forkserver();
+        assert_eq!(servers.len(), 1, "one forkserver expected: {servers:?}");
+        assert!(is_forkserver(servers[0].0));
+        for i in 0..30u64 {
+            assert_eq!(
+                ctx.spawn_with_args(square, i).unwrap().join().unwrap(),
+                i * i
+            );
+        }
+        let pids =
+            |children: Vec<(i32, char)>| children.into_iter().map(|(pid, _)| pid).collect::<Vec<_>>();
+        assert_eq!(
+            pids(os_children_with_forkserver()),
+            pids(servers),
+            "the same server, and no zombies"
+        );
     }
-    assert!(multiproc::active_children().is_empty());
+
+    #[test]
+    fn forkserver_restarts_after_it_is_killed() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
+        let [(server, _)] = os_children_with_forkserver()[..] else {
+            panic!(
+                "one forkserver expected: {:?}",
+                os_children_with_forkserver()
+            )
+        };
+        // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+        assert!(eventually(WAIT, || os_children_with_forkserver()
+            .iter()
+            .any(|&(p, s)| p == server && s == 'Z')));
+        // The next start notices, reaps the dead server and starts a new one.
+        assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
+        let now = os_children_with_forkserver();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(is_forkserver(now[0].0));
+        assert_ne!(now[0].0, server);
+    }
+
+    #[test]
+    fn forkserver_dies_with_its_owner() {
+        let _reaper = Reaper::new();
+        // A fork child starts its own forkserver, reports the server's pid and exits.
+        let server = get_context(StartMethod::Fork)
+            .spawn(|| {
+                let ctx = get_context(StartMethod::ForkServer);
+                ctx.spawn_with_args(square, 4).unwrap().join().unwrap();
+                let children = common::os_children_with_forkserver();
+                assert_eq!(children.len(), 1, "{children:?}");
+                assert!(common::is_forkserver(children[0].0));
+                children[0].0 as u32
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // Gone, or a zombie waiting for init to reap it.
+        let running = || {
+            pid_exists(server)
+                && std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(") ")
+                        .next()
+                        .is_some_and(|rest| !rest.starts_with('Z'))
+                })
+        };
+        assert!(
+            eventually(WAIT, || !running()),
+            "forkserver {server} outlived its owner"
+        );
+    }
+
+    #[test]
+    fn set_start_method_is_settable_once_and_used_by_default() {
+        let _reaper = Reaper::new();
+        multiproc::set_start_method(StartMethod::Spawn).unwrap();
+        multiproc::set_start_method(StartMethod::Spawn).unwrap();
+        let err = multiproc::set_start_method(StartMethod::Fork).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::StartMethodAlreadySet);
+        let p = multiproc::Process::new(|| {});
+        assert_eq!(p.start_method(), StartMethod::Spawn);
+        // A spawned child's parent is this process, and it has no forkserver.
+        assert_eq!(
+            multiproc::spawn_with_args(square, 6)
+                .unwrap()
+                .join()
+                .unwrap(),
+            36
+        );
+        assert!(os_children().is_empty());
+    }
+
+    #[test]
+    fn default_is_forkserver() {
+        assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+        assert_eq!(
+            multiproc::get_all_start_methods()[0],
+            StartMethod::ForkServer
+        );
+    }
+
+    #[test]
+    fn daemon_outlives_the_thread_that_started_the_forkserver() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        // Thread A makes the first forkserver start, so the server is launched on its behalf...
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let a = std::thread::spawn(move || {
+            let ctx = get_context(StartMethod::ForkServer);
+            assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
+            wait.recv().unwrap();
+        });
+        assert!(eventually(WAIT, || !os_children_with_forkserver().is_empty()));
+        // ... then a daemon starts, and then thread A exits.
+        let mut daemon = ctx
+            .builder()
+            .daemon(true)
+            .target(|| std::thread::sleep(Duration::from_secs(30)));
+        daemon.start().unwrap();
+        go.send(()).unwrap();
+        a.join().unwrap();
+        // A parent-death signal tied to thread A would have killed it by now.
+        assert_eq!(
+            daemon.join_timeout(Duration::from_millis(300)).unwrap(),
+            None
+        );
+        daemon.kill().unwrap();
+        assert_eq!(daemon.join_timeout(WAIT).unwrap(), Some(-9));
+    }
+
+    #[test]
+    fn concurrent_starts_from_many_threads() {
+        let _reaper = Reaper::new();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for m in fresh_methods() {
+                        for i in 0..5 {
+                            let n = t * 100 + i;
+                            let got = get_context(m)
+                                .spawn_with_args(square, n)
+                                .unwrap()
+                                .join()
+                                .unwrap();
+                            assert_eq!(got, n * n, "{m}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(multiproc::active_children().is_empty());
+    }
 }

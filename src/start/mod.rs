@@ -82,7 +82,10 @@ pub(crate) fn init() {
 /// Checks that a re-executed copy of this program will become the child rather than run
 /// `main` again (which could start children of its own: a fork bomb).
 fn ensure_can_reexec() -> Result<()> {
-    reexec_check(sys::pre_main_hook_ran(), INIT_CALLED.load(Ordering::Relaxed))
+    reexec_check(
+        sys::pre_main_hook_ran(),
+        INIT_CALLED.load(Ordering::Relaxed),
+    )
 }
 
 fn reexec_check(hook_ran: bool, init_called: bool) -> Result<()> {

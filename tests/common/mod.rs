@@ -112,8 +112,10 @@ pub fn is_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 /// Stamps each test once per start method, as CPython runs each test suite once per method:
 /// `mod fork`, `mod spawn` and `mod forkserver`, each holding every test, which first makes its
 /// method the process-wide default ([`use_start_method`]) and then runs the body unchanged.
-/// Helpers stay outside the macro (each module does `use super::*`). Tests that need a
-/// capturing closure are fork-only and stay outside too.
+/// The default can be set once per process: under cargo nextest each test has its own
+/// process; under `cargo test` each stamped test re-runs itself alone in a fresh copy of the
+/// test binary ([`isolated`]). Helpers stay outside the macro (each module does
+/// `use super::*`). Tests that need a capturing closure are fork-only and stay outside too.
 ///
 /// ```ignore
 /// start_method_matrix! {
@@ -138,12 +140,88 @@ macro_rules! start_method_matrix {
             $(
                 $(#[$meta])*
                 fn $name() {
+                    if $crate::common::isolated(module_path!(), stringify!($name)) {
+                        return;
+                    }
                     $crate::common::use_start_method(multiproc::StartMethod::$method);
                     $body
                 }
             )*
         }
     };
+}
+
+/// Tests that need a process of their own (they count its children, set its default start
+/// method...), run alone under `cargo test` as the matrix's are ([`isolated`]).
+#[macro_export]
+macro_rules! alone {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        $(
+            $(#[$meta])*
+            fn $name() {
+                if $crate::common::isolated(module_path!(), stringify!($name)) {
+                    return;
+                }
+                $body
+            }
+        )*
+    };
+}
+
+/// Unless this process runs one test only (cargo nextest, or a copy started by this function),
+/// runs the test `module::name` alone in a fresh copy of the test binary, waits for it (at most
+/// a minute) and fails if it failed; returns `true` then, and the caller returns at once.
+pub fn isolated(module: &str, name: &str) -> bool {
+    const ALONE: &str = "MULTIPROC_TEST_ALONE";
+    if std::env::var_os("NEXTEST_EXECUTION_MODE").is_some_and(|m| m == "process-per-test")
+        || std::env::var_os(ALONE).is_some()
+    {
+        return false;
+    }
+    // module_path! starts with the test crate's name, which libtest's test paths omit.
+    let path = match module.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{name}"),
+        None => name.to_owned(),
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([path.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("re-run the test binary");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Some(s) if s.success() && out.contains("1 passed") => true,
+        Some(s) => panic!("{path} failed alone ({s}):\n{out}\n{err}"),
+        None => panic!("{path} did not finish in 60 s:\n{out}\n{err}"),
+    }
 }
 
 /// Makes `method` this test process's default start method. Needs one process per test
