@@ -434,4 +434,30 @@ alone! {
         }
         assert!(multiproc::active_children().is_empty());
     }
+
+    #[test]
+    fn forkserver_dying_during_a_start_fails_that_start_only() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
+        let [(server, _)] = os_children_with_forkserver()[..] else {
+            panic!("one forkserver expected: {:?}", os_children_with_forkserver())
+        };
+        // Stopped, the server takes the request but never answers; then it is killed.
+        // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: as above.
+            unsafe { libc::kill(server, libc::SIGKILL) };
+        });
+        let err = ctx.spawn_with_args(square, 4).unwrap_err();
+        killer.join().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Os);
+        assert!(err.to_string().contains("forkserver died"), "{err}");
+        // The next start launches a new server.
+        assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
+        let now = os_children_with_forkserver();
+        assert!(now.len() == 1 && now[0].0 != server && is_forkserver(now[0].0), "{now:?}");
+    }
 }

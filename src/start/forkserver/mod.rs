@@ -174,7 +174,8 @@ impl Server {
                     Ok(0) => return Err(died("while starting a child")),
                     Ok(n) => got += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
+                    // A peer that dies with our request unread resets the connection.
+                    Err(e) => return Err(died(&format!("while starting a child ({e})"))),
                 }
             } else if ready[1] {
                 return Err(died("while starting a child"));
