@@ -460,4 +460,40 @@ alone! {
         let now = os_children_with_forkserver();
         assert!(now.len() == 1 && now[0].0 != server && is_forkserver(now[0].0), "{now:?}");
     }
+
+    #[test]
+    fn start_fails_cleanly_when_out_of_descriptors() {
+        let _reaper = Reaper::new();
+        // In a fork child (it may capture and change its own limits): use up every descriptor,
+        // then try each method. Each start must fail with an OS error and leave no child.
+        let outcomes = get_context(StartMethod::Fork)
+            .spawn(|| {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: getrlimit/setrlimit write or read the struct we pass.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+                limit.rlim_cur = 256.min(limit.rlim_max);
+                // SAFETY: as above.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+                let mut hog = Vec::new();
+                while let Ok(f) = std::fs::File::open("/dev/null") {
+                    hog.push(f);
+                }
+                let outcomes: Vec<String> = fresh_methods()
+                    .into_iter()
+                    .map(|m| {
+                        let mut p = get_context(m).process_with_args(|x: u64| drop(square(x)), 2);
+                        match p.start() {
+                            Ok(()) => "started".to_owned(),
+                            Err(e) => format!("{:?}", e.kind()),
+                        }
+                    })
+                    .collect();
+                drop(hog);
+                (outcomes, multiproc::active_children().len())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(outcomes, (vec!["Os".to_owned(), "Os".to_owned()], 0));
+    }
 }
