@@ -481,7 +481,7 @@ alone! {
                 let outcomes: Vec<String> = fresh_methods()
                     .into_iter()
                     .map(|m| {
-                        let mut p = get_context(m).process_with_args(|x: u64| drop(square(x)), 2);
+                        let mut p = get_context(m).process_with_args(|x: u64| assert_eq!(square(x), 4), 2);
                         match p.start() {
                             Ok(()) => "started".to_owned(),
                             Err(e) => format!("{:?}", e.kind()),
