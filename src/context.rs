@@ -99,14 +99,38 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
 }
 
 /// The start method used when a process does not choose one: the one given to
-/// [`set_start_method`], or [`StartMethod::ForkServer`].
+/// [`set_start_method`]; else the one named by the `MULTIPROC_START_METHOD` environment
+/// variable (`fork`, `spawn` or `forkserver`; read once; an unknown name is ignored with a
+/// warning), which lets a program be run under another method without a code change, as
+/// `RAYON_NUM_THREADS` sizes rayon's pool; else [`StartMethod::ForkServer`].
 ///
 /// # Examples
 /// ```
 /// assert_eq!(multiproc::get_start_method(), multiproc::StartMethod::ForkServer);
 /// ```
 pub fn get_start_method() -> StartMethod {
-    DEFAULT.get().copied().unwrap_or(BUILTIN_DEFAULT)
+    DEFAULT
+        .get()
+        .copied()
+        .or_else(env_default)
+        .unwrap_or(BUILTIN_DEFAULT)
+}
+
+/// The environment variable that names a default start method.
+const ENV_DEFAULT: &str = "MULTIPROC_START_METHOD";
+
+fn env_default() -> Option<StartMethod> {
+    static FROM_ENV: OnceLock<Option<StartMethod>> = OnceLock::new();
+    *FROM_ENV.get_or_init(|| {
+        let name = std::env::var(ENV_DEFAULT).ok()?;
+        match name.parse() {
+            Ok(method) => Some(method),
+            Err(_) => {
+                tracing::warn!(value = %name, "ignoring {ENV_DEFAULT}: not a start method");
+                None
+            }
+        }
+    })
 }
 
 /// The method given to [`set_start_method`], if any: a child that begins a fresh program is

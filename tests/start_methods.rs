@@ -496,4 +496,21 @@ alone! {
             .unwrap();
         assert_eq!(outcomes, (vec!["Os".to_owned(), "Os".to_owned()], 0));
     }
+
+    #[test]
+    fn environment_names_the_default() {
+        // SAFETY: this test runs alone in its process (nextest, or `alone!`), before any thread.
+        unsafe { std::env::set_var("MULTIPROC_START_METHOD", "spawn") };
+        assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+        // The code's choice still wins, once.
+        multiproc::set_start_method(StartMethod::Fork).unwrap();
+        assert_eq!(multiproc::get_start_method(), StartMethod::Fork);
+    }
+
+    #[test]
+    fn unknown_name_in_the_environment_is_ignored() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("MULTIPROC_START_METHOD", "vfork") };
+        assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    }
 }
