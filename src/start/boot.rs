@@ -66,7 +66,12 @@ fn exe_identity() -> Result<ExeId> {
     if let Some(id) = EXE.get() {
         return Ok(*id);
     }
-    let id = sys::exe_identity()?;
+    let id = sys::exe_identity().map_err(|e| {
+        Error::with_message(
+            ErrorKind::Os,
+            format!("cannot find this program's binary to re-execute (/proc/self/exe: {e})"),
+        )
+    })?;
     Ok(*EXE.get_or_init(|| id))
 }
 
