@@ -7,14 +7,13 @@
 //! ```
 //! Then, in another terminal: `nc 127.0.0.1 8080` and type.
 //!
-//! The accepted socket is moved into the child's closure, so this example chooses the fork
-//! start method for its children (the default, forkserver, runs only closures that capture
-//! nothing), as the Python original forks on Linux.
+//! The accepted socket is moved into the child's closure, so this example uses the fork start
+//! method, as the Python original does on Linux.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use multiproc::{Builder, StartMethod};
+use multiproc::Process;
 
 fn talk(mut conn: TcpStream) {
     let mut buf = [0u8; 1024];
@@ -42,9 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (conn, client_addr) = server.accept()?;
         println!("{client_addr}");
         // The parent's copy of `conn` is closed once the child has it.
-        let mut p = Builder::new()
-            .start_method(StartMethod::Fork)
-            .target(move || talk(conn));
+        let mut p = Process::new(move || talk(conn));
         p.start()?;
         children.push(p);
         // Reap children whose clients have left, as a long-running server must.

@@ -21,7 +21,12 @@ use crate::process::{Builder, JoinHandle, Process, Run};
 ///
 /// `ForkServer` is the default on Linux, as in Python 3.14: it is as safe as `Spawn` in a
 /// threaded program (the server never runs your threads, so no lock can be inherited held),
-/// and nearly as fast as `Fork`. Choose `Fork` for closures that capture variables.
+/// and about as fast as `Fork`. A closure that captures variables can only be forked: while
+/// no method was chosen (no [`set_start_method`], no `MULTIPROC_START_METHOD`, no context or
+/// [`Builder::start_method`]), such a process uses `Fork`, so code in the shape of
+/// `std::thread::spawn(move || ..)` works unchanged; once spawn or forkserver is chosen, a
+/// capturing closure is refused at `start()` with
+/// [`ErrorKind::UnsupportedTarget`](crate::ErrorKind::UnsupportedTarget).
 ///
 /// # Examples
 /// ```
@@ -98,7 +103,8 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
     ]
 }
 
-/// The start method used when a process does not choose one: the one given to
+/// The start method used when a process does not choose one (except for capturing closures
+/// while no method was chosen at all, which are forked; see [`StartMethod`]): the one given to
 /// [`set_start_method`]; else the one named by the `MULTIPROC_START_METHOD` environment
 /// variable (`fork`, `spawn` or `forkserver`; read once; an unknown name is ignored with a
 /// warning), which lets a program be run under another method without a code change, as
@@ -114,6 +120,19 @@ pub fn get_start_method() -> StartMethod {
         .copied()
         .or_else(env_default)
         .unwrap_or(BUILTIN_DEFAULT)
+}
+
+/// The method for a process that did not choose one. As [`get_start_method`], except that
+/// when no default was chosen at all (neither [`set_start_method`] nor the environment), a
+/// target that captures variables is forked: only `fork` can run it, and code written in the
+/// shape of `std::thread::spawn(move || ..)` keeps working. Choosing a method explicitly makes
+/// such a target an error under spawn and forkserver.
+pub(crate) fn default_for(captures: bool) -> StartMethod {
+    match DEFAULT.get().copied().or_else(env_default) {
+        Some(method) => method,
+        None if captures => StartMethod::Fork,
+        None => BUILTIN_DEFAULT,
+    }
 }
 
 /// The environment variable that names a default start method.

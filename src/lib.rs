@@ -38,9 +38,10 @@
 //! methods fails with an error that says to call [`init`] as the first line of `main`.
 //!
 //! Targets under `spawn` and `forkserver` are function items or closures that capture
-//! nothing, with their inputs passed as serializable arguments ([`Process::with_args`]); a
-//! capturing closure is refused at `start()` with [`ErrorKind::UnsupportedTarget`]. The
-//! `fork` method runs any closure.
+//! nothing, with their inputs passed as serializable arguments ([`Process::with_args`]). The
+//! `fork` method runs any closure: while no start method was chosen, a closure that captures
+//! variables is forked; once `spawn` or `forkserver` is chosen, it is refused at `start()`
+//! with [`ErrorKind::UnsupportedTarget`].
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
 //! counterpart of Python's `log_to_stderr`.

@@ -126,7 +126,7 @@ fn field<T: std::str::FromStr>(out: &str, prefix: &str) -> T {
 }
 
 // Each example runs once per start method (modules fork, spawn, forkserver). tcp_server
-// moves a socket into a capturing closure and so chooses fork itself.
+// moves a socket into a capturing closure, which only fork can run, and stays outside.
 start_method_matrix! {
     #[test]
     fn target_args_prints_pids_and_arguments() {

@@ -513,4 +513,33 @@ alone! {
         unsafe { std::env::set_var("MULTIPROC_START_METHOD", "vfork") };
         assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
     }
+
+    #[test]
+    fn capturing_closure_under_the_unchosen_default_is_forked() {
+        let _reaper = Reaper::new();
+        let text = String::from("captured");
+        let mut p = multiproc::Process::new(move || assert_eq!(text, "captured"));
+        assert_eq!(p.start_method(), StartMethod::Fork);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        let n = 7u64;
+        assert_eq!(multiproc::spawn(move || n * 6).unwrap().join().unwrap(), 42);
+        // Targets that capture nothing take the default, forkserver.
+        assert_eq!(
+            multiproc::Process::new(|| {}).start_method(),
+            StartMethod::ForkServer
+        );
+        let p = multiproc::Process::with_args(|x: u64| assert_eq!(x, 1), 1);
+        assert_eq!(p.start_method(), StartMethod::ForkServer);
+    }
+
+    #[test]
+    fn capturing_closure_under_a_chosen_default_is_refused() {
+        let _reaper = Reaper::new();
+        multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+        let text = String::from("captured");
+        let err = multiproc::spawn(move || text.len()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsupportedTarget);
+        assert!(multiproc::active_children().is_empty());
+    }
 }

@@ -51,6 +51,8 @@ use target::{ArgsTask, ClosureTask, RunTask, Task};
 pub struct Process {
     identity: Identity,
     method: Option<StartMethod>,
+    /// The target captures variables: only `fork` can run it (see `context::default_for`).
+    captures: bool,
     target: Option<Box<dyn Task>>,
     state: State,
 }
@@ -136,6 +138,7 @@ impl Process {
                 parent: None,
             },
             method: builder.method,
+            captures: task.captures(),
             target: Some(task),
             state: State::New,
         }
@@ -182,7 +185,8 @@ impl Process {
 
     /// The start method this process will use (the default unless one was chosen).
     pub fn start_method(&self) -> StartMethod {
-        self.method.unwrap_or_else(context::get_start_method)
+        self.method
+            .unwrap_or_else(|| context::default_for(self.captures))
     }
 
     /// Starts the child, which runs the target.

@@ -61,6 +61,11 @@ pub(crate) trait Task: Send {
 
     /// Describes the target for a child that does not share this address space.
     fn to_remote(&self) -> Result<RemoteTask>;
+
+    /// Whether the target is a closure that captures variables, which only `fork` can run.
+    fn captures(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -114,6 +119,10 @@ where
             payload: Vec::new(),
         })
     }
+
+    fn captures(&self) -> bool {
+        size_of::<F>() != 0
+    }
 }
 
 fn closure_entry<F, T>(_payload: &[u8]) -> Result<Box<dyn Task>>
@@ -148,6 +157,10 @@ where
             entry: args_entry::<F, A, T>,
             payload: encode(&self.args)?,
         })
+    }
+
+    fn captures(&self) -> bool {
+        size_of::<F>() != 0
     }
 }
 
