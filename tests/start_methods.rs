@@ -446,8 +446,9 @@ alone! {
         // Stopped, the server takes the request but never answers; then it is killed.
         // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
         assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+        // The request is sent within microseconds; the margin is for a loaded machine.
         let killer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(500));
             // SAFETY: as above.
             unsafe { libc::kill(server, libc::SIGKILL) };
         });
