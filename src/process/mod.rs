@@ -84,6 +84,8 @@ impl Process {
     ///
     /// Under the `fork` start method any closure works. Start methods that begin a fresh
     /// program need a closure that captures nothing; pass values with [`Process::with_args`].
+    /// While no start method was chosen, a closure that captures is forked (see
+    /// [`StartMethod`]).
     pub fn new<F>(target: F) -> Process
     where
         F: FnOnce() + Send + 'static,
@@ -407,7 +409,8 @@ impl Builder {
         self
     }
 
-    /// The start method for this process only.
+    /// The start method for this process only. Under [`StartMethod::Spawn`] and
+    /// [`StartMethod::ForkServer`] a target that captures variables is refused at `start()`.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
         self
