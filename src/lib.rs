@@ -51,7 +51,23 @@
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
 //! - [`Pool`] and [`ProcessPoolExecutor`]: Python's process pools, where a crashed, killed or
 //!   stuck worker fails only its own task ([`TaskError`]) and is replaced; nothing hangs.
-//! - Start methods ([`StartMethod`]); `fork` today.
+//! - Start methods ([`StartMethod`]): `forkserver` (the default), `spawn` and `fork`, chosen
+//!   per program ([`set_start_method`]), per [`Context`] ([`get_context`]) or per process
+//!   ([`Builder::start_method`]).
+//!
+//! # Start methods and `main`
+//! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
+//! child's target, not your `main` (Python needs the `if __name__ == "__main__":` guard for
+//! this). multiproc does it for you: a hook that runs before `main` turns such a copy into the
+//! child, so `main` and, in a test binary, the test harness never run in it. No setup is
+//! needed. Should the hook not run (an unusual linker or loader), starting a process with these
+//! methods fails with an error that says to call [`init`] as the first line of `main`.
+//!
+//! Targets under `spawn` and `forkserver` are function items or closures that capture
+//! nothing, with their inputs passed as serializable arguments ([`Process::with_args`]). The
+//! `fork` method runs any closure: while no start method was chosen, a closure that captures
+//! variables is forked; once `spawn` or `forkserver` is chosen, it is refused at `start()`
+//! with [`ErrorKind::UnsupportedTarget`].
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
 //! counterpart of Python's `log_to_stderr`.
@@ -77,7 +93,9 @@ mod start;
 mod sys;
 mod wire;
 
-pub use context::{StartMethod, get_all_start_methods, get_start_method};
+pub use context::{
+    Context, StartMethod, get_all_start_methods, get_context, get_start_method, set_start_method,
+};
 pub use error::{Error, ErrorKind, JoinError, Result};
 pub use pool::{
     AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Pool, PoolBuilder,
@@ -87,3 +105,25 @@ pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
 };
+
+/// Hands control to multiproc if this program was started as a child process or forkserver;
+/// returns at once otherwise. Rust's counterpart of Python's `if __name__ == "__main__":`.
+///
+/// Not needed where multiproc's pre-main hook runs (Linux with the usual toolchains, in normal
+/// and test binaries alike); calling it there is harmless. Where the hook does not run,
+/// `spawn` and `forkserver` refuse to start children until `init` was called, since a copy of
+/// the program that ran `main` again could start children of its own. Call it as the very
+/// first line of `main`, before any thread starts: in a child it never returns, and anything
+/// before it would run in every child too.
+///
+/// # Examples
+/// ```
+/// fn main() {
+///     multiproc::init();
+///     // ... the program, which may now use every start method.
+/// }
+/// # main();
+/// ```
+pub fn init() {
+    start::init();
+}
