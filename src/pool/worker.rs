@@ -70,14 +70,16 @@ pub(crate) fn run(args: WorkerArgs) {
     let _ = sys::restore_default_stop_signals();
     let mut out = Vec::new();
     if let Some((entry, payload)) = &initializer {
-        let init = resolve(*entry);
-        let failure = match bootstrap::catch_task(|| init(payload)) {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(with_source(&e)),
-            Err((message, location)) => Some(match location {
-                Some(l) => format!("{message} at {l}"),
-                None => message,
-            }),
+        let failure = match resolve(*entry).map(|init| bootstrap::catch_task(|| init(payload))) {
+            None => Some("the initializer's code is not in this program".to_owned()),
+            Some(caught) => match caught {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(with_source(&e)),
+                Err((message, location)) => Some(match location {
+                    Some(l) => format!("{message} at {l}"),
+                    None => message,
+                }),
+            },
         };
         if let Some(message) = failure {
             transport::encode_init_failed(&mut out, &message);
@@ -116,7 +118,13 @@ pub(crate) fn run(args: WorkerArgs) {
             }
         };
         let Some(task) = task else { return };
-        let reply = run_one(resolve(task.entry), &task.payload);
+        let reply = match resolve(task.entry) {
+            Some(f) => run_one(f, &task.payload),
+            None => Reply::Failed {
+                decode: true,
+                message: "the task's code is not in this program".to_owned(),
+            },
+        };
         out.clear();
         transport::encode_reply(&mut out, task.id, &reply);
         if !shared.reply(&out) {
@@ -215,10 +223,11 @@ fn read_tasks(tasks: OwnedFd, shared: &Shared) {
 ///
 /// Only ever called with offsets from the pool that started this worker: in the start spec,
 /// or in task frames over the pipe that only the pool holds.
-fn resolve(offset: i64) -> PoolEntry {
-    // SAFETY: every offset reaching here was made by `pool_entry_offset` for a `PoolEntry` in the pool's
-    // process, which runs this same executable (a fork of it, or the same binary started
-    // afresh), and travelled only through this worker's start spec or its private task pipe.
+fn resolve(offset: i64) -> Option<PoolEntry> {
+    // SAFETY: every offset reaching here was made by `pool_entry_offset` for a `PoolEntry` in
+    // the pool's process, which runs this same executable (a fork of it, or the same binary
+    // started afresh), and travelled only through this worker's start spec or its private task
+    // pipe. An address outside this program's code is refused all the same.
     #[allow(unsafe_code)]
     unsafe {
         sys::pool_entry_at(offset)

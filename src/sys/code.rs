@@ -23,13 +23,18 @@ pub(crate) fn pool_entry_offset(f: PoolEntry) -> i64 {
     (f as usize as i64).wrapping_sub(anchor as fn() as usize as i64)
 }
 
-/// The entry function at `offset` from the anchor.
+/// The entry function at `offset` from the anchor; `None` if that address is not in this
+/// program's code.
 ///
 /// # Safety
 /// `offset` must come from [`pool_entry_offset`] in a process running the same executable.
-pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
+pub(crate) unsafe fn pool_entry_at(offset: i64) -> Option<PoolEntry> {
     let addr = (anchor as fn() as usize as i64).wrapping_add(offset) as usize;
-    // SAFETY: by the caller's contract `addr` is the address of a function of type `PoolEntry` in
-    // this executable's code, and `PoolEntry` is a plain function pointer of the same size.
-    unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
+    if !super::image::in_text(addr) {
+        return None;
+    }
+    // SAFETY: by the caller's contract `addr` is the address of a function of type `PoolEntry`
+    // in this executable's code (and it lies in that code, checked above); `PoolEntry` is a
+    // plain function pointer of the same size.
+    Some(unsafe { std::mem::transmute::<usize, PoolEntry>(addr) })
 }

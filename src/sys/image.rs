@@ -55,7 +55,7 @@ fn in_main_executable() -> bool {
     in_text(phdr)
 }
 
-fn in_text(addr: usize) -> bool {
+pub(super) fn in_text(addr: usize) -> bool {
     let (start, end) = text_range();
     start <= addr && addr < end
 }
