@@ -26,6 +26,9 @@
 //!   panic from a signal from an exit code.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
 //! - Start methods ([`StartMethod`]); `fork` today.
+//! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
+//!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
+//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
 //! counterpart of Python's `log_to_stderr`.
@@ -40,7 +43,11 @@
 mod context;
 mod error;
 mod process;
+mod resource_tracker;
+#[allow(unsafe_code)]
+mod shared;
 mod start;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
@@ -50,4 +57,9 @@ pub use error::{Error, ErrorKind, JoinError, Result};
 pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
+};
+pub use shared::{Array, ArrayGuard, Pod, SharedAtomic, SharedMemory, Value, ValueGuard};
+pub use sync::{
+    AcquireError, Barrier, BoundedSemaphore, BrokenBarrierError, Condition, ConditionGuard, Event,
+    Lock, LockGuard, OwnerDied, RLock, RLockGuard, ReleaseError, Semaphore,
 };

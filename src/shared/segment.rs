@@ -1,0 +1,160 @@
+//! A shared-memory segment behind a memfd, and [`Shm<T>`]: one `T` living in such a segment.
+//!
+//! Every cross-process object in this crate lives in a segment. Under `fork` the child inherits
+//! the mapping; under start methods that begin a fresh program the segment's descriptor travels
+//! through the start arguments (`wire::serialize_fd`) and the child maps it at whatever address
+//! it gets, which is why shared layouts hold no pointers.
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::sys;
+use crate::wire;
+
+/// A mapped shared-memory file.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    fd: OwnedFd,
+    map: sys::Mapping,
+}
+
+impl Segment {
+    /// A new anonymous segment of `len` zero bytes.
+    pub(crate) fn anonymous(len: usize) -> io::Result<Segment> {
+        let fd = sys::memfd(len)?;
+        Segment::from_fd(fd)
+    }
+
+    /// Maps the whole file behind `fd`.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Segment> {
+        let len = sys::fd_len(fd.as_fd())?;
+        let map = sys::Mapping::new(fd.as_fd(), len)?;
+        Ok(Segment { fd, map })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+/// Types that may live in shared memory and be viewed through `&T` by several processes.
+///
+/// # Safety
+/// Every bit pattern, including all zeros, must be a valid `T`; `T` must be `Sync`, have no
+/// pointers or drop glue, and be mutated only through interior atomics.
+pub(crate) unsafe trait ShmSafe: Sync + Sized {}
+
+/// One `T` in its own shared segment; clones share it.
+pub(crate) struct Shm<T: ShmSafe> {
+    seg: Arc<Segment>,
+    _t: PhantomData<T>,
+}
+
+impl<T: ShmSafe> Clone for Shm<T> {
+    fn clone(&self) -> Self {
+        Shm {
+            seg: self.seg.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> std::fmt::Debug for Shm<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shm")
+            .field("at", &self.seg.as_ptr())
+            .finish()
+    }
+}
+
+impl<T: ShmSafe> Shm<T> {
+    /// A zeroed `T` in a new anonymous segment.
+    pub(crate) fn zeroed() -> io::Result<Self> {
+        Self::from_segment(Segment::anonymous(size_of::<T>())?)
+    }
+
+    fn from_segment(seg: Segment) -> io::Result<Self> {
+        if seg.len() < size_of::<T>() || seg.as_ptr().align_offset(align_of::<T>()) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared segment too small for the object it should hold",
+            ));
+        }
+        Ok(Shm {
+            seg: Arc::new(seg),
+            _t: PhantomData,
+        })
+    }
+
+    /// Whether two handles refer to the same segment in this process.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.seg, &other.seg)
+    }
+}
+
+impl<T: ShmSafe> std::ops::Deref for Shm<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the mapping is at least `size_of::<T>()` bytes, suitably aligned (checked in
+        // `from_segment`), lives as long as `self.seg`, and `T: ShmSafe` makes any content a
+        // valid `T` that is only mutated through atomics.
+        unsafe { &*self.seg.as_ptr().cast::<T>() }
+    }
+}
+
+impl<T: ShmSafe> Serialize for Shm<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        wire::serialize_fd(self.seg.fd().as_fd(), s)
+    }
+}
+
+impl<'de, T: ShmSafe> Deserialize<'de> for Shm<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = wire::deserialize_fd(d)?;
+        Segment::from_fd(fd)
+            .and_then(Shm::from_segment)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A shared segment holding raw bytes (for `Value`, `Array`), shared by clones.
+#[derive(Debug, Clone)]
+pub(crate) struct Bytes {
+    pub(crate) seg: Arc<Segment>,
+}
+
+impl Bytes {
+    pub(crate) fn zeroed(len: usize) -> io::Result<Self> {
+        // A zero-length object still gets one page so it can be mapped.
+        Ok(Bytes {
+            seg: Arc::new(Segment::anonymous(len.max(1))?),
+        })
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        wire::serialize_fd(self.seg.fd().as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = wire::deserialize_fd(d)?;
+        let seg = Segment::from_fd(fd).map_err(serde::de::Error::custom)?;
+        Ok(Bytes { seg: Arc::new(seg) })
+    }
+}

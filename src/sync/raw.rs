@@ -1,0 +1,275 @@
+//! The robust futex word every primitive in `sync` is built on, and the `#[repr(C)]` layouts
+//! the primitives keep in shared memory. See `README.md` beside this file for the design.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::shared::segment::ShmSafe;
+use crate::sys;
+
+/// Set in a lock word while someone may be sleeping on it.
+const WAITERS: u32 = 1 << 31;
+
+/// How long a waiter sleeps before checking that the lock's owner is still alive.
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(10);
+
+/// How a lock was acquired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Normally.
+    Clean,
+    /// From an owner process that died holding it: the protected data may be inconsistent.
+    OwnerDied,
+}
+
+/// The deadline for a timeout; `None` (wait forever) if it does not fit in an `Instant`.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// The time left before `deadline` (`None` = forever), or `None` inside `Some` when passed.
+fn left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                None
+            } else {
+                Some(Some(left))
+            }
+        }
+    }
+}
+
+/// Sleeps while `*word == expected`, until woken or `deadline`. Returns `false` only when the
+/// deadline has passed.
+pub(crate) fn wait_until(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+    match left(deadline) {
+        None => false,
+        Some(timeout) => sys::futex_wait(word, expected, timeout) || left(deadline).is_some(),
+    }
+}
+
+/// Wake count meaning "all" (the kernel reads the count as a signed int).
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
+/// Wakes up to `n` sleepers on `word`.
+pub(crate) fn wake(word: &AtomicU32, n: u32) {
+    sys::futex_wake(word, n);
+}
+
+/// A process-robust mutual-exclusion word.
+///
+/// `word` is 0 when free, else the owner's pid, with [`WAITERS`] set while someone may sleep on
+/// it. `owner` holds the owner's identity (pid and start time) so that a waiter can tell a dead
+/// owner from a live process that reused its pid. Uncontended lock and unlock are one atomic
+/// read-modify-write each; waiters sleep on the futex in slices of [`LIVENESS_SLICE`] and check
+/// between slices whether the owner process still runs; if it does not, they take the lock
+/// over with one compare-and-swap and report [`Acquired::OwnerDied`].
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RawLock {
+    word: AtomicU32,
+    _pad: u32,
+    owner: AtomicU64,
+}
+
+const _: () = assert!(size_of::<RawLock>() == 16 && align_of::<RawLock>() == 8);
+
+impl RawLock {
+    /// Takes the lock if it is free. No system call.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        let me = sys::process_ident();
+        if self
+            .word
+            .compare_exchange(0, sys::ident_pid(me), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.owner.store(me, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the lock, waiting until `deadline` (`None`: forever). `Err(())` on timeout.
+    #[inline]
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
+        if self.try_lock() {
+            return Ok(Acquired::Clean);
+        }
+        self.lock_slow(deadline)
+    }
+
+    #[cold]
+    fn lock_slow(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
+        let me = sys::process_ident();
+        let pid = sys::ident_pid(me);
+        // A short spin: critical sections are often shorter than a sleep.
+        for _ in 0..100 {
+            if self.word.load(Ordering::Relaxed) == 0 && self.try_lock() {
+                return Ok(Acquired::Clean);
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            let w = self.word.load(Ordering::Relaxed);
+            if w == 0 {
+                // Having waited, take it marked contended: others may still sleep.
+                if self
+                    .word
+                    .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.owner.store(me, Ordering::Relaxed);
+                    return Ok(Acquired::Clean);
+                }
+                continue;
+            }
+            if w & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let w = w | WAITERS;
+            let slept = match left(deadline) {
+                None => None,
+                Some(None) => Some(sys::futex_wait(&self.word, w, Some(LIVENESS_SLICE))),
+                Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(LIVENESS_SLICE)))),
+            };
+            if slept == Some(true) {
+                continue; // woken, or the word changed: look again
+            }
+            // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
+            if self.word.load(Ordering::Relaxed) == w && !self.owner_alive(w & !WAITERS) {
+                if self
+                    .word
+                    .compare_exchange(w, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.owner.store(me, Ordering::Relaxed);
+                    return Ok(Acquired::OwnerDied);
+                }
+                continue;
+            }
+            if slept.is_none() {
+                return Err(());
+            }
+        }
+    }
+
+    fn owner_alive(&self, pid: u32) -> bool {
+        let o = self.owner.load(Ordering::Relaxed);
+        // The identity slot is written just after the word; if it names another pid, it is
+        // stale and we only know the pid.
+        let start = (sys::ident_pid(o) == pid).then_some(o as u32);
+        sys::pid_alive(pid, start)
+    }
+
+    /// Releases the lock; wakes one sleeper if there may be one.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            sys::futex_wake(&self.word, 1);
+        }
+    }
+
+    /// Whether this process holds the lock (some thread of it).
+    #[inline]
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !WAITERS == sys::ident_pid(sys::process_ident())
+    }
+
+    /// Whether anyone holds the lock.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+}
+
+// SAFETY: atomics only; all zeros is the unlocked state and every bit pattern is a valid value
+// (a garbage owner is treated as a process that may have died).
+unsafe impl ShmSafe for RawLock {}
+
+/// `RLock`: a robust lock plus the owning thread and the recursion depth.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RLockState {
+    pub(crate) lock: RawLock,
+    /// `sys::thread_tag()` of the owning thread, 0 when free.
+    pub(crate) thread: AtomicU64,
+    pub(crate) count: AtomicU32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<RLockState>() == 32 && align_of::<RLockState>() == 8);
+// SAFETY: atomics only; zero is the free state.
+unsafe impl ShmSafe for RLockState {}
+
+/// `Semaphore` and `BoundedSemaphore`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct SemState {
+    /// The counter; the futex word.
+    pub(crate) value: AtomicU32,
+    /// How many may be sleeping on `value`.
+    pub(crate) sleepers: AtomicU32,
+    /// The bound for `BoundedSemaphore`, 0 for none.
+    pub(crate) max: AtomicU32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<SemState>() == 16 && align_of::<SemState>() == 4);
+// SAFETY: atomics only; any value is a valid count.
+unsafe impl ShmSafe for SemState {}
+
+/// `Event`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct EventState {
+    /// 0 or 1; the futex word.
+    pub(crate) flag: AtomicU32,
+    pub(crate) sleepers: AtomicU32,
+}
+const _: () = assert!(size_of::<EventState>() == 8 && align_of::<EventState>() == 4);
+// SAFETY: atomics only; any nonzero flag reads as set.
+unsafe impl ShmSafe for EventState {}
+
+/// `Condition` (its lock lives in its own segment so that it can be shared with a `Value`).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct CondState {
+    /// Bumped by every notify; the futex word.
+    pub(crate) seq: AtomicU32,
+    pub(crate) sleepers: AtomicU32,
+}
+const _: () = assert!(size_of::<CondState>() == 8 && align_of::<CondState>() == 4);
+// SAFETY: atomics only.
+unsafe impl ShmSafe for CondState {}
+
+/// How many processes a `Barrier` tracks for liveness.
+pub(crate) const BARRIER_MEMBERS: usize = 64;
+
+/// `Barrier`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct BarrierState {
+    /// Guards `count` and `members`.
+    pub(crate) lock: RawLock,
+    /// Generation number << 1 | broken bit; the futex word.
+    pub(crate) generation: AtomicU32,
+    /// Arrivals in the current generation.
+    pub(crate) count: AtomicU32,
+    pub(crate) parties: AtomicU32,
+    /// The last generation that ended by `reset` or `abort` rather than by filling up.
+    pub(crate) aborted: AtomicU32,
+    /// Identities (`sys::process_ident`) of processes that have waited on the barrier.
+    pub(crate) members: [AtomicU64; BARRIER_MEMBERS],
+}
+const _: () = assert!(
+    size_of::<BarrierState>() == 32 + 8 * BARRIER_MEMBERS && align_of::<BarrierState>() == 8
+);
+// SAFETY: atomics only; zero is an unbroken generation 0 with no arrivals and no members.
+unsafe impl ShmSafe for BarrierState {}

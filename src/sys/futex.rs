@@ -1,0 +1,134 @@
+//! Linux futexes on shared memory, and the identity and liveness of processes that own them.
+//!
+//! # Safety
+//! The futex calls go through rustix's safe wrappers, which take `&AtomicU32`: the word is
+//! valid for the whole call. The only `unsafe` here is `pthread_atfork`, which registers a
+//! plain `extern "C" fn` that touches one atomic.
+
+use std::cell::Cell;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::thread::futex;
+
+/// Blocks while `*word == expected`, for at most `timeout` (forever if `None`).
+///
+/// Returns `false` if the timeout passed, `true` otherwise (woken, value already changed, or
+/// interrupted by a signal: callers re-check their condition and loop). The futex is not
+/// process-private, so waiters and wakers may be in different processes that map the word at
+/// different addresses.
+///
+/// # References
+/// futex(2), `FUTEX_WAIT`.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+    let ts = timeout.map(|d| futex::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Err(rustix::io::Errno::TIMEDOUT) => false,
+        // Woken, EAGAIN (value changed) or EINTR: the caller re-checks.
+        _ => true,
+    }
+}
+
+/// Wakes up to `n` waiters blocked on `word` (in any process). Returns how many were woken.
+///
+/// # References
+/// futex(2), `FUTEX_WAKE`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process identity: pid plus start time, so that a reused pid is not mistaken for its
+// previous owner.
+
+/// This process's identity, `pid << 32 | start_time_low32`; 0 until first computed and again
+/// in a freshly forked child.
+static IDENT: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn forget_ident_in_child() {
+    IDENT.store(0, Ordering::Relaxed);
+}
+
+/// The calling process's identity: its pid in the high 32 bits and the low 32 bits of its
+/// start time (clock ticks since boot) in the low ones. Cached; no system call once known.
+#[inline]
+pub(crate) fn process_ident() -> u64 {
+    let id = IDENT.load(Ordering::Relaxed);
+    if id != 0 {
+        return id;
+    }
+    compute_ident()
+}
+
+#[cold]
+fn compute_ident() -> u64 {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a child handler that only stores to an atomic (async-signal-safe);
+        // the function lives for the whole program.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forget_ident_in_child));
+        }
+    });
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let start = start_time(pid).unwrap_or(0);
+    let id = (u64::from(pid) << 32) | u64::from(start);
+    IDENT.store(id, Ordering::Relaxed);
+    id
+}
+
+/// The pid part of an identity.
+#[inline]
+pub(crate) fn ident_pid(ident: u64) -> u32 {
+    (ident >> 32) as u32
+}
+
+/// The state letter and the low 32 bits of the start time of process `pid`, from
+/// `/proc/<pid>/stat`; `None` if there is no such process.
+fn stat(pid: u32) -> Option<(u8, u32)> {
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may itself contain ')').
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.as_bytes().first().copied()?;
+    // starttime is field 22 of stat; `state` was field 3.
+    let start: u64 = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start as u32))
+}
+
+fn start_time(pid: u32) -> Option<u32> {
+    stat(pid).map(|(_, start)| start)
+}
+
+/// Whether the process with this pid is running: it exists, is not a zombie, and, when
+/// `start` is given, has that start time (so a reused pid counts as dead).
+///
+/// Reads `/proc`; meant for slow paths only.
+pub(crate) fn pid_alive(pid: u32, start: Option<u32>) -> bool {
+    match stat(pid) {
+        None => false,
+        Some((b'Z' | b'X' | b'x', _)) => false,
+        Some((_, s)) => start.is_none_or(|want| want == s),
+    }
+}
+
+/// Whether the process behind an identity from [`process_ident`] is still running.
+pub(crate) fn ident_alive(ident: u64) -> bool {
+    pid_alive(ident_pid(ident), Some(ident as u32))
+}
+
+thread_local! {
+    static THREAD_TAG: Cell<u8> = const { Cell::new(0) };
+}
+
+/// A number unique among the live threads of this process (the address of a thread-local),
+/// never 0. Free: no system call.
+#[inline]
+pub(crate) fn thread_tag() -> u64 {
+    THREAD_TAG.with(|c| c as *const Cell<u8> as usize as u64)
+}
