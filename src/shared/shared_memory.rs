@@ -4,6 +4,8 @@ use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
 };
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::segment::Segment;
@@ -12,7 +14,7 @@ use crate::resource_tracker;
 use crate::sys;
 
 /// A named block of shared memory: create it in one process, attach to it by name from any
-/// other, unlink the name when done.
+/// other, unlink the name when done. Clones share the mapping.
 ///
 /// The name lives in `/dev/shm` until [`unlink`](SharedMemory::unlink) or until its creator
 /// process exits, whichever comes first: a resource-tracker process removes the names of a
@@ -41,10 +43,10 @@ use crate::sys;
 /// shm.unlink()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SharedMemory {
     name: String,
-    seg: Segment,
+    seg: Arc<Segment>,
 }
 
 impl SharedMemory {
@@ -92,7 +94,7 @@ impl SharedMemory {
         };
         Ok(SharedMemory {
             name: name.to_string(),
-            seg,
+            seg: Arc::new(seg),
         })
     }
 
@@ -106,7 +108,7 @@ impl SharedMemory {
         let seg = Segment::from_fd(sys::shm_open(name)?)?;
         Ok(SharedMemory {
             name: name.to_string(),
-            seg,
+            seg: Arc::new(seg),
         })
     }
 
@@ -207,7 +209,7 @@ impl SharedMemory {
         Ok(r?)
     }
 
-    /// Unmaps the segment (Python's `close`); the same as dropping it.
+    /// Drops this handle (Python's `close`); the segment is unmapped when its last clone goes.
     pub fn close(self) {}
 }
 
@@ -237,7 +239,10 @@ impl<'de> Deserialize<'de> for SharedMemory {
         }
         let (name, Fd(fd)) = <(String, Fd)>::deserialize(d)?;
         let seg = Segment::from_fd(fd).map_err(serde::de::Error::custom)?;
-        Ok(SharedMemory { name, seg })
+        Ok(SharedMemory {
+            name,
+            seg: Arc::new(seg),
+        })
     }
 }
 

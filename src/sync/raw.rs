@@ -10,8 +10,13 @@ use crate::sys;
 /// Set in a lock word while someone may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
 
-/// How long a waiter sleeps before checking that the lock's owner is still alive.
+/// How long a waiter sleeps before checking that the barrier's parties are still alive.
 pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(10);
+
+/// A lock waiter first checks its owner's liveness after this long, then after twice as long
+/// each time, up to [`OWNER_CHECK_MAX`]; each new owner starts the sequence again.
+const OWNER_CHECK_FIRST: Duration = Duration::from_millis(1);
+const OWNER_CHECK_MAX: Duration = Duration::from_millis(20);
 
 /// How a lock was acquired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +69,8 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
 /// `word` is 0 when free, else the owner's pid, with [`WAITERS`] set while someone may sleep on
 /// it. `owner` holds the owner's identity (pid and start time) so that a waiter can tell a dead
 /// owner from a live process that reused its pid. Uncontended lock and unlock are one atomic
-/// read-modify-write each; waiters sleep on the futex in slices of [`LIVENESS_SLICE`] and check
-/// between slices whether the owner process still runs; if it does not, they take the lock
+/// read-modify-write each; waiters sleep on the futex in slices (1 ms doubling up to 20 ms)
+/// and check between slices whether the owner process still runs; if it does not, they take the lock
 /// over with one compare-and-swap and report [`Acquired::OwnerDied`].
 #[repr(C)]
 #[derive(Debug)]
@@ -114,8 +119,14 @@ impl RawLock {
             }
             std::hint::spin_loop();
         }
+        let mut slice = OWNER_CHECK_FIRST;
+        let mut owner = 0;
         loop {
             let w = self.word.load(Ordering::Relaxed);
+            if w & !WAITERS != owner {
+                owner = w & !WAITERS;
+                slice = OWNER_CHECK_FIRST;
+            }
             if w == 0 {
                 // Having waited, take it marked contended: others may still sleep.
                 if self
@@ -139,13 +150,14 @@ impl RawLock {
             let w = w | WAITERS;
             let slept = match left(deadline) {
                 None => None,
-                Some(None) => Some(sys::futex_wait(&self.word, w, Some(LIVENESS_SLICE))),
-                Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(LIVENESS_SLICE)))),
+                Some(None) => Some(sys::futex_wait(&self.word, w, Some(slice))),
+                Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(slice)))),
             };
             if slept == Some(true) {
                 continue; // woken, or the word changed: look again
             }
             // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
+            slice = (slice * 2).min(OWNER_CHECK_MAX);
             if self.word.load(Ordering::Relaxed) == w && !self.owner_alive(w & !WAITERS) {
                 if self
                     .word

@@ -1,0 +1,422 @@
+//! The synchronization primitives under contention from several processes, with their
+//! invariants checked, and every blocking call's timeout. Mirrors the scenarios of CPython's
+//! `_test_multiprocessing.py` (`_TestLock`, `_TestSemaphore`, `_TestCondition`, `_TestEvent`,
+//! `_TestBarrier`).
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Reaper, WAIT};
+use multiproc::{
+    AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore,
+    SharedMemory, Value,
+};
+
+/// Scratch shared atomics for invariant checks, unlinked at once (children inherit the
+/// mapping through fork).
+fn scratch() -> SharedMemory {
+    let shm = SharedMemory::create(4096).unwrap();
+    shm.unlink().unwrap();
+    shm
+}
+
+fn join_all(children: Vec<multiproc::JoinHandle<()>>) {
+    for mut c in children {
+        c.join_timeout(WAIT).expect("child failed or hung");
+    }
+}
+
+#[test]
+fn lock_excludes_across_processes() {
+    let _r = Reaper::new();
+    let lock = Lock::new().unwrap();
+    let counter = Value::with_lock(0u64, lock.clone()).unwrap();
+    let shm = scratch();
+    const PROCS: usize = 4;
+    const ITERS: u64 = 2000;
+    let children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            let (lock, counter, shm) = (lock.clone(), counter.clone(), shm.clone());
+            multiproc::spawn(move || {
+                let inside = &shm.atomics::<AtomicU32>()[0];
+                let overlaps = &shm.atomics::<AtomicU32>()[1];
+                for i in 0..ITERS {
+                    let mut g = lock.acquire().unwrap();
+                    if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // A read-modify-write with a gap: loses updates unless excluded.
+                    let v = counter.get_with(&g).unwrap();
+                    if i % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                    counter.set_with(&mut g, v + 1).unwrap();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    join_all(children);
+    assert_eq!(
+        shm.atomics::<AtomicU32>()[1].load(Ordering::SeqCst),
+        0,
+        "two holders at once"
+    );
+    assert_eq!(counter.get(), PROCS as u64 * ITERS, "lost increments");
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn lock_timeout_and_try() {
+    let _r = Reaper::new();
+    let lock = Lock::new().unwrap();
+    let held = Event::new().unwrap();
+    let release = Event::new().unwrap();
+    let child = {
+        let (lock, held, release) = (lock.clone(), held.clone(), release.clone());
+        multiproc::spawn(move || {
+            let _g = lock.acquire().unwrap();
+            held.set();
+            assert!(release.wait_timeout(WAIT));
+        })
+        .unwrap()
+    };
+    assert!(held.wait_timeout(WAIT));
+    assert!(matches!(lock.try_acquire(), Err(AcquireError::Timeout)));
+    let t = Instant::now();
+    assert!(
+        lock.acquire_timeout(Duration::from_millis(100))
+            .unwrap_err()
+            .is_timeout()
+    );
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    release.set();
+    let g = lock
+        .acquire_timeout(WAIT)
+        .expect("free once the child releases");
+    drop(g);
+    child.join().unwrap();
+}
+
+#[test]
+fn lock_is_not_recursive_but_rlock_is() {
+    let lock = Lock::new().unwrap();
+    let _g = lock.acquire().unwrap();
+    assert!(lock.try_acquire().is_err());
+    assert!(lock.acquire_timeout(Duration::from_millis(20)).is_err());
+
+    let r = RLock::new().unwrap();
+    let a = r.acquire().unwrap();
+    let b = r.try_acquire().unwrap();
+    let c = r.acquire_timeout(Duration::from_millis(1)).unwrap();
+    assert_eq!(r.depth(), 3);
+    drop(c);
+    drop(b);
+    assert_eq!(r.depth(), 1);
+    drop(a);
+    assert_eq!(r.depth(), 0);
+}
+
+#[test]
+fn rlock_excludes_other_processes_and_threads() {
+    let _r = Reaper::new();
+    let r = RLock::new().unwrap();
+    let outer = r.acquire().unwrap();
+    let _inner = r.acquire().unwrap();
+    let child = {
+        let r = r.clone();
+        multiproc::spawn(move || r.acquire_timeout(Duration::from_millis(50)).is_err()).unwrap()
+    };
+    assert!(child.join().unwrap(), "another process took a held RLock");
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(r.acquire_timeout(Duration::from_millis(50)).is_err()));
+    });
+    drop(outer);
+    drop(_inner);
+    let child = {
+        let r = r.clone();
+        multiproc::spawn(move || r.acquire_timeout(WAIT).is_ok()).unwrap()
+    };
+    assert!(child.join().unwrap());
+}
+
+#[test]
+fn semaphore_bounds_concurrency() {
+    let _r = Reaper::new();
+    let sem = Semaphore::new(2).unwrap();
+    let shm = scratch();
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            let (sem, shm) = (sem.clone(), shm.clone());
+            multiproc::spawn(move || {
+                let inside = &shm.atomics::<AtomicU32>()[0];
+                let most = &shm.atomics::<AtomicU32>()[1];
+                for _ in 0..300 {
+                    assert!(sem.acquire_timeout(WAIT));
+                    let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    std::thread::yield_now();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    sem.release();
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    join_all(children);
+    let most = shm.atomics::<AtomicU32>()[1].load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} holders at once");
+    assert_eq!(sem.value(), 2);
+}
+
+#[test]
+fn semaphore_timeouts_and_wakeup() {
+    let _r = Reaper::new();
+    let sem = Semaphore::new(0).unwrap();
+    assert!(!sem.try_acquire());
+    let t = Instant::now();
+    assert!(!sem.acquire_timeout(Duration::from_millis(50)));
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    let child = {
+        let sem = sem.clone();
+        multiproc::spawn(move || sem.acquire_timeout(WAIT)).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    sem.release();
+    assert!(child.join().unwrap(), "the waiting child was not woken");
+    assert_eq!(sem.value(), 0);
+}
+
+#[test]
+fn bounded_semaphore_refuses_over_release() {
+    let sem = BoundedSemaphore::new(2).unwrap();
+    assert!(sem.release().is_err());
+    sem.acquire();
+    assert!(sem.try_acquire());
+    assert!(!sem.acquire_timeout(Duration::from_millis(10)));
+    sem.release().unwrap();
+    sem.release().unwrap();
+    assert_eq!(
+        sem.release().unwrap_err().to_string(),
+        "semaphore released too many times"
+    );
+    assert_eq!(sem.value(), 2);
+}
+
+#[test]
+fn event_wakes_every_waiter() {
+    let _r = Reaper::new();
+    let ev = Event::new().unwrap();
+    assert!(!ev.is_set());
+    let t = Instant::now();
+    assert!(!ev.wait_timeout(Duration::from_millis(50)));
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let ev = ev.clone();
+            multiproc::spawn(move || ev.wait_timeout(WAIT)).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    ev.set();
+    for c in children {
+        assert!(c.join().unwrap());
+    }
+    assert!(ev.is_set());
+    ev.wait(); // set: returns at once
+    ev.clear();
+    assert!(!ev.wait_timeout(Duration::from_millis(10)));
+}
+
+#[test]
+fn condition_producer_consumer() {
+    let _r = Reaper::new();
+    let items = Value::new(0u32).unwrap();
+    let cond = Condition::with_lock(items.get_lock().clone()).unwrap();
+    const N: u32 = 200;
+    let consumer = {
+        let (items, cond) = (items.clone(), cond.clone());
+        multiproc::spawn(move || {
+            let mut taken = 0;
+            while taken < N {
+                let mut g = cond.acquire().unwrap();
+                let ok = g
+                    .wait_for(|h| items.get_with(h).unwrap() > 0, Some(WAIT))
+                    .unwrap();
+                assert!(ok, "consumer starved");
+                let n = items.get_with(g.lock_guard()).unwrap();
+                items.set_with(g.lock_guard_mut(), n - 1).unwrap();
+                taken += 1;
+            }
+            taken
+        })
+        .unwrap()
+    };
+    for _ in 0..N {
+        let mut g = cond.acquire().unwrap();
+        let n = items.get_with(g.lock_guard()).unwrap();
+        items.set_with(g.lock_guard_mut(), n + 1).unwrap();
+        g.notify();
+    }
+    assert_eq!(consumer.join().unwrap(), N);
+    assert_eq!(items.get(), 0);
+}
+
+#[test]
+fn condition_timeout_and_notify_all() {
+    let _r = Reaper::new();
+    let cond = Condition::new().unwrap();
+    {
+        let mut g = cond.acquire().unwrap();
+        let t = Instant::now();
+        assert!(!g.wait_timeout(Duration::from_millis(50)).unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // The lock is held again after the wait.
+        assert!(cond.lock().is_locked());
+    }
+    assert!(!cond.lock().is_locked());
+    let waiting = Semaphore::new(0).unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            let (cond, waiting) = (cond.clone(), waiting.clone());
+            multiproc::spawn(move || {
+                let mut g = cond.acquire().unwrap();
+                waiting.release();
+                g.wait_timeout(WAIT).unwrap()
+            })
+            .unwrap()
+        })
+        .collect();
+    for _ in 0..3 {
+        assert!(waiting.acquire_timeout(WAIT));
+    }
+    // Every child released `waiting` with the lock held and then waited, releasing it: once we
+    // hold the lock, all three are asleep.
+    cond.acquire().unwrap().notify_all();
+    for c in children {
+        assert!(
+            c.join().unwrap(),
+            "a waiter timed out instead of being notified"
+        );
+    }
+}
+
+#[test]
+fn barrier_generations() {
+    let _r = Reaper::new();
+    const PARTIES: usize = 3;
+    const ROUNDS: u64 = 100;
+    let shm = scratch();
+    let actions = shm.clone();
+    let barrier = Barrier::new(PARTIES)
+        .unwrap()
+        .with_timeout(WAIT)
+        .with_action(move || {
+            actions.atomics::<AtomicU64>()[1].fetch_add(1, Ordering::SeqCst);
+        });
+    let children: Vec<_> = (0..PARTIES)
+        .map(|_| {
+            let (barrier, shm) = (barrier.clone(), shm.clone());
+            multiproc::spawn(move || {
+                let arrivals = &shm.atomics::<AtomicU64>()[0];
+                let mut indexes = 0u64;
+                for round in 0..ROUNDS {
+                    arrivals.fetch_add(1, Ordering::SeqCst);
+                    let i = barrier.wait().unwrap();
+                    assert!(i < PARTIES);
+                    indexes += i as u64;
+                    // Everyone of this round has arrived, nobody of the round after two ahead.
+                    let seen = arrivals.load(Ordering::SeqCst);
+                    assert!(
+                        seen >= (round + 1) * PARTIES as u64,
+                        "released early: {seen}"
+                    );
+                    assert!(
+                        seen <= (round + 2) * PARTIES as u64,
+                        "generations mixed: {seen}"
+                    );
+                }
+                indexes
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut sum = 0;
+    for c in children {
+        sum += c.join().unwrap();
+    }
+    // Each round hands out the indexes 0, 1, 2 once.
+    assert_eq!(sum, ROUNDS * 3);
+    assert_eq!(
+        shm.atomics::<AtomicU64>()[1].load(Ordering::SeqCst),
+        ROUNDS,
+        "one action per round"
+    );
+    assert!(!barrier.broken());
+}
+
+#[test]
+fn barrier_timeout_abort_reset() {
+    let _r = Reaper::new();
+    let b = Barrier::new(2).unwrap();
+    assert_eq!(b.parties(), 2);
+    let t = Instant::now();
+    assert!(b.wait_timeout(Duration::from_millis(50)).is_err());
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    assert!(b.broken(), "a timeout breaks the barrier");
+    assert!(b.wait_timeout(WAIT).is_err(), "broken until reset");
+    b.reset();
+    assert!(!b.broken());
+
+    // A waiter in another process is released by abort with an error.
+    let child = {
+        let b = b.clone();
+        multiproc::spawn(move || b.wait_timeout(WAIT).is_err()).unwrap()
+    };
+    assert!(common::eventually(WAIT, || b.n_waiting() == 1));
+    b.abort();
+    assert!(child.join().unwrap());
+    b.reset();
+
+    // ... and by reset.
+    let child = {
+        let b = b.clone();
+        multiproc::spawn(move || b.wait_timeout(WAIT).is_err()).unwrap()
+    };
+    assert!(common::eventually(WAIT, || b.n_waiting() == 1));
+    b.reset();
+    assert!(child.join().unwrap());
+    assert!(!b.broken());
+
+    // After all that it still works.
+    let child = {
+        let b = b.clone();
+        multiproc::spawn(move || b.wait_timeout(WAIT).is_ok()).unwrap()
+    };
+    b.wait_timeout(WAIT).unwrap();
+    assert!(child.join().unwrap());
+}
+
+#[test]
+fn barrier_rejects_zero_parties() {
+    let e = Barrier::new(0).unwrap_err();
+    assert_eq!(e.kind(), multiproc::ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn every_guard_is_released_on_drop() {
+    let lock = Lock::new().unwrap();
+    drop(lock.acquire().unwrap());
+    assert!(!lock.is_locked());
+    let v = Value::new(5i32).unwrap();
+    *v.lock().unwrap() += 1;
+    assert!(!v.get_lock().is_locked());
+    assert_eq!(v.get(), 6);
+}
