@@ -158,3 +158,87 @@ impl<'de> Deserialize<'de> for Bytes {
         Ok(Bytes { seg: Arc::new(seg) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+
+    use crate::wire;
+    use crate::{
+        Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, SharedMemory,
+        Value,
+    };
+
+    type All = (
+        Lock,
+        RLock,
+        Semaphore,
+        BoundedSemaphore,
+        Event,
+        Condition,
+        Barrier,
+        Value<u64>,
+        Array<u16>,
+        SharedMemory,
+    );
+
+    /// What the spawn and forkserver start methods do with start arguments: serialize with
+    /// the descriptors set aside, receive them (here: duplicated), deserialize. The received
+    /// objects are new mappings of the same memory.
+    #[test]
+    fn every_primitive_travels_by_descriptor() {
+        let shm = SharedMemory::create(64).unwrap();
+        shm.unlink().unwrap();
+        let all: All = (
+            Lock::new().unwrap(),
+            RLock::new().unwrap(),
+            Semaphore::new(0).unwrap(),
+            BoundedSemaphore::new(1).unwrap(),
+            Event::new().unwrap(),
+            Condition::new().unwrap(),
+            Barrier::new(1).unwrap(),
+            Value::new(5).unwrap(),
+            Array::from_slice(&[1, 2, 3]).unwrap(),
+            shm,
+        );
+        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(&all).unwrap());
+        assert_eq!(fds.len(), 13);
+        let received: Vec<OwnedFd> = fds
+            .iter()
+            .map(|&fd| {
+                // SAFETY: the descriptors belong to `all`, which is alive here.
+                unsafe { BorrowedFd::borrow_raw(fd) }
+                    .try_clone_to_owned()
+                    .unwrap()
+            })
+            .collect();
+        let got: All = wire::with_received_fds(received, || postcard::from_bytes(&bytes).unwrap());
+
+        let _g = got.0.acquire().unwrap();
+        assert!(all.0.is_locked());
+        let _r = got.1.acquire().unwrap();
+        assert!(all.1.try_acquire().is_ok(), "same thread, same process: recursive");
+        got.2.release();
+        assert_eq!(all.2.value(), 1);
+        got.3.acquire();
+        assert_eq!(all.3.value(), 0);
+        got.4.set();
+        assert!(all.4.is_set());
+        drop(got.5.acquire().unwrap());
+        assert_eq!(got.6.wait().unwrap(), 0);
+        got.7.set(9);
+        assert_eq!(all.7.get(), 9);
+        assert_eq!(got.8.to_vec(), [1, 2, 3]);
+        got.9.write(0, b"x").unwrap();
+        let mut b = [0u8];
+        all.9.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"x");
+    }
+
+    #[test]
+    fn a_handle_outside_start_arguments_does_not_serialize() {
+        let e = postcard::to_allocvec(&Lock::new().unwrap()).unwrap_err();
+        eprintln!("{e}");
+        assert!(matches!(e, postcard::Error::SerdeSerCustom), "{e:?}");
+    }
+}
