@@ -8,6 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -58,13 +59,23 @@ pub(crate) unsafe trait ShmSafe: Sync + Sized {}
 
 /// One `T` in its own shared segment; clones share it.
 pub(crate) struct Shm<T: ShmSafe> {
+    /// The `T` at the start of `seg` (cached: one load on every access instead of three).
+    ptr: NonNull<T>,
     seg: Arc<Segment>,
     _t: PhantomData<T>,
 }
 
+// SAFETY: `ptr` points into `seg`, which is shared and kept alive by the `Arc`; `T: ShmSafe`
+// is `Sync` and only ever accessed through `&T`, so handles may move and be shared between
+// threads like an `Arc<T>`.
+unsafe impl<T: ShmSafe> Send for Shm<T> {}
+// SAFETY: as above.
+unsafe impl<T: ShmSafe> Sync for Shm<T> {}
+
 impl<T: ShmSafe> Clone for Shm<T> {
     fn clone(&self) -> Self {
         Shm {
+            ptr: self.ptr,
             seg: self.seg.clone(),
             _t: PhantomData,
         }
@@ -92,7 +103,10 @@ impl<T: ShmSafe> Shm<T> {
                 "shared segment too small for the object it should hold",
             ));
         }
+        let ptr = NonNull::new(seg.as_ptr().cast::<T>())
+            .ok_or_else(|| io::Error::other("null mapping"))?;
         Ok(Shm {
+            ptr,
             seg: Arc::new(seg),
             _t: PhantomData,
         })
@@ -108,10 +122,10 @@ impl<T: ShmSafe> std::ops::Deref for Shm<T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        // SAFETY: the mapping is at least `size_of::<T>()` bytes, suitably aligned (checked in
-        // `from_segment`), lives as long as `self.seg`, and `T: ShmSafe` makes any content a
-        // valid `T` that is only mutated through atomics.
-        unsafe { &*self.seg.as_ptr().cast::<T>() }
+        // SAFETY: `ptr` is the start of a mapping of at least `size_of::<T>()` bytes, suitably
+        // aligned (checked in `from_segment`), that lives as long as `self.seg`; `T: ShmSafe`
+        // makes any content a valid `T` that is only mutated through atomics.
+        unsafe { self.ptr.as_ref() }
     }
 }
 
@@ -217,7 +231,10 @@ mod tests {
         let _g = got.0.acquire().unwrap();
         assert!(all.0.is_locked());
         let _r = got.1.acquire().unwrap();
-        assert!(all.1.try_acquire().is_ok(), "same thread, same process: recursive");
+        assert!(
+            all.1.try_acquire().is_ok(),
+            "same thread, same process: recursive"
+        );
         got.2.release();
         assert_eq!(all.2.value(), 1);
         got.3.acquire();

@@ -67,36 +67,27 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
 /// A process-robust mutual-exclusion word.
 ///
 /// `word` is 0 when free, else the owner's pid, with [`WAITERS`] set while someone may sleep on
-/// it. `owner` holds the owner's identity (pid and start time) so that a waiter can tell a dead
-/// owner from a live process that reused its pid. Uncontended lock and unlock are one atomic
-/// read-modify-write each; waiters sleep on the futex in slices (1 ms doubling up to 20 ms)
+/// it. Uncontended lock and unlock are one atomic read-modify-write each; waiters sleep on the futex in slices (1 ms doubling up to 20 ms)
 /// and check between slices whether the owner process still runs; if it does not, they take the lock
-/// over with one compare-and-swap and report [`Acquired::OwnerDied`].
+/// over with one compare-and-swap and report [`Acquired::OwnerDied`]. A waiter remembers the
+/// owner's start time from its first check, so that a pid reused later counts as dead.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawLock {
     word: AtomicU32,
-    _pad: u32,
-    owner: AtomicU64,
+    _reserved: u32,
 }
 
-const _: () = assert!(size_of::<RawLock>() == 16 && align_of::<RawLock>() == 8);
+const _: () = assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
 
 impl RawLock {
     /// Takes the lock if it is free. No system call.
     #[inline]
     pub(crate) fn try_lock(&self) -> bool {
-        let me = sys::process_ident();
-        if self
-            .word
-            .compare_exchange(0, sys::ident_pid(me), Ordering::Acquire, Ordering::Relaxed)
+        let me = sys::ident_pid(sys::process_ident());
+        self.word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-        {
-            self.owner.store(me, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
     }
 
     /// Takes the lock, waiting until `deadline` (`None`: forever). `Err(())` on timeout.
@@ -110,8 +101,7 @@ impl RawLock {
 
     #[cold]
     fn lock_slow(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
-        let me = sys::process_ident();
-        let pid = sys::ident_pid(me);
+        let pid = sys::ident_pid(sys::process_ident());
         // A short spin: critical sections are often shorter than a sleep.
         for _ in 0..100 {
             if self.word.load(Ordering::Relaxed) == 0 && self.try_lock() {
@@ -121,10 +111,13 @@ impl RawLock {
         }
         let mut slice = OWNER_CHECK_FIRST;
         let mut owner = 0;
+        // The owner's start time, once a check has seen it running.
+        let mut owner_start = None;
         loop {
             let w = self.word.load(Ordering::Relaxed);
             if w & !WAITERS != owner {
                 owner = w & !WAITERS;
+                owner_start = None;
                 slice = OWNER_CHECK_FIRST;
             }
             if w == 0 {
@@ -134,7 +127,6 @@ impl RawLock {
                     .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    self.owner.store(me, Ordering::Relaxed);
                     return Ok(Acquired::Clean);
                 }
                 continue;
@@ -158,29 +150,31 @@ impl RawLock {
             }
             // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
             slice = (slice * 2).min(OWNER_CHECK_MAX);
-            if self.word.load(Ordering::Relaxed) == w && !self.owner_alive(w & !WAITERS) {
-                if self
-                    .word
-                    .compare_exchange(w, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.owner.store(me, Ordering::Relaxed);
-                    return Ok(Acquired::OwnerDied);
+            if self.word.load(Ordering::Relaxed) == w {
+                let now = sys::running_since(owner);
+                let alive = match (now, owner_start) {
+                    (None, _) => false,
+                    (Some(s), Some(first)) => s == first, // else the pid was reused
+                    (Some(s), None) => {
+                        owner_start = Some(s);
+                        true
+                    }
+                };
+                if !alive {
+                    if self
+                        .word
+                        .compare_exchange(w, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Ok(Acquired::OwnerDied);
+                    }
+                    continue;
                 }
-                continue;
             }
             if slept.is_none() {
                 return Err(());
             }
         }
-    }
-
-    fn owner_alive(&self, pid: u32) -> bool {
-        let o = self.owner.load(Ordering::Relaxed);
-        // The identity slot is written just after the word; if it names another pid, it is
-        // stale and we only know the pid.
-        let start = (sys::ident_pid(o) == pid).then_some(o as u32);
-        sys::pid_alive(pid, start)
     }
 
     /// Releases the lock; wakes one sleeper if there may be one.
@@ -217,7 +211,7 @@ pub(crate) struct RLockState {
     pub(crate) count: AtomicU32,
     _pad: u32,
 }
-const _: () = assert!(size_of::<RLockState>() == 32 && align_of::<RLockState>() == 8);
+const _: () = assert!(size_of::<RLockState>() == 24 && align_of::<RLockState>() == 8);
 // SAFETY: atomics only; zero is the free state.
 unsafe impl ShmSafe for RLockState {}
 
@@ -281,7 +275,7 @@ pub(crate) struct BarrierState {
     pub(crate) members: [AtomicU64; BARRIER_MEMBERS],
 }
 const _: () = assert!(
-    size_of::<BarrierState>() == 32 + 8 * BARRIER_MEMBERS && align_of::<BarrierState>() == 8
+    size_of::<BarrierState>() == 24 + 8 * BARRIER_MEMBERS && align_of::<BarrierState>() == 8
 );
 // SAFETY: atomics only; zero is an unbroken generation 0 with no arrivals and no members.
 unsafe impl ShmSafe for BarrierState {}

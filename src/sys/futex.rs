@@ -105,21 +105,21 @@ fn start_time(pid: u32) -> Option<u32> {
     stat(pid).map(|(_, start)| start)
 }
 
-/// Whether the process with this pid is running: it exists, is not a zombie, and, when
-/// `start` is given, has that start time (so a reused pid counts as dead).
+/// The start time (low 32 bits) of process `pid` if it is running; `None` if there is no
+/// such process or it is a zombie (killed but not reaped yet, which `kill(pid, 0)` would still
+/// call alive). Comparing start times tells a reused pid from its previous owner.
 ///
 /// Reads `/proc`; meant for slow paths only.
-pub(crate) fn pid_alive(pid: u32, start: Option<u32>) -> bool {
+pub(crate) fn running_since(pid: u32) -> Option<u32> {
     match stat(pid) {
-        None => false,
-        Some((b'Z' | b'X' | b'x', _)) => false,
-        Some((_, s)) => start.is_none_or(|want| want == s),
+        None | Some((b'Z' | b'X' | b'x', _)) => None,
+        Some((_, start)) => Some(start),
     }
 }
 
 /// Whether the process behind an identity from [`process_ident`] is still running.
 pub(crate) fn ident_alive(ident: u64) -> bool {
-    pid_alive(ident_pid(ident), Some(ident as u32))
+    running_since(ident_pid(ident)) == Some(ident as u32)
 }
 
 thread_local! {

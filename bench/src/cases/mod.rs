@@ -3,10 +3,12 @@
 use crate::harness::Case;
 
 mod lifecycle;
+mod sync;
 
 /// Every case, in the order they run.
 pub fn all() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(lifecycle::cases());
+    cases.extend(sync::cases());
     cases
 }

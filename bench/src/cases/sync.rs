@@ -1,0 +1,204 @@
+//! Synchronization: the robust lock uncontended, a locked shared counter under two processes,
+//! and Event / Semaphore ping-pong between two processes (pinned to one CPU and unpinned).
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Event, Lock, Semaphore, Value};
+
+use crate::harness::{Case, Ctx, Row, get, median};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "lock_uncontended",
+            run: lock_uncontended,
+        },
+        Case {
+            name: "shared_counter_2proc",
+            run: shared_counter_2proc,
+        },
+        Case {
+            name: "event_pingpong",
+            run: event_pingpong,
+        },
+        Case {
+            name: "semaphore_pingpong",
+            run: semaphore_pingpong,
+        },
+    ]
+}
+
+/// Every wait in a benchmark is bounded: a dead peer fails the run instead of hanging it.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `lock.acquire()` + drop of the guard, one process; nanoseconds per pair.
+fn lock_uncontended(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("lock_uncontended", "ns_per_acquire_release");
+    let n = ctx.scale(5_000_000, 1_000_000);
+    let lock = Lock::new().expect("lock");
+    row.ours = Some(median(ctx.rounds(), || {
+        let t = Instant::now();
+        for _ in 0..n {
+            drop(std::hint::black_box(lock.acquire().expect("acquire")));
+        }
+        t.elapsed().as_secs_f64() * 1e9 / n as f64
+    }));
+    row.python = get(
+        &ctx.python("bench_lock.py", &[]),
+        "uncontended_ns_per_pair_mp_Lock",
+    );
+    row.limit = ctx.limit("lock_unlock_ns");
+    row
+}
+
+/// Two processes each add 1 to a `Value<i32>` M times under its lock; nanoseconds per
+/// increment (wall time / total increments), the count checked.
+fn shared_counter_2proc(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("shared_counter_2proc", "ns_per_locked_increment");
+    let m = ctx.scale(200_000, 50_000);
+    row.ours = Some(median(ctx.rounds(), || {
+        let v = Value::new(0i32).expect("value");
+        let go = Event::new().expect("event");
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                let (v, go) = (v.clone(), go.clone());
+                multiproc::spawn(move || {
+                    assert!(go.wait_timeout(WAIT));
+                    for _ in 0..m {
+                        *v.lock().expect("lock") += 1;
+                    }
+                })
+                .expect("spawn")
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        go.set();
+        for mut c in children {
+            c.join_timeout(WAIT).expect("join");
+        }
+        let dt = t.elapsed();
+        assert_eq!(v.get(), 2 * m as i32, "lost updates");
+        dt.as_secs_f64() * 1e9 / (2 * m) as f64
+    }));
+    row.python = get(
+        &ctx.python("bench_lock.py", &[]),
+        "contended_2proc_ns_per_locked_incr",
+    );
+    row
+}
+
+/// Pins the calling thread (and so the children it forks) to CPU 0, or undoes that.
+struct Pin(Option<libc::cpu_set_t>);
+
+impl Pin {
+    fn cpu0(pin: bool) -> Pin {
+        if !pin {
+            return Pin(None);
+        }
+        // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity read/write exactly one.
+        unsafe {
+            let mut saved: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut saved);
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut one);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one);
+            Pin(Some(saved))
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the mask saved above.
+            unsafe {
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), saved);
+            }
+        }
+    }
+}
+
+/// Parent: e1.set(); e2.wait(); e2.clear() / child: e1.wait(); e1.clear(); e2.set(), as
+/// bench_event.py; microseconds per round trip.
+fn event_rt(n: usize, pin: bool) -> f64 {
+    let _pin = Pin::cpu0(pin);
+    let (e1, e2) = (Event::new().expect("event"), Event::new().expect("event"));
+    let mut child = {
+        let (e1, e2) = (e1.clone(), e2.clone());
+        multiproc::spawn(move || {
+            for _ in 0..=n {
+                assert!(e1.wait_timeout(WAIT));
+                e1.clear();
+                e2.set();
+            }
+        })
+        .expect("spawn")
+    };
+    e1.set();
+    assert!(e2.wait_timeout(WAIT));
+    e2.clear();
+    let t = Instant::now();
+    for _ in 0..n {
+        e1.set();
+        assert!(e2.wait_timeout(WAIT));
+        e2.clear();
+    }
+    let dt = t.elapsed();
+    child.join_timeout(WAIT).expect("join");
+    dt.as_secs_f64() * 1e6 / n as f64
+}
+
+/// Parent: s1.release(); s2.acquire() / child: s1.acquire(); s2.release(); microseconds per
+/// round trip.
+fn semaphore_rt(n: usize, pin: bool) -> f64 {
+    let _pin = Pin::cpu0(pin);
+    let (s1, s2) = (
+        Semaphore::new(0).expect("sem"),
+        Semaphore::new(0).expect("sem"),
+    );
+    let mut child = {
+        let (s1, s2) = (s1.clone(), s2.clone());
+        multiproc::spawn(move || {
+            for _ in 0..=n {
+                assert!(s1.acquire_timeout(WAIT));
+                s2.release();
+            }
+        })
+        .expect("spawn")
+    };
+    s1.release();
+    assert!(s2.acquire_timeout(WAIT));
+    let t = Instant::now();
+    for _ in 0..n {
+        s1.release();
+        assert!(s2.acquire_timeout(WAIT));
+    }
+    let dt = t.elapsed();
+    child.join_timeout(WAIT).expect("join");
+    dt.as_secs_f64() * 1e6 / n as f64
+}
+
+fn pingpong(ctx: &mut Ctx, case: &'static str, key: &str, rt: fn(usize, bool) -> f64) -> Row {
+    let mut row = Row::new(case, "us_per_roundtrip_pinned_cpu0");
+    let n = ctx.scale(20_000, 5_000);
+    let rounds = ctx.rounds();
+    row.ours = Some(median(rounds, || rt(n, true)));
+    row.peer
+        .insert("ours_unpinned".into(), median(rounds, || rt(n, false)));
+    let py = ctx.python("bench_event.py", &["--pin", "same,none"]);
+    row.python = get(&py, &format!("{key}_rt_us_pin_same"));
+    if let Some(p) = get(&py, &format!("{key}_rt_us_pin_none")) {
+        row.peer.insert("python_unpinned".into(), p);
+    }
+    row.limit = ctx.limit("futex_shm_roundtrip_us");
+    row
+}
+
+fn event_pingpong(ctx: &mut Ctx) -> Row {
+    pingpong(ctx, "event_pingpong", "event", event_rt)
+}
+
+fn semaphore_pingpong(ctx: &mut Ctx) -> Row {
+    pingpong(ctx, "semaphore_pingpong", "semaphore", semaphore_rt)
+}
