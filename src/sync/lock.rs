@@ -33,6 +33,36 @@ use crate::shared::segment::Shm;
 /// child.join()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A holder that is killed does not deadlock the others (with Python's `Lock`, it does):
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{AcquireError, Event, Lock, Process};
+///
+/// let lock = Lock::new()?;
+/// let holding = Event::new()?;
+/// let mut p = {
+///     let (lock, holding) = (lock.clone(), holding.clone());
+///     Process::new(move || {
+///         let _g = lock.acquire().unwrap();
+///         holding.set();
+///         std::thread::sleep(Duration::from_secs(60));
+///     })
+/// };
+/// p.start()?;
+/// assert!(holding.wait_timeout(Duration::from_secs(10)));
+/// p.kill()?; // SIGKILL while holding the lock
+/// p.join()?;
+/// match lock.acquire_timeout(Duration::from_secs(10)) {
+///     Err(AcquireError::OwnerDied(died)) => {
+///         let _guard = died.into_inner(); // held: repair the protected data here
+///     }
+///     other => panic!("expected OwnerDied, got {other:?}"),
+/// }
+/// assert!(!lock.is_locked());
+/// let _again = lock.acquire().map_err(|e| e.to_string())?; // and it stays usable
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Lock {
     pub(crate) raw: Shm<RawLock>,
