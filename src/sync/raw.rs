@@ -279,3 +279,52 @@ const _: () = assert!(
 );
 // SAFETY: atomics only; zero is an unbroken generation 0 with no arrivals and no members.
 unsafe impl ShmSafe for BarrierState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::segment::Shm;
+
+    #[test]
+    fn a_dead_owner_is_taken_over_and_a_live_one_is_not() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        // A pid above any pid_max: no such process.
+        lock.word.store(0x3FFF_FFFF, Ordering::Relaxed);
+        assert!(!lock.try_lock(), "try never steals");
+        let t = Instant::now();
+        assert_eq!(
+            lock.lock(deadline(Duration::from_secs(5))),
+            Ok(Acquired::OwnerDied)
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(lock.held_by_me());
+        lock.unlock();
+        assert!(!lock.is_locked());
+
+        // Process 1 is alive: waiting for it times out, it is never robbed.
+        lock.word.store(1, Ordering::Relaxed);
+        let t = Instant::now();
+        assert_eq!(lock.lock(deadline(Duration::from_millis(60))), Err(()));
+        assert!(t.elapsed() >= Duration::from_millis(60));
+        assert_eq!(lock.word.load(Ordering::Relaxed) & !WAITERS, 1);
+    }
+
+    #[test]
+    fn unlock_wakes_a_sleeper_in_another_thread() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        assert!(lock.try_lock());
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t = Instant::now();
+                let r = lock.lock(deadline(Duration::from_secs(5)));
+                (r, t.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            lock.unlock();
+            let (r, waited) = h.join().unwrap();
+            assert_eq!(r, Ok(Acquired::Clean));
+            assert!(waited < Duration::from_secs(1));
+        });
+        lock.unlock();
+    }
+}

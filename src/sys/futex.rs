@@ -112,9 +112,28 @@ fn start_time(pid: u32) -> Option<u32> {
 /// Reads `/proc`; meant for slow paths only.
 pub(crate) fn running_since(pid: u32) -> Option<u32> {
     match stat(pid) {
-        None | Some((b'Z' | b'X' | b'x', _)) => None,
+        Some((b'Z' | b'X' | b'x', _)) => None,
         Some((_, start)) => Some(start),
+        None if proc_mounted() => None,
+        // Without /proc, fall back to asking the kernel whether the pid exists (a zombie
+        // counts as alive then, and start times are unknown).
+        None => {
+            let alive = rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
+            alive.then_some(0)
+        }
     }
+}
+
+/// Whether `/proc` is available (a sandbox may hide it); without it, a missing entry says
+/// nothing about a process.
+fn proc_mounted() -> bool {
+    static MOUNTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MOUNTED.get_or_init(|| std::path::Path::new("/proc/self/stat").exists())
 }
 
 /// Whether the process behind an identity from [`process_ident`] is still running.
@@ -131,4 +150,34 @@ thread_local! {
 #[inline]
 pub(crate) fn thread_tag() -> u64 {
     THREAD_TAG.with(|c| c as *const Cell<u8> as usize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_of_self_zombie_and_reaped() {
+        let me = process_ident();
+        assert!(ident_alive(me));
+        assert_eq!(running_since(ident_pid(me)), Some(me as u32));
+        assert!(
+            !ident_alive(me ^ 1),
+            "another start time is another process"
+        );
+        let pid = super::super::fork_child(|| 0).unwrap() as u32;
+        // A child that exited but was not reaped is a zombie: dead for us.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running_since(pid).is_some() {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "zombie, not reaped"
+        );
+        let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()).unwrap();
+        assert_eq!(running_since(pid), None);
+    }
 }
