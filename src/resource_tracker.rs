@@ -36,6 +36,16 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
     sys::tracker_send(pipe()?, &sys::tracker_record(b'R', pid, name))
 }
 
+/// Withdraws this process's registration of `name` (its create failed: the name may be
+/// someone else's).
+pub(crate) fn forget(name: &str) -> io::Result<()> {
+    let pid = sys::ident_pid(sys::process_ident());
+    match PIPE.get() {
+        Some(p) => sys::tracker_send(p, &sys::tracker_record(b'F', pid, name)),
+        None => Ok(()),
+    }
+}
+
 /// Tells the tracker that `name` was unlinked.
 pub(crate) fn unregister(name: &str) -> io::Result<()> {
     match PIPE.get() {

@@ -292,7 +292,7 @@ fn shared_counter_is_exact_despite_kills() {
     let counter = Value::new(0u64).unwrap();
     let mirror = SharedMemory::create(64).unwrap();
     mirror.unlink().unwrap();
-    for _ in 0..2000 {
+    for _ in 0..300 {
         let mut c = {
             let (counter, mirror) = (counter.clone(), mirror.clone());
             multiproc::spawn(move || {
@@ -316,4 +316,26 @@ fn shared_counter_is_exact_despite_kills() {
         assert!(v == m || v == m + 1, "counter {v}, mirror {m}");
         mirror.atomics::<AtomicU64>()[0].store(v, Ordering::SeqCst);
     }
+}
+
+/// A failed create of an existing name withdraws only its own registration: the first
+/// creator's name is still unlinked when that creator is killed.
+#[test]
+fn failed_duplicate_create_keeps_the_first_creator_tracked() {
+    let _r = Reaper::new();
+    let warm = SharedMemory::create(64).unwrap(); // shared tracker from here on
+    warm.unlink().unwrap();
+    let name = format!("mpcrash-{}-dup-", std::process::id());
+    let mut c = creator(name.clone(), 1);
+    let full = format!("{name}0");
+    assert!(common::eventually(WAIT, || common::shm_names(&name).len() == 1));
+    let e = SharedMemory::create_named(&full, 64).unwrap_err();
+    assert_eq!(e.kind(), multiproc::ErrorKind::Os);
+    c.kill().unwrap();
+    let _ = c.join_timeout(WAIT);
+    assert!(
+        common::eventually(WAIT, || common::shm_names(&name).is_empty()),
+        "the first creator's name leaked: {:?}",
+        common::shm_names(&name)
+    );
 }

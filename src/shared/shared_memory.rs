@@ -80,7 +80,7 @@ impl SharedMemory {
         let fd = match sys::shm_create(name, size) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = resource_tracker::unregister(name);
+                let _ = resource_tracker::forget(name);
                 return Err(e.into());
             }
         };

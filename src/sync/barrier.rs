@@ -91,8 +91,11 @@ impl Barrier {
         })
     }
 
-    /// Sets the action that the last party to arrive runs before all are released (in this
-    /// process's handle and its clones).
+    /// Sets the action that the last party to arrive runs before all are released.
+    ///
+    /// The action belongs to this handle and its clones: children started by `fork` inherit
+    /// it, but it does not travel to children started by spawn or forkserver (it is code, not
+    /// data); set it there again.
     pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Barrier {
         self.action = Some(Arc::new(action));
         self

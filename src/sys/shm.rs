@@ -164,8 +164,9 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 /// requests from several processes never interleave.
 pub(crate) const RECORD: usize = 8 + MAX_NAME;
 
-/// Encodes a request: `op` (`b'R'` register, `b'U'` unregister), the pid of the creator, the
-/// name.
+/// Encodes a request: `op` (`b'R'` register `name` for `pid`; `b'F'` forget that
+/// registration of `pid`, after a failed create; `b'U'` unregister `name` for every pid, after
+/// an unlink), the pid, the name.
 pub(crate) fn tracker_record(op: u8, pid: u32, name: &str) -> [u8; RECORD] {
     let mut rec = [0u8; RECORD];
     rec[0] = op;
@@ -181,6 +182,7 @@ const PREFIX: &[u8] = b"/dev/shm/";
 #[derive(Clone, Copy)]
 struct Slot {
     used: bool,
+    pid: u32,
     pidfd: RawFd,
     len: usize,
     name: [u8; MAX_NAME],
@@ -251,6 +253,7 @@ fn tracker_main(read: RawFd) -> i32 {
     let read = 3;
     let mut slots = [Slot {
         used: false,
+        pid: 0,
         pidfd: -1,
         len: 0,
         name: [0; MAX_NAME],
@@ -317,13 +320,15 @@ fn tracker_main(read: RawFd) -> i32 {
                 }
                 let s = &mut slots[free];
                 s.used = true;
+                s.pid = pid;
                 s.pidfd = pidfd as RawFd;
                 s.len = len;
                 s.name[..len].copy_from_slice(name);
             }
-            b'U' => {
+            b'U' | b'F' => {
+                let any_pid = rec[0] == b'U';
                 for s in slots.iter_mut() {
-                    if s.used && &s.name[..s.len] == name {
+                    if s.used && &s.name[..s.len] == name && (any_pid || s.pid == pid) {
                         close_raw(s.pidfd);
                         s.used = false;
                     }
