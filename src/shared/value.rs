@@ -130,6 +130,7 @@ impl<T: Pod> Value<T> {
         &self.lock
     }
 
+    #[inline]
     fn guard<'a>(&'a self, g: LockGuard<'a>) -> ValueGuard<'a, T> {
         ValueGuard {
             _guard: g,
@@ -141,6 +142,7 @@ impl<T: Pod> Value<T> {
     ///
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if the previous holder died holding the lock.
+    #[inline]
     pub fn lock(&self) -> Result<ValueGuard<'_, T>, OwnerDied<ValueGuard<'_, T>>> {
         match self.lock.acquire() {
             Ok(g) => Ok(self.guard(g)),

@@ -94,6 +94,7 @@ impl Lock {
         })
     }
 
+    #[inline]
     fn guard(&self, how: Acquired) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
         let g = LockGuard { lock: self };
         match how {
@@ -106,6 +107,7 @@ impl Lock {
     ///
     /// # Errors
     /// [`OwnerDied`] (holding the guard) if the previous holder died holding the lock.
+    #[inline]
     pub fn acquire(&self) -> Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>> {
         let how = self
             .raw
@@ -118,6 +120,7 @@ impl Lock {
     ///
     /// # Errors
     /// [`AcquireError::Timeout`] if it is held.
+    #[inline]
     pub fn try_acquire(&self) -> Result<LockGuard<'_>, AcquireError<LockGuard<'_>>> {
         if self.raw.try_lock() {
             Ok(LockGuard { lock: self })
@@ -168,6 +171,7 @@ impl LockGuard<'_> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.raw.unlock();
     }

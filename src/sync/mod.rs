@@ -38,6 +38,7 @@ pub struct OwnerDied<G> {
 }
 
 impl<G> OwnerDied<G> {
+    #[inline]
     pub(crate) fn new(guard: G) -> Self {
         OwnerDied { guard }
     }
@@ -57,6 +58,7 @@ impl<G> OwnerDied<G> {
         &mut self.guard
     }
 
+    #[inline]
     pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
         OwnerDied {
             guard: f(self.guard),

@@ -32,6 +32,11 @@ pub fn cases() -> Vec<Case> {
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `lock.acquire()` + drop of the guard, one process; nanoseconds per pair.
+///
+/// The probe's figure is a test-and-set spin lock released by a plain store: one atomic
+/// read-modify-write per pair, and it can never put a waiter to sleep. A lock that can (ours,
+/// `std::sync::Mutex`, glibc's `pthread_mutex`) must release with a second read-modify-write,
+/// to learn whether to wake someone; `std::sync::Mutex` is measured beside it as that peer.
 fn lock_uncontended(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("lock_uncontended", "ns_per_acquire_release");
     let n = ctx.scale(5_000_000, 1_000_000);
@@ -43,6 +48,17 @@ fn lock_uncontended(ctx: &mut Ctx) -> Row {
         }
         t.elapsed().as_secs_f64() * 1e9 / n as f64
     }));
+    let std_mutex = std::sync::Mutex::new(());
+    row.peer.insert(
+        "std_mutex_in_process".into(),
+        median(ctx.rounds(), || {
+            let t = Instant::now();
+            for _ in 0..n {
+                drop(std::hint::black_box(std_mutex.lock().expect("lock")));
+            }
+            t.elapsed().as_secs_f64() * 1e9 / n as f64
+        }),
+    );
     row.python = get(
         &ctx.python("bench_lock.py", &[]),
         "uncontended_ns_per_pair_mp_Lock",
