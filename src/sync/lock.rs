@@ -77,6 +77,9 @@ impl std::fmt::Debug for Lock {
 }
 
 /// Holds a [`Lock`]; releases it when dropped.
+///
+/// A `Lock` belongs to a process, not a thread, so its guard may be sent to another thread of
+/// the same process and released there (as Python allows for its `Lock`).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct LockGuard<'a> {

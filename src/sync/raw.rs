@@ -146,7 +146,10 @@ impl RawLock {
                 Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(slice)))),
             };
             if slept == Some(true) {
-                continue; // woken, or the word changed: look again
+                // Woken, or the word changed: look again. The owner may have changed (even to
+                // a process that reused its pid), so its start time is learnt anew.
+                owner_start = None;
+                continue;
             }
             // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
             slice = (slice * 2).min(OWNER_CHECK_MAX);

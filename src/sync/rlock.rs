@@ -43,6 +43,12 @@ impl std::fmt::Debug for RLock {
 }
 
 /// One level of holding an [`RLock`]. Not `Send`: the thread that acquired must release.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let lock = multiproc::RLock::new().unwrap();
+/// send(lock.acquire().unwrap()); // error: the guard cannot move to another thread
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct RLockGuard<'a> {

@@ -248,7 +248,13 @@ fn tracker_main(read: RawFd) -> i32 {
             libc::dup2(null, 1);
             libc::dup2(null, 2);
         }
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9: close them one by one.
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as i32;
+            for fd in 4..max {
+                libc::close(fd);
+            }
+        }
     }
     let read = 3;
     let mut slots = [Slot {
