@@ -420,3 +420,49 @@ fn every_guard_is_released_on_drop() {
     assert!(!v.get_lock().is_locked());
     assert_eq!(v.get(), 6);
 }
+
+/// CPython's `_TestCondition.test_notify`: `notify()` wakes one waiter, `notify_n(2)` two,
+/// and the rest keep sleeping (longer than any internal sleep slice).
+#[test]
+fn condition_notify_wakes_exactly_n() {
+    let _r = Reaper::new();
+    let cond = Condition::new().unwrap();
+    let waiting = Semaphore::new(0).unwrap();
+    let woke = Semaphore::new(0).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let (cond, waiting, woke) = (cond.clone(), waiting.clone(), woke.clone());
+            multiproc::spawn(move || {
+                let mut g = cond.acquire().unwrap();
+                waiting.release();
+                let notified = g.wait_timeout(WAIT).unwrap();
+                woke.release();
+                notified
+            })
+            .unwrap()
+        })
+        .collect();
+    for _ in 0..4 {
+        assert!(waiting.acquire_timeout(WAIT));
+    }
+    cond.acquire().unwrap().notify();
+    assert!(woke.acquire_timeout(WAIT));
+    assert!(
+        !woke.acquire_timeout(Duration::from_millis(200)),
+        "notify() woke more than one"
+    );
+    cond.acquire().unwrap().notify_n(2);
+    assert!(woke.acquire_timeout(WAIT) && woke.acquire_timeout(WAIT));
+    assert!(
+        !woke.acquire_timeout(Duration::from_millis(200)),
+        "notify_n(2) woke more than two"
+    );
+    cond.acquire().unwrap().notify_all();
+    assert!(woke.acquire_timeout(WAIT));
+    for c in children {
+        assert!(
+            c.join().unwrap(),
+            "every waiter was notified, none timed out"
+        );
+    }
+}

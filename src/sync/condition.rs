@@ -13,8 +13,9 @@ use crate::shared::segment::Shm;
 /// A condition variable shared between processes, with its lock.
 ///
 /// Acquire it to get a [`ConditionGuard`]; wait and notify through the guard, so that both
-/// happen with the lock held, as Python requires. Waits may wake spuriously: check the
-/// predicate (or use [`wait_for`](ConditionGuard::wait_for)). A waiter is never stranded by a
+/// happen with the lock held, as Python requires. `notify(n)` wakes `n` waiters; a wait can
+/// still return early in rare cases (after a waiter was killed), so check the predicate, or
+/// use [`wait_for`](ConditionGuard::wait_for). A waiter is never stranded by a
 /// notifier that died: if the notifier died holding the lock, the waiter gets the lock with an
 /// [`OwnerDied`] notice; if it died before notifying, the timed forms return.
 ///
@@ -146,12 +147,25 @@ impl<'a> ConditionGuard<'a> {
     fn wait_until(&mut self, deadline: Option<Instant>) -> Result<bool, OwnerDied<bool>> {
         let state = &*self.cond.state;
         let lock = &self.cond.lock.raw;
-        let seq = state.seq.load(Ordering::SeqCst);
+        let mut seen = state.seq.load(Ordering::SeqCst);
         state.sleepers.fetch_add(1, Ordering::SeqCst);
         lock.unlock();
-        let notified = raw::wait_until(&state.seq, seq, deadline);
-        state.sleepers.fetch_sub(1, Ordering::Relaxed);
-        match lock.lock(None).unwrap_or(Acquired::Clean) {
+        let notified = loop {
+            if !raw::wait_while(&state.seq, seen, deadline) {
+                // Timed out; a notification that raced with the timeout still counts.
+                break take_token(state);
+            }
+            if take_token(state) {
+                break true;
+            }
+            // Another waiter took that notification: sleep on.
+            seen = state.seq.load(Ordering::SeqCst);
+        };
+        let how = lock.lock(None).unwrap_or(Acquired::Clean);
+        let sleepers = state.sleepers.fetch_sub(1, Ordering::Relaxed) - 1;
+        // Tokens meant for waiters that died waiting must not pile up.
+        state.tokens.fetch_min(sleepers, Ordering::Relaxed);
+        match how {
             Acquired::Clean => Ok(notified),
             Acquired::OwnerDied => Err(OwnerDied::new(notified)),
         }
@@ -212,14 +226,27 @@ impl<'a> ConditionGuard<'a> {
     pub fn notify_n(&self, n: u32) {
         let n = n.min(raw::WAKE_ALL);
         let state = &*self.cond.state;
-        state.seq.fetch_add(1, Ordering::SeqCst);
-        if state.sleepers.load(Ordering::SeqCst) > 0 {
-            raw::wake(&state.seq, n);
+        let sleepers = state.sleepers.load(Ordering::SeqCst);
+        let tokens = state.tokens.load(Ordering::SeqCst);
+        let give = n.min(sleepers.saturating_sub(tokens));
+        if give == 0 {
+            return; // nobody waits who is not already notified
         }
+        state.tokens.fetch_add(give, Ordering::SeqCst);
+        state.seq.fetch_add(1, Ordering::SeqCst);
+        raw::wake(&state.seq, give);
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         self.notify_n(raw::WAKE_ALL);
     }
+}
+
+/// Takes one notification, if there is one.
+fn take_token(state: &CondState) -> bool {
+    state
+        .tokens
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+        .is_ok()
 }

@@ -87,7 +87,7 @@ impl Event {
                 return true;
             }
             s.sleepers.fetch_add(1, Ordering::SeqCst);
-            let awake = raw::wait_until(&s.flag, 0, deadline);
+            let awake = raw::wait_while(&s.flag, 0, deadline);
             s.sleepers.fetch_sub(1, Ordering::Relaxed);
             if !awake {
                 return self.is_set();

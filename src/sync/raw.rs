@@ -47,12 +47,25 @@ fn left(deadline: Option<Instant>) -> Option<Option<Duration>> {
     }
 }
 
-/// Sleeps while `*word == expected`, until woken or `deadline`. Returns `false` only when the
-/// deadline has passed.
-pub(crate) fn wait_until(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
-    match left(deadline) {
-        None => false,
-        Some(timeout) => sys::futex_wait(word, expected, timeout) || left(deadline).is_some(),
+/// The longest a waiter on a semaphore, event or condition sleeps before looking at its word
+/// again, woken or not: a process killed between changing the word and waking the sleepers
+/// (or a sleeper that missed a wake for any reason) costs at most this much, never a hang.
+const STRANDED_SLICE: Duration = Duration::from_millis(50);
+
+/// Sleeps while `*word == expected`, until `deadline`. Returns `true` once the word differs,
+/// `false` if the deadline passed first. Sleeps on the futex in slices of at most
+/// [`STRANDED_SLICE`].
+pub(crate) fn wait_while(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+    loop {
+        if word.load(Ordering::Acquire) != expected {
+            return true;
+        }
+        let slice = match left(deadline) {
+            None => return false,
+            Some(None) => STRANDED_SLICE,
+            Some(Some(d)) => d.min(STRANDED_SLICE),
+        };
+        sys::futex_wait(word, expected, Some(slice));
     }
 }
 
@@ -252,9 +265,14 @@ unsafe impl ShmSafe for EventState {}
 pub(crate) struct CondState {
     /// Bumped by every notify; the futex word.
     pub(crate) seq: AtomicU32,
+    /// Waiters between their `wait` and re-taking the lock (changed under the lock).
     pub(crate) sleepers: AtomicU32,
+    /// Notifications not yet taken by a waiter, at most `sleepers`: a waiter returns as
+    /// notified only by taking one, so `notify(n)` wakes `n` waiters, not all.
+    pub(crate) tokens: AtomicU32,
+    _pad: u32,
 }
-const _: () = assert!(size_of::<CondState>() == 8 && align_of::<CondState>() == 4);
+const _: () = assert!(size_of::<CondState>() == 16 && align_of::<CondState>() == 4);
 // SAFETY: atomics only.
 unsafe impl ShmSafe for CondState {}
 
@@ -310,6 +328,28 @@ mod tests {
         assert_eq!(lock.lock(deadline(Duration::from_millis(60))), Err(()));
         assert!(t.elapsed() >= Duration::from_millis(60));
         assert_eq!(lock.word.load(Ordering::Relaxed) & !WAITERS, 1);
+    }
+
+    #[test]
+    fn a_missed_wake_costs_a_slice_not_a_hang() {
+        let word = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t = Instant::now();
+                (
+                    wait_while(&word, 0, deadline(Duration::from_secs(5))),
+                    t.elapsed(),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(10));
+            word.store(1, Ordering::Release); // as if the waker died before FUTEX_WAKE
+            let (changed, waited) = h.join().unwrap();
+            assert!(changed);
+            assert!(waited < Duration::from_secs(1), "{waited:?}");
+        });
+        let t = Instant::now();
+        assert!(!wait_while(&word, 1, deadline(Duration::from_millis(30))));
+        assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

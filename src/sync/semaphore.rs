@@ -103,7 +103,7 @@ impl Semaphore {
                 return true;
             }
             s.sleepers.fetch_add(1, Ordering::SeqCst);
-            let awake = raw::wait_until(&s.value, 0, deadline);
+            let awake = raw::wait_while(&s.value, 0, deadline);
             s.sleepers.fetch_sub(1, Ordering::Relaxed);
             if !awake {
                 return self.try_acquire();
