@@ -466,3 +466,25 @@ fn condition_notify_wakes_exactly_n() {
         );
     }
 }
+
+/// Primitives are start arguments like any other (under spawn they travel as descriptors).
+#[test]
+fn primitives_as_start_arguments() {
+    let _r = Reaper::new();
+    let lock = Lock::new().unwrap();
+    let v = Value::new(0u64).unwrap();
+    let done = Event::new().unwrap();
+    let mut p = multiproc::Process::with_args(
+        |(lock, v, done): (Lock, Value<u64>, Event)| {
+            let g = lock.acquire().unwrap();
+            drop(g);
+            v.set(42);
+            done.set();
+        },
+        (lock.clone(), v.clone(), done.clone()),
+    );
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    assert!(done.is_set());
+    assert_eq!(v.get(), 42);
+}

@@ -19,7 +19,8 @@ use crate::sys;
 /// The name lives in `/dev/shm` until [`unlink`](SharedMemory::unlink) or until its creator
 /// process exits, whichever comes first: a resource-tracker process removes the names of a
 /// creator that exits or is killed without unlinking (Python only does so when the whole
-/// program ends). Mappings stay valid after the name is gone.
+/// program ends). Mappings stay valid after the name is gone. The tracker watches up to 256
+/// names at a time per process tree; names beyond that are not cleaned up after a crash.
 ///
 /// The bytes can be copied in and out with [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write), or viewed as atomics with

@@ -13,8 +13,7 @@ use crate::sync::{AcquireError, Lock, LockGuard, OwnerDied};
 /// A `T` in shared memory, guarded by a [`Lock`]: Python's `multiprocessing.Value`.
 ///
 /// All access goes through the lock, so it is free of data races; a process that dies holding
-/// it hands the next one an [`OwnerDied`] notice (the value may be half-written only if it is
-/// wider than the processor writes at once).
+/// it hands the next one an [`OwnerDied`] notice, since the value may be half-updated.
 ///
 /// # Examples
 /// The shared counter of Python's tutorials, without lost increments:
