@@ -488,3 +488,26 @@ fn primitives_as_start_arguments() {
     assert!(done.is_set());
     assert_eq!(v.get(), 42);
 }
+
+/// Every primitive owns one descriptor per segment and gives it back when the last clone goes.
+#[test]
+fn dropping_primitives_leaks_no_descriptors() {
+    let before = common::open_fds();
+    for _ in 0..50 {
+        let lock = Lock::new().unwrap();
+        let v = Value::with_lock(1u8, lock.clone()).unwrap();
+        let all = (
+            v.clone(),
+            RLock::new().unwrap(),
+            Semaphore::new(1).unwrap(),
+            BoundedSemaphore::new(1).unwrap(),
+            Event::new().unwrap(),
+            Condition::with_lock(lock).unwrap(),
+            Barrier::new(2).unwrap(),
+            multiproc::Array::<u32>::new(10).unwrap(),
+        );
+        drop(all);
+        drop(v);
+    }
+    assert_eq!(common::open_fds(), before);
+}
