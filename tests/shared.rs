@@ -188,3 +188,20 @@ fn shared_memory_of_an_exited_creator_is_unlinked() {
         common::shm_names(&prefix)
     );
 }
+
+#[test]
+fn shared_memory_read_write_at_every_alignment() {
+    let shm = SharedMemory::create(100).unwrap();
+    shm.unlink().unwrap();
+    let data: Vec<u8> = (0..37).collect();
+    for offset in 0..20 {
+        shm.write(offset, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        shm.read(offset, &mut back).unwrap();
+        assert_eq!(back, data, "offset {offset}");
+    }
+    shm.write(95, &[9; 5]).unwrap();
+    let mut tail = [0u8; 5];
+    shm.read(95, &mut tail).unwrap();
+    assert_eq!(tail, [9; 5]);
+}

@@ -1,5 +1,6 @@
 //! [`SharedMemory`]: a named segment, Python's `multiprocessing.shared_memory.SharedMemory`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
 };
@@ -152,8 +153,18 @@ impl SharedMemory {
     /// [`ErrorKind::InvalidArgument`] if the range is outside the segment.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = self.bytes()[offset + i].load(std::sync::atomic::Ordering::Relaxed);
+        let (bytes, words) = (self.bytes(), self.atomics::<AtomicU64>());
+        let mut i = 0;
+        while i < buf.len() {
+            let at = offset + i;
+            if at.is_multiple_of(8) && buf.len() - i >= 8 {
+                let w = words[at / 8].load(Relaxed);
+                buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            } else {
+                buf[i] = bytes[at].load(Relaxed);
+                i += 1;
+            }
         }
         Ok(())
     }
@@ -164,8 +175,18 @@ impl SharedMemory {
     /// [`ErrorKind::InvalidArgument`] if the range is outside the segment.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
-        for (i, b) in data.iter().enumerate() {
-            self.bytes()[offset + i].store(*b, std::sync::atomic::Ordering::Relaxed);
+        let (bytes, words) = (self.bytes(), self.atomics::<AtomicU64>());
+        let mut i = 0;
+        while i < data.len() {
+            let at = offset + i;
+            if at.is_multiple_of(8) && data.len() - i >= 8 {
+                let w = u64::from_ne_bytes(data[i..i + 8].try_into().expect("8 bytes"));
+                words[at / 8].store(w, Relaxed);
+                i += 8;
+            } else {
+                bytes[at].store(data[i], Relaxed);
+                i += 1;
+            }
         }
         Ok(())
     }
