@@ -511,3 +511,36 @@ fn dropping_primitives_leaks_no_descriptors() {
     }
     assert_eq!(common::open_fds(), before);
 }
+
+#[test]
+fn rlock_excludes_under_contention() {
+    let _r = Reaper::new();
+    let r = RLock::new().unwrap();
+    let shm = scratch();
+    const PROCS: u64 = 3;
+    const ITERS: u64 = 2000;
+    let children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            let (r, shm) = (r.clone(), shm.clone());
+            multiproc::spawn(move || {
+                let n = &shm.atomics::<AtomicU64>()[0];
+                for i in 0..ITERS {
+                    let _outer = r.acquire().unwrap();
+                    let _inner = r.acquire().unwrap();
+                    // Load and store, not an atomic add: loses updates unless excluded.
+                    let v = n.load(Ordering::Relaxed);
+                    if i % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                    n.store(v + 1, Ordering::Relaxed);
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    join_all(children);
+    assert_eq!(
+        shm.atomics::<AtomicU64>()[0].load(Ordering::SeqCst),
+        PROCS * ITERS
+    );
+}
