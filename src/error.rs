@@ -34,8 +34,8 @@ pub enum ErrorKind {
     Decode,
     /// A timed operation ran out of time.
     Timeout,
-    /// An argument was out of range (a barrier of 0 parties, an invalid segment name...).
-    InvalidArgument,
+    /// An argument was out of range (a pool of zero processes, ...).
+    InvalidInput,
     /// The operating system refused (fork failed, too many processes, out of descriptors...).
     Os,
 }
@@ -102,7 +102,7 @@ impl Error {
             ErrorKind::Encode => "could not serialize value",
             ErrorKind::Decode => "could not deserialize value",
             ErrorKind::Timeout => "operation timed out",
-            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::InvalidInput => "invalid argument",
             ErrorKind::Os => "operating system error",
         }
     }

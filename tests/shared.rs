@@ -93,7 +93,7 @@ fn array_shared_between_processes() {
 #[test]
 fn array_too_large_is_an_error() {
     let e = Array::<u64>::new(usize::MAX / 4).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
 }
 
 #[test]
@@ -140,16 +140,16 @@ fn shared_memory_create_attach_unlink() {
 fn shared_memory_bad_input_is_an_error() {
     for bad in ["", ".hidden", "a/b", "spaces are bad", &"x".repeat(201)] {
         let e = SharedMemory::create_named(bad, 10).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}");
         assert_eq!(
             SharedMemory::open(bad).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
+            ErrorKind::InvalidInput
         );
     }
     let name = format!("mptest-{}-b", std::process::id());
     assert_eq!(
         SharedMemory::create_named(&name, 0).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
+        ErrorKind::InvalidInput
     );
     assert!(
         common::shm_names(&name).is_empty(),
@@ -160,11 +160,11 @@ fn shared_memory_bad_input_is_an_error() {
     let shm = SharedMemory::create(16).unwrap();
     assert_eq!(
         shm.write(10, &[0; 7]).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
+        ErrorKind::InvalidInput
     );
     assert_eq!(
         shm.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
+        ErrorKind::InvalidInput
     );
     shm.write(10, &[1; 6]).unwrap();
     shm.unlink().unwrap();

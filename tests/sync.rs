@@ -407,7 +407,7 @@ fn barrier_timeout_abort_reset() {
 #[test]
 fn barrier_rejects_zero_parties() {
     let e = Barrier::new(0).unwrap_err();
-    assert_eq!(e.kind(), multiproc::ErrorKind::InvalidArgument);
+    assert_eq!(e.kind(), multiproc::ErrorKind::InvalidInput);
 }
 
 #[test]

@@ -95,7 +95,7 @@ impl<T: Pod> Array<T> {
     /// An array of `len` zeroed elements with its own lock.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if `len` elements do not fit in memory;
+    /// [`ErrorKind::InvalidInput`] if `len` elements do not fit in memory;
     /// [`ErrorKind::Os`] if shared memory cannot be created.
     pub fn new(len: usize) -> Result<Array<T>> {
         Self::zeroed(len, Lock::new()?)
@@ -127,7 +127,7 @@ impl<T: Pod> Array<T> {
             .filter(|&b| b <= isize::MAX as usize)
             .ok_or_else(|| {
                 Error::with_message(
-                    ErrorKind::InvalidArgument,
+                    ErrorKind::InvalidInput,
                     format!("an array of {len} elements does not fit in memory"),
                 )
             })?;

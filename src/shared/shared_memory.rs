@@ -55,7 +55,7 @@ impl SharedMemory {
     /// Creates a segment of `size` zero bytes under a fresh random name.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if `size` is 0; [`ErrorKind::Os`] if the OS refuses.
+    /// [`ErrorKind::InvalidInput`] if `size` is 0; [`ErrorKind::Os`] if the OS refuses.
     pub fn create(size: usize) -> Result<SharedMemory> {
         let mut bytes = [0u8; 8];
         sys::random_bytes(&mut bytes)?;
@@ -67,13 +67,13 @@ impl SharedMemory {
     /// `A-Za-z0-9_.-`, no leading dot; Python's leading `/` is accepted and dropped).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] for a bad name or a `size` of 0; [`ErrorKind::Os`] if the
+    /// [`ErrorKind::InvalidInput`] for a bad name or a `size` of 0; [`ErrorKind::Os`] if the
     /// name exists (`AlreadyExists` underneath) or the OS refuses.
     pub fn create_named(name: &str, size: usize) -> Result<SharedMemory> {
         let name = Self::clean_name(name)?;
         if size == 0 {
             return Err(Error::with_message(
-                ErrorKind::InvalidArgument,
+                ErrorKind::InvalidInput,
                 "a shared memory segment needs a size above 0",
             ));
         }
@@ -103,7 +103,7 @@ impl SharedMemory {
     /// Attaches to the existing segment `name`.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] for a bad name; [`ErrorKind::Os`] if there is no such
+    /// [`ErrorKind::InvalidInput`] for a bad name; [`ErrorKind::Os`] if there is no such
     /// segment (`NotFound` underneath).
     pub fn open(name: &str) -> Result<SharedMemory> {
         let name = Self::clean_name(name)?;
@@ -117,7 +117,7 @@ impl SharedMemory {
     fn clean_name(name: &str) -> Result<&str> {
         let name = name.strip_prefix('/').unwrap_or(name);
         sys::check_name(name)
-            .map_err(|e| Error::with_message(ErrorKind::InvalidArgument, e.to_string()))?;
+            .map_err(|e| Error::with_message(ErrorKind::InvalidInput, e.to_string()))?;
         Ok(name)
     }
 
@@ -135,7 +135,7 @@ impl SharedMemory {
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok(()),
             _ => Err(Error::with_message(
-                ErrorKind::InvalidArgument,
+                ErrorKind::InvalidInput,
                 format!(
                     "bytes {offset}..{offset}+{len} are outside the {}-byte segment",
                     self.size()
@@ -150,7 +150,7 @@ impl SharedMemory {
     /// or an event to order writes and reads.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if the range is outside the segment.
+    /// [`ErrorKind::InvalidInput`] if the range is outside the segment.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
         let (bytes, words) = (self.bytes(), self.atomics::<AtomicU64>());
@@ -172,7 +172,7 @@ impl SharedMemory {
     /// Copies `data` into the segment at `offset`.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if the range is outside the segment.
+    /// [`ErrorKind::InvalidInput`] if the range is outside the segment.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
         let (bytes, words) = (self.bytes(), self.atomics::<AtomicU64>());

@@ -69,7 +69,7 @@ impl Barrier {
     /// A barrier for `parties` processes (or threads).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] when `parties` is 0 or above `i32::MAX`;
+    /// [`ErrorKind::InvalidInput`] when `parties` is 0 or above `i32::MAX`;
     /// [`ErrorKind::Os`] if shared memory cannot be created.
     pub fn new(parties: usize) -> Result<Barrier> {
         let parties = u32::try_from(parties)
@@ -77,7 +77,7 @@ impl Barrier {
             .filter(|&p| p > 0 && p <= i32::MAX as u32)
             .ok_or_else(|| {
                 Error::with_message(
-                    ErrorKind::InvalidArgument,
+                    ErrorKind::InvalidInput,
                     format!("a barrier needs at least one party, got {parties}"),
                 )
             })?;
