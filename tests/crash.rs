@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Reaper, Rng, WAIT};
+use common::{Reaper, WAIT};
 use multiproc::{Barrier, Condition, Event, JoinError, RLock, SharedMemory, Value};
 
 fn sleep_us(us: u64) {
@@ -245,23 +245,23 @@ fn kill_creators(test: &str, warm_tracker: bool) {
         let prefix = format!("mpcrash-{me}-{k}-");
         let mut c = creator(prefix.clone(), 4);
         sleep_us(rng.below(3000));
-        created += common::shm_names(&prefix).len();
+        created += shm_names(&prefix).len();
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         if !warm_tracker {
             // Each creator started its own tracker, which exits once the creator is gone.
             assert!(
-                common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
+                common::eventually(WAIT, || shm_names(&prefix).is_empty()),
                 "leaked: {:?}",
-                common::shm_names(&prefix)
+                shm_names(&prefix)
             );
         }
     }
     let all = format!("mpcrash-{me}-");
     assert!(
-        common::eventually(WAIT, || common::shm_names(&all).is_empty()),
+        common::eventually(WAIT, || shm_names(&all).is_empty()),
         "leaked after SIGKILL of their creators: {:?}",
-        common::shm_names(&all)
+        shm_names(&all)
     );
     eprintln!("{KILLS} creators killed, {created} names seen before the kill, none left");
     assert!(
@@ -328,14 +328,59 @@ fn failed_duplicate_create_keeps_the_first_creator_tracked() {
     let name = format!("mpcrash-{}-dup-", std::process::id());
     let mut c = creator(name.clone(), 1);
     let full = format!("{name}0");
-    assert!(common::eventually(WAIT, || common::shm_names(&name).len() == 1));
+    assert!(common::eventually(WAIT, || shm_names(&name).len() == 1));
     let e = SharedMemory::create_named(&full, 64).unwrap_err();
     assert_eq!(e.kind(), multiproc::ErrorKind::Os);
     c.kill().unwrap();
     let _ = c.join_timeout(WAIT);
     assert!(
-        common::eventually(WAIT, || common::shm_names(&name).is_empty()),
+        common::eventually(WAIT, || shm_names(&name).is_empty()),
         "the first creator's name leaked: {:?}",
-        common::shm_names(&name)
+        shm_names(&name)
     );
+}
+
+/// Named shared-memory segments in `/dev/shm` whose names start with `prefix`.
+fn shm_names(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A small seeded PRNG (xorshift64*) for crash tests; the seed comes from `MP_SEED` or the
+/// clock, and is printed so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("MP_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: MP_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
