@@ -544,3 +544,32 @@ fn rlock_excludes_under_contention() {
         PROCS * ITERS
     );
 }
+
+/// CPython's `_TestBarrier.test_action` with a failing action: the party that ran it sees the
+/// panic, the others a broken barrier.
+#[test]
+fn barrier_action_panic_breaks_it() {
+    let b = Barrier::new(2)
+        .unwrap()
+        .with_action(|| panic!("action failed"));
+    let outcomes: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        b.wait_timeout(WAIT)
+                    })) {
+                        Err(_) => "panicked".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(i)) => format!("passed {i}"),
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut outcomes = outcomes;
+    outcomes.sort();
+    assert_eq!(outcomes, ["barrier is broken", "panicked"]);
+    assert!(b.broken());
+}
