@@ -175,13 +175,33 @@ impl<'de> Deserialize<'de> for Bytes {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{BorrowedFd, OwnedFd};
+    use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
     use crate::wire;
     use crate::{
         Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, SharedMemory,
         Value,
     };
+
+    /// A copy of a collected descriptor, whichever form `collect_fds` hands them out in.
+    trait Dup {
+        fn dup(&self) -> OwnedFd;
+    }
+
+    impl Dup for RawFd {
+        fn dup(&self) -> OwnedFd {
+            // SAFETY: the descriptor belongs to a handle that is alive during the test.
+            unsafe { BorrowedFd::borrow_raw(*self) }
+                .try_clone_to_owned()
+                .unwrap()
+        }
+    }
+
+    impl Dup for OwnedFd {
+        fn dup(&self) -> OwnedFd {
+            self.try_clone().unwrap()
+        }
+    }
 
     type All = (
         Lock,
@@ -217,15 +237,7 @@ mod tests {
         );
         let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(&all).unwrap());
         assert_eq!(fds.len(), 13);
-        let received: Vec<OwnedFd> = fds
-            .iter()
-            .map(|&fd| {
-                // SAFETY: the descriptors belong to `all`, which is alive here.
-                unsafe { BorrowedFd::borrow_raw(fd) }
-                    .try_clone_to_owned()
-                    .unwrap()
-            })
-            .collect();
+        let received: Vec<OwnedFd> = fds.iter().map(Dup::dup).collect();
         let got: All = wire::with_received_fds(received, || postcard::from_bytes(&bytes).unwrap());
 
         let _g = got.0.acquire().unwrap();
