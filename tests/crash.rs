@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Reaper, WAIT};
-use multiproc::{Barrier, Condition, Event, JoinError, RLock, SharedMemory, Value};
+use multiproc::{Barrier, Condition, Event, JoinError, RLock, Semaphore, SharedMemory, Value};
 
 fn sleep_us(us: u64) {
     std::thread::sleep(Duration::from_micros(us));
@@ -29,39 +29,45 @@ fn lock_survives_hundreds_of_killed_holders() {
     let record = Value::new([0u64; 2]).unwrap();
     let recoveries = Value::new(0u64).unwrap();
     let stop = Event::new().unwrap();
-    let start = |record: &Value<[u64; 2]>, recoveries: &Value<u64>, stop: &Event| {
-        let (record, recoveries, stop) = (record.clone(), recoveries.clone(), stop.clone());
-        multiproc::spawn(move || {
-            while !stop.is_set() {
-                match record.lock() {
-                    Ok(mut g) => {
-                        assert_eq!(g[0], g[1], "a clean acquire saw a torn record");
-                        g[0] += 1;
-                        std::hint::black_box(&mut *g);
-                        for _ in 0..2000 {
-                            std::hint::spin_loop();
+    let up = Semaphore::new(0).unwrap();
+    let start = || {
+        let worker = multiproc::spawn_with_args(
+            |(record, recoveries, stop, up): (Value<[u64; 2]>, Value<u64>, Event, Semaphore)| {
+                up.release();
+                while !stop.is_set() {
+                    match record.lock() {
+                        Ok(mut g) => {
+                            assert_eq!(g[0], g[1], "a clean acquire saw a torn record");
+                            g[0] += 1;
+                            std::hint::black_box(&mut *g);
+                            for _ in 0..2000 {
+                                std::hint::spin_loop();
+                            }
+                            g[1] += 1;
                         }
-                        g[1] += 1;
-                    }
-                    Err(died) => {
-                        let mut g = died.into_inner();
-                        g[1] = g[0]; // repair
-                        drop(g);
-                        recoveries.set(recoveries.get() + 1);
+                        Err(died) => {
+                            let mut g = died.into_inner();
+                            g[1] = g[0]; // repair
+                            drop(g);
+                            recoveries.set(recoveries.get() + 1);
+                        }
                     }
                 }
-            }
-        })
-        .unwrap()
+            },
+            (record.clone(), recoveries.clone(), stop.clone(), up.clone()),
+        )
+        .unwrap();
+        // Kill only running workers: whatever the start method costs, every kill lands in
+        // the loop.
+        assert!(up.acquire_timeout(WAIT), "a worker did not start");
+        worker
     };
-    let mut workers: Vec<_> = (0..WORKERS)
-        .map(|_| start(&record, &recoveries, &stop))
-        .collect();
+    let mut workers: Vec<_> = (0..WORKERS).map(|_| start()).collect();
     let t = Instant::now();
     for _ in 0..KILLS {
         sleep_us(rng.below(2000));
         let i = rng.below(WORKERS as u64) as usize;
-        let mut victim = std::mem::replace(&mut workers[i], start(&record, &recoveries, &stop));
+        let mut victim = std::mem::replace(&mut workers[i], start());
         victim.kill().unwrap();
         match victim.join_timeout(WAIT) {
             Err(JoinError::Signal(9)) => {}
@@ -95,16 +101,16 @@ fn rlock_killed_owner() {
     let lock = RLock::new().unwrap();
     for _ in 0..100 {
         let held = Event::new().unwrap();
-        let mut child = {
-            let (lock, held) = (lock.clone(), held.clone());
-            multiproc::spawn(move || {
+        let mut child = multiproc::spawn_with_args(
+            |(lock, held): (RLock, Event)| {
                 let _a = lock.acquire().unwrap_or_else(|e| e.into_inner());
                 let _b = lock.acquire().unwrap();
                 held.set();
                 std::thread::sleep(WAIT);
-            })
-            .unwrap()
-        };
+            },
+            (lock.clone(), held.clone()),
+        )
+        .unwrap();
         assert!(held.wait_timeout(WAIT));
         sleep_us(rng.below(1000));
         child.kill().unwrap();
@@ -132,17 +138,19 @@ fn barrier_breaks_when_a_party_dies() {
         arrivals.set(0);
         let mut parties: Vec<_> = (0..3)
             .map(|_| {
-                let (barrier, arrivals) = (barrier.clone(), arrivals.clone());
-                multiproc::spawn(move || {
-                    let mut rounds = 0u64;
-                    loop {
-                        *arrivals.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                        if barrier.wait_timeout(WAIT * 2).is_err() {
-                            return rounds;
+                multiproc::spawn_with_args(
+                    |(barrier, arrivals): (Barrier, Value<u64>)| {
+                        let mut rounds = 0u64;
+                        loop {
+                            *arrivals.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            if barrier.wait_timeout(WAIT * 2).is_err() {
+                                return rounds;
+                            }
+                            rounds += 1;
                         }
-                        rounds += 1;
-                    }
-                })
+                    },
+                    (barrier.clone(), arrivals.clone()),
+                )
                 .unwrap()
             })
             .collect();
@@ -179,36 +187,36 @@ fn condition_waiter_survives_killed_notifier() {
         let cond = Condition::new().unwrap();
         let ready = Event::new().unwrap();
         let holding = Event::new().unwrap();
-        let waiter = {
-            let (cond, ready) = (cond.clone(), ready.clone());
-            multiproc::spawn(move || {
+        let mut waiter = multiproc::spawn_with_args(
+            |(cond, ready): (Condition, Event)| {
                 let mut g = cond.acquire().unwrap();
                 ready.set();
                 match g.wait_timeout(WAIT) {
                     Ok(notified) => (notified, false),
                     Err(died) => (died.into_inner(), true),
                 }
-            })
-            .unwrap()
-        };
+            },
+            (cond.clone(), ready.clone()),
+        )
+        .unwrap();
         assert!(ready.wait_timeout(WAIT));
-        let mut notifier = {
-            let (cond, holding) = (cond.clone(), holding.clone());
-            multiproc::spawn(move || {
+        let mut notifier = multiproc::spawn_with_args(
+            |(cond, holding): (Condition, Event)| {
                 // Only possible once the waiter sleeps and has released the lock.
                 let g = cond.acquire().unwrap();
                 g.notify_all();
                 holding.set();
                 std::thread::sleep(WAIT);
-            })
-            .unwrap()
-        };
+            },
+            (cond.clone(), holding.clone()),
+        )
+        .unwrap();
         assert!(holding.wait_timeout(WAIT));
         sleep_us(rng.below(500));
         notifier.kill().unwrap();
         let _ = notifier.join_timeout(WAIT);
         let t = Instant::now();
-        let (notified, owner_died) = waiter.join().unwrap();
+        let (notified, owner_died) = waiter.join_timeout(WAIT).unwrap();
         assert!(notified, "the waiter timed out instead of being notified");
         assert!(
             owner_died,
@@ -219,13 +227,16 @@ fn condition_waiter_survives_killed_notifier() {
 }
 
 fn creator(prefix: String, count: usize) -> multiproc::JoinHandle<()> {
-    multiproc::spawn(move || {
-        let mut keep = Vec::new();
-        for j in 0..count {
-            keep.push(SharedMemory::create_named(&format!("{prefix}{j}"), 4096).unwrap());
-        }
-        std::thread::sleep(WAIT);
-    })
+    multiproc::spawn_with_args(
+        |(prefix, count): (String, usize)| {
+            let mut keep = Vec::new();
+            for j in 0..count {
+                keep.push(SharedMemory::create_named(&format!("{prefix}{j}"), 4096).unwrap());
+            }
+            std::thread::sleep(WAIT);
+        },
+        (prefix, count),
+    )
     .unwrap()
 }
 
@@ -293,9 +304,8 @@ fn shared_counter_is_exact_despite_kills() {
     let mirror = SharedMemory::create(64).unwrap();
     mirror.unlink().unwrap();
     for _ in 0..300 {
-        let mut c = {
-            let (counter, mirror) = (counter.clone(), mirror.clone());
-            multiproc::spawn(move || {
+        let mut c = multiproc::spawn_with_args(
+            |(counter, mirror): (Value<u64>, SharedMemory)| {
                 let done = &mirror.atomics::<AtomicU64>()[0];
                 #[allow(clippy::while_immutable_condition)]
                 while done.load(Ordering::Relaxed) != u64::MAX {
@@ -305,9 +315,10 @@ fn shared_counter_is_exact_despite_kills() {
                     *g = v + 1;
                     done.store(v + 1, Ordering::SeqCst);
                 }
-            })
-            .unwrap()
-        };
+            },
+            (counter.clone(), mirror.clone()),
+        )
+        .unwrap();
         sleep_us(rng.below(3000));
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);

@@ -17,12 +17,14 @@ fn value_counter_has_no_lost_increments() {
     const N: i64 = 5000;
     let children: Vec<_> = (0..PROCS)
         .map(|_| {
-            let v = v.clone();
-            multiproc::spawn(move || {
-                for _ in 0..N {
-                    *v.lock().unwrap() += 1;
-                }
-            })
+            multiproc::spawn_with_args(
+                |v: Value<i64>| {
+                    for _ in 0..N {
+                        *v.lock().unwrap() += 1;
+                    }
+                },
+                v.clone(),
+            )
             .unwrap()
         })
         .collect();
@@ -68,17 +70,17 @@ fn array_shared_between_processes() {
     let _r = Reaper::new();
     let a = Array::<f64>::from_slice(&[1.0, 2.0, 3.0, 4.0]).unwrap();
     assert_eq!(a.len(), 4);
-    let child = {
-        let a = a.clone();
-        multiproc::spawn(move || {
+    let child = multiproc::spawn_with_args(
+        |a: Array<f64>| {
             let mut g = a.lock().unwrap();
             for x in g.iter_mut() {
                 *x *= -1.0;
             }
             g.iter().sum::<f64>()
-        })
-        .unwrap()
-    };
+        },
+        a.clone(),
+    )
+    .unwrap();
     assert_eq!(child.join().unwrap(), -10.0);
     assert_eq!(a.to_vec(), [-1.0, -2.0, -3.0, -4.0]);
     assert_eq!(a.get(3), Some(-4.0));
@@ -105,17 +107,17 @@ fn shared_memory_create_attach_unlink() {
     assert_eq!(shm.size(), 10_000);
     assert_eq!(shm_names(&name), std::slice::from_ref(&name));
     shm.write(9_995, b"tail!").unwrap();
-    let child = {
-        let name = name.clone();
-        multiproc::spawn(move || {
+    let child = multiproc::spawn_with_args(
+        |name: String| {
             let other = SharedMemory::open(&format!("/{name}")).unwrap(); // Python's spelling
             let mut buf = [0u8; 5];
             other.read(9_995, &mut buf).unwrap();
             other.atomics::<AtomicU32>()[0].store(42, Ordering::SeqCst);
             (buf, other.size())
-        })
-        .unwrap()
-    };
+        },
+        name.clone(),
+    )
+    .unwrap();
     let (buf, size) = child.join().unwrap();
     assert_eq!(&buf, b"tail!");
     assert_eq!(size, 10_000);
@@ -172,11 +174,13 @@ fn shared_memory_bad_input_is_an_error() {
 fn shared_memory_of_an_exited_creator_is_unlinked() {
     let _r = Reaper::new();
     let prefix = format!("mptest-{}-c", std::process::id());
-    let name = prefix.clone();
-    let child = multiproc::spawn(move || {
-        let shm = SharedMemory::create_named(&name, 100).unwrap();
-        std::mem::forget(shm);
-    })
+    let child = multiproc::spawn_with_args(
+        |name: String| {
+            let shm = SharedMemory::create_named(&name, 100).unwrap();
+            std::mem::forget(shm);
+        },
+        prefix.clone(),
+    )
     .unwrap();
     child.join().unwrap();
     assert!(

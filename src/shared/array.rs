@@ -18,15 +18,15 @@ use crate::sync::{AcquireError, Lock, LockGuard, OwnerDied};
 /// use multiproc::Array;
 ///
 /// let squares = Array::<u32>::new(8)?;
-/// let child = {
-///     let squares = squares.clone();
-///     multiproc::spawn(move || {
+/// let child = multiproc::spawn_with_args(
+///     |squares: Array<u32>| {
 ///         let mut a = squares.lock().unwrap();
 ///         for (i, x) in a.iter_mut().enumerate() {
 ///             *x = (i * i) as u32;
 ///         }
-///     })?
-/// };
+///     },
+///     squares.clone(),
+/// )?;
 /// child.join()?;
 /// assert_eq!(squares.to_vec(), [0, 1, 4, 9, 16, 25, 36, 49]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -34,13 +34,15 @@ use crate::sys;
 ///
 /// let shm = SharedMemory::create(4096)?;
 /// shm.write(0, b"hello")?;
-/// let name = shm.name().to_string();
-/// let child = multiproc::spawn(move || {
-///     let other = SharedMemory::open(&name).unwrap();
-///     let mut buf = [0u8; 5];
-///     other.read(0, &mut buf).unwrap();
-///     buf
-/// })?;
+/// let child = multiproc::spawn_with_args(
+///     |name: String| {
+///         let other = SharedMemory::open(&name).unwrap(); // attach by name
+///         let mut buf = [0u8; 5];
+///         other.read(0, &mut buf).unwrap();
+///         buf
+///     },
+///     shm.name().to_string(),
+/// )?;
 /// assert_eq!(&child.join()?, b"hello");
 /// shm.unlink()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -23,12 +23,14 @@ use crate::sync::{AcquireError, Lock, LockGuard, OwnerDied};
 /// let counter = Value::new(0u64)?;
 /// let children: Vec<_> = (0..4)
 ///     .map(|_| {
-///         let counter = counter.clone();
-///         multiproc::spawn(move || {
-///             for _ in 0..1000 {
-///                 *counter.lock().unwrap() += 1;
-///             }
-///         })
+///         multiproc::spawn_with_args(
+///             |counter: Value<u64>| {
+///                 for _ in 0..1000 {
+///                     *counter.lock().unwrap() += 1;
+///                 }
+///             },
+///             counter.clone(),
+///         )
 ///     })
 ///     .collect::<Result<_, _>>()?;
 /// for c in children {

@@ -35,10 +35,7 @@ type Action = Arc<dyn Fn() + Send + Sync>;
 /// use multiproc::Barrier;
 ///
 /// let barrier = Barrier::new(2)?.with_timeout(Duration::from_secs(10));
-/// let child = {
-///     let barrier = barrier.clone();
-///     multiproc::spawn(move || barrier.wait().is_ok())?
-/// };
+/// let child = multiproc::spawn_with_args(|b: Barrier| b.wait().is_ok(), barrier.clone())?;
 /// let index = barrier.wait()?; // 0 or 1: the order of arrival
 /// assert!(index < 2);
 /// assert!(child.join()?);

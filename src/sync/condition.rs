@@ -26,14 +26,14 @@ use crate::shared::segment::Shm;
 ///
 /// let ready = Value::new(0u32)?;
 /// let cond = Condition::with_lock(ready.get_lock().clone())?;
-/// let child = {
-///     let (ready, cond) = (ready.clone(), cond.clone());
-///     multiproc::spawn(move || {
+/// let child = multiproc::spawn_with_args(
+///     |(ready, cond): (Value<u32>, Condition)| {
 ///         let mut g = cond.acquire().unwrap();
 ///         ready.set_with(g.lock_guard_mut(), 1).unwrap();
 ///         g.notify_all();
-///     })?
-/// };
+///     },
+///     (ready.clone(), cond.clone()),
+/// )?;
 /// let mut g = cond.acquire().map_err(|e| e.to_string())?;
 /// let ok = g.wait_for(|held| ready.get_with(held) == Some(1), Some(Duration::from_secs(10)));
 /// assert!(ok.map_err(|e| e.to_string())?);

@@ -20,10 +20,10 @@ use crate::shared::segment::Shm;
 /// use multiproc::Event;
 ///
 /// let go = Event::new()?;
-/// let child = {
-///     let go = go.clone();
-///     multiproc::spawn(move || go.wait_timeout(Duration::from_secs(10)))?
-/// };
+/// let child = multiproc::spawn_with_args(
+///     |go: Event| go.wait_timeout(Duration::from_secs(10)),
+///     go.clone(),
+/// )?;
 /// go.set();
 /// assert!(child.join()?); // the child saw the flag
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -20,13 +20,14 @@ use crate::shared::segment::Shm;
 /// use multiproc::Lock;
 ///
 /// let lock = Lock::new()?;
-/// let child = {
-///     let lock = lock.clone();
-///     multiproc::spawn(move || {
+/// // The lock is a start argument: this works under every start method.
+/// let child = multiproc::spawn_with_args(
+///     |lock: Lock| {
 ///         let _g = lock.acquire().unwrap();
 ///         // ... the critical section ...
-///     })?
-/// };
+///     },
+///     lock.clone(),
+/// )?;
 /// {
 ///     let _g = lock.acquire().map_err(|e| e.to_string())?;
 /// }
@@ -41,14 +42,14 @@ use crate::shared::segment::Shm;
 ///
 /// let lock = Lock::new()?;
 /// let holding = Event::new()?;
-/// let mut p = {
-///     let (lock, holding) = (lock.clone(), holding.clone());
-///     Process::new(move || {
+/// let mut p = Process::with_args(
+///     |(lock, holding): (Lock, Event)| {
 ///         let _g = lock.acquire().unwrap();
 ///         holding.set();
 ///         std::thread::sleep(Duration::from_secs(60));
-///     })
-/// };
+///     },
+///     (lock.clone(), holding.clone()),
+/// );
 /// p.start()?;
 /// assert!(holding.wait_timeout(Duration::from_secs(10)));
 /// p.kill()?; // SIGKILL while holding the lock

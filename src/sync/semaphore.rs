@@ -21,10 +21,7 @@ use crate::shared::segment::Shm;
 /// use multiproc::Semaphore;
 ///
 /// let ready = Semaphore::new(0)?;
-/// let child = {
-///     let ready = ready.clone();
-///     multiproc::spawn(move || ready.release())?
-/// };
+/// let child = multiproc::spawn_with_args(|ready: Semaphore| ready.release(), ready.clone())?;
 /// ready.acquire(); // returns once the child released
 /// child.join()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
