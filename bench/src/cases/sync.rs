@@ -77,13 +77,15 @@ fn shared_counter_2proc(ctx: &mut Ctx) -> Row {
         let go = Event::new().expect("event");
         let children: Vec<_> = (0..2)
             .map(|_| {
-                let (v, go) = (v.clone(), go.clone());
-                multiproc::spawn(move || {
-                    assert!(go.wait_timeout(WAIT));
-                    for _ in 0..m {
-                        *v.lock().expect("lock") += 1;
-                    }
-                })
+                multiproc::spawn_with_args(
+                    |(v, go, m): (Value<i32>, Event, usize)| {
+                        assert!(go.wait_timeout(WAIT));
+                        for _ in 0..m {
+                            *v.lock().expect("lock") += 1;
+                        }
+                    },
+                    (v.clone(), go.clone(), m),
+                )
                 .expect("spawn")
             })
             .collect();
@@ -104,7 +106,8 @@ fn shared_counter_2proc(ctx: &mut Ctx) -> Row {
     row
 }
 
-/// Pins the calling thread (and so the children it forks) to CPU 0, or undoes that.
+/// Pins the calling thread (and so the children it starts, which inherit the mask) to CPU 0,
+/// or undoes that.
 struct Pin(Option<libc::cpu_set_t>);
 
 impl Pin {
@@ -140,17 +143,17 @@ impl Drop for Pin {
 fn event_rt(n: usize, pin: bool) -> f64 {
     let _pin = Pin::cpu0(pin);
     let (e1, e2) = (Event::new().expect("event"), Event::new().expect("event"));
-    let mut child = {
-        let (e1, e2) = (e1.clone(), e2.clone());
-        multiproc::spawn(move || {
+    let mut child = multiproc::spawn_with_args(
+        |(e1, e2, n): (Event, Event, usize)| {
             for _ in 0..=n {
                 assert!(e1.wait_timeout(WAIT));
                 e1.clear();
                 e2.set();
             }
-        })
-        .expect("spawn")
-    };
+        },
+        (e1.clone(), e2.clone(), n),
+    )
+    .expect("spawn");
     e1.set();
     assert!(e2.wait_timeout(WAIT));
     e2.clear();
@@ -173,16 +176,16 @@ fn semaphore_rt(n: usize, pin: bool) -> f64 {
         Semaphore::new(0).expect("sem"),
         Semaphore::new(0).expect("sem"),
     );
-    let mut child = {
-        let (s1, s2) = (s1.clone(), s2.clone());
-        multiproc::spawn(move || {
+    let mut child = multiproc::spawn_with_args(
+        |(s1, s2, n): (Semaphore, Semaphore, usize)| {
             for _ in 0..=n {
                 assert!(s1.acquire_timeout(WAIT));
                 s2.release();
             }
-        })
-        .expect("spawn")
-    };
+        },
+        (s1.clone(), s2.clone(), n),
+    )
+    .expect("spawn");
     s1.release();
     assert!(s2.acquire_timeout(WAIT));
     let t = Instant::now();
