@@ -106,8 +106,8 @@ fn shared_counter_2proc(ctx: &mut Ctx) -> Row {
     row
 }
 
-/// Pins the calling thread (and so the children it starts, which inherit the mask) to CPU 0,
-/// or undoes that.
+/// Pins the calling thread to CPU 0 until dropped. Both sides of a ping-pong pin themselves
+/// (a child from the forkserver does not inherit our mask).
 struct Pin(Option<libc::cpu_set_t>);
 
 impl Pin {
@@ -144,14 +144,15 @@ fn event_rt(n: usize, pin: bool) -> f64 {
     let _pin = Pin::cpu0(pin);
     let (e1, e2) = (Event::new().expect("event"), Event::new().expect("event"));
     let mut child = multiproc::spawn_with_args(
-        |(e1, e2, n): (Event, Event, usize)| {
+        |(e1, e2, n, pin): (Event, Event, usize, bool)| {
+            let _pin = Pin::cpu0(pin);
             for _ in 0..=n {
                 assert!(e1.wait_timeout(WAIT));
                 e1.clear();
                 e2.set();
             }
         },
-        (e1.clone(), e2.clone(), n),
+        (e1.clone(), e2.clone(), n, pin),
     )
     .expect("spawn");
     e1.set();
@@ -177,13 +178,14 @@ fn semaphore_rt(n: usize, pin: bool) -> f64 {
         Semaphore::new(0).expect("sem"),
     );
     let mut child = multiproc::spawn_with_args(
-        |(s1, s2, n): (Semaphore, Semaphore, usize)| {
+        |(s1, s2, n, pin): (Semaphore, Semaphore, usize, bool)| {
+            let _pin = Pin::cpu0(pin);
             for _ in 0..=n {
                 assert!(s1.acquire_timeout(WAIT));
                 s2.release();
             }
         },
-        (s1.clone(), s2.clone(), n),
+        (s1.clone(), s2.clone(), n, pin),
     )
     .expect("spawn");
     s1.release();
