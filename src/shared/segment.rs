@@ -21,6 +21,8 @@ use crate::wire;
 pub(crate) struct Segment {
     fd: OwnedFd,
     map: sys::Mapping,
+    /// Device and inode of the file: the same for every mapping of it, in any process.
+    id: (u64, u64),
 }
 
 impl Segment {
@@ -32,9 +34,9 @@ impl Segment {
 
     /// Maps the whole file behind `fd`.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Segment> {
-        let len = sys::fd_len(fd.as_fd())?;
+        let (len, id) = sys::fd_len_and_id(fd.as_fd())?;
         let map = sys::Mapping::new(fd.as_fd(), len)?;
-        Ok(Segment { fd, map })
+        Ok(Segment { fd, map, id })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
@@ -112,9 +114,10 @@ impl<T: ShmSafe> Shm<T> {
         })
     }
 
-    /// Whether two handles refer to the same segment in this process.
+    /// Whether two handles refer to the same shared memory (also when they were received
+    /// separately and are two mappings of it).
     pub(crate) fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.seg, &other.seg)
+        self.seg.id == other.seg.id
     }
 }
 
@@ -262,6 +265,31 @@ mod tests {
         let mut b = [0u8];
         all.9.read(0, &mut b).unwrap();
         assert_eq!(&b, b"x");
+    }
+
+    /// A value and its lock received separately are two mappings each, but still the value
+    /// and its lock.
+    #[test]
+    fn a_lock_received_apart_from_its_value_still_guards_it() {
+        let lock = Lock::new().unwrap();
+        let v = Value::with_lock(3u32, lock.clone()).unwrap();
+        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(&(lock, v)).unwrap());
+        let received: Vec<OwnedFd> = fds.iter().map(Dup::dup).collect();
+        let (lock2, v2): (Lock, Value<u32>) =
+            wire::with_received_fds(received, || postcard::from_bytes(&bytes).unwrap());
+        let mut g = lock2.acquire().unwrap();
+        assert_eq!(v2.get_with(&g), Some(3));
+        v2.set_with(&mut g, 4).unwrap();
+        assert_eq!(
+            Lock::new()
+                .unwrap()
+                .acquire()
+                .map(|g2| v2.get_with(&g2))
+                .unwrap(),
+            None
+        );
+        drop(g);
+        assert_eq!(v2.get(), 4);
     }
 
     #[test]

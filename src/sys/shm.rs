@@ -25,10 +25,14 @@ pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The size in bytes of the file behind `fd`.
-pub(crate) fn fd_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+/// The size in bytes of the file behind `fd`, and its identity (device and inode): two
+/// descriptors, in any processes, refer to the same shared memory exactly when the identities
+/// are equal.
+pub(crate) fn fd_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64))> {
     let st = rustix::fs::fstat(fd)?;
-    usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+    let len =
+        usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok((len, (st.st_dev as u64, st.st_ino as u64)))
 }
 
 /// A `MAP_SHARED`, read-write mapping of a whole file; unmapped on drop.
