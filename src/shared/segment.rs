@@ -273,8 +273,10 @@ mod tests {
     fn a_lock_received_apart_from_its_value_still_guards_it() {
         let lock = Lock::new().unwrap();
         let v = Value::with_lock(3u32, lock.clone()).unwrap();
-        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(&(lock, v)).unwrap());
+        let pair = (lock, v);
+        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(&pair).unwrap());
         let received: Vec<OwnedFd> = fds.iter().map(Dup::dup).collect();
+        drop(pair);
         let (lock2, v2): (Lock, Value<u32>) =
             wire::with_received_fds(received, || postcard::from_bytes(&bytes).unwrap());
         let mut g = lock2.acquire().unwrap();
