@@ -9,6 +9,9 @@
 //! A process that dies holding a [`Lock`] or [`RLock`] does not deadlock the others: the next
 //! acquirer gets the lock together with an [`OwnerDied`] notice. A [`Barrier`] one of whose
 //! parties dies is broken for the others. Every blocking call has a timed form.
+//!
+//! Each primitive holds one file descriptor (its memfd); a [`Condition`], a
+//! [`Value`](crate::Value) or an [`Array`](crate::Array) holds two (its lock's and its own).
 
 use std::fmt;
 
