@@ -352,6 +352,38 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
+    /// Many threads hammering one word (the waiters bit, sleeps and wakes all exercised):
+    /// no lost updates and nobody stuck.
+    #[test]
+    fn threads_contend_without_lost_updates() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        let count = std::sync::atomic::AtomicU64::new(0);
+        const THREADS: u64 = 8;
+        const ITERS: u64 = 20_000;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for i in 0..ITERS {
+                        assert_eq!(
+                            lock.lock(deadline(Duration::from_secs(10))),
+                            Ok(Acquired::Clean)
+                        );
+                        let v = count.load(Ordering::Relaxed);
+                        if i % 128 == 0 {
+                            std::thread::yield_now();
+                        }
+                        count.store(v + 1, Ordering::Relaxed);
+                        lock.unlock();
+                    }
+                });
+            }
+        });
+        assert_eq!(count.load(Ordering::Relaxed), THREADS * ITERS);
+        assert!(!lock.is_locked());
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
     #[test]
     fn unlock_wakes_a_sleeper_in_another_thread() {
         let lock: Shm<RawLock> = Shm::zeroed().unwrap();
