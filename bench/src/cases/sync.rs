@@ -1,6 +1,7 @@
 //! Synchronization: the robust lock uncontended, a locked shared counter under two processes,
 //! and Event / Semaphore ping-pong between two processes (pinned to one CPU and unpinned).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Event, Lock, Semaphore, Value};
@@ -37,27 +38,49 @@ const WAIT: Duration = Duration::from_secs(30);
 /// read-modify-write per pair, and it can never put a waiter to sleep. A lock that can (ours,
 /// `std::sync::Mutex`, glibc's `pthread_mutex`) must release with a second read-modify-write,
 /// to learn whether to wake someone; `std::sync::Mutex` is measured beside it as that peer.
+/// The probe's own loop is also run in the same rounds (`bare_tas_same_rounds`), since on a
+/// shared machine the probe's separate run sees a different load.
 fn lock_uncontended(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("lock_uncontended", "ns_per_acquire_release");
     let n = ctx.scale(5_000_000, 1_000_000);
     let lock = Lock::new().expect("lock");
-    row.ours = Some(median(ctx.rounds(), || {
+    let std_mutex = std::sync::Mutex::new(());
+    // Rounds of the two alternate, so that both see the same machine (2 shared vCPUs here).
+    let tas = std::hint::black_box(AtomicU32::new(0));
+    let (mut ours, mut peer, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ctx.rounds() {
         let t = Instant::now();
         for _ in 0..n {
             drop(std::hint::black_box(lock.acquire().expect("acquire")));
         }
-        t.elapsed().as_secs_f64() * 1e9 / n as f64
-    }));
-    let std_mutex = std::sync::Mutex::new(());
+        ours.push(t.elapsed().as_secs_f64() * 1e9 / n as f64);
+        let t = Instant::now();
+        for _ in 0..n {
+            drop(std::hint::black_box(std_mutex.lock().expect("lock")));
+        }
+        peer.push(t.elapsed().as_secs_f64() * 1e9 / n as f64);
+        // The probe's loop (compare-exchange, then a release store), in the same rounds.
+        let t = Instant::now();
+        for _ in 0..n {
+            while tas
+                .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {}
+            tas.store(0, Ordering::Release);
+        }
+        bare.push(t.elapsed().as_secs_f64() * 1e9 / n as f64);
+    }
+    let mut ours = ours.into_iter();
+    let mut peer = peer.into_iter();
+    let mut bare = bare.into_iter();
+    row.peer.insert(
+        "bare_tas_same_rounds".into(),
+        median(ctx.rounds(), || bare.next().unwrap_or(f64::NAN)),
+    );
+    row.ours = Some(median(ctx.rounds(), || ours.next().unwrap_or(f64::NAN)));
     row.peer.insert(
         "std_mutex_in_process".into(),
-        median(ctx.rounds(), || {
-            let t = Instant::now();
-            for _ in 0..n {
-                drop(std::hint::black_box(std_mutex.lock().expect("lock")));
-            }
-            t.elapsed().as_secs_f64() * 1e9 / n as f64
-        }),
+        median(ctx.rounds(), || peer.next().unwrap_or(f64::NAN)),
     );
     row.python = get(
         &ctx.python("bench_lock.py", &[]),
