@@ -223,7 +223,12 @@ pub(crate) fn start_tracker() -> io::Result<OwnedFd> {
     })?;
     drop(read);
     let pid = rustix::process::Pid::from_raw(mid).ok_or_else(|| io::Error::other("bad pid"))?;
-    let status = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())?;
+    let status = loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
     match status.and_then(|(_, s)| s.exit_status()) {
         Some(0) => Ok(write),
         _ => Err(io::Error::other(
