@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Decode,
     /// A timed operation ran out of time.
     Timeout,
+    /// An argument was out of range (a pool of zero processes, ...).
+    InvalidInput,
     /// The operating system refused (fork failed, too many processes, out of descriptors...).
     Os,
 }
@@ -105,6 +107,7 @@ impl Error {
             ErrorKind::Encode => "could not serialize value",
             ErrorKind::Decode => "could not deserialize value",
             ErrorKind::Timeout => "operation timed out",
+            ErrorKind::InvalidInput => "invalid argument",
             ErrorKind::Os => "operating system error",
         }
     }

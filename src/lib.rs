@@ -28,6 +28,9 @@
 //! - Start methods ([`StartMethod`]): `forkserver` (the default), `spawn` and `fork`, chosen
 //!   per program ([`set_start_method`]), per [`Context`] ([`get_context`]) or per process
 //!   ([`Builder::start_method`]).
+//! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
+//!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
+//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
 //!
 //! # Start methods and `main`
 //! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
@@ -61,7 +64,11 @@ struct ReadmeDoctests;
 mod context;
 mod error;
 mod process;
+mod resource_tracker;
+#[allow(unsafe_code)]
+mod shared;
 mod start;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
@@ -96,3 +103,8 @@ pub use process::{
 pub fn init() {
     start::init();
 }
+pub use shared::{Array, ArrayGuard, Pod, SharedAtomic, SharedMemory, Value, ValueGuard};
+pub use sync::{
+    AcquireError, Barrier, BoundedSemaphore, BrokenBarrierError, Condition, ConditionGuard, Event,
+    Lock, LockGuard, OwnerDied, RLock, RLockGuard, ReleaseError, Semaphore,
+};

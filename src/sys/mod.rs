@@ -35,3 +35,8 @@ pub(crate) use linux::*;
 compile_error!(
     "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
 );
+
+mod futex;
+mod shm;
+pub(crate) use futex::*;
+pub(crate) use shm::*;
