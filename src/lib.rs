@@ -98,7 +98,6 @@ pub use process::{
 ///     multiproc::init();
 ///     // ... the program, which may now use every start method.
 /// }
-/// # main();
 /// ```
 pub fn init() {
     start::init();
