@@ -54,6 +54,9 @@
 //! - Start methods ([`StartMethod`]): `forkserver` (the default), `spawn` and `fork`, chosen
 //!   per program ([`set_start_method`]), per [`Context`] ([`get_context`]) or per process
 //!   ([`Builder::start_method`]).
+//! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
+//!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
+//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
 //!
 //! # Start methods and `main`
 //! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
@@ -88,7 +91,11 @@ mod context;
 mod error;
 mod pool;
 mod process;
+mod resource_tracker;
+#[allow(unsafe_code)]
+mod shared;
 mod start;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
@@ -118,12 +125,19 @@ pub use process::{
 ///
 /// # Examples
 /// ```
-/// fn main() {
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     multiproc::init();
-///     // ... the program, which may now use every start method.
+///     // The program, which may now use every start method.
+///     let ctx = multiproc::get_context(multiproc::StartMethod::Spawn);
+///     assert_eq!(ctx.spawn(|| 6 * 7)?.join()?, 42);
+///     Ok(())
 /// }
-/// # main();
 /// ```
 pub fn init() {
     start::init();
 }
+pub use shared::{Array, ArrayGuard, Pod, SharedAtomic, SharedMemory, Value, ValueGuard};
+pub use sync::{
+    AcquireError, Barrier, BoundedSemaphore, BrokenBarrierError, Condition, ConditionGuard, Event,
+    Lock, LockGuard, OwnerDied, RLock, RLockGuard, ReleaseError, Semaphore,
+};

@@ -42,3 +42,8 @@ pub(crate) use signal::restore_default_stop_signals;
 compile_error!(
     "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
 );
+
+mod futex;
+mod shm;
+pub(crate) use futex::*;
+pub(crate) use shm::*;
