@@ -15,7 +15,8 @@
 //!
 //! Layout: `supervisor.rs` (the pool's thread: workers, dispatch, deaths, time limits),
 //! `transport.rs` (the link to one worker, behind a trait), `worker.rs` (the worker's loop),
-//! `async_result.rs`, `executor.rs`, `error.rs`.
+//! `codec.rs` (how chunks of values are laid out), `async_result.rs`, `executor.rs`,
+//! `error.rs`, `progress.rs`; `README.md` explains why nothing hangs.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, mpsc};
