@@ -45,148 +45,151 @@ fn block_on<F: Future>(fut: F, timeout: Duration) -> Option<F::Output> {
     }
 }
 
-#[test]
-fn submit_and_result() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(2).unwrap();
-    let futures: Vec<_> = (0..100).map(|i| ex.submit(square, i)).collect();
-    for (i, f) in futures.into_iter().enumerate() {
-        assert_eq!(f.result().unwrap(), (i * i) as u64);
+// Every test below runs once per start method (modules fork, spawn, forkserver).
+start_method_matrix! {
+    #[test]
+    fn submit_and_result() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let futures: Vec<_> = (0..100).map(|i| ex.submit(square, i)).collect();
+        for (i, f) in futures.into_iter().enumerate() {
+            assert_eq!(f.result().unwrap(), (i * i) as u64);
+        }
+        let mut slow = ex.submit(sleep_ms, 300);
+        assert!(
+            slow.result_timeout(Duration::from_millis(10))
+                .unwrap_err()
+                .is_timeout()
+        );
+        assert!(!slow.done());
+        assert_eq!(slow.result_timeout(common::WAIT).unwrap(), 300);
     }
-    let mut slow = ex.submit(sleep_ms, 300);
-    assert!(
-        slow.result_timeout(Duration::from_millis(10))
-            .unwrap_err()
-            .is_timeout()
-    );
-    assert!(!slow.done());
-    assert_eq!(slow.result_timeout(common::WAIT).unwrap(), 300);
-}
 
-#[test]
-fn futures_can_be_awaited() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(2).unwrap();
-    let a = ex.submit(sleep_ms, 100);
-    let b = ex.submit(square, 12);
-    let both = async { (a.await, b.await) };
-    let (a, b) = block_on(both, common::WAIT).expect("the futures completed");
-    assert_eq!(a.unwrap(), 100);
-    assert_eq!(b.unwrap(), 144);
-}
-
-#[test]
-fn cancel_only_before_start() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(1).unwrap();
-    let running = ex.submit(sleep_ms, 300);
-    let queued = ex.submit(sleep_ms, 1);
-    assert!(common::eventually(common::WAIT, || running.running()));
-    assert!(!running.cancel());
-    assert!(queued.cancel());
-    assert!(queued.cancelled() && queued.done());
-    assert!(matches!(queued.result(), Err(TaskError::Cancelled)));
-    assert_eq!(running.result().unwrap(), 300);
-}
-
-#[test]
-fn map_with_timeout() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(2).unwrap();
-    let got: Vec<u64> = ex
-        .map(square, 0..20, Some(common::WAIT))
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(got, (0..20).map(|x| x * x).collect::<Vec<_>>());
-    let t0 = Instant::now();
-    let mut it = ex.map(
-        sleep_ms,
-        vec![1, 2_000, 1],
-        Some(Duration::from_millis(700)),
-    );
-    assert_eq!(it.next().unwrap().unwrap(), 1);
-    assert!(it.next().unwrap().unwrap_err().is_timeout());
-    assert!(it.next().is_none());
-    assert!(t0.elapsed() < Duration::from_secs(3));
-}
-
-#[test]
-fn as_completed_in_finishing_order() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(2).unwrap();
-    let futures = vec![
-        ex.submit(sleep_ms, 400),
-        ex.submit(sleep_ms, 1),
-        ex.submit(sleep_ms, 2),
-    ];
-    let order: Vec<u64> = as_completed(futures, Some(common::WAIT))
-        .map(|f| f.unwrap().result().unwrap())
-        .collect();
-    assert_eq!(order.last(), Some(&400), "{order:?}");
-    assert_eq!(order.len(), 3);
-
-    let futures = vec![ex.submit(sleep_ms, 1_000)];
-    let mut it = as_completed(futures, Some(Duration::from_millis(100)));
-    assert!(it.next().unwrap().unwrap_err().is_timeout());
-    assert!(it.next().is_none());
-}
-
-#[test]
-fn a_dead_worker_does_not_break_the_executor() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(2).unwrap();
-    let dead = ex.submit(|code: i32| -> u8 { std::process::exit(code) }, 3);
-    let fine: Vec<_> = (0..20).map(|i| ex.submit(square, i)).collect();
-    assert!(matches!(
-        dead.result(),
-        Err(TaskError::WorkerDied {
-            how: WorkerExit::Exit(3)
-        })
-    ));
-    for (i, f) in fine.into_iter().enumerate() {
-        assert_eq!(f.result().unwrap(), (i * i) as u64);
+    #[test]
+    fn futures_can_be_awaited() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let a = ex.submit(sleep_ms, 100);
+        let b = ex.submit(square, 12);
+        let both = async { (a.await, b.await) };
+        let (a, b) = block_on(both, common::WAIT).expect("the futures completed");
+        assert_eq!(a.unwrap(), 100);
+        assert_eq!(b.unwrap(), 144);
     }
-    assert_eq!(ex.submit(square, 3).result().unwrap(), 9);
-}
 
-#[test]
-fn shutdown_waits_or_cancels() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(1).unwrap();
-    let running = ex.submit(sleep_ms, 200);
-    assert!(common::eventually(common::WAIT, || running.running()));
-    let queued: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, 200)).collect();
-    let t0 = Instant::now();
-    ex.shutdown(true, true);
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-    assert_eq!(running.result().unwrap(), 200);
-    for f in queued {
-        assert!(matches!(f.result(), Err(TaskError::Cancelled)));
+    #[test]
+    fn cancel_only_before_start() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let running = ex.submit(sleep_ms, 300);
+        let queued = ex.submit(sleep_ms, 1);
+        assert!(common::eventually(common::WAIT, || running.running()));
+        assert!(!running.cancel());
+        assert!(queued.cancel());
+        assert!(queued.cancelled() && queued.done());
+        assert!(matches!(queued.result(), Err(TaskError::Cancelled)));
+        assert_eq!(running.result().unwrap(), 300);
     }
-    assert!(matches!(
-        ex.submit(square, 1).result(),
-        Err(TaskError::PoolClosed)
-    ));
-    assert!(multiproc::active_children().is_empty());
 
-    let ex = ProcessPoolExecutor::builder()
-        .max_workers(2)
-        .build()
-        .unwrap();
-    let all: Vec<_> = (0..10).map(|i| ex.submit(square, i)).collect();
-    drop(ex); // shutdown(wait=true): every task finishes
-    for (i, f) in all.into_iter().enumerate() {
-        assert_eq!(f.result().unwrap(), (i * i) as u64);
+    #[test]
+    fn map_with_timeout() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let got: Vec<u64> = ex
+            .map(square, 0..20, Some(common::WAIT))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, (0..20).map(|x| x * x).collect::<Vec<_>>());
+        let t0 = Instant::now();
+        let mut it = ex.map(
+            sleep_ms,
+            vec![1, 2_000, 1],
+            Some(Duration::from_millis(700)),
+        );
+        assert_eq!(it.next().unwrap().unwrap(), 1);
+        assert!(it.next().unwrap().unwrap_err().is_timeout());
+        assert!(it.next().is_none());
+        assert!(t0.elapsed() < Duration::from_secs(3));
     }
-    assert!(multiproc::active_children().is_empty());
-}
 
-#[test]
-fn submit_with_time_limit() {
-    let _r = common::Reaper::new();
-    let ex = ProcessPoolExecutor::new(1).unwrap();
-    let stuck = ex.submit_with_time_limit(sleep_ms, 20_000, Duration::from_millis(150));
-    let next = ex.submit(square, 4);
-    assert!(matches!(stuck.result(), Err(TaskError::TimeLimit { .. })));
-    assert_eq!(next.result().unwrap(), 16);
+    #[test]
+    fn as_completed_in_finishing_order() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let futures = vec![
+            ex.submit(sleep_ms, 400),
+            ex.submit(sleep_ms, 1),
+            ex.submit(sleep_ms, 2),
+        ];
+        let order: Vec<u64> = as_completed(futures, Some(common::WAIT))
+            .map(|f| f.unwrap().result().unwrap())
+            .collect();
+        assert_eq!(order.last(), Some(&400), "{order:?}");
+        assert_eq!(order.len(), 3);
+
+        let futures = vec![ex.submit(sleep_ms, 1_000)];
+        let mut it = as_completed(futures, Some(Duration::from_millis(100)));
+        assert!(it.next().unwrap().unwrap_err().is_timeout());
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn a_dead_worker_does_not_break_the_executor() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let dead = ex.submit(|code: i32| -> u8 { std::process::exit(code) }, 3);
+        let fine: Vec<_> = (0..20).map(|i| ex.submit(square, i)).collect();
+        assert!(matches!(
+            dead.result(),
+            Err(TaskError::WorkerDied {
+                how: WorkerExit::Exit(3)
+            })
+        ));
+        for (i, f) in fine.into_iter().enumerate() {
+            assert_eq!(f.result().unwrap(), (i * i) as u64);
+        }
+        assert_eq!(ex.submit(square, 3).result().unwrap(), 9);
+    }
+
+    #[test]
+    fn shutdown_waits_or_cancels() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let running = ex.submit(sleep_ms, 200);
+        assert!(common::eventually(common::WAIT, || running.running()));
+        let queued: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, 200)).collect();
+        let t0 = Instant::now();
+        ex.shutdown(true, true);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(running.result().unwrap(), 200);
+        for f in queued {
+            assert!(matches!(f.result(), Err(TaskError::Cancelled)));
+        }
+        assert!(matches!(
+            ex.submit(square, 1).result(),
+            Err(TaskError::PoolClosed)
+        ));
+        assert!(multiproc::active_children().is_empty());
+
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .build()
+            .unwrap();
+        let all: Vec<_> = (0..10).map(|i| ex.submit(square, i)).collect();
+        drop(ex); // shutdown(wait=true): every task finishes
+        for (i, f) in all.into_iter().enumerate() {
+            assert_eq!(f.result().unwrap(), (i * i) as u64);
+        }
+        assert!(multiproc::active_children().is_empty());
+    }
+
+    #[test]
+    fn submit_with_time_limit() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let stuck = ex.submit_with_time_limit(sleep_ms, 20_000, Duration::from_millis(150));
+        let next = ex.submit(square, 4);
+        assert!(matches!(stuck.result(), Err(TaskError::TimeLimit { .. })));
+        assert_eq!(next.result().unwrap(), 16);
+    }
 }
