@@ -37,6 +37,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod connection;
 mod context;
 mod error;
 mod process;
@@ -45,8 +46,15 @@ mod start;
 mod sys;
 mod wire;
 
+pub use connection::{
+    Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_HANDSHAKE_MESSAGE,
+    Waitable, client, client_with_authkey, pipe, wait,
+};
 pub use context::{StartMethod, get_all_start_methods, get_start_method};
-pub use error::{Error, ErrorKind, JoinError, Result};
+pub use error::{
+    DecodeError, EncodeError, Error, ErrorKind, GetError, JoinError, PutError, RecvError, Result,
+    SendError,
+};
 pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,

@@ -14,6 +14,10 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+mod conn;
+#[cfg(target_os = "linux")]
+pub(crate) use conn::*;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -62,10 +62,16 @@ pub fn os_children() -> Vec<(i32, char)> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the parenthesised command name: state, ppid, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);

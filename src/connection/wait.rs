@@ -1,0 +1,113 @@
+//! `wait()`: block until any of several connections, queues or processes is ready.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use super::Connection;
+use crate::Process;
+use crate::sys;
+
+/// Something [`wait`] can wait for: a [`Connection`] with a message, a [`Process`] that
+/// ended (its sentinel), a queue with an item, or any readable descriptor.
+pub trait Waitable {
+    /// Whether the object is ready without looking at its descriptor (for instance, a
+    /// connection holding a message it already read). Defaults to `false`.
+    fn ready_now(&self) -> bool {
+        false
+    }
+
+    /// The descriptor that becomes readable when the object is ready; `None` means the
+    /// object is ready at once (a closed connection, whose next operation fails at once).
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>>;
+}
+
+impl Waitable for Connection {
+    fn ready_now(&self) -> bool {
+        self.has_buffered()
+    }
+
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.reader.as_ref().map(std::os::fd::AsFd::as_fd)
+    }
+}
+
+impl Waitable for BorrowedFd<'_> {
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(*self)
+    }
+}
+
+impl Waitable for Process {
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sentinel().ok()
+    }
+}
+
+/// Waits until at least one of `objects` is ready or `timeout` passes, and returns the
+/// indexes of the ready ones (empty on timeout): Python's `multiprocessing.connection.wait`.
+/// `None` waits forever.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Process, Waitable, pipe, wait};
+///
+/// let (a, b) = pipe(true)?;
+/// let mut p = Process::new(move || b.send(&"done").unwrap());
+/// p.start()?;
+/// let ready = wait(&[&a as &dyn Waitable], Some(Duration::from_secs(10)))?;
+/// assert_eq!(ready, vec![0]);
+/// assert_eq!(a.recv::<String>()?, "done");
+/// p.join()?;
+/// // The process's sentinel is ready once it ended.
+/// assert_eq!(wait(&[&a as &dyn Waitable, &p], Some(Duration::ZERO))?, vec![0, 1]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// (Above, `a` is ready at the end because its peer `b` is gone: a receive would report
+/// `Disconnected` without blocking.)
+///
+/// # Errors
+/// The OS error if polling fails.
+pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let mut ready: Vec<usize> = Vec::new();
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    let mut owners: Vec<usize> = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        match object.wait_fd() {
+            _ if object.ready_now() => ready.push(i),
+            None => ready.push(i),
+            Some(fd) => {
+                fds.push(fd);
+                owners.push(i);
+            }
+        }
+    }
+    let deadline = if ready.is_empty() {
+        timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(Instant::now))
+    } else {
+        Some(Instant::now())
+    };
+    if !fds.is_empty() {
+        let flags = sys::wait_readable(&fds, deadline)?;
+        ready.extend(
+            owners
+                .iter()
+                .zip(flags)
+                .filter(|(_, r)| *r)
+                .map(|(i, _)| *i),
+        );
+    } else if ready.is_empty() {
+        if let Some(d) = deadline {
+            std::thread::sleep(d.saturating_duration_since(Instant::now()));
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "wait() with no objects and no timeout would block forever",
+            ));
+        }
+    }
+    ready.sort_unstable();
+    Ok(ready)
+}

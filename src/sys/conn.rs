@@ -1,0 +1,62 @@
+//! Byte-stream helpers for connections: reads into a `Vec`'s spare capacity and vectored
+//! writes, both retrying on `EINTR`.
+//!
+//! # Safety
+//! No `unsafe` here: everything goes through rustix's safe wrappers.
+
+use std::io::{self, IoSlice};
+use std::os::fd::BorrowedFd;
+
+/// Reads onto the end of `buf`, first making room for at least `want` more bytes, and returns
+/// how many arrived (possibly more than `want`, up to the spare capacity); `Ok(0)` is end of
+/// file. Blocks unless `fd` is non-blocking.
+///
+/// # References
+/// read(2).
+pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    buf.reserve(want.max(1));
+    loop {
+        match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut *buf)) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes every byte of `parts`, in order, with as few `writev` calls as the kernel allows.
+///
+/// # References
+/// writev(2).
+pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < parts.len() {
+        if offset == parts[index].len() {
+            index += 1;
+            offset = 0;
+            continue;
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - index);
+        slices.push(IoSlice::new(&parts[index][offset..]));
+        slices.extend(parts[index + 1..].iter().map(|p| IoSlice::new(p)));
+        let mut written = match rustix::io::writev(fd, &slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        while written > 0 {
+            let left = parts[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
