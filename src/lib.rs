@@ -37,6 +37,11 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+/// The README's examples, compiled and run as doctests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod connection;
 mod context;
 mod error;

@@ -47,12 +47,11 @@ pub(crate) const PANIC_EXIT_CODE: i32 = 1;
 
 /// The body of a forked child. Returns its exit code.
 pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
-    if plan.env.identity.daemon {
-        if let Some((parent, _)) = &plan.env.identity.parent {
-            if !sys::die_with_parent(*parent) {
-                return PANIC_EXIT_CODE;
-            }
-        }
+    if plan.env.identity.daemon
+        && let Some((parent, _)) = &plan.env.identity.parent
+        && !sys::die_with_parent(*parent)
+    {
+        return PANIC_EXIT_CODE;
     }
     env::install(plan.env);
     // User code from here on.

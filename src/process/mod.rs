@@ -104,6 +104,7 @@ impl Process {
 
     /// A process whose body is `value.run()`: Python's subclass that overrides `run`.
     /// Its default name is the type's name, `Greeter-1` for a `Greeter`.
+    #[doc(alias = "subclass")]
     pub fn from_run<R>(value: R) -> Process
     where
         R: Run + Serialize + DeserializeOwned,
@@ -160,6 +161,7 @@ impl Process {
     ///
     /// # Errors
     /// [`ErrorKind::DaemonAfterStart`] once the process was started.
+    #[doc(alias = "daemon")]
     pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
         if !matches!(self.state, State::New) {
             return Err(Error::new(ErrorKind::DaemonAfterStart));
@@ -267,6 +269,7 @@ impl Process {
     ///
     /// # Errors
     /// As [`join`](Process::join).
+    #[doc(alias = "join")]
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let child = self.child()?;
         let code = child.wait(Some(Instant::now() + timeout))?;
@@ -316,6 +319,7 @@ impl Process {
     }
 
     /// The child's process id, once started.
+    #[doc(alias = "ident")]
     pub fn pid(&self) -> Option<u32> {
         match &self.state {
             State::Started(child) => Some(child.pid as u32),
@@ -470,6 +474,17 @@ impl Builder {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
+/// The value must be serializable, since it crosses a process boundary:
+/// ```compile_fail
+/// struct NotSerializable;
+/// let _ = multiproc::spawn(|| NotSerializable);
+/// ```
+/// and so must arguments:
+/// ```compile_fail
+/// struct NotSerializable;
+/// let _ = multiproc::spawn_with_args(|_x: NotSerializable| 1u8, NotSerializable);
+/// ```
+///
 /// # Errors
 /// As [`Process::start`].
 pub fn spawn<F, T>(f: F) -> Result<JoinHandle<T>>
@@ -536,6 +551,9 @@ impl<T> std::fmt::Debug for JoinHandle<T> {
     }
 }
 
+/// How long a join waits on the child's exit alone before also watching its result pipe.
+const EXIT_ONLY_SLICE: Duration = Duration::from_millis(1);
+
 impl<T: DeserializeOwned> JoinHandle<T> {
     fn start(mut process: Process) -> Result<Self> {
         let (reader, writer) = sys::pipe()?;
@@ -574,12 +592,23 @@ impl<T: DeserializeOwned> JoinHandle<T> {
             return Err(JoinError::AlreadyJoined);
         }
         let child = Arc::clone(self.process.child()?);
+        // A short child with a small value is done before this slice ends: waiting on its exit
+        // alone costs one wake-up instead of two (data, then exit), and each cross-CPU wake-up
+        // is tens of microseconds on a small VM. A value larger than the pipe buffer blocks
+        // the child until we read, so after the slice the pipe is watched too.
+        let first_slice = Instant::now() + EXIT_ONLY_SLICE;
         let exitcode = loop {
-            // Read while waiting: a value larger than the pipe buffer would otherwise block
-            // the child's write, and so its exit.
+            let watch_pipe = Instant::now() >= first_slice;
+            let slice_end = if watch_pipe {
+                deadline
+            } else {
+                Some(deadline.map_or(first_slice, |d| d.min(first_slice)))
+            };
             let ready = match &self.reader {
-                Some(reader) => sys::wait_readable(&[child.sentinel(), reader.as_fd()], deadline)?,
-                None => sys::wait_readable(&[child.sentinel()], deadline)?,
+                Some(reader) if watch_pipe => {
+                    sys::wait_readable(&[child.sentinel(), reader.as_fd()], slice_end)?
+                }
+                _ => sys::wait_readable(&[child.sentinel()], slice_end)?,
             };
             if ready.get(1) == Some(&true) {
                 self.drain()?;
@@ -627,13 +656,13 @@ impl<T: DeserializeOwned> JoinHandle<T> {
                 }
                 Ok(n) => {
                     self.received.extend_from_slice(&chunk[..n]);
-                    if let Some(len) = wire::frame_len(&self.received)? {
-                        if self.received.len() > wire::HEADER + len {
-                            return Err(Error::with_message(
-                                ErrorKind::Decode,
-                                "child sent more than one result",
-                            ));
-                        }
+                    if let Some(len) = wire::frame_len(&self.received)?
+                        && self.received.len() > wire::HEADER + len
+                    {
+                        return Err(Error::with_message(
+                            ErrorKind::Decode,
+                            "child sent more than one result",
+                        ));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),

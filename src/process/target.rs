@@ -9,7 +9,7 @@
 // The remote half is wired up by the spawn and forkserver start methods.
 #![allow(dead_code)]
 
-use std::mem::{MaybeUninit, size_of};
+use std::mem::size_of;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -83,12 +83,13 @@ fn capture_error() -> Error {
 /// Makes the one value of a zero-sized closure or function item type.
 fn conjure<F>() -> F {
     assert!(size_of::<F>() == 0, "conjure called on a sized type");
-    // SAFETY: `F` is zero-sized (asserted above), so it has no bytes to initialise. Callers use
-    // it only for closure and fn-item types (`F: FnOnce`), which a zero size proves capture
-    // nothing: their one value carries no state and no invariant.
+    // SAFETY: `F` is zero-sized (asserted above), so reading it from a dangling, well-aligned
+    // pointer reads no bytes. Callers use it only for closure and fn-item types (`F: FnOnce`),
+    // which a zero size proves capture nothing: their one value carries no state and no
+    // invariant.
     #[allow(unsafe_code)]
     unsafe {
-        MaybeUninit::<F>::uninit().assume_init()
+        std::ptr::NonNull::<F>::dangling().as_ptr().read()
     }
 }
 

@@ -1,0 +1,54 @@
+//! Process lifecycle: start + join, sequentially.
+
+use multiproc::Process;
+
+use crate::harness::{Case, Ctx, Row, get, median, us_per_iter};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "process_start_join",
+            run: process_start_join,
+        },
+        Case {
+            name: "spawn_join_result",
+            run: spawn_join_result,
+        },
+    ]
+}
+
+/// Start and join a child that does nothing, under fork; microseconds per process.
+fn process_start_join(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("process_start_join", "us_per_process");
+    let n = ctx.scale(500, 100);
+    row.ours = Some(median(ctx.rounds(), || {
+        us_per_iter(n, || {
+            let mut p = Process::new(|| {});
+            p.start().expect("start");
+            assert_eq!(p.join().expect("join"), 0);
+        })
+    }));
+    row.python = get(
+        &ctx.python("bench_lifecycle.py", &["--methods", "fork"]),
+        "fork/us_per_process_median",
+    );
+    row.limit = ctx.limit("fork_exit_wait_us");
+    row
+}
+
+/// `spawn(|| 42u64).join()`: start, typed result back over a pipe, join; microseconds.
+fn spawn_join_result(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("spawn_join_result", "us_per_process");
+    let n = ctx.scale(500, 100);
+    row.ours = Some(median(ctx.rounds(), || {
+        us_per_iter(n, || {
+            let v: u64 = multiproc::spawn(|| 42u64)
+                .expect("spawn")
+                .join()
+                .expect("join");
+            assert_eq!(v, 42);
+        })
+    }));
+    row.limit = ctx.limit("fork_exit_wait_us");
+    row
+}

@@ -1,0 +1,12 @@
+//! The benchmark cases, one module per area of the library.
+
+use crate::harness::Case;
+
+mod lifecycle;
+
+/// Every case, in the order they run.
+pub fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+    cases.extend(lifecycle::cases());
+    cases
+}

@@ -1,0 +1,158 @@
+//! What every case shares: the run's settings, the kernel-limit probe, the Python baselines,
+//! and the row each case reports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// One benchmark case.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&mut Ctx) -> Row,
+}
+
+/// What a case measured. Numbers are medians; `None` where a side has no such case.
+pub struct Row {
+    pub case: &'static str,
+    pub unit: &'static str,
+    pub ours: Option<f64>,
+    pub python: Option<f64>,
+    pub limit: Option<f64>,
+    /// Other implementations measured in the same run (Rust peers, pinning variants...).
+    pub peer: BTreeMap<String, f64>,
+}
+
+impl Row {
+    pub fn new(case: &'static str, unit: &'static str) -> Self {
+        Row {
+            case,
+            unit,
+            ours: None,
+            python: None,
+            limit: None,
+            peer: BTreeMap::new(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::json!({
+            "case": self.case,
+            "unit": self.unit,
+            "ours": self.ours.map(round3),
+            "python": self.python.map(round3),
+            "limit": self.limit.map(round3),
+            "peer": self.peer.iter().map(|(k, v)| (k.clone(), serde_json::json!(round3(*v)))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    if x.abs() >= 100.0 {
+        (x * 10.0).round() / 10.0
+    } else {
+        (x * 1000.0).round() / 1000.0
+    }
+}
+
+/// The run's settings and the lazily measured baselines, shared by all cases.
+pub struct Ctx {
+    pub quick: bool,
+    limits: Option<Value>,
+    python: HashMap<String, Value>,
+}
+
+impl Ctx {
+    pub fn new(quick: bool) -> Self {
+        Ctx {
+            quick,
+            limits: None,
+            python: HashMap::new(),
+        }
+    }
+
+    /// Rounds per measurement: medians are taken over this many.
+    pub fn rounds(&self) -> usize {
+        if self.quick { 3 } else { 5 }
+    }
+
+    /// `full` normally, `quick` under `--quick`.
+    pub fn scale(&self, full: usize, quick: usize) -> usize {
+        if self.quick { quick } else { full }
+    }
+
+    /// A figure from the kernel-limit probe (`limits/limits.c`), run once per harness run.
+    pub fn limit(&mut self, key: &str) -> Option<f64> {
+        if self.limits.is_none() {
+            let mut cmd = Command::new(env!("MULTIPROC_LIMITS_PROBE"));
+            if self.quick {
+                cmd.arg("--quick");
+            }
+            self.limits = Some(run_json(&mut cmd).unwrap_or(Value::Null));
+        }
+        self.limits.as_ref()?.get(key)?.as_f64()
+    }
+
+    /// The JSON line of a Python baseline script in `python/`, run once per distinct
+    /// argument list (`--quick` is added under `--quick`).
+    pub fn python(&mut self, script: &str, args: &[&str]) -> Value {
+        let key = format!("{script} {}", args.join(" "));
+        if let Some(v) = self.python.get(&key) {
+            return v.clone();
+        }
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(script);
+        let mut cmd = Command::new("python3");
+        cmd.arg(path).args(args);
+        if self.quick {
+            cmd.arg("--quick");
+        }
+        let value = run_json(&mut cmd).unwrap_or(Value::Null);
+        self.python.insert(key, value.clone());
+        value
+    }
+}
+
+/// Runs a command and parses the last line of its stdout as JSON.
+fn run_json(cmd: &mut Command) -> Option<Value> {
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("bench: could not run {cmd:?}: {e}");
+            return None;
+        }
+    };
+    if !out.status.success() {
+        eprintln!(
+            "bench: {cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last()?).ok()
+}
+
+/// Looks up a number at a `/`-separated path in a JSON value.
+pub fn get(value: &Value, path: &str) -> Option<f64> {
+    path.split('/').try_fold(value, |v, k| v.get(k))?.as_f64()
+}
+
+/// The median of `rounds` runs of `f`, each returning one figure.
+pub fn median(rounds: usize, mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..rounds).map(|_| f()).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Microseconds per iteration of `f` over `n` iterations.
+pub fn us_per_iter(n: usize, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
