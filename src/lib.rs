@@ -46,6 +46,7 @@ mod connection;
 mod context;
 mod error;
 mod process;
+mod queue;
 mod start;
 #[allow(unsafe_code)]
 mod sys;
@@ -64,3 +65,4 @@ pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};

@@ -18,6 +18,10 @@ pub(crate) use linux::*;
 mod conn;
 #[cfg(target_os = "linux")]
 pub(crate) use conn::*;
+#[cfg(target_os = "linux")]
+mod shm_queue;
+#[cfg(target_os = "linux")]
+pub(crate) use shm_queue::*;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -1,0 +1,658 @@
+//! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`]: many-producer, many-consumer queues
+//! between processes (Python's `multiprocessing.Queue` and friends).
+//!
+//! Items live in shared memory (a memfd ring, see `sys/shm_queue.rs`), written there before
+//! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
+//! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
+//! child before draining what it put) cannot deadlock an unbounded queue. A small item costs
+//! one lock and one copy and no system call unless the other side sleeps; a large one costs a
+//! copy in and a copy out, never pipe chunks.
+//!
+//! Every handle (the original, each clone, each copy a child received) is registered with the
+//! kernel as a holder of the queue; when a `get` finds the queue empty and no other handle is
+//! left, it returns [`GetError::Disconnected`] instead of blocking forever. A handle inherited
+//! through `fork` counts as held by every process that inherited it.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{EncodeError, GetError, PutError};
+use crate::sys::{self, Popped, ShmQueue};
+use crate::wire::{self, DeFd, SerFd};
+
+/// Ring size: room for one message of the largest size the crate allows. Memory is only used
+/// as items are written, and given back beyond 64 MiB once the queue drains.
+const RING: usize = wire::MAX_FRAME + 4096;
+
+/// The longest a blocked call sleeps before checking again whether the other handles are
+/// still there (how quickly a dead peer is noticed).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// The OFD-lock byte that marks a handle that may still put.
+const PRODUCER: i64 = 0;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A first-in first-out queue shared by processes: Python's `multiprocessing.Queue`.
+///
+/// Any number of processes may put and get at once. Clone the queue for each process that
+/// needs it and move the clone into the child (captured under `fork`, or as a start
+/// argument). Items are serialized with serde (postcard); decoding never runs code from the
+/// bytes. A queue cannot be sent through another queue or connection.
+///
+/// # Examples
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// let q: Queue<(u32, String)> = Queue::new()?;
+/// let producer = q.clone();
+/// let mut p = Process::new(move || {
+///     for i in 0..3 {
+///         producer.put((i, format!("item {i}"))).unwrap();
+///     }
+/// });
+/// p.start()?;
+/// for i in 0..3 {
+///     assert_eq!(q.get()?, (i, format!("item {i}")));
+/// }
+/// p.join()?;
+/// // The producer is gone and the queue is empty: no hang.
+/// assert!(matches!(q.get(), Err(multiproc::GetError::Disconnected)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<T> {
+    shm: Arc<ShmQueue>,
+    /// This handle's own open file description of the queue's memfd: its OFD lock says
+    /// "this handle may still put".
+    ofd: OwnedFd,
+    closed: AtomicBool,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue, Python's `Queue()`.
+    ///
+    /// "Unbounded" means up to 1 GiB of items waiting, after which `put` blocks.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<Queue<T>> {
+        Queue::with_maxsize(0)
+    }
+
+    /// A queue holding at most `maxsize` items (`put` blocks while it is full), Python's
+    /// `Queue(maxsize)`; `0` means no limit.
+    ///
+    /// # Errors
+    /// As [`new`](Queue::new).
+    pub fn with_maxsize(maxsize: usize) -> io::Result<Queue<T>> {
+        let maxsize = u32::try_from(maxsize).unwrap_or(u32::MAX);
+        let shm = Arc::new(ShmQueue::create(RING, maxsize)?);
+        Queue::handle(shm)
+    }
+
+    fn handle(shm: Arc<ShmQueue>) -> io::Result<Queue<T>> {
+        let ofd = shm.reopen()?;
+        sys::ofd_hold(ofd.as_fd(), PRODUCER)?;
+        Ok(Queue {
+            shm,
+            ofd,
+            closed: AtomicBool::new(false),
+            _items: PhantomData,
+        })
+    }
+
+    /// Another handle to the same queue, to move into another process.
+    ///
+    /// # Errors
+    /// The OS error if a descriptor cannot be opened.
+    pub fn try_clone(&self) -> io::Result<Queue<T>> {
+        Queue::handle(Arc::clone(&self.shm))
+    }
+
+    /// The approximate number of items in the queue, Python's `qsize()`.
+    pub fn qsize(&self) -> usize {
+        self.shm.len() as usize
+    }
+
+    /// Whether the queue is empty (a snapshot, as in Python).
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` items (a snapshot, as in Python).
+    pub fn full(&self) -> bool {
+        let max = self.shm.maxsize();
+        max != 0 && self.shm.len() >= max
+    }
+
+    /// Says that this handle will put no more items, Python's `close()`. Getting still
+    /// works. Once every handle that could put is closed or gone, a `get` on an empty queue
+    /// returns [`GetError::Disconnected`]. Closing twice is fine.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = sys::ofd_release(self.ofd.as_fd(), PRODUCER);
+        }
+    }
+
+    /// Whether [`close`](Queue::close) was called on this handle.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether another handle (in this or another process) may still put.
+    fn others_may_put(&self) -> io::Result<bool> {
+        sys::ofd_others_hold(self.ofd.as_fd(), PRODUCER)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// Puts `item` at the back of the queue, blocking while the queue is full.
+    ///
+    /// When this returns `Ok` the item is in shared memory: it is delivered even if this
+    /// process exits at once.
+    ///
+    /// # Errors
+    /// [`PutError::Closed`] after [`close`](Queue::close), [`PutError::Encode`] when the item
+    /// cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::Forever, false)
+    }
+
+    /// As [`put`](Queue::put), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As `put`, plus [`PutError::Timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::Until(deadline_after(timeout)), false)
+    }
+
+    /// Puts `item` only if there is room now, Python's `put_nowait`.
+    ///
+    /// # Errors
+    /// As `put`, plus [`PutError::Full`].
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::No, false)
+    }
+
+    /// Takes the item at the front of the queue, blocking while it is empty.
+    ///
+    /// # Errors
+    /// [`GetError::Disconnected`] when the queue is empty and no other handle that may put
+    /// is left; [`GetError::Decode`] when the item's bytes are not a `T` (it is consumed).
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_until(Wait::Forever)
+    }
+
+    /// As [`get`](Queue::get), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As `get`, plus [`GetError::Timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_until(Wait::Until(deadline_after(timeout)))
+    }
+
+    /// Takes an item only if one is there now, Python's `get_nowait`.
+    ///
+    /// # Errors
+    /// As `get`, plus [`GetError::Empty`].
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.get_until(Wait::No)
+    }
+
+    fn put_until(&self, item: T, wait: Wait, joinable: bool) -> Result<(), PutError<T>> {
+        if self.is_closed() {
+            return Err(PutError::Closed(item));
+        }
+        SCRATCH.with_borrow_mut(|frame| {
+            frame.clear();
+            if let Err(e) = wire::encode_into(&item, frame) {
+                return Err(PutError::Encode(item, e));
+            }
+            if frame.len() > self.shm.max_frame() {
+                let e = EncodeError::new(
+                    format!("item of {} bytes does not fit in the queue", frame.len()),
+                    None,
+                );
+                return Err(PutError::Encode(item, e));
+            }
+            let words = self.shm.words();
+            loop {
+                let guard = match self.shm.lock(wait.deadline()) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => return Err(PutError::Timeout(item)),
+                    Err(e) => return Err(PutError::Os(item, e)),
+                };
+                let mut guard = guard;
+                if joinable {
+                    words.unfinished.fetch_add(1, Ordering::AcqRel);
+                }
+                if guard.push(frame) {
+                    let wake = words.not_empty_sleepers.load(Ordering::Relaxed) > 0;
+                    if wake {
+                        words.not_empty.fetch_add(1, Ordering::Release);
+                    }
+                    drop(guard);
+                    if wake {
+                        self.shm.wake(&words.not_empty, 1);
+                    }
+                    return Ok(());
+                }
+                if joinable {
+                    words.unfinished.fetch_sub(1, Ordering::AcqRel);
+                }
+                let seen = words.not_full.load(Ordering::Acquire);
+                let nap = match wait.nap() {
+                    Some(nap) => nap,
+                    None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
+                    None => return Err(PutError::Timeout(item)),
+                };
+                words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
+                drop(guard);
+                self.shm.sleep(&words.not_full, seen, nap);
+                words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+    }
+
+    fn get_until(&self, wait: Wait) -> Result<T, GetError> {
+        SCRATCH.with_borrow_mut(|payload| {
+            let words = self.shm.words();
+            loop {
+                let mut guard = match self.shm.lock(wait.deadline()) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => return Err(GetError::Timeout),
+                    Err(e) => return Err(GetError::Os(e)),
+                };
+                match guard.pop(payload).map_err(GetError::Os)? {
+                    Popped::Item => {
+                        let wake = words.not_full_sleepers.load(Ordering::Relaxed) > 0;
+                        if wake {
+                            words.not_full.fetch_add(1, Ordering::Release);
+                        }
+                        drop(guard);
+                        if wake {
+                            self.shm.wake(&words.not_full, 1);
+                        }
+                        return Ok(wire::decode_payload(payload)?);
+                    }
+                    Popped::Empty => {}
+                }
+                if matches!(wait, Wait::No) {
+                    return Err(GetError::Empty);
+                }
+                let seen = words.not_empty.load(Ordering::Acquire);
+                words.not_empty_sleepers.fetch_add(1, Ordering::AcqRel);
+                drop(guard);
+                let result = self.sleep_for_item(&wait, words, seen);
+                words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
+                result?;
+            }
+        })
+    }
+
+    /// Sleeps until an item may have arrived; errors when none can come or time ran out.
+    fn sleep_for_item(&self, wait: &Wait, words: &sys::Words, seen: u32) -> Result<(), GetError> {
+        if !self.others_may_put().map_err(GetError::Os)? {
+            // Nobody else can put. An item put just before the last producer left is still
+            // in the queue: look once more before giving up.
+            let guard = self.shm.lock(None).map_err(GetError::Os)?;
+            let empty = guard.is_some_and(|g| g.len() == 0);
+            return if empty {
+                Err(GetError::Disconnected)
+            } else {
+                Ok(())
+            };
+        }
+        match wait.nap() {
+            Some(nap) => {
+                self.shm.sleep(&words.not_empty, seen, nap);
+                Ok(())
+            }
+            None => Err(GetError::Timeout),
+        }
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    /// Another handle to the same queue (see [`try_clone`](Queue::try_clone)).
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors.
+    fn clone(&self) -> Self {
+        self.try_clone()
+            .expect("could not open a descriptor for a queue handle")
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("qsize", &self.qsize())
+            .field("maxsize", &self.shm.maxsize())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A queue handle serializes only as a start argument for a child process: its descriptor
+/// travels beside the arguments, and the child's handle is this one (the two share one
+/// registration as a holder of the queue, as after `fork`).
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (SerFd(self.ofd.as_fd()), self.is_closed()).serialize(s)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Queue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (DeFd(ofd), closed): (DeFd, bool) = serde::Deserialize::deserialize(d)?;
+        let shm = sys::reopen(ofd.as_fd())
+            .and_then(ShmQueue::open)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Queue {
+            shm: Arc::new(shm),
+            ofd,
+            closed: AtomicBool::new(closed),
+            _items: PhantomData,
+        })
+    }
+}
+
+/// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
+/// `close`. Same guarantees as [`Queue`].
+///
+/// # Examples
+/// ```
+/// let q = multiproc::SimpleQueue::new()?;
+/// let child_q = q.clone();
+/// let h = multiproc::spawn(move || child_q.put(vec![1, 2, 3]).is_ok())?;
+/// assert_eq!(q.get()?, vec![1, 2, 3]);
+/// assert!(h.join()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> SimpleQueue<T> {
+    /// A new, empty queue.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<SimpleQueue<T>> {
+        Queue::new().map(SimpleQueue)
+    }
+
+    /// Whether the queue is empty (a snapshot).
+    pub fn empty(&self) -> bool {
+        self.0.empty()
+    }
+
+    /// Says that this handle will put no more items (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.0.close();
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// Puts `item` at the back (see [`Queue::put`]).
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put(item)
+    }
+
+    /// Takes the front item, blocking while the queue is empty (see [`Queue::get`]).
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+}
+
+/// A [`Queue`] that counts unfinished tasks, Python's `JoinableQueue`: each `put` adds one,
+/// each [`task_done`](JoinableQueue::task_done) removes one, and
+/// [`join`](JoinableQueue::join) waits for zero.
+///
+/// # Examples
+/// ```
+/// use multiproc::{JoinableQueue, Process};
+///
+/// let q: JoinableQueue<u64> = JoinableQueue::new()?;
+/// let worker_q = q.clone();
+/// let mut worker = Process::new(move || {
+///     while let Ok(n) = worker_q.get() {
+///         let _ = n * n; // the work
+///         worker_q.task_done().unwrap();
+///     }
+/// });
+/// worker.set_daemon(true)?;
+/// worker.start()?;
+/// for n in 0..10 {
+///     q.put(n)?;
+/// }
+/// q.join(); // every item was processed
+/// assert!(q.empty());
+/// worker.kill()?;
+/// worker.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T>(Queue<T>);
+
+/// [`JoinableQueue::task_done`] was called more times than items were put (Python's
+/// `ValueError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("task_done() called more times than items were put")]
+pub struct TaskDoneError;
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<JoinableQueue<T>> {
+        Queue::new().map(JoinableQueue)
+    }
+
+    /// A joinable queue holding at most `maxsize` items (`0`: no limit).
+    ///
+    /// # Errors
+    /// As [`new`](JoinableQueue::new).
+    pub fn with_maxsize(maxsize: usize) -> io::Result<JoinableQueue<T>> {
+        Queue::with_maxsize(maxsize).map(JoinableQueue)
+    }
+
+    /// Marks one item taken with `get` as processed.
+    ///
+    /// # Errors
+    /// [`TaskDoneError`] if there is no unfinished item.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let words = self.0.shm.words();
+        let mut current = words.unfinished.load(Ordering::Acquire);
+        loop {
+            if current == 0 {
+                return Err(TaskDoneError);
+            }
+            match words.unfinished.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        if current == 1 && words.unfinished_sleepers.load(Ordering::Acquire) > 0 {
+            self.0.shm.wake(&words.unfinished, u32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every item put was marked done with
+    /// [`task_done`](JoinableQueue::task_done).
+    ///
+    /// A consumer that dies between `get` and `task_done` leaves its item unfinished for
+    /// good, as in Python: use [`join_timeout`](JoinableQueue::join_timeout) where that can
+    /// happen.
+    pub fn join(&self) {
+        while !self.join_until(None) {}
+    }
+
+    /// As [`join`](JoinableQueue::join), waiting at most `timeout`; `true` if every item was
+    /// done in time.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_until(Some(deadline_after(timeout)))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> bool {
+        let words = self.0.shm.words();
+        loop {
+            let seen = words.unfinished.load(Ordering::Acquire);
+            if seen == 0 {
+                return true;
+            }
+            let nap = match deadline {
+                None => RECHECK,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    left.min(RECHECK)
+                }
+            };
+            words.unfinished_sleepers.fetch_add(1, Ordering::AcqRel);
+            self.0.shm.sleep(&words.unfinished, seen, nap);
+            words.unfinished_sleepers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The number of items put and not yet marked done.
+    pub fn unfinished_tasks(&self) -> usize {
+        self.0.shm.words().unfinished.load(Ordering::Acquire) as usize
+    }
+
+    /// See [`Queue::qsize`].
+    pub fn qsize(&self) -> usize {
+        self.0.qsize()
+    }
+
+    /// See [`Queue::empty`].
+    pub fn empty(&self) -> bool {
+        self.0.empty()
+    }
+
+    /// See [`Queue::full`].
+    pub fn full(&self) -> bool {
+        self.0.full()
+    }
+
+    /// See [`Queue::close`].
+    pub fn close(&self) {
+        self.0.close();
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// Puts `item` and counts it as an unfinished task (see [`Queue::put`]).
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put_until(item, Wait::Forever, true)
+    }
+
+    /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`Queue::put_timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.0
+            .put_until(item, Wait::Until(deadline_after(timeout)), true)
+    }
+
+    /// As [`put`](JoinableQueue::put), only if there is room now.
+    ///
+    /// # Errors
+    /// As [`Queue::put_nowait`].
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put_until(item, Wait::No, true)
+    }
+
+    /// See [`Queue::get`].
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// See [`Queue::get_timeout`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.0.get_timeout(timeout)
+    }
+
+    /// See [`Queue::get_nowait`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_nowait`].
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.0.get_nowait()
+    }
+}
+
+/// How long a blocking call may wait.
+enum Wait {
+    No,
+    Forever,
+    Until(Instant),
+}
+
+impl Wait {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Wait::Until(d) => Some(*d),
+            // Even a non-blocking call may wait for the lock, which is only ever held for a
+            // copy; a dead holder is detected by the kernel.
+            Wait::No | Wait::Forever => None,
+        }
+    }
+
+    /// How long to sleep before looking again; `None` when no more waiting is allowed.
+    fn nap(&self) -> Option<Duration> {
+        match self {
+            Wait::No => None,
+            Wait::Forever => Some(RECHECK),
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(RECHECK))
+            }
+        }
+    }
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+}
