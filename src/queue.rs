@@ -239,13 +239,22 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     words.unfinished.fetch_add(1, Ordering::AcqRel);
                 }
                 if guard.push(frame) {
-                    let wake = words.not_empty_sleepers.load(Ordering::Relaxed) > 0;
+                    let wake = take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
                     if wake {
                         words.not_empty.fetch_add(1, Ordering::Release);
+                    }
+                    // Room left for other blocked producers? Pass the baton on.
+                    let more = guard.has_room_hint()
+                        && take_turn(&words.not_full_sleepers, &words.not_full_pending);
+                    if more {
+                        words.not_full.fetch_add(1, Ordering::Release);
                     }
                     drop(guard);
                     if wake {
                         self.shm.wake(&words.not_empty, 1);
+                    }
+                    if more {
+                        self.shm.wake(&words.not_full, 1);
                     }
                     return Ok(());
                 }
@@ -262,6 +271,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 drop(guard);
                 self.shm.sleep(&words.not_full, seen, nap);
                 words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
+                words.not_full_pending.store(0, Ordering::Release);
             }
         })
     }
@@ -277,13 +287,22 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 };
                 match guard.pop(payload).map_err(GetError::Os)? {
                     Popped::Item => {
-                        let wake = words.not_full_sleepers.load(Ordering::Relaxed) > 0;
+                        let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
                         if wake {
                             words.not_full.fetch_add(1, Ordering::Release);
+                        }
+                        // Items left for other sleeping consumers? Pass the baton on.
+                        let more = guard.len() > 0
+                            && take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
+                        if more {
+                            words.not_empty.fetch_add(1, Ordering::Release);
                         }
                         drop(guard);
                         if wake {
                             self.shm.wake(&words.not_full, 1);
+                        }
+                        if more {
+                            self.shm.wake(&words.not_empty, 1);
                         }
                         return Ok(wire::decode_payload(payload)?);
                     }
@@ -297,6 +316,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 drop(guard);
                 let result = self.sleep_for_item(&wait, words, seen);
                 words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
+                words.not_empty_pending.store(0, Ordering::Release);
                 result?;
             }
         })
@@ -618,6 +638,21 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// As [`Queue::get_nowait`].
     pub fn get_nowait(&self) -> Result<T, GetError> {
         self.0.get_nowait()
+    }
+}
+
+/// Whether to wake a sleeper: someone sleeps and nobody was woken who has not run yet.
+/// Called under the queue's lock. A woken process that dies before running leaves the flag
+/// set; sleepers then notice items within [`RECHECK`].
+fn take_turn(
+    sleepers: &std::sync::atomic::AtomicU32,
+    pending: &std::sync::atomic::AtomicU32,
+) -> bool {
+    if sleepers.load(Ordering::Relaxed) > 0 && pending.load(Ordering::Relaxed) == 0 {
+        pending.store(1, Ordering::Relaxed);
+        true
+    } else {
+        false
     }
 }
 

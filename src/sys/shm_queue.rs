@@ -66,8 +66,12 @@ struct Header {
 pub(crate) struct Words {
     pub(crate) not_empty: AtomicU32,
     pub(crate) not_empty_sleepers: AtomicU32,
+    /// A sleeper was woken for an item and has not run yet: later puts need not wake
+    /// another (the woken one passes the baton on if items remain).
+    pub(crate) not_empty_pending: AtomicU32,
     pub(crate) not_full: AtomicU32,
     pub(crate) not_full_sleepers: AtomicU32,
+    pub(crate) not_full_pending: AtomicU32,
     /// `JoinableQueue`: items put and not yet marked done.
     pub(crate) unfinished: AtomicU32,
     pub(crate) unfinished_sleepers: AtomicU32,
@@ -304,6 +308,12 @@ impl Guard<'_> {
         let (_, puts) = unpack(self.h().prod.0.load(Ordering::Relaxed));
         let (_, gets) = unpack(self.h().cons.0.load(Ordering::Relaxed));
         puts.wrapping_sub(gets)
+    }
+
+    /// Whether another item may fit (by count; byte room is found out by trying).
+    pub(crate) fn has_room_hint(&self) -> bool {
+        let max = self.q.maxsize();
+        max == 0 || self.len() < max
     }
 
     fn write(&self, offset: u32, bytes: &[u8]) {

@@ -2,11 +2,13 @@
 
 use crate::harness::Case;
 
+mod ipc;
 mod lifecycle;
 
 /// Every case, in the order they run.
 pub fn all() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(lifecycle::cases());
+    cases.extend(ipc::cases());
     cases
 }
