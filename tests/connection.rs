@@ -132,6 +132,7 @@ fn peer_killed_mid_message_is_truncated_never_half_delivered() {
     match rx.recv_bytes() {
         Err(RecvError::Truncated { received, expected }) => {
             assert_eq!((received, expected), (14, 1004));
+            // (14 bytes arrived: the header and 10 payload bytes.)
         }
         other => panic!("expected Truncated, got {other:?}"),
     }
@@ -250,16 +251,41 @@ fn wait_reports_ready_connections_and_sentinels() {
 }
 
 #[test]
-fn wait_sees_messages_already_buffered() {
-    let (a, b) = pipe(true).unwrap();
-    b.send(&1u8).unwrap();
-    b.send(&2u8).unwrap();
-    assert_eq!(a.recv::<u8>().unwrap(), 1); // reads both into the buffer
+fn a_receive_takes_exactly_one_message_so_readers_can_share_an_end() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let (done_rx, done_tx) = pipe(false).unwrap();
+    let done_tx = std::sync::Arc::new(done_tx);
+    for i in 0..4u32 {
+        tx.send(&i).unwrap();
+    }
+    let shared = std::sync::Arc::new(rx);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let rx = shared.clone();
+        let done = std::sync::Arc::clone(&done_tx);
+        readers.push(Process::new(move || {
+            let v: u32 = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            done.send(&v).unwrap();
+        }));
+    }
+    for p in &mut readers {
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+    let mut got = vec![
+        done_rx.recv_timeout::<u32>(WAIT).unwrap(),
+        done_rx.recv_timeout::<u32>(WAIT).unwrap(),
+    ];
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1]);
+    // The rest is still in the pipe, for this process.
+    assert_eq!(shared.recv_timeout::<u32>(WAIT).unwrap(), 2);
     assert_eq!(
-        wait(&[&a as &dyn Waitable], Some(Duration::ZERO)).unwrap(),
+        wait(&[&*shared as &dyn Waitable], Some(Duration::ZERO)).unwrap(),
         vec![0]
     );
-    assert_eq!(a.recv::<u8>().unwrap(), 2);
+    assert_eq!(shared.recv_timeout::<u32>(WAIT).unwrap(), 3);
 }
 
 fn unix_address(tag: &str) -> Address {

@@ -3,13 +3,15 @@
 //! `multiprocessing.connection`).
 //!
 //! A connection carries whole messages. Each message is one frame: a little-endian `u32`
-//! length and that many bytes. [`Connection::send`] and [`Connection::recv`] put any serde
+//! length and that many bytes, padded with zeros to at least 64 bytes so that a receive can
+//! take a small message in one `read` without touching the next. [`Connection::send`] and [`Connection::recv`] put any serde
 //! value in a frame (postcard encoding; decoding only builds plain data and never runs code
 //! from the bytes, unlike Python's pickle); [`send_bytes`](Connection::send_bytes) and
 //! [`recv_bytes`](Connection::recv_bytes) carry raw bytes.
 //!
-//! Reads are buffered: one `read` system call takes in every message that has arrived, so a
-//! busy reader pays no system call per small message. A peer that exits or is killed in the
+//! A receive reads exactly one message (its header, then its payload) and never bytes of the
+//! next one, so several processes may take turns reading one end, as in Python (each
+//! holding a lock of its own around `recv`). A peer that exits or is killed in the
 //! middle of a message never leaves the reader blocked or holding half a message: the reader
 //! gets [`RecvError::Truncated`], then [`RecvError::Disconnected`].
 
@@ -35,9 +37,13 @@ pub use listener::{
 };
 pub use wait::{Waitable, wait};
 
-/// Bytes asked of the kernel per read when no large frame is pending: many small messages
-/// arrive in one system call.
-const READ_CHUNK: usize = 64 * 1024;
+/// Every frame on a connection is at least this long (short ones are padded with zeros), so
+/// a receive can read this many bytes at once without touching the next message: a small
+/// message costs one `read`, and a large one two.
+const MIN_FRAME: usize = 64;
+
+/// Receive buffers larger than this are freed after use rather than kept for the next message.
+const KEEP_BUFFER: usize = 64 << 20;
 
 /// Creates a pair of connected [`Connection`]s, Python's `Pipe(duplex)`.
 ///
@@ -119,11 +125,12 @@ pub struct Connection {
     outbox: Mutex<Vec<u8>>,
 }
 
-/// Bytes read but not yet handed out: `buf[start..]`.
+/// The frame being received: `buf[..filled]`. Reads are exact, so this never holds bytes of
+/// a second frame; `buf` stays initialised (and allocated) between messages.
 #[derive(Default)]
 struct Inbox {
     buf: Vec<u8>,
-    start: usize,
+    filled: usize,
     /// The kernel reported end of file.
     eof: bool,
     /// A bad size header was read: the stream cannot be resynchronised.
@@ -132,14 +139,14 @@ struct Inbox {
 
 impl Inbox {
     fn unread(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[..self.filled]
     }
 
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+    /// Drops the whole frame just handed out.
+    fn consume(&mut self) {
+        self.filled = 0;
+        if self.buf.len() > KEEP_BUFFER {
+            self.buf = Vec::new();
         }
     }
 }
@@ -173,8 +180,11 @@ impl Connection {
         let mut out = lock(&self.outbox);
         out.clear();
         wire::encode_into(value, &mut out)?;
+        if out.len() < MIN_FRAME {
+            out.resize(MIN_FRAME, 0);
+        }
         sys::write_all(writer.as_fd(), &out)?;
-        if out.capacity() > 4 * READ_CHUNK {
+        if out.capacity() > KEEP_BUFFER {
             *out = Vec::new();
         }
         Ok(())
@@ -188,7 +198,14 @@ impl Connection {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let header = wire::header_for(bytes.len())?;
         let _serialise = lock(&self.outbox);
-        sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
+        if HEADER + bytes.len() < MIN_FRAME {
+            let mut frame = [0u8; MIN_FRAME];
+            frame[..HEADER].copy_from_slice(&header);
+            frame[HEADER..HEADER + bytes.len()].copy_from_slice(bytes);
+            sys::write_all(writer.as_fd(), &frame)?;
+        } else {
+            sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
+        }
         Ok(())
     }
 
@@ -241,7 +258,7 @@ impl Connection {
         let mut inbox = lock(&self.inbox);
         let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, max_len)?;
         let bytes = inbox.buf[start..start + len].to_vec();
-        inbox.consume(HEADER + len);
+        inbox.consume();
         Ok(bytes)
     }
 
@@ -272,10 +289,7 @@ impl Connection {
         let mut inbox = lock(&self.inbox);
         let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)?;
         let result = f(&inbox.buf[start..start + len]);
-        inbox.consume(HEADER + len);
-        if inbox.buf.is_empty() && inbox.buf.capacity() > 16 * READ_CHUNK {
-            inbox.buf = Vec::new();
-        }
+        inbox.consume();
         result
     }
 
@@ -331,8 +345,8 @@ impl Connection {
     /// The descriptor to wait on for incoming messages (the sending descriptor for a
     /// write-only end), Python's `fileno()`; `None` once closed.
     ///
-    /// Received bytes are buffered, so readiness of this descriptor alone can miss messages
-    /// already read: use [`poll`](Connection::poll) or [`wait`] to wait for a connection.
+    /// Part of a message may already have been read (after a timed-out receive), so prefer
+    /// [`poll`](Connection::poll) or [`wait`] to wait for a connection.
     #[doc(alias = "fileno")]
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.reader
@@ -373,12 +387,13 @@ fn next_frame(
                         return Err(e.into());
                     }
                 };
-                if unread.len() >= HEADER + len {
-                    return Ok((inbox.start + HEADER, len));
+                let total = (HEADER + len).max(MIN_FRAME);
+                if unread.len() >= total {
+                    return Ok((HEADER, len));
                 }
-                HEADER + len - unread.len()
+                total - unread.len()
             }
-            None => HEADER - unread.len(),
+            None => MIN_FRAME - unread.len(),
         };
         if inbox.eof {
             let received = unread.len();
@@ -386,23 +401,24 @@ fn next_frame(
                 return Err(RecvError::Disconnected);
             }
             let expected = received + need;
-            inbox.buf.clear();
-            inbox.start = 0;
+            inbox.filled = 0;
             return Err(RecvError::Truncated { received, expected });
         }
-        if inbox.start > 0 && inbox.buf.capacity() - inbox.buf.len() < need.max(READ_CHUNK) {
-            inbox.buf.drain(..inbox.start);
-            inbox.start = 0;
+        let end = inbox.filled + need;
+        if inbox.buf.len() < end {
+            inbox.buf.resize(end, 0);
         }
         if let Some(d) = deadline
             && !sys::wait_readable(&[reader], Some(d))?[0]
         {
             return Err(RecvError::Timeout);
         }
-        let n = sys::read_append(reader, &mut inbox.buf, need.max(READ_CHUNK))?;
+        let filled = inbox.filled;
+        let n = sys::read(reader, &mut inbox.buf[filled..end])?;
         if n == 0 {
             inbox.eof = true;
         }
+        inbox.filled += n;
     }
 }
 
@@ -443,6 +459,7 @@ impl<'de> serde::Deserialize<'de> for Connection {
         let conn = Connection::from_fds(reader.map(|f| f.0), writer.map(|f| f.0));
         {
             let mut inbox = lock(&conn.inbox);
+            inbox.filled = unread.len();
             inbox.buf = unread;
             inbox.eof = eof;
         }

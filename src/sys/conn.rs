@@ -1,28 +1,10 @@
-//! Byte-stream helpers for connections: reads into a `Vec`'s spare capacity and vectored
-//! writes, both retrying on `EINTR`.
+//! Byte-stream helpers for connections: vectored writes, retrying on `EINTR`.
 //!
 //! # Safety
 //! No `unsafe` here: everything goes through rustix's safe wrappers.
 
 use std::io::{self, IoSlice};
 use std::os::fd::BorrowedFd;
-
-/// Reads onto the end of `buf`, first making room for at least `want` more bytes, and returns
-/// how many arrived (possibly more than `want`, up to the spare capacity); `Ok(0)` is end of
-/// file. Blocks unless `fd` is non-blocking.
-///
-/// # References
-/// read(2).
-pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-    buf.reserve(want.max(1));
-    loop {
-        match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut *buf)) {
-            Ok(n) => return Ok(n),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
 /// Writes every byte of `parts`, in order, with as few `writev` calls as the kernel allows.
 ///
