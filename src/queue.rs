@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{EncodeError, GetError, PutError};
-use crate::sys::{self, Popped, ShmQueue};
-use crate::wire::{self, DeFd, SerFd};
+use crate::sys::{self, ShmQueue};
+use crate::wire::{self, DeFd, HEADER, SerFd};
 
 /// Ring size: room for one message of the largest size the crate allows. Memory is only used
 /// as items are written, and given back beyond 64 MiB once the queue drains.
@@ -36,6 +36,10 @@ const RING: usize = wire::MAX_FRAME + 4096;
 /// The longest a blocked call sleeps before checking again whether the other handles are
 /// still there (how quickly a dead peer is noticed).
 const RECHECK: Duration = Duration::from_millis(50);
+
+/// Items whose frame is larger than this are serialized straight into shared memory (under
+/// the lock); smaller ones into a scratch buffer first, so the lock is held only for a copy.
+const IN_PLACE: usize = 64 * 1024;
 
 /// The OFD-lock byte that marks a handle that may still put.
 const PRODUCER: i64 = 0;
@@ -215,30 +219,88 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Closed(item));
         }
-        SCRATCH.with_borrow_mut(|frame| {
-            frame.clear();
-            if let Err(e) = wire::encode_into(&item, frame) {
+        let size = match postcard::experimental::serialized_size(&item) {
+            Ok(size) => size,
+            Err(e) => {
+                let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));
                 return Err(PutError::Encode(item, e));
             }
-            if frame.len() > self.shm.max_frame() {
+        };
+        let header = match wire::header_for(size) {
+            Ok(h) if HEADER + size <= self.shm.max_frame() => h,
+            Ok(_) => {
                 let e = EncodeError::new(
-                    format!("item of {} bytes does not fit in the queue", frame.len()),
+                    format!("item of {size} bytes does not fit in the queue"),
                     None,
                 );
                 return Err(PutError::Encode(item, e));
             }
-            let words = self.shm.words();
-            loop {
-                let guard = match self.shm.lock(wait.deadline()) {
-                    Ok(Some(g)) => g,
-                    Ok(None) => return Err(PutError::Timeout(item)),
-                    Err(e) => return Err(PutError::Os(item, e)),
-                };
-                let mut guard = guard;
-                if joinable {
-                    words.unfinished.fetch_add(1, Ordering::AcqRel);
+            Err(e) => return Err(PutError::Encode(item, e)),
+        };
+        if HEADER + size <= IN_PLACE {
+            // Small: encode into a scratch buffer outside the lock, copy in under it.
+            SCRATCH.with_borrow_mut(|frame| {
+                frame.clear();
+                if let Err(e) = wire::encode_into(&item, frame) {
+                    return Err(PutError::Encode(item, e));
                 }
-                if guard.push(frame) {
+                if frame.len() != HEADER + size {
+                    let e = EncodeError::new("the item serialized to different sizes twice", None);
+                    return Err(PutError::Encode(item, e));
+                }
+                self.put_frame(item, HEADER + size, wait, joinable, |buf| {
+                    buf.copy_from_slice(frame);
+                    Ok(())
+                })
+            })
+        } else {
+            // Large: serialize straight into shared memory, one copy in all.
+            let fill = |buf: &mut [u8]| {
+                buf[..HEADER].copy_from_slice(&header);
+                match postcard::to_slice(&item, &mut buf[HEADER..]) {
+                    Ok(used) if used.len() == size => Ok(()),
+                    Ok(_) => Err(EncodeError::new(
+                        "the item serialized to different sizes twice",
+                        None,
+                    )),
+                    Err(e) => Err(EncodeError::new(
+                        "could not serialize the item",
+                        Some(Box::new(e)),
+                    )),
+                }
+            };
+            match self.put_frame((), HEADER + size, wait, joinable, fill) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.map_item(item)),
+            }
+        }
+    }
+
+    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
+    fn put_frame<I>(
+        &self,
+        item: I,
+        n: usize,
+        wait: Wait,
+        joinable: bool,
+        mut fill: impl FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Result<(), PutError<I>> {
+        let words = self.shm.words();
+        loop {
+            let mut guard = match self.shm.lock(wait.deadline()) {
+                Ok(Some(g)) => g,
+                Ok(None) => return Err(PutError::Timeout(item)),
+                Err(e) => return Err(PutError::Os(item, e)),
+            };
+            if joinable {
+                words.unfinished.fetch_add(1, Ordering::AcqRel);
+            }
+            let pushed = guard.push_with(n, &mut fill);
+            if !matches!(pushed, Ok(true)) && joinable {
+                words.unfinished.fetch_sub(1, Ordering::AcqRel);
+            }
+            match pushed {
+                Ok(true) => {
                     let wake = take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
                     if wake {
                         words.not_empty.fetch_add(1, Ordering::Release);
@@ -258,26 +320,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     }
                     return Ok(());
                 }
-                if joinable {
-                    words.unfinished.fetch_sub(1, Ordering::AcqRel);
-                }
-                let seen = words.not_full.load(Ordering::Acquire);
-                let nap = match wait.nap() {
-                    Some(nap) => nap,
-                    None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
-                    None => return Err(PutError::Timeout(item)),
-                };
-                words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
-                drop(guard);
-                self.shm.sleep(&words.not_full, seen, nap);
-                words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
-                words.not_full_pending.store(0, Ordering::Release);
+                Ok(false) => {}
+                Err(e) => return Err(PutError::Encode(item, e)),
             }
-        })
+            let seen = words.not_full.load(Ordering::Acquire);
+            let nap = match wait.nap() {
+                Some(nap) => nap,
+                None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
+                None => return Err(PutError::Timeout(item)),
+            };
+            words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
+            drop(guard);
+            self.shm.sleep(&words.not_full, seen, nap);
+            words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
+            words.not_full_pending.store(0, Ordering::Release);
+        }
     }
 
     fn get_until(&self, wait: Wait) -> Result<T, GetError> {
-        SCRATCH.with_borrow_mut(|payload| {
+        {
             let words = self.shm.words();
             loop {
                 let mut guard = match self.shm.lock(wait.deadline()) {
@@ -285,28 +346,28 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     Ok(None) => return Err(GetError::Timeout),
                     Err(e) => return Err(GetError::Os(e)),
                 };
-                match guard.pop(payload).map_err(GetError::Os)? {
-                    Popped::Item => {
-                        let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
-                        if wake {
-                            words.not_full.fetch_add(1, Ordering::Release);
-                        }
-                        // Items left for other sleeping consumers? Pass the baton on.
-                        let more = guard.len() > 0
-                            && take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
-                        if more {
-                            words.not_empty.fetch_add(1, Ordering::Release);
-                        }
-                        drop(guard);
-                        if wake {
-                            self.shm.wake(&words.not_full, 1);
-                        }
-                        if more {
-                            self.shm.wake(&words.not_empty, 1);
-                        }
-                        return Ok(wire::decode_payload(payload)?);
+                let popped = guard
+                    .pop_with(wire::decode_payload::<T>)
+                    .map_err(GetError::Os)?;
+                if let Some(decoded) = popped {
+                    let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
+                    if wake {
+                        words.not_full.fetch_add(1, Ordering::Release);
                     }
-                    Popped::Empty => {}
+                    // Items left for other sleeping consumers? Pass the baton on.
+                    let more = guard.len() > 0
+                        && take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
+                    if more {
+                        words.not_empty.fetch_add(1, Ordering::Release);
+                    }
+                    drop(guard);
+                    if wake {
+                        self.shm.wake(&words.not_full, 1);
+                    }
+                    if more {
+                        self.shm.wake(&words.not_empty, 1);
+                    }
+                    return Ok(decoded?);
                 }
                 if matches!(wait, Wait::No) {
                     return Err(GetError::Empty);
@@ -319,7 +380,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 words.not_empty_pending.store(0, Ordering::Release);
                 result?;
             }
-        })
+        }
     }
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.

@@ -175,6 +175,17 @@ impl<T> PutError<T> {
         }
     }
 
+    /// The same error carrying `item` instead.
+    pub(crate) fn map_item<U>(self, item: U) -> PutError<U> {
+        match self {
+            PutError::Full(_) => PutError::Full(item),
+            PutError::Timeout(_) => PutError::Timeout(item),
+            PutError::Closed(_) => PutError::Closed(item),
+            PutError::Encode(_, e) => PutError::Encode(item, e),
+            PutError::Os(_, e) => PutError::Os(item, e),
+        }
+    }
+
     /// Whether the queue was full (`Full` or `Timeout`).
     pub fn is_full(&self) -> bool {
         matches!(self, PutError::Full(_) | PutError::Timeout(_))

@@ -284,12 +284,6 @@ pub(crate) struct Guard<'a> {
     q: &'a ShmQueue,
 }
 
-/// What [`Guard::pop`] found.
-pub(crate) enum Popped {
-    Empty,
-    Item,
-}
-
 fn pack(offset: u32, count: u32) -> u64 {
     u64::from(offset) | (u64::from(count) << 32)
 }
@@ -319,8 +313,8 @@ impl Guard<'_> {
     fn write(&self, offset: u32, bytes: &[u8]) {
         assert!(offset as usize + bytes.len() <= self.q.cap as usize);
         // SAFETY: the range is inside the ring (checked above), which is mapped for the life
-        // of the queue; we hold the lock and the range is free space no reader looks at
-        // until the commit store that follows.
+        // of the queue; we hold the lock and the range is free space (only wrap markers are
+        // written this way) that no reader looks at until a later commit.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -349,19 +343,24 @@ impl Guard<'_> {
         u32::from_le_bytes(b)
     }
 
-    /// Appends `frame` (a length word and payload) if there is room; `false` if not.
-    /// Items beyond `maxsize` count as no room.
-    pub(crate) fn push(&mut self, frame: &[u8]) -> bool {
+    /// Appends an `n`-byte frame (a length word and payload) that `fill` writes in place, if
+    /// there is room (`Ok(false)` if not; items beyond `maxsize` count as no room). If `fill`
+    /// fails nothing is appended.
+    pub(crate) fn push_with<E>(
+        &mut self,
+        n: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let cap = self.q.cap;
-        let n = u32::try_from(frame.len()).expect("frame size checked against max_frame");
+        let n = u32::try_from(n).expect("frame size checked against max_frame");
         assert!(n <= cap, "frame size checked against max_frame");
         let h = self.h();
-        let (mut tail, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
         let (head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        let (tail, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
         let count = puts.wrapping_sub(gets);
         let maxsize = self.q.maxsize();
         if maxsize != 0 && count >= maxsize {
-            return false;
+            return Ok(false);
         }
         let at = if count == 0 {
             // Empty: start over at the front, where pages are warm.
@@ -380,37 +379,45 @@ impl Guard<'_> {
             } else if fits_end {
                 tail
             } else {
-                return false;
+                return Ok(false);
             }
         } else if tail < head && head - tail >= n {
             tail
         } else {
             // tail == head with items in the queue: full; or too little room before head.
-            return false;
+            return Ok(false);
         };
-        self.write(at, frame);
-        tail = at + n;
+        assert!(at as usize + n as usize <= cap as usize);
+        // SAFETY: `[at, at + n)` is inside the ring (asserted above), which stays mapped while
+        // `self` borrows the queue. It is free space: no committed frame lies there, so no
+        // reader looks at it, and no other writer can, because we hold the lock (`&mut self`
+        // makes this the only reference in this process).
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(self.q.data().add(at as usize), n as usize) };
+        fill(buf)?;
+        let tail = at + n;
         if tail > h.words.0.high_water.load(Ordering::Relaxed) {
             h.words.0.high_water.store(tail, Ordering::Relaxed);
         }
         h.prod
             .0
             .store(pack(tail, puts.wrapping_add(1)), Ordering::Release);
-        true
+        Ok(true)
     }
 
-    /// Removes the oldest frame, putting its payload in `out` (replacing its contents).
+    /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
+    /// item counts as taken even if `f` fails or panics.
     ///
     /// # Errors
     /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
     /// misbehaving process); the queue is unusable after that.
-    pub(crate) fn pop(&mut self, out: &mut Vec<u8>) -> io::Result<Popped> {
+    pub(crate) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
         let cap = self.q.cap;
         let h = self.h();
         let (tail, puts) = unpack(h.prod.0.load(Ordering::Acquire));
         let (mut head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
         if puts == gets {
-            return Ok(Popped::Empty);
+            return Ok(None);
         }
         let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "queue memory is corrupted");
         if cap - head < 4 || self.read_u32(head) == WRAP {
@@ -421,16 +428,21 @@ impl Guard<'_> {
         if len == WRAP || end > u64::from(cap) || (head < tail && end > u64::from(tail)) {
             return Err(corrupt());
         }
-        out.clear();
-        out.resize(len as usize, 0);
-        self.read(head + 4, out);
+        // Taken from here on; producers cannot reuse the space until we unlock.
         h.cons
             .0
             .store(pack(end as u32, gets.wrapping_add(1)), Ordering::Release);
+        // SAFETY: `[head + 4, end)` is inside the ring (checked above) and holds a committed
+        // frame. Producers write only free space and only under the lock, which we hold until
+        // this guard drops, so nothing writes these bytes while `f` reads them.
+        let payload = unsafe {
+            std::slice::from_raw_parts(self.q.data().add(head as usize + 4), len as usize)
+        };
+        let result = f(payload);
         if gets.wrapping_add(1) == puts {
             self.release_memory();
         }
-        Ok(Popped::Item)
+        Ok(Some(result))
     }
 
     /// Once drained, gives pages beyond [`KEEP`] back to the OS.
