@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::connection::Waitable;
 use crate::error::{EncodeError, GetError, PutError};
 use crate::sys::{self, ShmQueue};
 use crate::wire::{self, DeFd, HEADER, SerFd};
@@ -432,15 +433,21 @@ impl<T> fmt::Debug for Queue<T> {
 /// registration as a holder of the queue, as after `fork`).
 impl<T> Serialize for Queue<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (SerFd(self.ofd.as_fd()), self.is_closed()).serialize(s)
+        (
+            SerFd(self.ofd.as_fd()),
+            SerFd(self.shm.event_fd()),
+            self.is_closed(),
+        )
+            .serialize(s)
     }
 }
 
 impl<'de, T> serde::Deserialize<'de> for Queue<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (DeFd(ofd), closed): (DeFd, bool) = serde::Deserialize::deserialize(d)?;
+        let (DeFd(ofd), DeFd(event), closed): (DeFd, DeFd, bool) =
+            serde::Deserialize::deserialize(d)?;
         let shm = sys::reopen(ofd.as_fd())
-            .and_then(ShmQueue::open)
+            .and_then(|fd| ShmQueue::open(fd, event))
             .map_err(serde::de::Error::custom)?;
         Ok(Queue {
             shm: Arc::new(shm),
@@ -448,6 +455,72 @@ impl<'de, T> serde::Deserialize<'de> for Queue<T> {
             closed: AtomicBool::new(closed),
             _items: PhantomData,
         })
+    }
+}
+
+/// A queue is ready for [`wait`](crate::wait) when it holds an item (Python's
+/// `wait([q._reader])`).
+impl<T> Waitable for Queue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.shm.event_fd())
+    }
+
+    fn ready_now(&self) -> bool {
+        self.register_waiter(true)
+    }
+
+    fn done_waiting(&self) {
+        self.register_waiter(false);
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
+    }
+}
+
+impl<T> Queue<T> {
+    fn register_waiter(&self, want: bool) -> bool {
+        match self.shm.lock(None) {
+            Ok(Some(mut guard)) => guard.want_event(want),
+            // Ready: the caller's next operation reports the error.
+            _ => true,
+        }
+    }
+}
+
+impl<T> Waitable for SimpleQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.0.wait_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        self.0.ready_now()
+    }
+
+    fn done_waiting(&self) {
+        self.0.done_waiting();
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
+    }
+}
+
+impl<T> Waitable for JoinableQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.0.wait_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        self.0.ready_now()
+    }
+
+    fn done_waiting(&self) {
+        self.0.done_waiting();
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
     }
 }
 
@@ -751,4 +824,53 @@ fn deadline_after(timeout: Duration) -> Instant {
     Instant::now()
         .checked_add(timeout)
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the spawn start method does with a handle in the start arguments.
+    fn through_start_arguments<H: Serialize + DeserializeOwned>(handle: &H) -> H {
+        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(handle));
+        let bytes = bytes.expect("serialize");
+        let fds = fds
+            .into_iter()
+            .map(|fd| sys::dup_raw(fd).expect("dup"))
+            .collect();
+        wire::with_received_fds(fds, || postcard::from_bytes(&bytes)).expect("deserialize")
+    }
+
+    #[test]
+    fn a_handle_passed_as_a_start_argument_reaches_the_same_queue() {
+        let q: Queue<String> = Queue::new().unwrap();
+        let sent: Queue<String> = q.clone();
+        let received = through_start_arguments(&sent);
+        drop(sent);
+        received.put("over there".into()).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), "over there");
+        // The received handle is a holder: the original does not see Disconnected yet.
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(60)),
+            Err(GetError::Timeout)
+        ));
+        drop(received);
+        assert!(matches!(q.get(), Err(GetError::Disconnected)));
+    }
+
+    #[test]
+    fn a_handle_serialized_outside_a_start_is_an_error() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        assert!(postcard::to_allocvec(&q).is_err());
+    }
+
+    #[test]
+    fn a_connection_passed_as_a_start_argument_keeps_working() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let b = through_start_arguments(&b);
+        a.send(&5u32).unwrap();
+        assert_eq!(b.recv::<u32>().unwrap(), 5);
+        b.send(&6u32).unwrap();
+        assert_eq!(a.recv::<u32>().unwrap(), 6);
+    }
 }

@@ -314,3 +314,41 @@ fn joinable_queue_join_waits_for_task_done() {
     assert_eq!(q.unfinished_tasks(), 0);
     assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
 }
+
+#[test]
+fn wait_reports_a_queue_with_items() {
+    use multiproc::{Waitable, wait};
+    let _r = common::Reaper::new();
+    let q: Queue<u8> = Queue::new().unwrap();
+    let (a, _b) = multiproc::pipe(true).unwrap();
+    assert!(
+        wait(&[&q as &dyn Waitable, &a], Some(Duration::from_millis(60)))
+            .unwrap()
+            .is_empty()
+    );
+    let producer = q.clone();
+    let mut p = Process::new(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        producer.put(1).unwrap();
+    });
+    p.start().unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable, &a], Some(WAIT)).unwrap(),
+        vec![0]
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(q.get().unwrap(), 1);
+    // Drained: not ready any more (the event was cleared with the last item).
+    assert!(
+        wait(&[&q as &dyn Waitable], Some(Duration::from_millis(60)))
+            .unwrap()
+            .is_empty()
+    );
+    q.put(2).unwrap();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable], Some(Duration::ZERO)).unwrap(),
+        vec![0]
+    );
+    p.join_timeout(WAIT).unwrap();
+}

@@ -9,11 +9,25 @@ use crate::Process;
 use crate::sys;
 
 /// Something [`wait`] can wait for: a [`Connection`] with a message, a [`Process`] that
-/// ended (its sentinel), a queue with an item, or any readable descriptor.
+/// ended (its sentinel), a [`Queue`](crate::Queue) with an item, or any readable descriptor.
 pub trait Waitable {
     /// Whether the object is ready without looking at its descriptor (for instance, a
-    /// connection holding a message it already read). Defaults to `false`.
+    /// connection holding part of a message it already read). Defaults to `false`.
+    ///
+    /// [`wait`] calls this once per object before it blocks, and
+    /// [`done_waiting`](Waitable::done_waiting) once after; an object may register its
+    /// interest here (a queue asks to have its descriptor signalled).
     fn ready_now(&self) -> bool {
+        false
+    }
+
+    /// Called by [`wait`] after each [`ready_now`](Waitable::ready_now). Defaults to nothing.
+    fn done_waiting(&self) {}
+
+    /// Whether [`wait`] should look again at least every few tens of milliseconds rather than
+    /// trust the descriptor alone (queues do, so that a peer that died between signalling
+    /// steps cannot leave a waiter asleep). Defaults to `false`.
+    fn needs_recheck(&self) -> bool {
         false
     }
 
@@ -71,12 +85,40 @@ impl Waitable for Process {
 /// # Errors
 /// The OS error if polling fails.
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(Instant::now));
+    let recheck = objects.iter().any(|o| o.needs_recheck());
+    if objects.is_empty() && deadline.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "wait() with no objects and no timeout would block forever",
+        ));
+    }
+    loop {
+        let result = wait_once(objects, deadline, recheck);
+        for object in objects {
+            object.done_waiting();
+        }
+        let ready = result?;
+        if !ready.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(ready);
+        }
+    }
+}
+
+/// One round: ask every object, then poll until `deadline` (at most [`RECHECK`] when
+/// `recheck`). The caller calls `done_waiting` on every object afterwards.
+fn wait_once(
+    objects: &[&dyn Waitable],
+    deadline: Option<Instant>,
+    recheck: bool,
+) -> io::Result<Vec<usize>> {
     let mut ready: Vec<usize> = Vec::new();
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut owners: Vec<usize> = Vec::new();
     for (i, object) in objects.iter().enumerate() {
+        let now = object.ready_now();
         match object.wait_fd() {
-            _ if object.ready_now() => ready.push(i),
+            _ if now => ready.push(i),
             None => ready.push(i),
             Some(fd) => {
                 fds.push(fd);
@@ -84,13 +126,17 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<
             }
         }
     }
-    let deadline = if ready.is_empty() {
-        timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(Instant::now))
+    let mut until = if ready.is_empty() {
+        deadline
     } else {
         Some(Instant::now())
     };
+    if recheck {
+        let soon = Instant::now() + RECHECK;
+        until = Some(until.map_or(soon, |u| u.min(soon)));
+    }
     if !fds.is_empty() {
-        let flags = sys::wait_readable(&fds, deadline)?;
+        let flags = sys::wait_readable(&fds, until)?;
         ready.extend(
             owners
                 .iter()
@@ -98,16 +144,14 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<
                 .filter(|(_, r)| *r)
                 .map(|(i, _)| *i),
         );
-    } else if ready.is_empty() {
-        if let Some(d) = deadline {
-            std::thread::sleep(d.saturating_duration_since(Instant::now()));
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "wait() with no objects and no timeout would block forever",
-            ));
-        }
+    } else if ready.is_empty()
+        && let Some(u) = until
+    {
+        std::thread::sleep(u.saturating_duration_since(Instant::now()));
     }
     ready.sort_unstable();
     Ok(ready)
 }
+
+/// How often [`wait`] looks again at objects that ask for it.
+const RECHECK: Duration = Duration::from_millis(50);

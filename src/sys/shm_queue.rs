@@ -77,6 +77,10 @@ pub(crate) struct Words {
     pub(crate) unfinished_sleepers: AtomicU32,
     /// Highest ring offset written since memory was last given back.
     high_water: AtomicU32,
+    /// `wait()` callers interested in this queue, registered under the lock.
+    pub(crate) fd_waiters: AtomicU32,
+    /// The event descriptor is readable (set and cleared under the lock).
+    event_set: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= PAGE);
@@ -86,6 +90,9 @@ const _: () = assert!(std::mem::align_of::<Header>() <= PAGE);
 pub(crate) struct ShmQueue {
     /// The memfd this mapping came from (used to make new open file descriptions).
     fd: OwnedFd,
+    /// An eventfd, readable while the queue holds items and a `wait()` caller is interested;
+    /// shared by every handle, in every process.
+    event: Option<OwnedFd>,
     base: NonNull<u8>,
     len: usize,
     cap: u32,
@@ -117,6 +124,10 @@ impl ShmQueue {
         rustix::fs::ftruncate(&fd, (PAGE + cap) as u64)?;
         let mut q = ShmQueue::map(fd, PAGE + cap)?;
         q.cap = cap32;
+        q.event = Some(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
         let header = q.header_ptr();
         // SAFETY: the memfd is new and mapped only here: nobody else can see it yet, so plain
         // writes to the header are not racing. The mutex attribute calls follow the POSIX
@@ -143,7 +154,7 @@ impl ShmQueue {
     }
 
     /// Maps the queue behind `fd` (a descriptor of a memfd made by [`create`](Self::create)).
-    pub(crate) fn open(fd: OwnedFd) -> io::Result<ShmQueue> {
+    pub(crate) fn open(fd: OwnedFd, event: OwnedFd) -> io::Result<ShmQueue> {
         let len = rustix::fs::fstat(&fd)?.st_size as usize;
         if len < 2 * PAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
@@ -156,6 +167,7 @@ impl ShmQueue {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
         }
         q.cap = cap;
+        q.event = Some(event);
         Ok(q)
     }
 
@@ -175,6 +187,7 @@ impl ShmQueue {
         let base = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
         Ok(ShmQueue {
             fd,
+            event: None,
             base,
             len,
             cap: 0,
@@ -219,6 +232,11 @@ impl ShmQueue {
     /// on it are its own.
     pub(crate) fn reopen(&self) -> io::Result<OwnedFd> {
         reopen(self.fd.as_fd())
+    }
+
+    /// The event descriptor (see [`Guard::want_event`]).
+    pub(crate) fn event_fd(&self) -> BorrowedFd<'_> {
+        self.event.as_ref().expect("set by create and open").as_fd()
     }
 
     /// Takes the queue's lock, waiting until `deadline` (`None`: no limit). `Ok(None)` when
@@ -302,6 +320,25 @@ impl Guard<'_> {
         let (_, puts) = unpack(self.h().prod.0.load(Ordering::Relaxed));
         let (_, gets) = unpack(self.h().cons.0.load(Ordering::Relaxed));
         puts.wrapping_sub(gets)
+    }
+
+    /// Registers (or, with `false`, unregisters) a `wait()` caller: while one is registered the
+    /// event descriptor is readable whenever the queue holds items. Returns whether it does
+    /// now.
+    pub(crate) fn want_event(&mut self, want: bool) -> bool {
+        let words = &self.h().words.0;
+        if want {
+            words.fd_waiters.fetch_add(1, Ordering::Relaxed);
+            if self.len() > 0 && words.event_set.load(Ordering::Relaxed) == 0 {
+                words.event_set.store(1, Ordering::Relaxed);
+                let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+            }
+        } else {
+            let _ = words
+                .fd_waiters
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.len() > 0
     }
 
     /// Whether another item may fit (by count; byte room is found out by trying).
@@ -402,6 +439,13 @@ impl Guard<'_> {
         h.prod
             .0
             .store(pack(tail, puts.wrapping_add(1)), Ordering::Release);
+        let words = &h.words.0;
+        if words.fd_waiters.load(Ordering::Relaxed) > 0
+            && words.event_set.load(Ordering::Relaxed) == 0
+        {
+            words.event_set.store(1, Ordering::Relaxed);
+            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+        }
         Ok(true)
     }
 
@@ -441,6 +485,12 @@ impl Guard<'_> {
         let result = f(payload);
         if gets.wrapping_add(1) == puts {
             self.release_memory();
+            let words = &h.words.0;
+            if words.event_set.load(Ordering::Relaxed) != 0 {
+                words.event_set.store(0, Ordering::Relaxed);
+                let mut drain = [0u8; 8];
+                let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+            }
         }
         Ok(Some(result))
     }
