@@ -18,6 +18,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Talking between processes
+//! ```
+//! use multiproc::{Process, Queue, pipe};
+//!
+//! let results: Queue<(u32, u64)> = Queue::new()?;
+//! let mut workers = Vec::new();
+//! for id in 0..2 {
+//!     let results = results.clone();
+//!     let mut p = Process::new(move || results.put((id, u64::from(id) * 10)).unwrap());
+//!     p.start()?;
+//!     workers.push(p);
+//! }
+//! let mut got = vec![results.get()?, results.get()?];
+//! got.sort();
+//! assert_eq!(got, [(0, 0), (1, 10)]);
+//!
+//! let (here, there) = pipe(true)?;
+//! there.send(&"over the pipe")?;
+//! assert_eq!(here.recv::<String>()?, "over the pipe");
+//! for mut p in workers {
+//!     p.join()?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What is here
 //! - [`Process`] with Python's surface: start, join (with timeout), is_alive, terminate,
 //!   kill, close, pid, exitcode, name, daemon, authkey, sentinel; built with a target and
@@ -26,6 +51,10 @@
 //!   panic from a signal from an exit code.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
 //! - Start methods ([`StartMethod`]); `fork` today.
+//! - IPC: [`pipe`] → [`Connection`] (typed `send`/`recv`, raw bytes, `poll`); [`Queue`],
+//!   [`SimpleQueue`], [`JoinableQueue`] in crash-safe shared memory; [`wait`] over
+//!   connections, queues and sentinels; [`Listener`] / [`client`] between programs, with an
+//!   HMAC challenge on the [`AuthKey`]. A peer that dies never leaves the other side blocked.
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
 //! counterpart of Python's `log_to_stderr`.

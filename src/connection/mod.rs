@@ -102,6 +102,11 @@ pub fn pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
 /// Like Python's, a connection can deadlock if both ends send large messages at the same
 /// time and neither reads: each blocks until the other makes room.
 ///
+/// End of file needs every copy of the sending end closed. Under `fork` a child inherits
+/// copies of all its parent's descriptors, the parent's own end included, so (as in Python)
+/// a child should not wait for end of file from its parent: send it an explicit "stop"
+/// message. The parent does see end of file once the child exits or drops its end.
+///
 /// # Examples
 /// ```
 /// use std::time::Duration;
