@@ -428,3 +428,34 @@ proptest! {
         prop_assert_eq!(y.recv::<u8>().unwrap(), 1);
     }
 }
+
+#[test]
+fn a_header_announcing_a_gigabyte_allocates_nothing_until_bytes_come() {
+    let (rx, tx) = pipe(false).unwrap();
+    let fd = tx.fd().unwrap();
+    let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+    std::io::Write::write_all(&mut file, &((1u32 << 30) - 1).to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut file, &[7u8; 1000]).unwrap();
+    drop(file);
+    drop(tx);
+    let rss_before = rss_kib();
+    match rx.recv_bytes() {
+        Err(RecvError::Truncated { received, expected }) => {
+            assert_eq!((received, expected), (1004, 1 << 30 | 3));
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(
+        rss_kib() < rss_before + 50 * 1024,
+        "receiving grew memory by a claimed size"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

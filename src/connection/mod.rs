@@ -42,6 +42,10 @@ pub use wait::{Waitable, wait};
 /// message costs one `read`, and a large one two.
 const MIN_FRAME: usize = 64;
 
+/// The first step by which a receive buffer grows for a large message; it then doubles with
+/// the bytes received, so a header announcing a gigabyte costs nothing until the bytes come.
+const GROW_STEP: usize = 64 * 1024;
+
 /// Receive buffers larger than this are freed after use rather than kept for the next message.
 const KEEP_BUFFER: usize = 64 << 20;
 
@@ -409,7 +413,8 @@ fn next_frame(
             inbox.filled = 0;
             return Err(RecvError::Truncated { received, expected });
         }
-        let end = inbox.filled + need;
+        // Grow with what actually arrives (at most doubling), never by what a header claims.
+        let end = inbox.filled + need.min(inbox.filled.max(GROW_STEP));
         if inbox.buf.len() < end {
             inbox.buf.resize(end, 0);
         }
