@@ -1,6 +1,8 @@
 //! IPC: queues and pipes (issue 4). Python via `bench_queue.py` / `bench_pipe.py`; the
 //! kernel limit from the probe; pinned and unpinned variants as peers.
 //!
+//! Servo's `ipc-channel` is the Rust peer (`ipc_channel*` in `peer`), over the same shapes.
+//!
 //! `ours` is unpinned for throughput cases and pinned to one CPU for the latency case (as the
 //! issue asks); the other variant is reported as a peer.
 
@@ -124,6 +126,10 @@ fn queue_small_msgs(ctx: &mut Ctx) -> Row {
         n as f64 / queue_run(n, Pin::Same, |i| i as u64)
     });
     row.peer.insert("ours_pin_same".into(), same);
+    row.peer.insert(
+        "ipc_channel".into(),
+        median(ctx.rounds(), || ipc_channel_small(n)),
+    );
     let py = ctx.python("bench_queue.py", &["--pin", "none,same"]);
     row.python = get(&py, "Queue_int_msgs_per_s_pin_none");
     if let Some(v) = get(&py, "Queue_int_msgs_per_s_pin_same") {
@@ -144,6 +150,10 @@ fn queue_bytes(ctx: &mut Ctx, case: &'static str, size: usize, n: usize, key: &s
         let payload = payload.clone();
         (n * size) as f64 / queue_run(n, Pin::None, move |_| Arc::clone(&payload)) / 1e6
     }));
+    row.peer.insert(
+        "ipc_channel_bytes".into(),
+        median(ctx.rounds(), || ipc_channel_bytes(n, size)),
+    );
     let py = ctx.python("bench_queue.py", &["--pin", "none,same"]);
     row.python = get(&py, &format!("Queue_{key}_MB_per_s_pin_none"));
     row.limit = ctx.limit("memcpy_GBps").map(|g| g * 1000.0);
@@ -256,6 +266,10 @@ fn pipe_roundtrip(ctx: &mut Ctx) -> Row {
         "raw_pipe_pin_same".into(),
         median(ctx.rounds(), || raw_roundtrip_us(n, Pin::Same)),
     );
+    row.peer.insert(
+        "ipc_channel_pin_same".into(),
+        median(ctx.rounds(), || ipc_channel_roundtrip(n, Pin::Same)),
+    );
     let py = ctx.python("bench_pipe.py", &["--pin", "same,none"]);
     row.python = get(&py, "rt_us_bytes_duplex_socketpair_pin_same");
     if let Some(v) = get(&py, "rt_us_bytes_oneway_ospipe_pair_pin_same") {
@@ -294,6 +308,10 @@ fn pipe_bytes_1m(ctx: &mut Ctx) -> Row {
         p.join().expect("join");
         mbs
     }));
+    row.peer.insert(
+        "ipc_channel_bytes".into(),
+        median(ctx.rounds(), || ipc_channel_bytes(n, size)),
+    );
     let py = ctx.python("bench_pipe.py", &["--pin", "same,none"]);
     row.python = get(&py, "bw_MB_per_s_1MiB_duplex_socketpair_pin_none");
     row.limit = ctx.limit("pipe_bandwidth_GBps").map(|g| g * 1000.0);
@@ -361,4 +379,83 @@ fn queue_mpmc(ctx: &mut Ctx) -> Row {
         total as f64 / dt
     }));
     row
+}
+
+// ---------------------------------------------------------------------------------------------
+// ipc-channel (Servo's), the Rust peer: the same shapes over its channels, forked children.
+
+/// `n` `u64` from a child over an `IpcSender<u64>`; messages per second.
+fn ipc_channel_small(n: usize) -> f64 {
+    let (tx, rx) = ipc_channel::ipc::channel::<u64>().expect("ipc channel");
+    let (go_rx, go_tx) = pipe(false).expect("pipe");
+    let mut p = Process::new(move || {
+        let _: u8 = go_rx.recv().expect("go");
+        for i in 0..n {
+            tx.send(i as u64).expect("send");
+        }
+    });
+    p.start().expect("start");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    go_tx.send(&1u8).expect("go");
+    for _ in 0..n {
+        rx.recv().expect("recv");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    p.join().expect("join");
+    rate
+}
+
+/// `n` messages of `size` bytes from a child over an `IpcBytesSender`; MB/s.
+fn ipc_channel_bytes(n: usize, size: usize) -> f64 {
+    let (tx, rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
+    let (go_rx, go_tx) = pipe(false).expect("pipe");
+    let mut p = Process::new(move || {
+        let payload = vec![0xabu8; size];
+        let _: u8 = go_rx.recv().expect("go");
+        for _ in 0..n {
+            tx.send(&payload).expect("send");
+        }
+    });
+    p.start().expect("start");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    go_tx.send(&1u8).expect("go");
+    for _ in 0..n {
+        assert_eq!(rx.recv().expect("recv").len(), size);
+    }
+    let rate = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    p.join().expect("join");
+    rate
+}
+
+/// 1-byte ping-pong over two `IpcBytesSender`s; microseconds per round trip.
+fn ipc_channel_roundtrip(n: usize, pin: Pin) -> f64 {
+    pin_to(pin.cpu());
+    let (to_child, child_rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
+    let (child_tx, from_child) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
+    let child_cpu = pin.cpu();
+    let mut p = Process::new(move || {
+        pin_to(child_cpu);
+        loop {
+            let m = child_rx.recv().expect("recv");
+            if m.is_empty() {
+                break;
+            }
+            child_tx.send(&m).expect("send");
+        }
+    });
+    p.start().expect("start");
+    to_child.send(b"x").expect("send");
+    from_child.recv().expect("recv");
+    let t = Instant::now();
+    for _ in 0..n {
+        to_child.send(b"x").expect("send");
+        from_child.recv().expect("recv");
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    to_child.send(b"").expect("stop");
+    p.join().expect("join");
+    unpin();
+    us
 }
