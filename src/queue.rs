@@ -9,9 +9,17 @@
 //! copy in and a copy out, never pipe chunks.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
-//! kernel as a holder of the queue; when a `get` finds the queue empty and no other handle is
-//! left, it returns [`GetError::Disconnected`] instead of blocking forever. A handle inherited
-//! through `fork` counts as held by every process that inherited it.
+//! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
+//! ends (killed included); when a `get` finds the queue empty and no other unclosed handle is
+//! left, it returns [`GetError::Disconnected`] within 50 ms instead of blocking forever.
+//! Handles that only get should therefore be closed, so that they do not count as possible
+//! producers for each other. A handle inherited through `fork` counts as held by every
+//! process that inherited it (a child also inherits its parent's handles, as it inherits
+//! every descriptor), so a child does not see its parent's own handle go away.
+//!
+//! Because every handle can also get, `put` never fails for want of readers (unlike
+//! [`Connection::send`](crate::Connection::send)): the putting process can always get the
+//! item back itself.
 
 use std::cell::RefCell;
 use std::fmt;
