@@ -866,6 +866,39 @@ mod tests {
         assert!(matches!(q.get(), Err(GetError::Disconnected)));
     }
 
+    /// Kills the process on drop, so a failing assertion leaves no child behind.
+    struct KillOnDrop(crate::Process);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.join_timeout(Duration::from_secs(10));
+        }
+    }
+
+    #[test]
+    fn a_process_killed_holding_the_lock_does_not_wedge_the_queue() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        let q2 = q.clone();
+        let (ready_rx, ready_tx) = crate::pipe(false).unwrap();
+        let mut p = crate::Process::new(move || {
+            let _held = q2.shm.lock(None).unwrap();
+            ready_tx.send(&1u8).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        });
+        p.start().unwrap();
+        let mut p = KillOnDrop(p);
+        let _: u8 = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(100)),
+            Err(GetError::Timeout)
+        ));
+        p.0.kill().unwrap();
+        p.0.join_timeout(Duration::from_secs(10)).unwrap();
+        q.put_timeout(5, Duration::from_secs(10)).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 5);
+    }
+
     #[test]
     fn a_handle_serialized_outside_a_start_is_an_error() {
         let q: Queue<u8> = Queue::new().unwrap();
