@@ -352,3 +352,73 @@ fn wait_reports_a_queue_with_items() {
     );
     p.join_timeout(WAIT).unwrap();
 }
+
+#[test]
+fn large_items_with_several_consumers_and_a_killed_one() {
+    let _r = common::Reaper::new();
+    const SIZE: usize = 512 * 1024;
+    const N: u32 = 40;
+    let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::new().unwrap();
+    let out: Queue<u32> = Queue::new().unwrap();
+    // A consumer that is killed while it takes items: whatever it held goes, nothing wedges.
+    let victim_q = q.clone();
+    let mut victim = Process::new(move || {
+        loop {
+            let _ = victim_q.get();
+        }
+    });
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let q = q.clone();
+        let out = out.clone();
+        consumers.push(Process::new(move || {
+            while let Ok((i, bytes)) = q.get_timeout(Duration::from_secs(10)) {
+                if i == u32::MAX {
+                    break;
+                }
+                assert!(
+                    bytes.len() == SIZE && bytes.iter().all(|b| *b == i as u8),
+                    "item {i} damaged"
+                );
+                out.put(i).unwrap();
+            }
+        }));
+    }
+    victim.start().unwrap();
+    for c in &mut consumers {
+        c.start().unwrap();
+    }
+    for i in 0..N {
+        q.put_timeout((i, serde_bytes::ByteBuf::from(vec![i as u8; SIZE])), WAIT)
+            .unwrap();
+        if i == N / 4 {
+            victim.kill().unwrap();
+            victim.join_timeout(WAIT).unwrap();
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        match out.get_timeout(Duration::from_secs(3)) {
+            Ok(i) => got.push(i),
+            Err(_) => break,
+        }
+    }
+    // The victim may have taken items put before it died; every item put after arrived,
+    // exactly once.
+    got.sort_unstable();
+    let before = got.len();
+    got.dedup();
+    assert_eq!(before, got.len(), "an item arrived twice");
+    for i in N / 4 + 1..N {
+        assert!(
+            got.contains(&i),
+            "item {i}, put after the kill, was lost: {got:?}"
+        );
+    }
+    for _ in 0..2 {
+        q.put((u32::MAX, serde_bytes::ByteBuf::new())).unwrap();
+    }
+    for c in &mut consumers {
+        assert_eq!(c.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
