@@ -18,6 +18,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,9 @@ pub use wait::{Waitable, wait};
 /// a receive can read this many bytes at once without touching the next message: a small
 /// message costs one `read`, and a large one two.
 const MIN_FRAME: usize = 64;
+
+/// Messages this large make the connection ask for a bigger pipe buffer.
+const LARGE_MESSAGE: usize = 256 * 1024;
 
 /// The first step by which a receive buffer grows for a large message; it then doubles with
 /// the bytes received, so a header announcing a gigabyte costs nothing until the bytes come.
@@ -132,6 +136,9 @@ pub struct Connection {
     writer: Option<OwnedFd>,
     inbox: Mutex<Inbox>,
     outbox: Mutex<Vec<u8>>,
+    /// Whether the pipe was already asked for a larger buffer (done on the first large send,
+    /// so that pipes carrying only small messages keep the default and the per-user budget).
+    grown: AtomicBool,
 }
 
 /// The frame being received: `buf[..filled]`. Reads are exact, so this never holds bytes of
@@ -173,6 +180,7 @@ impl Connection {
             writer,
             inbox: Mutex::new(Inbox::default()),
             outbox: Mutex::new(Vec::new()),
+            grown: AtomicBool::new(false),
         }
     }
 
@@ -192,6 +200,7 @@ impl Connection {
         if out.len() < MIN_FRAME {
             out.resize(MIN_FRAME, 0);
         }
+        self.grow_for(writer.as_fd(), out.len());
         sys::write_all(writer.as_fd(), &out)?;
         if out.capacity() > KEEP_BUFFER {
             *out = Vec::new();
@@ -213,9 +222,17 @@ impl Connection {
             frame[HEADER..HEADER + bytes.len()].copy_from_slice(bytes);
             sys::write_all(writer.as_fd(), &frame)?;
         } else {
+            self.grow_for(writer.as_fd(), HEADER + bytes.len());
             sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
         }
         Ok(())
+    }
+
+    /// Before a large message, asks once for a 1 MiB pipe buffer: fewer wake-ups per message.
+    fn grow_for(&self, writer: BorrowedFd<'_>, len: usize) {
+        if len >= LARGE_MESSAGE && !self.grown.swap(true, Ordering::Relaxed) {
+            sys::grow_pipe(writer, 1 << 20);
+        }
     }
 
     /// Receives one message and decodes it as a `T`, blocking until one arrives.

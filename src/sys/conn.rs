@@ -53,3 +53,12 @@ pub(crate) fn dup_raw(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     Ok(rustix::io::fcntl_dupfd_cloexec(borrowed, 0)?)
 }
+
+/// Asks the kernel to let the pipe behind `fd` hold `size` bytes (best effort: limits, or a
+/// descriptor that is not a pipe, leave it as it was).
+///
+/// # References
+/// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, size: usize) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
+}
