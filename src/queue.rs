@@ -84,6 +84,13 @@ thread_local! {
 /// assert!(matches!(q.get(), Err(multiproc::GetError::Disconnected)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Items must be serializable; anything else is refused at compile time:
+/// ```compile_fail
+/// struct NotSerde;
+/// let q: multiproc::Queue<NotSerde> = multiproc::Queue::new().unwrap();
+/// q.put(NotSerde);
+/// ```
 pub struct Queue<T> {
     shm: Arc<ShmQueue>,
     /// This handle's own open file description of the queue's memfd: its OFD lock says
