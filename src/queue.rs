@@ -404,9 +404,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if !self.others_may_put().map_err(GetError::Os)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue: look once more before giving up.
-            let guard = self.shm.lock(None).map_err(GetError::Os)?;
-            let empty = guard.is_some_and(|g| g.len() == 0);
-            return if empty {
+            let Some(guard) = self.shm.lock(wait.deadline()).map_err(GetError::Os)? else {
+                return Err(GetError::Timeout);
+            };
+            return if guard.len() == 0 {
                 Err(GetError::Disconnected)
             } else {
                 Ok(())
