@@ -496,10 +496,26 @@ impl<T> Waitable for Queue<T> {
 
 impl<T> Queue<T> {
     fn register_waiter(&self, want: bool) -> bool {
-        match self.shm.lock(None) {
-            Ok(Some(mut guard)) => guard.want_event(want),
-            // Ready: the caller's next operation reports the error.
-            _ => true,
+        if !want {
+            let _ = self.shm.words().fd_waiters.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+            return false;
+        }
+        // Registering takes the lock so that no put can slip between the check and the
+        // registration; it is held only for copies, so a short bound suffices.
+        match self
+            .shm
+            .lock(Some(Instant::now() + Duration::from_millis(100)))
+        {
+            Ok(Some(mut guard)) => guard.want_event(),
+            // Ready: the caller's next operation waits properly or reports the error.
+            _ => {
+                self.shm.words().fd_waiters.fetch_add(1, Ordering::Relaxed);
+                true
+            }
         }
     }
 }

@@ -322,21 +322,15 @@ impl Guard<'_> {
         puts.wrapping_sub(gets)
     }
 
-    /// Registers (or, with `false`, unregisters) a `wait()` caller: while one is registered the
-    /// event descriptor is readable whenever the queue holds items. Returns whether it does
-    /// now.
-    pub(crate) fn want_event(&mut self, want: bool) -> bool {
+    /// Registers a `wait()` caller (unregistered by decrementing
+    /// [`Words::fd_waiters`]): while one is registered the event descriptor is readable
+    /// whenever the queue holds items. Returns whether it does now.
+    pub(crate) fn want_event(&mut self) -> bool {
         let words = &self.h().words.0;
-        if want {
-            words.fd_waiters.fetch_add(1, Ordering::Relaxed);
-            if self.len() > 0 && words.event_set.load(Ordering::Relaxed) == 0 {
-                words.event_set.store(1, Ordering::Relaxed);
-                let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
-            }
-        } else {
-            let _ = words
-                .fd_waiters
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        words.fd_waiters.fetch_add(1, Ordering::Relaxed);
+        if self.len() > 0 && words.event_set.load(Ordering::Relaxed) == 0 {
+            words.event_set.store(1, Ordering::Relaxed);
+            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
         }
         self.len() > 0
     }
