@@ -459,3 +459,43 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+#[test]
+fn recv_bytes_into_large_messages_and_truncation() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let mut p = Process::new(move || {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        tx.send_bytes(&data).unwrap();
+        tx.send_bytes(b"small").unwrap();
+        // Then a header promising more than ever comes.
+        let fd = tx.fd().unwrap();
+        let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        let mut frame = 200_000u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[9u8; 100_000]);
+        std::io::Write::write_all(&mut file, &frame).unwrap();
+    });
+    p.start().unwrap();
+    let mut buf = vec![0u8; 4_000_000];
+    let n = rx.recv_bytes_into(&mut buf).unwrap();
+    assert_eq!(n, 3_000_000);
+    assert!(
+        buf[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 253) as u8)
+    );
+    assert_eq!(rx.recv_bytes_into(&mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"small");
+    match rx.recv_bytes_into(&mut buf) {
+        Err(RecvError::Truncated { received, expected }) => {
+            assert_eq!((received, expected), (100_004, 200_004));
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(matches!(
+        rx.recv_bytes_into(&mut buf),
+        Err(RecvError::Disconnected)
+    ));
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}

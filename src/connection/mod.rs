@@ -294,16 +294,60 @@ impl Connection {
     /// As [`recv_bytes`](Connection::recv_bytes), plus [`RecvError::BufferTooShort`] (which
     /// holds the message) when `buf` is too small.
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        self.recv_with(None, |payload| {
-            if payload.len() > buf.len() {
-                return Err(RecvError::BufferTooShort {
-                    message: payload.to_vec(),
-                    capacity: buf.len(),
-                });
+        let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
+        let reader = reader.as_fd();
+        let mut inbox = lock(&self.inbox);
+        if inbox.broken {
+            return Err(broken());
+        }
+        // Every frame is at least MIN_FRAME long, so this never reads into the next one.
+        fill_at_least(reader, &mut inbox, MIN_FRAME)?;
+        let header: [u8; HEADER] = inbox.buf[..HEADER].try_into().expect("HEADER bytes");
+        let len = match wire::announced_len(header) {
+            Ok(len) => len,
+            Err(e) => {
+                inbox.broken = true;
+                return Err(e.into());
             }
-            buf[..payload.len()].copy_from_slice(payload);
-            Ok(payload.len())
-        })
+        };
+        let have = inbox.filled - HEADER;
+        if len <= have || len > buf.len() {
+            // Already whole, or too long for `buf`: the general path.
+            let (start, len) = next_frame(reader, &mut inbox, None, wire::MAX_FRAME)?;
+            let result = if len > buf.len() {
+                Err(RecvError::BufferTooShort {
+                    message: inbox.buf[start..start + len].to_vec(),
+                    capacity: buf.len(),
+                })
+            } else {
+                buf[..len].copy_from_slice(&inbox.buf[start..start + len]);
+                Ok(len)
+            };
+            inbox.consume();
+            return result;
+        }
+        // A large message that fits: the rest goes straight into `buf`, one copy fewer.
+        buf[..have].copy_from_slice(&inbox.buf[HEADER..HEADER + have]);
+        inbox.filled = 0;
+        let mut got = have;
+        while got < len {
+            match sys::read(reader, &mut buf[got..len]) {
+                Ok(0) => {
+                    inbox.eof = true;
+                    return Err(RecvError::Truncated {
+                        received: HEADER + got,
+                        expected: HEADER + len,
+                    });
+                }
+                Ok(n) => got += n,
+                Err(e) => {
+                    // Part of the message is gone from the stream: it cannot be resumed.
+                    inbox.broken = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(len)
     }
 
     fn recv_with<R>(
@@ -382,6 +426,38 @@ impl Connection {
     }
 }
 
+/// Reads until `inbox` holds at least `want` bytes (never more than `want` in all).
+fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Result<(), RecvError> {
+    if inbox.buf.len() < want {
+        inbox.buf.resize(want, 0);
+    }
+    while inbox.filled < want {
+        if inbox.eof {
+            let received = inbox.filled;
+            inbox.filled = 0;
+            return Err(if received == 0 {
+                RecvError::Disconnected
+            } else {
+                RecvError::Truncated {
+                    received,
+                    expected: want,
+                }
+            });
+        }
+        let filled = inbox.filled;
+        let n = sys::read(reader, &mut inbox.buf[filled..want])?;
+        if n == 0 {
+            inbox.eof = true;
+        }
+        inbox.filled += n;
+    }
+    Ok(())
+}
+
+fn broken() -> RecvError {
+    DecodeError::new("connection unreadable after a bad message header", None).into()
+}
+
 /// Reads until `inbox` holds a whole frame; returns its payload's offset and length.
 fn next_frame(
     reader: BorrowedFd<'_>,
@@ -390,9 +466,7 @@ fn next_frame(
     max_len: usize,
 ) -> Result<(usize, usize), RecvError> {
     if inbox.broken {
-        return Err(
-            DecodeError::new("connection unreadable after a bad message header", None).into(),
-        );
+        return Err(broken());
     }
     loop {
         let unread = inbox.unread();
