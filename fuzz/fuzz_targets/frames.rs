@@ -29,14 +29,16 @@ fuzz_target!(|data: &[u8]| {
     std::fs::File::from(fd).write_all(data).expect("write");
     drop(tx);
     // Each frame is decoded as a different type in turn; at most one frame per 64 bytes.
+    let mut buf = [0u8; 4096];
     for i in 0..=data.len() / 64 + 1 {
-        let result = match i % 3 {
+        let result = match i % 4 {
             0 => rx.recv::<Shape>().map(drop),
             1 => rx.recv::<(u8, String)>().map(drop),
+            2 => rx.recv_bytes_into(&mut buf).map(drop),
             _ => rx.recv_bytes().map(drop),
         };
         match result {
-            Ok(()) | Err(RecvError::Decode(_)) => {}
+            Ok(()) | Err(RecvError::Decode(_) | RecvError::BufferTooShort { .. }) => {}
             Err(RecvError::Disconnected | RecvError::Truncated { .. }) => return,
             Err(e) => panic!("unexpected error on arbitrary input: {e:?}"),
         }
