@@ -32,8 +32,9 @@ impl Run for Greeter {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
-        "multiproc tour: Python's multiprocessing, for Rust (start methods: {:?})",
-        multiproc::get_all_start_methods()
+        "multiproc tour: Python's multiprocessing, for Rust (start methods: {:?}, default: {})",
+        multiproc::get_all_start_methods(),
+        multiproc::get_start_method()
     );
     println!(
         "this is {} (pid {}), {} CPUs",

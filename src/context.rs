@@ -1,21 +1,38 @@
-//! Start methods: how a child process begins.
+//! Start methods: how a child process begins, and how one is chosen (a process-wide default,
+//! a [`Context`] per method, or [`Builder::start_method`] per process), as in Python.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
-use crate::error::{Error, ErrorKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::{Builder, JoinHandle, Process, Run};
 
 /// How a child process begins, as Python's start methods.
 ///
-/// | method | the child is | targets it runs |
-/// |---|---|---|
-/// | `Fork` | a copy of the parent made by `fork()`: fastest, but unsafe in a parent that already runs threads (a lock another thread held stays locked in the child) | any closure |
+/// | method | the child is | targets it runs | start cost |
+/// |---|---|---|---|
+/// | `Fork` | a copy of the parent made by `fork()`; unsafe in a parent that already runs threads (a lock another thread held stays locked in the child) | any closure | lowest |
+/// | `Spawn` | a fresh execution of the program's binary; `main` does not run in it | fn items and non-capturing closures, with serializable arguments | an `exec` and program start-up per child |
+/// | `ForkServer` (default) | forked from a single-threaded server, itself a fresh execution of the binary started on first use | as `Spawn` | a fork of a small process |
+///
+/// `ForkServer` is the default on Linux, as in Python 3.14: it is as safe as `Spawn` in a
+/// threaded program (the server never runs your threads, so no lock can be inherited held),
+/// and about as fast as `Fork`. A closure that captures variables can only be forked: while
+/// no method was chosen (no [`set_start_method`], no `MULTIPROC_START_METHOD`, no context or
+/// [`Builder::start_method`]), such a process uses `Fork`, so code in the shape of
+/// `std::thread::spawn(move || ..)` works unchanged; once spawn or forkserver is chosen, a
+/// capturing closure is refused at `start()` with
+/// [`ErrorKind::UnsupportedTarget`](crate::ErrorKind::UnsupportedTarget).
 ///
 /// # Examples
 /// ```
 /// use multiproc::StartMethod;
-/// assert_eq!("fork".parse::<StartMethod>()?, StartMethod::Fork);
-/// assert_eq!(StartMethod::Fork.to_string(), "fork");
+/// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+/// assert_eq!(StartMethod::ForkServer.to_string(), "forkserver");
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,13 +40,25 @@ use crate::error::{Error, ErrorKind};
 pub enum StartMethod {
     /// The child is a `fork()` of the parent.
     Fork,
+    /// The child is a fresh execution of the program (`posix_spawn` of the same binary).
+    Spawn,
+    /// The child is forked from a single-threaded server process.
+    #[doc(alias = "forkserver")]
+    ForkServer,
 }
+
+/// The method used when neither `set_start_method` nor the process chose one.
+const BUILTIN_DEFAULT: StartMethod = StartMethod::ForkServer;
+
+static DEFAULT: OnceLock<StartMethod> = OnceLock::new();
 
 impl StartMethod {
     /// Python's name for the method.
     pub fn name(self) -> &'static str {
         match self {
             StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::ForkServer => "forkserver",
         }
     }
 }
@@ -46,6 +75,8 @@ impl FromStr for StartMethod {
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "fork" => Ok(StartMethod::Fork),
+            "spawn" => Ok(StartMethod::Spawn),
+            "forkserver" => Ok(StartMethod::ForkServer),
             other => Err(Error::with_message(
                 ErrorKind::UnsupportedStartMethod,
                 format!("unknown start method {other:?}"),
@@ -58,18 +89,191 @@ impl FromStr for StartMethod {
 ///
 /// # Examples
 /// ```
-/// assert!(multiproc::get_all_start_methods().contains(&multiproc::StartMethod::Fork));
+/// use multiproc::StartMethod;
+/// assert_eq!(
+///     multiproc::get_all_start_methods(),
+///     [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork]
+/// );
 /// ```
 pub fn get_all_start_methods() -> Vec<StartMethod> {
-    vec![StartMethod::Fork]
+    vec![
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ]
 }
 
-/// The start method used when a process does not choose one.
+/// The start method used when a process does not choose one (except for capturing closures
+/// while no method was chosen at all, which are forked; see [`StartMethod`]): the one given to
+/// [`set_start_method`]; else the one named by the `MULTIPROC_START_METHOD` environment
+/// variable (`fork`, `spawn` or `forkserver`; read once; an unknown name is ignored with a
+/// warning), which lets a program be run under another method without a code change, as
+/// `RAYON_NUM_THREADS` sizes rayon's pool; else [`StartMethod::ForkServer`].
 ///
 /// # Examples
 /// ```
-/// assert_eq!(multiproc::get_start_method(), multiproc::StartMethod::Fork);
+/// assert_eq!(multiproc::get_start_method(), multiproc::StartMethod::ForkServer);
 /// ```
 pub fn get_start_method() -> StartMethod {
-    StartMethod::Fork
+    DEFAULT
+        .get()
+        .copied()
+        .or_else(env_default)
+        .unwrap_or(BUILTIN_DEFAULT)
+}
+
+/// The method for a process that did not choose one. As [`get_start_method`], except that
+/// when no default was chosen at all (neither [`set_start_method`] nor the environment), a
+/// target that captures variables is forked: only `fork` can run it, and code written in the
+/// shape of `std::thread::spawn(move || ..)` keeps working. Choosing a method explicitly makes
+/// such a target an error under spawn and forkserver.
+pub(crate) fn default_for(captures: bool) -> StartMethod {
+    match DEFAULT.get().copied().or_else(env_default) {
+        Some(method) => method,
+        None if captures => StartMethod::Fork,
+        None => BUILTIN_DEFAULT,
+    }
+}
+
+/// The environment variable that names a default start method.
+const ENV_DEFAULT: &str = "MULTIPROC_START_METHOD";
+
+fn env_default() -> Option<StartMethod> {
+    static FROM_ENV: OnceLock<Option<StartMethod>> = OnceLock::new();
+    *FROM_ENV.get_or_init(|| {
+        let name = std::env::var(ENV_DEFAULT).ok()?;
+        match name.parse() {
+            Ok(method) => Some(method),
+            Err(_) => {
+                tracing::warn!(value = %name, "ignoring {ENV_DEFAULT}: not a start method");
+                None
+            }
+        }
+    })
+}
+
+/// The method given to [`set_start_method`], if any: a child that begins a fresh program is
+/// told it, as Python's spawn preparation data carries `start_method`.
+pub(crate) fn chosen_start_method() -> Option<StartMethod> {
+    DEFAULT.get().copied()
+}
+
+/// Sets the process-wide default start method, once, as Python's `set_start_method`. Call it
+/// early in `main`, before starting processes.
+///
+/// # Errors
+/// [`ErrorKind::StartMethodAlreadySet`] if a different method was already set (setting the
+/// same one again is allowed).
+///
+/// # Examples
+/// ```
+/// use multiproc::StartMethod;
+///
+/// multiproc::set_start_method(StartMethod::Spawn)?;
+/// assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+/// let err = multiproc::set_start_method(StartMethod::Fork).unwrap_err();
+/// assert_eq!(err.kind(), multiproc::ErrorKind::StartMethodAlreadySet);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn set_start_method(method: StartMethod) -> Result<()> {
+    let set = *DEFAULT.get_or_init(|| method);
+    if set == method {
+        Ok(())
+    } else {
+        Err(Error::with_message(
+            ErrorKind::StartMethodAlreadySet,
+            format!("the start method was already set to {set}"),
+        ))
+    }
+}
+
+/// A context for one start method, as Python's `get_context("spawn")`: processes made
+/// through it use that method whatever the default is.
+///
+/// # Examples
+/// ```
+/// use multiproc::StartMethod;
+///
+/// fn double(x: u32) -> u32 { x * 2 }
+///
+/// let ctx = multiproc::get_context(StartMethod::Spawn);
+/// assert_eq!(ctx.spawn_with_args(double, 21)?.join()?, 42);
+///
+/// let mut p = ctx.process(|| println!("hello from a fresh program"));
+/// assert_eq!(p.start_method(), StartMethod::Spawn);
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn get_context(method: StartMethod) -> Context {
+    Context { method }
+}
+
+/// Creates processes with one start method; see [`get_context`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    method: StartMethod,
+}
+
+impl Context {
+    /// The context's start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// A [`Builder`] preset to this context's start method.
+    pub fn builder(&self) -> Builder {
+        Builder::new().start_method(self.method)
+    }
+
+    /// A process that will run `target` ([`Process::new`]), Python's `ctx.Process(target=f)`.
+    #[doc(alias = "Process")]
+    pub fn process<F>(&self, target: F) -> Process
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.builder().target(target)
+    }
+
+    /// A process that will run `target(args)` ([`Process::with_args`]).
+    pub fn process_with_args<F, A>(&self, target: F, args: A) -> Process
+    where
+        F: FnOnce(A) + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.builder().target_with_args(target, args)
+    }
+
+    /// A process whose body is `value.run()` ([`Process::from_run`]).
+    pub fn process_from_run<R>(&self, value: R) -> Process
+    where
+        R: Run + Serialize + DeserializeOwned,
+    {
+        self.builder().from_run(value)
+    }
+
+    /// Starts a process running `f` ([`spawn`](crate::spawn)).
+    ///
+    /// # Errors
+    /// As [`Process::start`].
+    pub fn spawn<F, T>(&self, f: F) -> Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Serialize + DeserializeOwned,
+    {
+        self.builder().spawn(f)
+    }
+
+    /// Starts a process running `f(args)` ([`spawn_with_args`](crate::spawn_with_args)).
+    ///
+    /// # Errors
+    /// As [`Process::start`].
+    pub fn spawn_with_args<F, A, T>(&self, f: F, args: A) -> Result<JoinHandle<T>>
+    where
+        F: FnOnce(A) -> T + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned,
+    {
+        self.builder().spawn_with_args(f, args)
+    }
 }

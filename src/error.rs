@@ -26,14 +26,20 @@ pub enum ErrorKind {
     TargetConsumed,
     /// The target cannot run under the chosen start method (a capturing closure under spawn).
     UnsupportedTarget,
-    /// The start method is not available on this platform.
+    /// The start method is not available on this platform, or this program cannot be
+    /// re-executed as a child (see [`init`](crate::init)).
     UnsupportedStartMethod,
+    /// [`set_start_method`](crate::set_start_method) was called with a different method after
+    /// one was set.
+    StartMethodAlreadySet,
     /// A value could not be serialized.
     Encode,
     /// Bytes could not be deserialized into the expected type.
     Decode,
     /// A timed operation ran out of time.
     Timeout,
+    /// An argument was out of range (a pool of zero processes, ...).
+    InvalidInput,
     /// The operating system refused (fork failed, too many processes, out of descriptors...).
     Os,
 }
@@ -97,9 +103,11 @@ impl Error {
             ErrorKind::TargetConsumed => "target already consumed by an earlier run or start",
             ErrorKind::UnsupportedTarget => "target cannot run under this start method",
             ErrorKind::UnsupportedStartMethod => "start method not supported on this platform",
+            ErrorKind::StartMethodAlreadySet => "start method already set",
             ErrorKind::Encode => "could not serialize value",
             ErrorKind::Decode => "could not deserialize value",
             ErrorKind::Timeout => "operation timed out",
+            ErrorKind::InvalidInput => "invalid argument",
             ErrorKind::Os => "operating system error",
         }
     }

@@ -50,11 +50,30 @@
 //! - [`spawn`] → [`JoinHandle<T>`]: the child's return value, or a [`JoinError`] that tells a
 //!   panic from a signal from an exit code.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
-//! - Start methods ([`StartMethod`]); `fork` today.
+//! - Start methods ([`StartMethod`]): `forkserver` (the default), `spawn` and `fork`, chosen
+//!   per program ([`set_start_method`]), per [`Context`] ([`get_context`]) or per process
+//!   ([`Builder::start_method`]).
+//! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
+//!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
+//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
 //! - IPC: [`pipe`] → [`Connection`] (typed `send`/`recv`, raw bytes, `poll`); [`Queue`],
 //!   [`SimpleQueue`], [`JoinableQueue`] in crash-safe shared memory; [`wait`] over
 //!   connections, queues and sentinels; [`Listener`] / [`client`] between programs, with an
 //!   HMAC challenge on the [`AuthKey`]. A peer that dies never leaves the other side blocked.
+//!
+//! # Start methods and `main`
+//! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
+//! child's target, not your `main` (Python needs the `if __name__ == "__main__":` guard for
+//! this). multiproc does it for you: a hook that runs before `main` turns such a copy into the
+//! child, so `main` and, in a test binary, the test harness never run in it. No setup is
+//! needed. Should the hook not run (an unusual linker or loader), starting a process with these
+//! methods fails with an error that says to call [`init`] as the first line of `main`.
+//!
+//! Targets under `spawn` and `forkserver` are function items or closures that capture
+//! nothing, with their inputs passed as serializable arguments ([`Process::with_args`]). The
+//! `fork` method runs any closure: while no start method was chosen, a closure that captures
+//! variables is forked; once `spawn` or `forkserver` is chosen, it is refused at `start()`
+//! with [`ErrorKind::UnsupportedTarget`].
 //!
 //! Lifecycle events (start, exit with code, signals) are reported through `tracing`, the
 //! counterpart of Python's `log_to_stderr`.
@@ -76,7 +95,11 @@ mod context;
 mod error;
 mod process;
 mod queue;
+mod resource_tracker;
+#[allow(unsafe_code)]
+mod shared;
 mod start;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
@@ -85,7 +108,9 @@ pub use connection::{
     Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_HANDSHAKE_MESSAGE,
     Waitable, client, client_with_authkey, pipe, wait,
 };
-pub use context::{StartMethod, get_all_start_methods, get_start_method};
+pub use context::{
+    Context, StartMethod, get_all_start_methods, get_context, get_start_method, set_start_method,
+};
 pub use error::{
     DecodeError, EncodeError, Error, ErrorKind, GetError, JoinError, PutError, RecvError, Result,
     SendError,
@@ -95,3 +120,30 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
+
+/// Hands control to multiproc if this program was started as a child process or forkserver;
+/// returns at once otherwise. Rust's counterpart of Python's `if __name__ == "__main__":`.
+///
+/// Not needed where multiproc's pre-main hook runs (Linux with the usual toolchains, in normal
+/// and test binaries alike); calling it there is harmless. Where the hook does not run,
+/// `spawn` and `forkserver` refuse to start children until `init` was called, since a copy of
+/// the program that ran `main` again could start children of its own. Call it as the very
+/// first line of `main`, before any thread starts: in a child it never returns, and anything
+/// before it would run in every child too.
+///
+/// # Examples
+/// ```
+/// fn main() {
+///     multiproc::init();
+///     // ... the program, which may now use every start method.
+/// }
+/// # main();
+/// ```
+pub fn init() {
+    start::init();
+}
+pub use shared::{Array, ArrayGuard, Pod, SharedAtomic, SharedMemory, Value, ValueGuard};
+pub use sync::{
+    AcquireError, Barrier, BoundedSemaphore, BrokenBarrierError, Condition, ConditionGuard, Event,
+    Lock, LockGuard, OwnerDied, RLock, RLockGuard, ReleaseError, Semaphore,
+};

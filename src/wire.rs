@@ -143,18 +143,17 @@ pub(crate) fn announced_len(header: [u8; HEADER]) -> std::result::Result<usize, 
 // inside `with_received_fds`, where each index is swapped back for its descriptor.
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<RawFd>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
-/// Runs `encode` (which serializes start arguments) and returns the descriptors that the
-/// serialized handles refer to, in index order. They stay owned by the handles, which must
-/// outlive the start.
-#[allow(dead_code)] // until the spawn start method uses it
-pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
+/// Runs `encode` (which serializes start arguments) and returns duplicates of the descriptors
+/// that the serialized handles refer to, in index order. Being duplicates, they stay valid
+/// whatever happens to the handles; dropping them closes only the copies.
+pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let previous = OUTGOING.replace(Some(Vec::new()));
     let result = encode();
     let fds = OUTGOING.replace(previous).unwrap_or_default();
@@ -163,7 +162,6 @@ pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
 
 /// Runs `decode` (which deserializes start arguments) with `fds` as the table that serialized
 /// indexes refer to. Descriptors nobody claimed are closed afterwards.
-#[allow(dead_code)] // until the spawn start method uses it
 pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     let previous = INCOMING.replace(Some(fds.into_iter().map(Some).collect()));
     let result = decode();
@@ -175,20 +173,24 @@ pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R
 ///
 /// # Errors
 /// Outside [`collect_fds`]: the handle is being sent somewhere descriptors cannot follow
-/// (over a queue, into a file), which this crate does not support.
-#[allow(dead_code)] // until the spawn start method uses it
+/// (over a queue, into a file), which this crate does not support; or the descriptor could not
+/// be duplicated (out of descriptors).
+#[allow(dead_code)] // until a handle type in the crate uses it
 pub(crate) fn serialize_fd<S: serde::Serializer>(
     fd: BorrowedFd<'_>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with_borrow_mut(|table| {
         table.as_mut().map(|fds| {
-            fds.push(fd.as_raw_fd());
-            fds.len() - 1
+            fds.push(fd.try_clone_to_owned()?);
+            Ok::<_, std::io::Error>(fds.len() - 1)
         })
     });
     match index {
-        Some(i) => s.serialize_u32(i as u32),
+        Some(Ok(i)) => s.serialize_u32(i as u32),
+        Some(Err(e)) => Err(serde::ser::Error::custom(format!(
+            "could not duplicate a descriptor for the child: {e}"
+        ))),
         None => Err(serde::ser::Error::custom(
             "a handle that owns a file descriptor can only be passed to a child process as a start argument",
         )),
@@ -196,7 +198,7 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
 }
 
 /// Deserializes a descriptor serialized by [`serialize_fd`], taking it out of the side table.
-#[allow(dead_code)] // until the spawn start method uses it
+#[allow(dead_code)] // until a handle type in the crate uses it
 pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = <u32 as serde::Deserialize>::deserialize(d)? as usize;
     INCOMING

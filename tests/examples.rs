@@ -58,6 +58,11 @@ fn run(name: &str, args: &[&str]) -> (Output, Duration) {
     let child = Command::new(example_path(name))
         .args(args)
         .env("RUST_BACKTRACE", "0")
+        // The example runs under this test's start method (see start_method_matrix!).
+        .env(
+            "MULTIPROC_START_METHOD",
+            multiproc::get_start_method().name(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -120,127 +125,134 @@ fn field<T: std::str::FromStr>(out: &str, prefix: &str) -> T {
         .unwrap_or_else(|| panic!("unparsable {line:?}"))
 }
 
-#[test]
-fn target_args_prints_pids_and_arguments() {
-    let (out, _) = run("target_args", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    let main_pid: u32 = {
-        let i = position(&s, "(main pid ") + "(main pid ".len();
-        s[i..].split(')').next().unwrap().parse().unwrap()
-    };
-    let child_pid: u32 = field(&s, "Process ID：");
-    let parent_pid: u32 = field(&s, "Parent Process ID：");
-    assert_ne!(child_pid, main_pid);
-    assert_eq!(parent_pid, main_pid);
-    assert!(s.contains("name: nmask"));
-    assert!(s.contains("子进程正在运行，name的值：test,age的值：27"));
-    assert!(s.contains("字典kwargs: {'key': 12}"));
-}
+// Each example runs once per start method (modules fork, spawn, forkserver). tcp_server
+// moves a socket into a capturing closure, which only fork can run, and stays outside.
+start_method_matrix! {
+    #[test]
+    fn target_args_prints_pids_and_arguments() {
+        let (out, _) = run("target_args", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        let main_pid: u32 = {
+            let i = position(&s, "(main pid ") + "(main pid ".len();
+            s[i..].split(')').next().unwrap().parse().unwrap()
+        };
+        let child_pid: u32 = field(&s, "Process ID：");
+        let parent_pid: u32 = field(&s, "Parent Process ID：");
+        assert_ne!(child_pid, main_pid);
+        assert_eq!(parent_pid, main_pid);
+        assert!(s.contains("name: nmask"));
+        assert!(s.contains("子进程正在运行，name的值：test,age的值：27"));
+        assert!(s.contains("字典kwargs: {'key': 12}"));
+    }
 
-#[test]
-fn subclass_runs_ten_children_concurrently() {
-    let (out, elapsed) = run("subclass", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    for i in 0..10 {
-        assert_eq!(
-            s.lines().filter(|l| *l == format!("nMask {i}")).count(),
-            1,
+    #[test]
+    fn subclass_runs_ten_children_concurrently() {
+        let (out, elapsed) = run("subclass", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        for i in 0..10 {
+            assert_eq!(
+                s.lines().filter(|l| *l == format!("nMask {i}")).count(),
+                1,
+                "{s}"
+            );
+        }
+        // Ten children sleeping 1 s each: concurrent, not one after another (10 s).
+        assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
+    }
+
+    #[test]
+    fn join_waits_and_join_timeout_returns_early() {
+        let (out, _) = run("join", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        // First run: the parent's line comes after the child's "work end".
+        let first_end = position(&s, "work end");
+        let first_done = position(&s, "主进程执行完");
+        assert!(first_end < first_done, "{s}");
+        // Second run: join(3 s) on a 5 s child returns while it still runs...
+        let timed = position(
+            &s,
+            "主进程执行完 (after 3 s, child exit code None, alive: true)",
+        );
+        // ...and the child finishes afterwards (joined when main ends).
+        assert!(s[timed..].contains("work end"), "{s}");
+    }
+
+    #[test]
+    fn attributes_before_and_after_join() {
+        let (out, _) = run("attributes", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        let pid: u32 = field(&s, "p.pid:");
+        assert!(pid > 0);
+        assert!(s.contains("p.name: Process-1"));
+        assert!(s.contains("p.is_alive: true"));
+        assert!(s.contains("p.is_alive after join: false"));
+        assert_eq!(s.matches("当前时间").count(), 3);
+        // Workers sleeping 4, 2, 3 s end in the order 2, 3, 4.
+        let (e1, e2, e3) = (
+            position(&s, "end work1"),
+            position(&s, "end work2"),
+            position(&s, "end work3"),
+        );
+        assert!(e2 < e3 && e3 < e1, "{s}");
+        for (i, n) in [(1, 2), (2, 3), (3, 4)] {
+            assert!(s.contains(&format!("p{i}.name: Process-{n}")), "{s}");
+        }
+        assert!(s.trim_end().ends_with("主进程结束"));
+    }
+
+    #[test]
+    fn daemon_is_terminated_when_main_ends() {
+        let (out, _) = run("daemon", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        assert!(
+            s.contains("456") && s.contains("main-------") && s.contains("end456"),
             "{s}"
         );
+        assert!(!s.contains("end123"), "the daemon outlived main:\n{s}");
     }
-    // Ten children sleeping 1 s each: concurrent, not one after another (10 s).
-    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
-}
 
-#[test]
-fn join_waits_and_join_timeout_returns_early() {
-    let (out, _) = run("join", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    // First run: the parent's line comes after the child's "work end".
-    let first_end = position(&s, "work end");
-    let first_done = position(&s, "主进程执行完");
-    assert!(first_end < first_done, "{s}");
-    // Second run: join(3 s) on a 5 s child returns while it still runs...
-    let timed = position(
-        &s,
-        "主进程执行完 (after 3 s, child exit code None, alive: true)",
-    );
-    // ...and the child finishes afterwards (joined when main ends).
-    assert!(s[timed..].contains("work end"), "{s}");
-}
-
-#[test]
-fn attributes_before_and_after_join() {
-    let (out, _) = run("attributes", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    let pid: u32 = field(&s, "p.pid:");
-    assert!(pid > 0);
-    assert!(s.contains("p.name: Process-1"));
-    assert!(s.contains("p.is_alive: true"));
-    assert!(s.contains("p.is_alive after join: false"));
-    assert_eq!(s.matches("当前时间").count(), 3);
-    // Workers sleeping 4, 2, 3 s end in the order 2, 3, 4.
-    let (e1, e2, e3) = (
-        position(&s, "end work1"),
-        position(&s, "end work2"),
-        position(&s, "end work3"),
-    );
-    assert!(e2 < e3 && e3 < e1, "{s}");
-    for (i, n) in [(1, 2), (2, 3), (3, 4)] {
-        assert!(s.contains(&format!("p{i}.name: Process-{n}")), "{s}");
+    #[test]
+    fn terminate_then_is_alive() {
+        let (out, _) = run("terminate", &[]);
+        assert!(out.status.success());
+        let s = text(&out);
+        let lines: Vec<&str> = s
+            .lines()
+            .filter(|l| matches!(*l, "True" | "False" | "开始"))
+            .collect();
+        assert_eq!(lines, ["True", "开始", "False"], "{s}");
+        assert!(s.contains("exitcode: Some(-15)"), "{s}");
+        assert!(!s.contains("还在和陈松聊天"), "{s}");
     }
-    assert!(s.trim_end().ends_with("主进程结束"));
-}
 
-#[test]
-fn daemon_is_terminated_when_main_ends() {
-    let (out, _) = run("daemon", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    assert!(
-        s.contains("456") && s.contains("main-------") && s.contains("end456"),
-        "{s}"
-    );
-    assert!(!s.contains("end123"), "the daemon outlived main:\n{s}");
-}
-
-#[test]
-fn terminate_then_is_alive() {
-    let (out, _) = run("terminate", &[]);
-    assert!(out.status.success());
-    let s = text(&out);
-    let lines: Vec<&str> = s
-        .lines()
-        .filter(|l| matches!(*l, "True" | "False" | "开始"))
-        .collect();
-    assert_eq!(lines, ["True", "开始", "False"], "{s}");
-    assert!(s.contains("exitcode: Some(-15)"), "{s}");
-    assert!(!s.contains("还在和陈松聊天"), "{s}");
-}
-
-#[test]
-fn tour_runs_and_prints_buffered_output_once() {
-    let (out, _) = run("tour", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = text(&out);
-    assert_eq!(s.matches("starting Process-1... ").count(), 1, "{s}");
-    assert!(s.contains("square(12) computed in pid"));
-    assert!(s.contains("terminate() -> exitcode -15"));
-    assert!(s.contains("panic: \"something broke\""));
-    // The child printed its panic to stderr, as Python prints a traceback.
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("panicked at examples/tour.rs") && err.contains("something broke"),
-        "{err}"
-    );
+    #[test]
+    fn tour_runs_and_prints_buffered_output_once() {
+        let (out, _) = run("tour", &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = text(&out);
+        // The example ran under this test's start method.
+        let method = format!("default: {})", multiproc::get_start_method());
+        assert!(s.contains(&method), "{s}");
+        assert_eq!(s.matches("starting Process-1... ").count(), 1, "{s}");
+        assert!(s.contains("square(12) computed in pid"));
+        assert!(s.contains("terminate() -> exitcode -15"));
+        assert!(s.contains("panic: \"something broke\""));
+        // The child printed its panic to stderr, as Python prints a traceback.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("panicked at examples/tour.rs") && err.contains("something broke"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,15 @@ mod harness;
 use harness::{Ctx, Row};
 
 fn main() {
+    // procspawn (a peer in the spawn case) re-executes this binary and needs its hook first;
+    // multiproc's own runs before `main`.
+    procspawn::init();
+    // SAFETY: procspawn asks that every function it runs live in the main executable (not in
+    // a shared library loaded at a different address in the child); the bench's do.
+    unsafe { procspawn::assert_spawn_is_safe() };
+    if std::env::args().nth(1).as_deref() == Some(cases::start_methods::EXIT_AT_ONCE) {
+        return;
+    }
     let mut quick = false;
     let mut wanted = Vec::new();
     for arg in std::env::args().skip(1) {

@@ -51,6 +51,8 @@ use target::{ArgsTask, ClosureTask, RunTask, Task};
 pub struct Process {
     identity: Identity,
     method: Option<StartMethod>,
+    /// The target captures variables: only `fork` can run it (see `context::default_for`).
+    captures: bool,
     target: Option<Box<dyn Task>>,
     state: State,
 }
@@ -82,6 +84,8 @@ impl Process {
     ///
     /// Under the `fork` start method any closure works. Start methods that begin a fresh
     /// program need a closure that captures nothing; pass values with [`Process::with_args`].
+    /// While no start method was chosen, a closure that captures is forked (see
+    /// [`StartMethod`]).
     pub fn new<F>(target: F) -> Process
     where
         F: FnOnce() + Send + 'static,
@@ -136,6 +140,7 @@ impl Process {
                 parent: None,
             },
             method: builder.method,
+            captures: task.captures(),
             target: Some(task),
             state: State::New,
         }
@@ -182,7 +187,8 @@ impl Process {
 
     /// The start method this process will use (the default unless one was chosen).
     pub fn start_method(&self) -> StartMethod {
-        self.method.unwrap_or_else(context::get_start_method)
+        self.method
+            .unwrap_or_else(|| context::default_for(self.captures))
     }
 
     /// Starts the child, which runs the target.
@@ -403,7 +409,8 @@ impl Builder {
         self
     }
 
-    /// The start method for this process only.
+    /// The start method for this process only. Under [`StartMethod::Spawn`] and
+    /// [`StartMethod::ForkServer`] a target that captures variables is refused at `start()`.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
         self

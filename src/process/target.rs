@@ -6,9 +6,6 @@
 //! That works for any function item or non-capturing closure, because such a type is
 //! zero-sized: the child can make its one value out of nothing.
 
-// The remote half is wired up by the spawn and forkserver start methods.
-#![allow(dead_code)]
-
 use std::mem::size_of;
 
 use serde::Serialize;
@@ -45,8 +42,10 @@ pub trait Run: Send + 'static {
     fn run(&mut self);
 }
 
-/// A child-side entry point: decodes the payload, runs the target, encodes its return value.
-pub(crate) type Entry = fn(&[u8]) -> Result<Vec<u8>>;
+/// A child-side entry point: rebuilds the task from its payload, in the child. Decoding and
+/// running are separate so that descriptors travelling with the payload are claimed while
+/// decoding (inside `wire::with_received_fds`), and the target then runs as under `fork`.
+pub(crate) type Entry = fn(&[u8]) -> Result<Box<dyn Task>>;
 
 /// A target in a form that a fresh program can run.
 #[derive(Debug)]
@@ -62,6 +61,11 @@ pub(crate) trait Task: Send {
 
     /// Describes the target for a child that does not share this address space.
     fn to_remote(&self) -> Result<RemoteTask>;
+
+    /// Whether the target is a closure that captures variables, which only `fork` can run.
+    fn captures(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -76,7 +80,8 @@ fn capture_error() -> Error {
     Error::with_message(
         ErrorKind::UnsupportedTarget,
         "a closure that captures variables can only run under the fork start method; \
-         pass its values as arguments (Process::with_args) or use a fn item",
+         pass its values as arguments (Process::with_args), use a fn item, or choose \
+         StartMethod::Fork for this process (Builder::start_method)",
     )
 }
 
@@ -114,10 +119,18 @@ where
             payload: Vec::new(),
         })
     }
+
+    fn captures(&self) -> bool {
+        size_of::<F>() != 0
+    }
 }
 
-fn closure_entry<F: FnOnce() -> T, T: Serialize>(_payload: &[u8]) -> Result<Vec<u8>> {
-    encode(&conjure::<F>()())
+fn closure_entry<F, T>(_payload: &[u8]) -> Result<Box<dyn Task>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Serialize,
+{
+    Ok(Box::new(ClosureTask(conjure::<F>())))
 }
 
 /// `Process::with_args(f, args)` and `spawn_with_args(f, args)`.
@@ -145,16 +158,23 @@ where
             payload: encode(&self.args)?,
         })
     }
+
+    fn captures(&self) -> bool {
+        size_of::<F>() != 0
+    }
 }
 
-fn args_entry<F, A, T>(payload: &[u8]) -> Result<Vec<u8>>
+fn args_entry<F, A, T>(payload: &[u8]) -> Result<Box<dyn Task>>
 where
-    F: FnOnce(A) -> T,
-    A: DeserializeOwned,
+    F: FnOnce(A) -> T + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
     T: Serialize,
 {
     let args: A = decode(payload)?;
-    encode(&conjure::<F>()(args))
+    Ok(Box::new(ArgsTask {
+        f: conjure::<F>(),
+        args,
+    }))
 }
 
 /// `Process::from_run(value)`.
@@ -177,10 +197,8 @@ where
     }
 }
 
-fn run_entry<R: Run + DeserializeOwned>(payload: &[u8]) -> Result<Vec<u8>> {
-    let mut value: R = decode(payload)?;
-    value.run();
-    encode(&())
+fn run_entry<R: Run + Serialize + DeserializeOwned>(payload: &[u8]) -> Result<Box<dyn Task>> {
+    Ok(Box::new(RunTask(decode::<R>(payload)?)))
 }
 
 /// A short display name for a `Run` type, as Python names a subclass's processes.

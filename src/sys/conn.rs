@@ -43,17 +43,6 @@ pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Res
     Ok(())
 }
 
-/// A new descriptor for the open file description behind raw descriptor `fd`, which the
-/// caller knows to be open (tests of the descriptor side channel).
-#[cfg(test)]
-#[allow(unsafe_code)]
-pub(crate) fn dup_raw(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: the caller guarantees `fd` is open for the duration of this call; we only
-    // duplicate it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    Ok(rustix::io::fcntl_dupfd_cloexec(borrowed, 0)?)
-}
-
 /// Asks the kernel to let the pipe behind `fd` hold `size` bytes (best effort: limits, or a
 /// descriptor that is not a pipe, leave it as it was).
 ///

@@ -44,7 +44,7 @@ pub(crate) fn fork_child<F: FnOnce() -> i32>(child: F) -> io::Result<RawPid> {
 }
 
 /// Aborts the process if dropped during unwinding (rayon's `AbortIfPanic`).
-struct AbortOnUnwind;
+pub(super) struct AbortOnUnwind;
 
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {

@@ -8,10 +8,26 @@
 //! Each `unsafe` block in the platform files carries a `// SAFETY:` note. The post-fork child
 //! path is [`fork_child`]: it runs no allocation and takes no lock before handing control to
 //! the caller's closure, and it leaves through [`exit_now`], never through the parent's
-//! destructors or `atexit` handlers.
+//! destructors or `atexit` handlers. The forkserver's [`clone_sibling`] is its sibling for a
+//! single-threaded server (`clone.rs`); [`spawn_self`] re-executes the program (`exec.rs`);
+//! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS.
 
 #[cfg(target_os = "linux")]
+mod clone;
+#[cfg(target_os = "linux")]
+mod exec;
+mod fdpass;
+#[cfg(target_os = "linux")]
+mod image;
+#[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use clone::*;
+#[cfg(target_os = "linux")]
+pub(crate) use exec::*;
+pub(crate) use fdpass::*;
+#[cfg(target_os = "linux")]
+pub(crate) use image::*;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 #[cfg(target_os = "linux")]
@@ -27,3 +43,8 @@ pub(crate) use shm_queue::*;
 compile_error!(
     "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
 );
+
+mod futex;
+mod shm;
+pub(crate) use futex::*;
+pub(crate) use shm::*;

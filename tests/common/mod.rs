@@ -57,8 +57,17 @@ pub fn open_fds() -> Vec<i32> {
     fds
 }
 
-/// Children of this process in any state, as (pid, state letter) from /proc.
+/// Children of this process in any state, as (pid, state letter) from /proc, not counting a
+/// running forkserver (see [`is_forkserver`] and [`os_children_with_forkserver`]).
 pub fn os_children() -> Vec<(i32, char)> {
+    os_children_with_forkserver()
+        .into_iter()
+        .filter(|&(pid, state)| state == 'Z' || !is_forkserver(pid))
+        .collect()
+}
+
+/// Children of this process in any state, the forkserver included.
+pub fn os_children_with_forkserver() -> Vec<(i32, char)> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
@@ -98,4 +107,138 @@ pub fn is_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     // SAFETY: `pfd` is a valid pollfd that lives across the call; nfds is 1.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// Stamps each test once per start method, as CPython runs each test suite once per method:
+/// `mod fork`, `mod spawn` and `mod forkserver`, each holding every test, which first makes its
+/// method the process-wide default ([`use_start_method`]) and then runs the body unchanged.
+/// The default can be set once per process: under cargo nextest each test has its own
+/// process; under `cargo test` each stamped test re-runs itself alone in a fresh copy of the
+/// test binary ([`isolated`]). Helpers stay outside the macro (each module does
+/// `use super::*`). Tests that need a capturing closure are fork-only and stay outside too.
+///
+/// ```ignore
+/// start_method_matrix! {
+///     #[test]
+///     fn child_sees_its_name() {
+///         let h = multiproc::Builder::new().name("w").spawn(|| multiproc::current_process().name().to_owned());
+///         assert_eq!(h.unwrap().join().unwrap(), "w");
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! start_method_matrix {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        $crate::start_method_matrix!(@stamp fork, Fork; $($(#[$meta])* fn $name() $body)*);
+        $crate::start_method_matrix!(@stamp spawn, Spawn; $($(#[$meta])* fn $name() $body)*);
+        $crate::start_method_matrix!(@stamp forkserver, ForkServer; $($(#[$meta])* fn $name() $body)*);
+    };
+    (@stamp $module:ident, $method:ident; $($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                fn $name() {
+                    if $crate::common::isolated(module_path!(), stringify!($name)) {
+                        return;
+                    }
+                    $crate::common::use_start_method(multiproc::StartMethod::$method);
+                    $body
+                }
+            )*
+        }
+    };
+}
+
+/// Tests that need a process of their own (they count its children, set its default start
+/// method...), run alone under `cargo test` as the matrix's are ([`isolated`]).
+#[macro_export]
+macro_rules! alone {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        $(
+            $(#[$meta])*
+            fn $name() {
+                if $crate::common::isolated(module_path!(), stringify!($name)) {
+                    return;
+                }
+                $body
+            }
+        )*
+    };
+}
+
+/// Unless this process runs one test only (cargo nextest, or a copy started by this function),
+/// runs the test `module::name` alone in a fresh copy of the test binary, waits for it (at most
+/// a minute) and fails if it failed; returns `true` then, and the caller returns at once.
+pub fn isolated(module: &str, name: &str) -> bool {
+    const ALONE: &str = "MULTIPROC_TEST_ALONE";
+    if std::env::var_os("NEXTEST_EXECUTION_MODE").is_some_and(|m| m == "process-per-test")
+        || std::env::var_os(ALONE).is_some()
+    {
+        return false;
+    }
+    // module_path! starts with the test crate's name, which libtest's test paths omit.
+    let path = match module.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{name}"),
+        None => name.to_owned(),
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([path.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("re-run the test binary");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Some(s) if s.success() && out.contains("1 passed") => true,
+        Some(s) => panic!("{path} failed alone ({s}):\n{out}\n{err}"),
+        None => panic!("{path} did not finish in 60 s:\n{out}\n{err}"),
+    }
+}
+
+/// Makes `method` this test process's default start method. Needs one process per test
+/// (cargo nextest), since the default can be set only once per process.
+pub fn use_start_method(method: multiproc::StartMethod) {
+    if let Err(e) = multiproc::set_start_method(method) {
+        panic!(
+            "{e}: start-method matrix tests need one process per test; run them with cargo nextest"
+        );
+    }
+}
+
+/// Whether `pid` is a multiproc forkserver (a child of ours that `active_children` does not
+/// list). Its environment, as the kernel recorded it at exec, carries the start marker.
+pub fn is_forkserver(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|var| var == b"__MULTIPROC_CHILD=forkserver")
+    })
 }

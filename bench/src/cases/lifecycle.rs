@@ -1,6 +1,6 @@
 //! Process lifecycle: start + join, sequentially.
 
-use multiproc::Process;
+use multiproc::{StartMethod, get_context};
 
 use crate::harness::{Case, Ctx, Row, get, median, us_per_iter};
 
@@ -23,7 +23,7 @@ fn process_start_join(ctx: &mut Ctx) -> Row {
     let n = ctx.scale(500, 100);
     row.ours = Some(median(ctx.rounds(), || {
         us_per_iter(n, || {
-            let mut p = Process::new(|| {});
+            let mut p = get_context(StartMethod::Fork).process(|| {});
             p.start().expect("start");
             assert_eq!(p.join().expect("join"), 0);
         })
@@ -36,13 +36,14 @@ fn process_start_join(ctx: &mut Ctx) -> Row {
     row
 }
 
-/// `spawn(|| 42u64).join()`: start, typed result back over a pipe, join; microseconds.
+/// `spawn(|| 42u64).join()` under fork: start, typed result back over a pipe, join; microseconds.
 fn spawn_join_result(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("spawn_join_result", "us_per_process");
     let n = ctx.scale(500, 100);
     row.ours = Some(median(ctx.rounds(), || {
         us_per_iter(n, || {
-            let v: u64 = multiproc::spawn(|| 42u64)
+            let v: u64 = get_context(StartMethod::Fork)
+                .spawn(|| 42u64)
                 .expect("spawn")
                 .join()
                 .expect("join");

@@ -4,11 +4,15 @@ use crate::harness::Case;
 
 mod ipc;
 mod lifecycle;
+pub mod start_methods;
+mod sync;
 
 /// Every case, in the order they run.
 pub fn all() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(lifecycle::cases());
+    cases.extend(start_methods::cases());
+    cases.extend(sync::cases());
     cases.extend(ipc::cases());
     cases
 }

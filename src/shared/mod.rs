@@ -1,0 +1,49 @@
+//! Shared memory: [`Value`], [`Array`] (Python's `sharedctypes`) and named [`SharedMemory`]
+//! (Python's `multiprocessing.shared_memory`).
+//!
+//! `Value` and `Array` live in anonymous memory (a memfd): nothing to clean up, the kernel
+//! frees it when the last process holding it exits, however it exits. Named segments are
+//! tracked by a small resource-tracker process that unlinks a name when its creator dies.
+
+mod array;
+pub(crate) mod segment;
+mod shared_memory;
+mod value;
+
+pub use array::{Array, ArrayGuard};
+pub use shared_memory::{SharedAtomic, SharedMemory};
+pub use value::{Value, ValueGuard};
+
+/// Plain old data: types that may be stored in shared memory and read back by any process.
+///
+/// # Safety
+/// Every bit pattern of `size_of::<Self>()` bytes, including all zeros, must be a valid
+/// `Self`, and `Self` must hold no pointers, references or handles (they would mean nothing
+/// in another process). Implement it for `#[repr(C)]` structs of `Pod` fields without padding.
+///
+/// # Examples
+/// ```
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Point { x: f64, y: f64 }
+/// // SAFETY: two f64s, no padding; every bit pattern is a valid Point.
+/// unsafe impl multiproc::Pod for Point {}
+///
+/// let p = multiproc::Value::new(Point { x: 1.0, y: 2.0 })?;
+/// assert_eq!(p.get().y, 2.0);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => { $(
+        // SAFETY: a primitive number: every bit pattern is a valid value.
+        unsafe impl Pod for $t {}
+    )* };
+}
+pod!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
+
+// SAFETY: an array of `Pod` has no padding and every bit pattern of its elements is valid.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}

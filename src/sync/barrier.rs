@@ -1,0 +1,289 @@
+//! [`Barrier`]: Python's `multiprocessing.Barrier`, broken when a party dies.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::BrokenBarrierError;
+use super::raw::{self, BARRIER_MEMBERS, BarrierState};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shared::segment::Shm;
+use crate::sys;
+
+type Action = Arc<dyn Fn() + Send + Sync>;
+
+/// A barrier for a fixed number of parties, shared between processes.
+///
+/// Each party calls [`wait`](Barrier::wait); all are released together once `parties` have
+/// arrived, and the barrier is ready for the next round. A barrier is *broken* by
+/// [`abort`](Barrier::abort), a wait that times out, a panicking action, or the death of a
+/// party: then every current and later wait fails with [`BrokenBarrierError`] until
+/// [`reset`](Barrier::reset).
+///
+/// A process becomes a known party the first time it waits. Waiters check every few
+/// milliseconds whether a known party has died; if one has and too few live parties are left
+/// to fill the barrier, they break it instead of waiting forever. (A process that dies before
+/// its first wait is not known; the timed forms cover that case.) Up to 64 processes are
+/// tracked per barrier.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Barrier;
+///
+/// let barrier = Barrier::new(2)?.with_timeout(Duration::from_secs(10));
+/// let child = multiproc::spawn_with_args(|b: Barrier| b.wait().is_ok(), barrier.clone())?;
+/// let index = barrier.wait()?; // 0 or 1: the order of arrival
+/// assert!(index < 2);
+/// assert!(child.join()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Barrier {
+    state: Shm<BarrierState>,
+    /// Not sent to children started by spawn: set it there with `with_action`.
+    #[serde(skip)]
+    action: Option<Action>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .finish()
+    }
+}
+
+const BROKEN: u32 = 1;
+
+impl Barrier {
+    /// A barrier for `parties` processes (or threads).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when `parties` is 0 or above `i32::MAX`;
+    /// [`ErrorKind::Os`] if shared memory cannot be created.
+    pub fn new(parties: usize) -> Result<Barrier> {
+        let parties = u32::try_from(parties)
+            .ok()
+            .filter(|&p| p > 0 && p <= i32::MAX as u32)
+            .ok_or_else(|| {
+                Error::with_message(
+                    ErrorKind::InvalidInput,
+                    format!("a barrier needs at least one party, got {parties}"),
+                )
+            })?;
+        let state: Shm<BarrierState> = Shm::zeroed()?;
+        state.parties.store(parties, Ordering::Relaxed);
+        state.aborted.store(u32::MAX, Ordering::Relaxed);
+        Ok(Barrier {
+            state,
+            action: None,
+            timeout: None,
+        })
+    }
+
+    /// Sets the action that the last party to arrive runs before all are released.
+    ///
+    /// The action belongs to this handle and its clones: children started by `fork` inherit
+    /// it, but it does not travel to children started by spawn or forkserver (it is code, not
+    /// data); set it there again.
+    pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Barrier {
+        self.action = Some(Arc::new(action));
+        self
+    }
+
+    /// Sets the default timeout of [`wait`](Barrier::wait).
+    pub fn with_timeout(mut self, timeout: Duration) -> Barrier {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> usize {
+        self.state.parties.load(Ordering::Relaxed) as usize
+    }
+
+    /// How many parties are waiting now.
+    pub fn n_waiting(&self) -> usize {
+        if self.broken() {
+            0
+        } else {
+            self.state.count.load(Ordering::Relaxed) as usize
+        }
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.state.generation.load(Ordering::Acquire) & BROKEN != 0
+    }
+
+    /// Waits for all parties (at most the default timeout, if one was set). Returns this
+    /// party's arrival index, `0..parties`.
+    ///
+    /// # Errors
+    /// [`BrokenBarrierError`] if the barrier is or becomes broken, or the timeout passes (which
+    /// breaks it).
+    ///
+    /// # Panics
+    /// If the action panics, in the party that ran it, after breaking the barrier.
+    pub fn wait(&self) -> Result<usize, BrokenBarrierError> {
+        self.wait_until(self.timeout.and_then(raw::deadline))
+    }
+
+    /// As [`wait`](Barrier::wait), for at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`wait`](Barrier::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrierError> {
+        self.wait_until(raw::deadline(timeout))
+    }
+
+    /// Takes the internal lock; a holder that died inside breaks the barrier.
+    fn lock(&self) -> u32 {
+        let s = &*self.state;
+        if s.lock.lock(None) == Ok(raw::Acquired::OwnerDied) {
+            let g = s.generation.load(Ordering::Relaxed);
+            self.break_locked(g);
+        }
+        s.generation.load(Ordering::Relaxed)
+    }
+
+    fn break_locked(&self, g: u32) {
+        let s = &*self.state;
+        s.generation.store(g | BROKEN, Ordering::Release);
+        raw::wake(&s.generation, raw::WAKE_ALL);
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrierError> {
+        let s = &*self.state;
+        let g = self.lock();
+        if g & BROKEN != 0 {
+            s.lock.unlock();
+            return Err(BrokenBarrierError);
+        }
+        self.register();
+        let index = s.count.fetch_add(1, Ordering::Relaxed);
+        if index + 1 >= s.parties.load(Ordering::Relaxed) {
+            if let Some(action) = &self.action
+                && let Err(panic) = catch_unwind(AssertUnwindSafe(|| action()))
+            {
+                self.break_locked(g);
+                s.lock.unlock();
+                resume_unwind(panic);
+            }
+            s.count.store(0, Ordering::Relaxed);
+            s.generation
+                .store(g.wrapping_add(2) & !BROKEN, Ordering::Release);
+            raw::wake(&s.generation, raw::WAKE_ALL);
+            s.lock.unlock();
+            return Ok(index as usize);
+        }
+        s.lock.unlock();
+        loop {
+            let slice = match deadline {
+                None => Some(raw::LIVENESS_SLICE),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    (!left.is_zero()).then(|| left.min(raw::LIVENESS_SLICE))
+                }
+            };
+            let woke = slice.map(|t| sys::futex_wait(&s.generation, g, Some(t)));
+            let now = s.generation.load(Ordering::Acquire);
+            if now != g {
+                return self.outcome(g, now, index);
+            }
+            if woke == Some(true) {
+                continue;
+            }
+            // A slice or the whole timeout passed: look for dead parties, or time out.
+            let now = self.lock();
+            if now == g && (woke.is_none() || self.party_died()) {
+                self.break_locked(g);
+                s.lock.unlock();
+                return Err(BrokenBarrierError);
+            }
+            s.lock.unlock();
+            if now != g {
+                return self.outcome(g, now, index);
+            }
+        }
+    }
+
+    /// How a wait that started in generation word `g` ended, now that the word is `now`.
+    fn outcome(&self, g: u32, now: u32, index: u32) -> Result<usize, BrokenBarrierError> {
+        let broken_here = now & BROKEN != 0 && now >> 1 == g >> 1;
+        let reset_here = self.state.aborted.load(Ordering::Acquire) == g >> 1;
+        if broken_here || reset_here {
+            Err(BrokenBarrierError)
+        } else {
+            Ok(index as usize)
+        }
+    }
+
+    /// Records this process as a party (under the internal lock).
+    fn register(&self) {
+        let me = sys::process_ident();
+        let members = &self.state.members;
+        if members.iter().any(|m| m.load(Ordering::Relaxed) == me) {
+            return;
+        }
+        let free = members
+            .iter()
+            .find(|m| m.load(Ordering::Relaxed) == 0)
+            .or_else(|| {
+                members
+                    .iter()
+                    .find(|m| !sys::ident_alive(m.load(Ordering::Relaxed)))
+            });
+        if let Some(slot) = free {
+            slot.store(me, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a known party died and too few live ones are left to fill the barrier (under
+    /// the internal lock). Forgets the dead.
+    fn party_died(&self) -> bool {
+        let s = &*self.state;
+        let mut live = 0u32;
+        let mut dead = 0u32;
+        for m in &s.members[..BARRIER_MEMBERS] {
+            let id = m.load(Ordering::Relaxed);
+            if id == 0 {
+                continue;
+            }
+            if sys::ident_alive(id) {
+                live += 1;
+            } else {
+                dead += 1;
+                m.store(0, Ordering::Relaxed);
+            }
+        }
+        dead > 0 && live < s.parties.load(Ordering::Relaxed)
+    }
+
+    /// Breaks the barrier: current and later waits fail until [`reset`](Barrier::reset).
+    pub fn abort(&self) {
+        let g = self.lock();
+        self.break_locked(g);
+        self.state.lock.unlock();
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting now fail with
+    /// [`BrokenBarrierError`].
+    pub fn reset(&self) {
+        let s = &*self.state;
+        let g = self.lock();
+        s.aborted.store(g >> 1, Ordering::Release);
+        s.count.store(0, Ordering::Relaxed);
+        s.generation
+            .store(g.wrapping_add(2) & !BROKEN, Ordering::Release);
+        raw::wake(&s.generation, raw::WAKE_ALL);
+        s.lock.unlock();
+    }
+}

@@ -1,0 +1,405 @@
+//! The robust futex word every primitive in `sync` is built on, and the `#[repr(C)]` layouts
+//! the primitives keep in shared memory. See `README.md` beside this file for the design.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::shared::segment::ShmSafe;
+use crate::sys;
+
+/// Set in a lock word while someone may be sleeping on it.
+const WAITERS: u32 = 1 << 31;
+
+/// How long a waiter sleeps before checking that the barrier's parties are still alive.
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(10);
+
+/// A lock waiter first checks its owner's liveness after this long, then after twice as long
+/// each time, up to [`OWNER_CHECK_MAX`]; each new owner starts the sequence again.
+const OWNER_CHECK_FIRST: Duration = Duration::from_millis(1);
+const OWNER_CHECK_MAX: Duration = Duration::from_millis(20);
+
+/// How a lock was acquired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Normally.
+    Clean,
+    /// From an owner process that died holding it: the protected data may be inconsistent.
+    OwnerDied,
+}
+
+/// The deadline for a timeout; `None` (wait forever) if it does not fit in an `Instant`.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// The time left before `deadline` (`None` = forever), or `None` inside `Some` when passed.
+fn left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                None
+            } else {
+                Some(Some(left))
+            }
+        }
+    }
+}
+
+/// The longest a waiter on a semaphore, event or condition sleeps before looking at its word
+/// again, woken or not: a process killed between changing the word and waking the sleepers
+/// (or a sleeper that missed a wake for any reason) costs at most this much, never a hang.
+const STRANDED_SLICE: Duration = Duration::from_millis(50);
+
+/// Sleeps while `*word == expected`, until `deadline`. Returns `true` once the word differs,
+/// `false` if the deadline passed first. Sleeps on the futex in slices of at most
+/// [`STRANDED_SLICE`].
+pub(crate) fn wait_while(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+    loop {
+        if word.load(Ordering::Acquire) != expected {
+            return true;
+        }
+        let slice = match left(deadline) {
+            None => return false,
+            Some(None) => STRANDED_SLICE,
+            Some(Some(d)) => d.min(STRANDED_SLICE),
+        };
+        sys::futex_wait(word, expected, Some(slice));
+    }
+}
+
+/// Wake count meaning "all" (the kernel reads the count as a signed int).
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
+/// Wakes up to `n` sleepers on `word`.
+pub(crate) fn wake(word: &AtomicU32, n: u32) {
+    sys::futex_wake(word, n);
+}
+
+/// A process-robust mutual-exclusion word.
+///
+/// `word` is 0 when free, else the owner's pid, with [`WAITERS`] set while someone may sleep on
+/// it. Uncontended lock and unlock are one atomic read-modify-write each; waiters sleep on the futex in slices (1 ms doubling up to 20 ms)
+/// and check between slices whether the owner process still runs; if it does not, they take the lock
+/// over with one compare-and-swap and report [`Acquired::OwnerDied`]. A waiter remembers the
+/// owner's start time from its first check, so that a pid reused later counts as dead.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RawLock {
+    word: AtomicU32,
+    _reserved: u32,
+}
+
+const _: () = assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
+
+impl RawLock {
+    /// Takes the lock if it is free. No system call.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        let me = sys::ident_pid(sys::process_ident());
+        self.word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the lock, waiting until `deadline` (`None`: forever). `Err(())` on timeout.
+    #[inline]
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
+        if self.try_lock() {
+            return Ok(Acquired::Clean);
+        }
+        self.lock_slow(deadline)
+    }
+
+    #[cold]
+    fn lock_slow(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
+        let pid = sys::ident_pid(sys::process_ident());
+        // A short spin: critical sections are often shorter than a sleep.
+        for _ in 0..100 {
+            if self.word.load(Ordering::Relaxed) == 0 && self.try_lock() {
+                return Ok(Acquired::Clean);
+            }
+            std::hint::spin_loop();
+        }
+        let mut slice = OWNER_CHECK_FIRST;
+        let mut owner = 0;
+        // The owner's start time, once a check has seen it running.
+        let mut owner_start = None;
+        loop {
+            let w = self.word.load(Ordering::Relaxed);
+            if w & !WAITERS != owner {
+                owner = w & !WAITERS;
+                owner_start = None;
+                slice = OWNER_CHECK_FIRST;
+            }
+            if w == 0 {
+                // Having waited, take it marked contended: others may still sleep.
+                if self
+                    .word
+                    .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(Acquired::Clean);
+                }
+                continue;
+            }
+            if w & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let w = w | WAITERS;
+            let slept = match left(deadline) {
+                None => None,
+                Some(None) => Some(sys::futex_wait(&self.word, w, Some(slice))),
+                Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(slice)))),
+            };
+            if slept == Some(true) {
+                // Woken, or the word changed: look again. The owner may have changed (even to
+                // a process that reused its pid), so its start time is learnt anew.
+                owner_start = None;
+                continue;
+            }
+            // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
+            slice = (slice * 2).min(OWNER_CHECK_MAX);
+            if self.word.load(Ordering::Relaxed) == w {
+                let now = sys::running_since(owner);
+                let alive = match (now, owner_start) {
+                    (None, _) => false,
+                    (Some(s), Some(first)) => s == first, // else the pid was reused
+                    (Some(s), None) => {
+                        owner_start = Some(s);
+                        true
+                    }
+                };
+                if !alive {
+                    if self
+                        .word
+                        .compare_exchange(w, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Ok(Acquired::OwnerDied);
+                    }
+                    continue;
+                }
+            }
+            if slept.is_none() {
+                return Err(());
+            }
+        }
+    }
+
+    /// Releases the lock; wakes one sleeper if there may be one.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            sys::futex_wake(&self.word, 1);
+        }
+    }
+
+    /// Whether this process holds the lock (some thread of it).
+    #[inline]
+    pub(crate) fn held_by_me(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !WAITERS == sys::ident_pid(sys::process_ident())
+    }
+
+    /// Whether anyone holds the lock.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) != 0
+    }
+}
+
+// SAFETY: atomics only; all zeros is the unlocked state and every bit pattern is a valid value
+// (a garbage owner is treated as a process that may have died).
+unsafe impl ShmSafe for RawLock {}
+
+/// `RLock`: a robust lock plus the owning thread and the recursion depth.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RLockState {
+    pub(crate) lock: RawLock,
+    /// `sys::thread_tag()` of the owning thread, 0 when free.
+    pub(crate) thread: AtomicU64,
+    pub(crate) count: AtomicU32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<RLockState>() == 24 && align_of::<RLockState>() == 8);
+// SAFETY: atomics only; zero is the free state.
+unsafe impl ShmSafe for RLockState {}
+
+/// `Semaphore` and `BoundedSemaphore`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct SemState {
+    /// The counter; the futex word.
+    pub(crate) value: AtomicU32,
+    /// How many may be sleeping on `value`.
+    pub(crate) sleepers: AtomicU32,
+    /// The bound for `BoundedSemaphore`, 0 for none.
+    pub(crate) max: AtomicU32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<SemState>() == 16 && align_of::<SemState>() == 4);
+// SAFETY: atomics only; any value is a valid count.
+unsafe impl ShmSafe for SemState {}
+
+/// `Event`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct EventState {
+    /// 0 or 1; the futex word.
+    pub(crate) flag: AtomicU32,
+    pub(crate) sleepers: AtomicU32,
+}
+const _: () = assert!(size_of::<EventState>() == 8 && align_of::<EventState>() == 4);
+// SAFETY: atomics only; any nonzero flag reads as set.
+unsafe impl ShmSafe for EventState {}
+
+/// `Condition` (its lock lives in its own segment so that it can be shared with a `Value`).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct CondState {
+    /// Bumped by every notify; the futex word.
+    pub(crate) seq: AtomicU32,
+    /// Waiters between their `wait` and re-taking the lock (changed under the lock).
+    pub(crate) sleepers: AtomicU32,
+    /// Notifications not yet taken by a waiter, at most `sleepers`: a waiter returns as
+    /// notified only by taking one, so `notify(n)` wakes `n` waiters, not all.
+    pub(crate) tokens: AtomicU32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<CondState>() == 16 && align_of::<CondState>() == 4);
+// SAFETY: atomics only.
+unsafe impl ShmSafe for CondState {}
+
+/// How many processes a `Barrier` tracks for liveness.
+pub(crate) const BARRIER_MEMBERS: usize = 64;
+
+/// `Barrier`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct BarrierState {
+    /// Guards `count` and `members`.
+    pub(crate) lock: RawLock,
+    /// Generation number << 1 | broken bit; the futex word.
+    pub(crate) generation: AtomicU32,
+    /// Arrivals in the current generation.
+    pub(crate) count: AtomicU32,
+    pub(crate) parties: AtomicU32,
+    /// The last generation that ended by `reset` or `abort` rather than by filling up.
+    pub(crate) aborted: AtomicU32,
+    /// Identities (`sys::process_ident`) of processes that have waited on the barrier.
+    pub(crate) members: [AtomicU64; BARRIER_MEMBERS],
+}
+const _: () = assert!(
+    size_of::<BarrierState>() == 24 + 8 * BARRIER_MEMBERS && align_of::<BarrierState>() == 8
+);
+// SAFETY: atomics only; zero is an unbroken generation 0 with no arrivals and no members.
+unsafe impl ShmSafe for BarrierState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::segment::Shm;
+
+    #[test]
+    fn a_dead_owner_is_taken_over_and_a_live_one_is_not() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        // A pid above any pid_max: no such process.
+        lock.word.store(0x3FFF_FFFF, Ordering::Relaxed);
+        assert!(!lock.try_lock(), "try never steals");
+        let t = Instant::now();
+        assert_eq!(
+            lock.lock(deadline(Duration::from_secs(5))),
+            Ok(Acquired::OwnerDied)
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(lock.held_by_me());
+        lock.unlock();
+        assert!(!lock.is_locked());
+
+        // Process 1 is alive: waiting for it times out, it is never robbed.
+        lock.word.store(1, Ordering::Relaxed);
+        let t = Instant::now();
+        assert_eq!(lock.lock(deadline(Duration::from_millis(60))), Err(()));
+        assert!(t.elapsed() >= Duration::from_millis(60));
+        assert_eq!(lock.word.load(Ordering::Relaxed) & !WAITERS, 1);
+    }
+
+    #[test]
+    fn a_missed_wake_costs_a_slice_not_a_hang() {
+        let word = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t = Instant::now();
+                (
+                    wait_while(&word, 0, deadline(Duration::from_secs(5))),
+                    t.elapsed(),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(10));
+            word.store(1, Ordering::Release); // as if the waker died before FUTEX_WAKE
+            let (changed, waited) = h.join().unwrap();
+            assert!(changed);
+            assert!(waited < Duration::from_secs(1), "{waited:?}");
+        });
+        let t = Instant::now();
+        assert!(!wait_while(&word, 1, deadline(Duration::from_millis(30))));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+    }
+
+    /// Many threads hammering one word (the waiters bit, sleeps and wakes all exercised):
+    /// no lost updates and nobody stuck.
+    #[test]
+    fn threads_contend_without_lost_updates() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        let count = std::sync::atomic::AtomicU64::new(0);
+        const THREADS: u64 = 8;
+        const ITERS: u64 = 20_000;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for i in 0..ITERS {
+                        assert_eq!(
+                            lock.lock(deadline(Duration::from_secs(10))),
+                            Ok(Acquired::Clean)
+                        );
+                        let v = count.load(Ordering::Relaxed);
+                        if i % 128 == 0 {
+                            std::thread::yield_now();
+                        }
+                        count.store(v + 1, Ordering::Relaxed);
+                        lock.unlock();
+                    }
+                });
+            }
+        });
+        assert_eq!(count.load(Ordering::Relaxed), THREADS * ITERS);
+        assert!(!lock.is_locked());
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unlock_wakes_a_sleeper_in_another_thread() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        assert!(lock.try_lock());
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t = Instant::now();
+                let r = lock.lock(deadline(Duration::from_secs(5)));
+                (r, t.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            lock.unlock();
+            let (r, waited) = h.join().unwrap();
+            assert_eq!(r, Ok(Acquired::Clean));
+            assert!(waited < Duration::from_secs(1));
+        });
+        lock.unlock();
+    }
+}

@@ -1,0 +1,108 @@
+//! Unix stream sockets that carry file descriptors (SCM_RIGHTS) beside framed bytes.
+//!
+//! The spawn and forkserver start methods send a child its boot message over one of these:
+//! the frame's bytes, with the descriptors its handles refer to attached to the first chunk.
+//!
+//! # Safety
+//! No `unsafe` here: rustix's `sendmsg`/`recvmsg` own the control-message encoding.
+//!
+//! # References
+//! unix(7) (SCM_RIGHTS), sendmsg(2), recvmsg(2), cmsg(3).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = 253;
+
+/// A connected pair of Unix stream sockets, both ends close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Writes all of `bytes` to `sock`, with `fds` attached to the first chunk.
+///
+/// Never raises SIGPIPE: a peer that is gone is an `io::ErrorKind::BrokenPipe` error.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    mut bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors in one start, over the limit of {MAX_FDS}",
+                fds.len()
+            ),
+        ));
+    }
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut first = true;
+    while first || !bytes.is_empty() {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if first && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("control buffer too small for descriptors"));
+        }
+        let sent = match rustix::net::sendmsg(
+            sock,
+            &[io::IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        first = false;
+        bytes = &bytes[sent..];
+    }
+    Ok(())
+}
+
+/// Reads from `sock` into `buf` (appending), collecting descriptors that arrive into `fds`.
+///
+/// Returns the number of bytes read; `0` is end of stream. Received descriptors are
+/// close-on-exec.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut chunk = [0u8; 64 * 1024];
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = match rustix::net::recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(&mut chunk)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(incoming) = message {
+                fds.extend(incoming);
+            }
+        }
+        if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(io::Error::other("descriptors were truncated in transit"));
+        }
+        buf.extend_from_slice(&chunk[..received.bytes]);
+        return Ok(received.bytes);
+    }
+}

@@ -1,0 +1,151 @@
+//! The running program's image: code addresses that mean the same thing in a re-executed copy
+//! of it, and the pre-main hook through which such a copy becomes a child instead of running
+//! `main`.
+//!
+//! A child's entry point is a monomorphised `fn`. Its address differs between runs (ASLR, PIE)
+//! but its distance from any other function of the same binary does not, so the parent sends
+//! `entry - anchor` and the child adds its own anchor back. The child accepts the result only
+//! if the parent ran the very same file (checked first, by device, inode, size and mtime) and
+//! the address lies in this program's image below the end of its code (`__ehdr_start` to
+//! `etext`), so garbage can never make it jump outside the program's own code and constants.
+//!
+//! # Safety
+//! Two `unsafe` spots: the `.init_array` entry (a linker section attribute, sound because the
+//! slot holds a plain `extern "C" fn()`), and turning a validated address back into a function
+//! pointer, sound because the address is the same function's address in the same binary, as
+//! argued at the block. Removing an environment variable is `unsafe` in edition 2024 because
+//! other threads may read the environment; it runs only before `main` or as `main`'s first line.
+//!
+//! # References
+//! ELF gABI (`.init_array`, `__ehdr_start`), ld(1) (`etext`), rust-lang/rust#47384 (keeping a
+//! `#[used]` static from an rlib).
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::process::target::Entry;
+
+// SAFETY: both symbols are defined by the static linker (GNU ld, gold, lld, mold) for every
+// executable: the start of its ELF header and the end of its text. Only their addresses are
+// taken, never their contents.
+unsafe extern "C" {
+    static __ehdr_start: u8;
+    static etext: u8;
+}
+
+/// The fixed point offsets are measured from.
+#[inline(never)]
+fn anchor() -> u32 {
+    std::hint::black_box(0x6d70_7263)
+}
+
+fn text_range() -> (usize, usize) {
+    (
+        (&raw const __ehdr_start) as usize,
+        (&raw const etext) as usize,
+    )
+}
+
+/// Whether this crate's image is the main executable (not a shared library loaded into some
+/// other program, where `/proc/self/exe` is that program): the kernel's pointer to the
+/// executable's program headers then lies in our image.
+fn in_main_executable() -> bool {
+    // SAFETY: `getauxval` only reads the auxiliary vector the kernel passed at exec.
+    let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+    in_text(phdr)
+}
+
+fn in_text(addr: usize) -> bool {
+    let (start, end) = text_range();
+    start <= addr && addr < end
+}
+
+/// `entry`'s distance from the anchor, or `None` when it is not code of the main executable
+/// (e.g. this crate was loaded from a shared library, where re-executing the program would not
+/// bring the function back).
+pub(crate) fn entry_offset(entry: Entry) -> Option<i64> {
+    let addr = entry as usize;
+    let base = anchor as fn() -> u32 as usize;
+    if !in_text(addr) || !in_text(base) || !in_main_executable() {
+        return None;
+    }
+    Some(addr as i64 - base as i64)
+}
+
+/// The entry point at `offset` from the anchor, if that address lies in this program's text.
+///
+/// The caller must already have checked that the offset was computed by the same binary
+/// ([`super::exe_identity`]); this only bounds the damage if it was not.
+pub(crate) fn entry_at(offset: i64) -> Option<Entry> {
+    let base = anchor as fn() -> u32 as usize;
+    let addr = (base as i64).checked_add(offset)? as usize;
+    if !in_text(addr) {
+        return None;
+    }
+    // SAFETY: the parent computed `offset` by `entry_offset` from a value of type `Entry` in
+    // the same binary (same inode and mtime, checked by the caller before this call), and code
+    // layout within one binary does not change between executions, so `addr` is the address of
+    // that same function, with that same signature, in this process. A function pointer is a
+    // code address on every Linux target this crate builds for.
+    Some(unsafe { std::mem::transmute::<usize, Entry>(addr) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pre-main hook.
+
+static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn pre_main() {
+    HOOK_RAN.store(true, Ordering::Relaxed);
+    // Unwinding out of an `extern "C"` function aborts anyway; do it explicitly.
+    if std::panic::catch_unwind(crate::start::pre_main).is_err() {
+        std::process::abort();
+    }
+}
+
+// SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the dynamic loader (or libc's
+// static start code) calls once, before `main`, on the main thread; `pre_main` has exactly that
+// type and never unwinds out.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static PRE_MAIN: extern "C" fn() = pre_main;
+
+/// Whether the pre-main hook ran in this process. Referencing the hook's static here also keeps
+/// its object file in the link whenever a start method can re-execute the program.
+pub(crate) fn pre_main_hook_ran() -> bool {
+    std::hint::black_box(&PRE_MAIN);
+    HOOK_RAN.load(Ordering::Relaxed)
+}
+
+/// Reads and removes an environment variable, so that programs the child later starts do not
+/// see it. Call only before `main` or as the first statement of `main`, before any thread
+/// starts.
+pub(crate) fn take_env(name: &str) -> Option<OsString> {
+    let value = std::env::var_os(name)?;
+    // SAFETY: edition 2024 marks this unsafe because another thread could read the environment
+    // concurrently; callers run before `main` or at its very start (documented on `init`),
+    // when this program has no other threads.
+    unsafe { std::env::remove_var(name) };
+    Some(value)
+}
+
+/// Takes ownership of the boot socket a spawned child finds at [`super::BOOT_FD`], if that
+/// descriptor is a socket.
+pub(crate) fn take_boot_fd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fstat` on any descriptor number is harmless (EBADF if it is not open) and
+    // writes the struct through a valid pointer; it is read only on success.
+    if unsafe { libc::fstat(super::BOOT_FD, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful `fstat` above.
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    // SAFETY: the caller saw the start marker in the environment, so this program was started
+    // by `spawn_self`, which placed the boot socket at BOOT_FD and nothing else; no other code
+    // in this process has claimed it yet, because this runs before `main`.
+    Some(unsafe { OwnedFd::from_raw_fd(super::BOOT_FD) })
+}

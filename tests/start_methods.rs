@@ -1,0 +1,546 @@
+//! Start methods: spawn and forkserver behind the same API as fork (issue 3).
+//!
+//! Mirrors CPython's `_test_multiprocessing` scenarios `test_current`, `test_parent_process`,
+//! `test_process` (name, daemon, authkey seen by the child), `test_forkserver_sigkill` and
+//! `test_spawn_close_fds`. The scenarios in `start_method_matrix!` run under every start
+//! method (the matrix makes each the default in turn; `ctx` is its context).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Reaper, WAIT, eventually, is_forkserver, os_children, os_children_with_forkserver, pid_exists,
+};
+use multiproc::{AuthKey, ErrorKind, JoinError, StartMethod, get_context};
+use serde::{Deserialize, Serialize};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Seen {
+    name: String,
+    ident: Vec<u32>,
+    daemon: bool,
+    authkey: Vec<u8>,
+    parent: Option<(u32, String, bool)>,
+    pid: u32,
+    ppid: u32,
+}
+
+fn look_around() -> Seen {
+    let me = multiproc::current_process();
+    Seen {
+        name: me.name().to_owned(),
+        ident: me.identity().to_vec(),
+        daemon: me.daemon(),
+        authkey: me.authkey().as_bytes().to_vec(),
+        parent: multiproc::parent_process().map(|p| (p.pid(), p.name().to_owned(), p.is_alive())),
+        pid: me.pid(),
+        ppid: std::os::unix::process::parent_id(),
+    }
+}
+
+/// A value whose serialization always fails.
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+start_method_matrix! {
+    #[test]
+    fn typed_result_from_fn_item() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        assert_eq!(ctx.spawn_with_args(square, 12).unwrap().join().unwrap(), 144);
+    }
+
+    #[test]
+    fn typed_result_from_non_capturing_closure() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let h = ctx.spawn(|| vec!["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(h.join().unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn panic_is_reported_with_message() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let h = ctx.spawn_with_args(|n: u32| -> u32 { panic!("bad input {n}") }, 7).unwrap();
+        match h.join() {
+            Err(JoinError::Panic { message, location }) => {
+                assert_eq!(message, "bad input 7");
+                assert!(location.is_some_and(|l| l.contains("start_methods.rs")));
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exit_code_and_process_api() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let mut p = ctx.process_with_args(|code: i32| std::process::exit(code), 3);
+        assert_eq!(p.start_method(), ctx.start_method());
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn child_knows_who_it_is() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let key = AuthKey::from(b"sesame".to_vec());
+        let h = ctx
+            .builder()
+            .name("worker")
+            .authkey(key.clone())
+            .spawn(look_around)
+            .unwrap();
+        let child_pid = h.pid();
+        let seen = h.join().unwrap();
+        assert_eq!(seen.name, "worker");
+        assert_eq!(seen.ident.len(), 1);
+        assert!(!seen.daemon);
+        assert_eq!(seen.authkey, key.as_bytes());
+        assert_eq!(seen.pid, child_pid);
+        let me = std::process::id();
+        assert_eq!(seen.parent, Some((me, "MainProcess".to_string(), true)));
+        // Under forkserver too the child is a direct child of this process.
+        assert_eq!(seen.ppid, me);
+    }
+
+    #[test]
+    fn child_inherits_authkey_and_daemon_flag() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let seen = ctx.builder().daemon(true).spawn(look_around).unwrap().join().unwrap();
+        assert!(seen.daemon);
+        assert_eq!(seen.authkey, multiproc::current_process().authkey().as_bytes());
+        assert!(seen.name.starts_with("Process-"));
+    }
+
+    #[test]
+    fn from_run_value_travels() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        #[derive(Serialize, Deserialize)]
+        struct Exit(i32);
+        impl multiproc::Run for Exit {
+            fn run(&mut self) {
+                std::process::exit(self.0)
+            }
+        }
+        let mut p = ctx.process_from_run(Exit(9));
+        assert_eq!(p.name(), "Exit-1");
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(9));
+    }
+
+    #[test]
+    fn grandchild_under_same_method() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let method = ctx.start_method().to_string();
+        let h = ctx
+            .spawn_with_args(
+                |method: String| {
+                    let ctx = get_context(method.parse().unwrap());
+                    // The default the parent set (through the matrix) holds in the child too.
+                    assert_eq!(multiproc::get_start_method(), ctx.start_method());
+                    let inner = ctx.spawn(look_around).unwrap().join().unwrap();
+                    (std::process::id(), multiproc::current_process().name().to_owned(), inner)
+                },
+                method,
+            )
+            .unwrap();
+        let (child_pid, child_name, inner) = h.join().unwrap();
+        assert_eq!(inner.parent, Some((child_pid, child_name.clone(), true)));
+        assert_eq!(inner.name, format!("{child_name}:1"));
+        assert_eq!(inner.ident.len(), 2);
+    }
+
+    #[test]
+    fn terminate_and_kill() {
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let mut p = ctx.process(|| std::thread::sleep(Duration::from_secs(60)));
+        p.start().unwrap();
+        p.terminate().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(-15));
+    }
+}
+
+// Methods that begin a fresh program: spawn and forkserver.
+
+fn fresh_methods() -> [StartMethod; 2] {
+    [StartMethod::Spawn, StartMethod::ForkServer]
+}
+
+// Each needs a process of its own (they count this process's children or set its default).
+alone! {
+    #[test]
+    fn capturing_closure_is_refused_before_anything_starts() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let before = os_children_with_forkserver().len();
+            let captured = String::from("captured");
+            let err = get_context(m).spawn(move || captured.len()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::UnsupportedTarget, "{m}");
+            assert!(err.to_string().contains("fork"), "{err}");
+            assert!(multiproc::active_children().is_empty());
+            assert!(
+                os_children_with_forkserver().len() <= before + 1,
+                "{m}: a child was started"
+            ); // + forkserver
+        }
+    }
+
+    #[test]
+    fn unserializable_arguments_fail_in_the_parent() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let mut p = get_context(m).process_with_args(|_: Unserializable| {}, Unserializable);
+            let err = p.start().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Encode, "{m}");
+            assert!(p.pid().is_none());
+            assert!(multiproc::active_children().is_empty());
+        }
+    }
+
+    #[test]
+    fn spawned_child_does_not_run_main_or_the_test_harness() {
+        let _reaper = Reaper::new();
+        for m in fresh_methods() {
+            let (args, marker) = get_context(m)
+                .spawn(|| {
+                    let args: Vec<String> = std::env::args().collect();
+                    (args, std::env::var_os("__MULTIPROC_CHILD").is_some())
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            // The harness would have needed its filter arguments; the child got none.
+            assert!(args.len() <= 1, "{m}: {args:?}");
+            assert!(
+                !marker,
+                "{m}: the marker leaked into the child's environment"
+            );
+        }
+    }
+
+    #[test]
+    fn fresh_children_hold_only_what_they_were_given() {
+        let _reaper = Reaper::new();
+        // A descriptor without close-on-exec, as a careless library might leave one: it must not
+        // reach children that begin a fresh program (CPython's test_spawn_close_fds).
+        let (r, _w) = std::io::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_DUPFD on an open descriptor only allocates a new one, which we close below.
+        let leaky = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD, 100) };
+        assert!(leaky >= 100);
+        for m in fresh_methods() {
+            let (leaked, count) = get_context(m)
+                .spawn_with_args(
+                    |fd: i32| {
+                        let open = std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
+                        (open, common::open_fds().len())
+                    },
+                    leaky,
+                )
+                .unwrap()
+                .join()
+                .unwrap();
+            assert!(!leaked, "{m}: descriptor {leaky} leaked into the child");
+            // stdin, stdout, stderr, the result pipe, and the directory being listed.
+            assert!(count <= 5, "{m}: child holds {count} descriptors");
+        }
+        // SAFETY: `leaky` is ours and closed once.
+        unsafe { libc::close(leaky) };
+    }
+
+    #[test]
+    fn forkserver_serves_many_starts_from_one_server() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
+        let servers = os_children_with_forkserver();
+        assert_eq!(servers.len(), 1, "one forkserver expected: {servers:?}");
+        assert!(is_forkserver(servers[0].0));
+        for i in 0..30u64 {
+            assert_eq!(
+                ctx.spawn_with_args(square, i).unwrap().join().unwrap(),
+                i * i
+            );
+        }
+        let pids =
+            |children: Vec<(i32, char)>| children.into_iter().map(|(pid, _)| pid).collect::<Vec<_>>();
+        assert_eq!(
+            pids(os_children_with_forkserver()),
+            pids(servers),
+            "the same server, and no zombies"
+        );
+    }
+
+    #[test]
+    fn forkserver_restarts_after_it_is_killed() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
+        let [(server, _)] = os_children_with_forkserver()[..] else {
+            panic!(
+                "one forkserver expected: {:?}",
+                os_children_with_forkserver()
+            )
+        };
+        // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+        assert!(eventually(WAIT, || os_children_with_forkserver()
+            .iter()
+            .any(|&(p, s)| p == server && s == 'Z')));
+        // The next start notices, reaps the dead server and starts a new one.
+        assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
+        let now = os_children_with_forkserver();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(is_forkserver(now[0].0));
+        assert_ne!(now[0].0, server);
+    }
+
+    #[test]
+    fn forkserver_dies_with_its_owner() {
+        let _reaper = Reaper::new();
+        // A fork child starts its own forkserver, reports the server's pid and exits.
+        let server = get_context(StartMethod::Fork)
+            .spawn(|| {
+                let ctx = get_context(StartMethod::ForkServer);
+                ctx.spawn_with_args(square, 4).unwrap().join().unwrap();
+                let children = common::os_children_with_forkserver();
+                assert_eq!(children.len(), 1, "{children:?}");
+                assert!(common::is_forkserver(children[0].0));
+                children[0].0 as u32
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // Gone, or a zombie waiting for init to reap it.
+        let running = || {
+            pid_exists(server)
+                && std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(") ")
+                        .next()
+                        .is_some_and(|rest| !rest.starts_with('Z'))
+                })
+        };
+        assert!(
+            eventually(WAIT, || !running()),
+            "forkserver {server} outlived its owner"
+        );
+    }
+
+    #[test]
+    fn set_start_method_is_settable_once_and_used_by_default() {
+        let _reaper = Reaper::new();
+        multiproc::set_start_method(StartMethod::Spawn).unwrap();
+        multiproc::set_start_method(StartMethod::Spawn).unwrap();
+        let err = multiproc::set_start_method(StartMethod::Fork).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::StartMethodAlreadySet);
+        let p = multiproc::Process::new(|| {});
+        assert_eq!(p.start_method(), StartMethod::Spawn);
+        // A spawned child's parent is this process, and it has no forkserver.
+        assert_eq!(
+            multiproc::spawn_with_args(square, 6)
+                .unwrap()
+                .join()
+                .unwrap(),
+            36
+        );
+        assert!(os_children().is_empty());
+    }
+
+    #[test]
+    fn default_is_forkserver() {
+        assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+        assert_eq!(
+            multiproc::get_all_start_methods()[0],
+            StartMethod::ForkServer
+        );
+    }
+
+    #[test]
+    fn daemon_outlives_the_thread_that_started_the_forkserver() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        // Thread A makes the first forkserver start, so the server is launched on its behalf...
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let a = std::thread::spawn(move || {
+            let ctx = get_context(StartMethod::ForkServer);
+            assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
+            wait.recv().unwrap();
+        });
+        assert!(eventually(WAIT, || !os_children_with_forkserver().is_empty()));
+        // ... then a daemon starts, and then thread A exits.
+        let mut daemon = ctx
+            .builder()
+            .daemon(true)
+            .target(|| std::thread::sleep(Duration::from_secs(30)));
+        daemon.start().unwrap();
+        go.send(()).unwrap();
+        a.join().unwrap();
+        // A parent-death signal tied to thread A would have killed it by now.
+        assert_eq!(
+            daemon.join_timeout(Duration::from_millis(300)).unwrap(),
+            None
+        );
+        daemon.kill().unwrap();
+        assert_eq!(daemon.join_timeout(WAIT).unwrap(), Some(-9));
+    }
+
+    #[test]
+    fn concurrent_starts_from_many_threads() {
+        let _reaper = Reaper::new();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for m in fresh_methods() {
+                        for i in 0..5 {
+                            let n = t * 100 + i;
+                            let got = get_context(m)
+                                .spawn_with_args(square, n)
+                                .unwrap()
+                                .join()
+                                .unwrap();
+                            assert_eq!(got, n * n, "{m}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(multiproc::active_children().is_empty());
+    }
+
+    #[test]
+    fn forkserver_dying_during_a_start_fails_that_start_only() {
+        let _reaper = Reaper::new();
+        let ctx = get_context(StartMethod::ForkServer);
+        assert_eq!(ctx.spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
+        let [(server, _)] = os_children_with_forkserver()[..] else {
+            panic!("one forkserver expected: {:?}", os_children_with_forkserver())
+        };
+        // Stopped, the server takes the request but never answers; then it is killed.
+        // SAFETY: kill(2) has no memory-safety preconditions; `server` is our unreaped child.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+        // The request is sent within microseconds; the margin is for a loaded machine.
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: as above.
+            unsafe { libc::kill(server, libc::SIGKILL) };
+        });
+        let err = ctx.spawn_with_args(square, 4).unwrap_err();
+        killer.join().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Os);
+        assert!(err.to_string().contains("forkserver died"), "{err}");
+        // The next start launches a new server.
+        assert_eq!(ctx.spawn_with_args(square, 5).unwrap().join().unwrap(), 25);
+        let now = os_children_with_forkserver();
+        assert!(now.len() == 1 && now[0].0 != server && is_forkserver(now[0].0), "{now:?}");
+    }
+
+    #[test]
+    fn start_fails_cleanly_when_out_of_descriptors() {
+        let _reaper = Reaper::new();
+        // In a fork child (it may capture and change its own limits): use up every descriptor,
+        // then try each method. Each start must fail with an OS error and leave no child.
+        let outcomes = get_context(StartMethod::Fork)
+            .spawn(|| {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: getrlimit/setrlimit write or read the struct we pass.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+                limit.rlim_cur = 256.min(limit.rlim_max);
+                // SAFETY: as above.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+                let mut hog = Vec::new();
+                while let Ok(f) = std::fs::File::open("/dev/null") {
+                    hog.push(f);
+                }
+                let outcomes: Vec<String> = fresh_methods()
+                    .into_iter()
+                    .map(|m| {
+                        let mut p = get_context(m).process_with_args(|x: u64| assert_eq!(square(x), 4), 2);
+                        match p.start() {
+                            Ok(()) => "started".to_owned(),
+                            Err(e) => format!("{:?}", e.kind()),
+                        }
+                    })
+                    .collect();
+                drop(hog);
+                (outcomes, multiproc::active_children().len())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(outcomes, (vec!["Os".to_owned(), "Os".to_owned()], 0));
+    }
+
+    #[test]
+    fn environment_names_the_default() {
+        // SAFETY: this test runs alone in its process (nextest, or `alone!`), before any thread.
+        unsafe { std::env::set_var("MULTIPROC_START_METHOD", "spawn") };
+        assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+        // The code's choice still wins, once.
+        multiproc::set_start_method(StartMethod::Fork).unwrap();
+        assert_eq!(multiproc::get_start_method(), StartMethod::Fork);
+    }
+
+    #[test]
+    fn unknown_name_in_the_environment_is_ignored() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("MULTIPROC_START_METHOD", "vfork") };
+        assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    }
+
+    #[test]
+    fn capturing_closure_under_the_unchosen_default_is_forked() {
+        let _reaper = Reaper::new();
+        let text = String::from("captured");
+        let mut p = multiproc::Process::new(move || assert_eq!(text, "captured"));
+        assert_eq!(p.start_method(), StartMethod::Fork);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        let n = 7u64;
+        assert_eq!(multiproc::spawn(move || n * 6).unwrap().join().unwrap(), 42);
+        // Targets that capture nothing take the default, forkserver.
+        assert_eq!(
+            multiproc::Process::new(|| {}).start_method(),
+            StartMethod::ForkServer
+        );
+        let p = multiproc::Process::with_args(|x: u64| assert_eq!(x, 1), 1);
+        assert_eq!(p.start_method(), StartMethod::ForkServer);
+    }
+
+    #[test]
+    fn capturing_closure_under_a_chosen_default_is_refused() {
+        let _reaper = Reaper::new();
+        multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+        let text = String::from("captured");
+        let err = multiproc::spawn(move || text.len()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsupportedTarget);
+        assert!(multiproc::active_children().is_empty());
+    }
+}
