@@ -499,3 +499,32 @@ fn recv_bytes_into_large_messages_and_truncation() {
     ));
     assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections passed as start arguments, under every start method.
+
+fn echo_plus_one(conn: multiproc::Connection) {
+    while let Ok(Some(v)) = conn.recv::<Option<u32>>() {
+        conn.send(&(v + 1)).unwrap();
+    }
+}
+
+start_method_matrix! {
+    #[test]
+    fn a_connection_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let (a, b) = pipe(true).unwrap();
+        let mut p = Process::with_args(echo_plus_one, b);
+        p.start().unwrap();
+        for v in 0..10u32 {
+            a.send(&Some(v)).unwrap();
+            assert_eq!(a.recv_timeout::<u32>(WAIT).unwrap(), v + 1);
+        }
+        // A forked child also holds a copy of our end, so it is told to stop rather than
+        // left to wait for end of file (as in Python).
+        a.send(&None::<u32>).unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        // The child is gone: end of file.
+        assert!(matches!(a.recv_timeout::<u32>(WAIT), Err(RecvError::Disconnected)));
+    }
+}

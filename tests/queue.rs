@@ -422,3 +422,53 @@ fn large_items_with_several_consumers_and_a_killed_one() {
         assert_eq!(c.join_timeout(WAIT).unwrap(), Some(0));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Handles passed as start arguments, under every start method (descriptors travel beside the
+// arguments under spawn and forkserver).
+
+fn put_numbers((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+fn work_joinable(q: JoinableQueue<u32>) {
+    while let Ok(item) = q.get_timeout(Duration::from_secs(10)) {
+        if item == u32::MAX {
+            q.task_done().unwrap();
+            break;
+        }
+        q.task_done().unwrap();
+    }
+}
+
+start_method_matrix! {
+    #[test]
+    fn a_queue_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let q: Queue<u64> = Queue::new().unwrap();
+        let mut p = Process::with_args(put_numbers, (q.clone(), 500));
+        p.start().unwrap();
+        for i in 0..500 {
+            assert_eq!(q.get_timeout(WAIT).unwrap(), i);
+        }
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        // The child's handle went with it: nobody else can put.
+        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+    }
+
+    #[test]
+    fn a_joinable_queue_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+        for i in 0..50 {
+            q.put(i).unwrap();
+        }
+        q.put(u32::MAX).unwrap();
+        let mut p = Process::with_args(work_joinable, q.clone());
+        p.start().unwrap();
+        assert!(q.join_timeout(WAIT));
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
