@@ -137,7 +137,6 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
 ///     multiproc::init();
 ///     // ... the program, which may now use every start method.
 /// }
-/// # main();
 /// ```
 pub fn init() {
     start::init();
