@@ -133,9 +133,12 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
 ///
 /// # Examples
 /// ```
-/// fn main() {
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     multiproc::init();
-///     // ... the program, which may now use every start method.
+///     // The program, which may now use every start method.
+///     let ctx = multiproc::get_context(multiproc::StartMethod::Spawn);
+///     assert_eq!(ctx.spawn(|| 6 * 7)?.join()?, 42);
+///     Ok(())
 /// }
 /// ```
 pub fn init() {
