@@ -2,6 +2,7 @@
 
 use crate::harness::Case;
 
+mod ipc;
 mod lifecycle;
 pub mod start_methods;
 mod sync;
@@ -12,5 +13,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(start_methods::cases());
     cases.extend(sync::cases());
+    cases.extend(ipc::cases());
     cases
 }
