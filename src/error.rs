@@ -200,3 +200,6 @@ impl JoinError {
         matches!(self, JoinError::Timeout)
     }
 }
+
+mod ipc;
+pub use ipc::{DecodeError, EncodeError, GetError, PutError, RecvError, SendError};

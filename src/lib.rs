@@ -18,6 +18,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Talking between processes
+//! ```
+//! use multiproc::{Process, Queue, pipe};
+//!
+//! let results: Queue<(u32, u64)> = Queue::new()?;
+//! let mut workers = Vec::new();
+//! for id in 0..2 {
+//!     let results = results.clone();
+//!     let mut p = Process::new(move || results.put((id, u64::from(id) * 10)).unwrap());
+//!     p.start()?;
+//!     workers.push(p);
+//! }
+//! let mut got = vec![results.get()?, results.get()?];
+//! got.sort();
+//! assert_eq!(got, [(0, 0), (1, 10)]);
+//!
+//! let (here, there) = pipe(true)?;
+//! there.send(&"over the pipe")?;
+//! assert_eq!(here.recv::<String>()?, "over the pipe");
+//! for mut p in workers {
+//!     p.join()?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # A pool of workers, as Python's `Pool`
 //! ```
 //! use multiproc::{Pool, TaskError};
@@ -57,6 +82,10 @@
 //! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
 //!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
 //! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
+//! - IPC: [`pipe`] → [`Connection`] (typed `send`/`recv`, raw bytes, `poll`); [`Queue`],
+//!   [`SimpleQueue`], [`JoinableQueue`] in crash-safe shared memory; [`wait`] over
+//!   connections, queues and sentinels; [`Listener`] / [`client`] between programs, with an
+//!   HMAC challenge on the [`AuthKey`]. A peer that dies never leaves the other side blocked.
 //!
 //! # Start methods and `main`
 //! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
@@ -87,10 +116,12 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod connection;
 mod context;
 mod error;
 mod pool;
 mod process;
+mod queue;
 mod resource_tracker;
 #[allow(unsafe_code)]
 mod shared;
@@ -100,10 +131,17 @@ mod sync;
 mod sys;
 mod wire;
 
+pub use connection::{
+    Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_HANDSHAKE_MESSAGE,
+    Waitable, client, client_with_authkey, pipe, wait,
+};
 pub use context::{
     Context, StartMethod, get_all_start_methods, get_context, get_start_method, set_start_method,
 };
-pub use error::{Error, ErrorKind, JoinError, Result};
+pub use error::{
+    DecodeError, EncodeError, Error, ErrorKind, GetError, JoinError, PutError, RecvError, Result,
+    SendError,
+};
 pub use pool::{
     AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Pool, PoolBuilder,
     ProcessPoolExecutor, TaskError, TaskFuture, WorkerExit, as_completed,
@@ -112,6 +150,7 @@ pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
 
 /// Hands control to multiproc if this program was started as a child process or forkserver;
 /// returns at once otherwise. Rust's counterpart of Python's `if __name__ == "__main__":`.

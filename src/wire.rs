@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{DecodeError, EncodeError, Error, ErrorKind, Result};
 
 /// Bytes in a frame header.
 pub(crate) const HEADER: usize = 4;
@@ -54,6 +54,81 @@ pub(crate) fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
         ));
     }
     Ok(Some(len))
+}
+
+/// Appends one frame holding `value` to `out` (header and postcard payload), reusing `out`'s
+/// allocation. On error `out` is emptied.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    let buf = std::mem::take(out);
+    *out = match postcard::to_extend(value, buf) {
+        Ok(buf) => buf,
+        Err(e) => {
+            return Err(EncodeError::new(
+                "could not serialize the message",
+                Some(Box::new(e)),
+            ));
+        }
+    };
+    let len = out.len() - start - HEADER;
+    if let Err(e) = check_len(len) {
+        out.truncate(start);
+        return Err(e);
+    }
+    out[start..start + HEADER].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// The header for a payload of `len` bytes, or an error if it exceeds [`MAX_FRAME`].
+pub(crate) fn header_for(len: usize) -> std::result::Result<[u8; HEADER], EncodeError> {
+    check_len(len)?;
+    Ok((len as u32).to_le_bytes())
+}
+
+fn check_len(len: usize) -> std::result::Result<(), EncodeError> {
+    if len > MAX_FRAME {
+        return Err(EncodeError::new(
+            format!("message of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes one whole payload (without header); trailing bytes are an error.
+pub(crate) fn decode_payload<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(DecodeError::new(
+            format!(
+                "message has {} bytes left over after the value: wrong type?",
+                rest.len()
+            ),
+            None,
+        )),
+        Err(e) => Err(DecodeError::new(
+            "message bytes are not a valid value of the expected type",
+            Some(Box::new(e)),
+        )),
+    }
+}
+
+/// The payload length announced by a header, checked against [`MAX_FRAME`].
+pub(crate) fn announced_len(header: [u8; HEADER]) -> std::result::Result<usize, DecodeError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(DecodeError::new(
+            format!("frame header announces {len} bytes, over the {MAX_FRAME}-byte limit"),
+            None,
+        ));
+    }
+    Ok(len)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,4 +208,22 @@ pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<O
                 "descriptor {index} missing from the start arguments"
             ))
         })
+}
+
+/// A borrowed descriptor that serializes through the side channel ([`serialize_fd`]).
+pub(crate) struct SerFd<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for SerFd<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, s)
+    }
+}
+
+/// A descriptor that deserializes through the side channel ([`deserialize_fd`]).
+pub(crate) struct DeFd(pub(crate) OwnedFd);
+
+impl<'de> serde::Deserialize<'de> for DeFd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(DeFd)
+    }
 }

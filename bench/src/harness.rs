@@ -156,3 +156,42 @@ pub fn us_per_iter(n: usize, mut f: impl FnMut()) -> f64 {
     }
     t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
+
+/// Medians of microseconds per iteration for each side, measured in alternating rounds after a
+/// warm-up, so that load on a shared machine hits every side alike.
+pub fn alternate_us(rounds: usize, n: usize, sides: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    for side in sides.iter_mut() {
+        for _ in 0..n.min(20) {
+            side();
+        }
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); sides.len()];
+    for _ in 0..rounds {
+        for (side, out) in sides.iter_mut().zip(&mut samples) {
+            out.push(us_per_iter(n, &mut **side));
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+/// The kernel's floor for a process start from this very process: `fork`, `_exit(0)` in the
+/// child, `waitpid` in the parent. Fork's cost grows with the parent's page tables, so this
+/// compares like with like where the C probe forks a much smaller program.
+pub fn raw_fork_wait() {
+    // SAFETY: the child calls only `_exit`, which is async-signal-safe; the parent reaps it.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::_exit(0);
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}

@@ -73,7 +73,9 @@ fn print_table(rows: &[Row]) {
     println!("| case | unit | ours | python | limit | ours vs python | ours vs limit | peers |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let lower_is_better = ["us", "ns", "ms"].iter().any(|p| r.unit.starts_with(p));
+        let lower_is_better = ["us", "ns", "ms"]
+            .iter()
+            .any(|p| r.unit == *p || r.unit.starts_with(&format!("{p}_")));
         let (vs_python, vs_limit) = if lower_is_better {
             (ratio(r.python, r.ours), ratio(r.limit, r.ours))
         } else {

@@ -30,6 +30,14 @@ pub(crate) use fdpass::*;
 pub(crate) use image::*;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+mod conn;
+#[cfg(target_os = "linux")]
+pub(crate) use conn::*;
+#[cfg(target_os = "linux")]
+mod shm_queue;
+#[cfg(target_os = "linux")]
+pub(crate) use shm_queue::*;
 
 mod code;
 mod poll;

@@ -2,6 +2,7 @@
 
 use crate::harness::Case;
 
+mod ipc;
 mod lifecycle;
 mod pool;
 pub mod start_methods;
@@ -13,6 +14,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(start_methods::cases());
     cases.extend(sync::cases());
+    cases.extend(ipc::cases());
     cases.extend(pool::cases());
     cases
 }

@@ -1,0 +1,937 @@
+//! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`]: many-producer, many-consumer queues
+//! between processes (Python's `multiprocessing.Queue` and friends).
+//!
+//! Items live in shared memory (a memfd ring, see `sys/shm_queue.rs`), written there before
+//! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
+//! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
+//! child before draining what it put) cannot deadlock an unbounded queue. A small item costs
+//! one lock and one copy and no system call unless the other side sleeps; a large one costs a
+//! copy in and a copy out, never pipe chunks.
+//!
+//! Every handle (the original, each clone, each copy a child received) is registered with the
+//! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
+//! ends (killed included); when a `get` finds the queue empty and no other unclosed handle is
+//! left, it returns [`GetError::Disconnected`] within 50 ms instead of blocking forever.
+//! Handles that only get should therefore be closed, so that they do not count as possible
+//! producers for each other. A handle inherited through `fork` counts as held by every
+//! process that inherited it (a child also inherits its parent's handles, as it inherits
+//! every descriptor), so a child does not see its parent's own handle go away.
+//!
+//! Because every handle can also get, `put` never fails for want of readers (unlike
+//! [`Connection::send`](crate::Connection::send)): the putting process can always get the
+//! item back itself.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::connection::Waitable;
+use crate::error::{EncodeError, GetError, PutError};
+use crate::sys::{self, ShmQueue};
+use crate::wire::{self, DeFd, HEADER, SerFd};
+
+/// Ring size: room for one message of the largest size the crate allows. Memory is only used
+/// as items are written, and given back beyond 64 MiB once the queue drains.
+const RING: usize = wire::MAX_FRAME + 4096;
+
+/// The longest a blocked call sleeps before checking again whether the other handles are
+/// still there (how quickly a dead peer is noticed).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Items whose frame is larger than this are serialized straight into shared memory (under
+/// the lock); smaller ones into a scratch buffer first, so the lock is held only for a copy.
+const IN_PLACE: usize = 64 * 1024;
+
+/// The OFD-lock byte that marks a handle that may still put.
+const PRODUCER: i64 = 0;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A first-in first-out queue shared by processes: Python's `multiprocessing.Queue`.
+///
+/// Any number of processes may put and get at once. Clone the queue for each process that
+/// needs it and move the clone into the child (captured under `fork`, or as a start
+/// argument). Items are serialized with serde (postcard); decoding never runs code from the
+/// bytes. A queue cannot be sent through another queue or connection.
+///
+/// # Examples
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// let q: Queue<(u32, String)> = Queue::new()?;
+/// let producer = q.clone();
+/// let mut p = Process::new(move || {
+///     for i in 0..3 {
+///         producer.put((i, format!("item {i}"))).unwrap();
+///     }
+/// });
+/// p.start()?;
+/// for i in 0..3 {
+///     assert_eq!(q.get()?, (i, format!("item {i}")));
+/// }
+/// p.join()?;
+/// // The producer is gone and the queue is empty: no hang.
+/// assert!(matches!(q.get(), Err(multiproc::GetError::Disconnected)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Items must be serializable; anything else is refused at compile time:
+/// ```compile_fail
+/// struct NotSerde;
+/// let q: multiproc::Queue<NotSerde> = multiproc::Queue::new().unwrap();
+/// q.put(NotSerde);
+/// ```
+pub struct Queue<T> {
+    shm: Arc<ShmQueue>,
+    /// This handle's own open file description of the queue's memfd: its OFD lock says
+    /// "this handle may still put".
+    ofd: OwnedFd,
+    closed: AtomicBool,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue, Python's `Queue()`.
+    ///
+    /// "Unbounded" means up to 1 GiB of items waiting, after which `put` blocks.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<Queue<T>> {
+        Queue::with_maxsize(0)
+    }
+
+    /// A queue holding at most `maxsize` items (`put` blocks while it is full), Python's
+    /// `Queue(maxsize)`; `0` means no limit.
+    ///
+    /// # Errors
+    /// As [`new`](Queue::new).
+    pub fn with_maxsize(maxsize: usize) -> io::Result<Queue<T>> {
+        let maxsize = u32::try_from(maxsize).unwrap_or(u32::MAX);
+        let shm = Arc::new(ShmQueue::create(RING, maxsize)?);
+        Queue::handle(shm)
+    }
+
+    fn handle(shm: Arc<ShmQueue>) -> io::Result<Queue<T>> {
+        let ofd = shm.reopen()?;
+        sys::ofd_hold(ofd.as_fd(), PRODUCER)?;
+        Ok(Queue {
+            shm,
+            ofd,
+            closed: AtomicBool::new(false),
+            _items: PhantomData,
+        })
+    }
+
+    /// Another handle to the same queue, to move into another process.
+    ///
+    /// # Errors
+    /// The OS error if a descriptor cannot be opened.
+    pub fn try_clone(&self) -> io::Result<Queue<T>> {
+        Queue::handle(Arc::clone(&self.shm))
+    }
+
+    /// The approximate number of items in the queue, Python's `qsize()`.
+    pub fn qsize(&self) -> usize {
+        self.shm.len() as usize
+    }
+
+    /// Whether the queue is empty (a snapshot, as in Python).
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` items (a snapshot, as in Python).
+    pub fn full(&self) -> bool {
+        let max = self.shm.maxsize();
+        max != 0 && self.shm.len() >= max
+    }
+
+    /// Says that this handle will put no more items, Python's `close()`. Getting still
+    /// works. Once every handle that could put is closed or gone, a `get` on an empty queue
+    /// returns [`GetError::Disconnected`]. Closing twice is fine.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = sys::ofd_release(self.ofd.as_fd(), PRODUCER);
+        }
+    }
+
+    /// Whether [`close`](Queue::close) was called on this handle.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether another handle (in this or another process) may still put.
+    fn others_may_put(&self) -> io::Result<bool> {
+        sys::ofd_others_hold(self.ofd.as_fd(), PRODUCER)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// Puts `item` at the back of the queue, blocking while the queue is full.
+    ///
+    /// When this returns `Ok` the item is in shared memory: it is delivered even if this
+    /// process exits at once.
+    ///
+    /// # Errors
+    /// [`PutError::Closed`] after [`close`](Queue::close), [`PutError::Encode`] when the item
+    /// cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::Forever, false)
+    }
+
+    /// As [`put`](Queue::put), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As `put`, plus [`PutError::Timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::Until(deadline_after(timeout)), false)
+    }
+
+    /// Puts `item` only if there is room now, Python's `put_nowait`.
+    ///
+    /// # Errors
+    /// As `put`, plus [`PutError::Full`].
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Wait::No, false)
+    }
+
+    /// Takes the item at the front of the queue, blocking while it is empty.
+    ///
+    /// # Errors
+    /// [`GetError::Disconnected`] when the queue is empty and no other handle that may put
+    /// is left; [`GetError::Decode`] when the item's bytes are not a `T` (it is consumed).
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_until(Wait::Forever)
+    }
+
+    /// As [`get`](Queue::get), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As `get`, plus [`GetError::Timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_until(Wait::Until(deadline_after(timeout)))
+    }
+
+    /// Takes an item only if one is there now, Python's `get_nowait`.
+    ///
+    /// # Errors
+    /// As `get`, plus [`GetError::Empty`].
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.get_until(Wait::No)
+    }
+
+    fn put_until(&self, item: T, wait: Wait, joinable: bool) -> Result<(), PutError<T>> {
+        if self.is_closed() {
+            return Err(PutError::Closed(item));
+        }
+        let size = match postcard::experimental::serialized_size(&item) {
+            Ok(size) => size,
+            Err(e) => {
+                let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));
+                return Err(PutError::Encode(item, e));
+            }
+        };
+        let header = match wire::header_for(size) {
+            Ok(h) if HEADER + size <= self.shm.max_frame() => h,
+            Ok(_) => {
+                let e = EncodeError::new(
+                    format!("item of {size} bytes does not fit in the queue"),
+                    None,
+                );
+                return Err(PutError::Encode(item, e));
+            }
+            Err(e) => return Err(PutError::Encode(item, e)),
+        };
+        if HEADER + size <= IN_PLACE {
+            // Small: encode into a scratch buffer outside the lock, copy in under it.
+            SCRATCH.with_borrow_mut(|frame| {
+                frame.clear();
+                if let Err(e) = wire::encode_into(&item, frame) {
+                    return Err(PutError::Encode(item, e));
+                }
+                if frame.len() != HEADER + size {
+                    let e = EncodeError::new("the item serialized to different sizes twice", None);
+                    return Err(PutError::Encode(item, e));
+                }
+                self.put_frame(item, HEADER + size, wait, joinable, |buf| {
+                    buf.copy_from_slice(frame);
+                    Ok(())
+                })
+            })
+        } else {
+            // Large: serialize straight into shared memory, one copy in all.
+            let fill = |buf: &mut [u8]| {
+                buf[..HEADER].copy_from_slice(&header);
+                match postcard::to_slice(&item, &mut buf[HEADER..]) {
+                    Ok(used) if used.len() == size => Ok(()),
+                    Ok(_) => Err(EncodeError::new(
+                        "the item serialized to different sizes twice",
+                        None,
+                    )),
+                    Err(e) => Err(EncodeError::new(
+                        "could not serialize the item",
+                        Some(Box::new(e)),
+                    )),
+                }
+            };
+            match self.put_frame((), HEADER + size, wait, joinable, fill) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.map_item(item)),
+            }
+        }
+    }
+
+    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
+    fn put_frame<I>(
+        &self,
+        item: I,
+        n: usize,
+        wait: Wait,
+        joinable: bool,
+        mut fill: impl FnMut(&mut [u8]) -> Result<(), EncodeError>,
+    ) -> Result<(), PutError<I>> {
+        let words = self.shm.words();
+        loop {
+            let mut guard = match self.shm.lock(wait.deadline()) {
+                Ok(Some(g)) => g,
+                Ok(None) => return Err(PutError::Timeout(item)),
+                Err(e) => return Err(PutError::Os(item, e)),
+            };
+            if joinable {
+                words.unfinished.fetch_add(1, Ordering::AcqRel);
+            }
+            let pushed = guard.push_with(n, &mut fill);
+            if !matches!(pushed, Ok(true)) && joinable {
+                words.unfinished.fetch_sub(1, Ordering::AcqRel);
+            }
+            match pushed {
+                Ok(true) => {
+                    let wake = take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
+                    if wake {
+                        words.not_empty.fetch_add(1, Ordering::Release);
+                    }
+                    // Room left for other blocked producers? Pass the baton on.
+                    let more = guard.has_room_hint()
+                        && take_turn(&words.not_full_sleepers, &words.not_full_pending);
+                    if more {
+                        words.not_full.fetch_add(1, Ordering::Release);
+                    }
+                    drop(guard);
+                    if wake {
+                        self.shm.wake(&words.not_empty, 1);
+                    }
+                    if more {
+                        self.shm.wake(&words.not_full, 1);
+                    }
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => return Err(PutError::Encode(item, e)),
+            }
+            let seen = words.not_full.load(Ordering::Acquire);
+            let nap = match wait.nap() {
+                Some(nap) => nap,
+                None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
+                None => return Err(PutError::Timeout(item)),
+            };
+            words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
+            drop(guard);
+            self.shm.sleep(&words.not_full, seen, nap);
+            words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
+            words.not_full_pending.store(0, Ordering::Release);
+        }
+    }
+
+    fn get_until(&self, wait: Wait) -> Result<T, GetError> {
+        {
+            let words = self.shm.words();
+            loop {
+                let mut guard = match self.shm.lock(wait.deadline()) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => return Err(GetError::Timeout),
+                    Err(e) => return Err(GetError::Os(e)),
+                };
+                let popped = guard
+                    .pop_with(wire::decode_payload::<T>)
+                    .map_err(GetError::Os)?;
+                if let Some(decoded) = popped {
+                    let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
+                    if wake {
+                        words.not_full.fetch_add(1, Ordering::Release);
+                    }
+                    // Items left for other sleeping consumers? Pass the baton on.
+                    let more = guard.len() > 0
+                        && take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
+                    if more {
+                        words.not_empty.fetch_add(1, Ordering::Release);
+                    }
+                    drop(guard);
+                    if wake {
+                        self.shm.wake(&words.not_full, 1);
+                    }
+                    if more {
+                        self.shm.wake(&words.not_empty, 1);
+                    }
+                    return Ok(decoded?);
+                }
+                if matches!(wait, Wait::No) {
+                    return Err(GetError::Empty);
+                }
+                let seen = words.not_empty.load(Ordering::Acquire);
+                words.not_empty_sleepers.fetch_add(1, Ordering::AcqRel);
+                drop(guard);
+                let result = self.sleep_for_item(&wait, words, seen);
+                words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
+                words.not_empty_pending.store(0, Ordering::Release);
+                result?;
+            }
+        }
+    }
+
+    /// Sleeps until an item may have arrived; errors when none can come or time ran out.
+    fn sleep_for_item(&self, wait: &Wait, words: &sys::Words, seen: u32) -> Result<(), GetError> {
+        if !self.others_may_put().map_err(GetError::Os)? {
+            // Nobody else can put. An item put just before the last producer left is still
+            // in the queue: look once more before giving up.
+            let Some(guard) = self.shm.lock(wait.deadline()).map_err(GetError::Os)? else {
+                return Err(GetError::Timeout);
+            };
+            return if guard.len() == 0 {
+                Err(GetError::Disconnected)
+            } else {
+                Ok(())
+            };
+        }
+        match wait.nap() {
+            Some(nap) => {
+                self.shm.sleep(&words.not_empty, seen, nap);
+                Ok(())
+            }
+            None => Err(GetError::Timeout),
+        }
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    /// Another handle to the same queue (see [`try_clone`](Queue::try_clone)).
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors.
+    fn clone(&self) -> Self {
+        self.try_clone()
+            .expect("could not open a descriptor for a queue handle")
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("qsize", &self.qsize())
+            .field("maxsize", &self.shm.maxsize())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A queue handle serializes only as a start argument for a child process: its descriptor
+/// travels beside the arguments, and the child's handle is this one (the two share one
+/// registration as a holder of the queue, as after `fork`).
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            SerFd(self.ofd.as_fd()),
+            SerFd(self.shm.event_fd()),
+            self.is_closed(),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Queue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (DeFd(ofd), DeFd(event), closed): (DeFd, DeFd, bool) =
+            serde::Deserialize::deserialize(d)?;
+        let shm = sys::reopen(ofd.as_fd())
+            .and_then(|fd| ShmQueue::open(fd, event))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Queue {
+            shm: Arc::new(shm),
+            ofd,
+            closed: AtomicBool::new(closed),
+            _items: PhantomData,
+        })
+    }
+}
+
+/// A queue is ready for [`wait`](crate::wait) when it holds an item (Python's
+/// `wait([q._reader])`).
+impl<T> Waitable for Queue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.shm.event_fd())
+    }
+
+    fn ready_now(&self) -> bool {
+        self.register_waiter(true)
+    }
+
+    fn done_waiting(&self) {
+        self.register_waiter(false);
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
+    }
+}
+
+impl<T> Queue<T> {
+    fn register_waiter(&self, want: bool) -> bool {
+        if !want {
+            let _ = self.shm.words().fd_waiters.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+            return false;
+        }
+        // Registering takes the lock so that no put can slip between the check and the
+        // registration; it is held only for copies, so a short bound suffices.
+        match self
+            .shm
+            .lock(Some(Instant::now() + Duration::from_millis(100)))
+        {
+            Ok(Some(mut guard)) => guard.want_event(),
+            // Ready: the caller's next operation waits properly or reports the error.
+            _ => {
+                self.shm.words().fd_waiters.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+}
+
+impl<T> Waitable for SimpleQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.0.wait_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        self.0.ready_now()
+    }
+
+    fn done_waiting(&self) {
+        self.0.done_waiting();
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
+    }
+}
+
+impl<T> Waitable for JoinableQueue<T> {
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.0.wait_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        self.0.ready_now()
+    }
+
+    fn done_waiting(&self) {
+        self.0.done_waiting();
+    }
+
+    fn needs_recheck(&self) -> bool {
+        true
+    }
+}
+
+/// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
+/// `close`. Same guarantees as [`Queue`].
+///
+/// # Examples
+/// ```
+/// let q = multiproc::SimpleQueue::new()?;
+/// let child_q = q.clone();
+/// let h = multiproc::spawn(move || child_q.put(vec![1, 2, 3]).is_ok())?;
+/// assert_eq!(q.get()?, vec![1, 2, 3]);
+/// assert!(h.join()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> SimpleQueue<T> {
+    /// A new, empty queue.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<SimpleQueue<T>> {
+        Queue::new().map(SimpleQueue)
+    }
+
+    /// Whether the queue is empty (a snapshot).
+    pub fn empty(&self) -> bool {
+        self.0.empty()
+    }
+
+    /// Says that this handle will put no more items (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.0.close();
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// Puts `item` at the back (see [`Queue::put`]).
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put(item)
+    }
+
+    /// Takes the front item, blocking while the queue is empty (see [`Queue::get`]).
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+}
+
+/// A [`Queue`] that counts unfinished tasks, Python's `JoinableQueue`: each `put` adds one,
+/// each [`task_done`](JoinableQueue::task_done) removes one, and
+/// [`join`](JoinableQueue::join) waits for zero.
+///
+/// # Examples
+/// ```
+/// use multiproc::{JoinableQueue, Process};
+///
+/// let q: JoinableQueue<u64> = JoinableQueue::new()?;
+/// let worker_q = q.clone();
+/// let mut worker = Process::new(move || {
+///     while let Ok(n) = worker_q.get() {
+///         let _ = n * n; // the work
+///         worker_q.task_done().unwrap();
+///     }
+/// });
+/// worker.set_daemon(true)?;
+/// worker.start()?;
+/// for n in 0..10 {
+///     q.put(n)?;
+/// }
+/// q.join(); // every item was processed
+/// assert!(q.empty());
+/// worker.kill()?;
+/// worker.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T>(Queue<T>);
+
+/// [`JoinableQueue::task_done`] was called more times than items were put (Python's
+/// `ValueError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("task_done() called more times than items were put")]
+pub struct TaskDoneError;
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    ///
+    /// # Errors
+    /// The OS error if shared memory cannot be created.
+    pub fn new() -> io::Result<JoinableQueue<T>> {
+        Queue::new().map(JoinableQueue)
+    }
+
+    /// A joinable queue holding at most `maxsize` items (`0`: no limit).
+    ///
+    /// # Errors
+    /// As [`new`](JoinableQueue::new).
+    pub fn with_maxsize(maxsize: usize) -> io::Result<JoinableQueue<T>> {
+        Queue::with_maxsize(maxsize).map(JoinableQueue)
+    }
+
+    /// Marks one item taken with `get` as processed.
+    ///
+    /// # Errors
+    /// [`TaskDoneError`] if there is no unfinished item.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let words = self.0.shm.words();
+        let mut current = words.unfinished.load(Ordering::Acquire);
+        loop {
+            if current == 0 {
+                return Err(TaskDoneError);
+            }
+            match words.unfinished.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        if current == 1 && words.unfinished_sleepers.load(Ordering::Acquire) > 0 {
+            self.0.shm.wake(&words.unfinished, u32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every item put was marked done with
+    /// [`task_done`](JoinableQueue::task_done).
+    ///
+    /// A consumer that dies between `get` and `task_done` leaves its item unfinished for
+    /// good, as in Python: use [`join_timeout`](JoinableQueue::join_timeout) where that can
+    /// happen.
+    pub fn join(&self) {
+        while !self.join_until(None) {}
+    }
+
+    /// As [`join`](JoinableQueue::join), waiting at most `timeout`; `true` if every item was
+    /// done in time.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_until(Some(deadline_after(timeout)))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> bool {
+        let words = self.0.shm.words();
+        loop {
+            let seen = words.unfinished.load(Ordering::Acquire);
+            if seen == 0 {
+                return true;
+            }
+            let nap = match deadline {
+                None => RECHECK,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    left.min(RECHECK)
+                }
+            };
+            words.unfinished_sleepers.fetch_add(1, Ordering::AcqRel);
+            self.0.shm.sleep(&words.unfinished, seen, nap);
+            words.unfinished_sleepers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The number of items put and not yet marked done.
+    pub fn unfinished_tasks(&self) -> usize {
+        self.0.shm.words().unfinished.load(Ordering::Acquire) as usize
+    }
+
+    /// See [`Queue::qsize`].
+    pub fn qsize(&self) -> usize {
+        self.0.qsize()
+    }
+
+    /// See [`Queue::empty`].
+    pub fn empty(&self) -> bool {
+        self.0.empty()
+    }
+
+    /// See [`Queue::full`].
+    pub fn full(&self) -> bool {
+        self.0.full()
+    }
+
+    /// See [`Queue::close`].
+    pub fn close(&self) {
+        self.0.close();
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// Puts `item` and counts it as an unfinished task (see [`Queue::put`]).
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put_until(item, Wait::Forever, true)
+    }
+
+    /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`Queue::put_timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.0
+            .put_until(item, Wait::Until(deadline_after(timeout)), true)
+    }
+
+    /// As [`put`](JoinableQueue::put), only if there is room now.
+    ///
+    /// # Errors
+    /// As [`Queue::put_nowait`].
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put_until(item, Wait::No, true)
+    }
+
+    /// See [`Queue::get`].
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// See [`Queue::get_timeout`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.0.get_timeout(timeout)
+    }
+
+    /// See [`Queue::get_nowait`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_nowait`].
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.0.get_nowait()
+    }
+}
+
+/// Whether to wake a sleeper: someone sleeps and nobody was woken who has not run yet.
+/// Called under the queue's lock. A woken process that dies before running leaves the flag
+/// set; sleepers then notice items within [`RECHECK`].
+fn take_turn(
+    sleepers: &std::sync::atomic::AtomicU32,
+    pending: &std::sync::atomic::AtomicU32,
+) -> bool {
+    if sleepers.load(Ordering::Relaxed) > 0 && pending.load(Ordering::Relaxed) == 0 {
+        pending.store(1, Ordering::Relaxed);
+        true
+    } else {
+        false
+    }
+}
+
+/// How long a blocking call may wait.
+enum Wait {
+    No,
+    Forever,
+    Until(Instant),
+}
+
+impl Wait {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Wait::Until(d) => Some(*d),
+            // Even a non-blocking call may wait for the lock, which is only ever held for a
+            // copy; a dead holder is detected by the kernel.
+            Wait::No | Wait::Forever => None,
+        }
+    }
+
+    /// How long to sleep before looking again; `None` when no more waiting is allowed.
+    fn nap(&self) -> Option<Duration> {
+        match self {
+            Wait::No => None,
+            Wait::Forever => Some(RECHECK),
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(RECHECK))
+            }
+        }
+    }
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the spawn start method does with a handle in the start arguments.
+    fn through_start_arguments<H: Serialize + DeserializeOwned>(handle: &H) -> H {
+        let (bytes, fds) = wire::collect_fds(|| postcard::to_allocvec(handle));
+        let bytes = bytes.expect("serialize");
+        wire::with_received_fds(fds, || postcard::from_bytes(&bytes)).expect("deserialize")
+    }
+
+    #[test]
+    fn a_handle_passed_as_a_start_argument_reaches_the_same_queue() {
+        let q: Queue<String> = Queue::new().unwrap();
+        let sent: Queue<String> = q.clone();
+        let received = through_start_arguments(&sent);
+        drop(sent);
+        received.put("over there".into()).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), "over there");
+        // The received handle is a holder: the original does not see Disconnected yet.
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(60)),
+            Err(GetError::Timeout)
+        ));
+        drop(received);
+        assert!(matches!(q.get(), Err(GetError::Disconnected)));
+    }
+
+    /// Kills the process on drop, so a failing assertion leaves no child behind.
+    struct KillOnDrop(crate::Process);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.join_timeout(Duration::from_secs(10));
+        }
+    }
+
+    #[test]
+    fn a_process_killed_holding_the_lock_does_not_wedge_the_queue() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        let q2 = q.clone();
+        let (ready_rx, ready_tx) = crate::pipe(false).unwrap();
+        let mut p = crate::Process::new(move || {
+            let _held = q2.shm.lock(None).unwrap();
+            ready_tx.send(&1u8).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        });
+        p.start().unwrap();
+        let mut p = KillOnDrop(p);
+        let _: u8 = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(100)),
+            Err(GetError::Timeout)
+        ));
+        p.0.kill().unwrap();
+        p.0.join_timeout(Duration::from_secs(10)).unwrap();
+        q.put_timeout(5, Duration::from_secs(10)).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_handle_serialized_outside_a_start_is_an_error() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        assert!(postcard::to_allocvec(&q).is_err());
+    }
+
+    #[test]
+    fn a_connection_passed_as_a_start_argument_keeps_working() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let b = through_start_arguments(&b);
+        a.send(&5u32).unwrap();
+        assert_eq!(b.recv::<u32>().unwrap(), 5);
+        b.send(&6u32).unwrap();
+        assert_eq!(a.recv::<u32>().unwrap(), 6);
+    }
+}

@@ -1,0 +1,53 @@
+//! Byte-stream helpers for connections: vectored writes, retrying on `EINTR`.
+//!
+//! # Safety
+//! No `unsafe` here: everything goes through rustix's safe wrappers.
+
+use std::io::{self, IoSlice};
+use std::os::fd::BorrowedFd;
+
+/// Writes every byte of `parts`, in order, with as few `writev` calls as the kernel allows.
+///
+/// # References
+/// writev(2).
+pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < parts.len() {
+        if offset == parts[index].len() {
+            index += 1;
+            offset = 0;
+            continue;
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() - index);
+        slices.push(IoSlice::new(&parts[index][offset..]));
+        slices.extend(parts[index + 1..].iter().map(|p| IoSlice::new(p)));
+        let mut written = match rustix::io::writev(fd, &slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        while written > 0 {
+            let left = parts[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks the kernel to let the pipe behind `fd` hold `size` bytes (best effort: limits, or a
+/// descriptor that is not a pipe, leave it as it was).
+///
+/// # References
+/// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, size: usize) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
+}

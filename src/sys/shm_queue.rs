@@ -1,0 +1,593 @@
+//! The shared-memory ring behind `Queue`: a memfd holding a header page and a byte ring of
+//! frames, guarded by a robust process-shared mutex, with futex words for waiting.
+//!
+//! Crash safety comes from three kernel mechanisms, so no process can wedge the others by
+//! dying at any instruction:
+//! - The mutex is a robust `pthread_mutex_t`: if its owner dies, the next locker gets
+//!   `EOWNERDEAD` and takes over. The ring's state never needs repair, because every change
+//!   is published by one atomic store ([`Header::prod`] for a put, [`Header::cons`] for a
+//!   get) after the bytes are in place: a producer killed mid-copy leaves no trace, a consumer
+//!   killed mid-copy leaves the item for the next one.
+//! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
+//!   dead process owed it.
+//! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
+//!   byte 0 of the memfd: the kernel drops a process's locks when it dies, and shares them
+//!   across `fork` and descriptor passing exactly as it shares the descriptor.
+//!
+//! # Safety
+//! The mapping is `MAP_SHARED` memory that other processes write. Every shared field is an
+//! atomic or sits behind the mutex; ring bytes are only touched through raw pointer copies,
+//! never through references, within ranges checked against the ring's size.
+//!
+//! # References
+//! pthread_mutexattr_setrobust(3), futex(2), fcntl(2) "Open file description locks",
+//! memfd_create(2), fallocate(2) `FALLOC_FL_PUNCH_HOLE`.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{MemfdFlags, Mode, OFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+const MAGIC: u64 = 0x6d70_7175_6575_6531; // "mpqueue1"
+const PAGE: usize = 4096;
+/// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
+const WRAP: u32 = u32::MAX;
+/// Frames go back to offset 0 once the write position passes this, if there is room there,
+/// so a queue that keeps up stays within a few warm pages.
+const SOFT_WRAP: u32 = 4 << 20;
+/// After the queue drains, memory beyond this offset is given back to the OS.
+const KEEP: u32 = 64 << 20;
+
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+/// The header page. Field order is fixed (`repr(C)`); every process maps the same bytes.
+#[repr(C)]
+struct Header {
+    magic: Line<(u64, u32, u32)>, // magic, capacity, maxsize
+    mutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store.
+    prod: Line<AtomicU64>,
+    /// Read offset (low 32 bits) and number of gets (high 32 bits), changed by one store.
+    cons: Line<AtomicU64>,
+    /// Futex words: bumped when an item arrives / room appears / tasks finish, with counts
+    /// of sleepers so that nobody makes a system call when nobody sleeps.
+    words: Line<Words>,
+}
+
+#[repr(C)]
+pub(crate) struct Words {
+    pub(crate) not_empty: AtomicU32,
+    pub(crate) not_empty_sleepers: AtomicU32,
+    /// A sleeper was woken for an item and has not run yet: later puts need not wake
+    /// another (the woken one passes the baton on if items remain).
+    pub(crate) not_empty_pending: AtomicU32,
+    pub(crate) not_full: AtomicU32,
+    pub(crate) not_full_sleepers: AtomicU32,
+    pub(crate) not_full_pending: AtomicU32,
+    /// `JoinableQueue`: items put and not yet marked done.
+    pub(crate) unfinished: AtomicU32,
+    pub(crate) unfinished_sleepers: AtomicU32,
+    /// Highest ring offset written since memory was last given back.
+    high_water: AtomicU32,
+    /// `wait()` callers interested in this queue, registered under the lock.
+    pub(crate) fd_waiters: AtomicU32,
+    /// The event descriptor is readable (set and cleared under the lock).
+    event_set: AtomicU32,
+}
+
+const _: () = assert!(size_of::<Header>() <= PAGE);
+const _: () = assert!(std::mem::align_of::<Header>() <= PAGE);
+
+/// A process's mapping of one queue's memory.
+pub(crate) struct ShmQueue {
+    /// The memfd this mapping came from (used to make new open file descriptions).
+    fd: OwnedFd,
+    /// An eventfd, readable while the queue holds items and a `wait()` caller is interested;
+    /// shared by every handle, in every process.
+    event: Option<OwnedFd>,
+    base: NonNull<u8>,
+    len: usize,
+    cap: u32,
+}
+
+// SAFETY: the mapping is shared memory whose shared fields are atomics or behind the
+// process-shared mutex; the pointer itself is never reassigned.
+unsafe impl Send for ShmQueue {}
+// SAFETY: as for Send: all access through `&self` is to atomics, the mutex, or raw copies
+// under the mutex.
+unsafe impl Sync for ShmQueue {}
+
+impl std::fmt::Debug for ShmQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmQueue")
+            .field("fd", &self.fd)
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+impl ShmQueue {
+    /// Creates a queue whose ring holds `cap` bytes (rounded up to a page) and at most
+    /// `maxsize` items (0: no item limit). Memory is only used as frames are written.
+    pub(crate) fn create(cap: usize, maxsize: u32) -> io::Result<ShmQueue> {
+        let cap = cap.div_ceil(PAGE) * PAGE;
+        let cap32 = u32::try_from(cap).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = rustix::fs::memfd_create("multiproc-queue", MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, (PAGE + cap) as u64)?;
+        let mut q = ShmQueue::map(fd, PAGE + cap)?;
+        q.cap = cap32;
+        q.event = Some(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
+        let header = q.header_ptr();
+        // SAFETY: the memfd is new and mapped only here: nobody else can see it yet, so plain
+        // writes to the header are not racing. The mutex attribute calls follow the POSIX
+        // protocol (init, set, use, destroy), each on a live, properly aligned object.
+        unsafe {
+            (*header).magic.0 = (MAGIC, cap32, maxsize);
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            check(libc::pthread_mutexattr_init(&mut attr))?;
+            let r = (|| {
+                check(libc::pthread_mutexattr_setpshared(
+                    &mut attr,
+                    libc::PTHREAD_PROCESS_SHARED,
+                ))?;
+                check(libc::pthread_mutexattr_setrobust(
+                    &mut attr,
+                    libc::PTHREAD_MUTEX_ROBUST,
+                ))?;
+                check(libc::pthread_mutex_init((*header).mutex.0.get(), &attr))
+            })();
+            libc::pthread_mutexattr_destroy(&mut attr);
+            r?;
+        }
+        Ok(q)
+    }
+
+    /// Maps the queue behind `fd` (a descriptor of a memfd made by [`create`](Self::create)).
+    pub(crate) fn open(fd: OwnedFd, event: OwnedFd) -> io::Result<ShmQueue> {
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        if len < 2 * PAGE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
+        }
+        let mut q = ShmQueue::map(fd, len)?;
+        // SAFETY: the header page is mapped; `magic` is written once before the memfd is
+        // shared and never again, so reading it races with nothing.
+        let (magic, cap, _) = unsafe { (*q.header_ptr()).magic.0 };
+        if magic != MAGIC || cap as usize + PAGE != len {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
+        }
+        q.cap = cap;
+        q.event = Some(event);
+        Ok(q)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<ShmQueue> {
+        // SAFETY: a fresh shared mapping of a file we hold open; the kernel picks the address,
+        // so no existing memory is replaced. It is unmapped exactly once, in Drop.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(ShmQueue {
+            fd,
+            event: None,
+            base,
+            len,
+            cap: 0,
+        })
+    }
+
+    fn header_ptr(&self) -> *mut Header {
+        self.base.as_ptr().cast::<Header>()
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the first page is mapped for the life of `self` and holds a `Header`
+        // initialised by `create` before the memfd could be shared; every field reachable
+        // through `&Header` is atomic or an `UnsafeCell`.
+        unsafe { &*self.header_ptr() }
+    }
+
+    /// The futex words and counters.
+    pub(crate) fn words(&self) -> &Words {
+        &self.header().words.0
+    }
+
+    /// The item limit (0: none).
+    pub(crate) fn maxsize(&self) -> u32 {
+        self.header().magic.0.2
+    }
+
+    /// Items in the queue now (may be stale by the time it is used).
+    pub(crate) fn len(&self) -> u32 {
+        let h = self.header();
+        let puts = (h.prod.0.load(Ordering::Acquire) >> 32) as u32;
+        let gets = (h.cons.0.load(Ordering::Acquire) >> 32) as u32;
+        puts.wrapping_sub(gets)
+    }
+
+    /// The largest frame (header included) that can ever fit.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// A new open file description of the queue's memfd, for a new handle: OFD locks taken
+    /// on it are its own.
+    pub(crate) fn reopen(&self) -> io::Result<OwnedFd> {
+        reopen(self.fd.as_fd())
+    }
+
+    /// The event descriptor (see [`Guard::want_event`]).
+    pub(crate) fn event_fd(&self) -> BorrowedFd<'_> {
+        self.event.as_ref().expect("set by create and open").as_fd()
+    }
+
+    /// Takes the queue's lock, waiting until `deadline` (`None`: no limit). `Ok(None)` when
+    /// the deadline passed.
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<Guard<'_>>> {
+        let m = self.header().mutex.0.get();
+        let r = match deadline {
+            // SAFETY: `m` points to the initialised process-shared mutex in our mapping.
+            None => unsafe { libc::pthread_mutex_lock(m) },
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let abs = realtime_after(left)?;
+                // SAFETY: as above; `abs` is a valid timespec.
+                unsafe { libc::pthread_mutex_timedlock(m, &abs) }
+            }
+        };
+        match r {
+            0 => Ok(Some(Guard { q: self })),
+            libc::EOWNERDEAD => {
+                // A holder died. The ring is consistent at every instant (see the module
+                // docs), so marking the mutex consistent is all the repair needed.
+                // SAFETY: we own the mutex now (EOWNERDEAD means it was acquired).
+                check(unsafe { libc::pthread_mutex_consistent(m) })?;
+                tracing::warn!("a process died holding a queue's lock; recovered");
+                Ok(Some(Guard { q: self }))
+            }
+            libc::ETIMEDOUT => Ok(None),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
+    pub(crate) fn sleep(&self, word: &AtomicU32, seen: u32, max: Duration) {
+        let ts = rustix::time::Timespec {
+            tv_sec: max.as_secs() as i64,
+            tv_nsec: i64::from(max.subsec_nanos()),
+        };
+        // Shared (not private) futex: waiters and wakers are in different processes.
+        let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&ts));
+    }
+
+    /// Wakes up to `n` sleepers on `word`.
+    pub(crate) fn wake(&self, word: &AtomicU32, n: u32) {
+        let _ = futex::wake(word, futex::Flags::empty(), n);
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the ring starts one page into a mapping of PAGE + cap bytes.
+        unsafe { self.base.as_ptr().add(PAGE) }
+    }
+}
+
+impl Drop for ShmQueue {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping made in `map`, unmapped only here;
+        // no reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The queue's lock, held. Unlocks on drop.
+pub(crate) struct Guard<'a> {
+    q: &'a ShmQueue,
+}
+
+fn pack(offset: u32, count: u32) -> u64 {
+    u64::from(offset) | (u64::from(count) << 32)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    (v as u32, (v >> 32) as u32)
+}
+
+impl Guard<'_> {
+    fn h(&self) -> &Header {
+        self.q.header()
+    }
+
+    /// Items in the queue.
+    pub(crate) fn len(&self) -> u32 {
+        let (_, puts) = unpack(self.h().prod.0.load(Ordering::Relaxed));
+        let (_, gets) = unpack(self.h().cons.0.load(Ordering::Relaxed));
+        puts.wrapping_sub(gets)
+    }
+
+    /// Registers a `wait()` caller (unregistered by decrementing
+    /// [`Words::fd_waiters`]): while one is registered the event descriptor is readable
+    /// whenever the queue holds items. Returns whether it does now.
+    pub(crate) fn want_event(&mut self) -> bool {
+        let words = &self.h().words.0;
+        words.fd_waiters.fetch_add(1, Ordering::Relaxed);
+        if self.len() > 0 && words.event_set.load(Ordering::Relaxed) == 0 {
+            words.event_set.store(1, Ordering::Relaxed);
+            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+        }
+        self.len() > 0
+    }
+
+    /// Whether another item may fit (by count; byte room is found out by trying).
+    pub(crate) fn has_room_hint(&self) -> bool {
+        let max = self.q.maxsize();
+        max == 0 || self.len() < max
+    }
+
+    fn write(&self, offset: u32, bytes: &[u8]) {
+        assert!(offset as usize + bytes.len() <= self.q.cap as usize);
+        // SAFETY: the range is inside the ring (checked above), which is mapped for the life
+        // of the queue; we hold the lock and the range is free space (only wrap markers are
+        // written this way) that no reader looks at until a later commit.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.q.data().add(offset as usize),
+                bytes.len(),
+            );
+        }
+    }
+
+    fn read(&self, offset: u32, out: &mut [u8]) {
+        assert!(offset as usize + out.len() <= self.q.cap as usize);
+        // SAFETY: inside the ring (checked above); we hold the lock, and the range holds a
+        // committed frame that no producer writes until the consumer's commit frees it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.q.data().add(offset as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+        }
+    }
+
+    fn read_u32(&self, offset: u32) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Appends an `n`-byte frame (a length word and payload) that `fill` writes in place, if
+    /// there is room (`Ok(false)` if not; items beyond `maxsize` count as no room). If `fill`
+    /// fails nothing is appended.
+    pub(crate) fn push_with<E>(
+        &mut self,
+        n: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let cap = self.q.cap;
+        let n = u32::try_from(n).expect("frame size checked against max_frame");
+        assert!(n <= cap, "frame size checked against max_frame");
+        let h = self.h();
+        let (head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        let (tail, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
+        let count = puts.wrapping_sub(gets);
+        let maxsize = self.q.maxsize();
+        if maxsize != 0 && count >= maxsize {
+            return Ok(false);
+        }
+        let at = if count == 0 {
+            // Empty: start over at the front, where pages are warm.
+            if head != 0 {
+                h.cons.0.store(pack(0, gets), Ordering::Release);
+            }
+            0
+        } else if tail > head {
+            let fits_end = cap - tail >= n;
+            let fits_front = head >= n;
+            if fits_front && (tail >= SOFT_WRAP || !fits_end) {
+                if cap - tail >= 4 {
+                    self.write(tail, &WRAP.to_le_bytes());
+                }
+                0
+            } else if fits_end {
+                tail
+            } else {
+                return Ok(false);
+            }
+        } else if tail < head && head - tail >= n {
+            tail
+        } else {
+            // tail == head with items in the queue: full; or too little room before head.
+            return Ok(false);
+        };
+        assert!(at as usize + n as usize <= cap as usize);
+        // SAFETY: `[at, at + n)` is inside the ring (asserted above), which stays mapped while
+        // `self` borrows the queue. It is free space: no committed frame lies there, so no
+        // reader looks at it, and no other writer can, because we hold the lock (`&mut self`
+        // makes this the only reference in this process).
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(self.q.data().add(at as usize), n as usize) };
+        fill(buf)?;
+        let tail = at + n;
+        if tail > h.words.0.high_water.load(Ordering::Relaxed) {
+            h.words.0.high_water.store(tail, Ordering::Relaxed);
+        }
+        h.prod
+            .0
+            .store(pack(tail, puts.wrapping_add(1)), Ordering::Release);
+        let words = &h.words.0;
+        if words.fd_waiters.load(Ordering::Relaxed) > 0
+            && words.event_set.load(Ordering::Relaxed) == 0
+        {
+            words.event_set.store(1, Ordering::Relaxed);
+            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+        }
+        Ok(true)
+    }
+
+    /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
+    /// item counts as taken even if `f` fails or panics.
+    ///
+    /// # Errors
+    /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
+    /// misbehaving process); the queue is unusable after that.
+    pub(crate) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
+        let cap = self.q.cap;
+        let h = self.h();
+        let (tail, puts) = unpack(h.prod.0.load(Ordering::Acquire));
+        let (mut head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        if puts == gets {
+            return Ok(None);
+        }
+        let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "queue memory is corrupted");
+        if cap - head < 4 || self.read_u32(head) == WRAP {
+            head = 0;
+        }
+        let len = self.read_u32(head);
+        let end = u64::from(head) + 4 + u64::from(len);
+        if len == WRAP || end > u64::from(cap) || (head < tail && end > u64::from(tail)) {
+            return Err(corrupt());
+        }
+        // Taken from here on; producers cannot reuse the space until we unlock.
+        h.cons
+            .0
+            .store(pack(end as u32, gets.wrapping_add(1)), Ordering::Release);
+        // SAFETY: `[head + 4, end)` is inside the ring (checked above) and holds a committed
+        // frame. Producers write only free space and only under the lock, which we hold until
+        // this guard drops, so nothing writes these bytes while `f` reads them.
+        let payload = unsafe {
+            std::slice::from_raw_parts(self.q.data().add(head as usize + 4), len as usize)
+        };
+        let result = f(payload);
+        if gets.wrapping_add(1) == puts {
+            self.release_memory();
+            let words = &h.words.0;
+            if words.event_set.load(Ordering::Relaxed) != 0 {
+                words.event_set.store(0, Ordering::Relaxed);
+                let mut drain = [0u8; 8];
+                let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+            }
+        }
+        Ok(Some(result))
+    }
+
+    /// Once drained, gives pages beyond [`KEEP`] back to the OS.
+    fn release_memory(&self) {
+        let words = &self.h().words.0;
+        let high = words.high_water.load(Ordering::Relaxed);
+        if high > KEEP {
+            let start = u64::from(KEEP) + PAGE as u64;
+            let len = u64::from(high - KEEP).div_ceil(PAGE as u64) * PAGE as u64;
+            let _ = rustix::fs::fallocate(
+                &self.q.fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                start,
+                len,
+            );
+            words.high_water.store(KEEP, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard exists only while the calling thread holds the mutex.
+        unsafe {
+            libc::pthread_mutex_unlock(self.q.header().mutex.0.get());
+        }
+    }
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+fn realtime_after(d: Duration) -> io::Result<libc::timespec> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    let mut sec = now
+        .tv_sec
+        .saturating_add(d.as_secs().min(i64::MAX as u64 / 2) as i64);
+    let mut nsec = now.tv_nsec + i64::from(d.subsec_nanos());
+    if nsec >= 1_000_000_000 {
+        nsec -= 1_000_000_000;
+        sec = sec.saturating_add(1);
+    }
+    Ok(libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    })
+}
+
+/// A new open file description for the file behind `fd`, through `/proc/self/fd`.
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    kind: libc::c_int,
+    byte: i64,
+) -> io::Result<libc::flock> {
+    // SAFETY: `flock` is plain data; zero is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = byte as _;
+    fl.l_len = 1;
+    loop {
+        // SAFETY: `fl` is a valid `flock` that lives across the call; OFD lock commands
+        // require `l_pid` to be 0, which it is.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) };
+        if r == 0 {
+            return Ok(fl);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Marks the open file description `fd` as a holder of `role` (a byte of the lock file).
+/// Held until [`ofd_release`] or until every descriptor of it is closed (exit included).
+pub(crate) fn ofd_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
+    ofd_lock(fd, libc::F_OFD_SETLKW, libc::F_RDLCK, role).map(drop)
+}
+
+/// Stops `fd` being a holder of `role`.
+pub(crate) fn ofd_release(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
+    ofd_lock(fd, libc::F_OFD_SETLK, libc::F_UNLCK, role).map(drop)
+}
+
+/// Whether any open file description other than `fd`'s holds `role`.
+pub(crate) fn ofd_others_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<bool> {
+    let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, role)?;
+    Ok(i32::from(fl.l_type) != libc::F_UNLCK)
+}

@@ -1,0 +1,530 @@
+//! Pipe, Connection, wait(), Listener and client. Mirrors CPython's `_TestConnection`,
+//! `_TestListenerClient`, `_TestPoll` and `TestWait` scenarios where they apply.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    Address, AuthKey, ConnectError, Listener, Process, RecvError, SendError, Waitable,
+    client_with_authkey, pipe, wait,
+};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use common::WAIT;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Shape {
+    Unit,
+    Tuple(i8, u64, f64),
+    Struct {
+        name: String,
+        tags: Vec<String>,
+        inner: Option<Box<Shape>>,
+    },
+}
+
+#[test]
+fn duplex_round_trip_with_child() {
+    let _r = common::Reaper::new();
+    let (parent, child) = pipe(true).unwrap();
+    // Under fork the child inherits the parent's end too, so it cannot wait for end of file
+    // from the parent (as in Python): an empty message says stop.
+    let mut p = Process::new(move || {
+        while let Ok(v) = child.recv::<Option<Vec<u32>>>() {
+            let Some(v) = v else { break };
+            child.send(&v.iter().sum::<u32>()).unwrap();
+        }
+    });
+    p.start().unwrap();
+    for n in 0..50u32 {
+        parent.send(&Some((0..n).collect::<Vec<_>>())).unwrap();
+        assert_eq!(
+            parent.recv_timeout::<u32>(WAIT).unwrap(),
+            (0..n).sum::<u32>()
+        );
+    }
+    parent.send(&None::<Vec<u32>>).unwrap();
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}
+
+#[test]
+fn simplex_ends_refuse_the_wrong_direction() {
+    let (r, w) = pipe(false).unwrap();
+    assert!(r.readable() && !r.writable());
+    assert!(w.writable() && !w.readable());
+    assert!(matches!(r.send(&1u8), Err(SendError::Closed)));
+    assert!(matches!(w.recv::<u8>(), Err(RecvError::Closed)));
+    w.send(&7u8).unwrap();
+    assert_eq!(r.recv::<u8>().unwrap(), 7);
+}
+
+#[test]
+fn many_small_messages_arrive_in_order() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let mut p = Process::new(move || {
+        for i in 0..20_000u64 {
+            tx.send(&i).unwrap();
+        }
+    });
+    p.start().unwrap();
+    for i in 0..20_000u64 {
+        assert_eq!(rx.recv_timeout::<u64>(WAIT).unwrap(), i);
+    }
+    assert!(matches!(
+        rx.recv_timeout::<u64>(WAIT),
+        Err(RecvError::Disconnected)
+    ));
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}
+
+#[test]
+fn large_message_survives() {
+    let _r = common::Reaper::new();
+    let (a, b) = pipe(true).unwrap();
+    let mut p = Process::new(move || {
+        let big = b.recv_bytes().unwrap();
+        b.send_bytes(&big).unwrap();
+    });
+    p.start().unwrap();
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    a.send_bytes(&data).unwrap();
+    assert_eq!(a.recv_bytes().unwrap(), data);
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}
+
+#[test]
+fn recv_after_peer_exit_is_disconnected_not_a_hang() {
+    let _r = common::Reaper::new();
+    let (a, b) = pipe(true).unwrap();
+    let mut p = Process::new(move || drop(b));
+    p.start().unwrap();
+    let start = Instant::now();
+    assert!(matches!(a.recv::<u8>(), Err(RecvError::Disconnected)));
+    assert!(start.elapsed() < WAIT);
+    assert!(matches!(a.send(&1u8), Err(SendError::Disconnected)));
+    p.join_timeout(WAIT).unwrap();
+}
+
+#[test]
+fn peer_killed_mid_message_is_truncated_never_half_delivered() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let mut p = Process::new(move || {
+        // A header announcing 1000 bytes, then only 10 of them, then death.
+        let fd = tx.fd().unwrap();
+        let mut frame = 1000u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[1u8; 10]);
+        let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        std::io::Write::write_all(&mut file, &frame).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    p.start().unwrap();
+    // Nothing whole arrives: the receive times out and keeps the partial bytes.
+    assert!(matches!(
+        rx.recv_timeout::<Vec<u8>>(Duration::from_millis(200)),
+        Err(RecvError::Timeout)
+    ));
+    p.kill().unwrap();
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(-9));
+    match rx.recv_bytes() {
+        Err(RecvError::Truncated { received, expected }) => {
+            assert_eq!((received, expected), (14, 1004));
+            // (14 bytes arrived: the header and 10 payload bytes.)
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(matches!(rx.recv_bytes(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn oversized_header_is_an_error_not_an_allocation() {
+    let (rx, tx) = pipe(false).unwrap();
+    let fd = tx.fd().unwrap();
+    let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+    std::io::Write::write_all(&mut file, &u32::MAX.to_le_bytes()).unwrap();
+    let err = rx.recv_bytes().unwrap_err();
+    assert!(matches!(err, RecvError::Decode(_)), "{err:?}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    // The stream cannot be resynchronised, and says so.
+    assert!(matches!(rx.recv_bytes(), Err(RecvError::Decode(_))));
+}
+
+#[test]
+fn wrong_type_is_a_decode_error_and_the_stream_stays_in_step() {
+    let (a, b) = pipe(true).unwrap();
+    a.send(&"not a number at all").unwrap();
+    a.send(&5u16).unwrap();
+    assert!(matches!(
+        b.recv::<(u64, u64, u64, u64)>(),
+        Err(RecvError::Decode(_))
+    ));
+    assert_eq!(b.recv::<u16>().unwrap(), 5);
+}
+
+#[test]
+fn recv_bytes_into_reports_short_buffers() {
+    let (a, b) = pipe(true).unwrap();
+    a.send_bytes(b"hello world").unwrap();
+    let mut small = [0u8; 4];
+    match b.recv_bytes_into(&mut small) {
+        Err(RecvError::BufferTooShort { message, capacity }) => {
+            assert_eq!((message.as_slice(), capacity), (&b"hello world"[..], 4));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.send_bytes(b"hi").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"hi");
+}
+
+#[test]
+fn recv_bytes_max_refuses_long_messages() {
+    let (a, b) = pipe(true).unwrap();
+    a.send_bytes(&[0u8; 100]).unwrap();
+    assert!(matches!(b.recv_bytes_max(10), Err(RecvError::Decode(_))));
+}
+
+#[test]
+fn poll_and_close() {
+    let (mut a, b) = pipe(true).unwrap();
+    assert!(!a.poll(Some(Duration::from_millis(20))).unwrap());
+    b.send(&1u8).unwrap();
+    assert!(a.poll(None).unwrap());
+    a.close();
+    assert!(a.closed());
+    assert!(matches!(a.recv::<u8>(), Err(RecvError::Closed)));
+    assert!(matches!(a.send(&1u8), Err(SendError::Closed)));
+    assert!(matches!(b.send(&1u8), Err(SendError::Disconnected)));
+}
+
+#[test]
+fn connections_are_usable_from_two_threads() {
+    let (a, b) = pipe(true).unwrap();
+    let a = std::sync::Arc::new(a);
+    let reader = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            (0..1000)
+                .map(|_| a.recv_timeout::<u32>(WAIT).unwrap())
+                .sum::<u32>()
+        })
+    };
+    for i in 0..1000u32 {
+        b.send(&i).unwrap();
+        a.send(&i).unwrap();
+    }
+    for i in 0..1000u32 {
+        assert_eq!(b.recv_timeout::<u32>(WAIT).unwrap(), i);
+    }
+    assert_eq!(reader.join().unwrap(), (0..1000).sum::<u32>());
+}
+
+#[test]
+fn wait_reports_ready_connections_and_sentinels() {
+    let _r = common::Reaper::new();
+    let (a1, b1) = pipe(true).unwrap();
+    let (a2, b2) = pipe(true).unwrap();
+    let mut p = Process::new(move || {
+        b2.send(&2u8).unwrap();
+        let _ = b1.recv_timeout::<u8>(Duration::from_secs(10));
+    });
+    p.start().unwrap();
+    let ready = wait(&[&a1 as &dyn Waitable, &a2], Some(WAIT)).unwrap();
+    assert_eq!(ready, vec![1]);
+    assert_eq!(a2.recv::<u8>().unwrap(), 2);
+    assert!(
+        wait(
+            &[&a1 as &dyn Waitable, &a2],
+            Some(Duration::from_millis(20))
+        )
+        .unwrap()
+        .is_empty()
+    );
+    a1.send(&0u8).unwrap();
+    let ready = wait(&[&p as &dyn Waitable], Some(WAIT)).unwrap();
+    assert_eq!(ready, vec![0]);
+    p.join_timeout(WAIT).unwrap();
+}
+
+#[test]
+fn a_receive_takes_exactly_one_message_so_readers_can_share_an_end() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let (done_rx, done_tx) = pipe(false).unwrap();
+    let done_tx = std::sync::Arc::new(done_tx);
+    for i in 0..4u32 {
+        tx.send(&i).unwrap();
+    }
+    let shared = std::sync::Arc::new(rx);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let rx = shared.clone();
+        let done = std::sync::Arc::clone(&done_tx);
+        readers.push(Process::new(move || {
+            let v: u32 = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            done.send(&v).unwrap();
+        }));
+    }
+    for p in &mut readers {
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+    let mut got = vec![
+        done_rx.recv_timeout::<u32>(WAIT).unwrap(),
+        done_rx.recv_timeout::<u32>(WAIT).unwrap(),
+    ];
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1]);
+    // The rest is still in the pipe, for this process.
+    assert_eq!(shared.recv_timeout::<u32>(WAIT).unwrap(), 2);
+    assert_eq!(
+        wait(&[&*shared as &dyn Waitable], Some(Duration::ZERO)).unwrap(),
+        vec![0]
+    );
+    assert_eq!(shared.recv_timeout::<u32>(WAIT).unwrap(), 3);
+}
+
+fn unix_address(tag: &str) -> Address {
+    let path =
+        std::env::temp_dir().join(format!("multiproc-test-{}-{tag}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    Address::Unix(path)
+}
+
+fn listener_round_trip(address: Address) {
+    let _r = common::Reaper::new();
+    let key = AuthKey::from(b"shared secret".to_vec());
+    let listener = Listener::bind_with_authkey(address, Some(key.clone())).unwrap();
+    let address = listener.address().clone();
+    let handle = multiproc::spawn(move || {
+        let conn = client_with_authkey(&address, Some(&key)).unwrap();
+        let n: u64 = conn.recv().unwrap();
+        conn.send(&(n + 1)).unwrap();
+    })
+    .unwrap();
+    let conn = listener.accept().unwrap();
+    conn.send(&41u64).unwrap();
+    assert_eq!(conn.recv_timeout::<u64>(WAIT).unwrap(), 42);
+    handle.join().unwrap();
+}
+
+#[test]
+fn listener_client_over_unix_socket() {
+    let address = unix_address("ok");
+    listener_round_trip(address.clone());
+    let Address::Unix(path) = address else {
+        unreachable!()
+    };
+    assert!(
+        !path.exists(),
+        "the socket file is removed with the listener"
+    );
+}
+
+#[test]
+fn listener_client_over_tcp() {
+    listener_round_trip(Address::Tcp("127.0.0.1:0".parse().unwrap()));
+}
+
+#[test]
+fn default_authkey_is_inherited_by_children() {
+    let _r = common::Reaper::new();
+    let listener = Listener::bind(unix_address("default")).unwrap();
+    let address = listener.address().clone();
+    let handle = multiproc::spawn(move || {
+        multiproc::client(&address)
+            .map(|c| c.send(&"ok").is_ok())
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let conn = listener.accept().unwrap();
+    assert_eq!(conn.recv::<String>().unwrap(), "ok");
+    assert!(handle.join().unwrap());
+}
+
+#[test]
+fn wrong_key_is_refused_both_ways() {
+    let _r = common::Reaper::new();
+    let listener = Listener::bind_with_authkey(
+        unix_address("wrong"),
+        Some(AuthKey::from(b"right".to_vec())),
+    )
+    .unwrap();
+    let address = listener.address().clone();
+    let handle = multiproc::spawn(move || {
+        match client_with_authkey(&address, Some(&AuthKey::from(b"wrong".to_vec()))) {
+            Err(ConnectError::Refused) => "refused".to_string(),
+            Err(e) => format!("other error: {e}"),
+            Ok(_) => "accepted".to_string(),
+        }
+    })
+    .unwrap();
+    let err = listener.accept().unwrap_err();
+    assert!(matches!(err, ConnectError::Refused), "{err:?}");
+    assert!(err.to_string().contains("authkey"), "{err}");
+    assert_eq!(handle.join().unwrap(), "refused");
+}
+
+#[test]
+fn a_silent_or_garbage_peer_cannot_wedge_accept() {
+    let _r = common::Reaper::new();
+    let listener =
+        Listener::bind_with_authkey(unix_address("garbage"), Some(AuthKey::from(b"k".to_vec())))
+            .unwrap();
+    let Address::Unix(path) = listener.address().clone() else {
+        unreachable!()
+    };
+    let mut p = Process::new(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut challenge = [0u8; 4 + 11 + 8 + 32];
+        s.read_exact(&mut challenge).unwrap();
+        // A header claiming a gigabyte.
+        s.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    p.start().unwrap();
+    let start = Instant::now();
+    assert!(matches!(listener.accept(), Err(ConnectError::Protocol(_))));
+    assert!(start.elapsed() < WAIT);
+    p.kill().unwrap();
+    p.join_timeout(WAIT).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_shape_round_trips(
+        name in ".{0,40}",
+        tags in proptest::collection::vec(".{0,8}", 0..8),
+        a in any::<i8>(), b in any::<u64>(), c in any::<f64>().prop_filter("NaN != NaN", |f| !f.is_nan()),
+        bytes in proptest::collection::vec(any::<u8>(), 0..5000),
+    ) {
+        let (x, y) = pipe(true).unwrap();
+        let value = vec![
+            Shape::Unit,
+            Shape::Tuple(a, b, c),
+            Shape::Struct { name: name.clone(), tags: tags.clone(), inner: Some(Box::new(Shape::Tuple(a, b, c))) },
+        ];
+        x.send(&value).unwrap();
+        x.send_bytes(&bytes).unwrap();
+        x.send(&(name.clone(), bytes.clone())).unwrap();
+        prop_assert_eq!(y.recv::<Vec<Shape>>().unwrap(), value);
+        prop_assert_eq!(y.recv_bytes().unwrap(), bytes.clone());
+        prop_assert_eq!(y.recv::<(String, Vec<u8>)>().unwrap(), (name, bytes));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (x, y) = pipe(true).unwrap();
+        x.send_bytes(&bytes).unwrap();
+        let _ = y.recv::<Vec<Shape>>();
+        x.send(&1u8).unwrap();
+        prop_assert_eq!(y.recv::<u8>().unwrap(), 1);
+    }
+}
+
+#[test]
+fn a_header_announcing_a_gigabyte_allocates_nothing_until_bytes_come() {
+    let (rx, tx) = pipe(false).unwrap();
+    let fd = tx.fd().unwrap();
+    let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+    std::io::Write::write_all(&mut file, &((1u32 << 30) - 1).to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut file, &[7u8; 1000]).unwrap();
+    drop(file);
+    drop(tx);
+    let rss_before = rss_kib();
+    match rx.recv_bytes() {
+        Err(RecvError::Truncated { received, expected }) => {
+            assert_eq!((received, expected), (1004, 1 << 30 | 3));
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(
+        rss_kib() < rss_before + 50 * 1024,
+        "receiving grew memory by a claimed size"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn recv_bytes_into_large_messages_and_truncation() {
+    let _r = common::Reaper::new();
+    let (rx, tx) = pipe(false).unwrap();
+    let mut p = Process::new(move || {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        tx.send_bytes(&data).unwrap();
+        tx.send_bytes(b"small").unwrap();
+        // Then a header promising more than ever comes.
+        let fd = tx.fd().unwrap();
+        let mut file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        let mut frame = 200_000u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[9u8; 100_000]);
+        std::io::Write::write_all(&mut file, &frame).unwrap();
+    });
+    p.start().unwrap();
+    let mut buf = vec![0u8; 4_000_000];
+    let n = rx.recv_bytes_into(&mut buf).unwrap();
+    assert_eq!(n, 3_000_000);
+    assert!(
+        buf[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 253) as u8)
+    );
+    assert_eq!(rx.recv_bytes_into(&mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"small");
+    match rx.recv_bytes_into(&mut buf) {
+        Err(RecvError::Truncated { received, expected }) => {
+            assert_eq!((received, expected), (100_004, 200_004));
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(matches!(
+        rx.recv_bytes_into(&mut buf),
+        Err(RecvError::Disconnected)
+    ));
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections passed as start arguments, under every start method.
+
+fn echo_plus_one(conn: multiproc::Connection) {
+    while let Ok(Some(v)) = conn.recv::<Option<u32>>() {
+        conn.send(&(v + 1)).unwrap();
+    }
+}
+
+start_method_matrix! {
+    #[test]
+    fn a_connection_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let (a, b) = pipe(true).unwrap();
+        let mut p = Process::with_args(echo_plus_one, b);
+        p.start().unwrap();
+        for v in 0..10u32 {
+            a.send(&Some(v)).unwrap();
+            assert_eq!(a.recv_timeout::<u32>(WAIT).unwrap(), v + 1);
+        }
+        // A forked child also holds a copy of our end, so it is told to stop rather than
+        // left to wait for end of file (as in Python).
+        a.send(&None::<u32>).unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        // The child is gone: end of file.
+        assert!(matches!(a.recv_timeout::<u32>(WAIT), Err(RecvError::Disconnected)));
+    }
+}

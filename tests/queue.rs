@@ -1,0 +1,474 @@
+//! Queue, SimpleQueue, JoinableQueue. Mirrors CPython's `_TestQueue` scenarios (fork,
+//! qsize, get/put with timeouts, task_done/join) and adds the crash cases CPython lacks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use multiproc::{GetError, JoinableQueue, Process, PutError, Queue, SimpleQueue};
+
+use common::WAIT;
+
+#[test]
+fn put_get_in_one_process() {
+    let q: Queue<String> = Queue::new().unwrap();
+    assert!(q.empty());
+    q.put("a".into()).unwrap();
+    q.put("b".into()).unwrap();
+    assert_eq!(q.qsize(), 2);
+    assert_eq!(q.get().unwrap(), "a");
+    assert_eq!(q.get_nowait().unwrap(), "b");
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    // With no other handle a blocking get would be Disconnected; another handle may put.
+    let _other = q.clone();
+    let start = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(GetError::Timeout)
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn bounded_queue_reports_full_and_times_out() {
+    let q: Queue<u8> = Queue::with_maxsize(2).unwrap();
+    q.put(1).unwrap();
+    q.put_nowait(2).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.put_nowait(3), Err(PutError::Full(3))));
+    let start = Instant::now();
+    let err = q.put_timeout(4, Duration::from_millis(100)).unwrap_err();
+    assert!(matches!(err, PutError::Timeout(4)));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert_eq!(err.into_inner(), 4);
+    assert_eq!(q.get().unwrap(), 1);
+    q.put_nowait(3).unwrap();
+}
+
+#[test]
+fn blocked_put_resumes_when_a_child_makes_room() {
+    let _r = common::Reaper::new();
+    let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+    let consumer = q.clone();
+    let h = multiproc::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        (0..5)
+            .map(|_| consumer.get_timeout(Duration::from_secs(10)).unwrap())
+            .sum::<u32>()
+    })
+    .unwrap();
+    for i in 0..5 {
+        q.put_timeout(i, WAIT).unwrap();
+    }
+    assert_eq!(h.join().unwrap(), 10);
+}
+
+#[test]
+fn closed_handle_refuses_puts_but_still_gets() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    q.put(1).unwrap();
+    q.close();
+    assert!(q.is_closed());
+    assert!(matches!(q.put(2), Err(PutError::Closed(2))));
+    assert_eq!(q.get().unwrap(), 1);
+}
+
+#[test]
+fn get_on_a_lone_empty_handle_is_disconnected() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    let start = Instant::now();
+    assert!(matches!(q.get(), Err(GetError::Disconnected)));
+    assert!(start.elapsed() < WAIT);
+    // Another handle in this process may put: then it waits.
+    let other = q.clone();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(60)),
+        Err(GetError::Timeout)
+    ));
+    other.close();
+    assert!(matches!(q.get(), Err(GetError::Disconnected)));
+}
+
+#[test]
+fn items_put_right_before_exit_are_delivered() {
+    let _r = common::Reaper::new();
+    let q: Queue<Vec<u64>> = Queue::new().unwrap();
+    let producer = q.clone();
+    let mut p = Process::new(move || {
+        for i in 0..1000u64 {
+            producer.put(vec![i; 10]).unwrap();
+        }
+        // Leave without any destructor or flush.
+        unsafe_free_exit();
+    });
+    p.start().unwrap();
+    // Python's pitfall: join before draining. Here it cannot deadlock.
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(3));
+    for i in 0..1000u64 {
+        assert_eq!(q.get_timeout(WAIT).unwrap(), vec![i; 10]);
+    }
+    assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+}
+
+/// Exits at once, skipping destructors (as a crash would, short of a signal).
+fn unsafe_free_exit() -> ! {
+    std::process::exit(3)
+}
+
+#[test]
+fn killed_producer_means_disconnected_not_a_hang() {
+    let _r = common::Reaper::new();
+    let q: Queue<u32> = Queue::new().unwrap();
+    let producer = q.clone();
+    let mut p = Process::new(move || {
+        producer.put(7).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    p.start().unwrap();
+    drop(q.clone()); // clones come and go without effect
+    assert_eq!(q.get_timeout(WAIT).unwrap(), 7);
+    p.kill().unwrap();
+    p.join_timeout(WAIT).unwrap();
+    let start = Instant::now();
+    assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn processes_killed_at_random_points_never_wedge_or_corrupt_the_queue() {
+    let _r = common::Reaper::new();
+    let seed: u64 = std::env::var("MULTIPROC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    println!("seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let q: Queue<(u32, Vec<u8>)> = Queue::with_maxsize(64).unwrap();
+    for round in 0..6u32 {
+        let producer = q.clone();
+        let consumer = q.clone();
+        let mut p = Process::new(move || {
+            for i in 0.. {
+                let len = (i * 37 % 5000) as usize;
+                producer.put((i, vec![(i % 251) as u8; len])).unwrap();
+            }
+        });
+        let mut c = Process::new(move || {
+            loop {
+                let _ = consumer.get();
+            }
+        });
+        p.start().unwrap();
+        c.start().unwrap();
+        std::thread::sleep(Duration::from_micros(next() % 30_000));
+        p.kill().unwrap();
+        std::thread::sleep(Duration::from_micros(next() % 3_000));
+        c.kill().unwrap();
+        p.join_timeout(WAIT).unwrap().expect("producer reaped");
+        c.join_timeout(WAIT).unwrap().expect("consumer reaped");
+        // Everything left is whole, well-formed, and in order.
+        let mut last = None;
+        while let Ok((i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
+            assert_eq!(
+                bytes,
+                vec![(i % 251) as u8; (i * 37 % 5000) as usize],
+                "round {round}"
+            );
+            assert!(
+                last.is_none_or(|l| i > l),
+                "round {round}: {i} after {last:?}"
+            );
+            last = Some(i);
+        }
+        // And the queue still works.
+        q.put_timeout((round, vec![1]), WAIT).unwrap();
+        assert_eq!(q.get_timeout(WAIT).unwrap(), (round, vec![1]));
+    }
+}
+
+#[test]
+fn many_producers_many_consumers_keep_per_producer_order() {
+    let _r = common::Reaper::new();
+    const PER: u32 = 5000;
+    let q: Queue<(u32, u32)> = Queue::new().unwrap();
+    let out: Queue<Vec<(u32, u32)>> = Queue::new().unwrap();
+    let mut procs = Vec::new();
+    for id in 0..3u32 {
+        let q = q.clone();
+        procs.push(Process::new(move || {
+            for n in 0..PER {
+                q.put((id, n)).unwrap();
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let q = q.clone();
+        let out = out.clone();
+        procs.push(Process::new(move || {
+            let mut got = Vec::new();
+            while let Ok(item) = q.get_timeout(Duration::from_secs(10)) {
+                if item.0 == u32::MAX {
+                    break;
+                }
+                got.push(item);
+            }
+            out.put(got).unwrap();
+        }));
+    }
+    for p in &mut procs {
+        p.start().unwrap();
+    }
+    for p in &mut procs[..3] {
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+    q.put((u32::MAX, 0)).unwrap();
+    q.put((u32::MAX, 0)).unwrap();
+    let mut seen: HashMap<u32, Vec<u32>> = HashMap::new();
+    for _ in 0..2 {
+        let got = out.get_timeout(WAIT).unwrap();
+        let mut last: HashMap<u32, u32> = HashMap::new();
+        for (id, n) in got {
+            if let Some(prev) = last.insert(id, n) {
+                assert!(n > prev, "producer {id}: {n} after {prev} in one consumer");
+            }
+            seen.entry(id).or_default().push(n);
+        }
+    }
+    for id in 0..3 {
+        let mut v = seen.remove(&id).unwrap_or_default();
+        v.sort_unstable();
+        assert_eq!(
+            v,
+            (0..PER).collect::<Vec<_>>(),
+            "producer {id}: every item exactly once"
+        );
+    }
+    for p in &mut procs[3..] {
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
+
+#[test]
+fn large_items_go_through() {
+    let _r = common::Reaper::new();
+    let q: Queue<serde_bytes::ByteBuf> = Queue::new().unwrap();
+    let producer = q.clone();
+    let h = multiproc::spawn(move || {
+        for i in 0..4u8 {
+            producer
+                .put(serde_bytes::ByteBuf::from(vec![i; 9 << 20]))
+                .unwrap();
+        }
+    })
+    .unwrap();
+    for i in 0..4u8 {
+        let item = q.get_timeout(WAIT).unwrap();
+        assert_eq!(item.len(), 9 << 20);
+        assert!(item.iter().all(|b| *b == i));
+    }
+    h.join().unwrap();
+}
+
+#[test]
+fn simple_queue_round_trip() {
+    let _r = common::Reaper::new();
+    let q: SimpleQueue<(u8, String)> = SimpleQueue::new().unwrap();
+    let child = q.clone();
+    let h = multiproc::spawn(move || {
+        let (n, s) = child.get().unwrap();
+        child.put((n + 1, s + "!")).unwrap();
+    })
+    .unwrap();
+    q.put((1, "hi".into())).unwrap();
+    h.join().unwrap();
+    assert_eq!(q.get().unwrap(), (2, "hi!".to_string()));
+    assert!(q.empty());
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done() {
+    let _r = common::Reaper::new();
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    assert!(q.task_done().is_err());
+    let worker = q.clone();
+    let mut p = Process::new(move || {
+        for _ in 0..20 {
+            worker.get_timeout(Duration::from_secs(10)).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            worker.task_done().unwrap();
+        }
+    });
+    for i in 0..20 {
+        q.put(i).unwrap();
+    }
+    assert!(!q.join_timeout(Duration::from_millis(20)));
+    p.start().unwrap();
+    assert!(q.join_timeout(WAIT));
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+}
+
+#[test]
+fn wait_reports_a_queue_with_items() {
+    use multiproc::{Waitable, wait};
+    let _r = common::Reaper::new();
+    let q: Queue<u8> = Queue::new().unwrap();
+    let (a, _b) = multiproc::pipe(true).unwrap();
+    assert!(
+        wait(&[&q as &dyn Waitable, &a], Some(Duration::from_millis(60)))
+            .unwrap()
+            .is_empty()
+    );
+    let producer = q.clone();
+    let mut p = Process::new(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        producer.put(1).unwrap();
+    });
+    p.start().unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable, &a], Some(WAIT)).unwrap(),
+        vec![0]
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(q.get().unwrap(), 1);
+    // Drained: not ready any more (the event was cleared with the last item).
+    assert!(
+        wait(&[&q as &dyn Waitable], Some(Duration::from_millis(60)))
+            .unwrap()
+            .is_empty()
+    );
+    q.put(2).unwrap();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable], Some(Duration::ZERO)).unwrap(),
+        vec![0]
+    );
+    p.join_timeout(WAIT).unwrap();
+}
+
+#[test]
+fn large_items_with_several_consumers_and_a_killed_one() {
+    let _r = common::Reaper::new();
+    const SIZE: usize = 512 * 1024;
+    const N: u32 = 40;
+    let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::new().unwrap();
+    let out: Queue<u32> = Queue::new().unwrap();
+    // A consumer that is killed while it takes items: whatever it held goes, nothing wedges.
+    let victim_q = q.clone();
+    let mut victim = Process::new(move || {
+        loop {
+            let _ = victim_q.get();
+        }
+    });
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let q = q.clone();
+        let out = out.clone();
+        consumers.push(Process::new(move || {
+            while let Ok((i, bytes)) = q.get_timeout(Duration::from_secs(10)) {
+                if i == u32::MAX {
+                    break;
+                }
+                assert!(
+                    bytes.len() == SIZE && bytes.iter().all(|b| *b == i as u8),
+                    "item {i} damaged"
+                );
+                out.put(i).unwrap();
+            }
+        }));
+    }
+    victim.start().unwrap();
+    for c in &mut consumers {
+        c.start().unwrap();
+    }
+    for i in 0..N {
+        q.put_timeout((i, serde_bytes::ByteBuf::from(vec![i as u8; SIZE])), WAIT)
+            .unwrap();
+        if i == N / 4 {
+            victim.kill().unwrap();
+            victim.join_timeout(WAIT).unwrap();
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        match out.get_timeout(Duration::from_secs(3)) {
+            Ok(i) => got.push(i),
+            Err(_) => break,
+        }
+    }
+    // The victim may have taken items put before it died; every item put after arrived,
+    // exactly once.
+    got.sort_unstable();
+    let before = got.len();
+    got.dedup();
+    assert_eq!(before, got.len(), "an item arrived twice");
+    for i in N / 4 + 1..N {
+        assert!(
+            got.contains(&i),
+            "item {i}, put after the kill, was lost: {got:?}"
+        );
+    }
+    for _ in 0..2 {
+        q.put((u32::MAX, serde_bytes::ByteBuf::new())).unwrap();
+    }
+    for c in &mut consumers {
+        assert_eq!(c.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handles passed as start arguments, under every start method (descriptors travel beside the
+// arguments under spawn and forkserver).
+
+fn put_numbers((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+fn work_joinable(q: JoinableQueue<u32>) {
+    while let Ok(item) = q.get_timeout(Duration::from_secs(10)) {
+        if item == u32::MAX {
+            q.task_done().unwrap();
+            break;
+        }
+        q.task_done().unwrap();
+    }
+}
+
+start_method_matrix! {
+    #[test]
+    fn a_queue_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let q: Queue<u64> = Queue::new().unwrap();
+        let mut p = Process::with_args(put_numbers, (q.clone(), 500));
+        p.start().unwrap();
+        for i in 0..500 {
+            assert_eq!(q.get_timeout(WAIT).unwrap(), i);
+        }
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+        // The child's handle went with it: nobody else can put.
+        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+    }
+
+    #[test]
+    fn a_joinable_queue_passed_as_a_start_argument() {
+        let _r = common::Reaper::new();
+        let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+        for i in 0..50 {
+            q.put(i).unwrap();
+        }
+        q.put(u32::MAX).unwrap();
+        let mut p = Process::with_args(work_joinable, q.clone());
+        p.start().unwrap();
+        assert!(q.join_timeout(WAIT));
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
