@@ -39,6 +39,8 @@ mod supervisor;
 mod transport;
 mod worker;
 
+pub(crate) use worker::PoolEntry;
+
 pub use async_result::AsyncResult;
 pub use error::{TaskError, WorkerExit};
 pub use executor::{
@@ -63,7 +65,9 @@ where
             "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
         )
     };
-    sys::pool_entry_offset(worker::apply_entry::<F, A, T>)
+    // `None` only when this crate lives outside the main executable; the worker then refuses
+    // the task with a clear error, as it refuses any offset outside the program's code.
+    sys::entry_offset::<PoolEntry>(worker::apply_entry::<F, A, T>).unwrap_or(i64::MIN)
 }
 
 /// The entry offset of `f` mapped over a chunk of `A`s.
@@ -79,7 +83,9 @@ where
             "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
         )
     };
-    sys::pool_entry_offset(worker::chunk_entry::<F, A, T>)
+    // `None` only when this crate lives outside the main executable; the worker then refuses
+    // the task with a clear error, as it refuses any offset outside the program's code.
+    sys::entry_offset::<PoolEntry>(worker::chunk_entry::<F, A, T>).unwrap_or(i64::MIN)
 }
 
 /// Python's default `chunksize` for `map`: about four chunks per worker.

@@ -21,7 +21,10 @@ use crate::error::Result;
 use crate::process::bootstrap;
 use crate::process::target;
 use crate::sys;
-use crate::sys::PoolEntry;
+
+/// A pool task's entry point: decodes its arguments, runs it, encodes its value. Named across
+/// processes by its distance from an anchor function ([`sys::entry_offset`]).
+pub(crate) type PoolEntry = fn(&[u8]) -> Result<Vec<u8>>;
 
 /// A task taken off the pipe, not yet run.
 struct Queued {
@@ -224,14 +227,7 @@ fn read_tasks(tasks: OwnedFd, shared: &Shared) {
 /// Only ever called with offsets from the pool that started this worker: in the start spec,
 /// or in task frames over the pipe that only the pool holds.
 fn resolve(offset: i64) -> Option<PoolEntry> {
-    // SAFETY: every offset reaching here was made by `pool_entry_offset` for a `PoolEntry` in
-    // the pool's process, which runs this same executable (a fork of it, or the same binary
-    // started afresh), and travelled only through this worker's start spec or its private task
-    // pipe. An address outside this program's code is refused all the same.
-    #[allow(unsafe_code)]
-    unsafe {
-        sys::pool_entry_at(offset)
-    }
+    sys::entry_at::<PoolEntry>(offset)
 }
 
 fn read_blocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {

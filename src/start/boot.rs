@@ -19,7 +19,7 @@ use crate::context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap::{self, ChildPlan, PANIC_EXIT_CODE};
 use crate::process::env::{self, Identity, ProcessEnv};
-use crate::process::target::Task;
+use crate::process::target::{Entry, Task};
 use crate::sys;
 use crate::wire;
 
@@ -178,7 +178,7 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
             "the parent runs a different binary than this child",
         ));
     }
-    let entry = sys::entry_at(boot.entry).ok_or_else(|| {
+    let entry = sys::entry_at::<Entry>(boot.entry).ok_or_else(|| {
         Error::with_message(
             ErrorKind::Decode,
             "boot message names no function of this program",

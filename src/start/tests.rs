@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::context::{StartMethod, get_context};
+use crate::process::target::Entry;
 use crate::sys;
 use crate::wire;
 
@@ -85,13 +86,13 @@ fn handle_outside_a_start_is_an_encode_error() {
 
 #[test]
 fn garbage_entry_offsets_are_refused() {
-    assert!(sys::entry_at(i64::MAX).is_none());
-    assert!(sys::entry_at(i64::MIN).is_none());
-    assert!(sys::entry_at(1 << 40).is_none());
+    assert!(sys::entry_at::<Entry>(i64::MAX).is_none());
+    assert!(sys::entry_at::<Entry>(i64::MIN).is_none());
+    assert!(sys::entry_at::<Entry>(1 << 40).is_none());
     let entry: crate::process::target::Entry = |_| Err(crate::Error::new(crate::ErrorKind::Decode));
     let offset = sys::entry_offset(entry).expect("test code lives in the executable");
     assert_eq!(
-        sys::entry_at(offset).map(|e| e as usize),
+        sys::entry_at::<Entry>(offset).map(|e| e as usize),
         Some(entry as usize)
     );
 }

@@ -23,6 +23,7 @@
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::pool::PoolEntry;
 use crate::process::target::Entry;
 
 // SAFETY: both symbols are defined by the static linker (GNU ld, gold, lld, mold) for every
@@ -55,39 +56,75 @@ fn in_main_executable() -> bool {
     in_text(phdr)
 }
 
-pub(super) fn in_text(addr: usize) -> bool {
+fn in_text(addr: usize) -> bool {
     let (start, end) = text_range();
     start <= addr && addr < end
+}
+
+/// Function pointer types that may be named across processes by their distance from the
+/// anchor: a start method's [`Entry`] and a pool task's [`PoolEntry`].
+pub(crate) trait CodeFn: Copy + sealed::Sealed {
+    /// The function's code address.
+    fn address(self) -> usize;
+
+    /// # Safety
+    /// `addr` must be the address of a function of exactly this type.
+    unsafe fn from_address(addr: usize) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! code_fns {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl CodeFn for $t {
+            fn address(self) -> usize {
+                self as usize
+            }
+            unsafe fn from_address(addr: usize) -> Self {
+                // SAFETY: by this function's contract `addr` is the address of a function of
+                // this very type; a function pointer is a code address on every Linux target
+                // this crate builds for.
+                unsafe { std::mem::transmute::<usize, $t>(addr) }
+            }
+        }
+    )*};
+}
+
+code_fns!(Entry, PoolEntry);
+
+fn anchor_address() -> usize {
+    anchor as fn() -> u32 as usize
 }
 
 /// `entry`'s distance from the anchor, or `None` when it is not code of the main executable
 /// (e.g. this crate was loaded from a shared library, where re-executing the program would not
 /// bring the function back).
-pub(crate) fn entry_offset(entry: Entry) -> Option<i64> {
-    let addr = entry as usize;
-    let base = anchor as fn() -> u32 as usize;
-    if !in_text(addr) || !in_text(base) || !in_main_executable() {
+pub(crate) fn entry_offset<F: CodeFn>(entry: F) -> Option<i64> {
+    let addr = entry.address();
+    if !in_text(addr) || !in_text(anchor_address()) || !in_main_executable() {
         return None;
     }
-    Some(addr as i64 - base as i64)
+    Some(addr as i64 - anchor_address() as i64)
 }
 
-/// The entry point at `offset` from the anchor, if that address lies in this program's text.
+/// The function at `offset` from the anchor, if that address lies in this program's text.
 ///
-/// The caller must already have checked that the offset was computed by the same binary
-/// ([`super::exe_identity`]); this only bounds the damage if it was not.
-pub(crate) fn entry_at(offset: i64) -> Option<Entry> {
-    let base = anchor as fn() -> u32 as usize;
-    let addr = (base as i64).checked_add(offset)? as usize;
+/// Offsets must come from [`entry_offset`] for the same type `F` in a process running this
+/// same binary: a re-executed child checks that first ([`super::exe_identity`]), and a pool
+/// worker reads offsets only from its own pool's private pipe. The text check only bounds the
+/// damage if that was not so.
+pub(crate) fn entry_at<F: CodeFn>(offset: i64) -> Option<F> {
+    let addr = (anchor_address() as i64).checked_add(offset)? as usize;
     if !in_text(addr) {
         return None;
     }
-    // SAFETY: the parent computed `offset` by `entry_offset` from a value of type `Entry` in
-    // the same binary (same inode and mtime, checked by the caller before this call), and code
-    // layout within one binary does not change between executions, so `addr` is the address of
-    // that same function, with that same signature, in this process. A function pointer is a
-    // code address on every Linux target this crate builds for.
-    Some(unsafe { std::mem::transmute::<usize, Entry>(addr) })
+    // SAFETY: per the contract above, `offset` was computed by `entry_offset` from a value of
+    // type `F` in the same binary, and code layout within one binary does not change between
+    // executions or across fork, so `addr` is that same function, with that same signature.
+    Some(unsafe { F::from_address(addr) })
 }
 
 // ---------------------------------------------------------------------------------------------

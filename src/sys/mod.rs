@@ -39,10 +39,8 @@ mod shm_queue;
 #[cfg(target_os = "linux")]
 pub(crate) use shm_queue::*;
 
-mod code;
 mod poll;
 mod signal;
-pub(crate) use code::{PoolEntry, pool_entry_at, pool_entry_offset};
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
 
