@@ -225,7 +225,11 @@ start_method_matrix! {
             .lines()
             .filter(|l| matches!(*l, "True" | "False" | "开始"))
             .collect();
-        assert_eq!(lines, ["True", "开始", "False"], "{s}");
+        // Right after terminate() the child may or may not have died yet (as the seed says);
+        // once it had a moment, it is gone.
+        assert_eq!(lines.len(), 3, "{s}");
+        assert!(matches!(lines[0], "True" | "False"), "{s}");
+        assert_eq!(lines[1..], ["开始", "False"], "{s}");
         assert!(s.contains("exitcode: Some(-15)"), "{s}");
         assert!(!s.contains("还在和陈松聊天"), "{s}");
     }
