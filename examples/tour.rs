@@ -148,6 +148,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join()?;
     println!("   child named {name:?}, parent {parent:?}");
 
+    step("8. Typed IPC: a Queue filled by one process, drained by another");
+    let queue: multiproc::Queue<(u32, String)> = multiproc::Queue::new()?;
+    let mut producer = Process::with_args(
+        |q: multiproc::Queue<(u32, String)>| {
+            for i in 0..3 {
+                q.put((i, format!("item {i}"))).expect("put");
+            }
+        },
+        queue.try_clone()?,
+    );
+    producer.start()?;
+    producer.join()?; // no deadlock: items live in shared memory, not in a feeder thread
+    for _ in 0..3 {
+        println!("   got {:?}", queue.get_timeout(Duration::from_secs(5))?);
+    }
+    let (parent_end, child_end) = multiproc::pipe(true)?;
+    let echo = multiproc::spawn_with_args(
+        |conn: multiproc::Connection| {
+            let word: String = conn.recv().expect("recv");
+            conn.send(&word.to_uppercase()).expect("send");
+        },
+        child_end,
+    )?;
+    parent_end.send("ping")?;
+    println!(
+        "   over a Pipe: sent \"ping\", got {:?}",
+        parent_end.recv::<String>()?
+    );
+    echo.join()?;
+
+    step("9. A lock whose holder is killed does not deadlock everyone");
+    let lock = multiproc::Lock::new()?;
+    let holder = multiproc::spawn_with_args(
+        |lock: multiproc::Lock| -> u8 {
+            let _guard = lock.acquire();
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        },
+        lock.clone(),
+    )?;
+    while !lock.is_locked() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    holder.kill()?;
+    let _ = holder.join();
+    match lock.acquire() {
+        Ok(_) => println!("   acquired (unexpected: the holder had it)"),
+        Err(died) => {
+            let _guard = died.into_inner();
+            println!("   acquire() -> OwnerDied: the lock is ours and stays usable");
+        }
+    }
+
+    step("10. A Pool that never hangs: a worker that dies mid-task fails that task only");
+    let pool = multiproc::Pool::new(2)?;
+    println!("   map(square, 0..8) = {:?}", pool.map(square, 0..8u64)?);
+    // abort() ends the worker as a segfault or the OOM killer would.
+    let lost = pool.apply(|_: ()| -> u64 { std::process::abort() }, ());
+    println!("   a task whose worker died: {}", lost.unwrap_err());
+    println!(
+        "   the pool carries on: apply(square, 9) = {}",
+        pool.apply(square, 9u64)?
+    );
+    pool.close();
+    pool.join()?;
+
     println!(
         "\nNext: the seed examples (cargo run --example join, daemon, terminate, tcp_server, ...), and the docs (cargo doc --open)."
     );

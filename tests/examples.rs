@@ -250,6 +250,12 @@ start_method_matrix! {
         assert!(s.contains("square(12) computed in pid"));
         assert!(s.contains("terminate() -> exitcode -15"));
         assert!(s.contains("panic: \"something broke\""));
+        assert!(s.contains("got (2, \"item 2\")"), "{s}");
+        assert!(s.contains("got \"PING\""), "{s}");
+        assert!(s.contains("acquire() -> OwnerDied"), "{s}");
+        assert!(s.contains("map(square, 0..8) = [0, 1, 4, 9, 16, 25, 36, 49]"), "{s}");
+        assert!(s.contains("killed by signal 6"), "{s}");
+        assert!(s.contains("apply(square, 9) = 81"), "{s}");
         // The child printed its panic to stderr, as Python prints a traceback.
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
