@@ -17,9 +17,12 @@
 //! process that inherited it (a child also inherits its parent's handles, as it inherits
 //! every descriptor), so a child does not see its parent's own handle go away.
 //!
-//! Because every handle can also get, `put` never fails for want of readers (unlike
-//! [`Connection::send`](crate::Connection::send)): the putting process can always get the
-//! item back itself.
+//! Because every handle can also get, `put` into a queue with room never fails for want of
+//! readers: the putting process can always get the item back itself, and a queue filled
+//! before its consumers start is a common pattern. What would hang is a blocking `put` into a
+//! *full* bounded queue that no other handle holds any more: that returns
+//! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
+//! [`GetError::Disconnected`].
 
 use std::cell::RefCell;
 use std::fmt;
@@ -52,6 +55,10 @@ const IN_PLACE: usize = 64 * 1024;
 
 /// The OFD-lock byte that marks a handle that may still put.
 const PRODUCER: i64 = 0;
+
+/// The OFD-lock byte that marks a handle that may still get: held until the handle's last
+/// descriptor closes (dropped, or its process ended), since `close` only ends putting.
+const GETTER: i64 = 1;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -125,6 +132,7 @@ impl<T> Queue<T> {
     fn handle(shm: Arc<ShmQueue>) -> io::Result<Queue<T>> {
         let ofd = shm.reopen()?;
         sys::ofd_hold(ofd.as_fd(), PRODUCER)?;
+        sys::ofd_hold(ofd.as_fd(), GETTER)?;
         Ok(Queue {
             shm,
             ofd,
@@ -345,6 +353,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
                 None => return Err(PutError::Timeout(item)),
             };
+            // Full, and no other handle is left (closed ones still count, as they may get): no
+            // get can ever make room, so sleeping would never end.
+            match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
+                Ok(true) => {}
+                Ok(false) => return Err(PutError::Disconnected(item)),
+                Err(e) => return Err(PutError::Os(item, e)),
+            }
             words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
             drop(guard);
             self.shm.sleep(&words.not_full, seen, nap);

@@ -37,6 +37,8 @@ fn bounded_queue_reports_full_and_times_out() {
     q.put_nowait(2).unwrap();
     assert!(q.full());
     assert!(matches!(q.put_nowait(3), Err(PutError::Full(3))));
+    // With no other handle a blocking put would be Disconnected; another handle may get.
+    let _other = q.clone();
     let start = Instant::now();
     let err = q.put_timeout(4, Duration::from_millis(100)).unwrap_err();
     assert!(matches!(err, PutError::Timeout(4)));
@@ -44,6 +46,70 @@ fn bounded_queue_reports_full_and_times_out() {
     assert_eq!(err.into_inner(), 4);
     assert_eq!(q.get().unwrap(), 1);
     q.put_nowait(3).unwrap();
+}
+
+#[test]
+fn put_into_a_full_queue_nobody_else_holds_is_disconnected() {
+    let q: Queue<u8> = Queue::with_maxsize(1).unwrap();
+    q.put(1).unwrap();
+    let start = Instant::now();
+    let err = q.put(2).unwrap_err();
+    assert!(matches!(err, PutError::Disconnected(2)), "{err:?}");
+    assert!(matches!(
+        q.put_timeout(3, Duration::from_secs(5)),
+        Err(PutError::Disconnected(3))
+    ));
+    // Fails at once instead of sleeping for ever (or for the whole timeout).
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.to_string().contains("no other handle"), "{err}");
+    // The queue itself is fine: the lone holder can make room and put again.
+    assert_eq!(q.get().unwrap(), 1);
+    q.put(2).unwrap();
+}
+
+#[test]
+fn a_consumer_that_closed_its_put_side_still_counts_as_a_getter() {
+    let _r = common::Reaper::new();
+    let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+    let consumer = q.clone();
+    let h = multiproc::spawn(move || {
+        consumer.close(); // this consumer will never put, but still gets
+        std::thread::sleep(Duration::from_millis(200));
+        (0..3)
+            .map(|_| consumer.get_timeout(Duration::from_secs(10)).unwrap())
+            .sum::<u32>()
+    })
+    .unwrap();
+    for i in 1..=3 {
+        q.put_timeout(i, WAIT).unwrap();
+    }
+    let mut h = h;
+    assert_eq!(h.join_timeout(WAIT).unwrap(), 6);
+}
+
+#[test]
+fn blocked_put_turns_disconnected_when_the_last_consumer_exits() {
+    let _r = common::Reaper::new();
+    let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+    let consumer = q.clone();
+    let mut h = multiproc::spawn(move || {
+        // Take one item, then leave without taking the rest.
+        consumer.get_timeout(Duration::from_secs(10)).unwrap()
+    })
+    .unwrap();
+    drop(q.clone()); // a dropped handle is no getter
+    q.put(1).unwrap();
+    q.put_timeout(2, WAIT).unwrap(); // room made by the consumer's one get
+    let start = Instant::now();
+    // Full again; the consumer exits after its get, so this put can never complete.
+    let err = q.put_timeout(3, WAIT).unwrap_err();
+    assert!(matches!(err, PutError::Disconnected(3)), "{err:?}");
+    assert!(start.elapsed() < WAIT, "waited the whole timeout");
+    assert_eq!(h.join_timeout(WAIT).unwrap(), 1);
 }
 
 #[test]

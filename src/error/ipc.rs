@@ -157,6 +157,9 @@ pub enum PutError<T> {
     Timeout(T),
     /// This handle was [closed](crate::Queue::close) for putting.
     Closed(T),
+    /// The queue is full and no other handle is left to take an item out: a blocking `put`
+    /// would never return.
+    Disconnected(T),
     /// The item could not be serialized or is larger than the message limit.
     Encode(T, EncodeError),
     /// The operating system refused (for instance, a lock or mapping failed).
@@ -170,6 +173,7 @@ impl<T> PutError<T> {
             PutError::Full(t)
             | PutError::Timeout(t)
             | PutError::Closed(t)
+            | PutError::Disconnected(t)
             | PutError::Encode(t, _)
             | PutError::Os(t, _) => t,
         }
@@ -181,6 +185,7 @@ impl<T> PutError<T> {
             PutError::Full(_) => PutError::Full(item),
             PutError::Timeout(_) => PutError::Timeout(item),
             PutError::Closed(_) => PutError::Closed(item),
+            PutError::Disconnected(_) => PutError::Disconnected(item),
             PutError::Encode(_, e) => PutError::Encode(item, e),
             PutError::Os(_, e) => PutError::Os(item, e),
         }
@@ -198,6 +203,7 @@ impl<T> fmt::Debug for PutError<T> {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Timeout(_) => f.write_str("Timeout(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::Disconnected(_) => f.write_str("Disconnected(..)"),
             PutError::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
             PutError::Os(_, e) => f.debug_tuple("Os").field(&"..").field(e).finish(),
         }
@@ -210,6 +216,9 @@ impl<T> fmt::Display for PutError<T> {
             PutError::Full(_) => f.write_str("queue is full"),
             PutError::Timeout(_) => f.write_str("timed out waiting for room in the queue"),
             PutError::Closed(_) => f.write_str("queue handle is closed for putting"),
+            PutError::Disconnected(_) => {
+                f.write_str("queue is full and no other handle is left to take items out")
+            }
             PutError::Encode(_, e) => fmt::Display::fmt(e, f),
             PutError::Os(..) => f.write_str("queue operation failed"),
         }
