@@ -18,12 +18,7 @@ impl Popen for Fork {
         // In the parent the closure is dropped unrun: the plan's copy of the result pipe's
         // write end closes, and the target's captures are released as after a move to a thread.
         let pid = sys::fork_child(move || bootstrap::run_forked(plan, task))?;
-        match sys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Launched { pid, pidfd }),
-            Err(e) => {
-                sys::kill_and_reap(pid);
-                Err(e.into())
-            }
-        }
+        let pidfd = sys::pidfd_for_new_child(pid)?;
+        Ok(Launched { pid, pidfd })
     }
 }

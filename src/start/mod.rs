@@ -8,7 +8,7 @@
 //! child (or the server) instead of running `main`: a hook the crate places in `.init_array`
 //! does that before `main` ([`pre_main`]), with [`crate::init`] as the documented fallback.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -81,6 +81,16 @@ pub(crate) fn init() {
 
 /// Checks that a re-executed copy of this program will become the child rather than run
 /// `main` again (which could start children of its own: a fork bomb).
+/// Starts a fresh copy of this program in `role` ("spawn" or "forkserver"), connected by a
+/// socket over which it is sent its boot message. Returns our end, its pid and its pidfd.
+fn start_self(role: &str) -> Result<(OwnedFd, RawPid, OwnedFd)> {
+    let (ours, theirs) = sys::socketpair()?;
+    let pid = sys::spawn_self(theirs.as_fd(), (boot::MARKER, role))?;
+    drop(theirs);
+    let pidfd = sys::pidfd_for_new_child(pid)?;
+    Ok((ours, pid, pidfd))
+}
+
 fn ensure_can_reexec() -> Result<()> {
     reexec_check(
         sys::pre_main_hook_ran(),

@@ -24,16 +24,7 @@ impl Popen for Spawn {
     fn launch(&self, plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
         super::ensure_can_reexec()?;
         let boot = boot::prepare(plan, task)?;
-        let (ours, theirs) = sys::socketpair()?;
-        let pid = sys::spawn_self(theirs.as_fd(), (boot::MARKER, "spawn"))?;
-        drop(theirs);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                sys::kill_and_reap(pid);
-                return Err(e.into());
-            }
-        };
+        let (ours, pid, pidfd) = super::start_self("spawn")?;
         // The child may have died before reading (it has its own error to report then, on
         // stderr); a start that cannot deliver the message is a failed start.
         if let Err(e) = sys::send_with_fds(ours.as_fd(), &boot.frame, &boot.borrowed_fds()) {

@@ -220,6 +220,12 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
+/// Opens a pidfd for a child just started; if that fails, kills and reaps the child, so that
+/// no process is ever left without a handle to wait for it.
+pub(crate) fn pidfd_for_new_child(pid: RawPid) -> io::Result<OwnedFd> {
+    pidfd_open(pid).inspect_err(|_| kill_and_reap(pid))
+}
+
 /// Kills and reaps a child we hold no pidfd for (only when opening one failed).
 pub(crate) fn kill_and_reap(pid: RawPid) {
     if let Some(p) = Pid::from_raw(pid) {

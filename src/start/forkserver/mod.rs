@@ -57,13 +57,8 @@ impl Popen for ForkServer {
             }
         };
         drop(slot);
-        match sys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Launched { pid, pidfd }),
-            Err(e) => {
-                sys::kill_and_reap(pid);
-                Err(e.into())
-            }
-        }
+        let pidfd = sys::pidfd_for_new_child(pid)?;
+        Ok(Launched { pid, pidfd })
     }
 }
 
@@ -128,16 +123,7 @@ fn start_from_a_lasting_thread() -> Result<Server> {
 
 impl Server {
     fn start() -> Result<Server> {
-        let (ours, theirs) = sys::socketpair()?;
-        let pid = sys::spawn_self(theirs.as_fd(), (boot::MARKER, "forkserver"))?;
-        drop(theirs);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                sys::kill_and_reap(pid);
-                return Err(e.into());
-            }
-        };
+        let (ours, pid, pidfd) = super::start_self("forkserver")?;
         tracing::debug!(pid, "forkserver started");
         Ok(Server {
             owner: sys::current_pid(),
