@@ -2,14 +2,14 @@
 //! barriers and conditions, or creating named shared memory. The Python failure these guard
 //! against: `terminate()` on a process holding a lock deadlocks everyone else (the warning in
 //! the `multiprocessing` docs, "Programming guidelines: avoid terminating processes").
-//! Every test prints its seed; rerun with `MP_SEED=<seed>`.
+//! Every test prints its seed; rerun with `MULTIPROC_SEED=<seed>`.
 
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Reaper, WAIT};
+use common::{Reaper, Rng, WAIT};
 use multiproc::{Barrier, Condition, Event, JoinError, RLock, Semaphore, SharedMemory, Value};
 
 fn sleep_us(us: u64) {
@@ -23,7 +23,7 @@ fn sleep_us(us: u64) {
 #[test]
 fn lock_survives_hundreds_of_killed_holders() {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env("lock_survives_hundreds_of_killed_holders");
+    let mut rng = Rng::seeded("lock_survives_hundreds_of_killed_holders");
     const WORKERS: usize = 3;
     const KILLS: usize = 300;
     let record = Value::new([0u64; 2]).unwrap();
@@ -97,7 +97,7 @@ fn lock_survives_hundreds_of_killed_holders() {
 #[test]
 fn rlock_killed_owner() {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env("rlock_killed_owner");
+    let mut rng = Rng::seeded("rlock_killed_owner");
     let lock = RLock::new().unwrap();
     for _ in 0..100 {
         let held = Event::new().unwrap();
@@ -130,7 +130,7 @@ fn rlock_killed_owner() {
 #[test]
 fn barrier_breaks_when_a_party_dies() {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env("barrier_breaks_when_a_party_dies");
+    let mut rng = Rng::seeded("barrier_breaks_when_a_party_dies");
     const KILLS: usize = 100;
     let arrivals = Value::new(0u64).unwrap();
     for _ in 0..KILLS {
@@ -182,7 +182,7 @@ fn barrier_breaks_when_a_party_dies() {
 #[test]
 fn condition_waiter_survives_killed_notifier() {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env("condition_waiter_survives_killed_notifier");
+    let mut rng = Rng::seeded("condition_waiter_survives_killed_notifier");
     for _ in 0..100 {
         let cond = Condition::new().unwrap();
         let ready = Event::new().unwrap();
@@ -242,7 +242,7 @@ fn creator(prefix: String, count: usize) -> multiproc::JoinHandle<()> {
 
 fn kill_creators(test: &str, warm_tracker: bool) {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env(test);
+    let mut rng = Rng::seeded(test);
     let _warm = warm_tracker.then(|| {
         // The tracker now belongs to this process; children share it.
         let s = SharedMemory::create(64).unwrap();
@@ -299,7 +299,7 @@ fn shm_names_are_unlinked_when_the_whole_tree_dies() {
 #[test]
 fn shared_counter_is_exact_despite_kills() {
     let _r = Reaper::new();
-    let mut rng = Rng::from_env("shared_counter_is_exact_despite_kills");
+    let mut rng = Rng::seeded("shared_counter_is_exact_despite_kills");
     let counter = Value::new(0u64).unwrap();
     let mirror = SharedMemory::create(64).unwrap();
     mirror.unlink().unwrap();
@@ -362,36 +362,4 @@ fn shm_names(prefix: &str) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// A small seeded PRNG (xorshift64*) for crash tests; the seed comes from `MP_SEED` or the
-/// clock, and is printed so that a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("MP_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("{test}: MP_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }

@@ -13,35 +13,6 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Pool, TaskError, WorkerExit};
 
-/// xorshift64*: enough randomness for fault placement, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(name: &str) -> Rng {
-        let seed = std::env::var("MULTIPROC_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("{name}: MULTIPROC_SEED={seed}");
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Fault {
     None,
@@ -91,7 +62,7 @@ start_method_matrix! {
     #[test]
     fn injected_faults_fail_only_their_tasks() {
         let _r = common::Reaper::new();
-        let mut rng = Rng::seeded("injected_faults_fail_only_their_tasks");
+        let mut rng = common::Rng::seeded("injected_faults_fail_only_their_tasks");
         let mut stuck = 0;
         let faults: Vec<Fault> = (0..400)
             .map(|_| match rng.below(100) {
@@ -145,7 +116,7 @@ start_method_matrix! {
     #[test]
     fn workers_killed_from_outside_at_random_moments() {
         let _r = common::Reaper::new();
-        let mut rng = Rng::seeded("workers_killed_from_outside_at_random_moments");
+        let mut rng = common::Rng::seeded("workers_killed_from_outside_at_random_moments");
         let pool = Pool::new(3).unwrap();
         let n = 300u64;
         let results: Vec<_> = (0..n)
@@ -188,7 +159,7 @@ start_method_matrix! {
     #[test]
     fn terminate_during_faults_returns_every_caller() {
         let _r = common::Reaper::new();
-        let mut rng = Rng::seeded("terminate_during_faults_returns_every_caller");
+        let mut rng = common::Rng::seeded("terminate_during_faults_returns_every_caller");
         let pool = Pool::new(2).unwrap();
         let results: Vec<_> = (0..200u64)
             .map(|i| {
@@ -216,7 +187,7 @@ start_method_matrix! {
     #[test]
     fn close_and_join_deliver_every_result_despite_crashes() {
         let _r = common::Reaper::new();
-        let mut rng = Rng::seeded("close_and_join_deliver_every_result_despite_crashes");
+        let mut rng = common::Rng::seeded("close_and_join_deliver_every_result_despite_crashes");
         let pool = Pool::builder()
             .processes(2)
             .maxtasksperchild(25)

@@ -204,18 +204,9 @@ fn killed_producer_means_disconnected_not_a_hang() {
 #[test]
 fn processes_killed_at_random_points_never_wedge_or_corrupt_the_queue() {
     let _r = common::Reaper::new();
-    let seed: u64 = std::env::var("MULTIPROC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64);
-    println!("seed {seed}");
-    let mut rng = seed;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng =
+        common::Rng::seeded("processes_killed_at_random_points_never_wedge_or_corrupt_the_queue");
+    let mut next = move || rng.next();
     let q: Queue<(u32, Vec<u8>)> = Queue::with_maxsize(64).unwrap();
     for round in 0..6u32 {
         let producer = q.clone();

@@ -242,3 +242,35 @@ pub fn is_forkserver(pid: i32) -> bool {
             .any(|var| var == b"__MULTIPROC_CHILD=forkserver")
     })
 }
+
+/// A small seeded PRNG (xorshift64*) for fault injection at random points, with no
+/// dependency. The seed comes from `MULTIPROC_SEED` or the clock and is printed, so a failing
+/// run can be replayed with `MULTIPROC_SEED=<seed> cargo nextest run <test>`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(test: &str) -> Rng {
+        let seed = std::env::var("MULTIPROC_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{test}: MULTIPROC_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
