@@ -289,6 +289,10 @@ struct Worker {
     eof: bool,
     /// A revoke was sent and not answered yet.
     revoking: bool,
+    /// It answered a task. Until then nothing is queued behind its first task: it reads its
+    /// pipe on its main thread, and starts the reader thread that answers revokes during a
+    /// task only for its second task (`worker.rs`).
+    answered: bool,
 }
 
 struct Supervisor {
@@ -335,6 +339,7 @@ impl Supervisor {
             killed_for_time: false,
             eof: false,
             revoking: false,
+            answered: false,
         });
         Ok(())
     }
@@ -475,7 +480,7 @@ impl Supervisor {
                     let slow_head = !w.inflight.is_empty()
                         && now.saturating_duration_since(w.head_started) > QUEUE_AHEAD;
                     !w.leaving
-                        && w.inflight.len() < if slow_head { 1 } else { depth }
+                        && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
                 })
                 .min_by_key(|w| w.inflight.len());
@@ -642,6 +647,7 @@ impl Supervisor {
                         continue; // a reply to a task already failed (time limit)
                     };
                     let (_, job) = w.inflight.remove(pos).expect("position is in range");
+                    w.answered = true;
                     if pos == 0 {
                         let took = now.saturating_duration_since(w.head_started);
                         self.avg_task = (self.avg_task * 7 + took) / 8;

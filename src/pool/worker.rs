@@ -5,9 +5,12 @@
 //! so the pool always knows which task a dead worker was running: the oldest one without a
 //! reply.
 //!
-//! A reader thread takes frames off the task pipe into a local queue, so that the pool can
-//! take back queued tasks while one runs (a revoke): the reader removes those not started and
-//! says which, at once. The main thread runs tasks from the queue.
+//! From its second task on, a reader thread takes frames off the task pipe into a local queue,
+//! so that the pool can take back queued tasks while one runs (a revoke): the reader removes
+//! those not started and says which, at once. The main thread runs tasks from the queue. Until
+//! then the main thread reads the pipe itself: the pool queues nothing behind a worker's first
+//! task (so sends it no revoke while it runs), and a worker that runs one task and exits, as in
+//! a short-lived pool, never pays for a thread.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -99,28 +102,38 @@ pub(crate) fn run(args: WorkerArgs) {
         more: Condvar::new(),
         replies: Mutex::new(replies),
     });
-    let reader_shared = Arc::clone(&shared);
-    let reader = std::thread::Builder::new()
-        .name("multiproc-pool-reader".into())
-        .spawn(move || read_tasks(tasks, &reader_shared));
-    if reader.is_err() {
-        return; // no thread, no tasks: the pool sees this worker end and replaces it
-    }
+    // The task pipe and the bytes read from it, while the main thread reads it itself.
+    let mut own_feed = Some((tasks, Vec::new()));
+    let mut scratch = Vec::new();
     let mut done = 0usize;
     loop {
-        let task = {
-            let mut inbox = shared.inbox();
-            loop {
-                if let Some(task) = inbox.tasks.pop_front() {
-                    break Some(task);
-                }
-                if inbox.closed {
-                    break None;
-                }
-                inbox = shared.more.wait(inbox).unwrap_or_else(|e| e.into_inner());
-            }
+        let task = match &mut own_feed {
+            Some((fd, inbuf)) => next_own(fd.as_fd(), inbuf, &shared, &mut scratch),
+            None => next_from_reader(&shared),
         };
         let Some(task) = task else { return };
+        if done > 0
+            && let Some((fd, inbuf)) = own_feed.take()
+        {
+            // From the second task on, tasks may be queued behind the one running, and a revoke
+            // must be answered while it runs.
+            let handoff = Arc::new(Mutex::new(Some((fd, inbuf))));
+            let theirs = Arc::clone(&handoff);
+            let reader_shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name("multiproc-pool-reader".into())
+                .spawn(move || {
+                    let feed = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some((fd, inbuf)) = feed {
+                        read_tasks(fd, inbuf, &reader_shared);
+                    }
+                });
+            if spawned.is_err() {
+                // No thread (out of resources): this thread goes on reading the pipe, and
+                // answers revokes between tasks rather than during them.
+                own_feed = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+        }
         let reply = match resolve(task.entry) {
             Some(f) => run_one(f, &task.payload),
             None => Reply::Failed {
@@ -141,85 +154,135 @@ pub(crate) fn run(args: WorkerArgs) {
     // Leaving `run` ends the process (its reader thread with it).
 }
 
+/// The next task from the local queue, reading the pipe on this thread while it is empty;
+/// `None` when no more will come.
+fn next_own(
+    tasks: BorrowedFd<'_>,
+    inbuf: &mut Vec<u8>,
+    shared: &Shared,
+    scratch: &mut Vec<u8>,
+) -> Option<Queued> {
+    loop {
+        {
+            let mut inbox = shared.inbox();
+            if let Some(task) = inbox.tasks.pop_front() {
+                return Some(task);
+            }
+            if inbox.closed {
+                return None;
+            }
+        }
+        if !fill(tasks, inbuf) {
+            shared.inbox().closed = true;
+            continue;
+        }
+        take_frames(inbuf, shared, scratch);
+    }
+}
+
+/// The next task the reader thread queued; `None` when no more will come.
+fn next_from_reader(shared: &Shared) -> Option<Queued> {
+    let mut inbox = shared.inbox();
+    loop {
+        if let Some(task) = inbox.tasks.pop_front() {
+            return Some(task);
+        }
+        if inbox.closed {
+            return None;
+        }
+        inbox = shared.more.wait(inbox).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
 /// The reader thread: moves task frames into the inbox, answers revokes.
-fn read_tasks(tasks: OwnedFd, shared: &Shared) {
-    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+fn read_tasks(tasks: OwnedFd, mut inbuf: Vec<u8>, shared: &Shared) {
     let mut out = Vec::new();
     loop {
-        let mut start = 0;
-        let mut arrived = VecDeque::new();
-        let mut closed = false;
-        loop {
-            let (body, used) = match transport::split_frame(&inbuf[start..]) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            };
-            match transport::decode_to_worker(body) {
-                Ok(ToWorker::Task { id, entry, payload }) => arrived.push_back(Queued {
-                    id,
-                    entry,
-                    payload: payload.to_vec(),
-                }),
-                Ok(ToWorker::Revoke(ids)) => {
-                    let mut inbox = shared.inbox();
-                    inbox.tasks.extend(arrived.drain(..));
-                    let mut given_back = Vec::new();
-                    inbox.tasks.retain(|t| {
-                        let revoke = ids.contains(&t.id);
-                        if revoke {
-                            given_back.push(t.id);
-                        }
-                        !revoke
-                    });
-                    let waiting = !inbox.tasks.is_empty();
-                    drop(inbox);
-                    if waiting {
-                        shared.more.notify_one();
-                    }
-                    out.clear();
-                    transport::encode_revoked(&mut out, &given_back);
-                    if !shared.reply(&out) {
-                        closed = true;
-                    }
-                }
-                Ok(ToWorker::Exit) | Err(_) => closed = true,
-            }
-            start += used;
-            if closed {
-                break;
-            }
-        }
-        if !arrived.is_empty() || closed {
-            let mut inbox = shared.inbox();
-            inbox.tasks.extend(arrived);
-            inbox.closed |= closed;
-            drop(inbox);
-            shared.more.notify_one();
-        }
-        if closed {
+        if take_frames(&mut inbuf, shared, &mut out) {
             return;
         }
-        inbuf.drain(..start);
-        // Block for more.
-        let len = inbuf.len();
-        let want = match crate::wire::frame_len(&inbuf) {
-            Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
-            _ => 64 * 1024,
-        };
-        inbuf.resize(len + want, 0);
-        let n = read_blocking(tasks.as_fd(), &mut inbuf[len..]).unwrap_or(0);
-        inbuf.truncate(len + n);
-        if n == 0 {
+        if !fill(tasks.as_fd(), &mut inbuf) {
             // The pool closed our pipe or went away.
             shared.inbox().closed = true;
             shared.more.notify_one();
             return;
         }
     }
+}
+
+/// Moves the complete frames at the start of `inbuf` into the inbox and answers revokes;
+/// `true` when no more tasks will come (exit requested, or garbage received).
+fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool {
+    let mut start = 0;
+    let mut arrived = VecDeque::new();
+    let mut closed = false;
+    loop {
+        let (body, used) = match transport::split_frame(&inbuf[start..]) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        };
+        match transport::decode_to_worker(body) {
+            Ok(ToWorker::Task { id, entry, payload }) => arrived.push_back(Queued {
+                id,
+                entry,
+                payload: payload.to_vec(),
+            }),
+            Ok(ToWorker::Revoke(ids)) => {
+                let mut inbox = shared.inbox();
+                inbox.tasks.extend(arrived.drain(..));
+                let mut given_back = Vec::new();
+                inbox.tasks.retain(|t| {
+                    let revoke = ids.contains(&t.id);
+                    if revoke {
+                        given_back.push(t.id);
+                    }
+                    !revoke
+                });
+                let waiting = !inbox.tasks.is_empty();
+                drop(inbox);
+                if waiting {
+                    shared.more.notify_one();
+                }
+                out.clear();
+                transport::encode_revoked(out, &given_back);
+                if !shared.reply(out) {
+                    closed = true;
+                }
+            }
+            Ok(ToWorker::Exit) | Err(_) => closed = true,
+        }
+        start += used;
+        if closed {
+            break;
+        }
+    }
+    if !arrived.is_empty() || closed {
+        let mut inbox = shared.inbox();
+        inbox.tasks.extend(arrived);
+        inbox.closed |= closed;
+        drop(inbox);
+        shared.more.notify_one();
+    }
+    inbuf.drain(..start);
+    closed
+}
+
+/// Reads more of the task pipe into `inbuf`, blocking until some comes; `false` at its end
+/// (the pool closed it or went away) or on error.
+fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
+    let len = inbuf.len();
+    let want = match crate::wire::frame_len(inbuf) {
+        Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
+        _ => 64 * 1024,
+    };
+    inbuf.resize(len + want, 0);
+    let n = read_blocking(tasks, &mut inbuf[len..]).unwrap_or(0);
+    inbuf.truncate(len + n);
+    n > 0
 }
 
 /// The entry function the pool named by `offset`.

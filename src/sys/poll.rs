@@ -28,15 +28,24 @@ pub(crate) struct Readiness {
 /// Waits until one of `fds` is ready as asked, or `deadline` passes (`None`: no deadline).
 /// Interrupted waits are resumed. All-default readiness means the deadline passed.
 ///
+/// A descriptor asked for neither reading nor writing is not watched at all: `poll` reports
+/// hang-up and errors whatever it is asked, so a pipe whose other end is gone would otherwise
+/// end every wait at once (the pool's task pipe to a worker that is exiting, until its pidfd
+/// says it has ended), and the caller would spin.
+///
 /// # References
 /// poll(2).
 pub(crate) fn poll_fds(
     fds: &[(BorrowedFd<'_>, Interest)],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Readiness>> {
-    let mut pollfds: Vec<PollFd<'_>> = fds
+    let watched: Vec<usize> = (0..fds.len())
+        .filter(|&i| fds[i].1.read || fds[i].1.write)
+        .collect();
+    let mut pollfds: Vec<PollFd<'_>> = watched
         .iter()
-        .map(|(fd, want)| {
+        .map(|&i| {
+            let (fd, want) = &fds[i];
             let mut flags = PollFlags::empty();
             if want.read {
                 flags |= PollFlags::IN;
@@ -61,18 +70,17 @@ pub(crate) fn poll_fds(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(pollfds
-        .iter()
-        .zip(fds)
-        .map(|(p, (_, want))| {
-            let r = p.revents();
-            let broken = r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
-            Readiness {
-                read: want.read && (r.contains(PollFlags::IN) || broken),
-                write: want.write && (r.contains(PollFlags::OUT) || broken),
-            }
-        })
-        .collect())
+    let mut ready = vec![Readiness::default(); fds.len()];
+    for (p, &i) in pollfds.iter().zip(&watched) {
+        let want = fds[i].1;
+        let r = p.revents();
+        let broken = r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
+        ready[i] = Readiness {
+            read: want.read && (r.contains(PollFlags::IN) || broken),
+            write: want.write && (r.contains(PollFlags::OUT) || broken),
+        };
+    }
+    Ok(ready)
 }
 
 /// Writes as much of `buf` as fits without blocking on a non-blocking descriptor; returns the
