@@ -42,7 +42,7 @@ use crate::sys::{self, ShmQueue};
 use crate::wire::{self, DeFd, HEADER, SerFd};
 
 /// Ring size: room for one message of the largest size the crate allows. Memory is only used
-/// as items are written, and given back beyond 64 MiB once the queue drains.
+/// as items are written, and given back beyond 128 MiB once the queue drains.
 const RING: usize = wire::MAX_FRAME + 4096;
 
 /// The longest a blocked call sleeps before checking again whether the other handles are
@@ -52,6 +52,10 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// Items whose frame is larger than this are serialized straight into shared memory (under
 /// the lock); smaller ones into a scratch buffer first, so the lock is held only for a copy.
 const IN_PLACE: usize = 64 * 1024;
+
+/// Items whose payload is larger than this are decoded by a `get` without holding the lock
+/// (see `Guard::begin_read`), so that putting and getting them overlap.
+const COPY_OUT: usize = 64 * 1024;
 
 /// The OFD-lock byte that marks a handle that may still put.
 const PRODUCER: i64 = 0;
@@ -377,9 +381,37 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     Ok(None) => return Err(GetError::Timeout),
                     Err(e) => return Err(GetError::Os(e)),
                 };
-                let popped = guard
-                    .pop_with(wire::decode_payload::<T>)
-                    .map_err(GetError::Os)?;
+                if guard.reader_busy().map_err(GetError::Os)? {
+                    // Another consumer is taking the oldest item: wait until it is done.
+                    drop(guard);
+                    match self.shm.wait_reader(wait.deadline()) {
+                        Ok(true) => continue,
+                        Ok(false) => return Err(GetError::Timeout),
+                        Err(e) => return Err(GetError::Os(e)),
+                    }
+                }
+                let popped = match guard
+                    .pop_small_with(COPY_OUT as u32, wire::decode_payload::<T>)
+                    .map_err(GetError::Os)?
+                {
+                    sys::Popped::Empty => None,
+                    sys::Popped::Item(decoded) => Some(decoded),
+                    // Large: decode it without the lock, so that producers go on meanwhile.
+                    sys::Popped::Large => match guard.begin_read().map_err(GetError::Os)? {
+                        Ok(read) => {
+                            let decoded = wire::decode_payload::<T>(read.payload());
+                            guard = read.finish().map_err(GetError::Os)?;
+                            Some(decoded)
+                        }
+                        Err(mut g) => {
+                            let popped = g
+                                .pop_with(wire::decode_payload::<T>)
+                                .map_err(GetError::Os)?;
+                            guard = g;
+                            popped
+                        }
+                    },
+                };
                 if let Some(decoded) = popped {
                     let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
                     if wake {

@@ -480,6 +480,138 @@ fn large_items_with_several_consumers_and_a_killed_one() {
     }
 }
 
+#[test]
+fn large_items_killed_at_random_points_are_whole_and_in_order() {
+    // As `processes_killed_at_random_points_never_wedge_or_corrupt_the_queue`, with items on
+    // both sides of the size above which a get copies out without the queue's lock.
+    let _r = common::Reaper::new();
+    let seed: u64 = std::env::var("MULTIPROC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    println!("seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let len = |i: u32| {
+        if i.is_multiple_of(2) {
+            60_000 + (i as usize * 7919 % 200_000)
+        } else {
+            i as usize * 37 % 5000
+        }
+    };
+    let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::with_maxsize(16).unwrap();
+    for round in 0..6u32 {
+        let producer = q.clone();
+        let consumers: Vec<_> = (0..2).map(|_| q.clone()).collect();
+        let mut p = Process::new(move || {
+            for i in 0.. {
+                let item = serde_bytes::ByteBuf::from(vec![(i % 251) as u8; len(i)]);
+                producer.put((i, item)).unwrap();
+            }
+        });
+        let mut cs: Vec<_> = consumers
+            .into_iter()
+            .map(|consumer| {
+                Process::new(move || {
+                    loop {
+                        let _ = consumer.get();
+                    }
+                })
+            })
+            .collect();
+        p.start().unwrap();
+        for c in &mut cs {
+            c.start().unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(next() % 30_000));
+        p.kill().unwrap();
+        std::thread::sleep(Duration::from_micros(next() % 3_000));
+        for c in &mut cs {
+            c.kill().unwrap();
+            std::thread::sleep(Duration::from_micros(next() % 1_000));
+        }
+        p.join_timeout(WAIT).unwrap().expect("producer reaped");
+        for c in &mut cs {
+            c.join_timeout(WAIT).unwrap().expect("consumer reaped");
+        }
+        // Everything left is whole, well-formed, and in order.
+        let mut last = None;
+        while let Ok((i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
+            assert_eq!(
+                bytes.into_vec(),
+                vec![(i % 251) as u8; len(i)],
+                "round {round}"
+            );
+            assert!(
+                last.is_none_or(|l| i > l),
+                "round {round}: {i} after {last:?}"
+            );
+            last = Some(i);
+        }
+        // And the queue still works, for large items too.
+        let big = serde_bytes::ByteBuf::from(vec![7; 100_000]);
+        q.put_timeout((round, big.clone()), WAIT).unwrap();
+        assert_eq!(q.get_timeout(WAIT).unwrap(), (round, big));
+    }
+}
+
+/// An item whose decoding, in a process that set [`SLOW_SIGNAL`], signals and then stalls,
+/// so that the process can be killed in the middle of taking it.
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Slow(serde_bytes::ByteBuf);
+
+static SLOW_SIGNAL: std::sync::OnceLock<std::os::unix::net::UnixStream> =
+    std::sync::OnceLock::new();
+
+impl<'de> serde::Deserialize<'de> for Slow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        if let Some(mut s) = SLOW_SIGNAL.get() {
+            use std::io::Write;
+            s.write_all(&[1]).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Ok(Slow(bytes))
+    }
+}
+
+#[test]
+fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
+    use std::io::Read;
+    let _r = common::Reaper::new();
+    let q: Queue<Slow> = Queue::new().unwrap();
+    let item = Slow(serde_bytes::ByteBuf::from(vec![3; 1 << 20]));
+    q.put(Slow(item.0.clone())).unwrap();
+    q.put(Slow(serde_bytes::ByteBuf::from(vec![4; 10])))
+        .unwrap();
+    let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
+    let victim_q = q.clone();
+    let mut victim = Process::new(move || {
+        SLOW_SIGNAL.set(there).unwrap();
+        let _ = victim_q.get();
+    });
+    victim.start().unwrap();
+    here.set_read_timeout(Some(WAIT)).unwrap();
+    let mut b = [0u8; 1];
+    here.read_exact(&mut b).unwrap();
+    // The victim is decoding the large item: another getter waits for it rather than
+    // skipping or duplicating it.
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(GetError::Timeout)
+    ));
+    victim.kill().unwrap();
+    victim.join_timeout(WAIT).unwrap().expect("victim reaped");
+    assert_eq!(q.get_timeout(WAIT).unwrap(), item);
+    assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handles passed as start arguments, under every start method (descriptors travel beside the
 // arguments under spawn and forkserver).

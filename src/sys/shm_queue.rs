@@ -8,6 +8,10 @@
 //!   is published by one atomic store ([`Header::prod`] for a put, [`Header::cons`] for a
 //!   get) after the bytes are in place: a producer killed mid-copy leaves no trace, a consumer
 //!   killed mid-copy leaves the item for the next one.
+//!   A large frame is copied out without the main lock, by a consumer holding a second
+//!   robust mutex, the reader lock, instead: the frame is taken by the same one store, made
+//!   under the main lock once the copy is done; other consumers wait for the reader lock,
+//!   and if its holder dies mid-copy the frame is still at the head, for the next consumer.
 //! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
 //!   dead process owed it.
 //! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
@@ -35,7 +39,7 @@ use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 
-const MAGIC: u64 = 0x6d70_7175_6575_6531; // "mpqueue1"
+const MAGIC: u64 = 0x6d70_7175_6575_6532; // "mpqueue2"
 const PAGE: usize = 4096;
 /// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
 const WRAP: u32 = u32::MAX;
@@ -43,7 +47,7 @@ const WRAP: u32 = u32::MAX;
 /// so a queue that keeps up stays within a few warm pages.
 const SOFT_WRAP: u32 = 4 << 20;
 /// After the queue drains, memory beyond this offset is given back to the OS.
-const KEEP: u32 = 64 << 20;
+const KEEP: u32 = 128 << 20;
 
 #[repr(C, align(64))]
 struct Line<T>(T);
@@ -53,6 +57,9 @@ struct Line<T>(T);
 struct Header {
     magic: Line<(u64, u32, u32)>, // magic, capacity, maxsize
     mutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    /// The reader lock: held (robust, process-shared) by the one consumer copying a large
+    /// frame out of the ring without the main lock; see [`Guard::begin_read`].
+    rmutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
     /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store.
     prod: Line<AtomicU64>,
     /// Read offset (low 32 bits) and number of gets (high 32 bits), changed by one store.
@@ -81,6 +88,9 @@ pub(crate) struct Words {
     pub(crate) fd_waiters: AtomicU32,
     /// The event descriptor is readable (set and cleared under the lock).
     event_set: AtomicU32,
+    /// A consumer holds the reader lock and is copying the head frame out without the main
+    /// lock (set and cleared under the main lock, only while the reader lock is held).
+    reading: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= PAGE);
@@ -145,7 +155,8 @@ impl ShmQueue {
                     &mut attr,
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))?;
-                check(libc::pthread_mutex_init((*header).mutex.0.get(), &attr))
+                check(libc::pthread_mutex_init((*header).mutex.0.get(), &attr))?;
+                check(libc::pthread_mutex_init((*header).rmutex.0.get(), &attr))
             })();
             libc::pthread_mutexattr_destroy(&mut attr);
             r?;
@@ -242,30 +253,21 @@ impl ShmQueue {
     /// Takes the queue's lock, waiting until `deadline` (`None`: no limit). `Ok(None)` when
     /// the deadline passed.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<Guard<'_>>> {
-        let m = self.header().mutex.0.get();
-        let r = match deadline {
-            // SAFETY: `m` points to the initialised process-shared mutex in our mapping.
-            None => unsafe { libc::pthread_mutex_lock(m) },
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let abs = realtime_after(left)?;
-                // SAFETY: as above; `abs` is a valid timespec.
-                unsafe { libc::pthread_mutex_timedlock(m, &abs) }
-            }
-        };
-        match r {
-            0 => Ok(Some(Guard { q: self })),
-            libc::EOWNERDEAD => {
-                // A holder died. The ring is consistent at every instant (see the module
-                // docs), so marking the mutex consistent is all the repair needed.
-                // SAFETY: we own the mutex now (EOWNERDEAD means it was acquired).
-                check(unsafe { libc::pthread_mutex_consistent(m) })?;
-                tracing::warn!("a process died holding a queue's lock; recovered");
-                Ok(Some(Guard { q: self }))
-            }
-            libc::ETIMEDOUT => Ok(None),
-            e => Err(io::Error::from_raw_os_error(e)),
+        let locked = lock_robust(self.header().mutex.0.get(), deadline)?;
+        Ok(locked.then_some(Guard { q: self }))
+    }
+
+    /// Takes the reader lock (see [`Guard::begin_read`]), waiting until `deadline`, and
+    /// releases it at once: returns when the consumer that held it is done. `Ok(false)` when
+    /// the deadline passed.
+    pub(crate) fn wait_reader(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let m = self.header().rmutex.0.get();
+        let locked = lock_robust(m, deadline)?;
+        if locked {
+            // SAFETY: we hold the reader mutex (just locked above).
+            unsafe { libc::pthread_mutex_unlock(m) };
         }
+        Ok(locked)
     }
 
     /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
@@ -310,7 +312,7 @@ fn unpack(v: u64) -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
-impl Guard<'_> {
+impl<'a> Guard<'a> {
     fn h(&self) -> &Header {
         self.q.header()
     }
@@ -443,13 +445,9 @@ impl Guard<'_> {
         Ok(true)
     }
 
-    /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
-    /// item counts as taken even if `f` fails or panics.
-    ///
-    /// # Errors
-    /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
-    /// misbehaving process); the queue is unusable after that.
-    pub(crate) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
+    /// The oldest frame: the offset of its payload, its length, and the numbers of gets and
+    /// puts so far (`Ok(None)` when empty).
+    fn head_frame(&self) -> io::Result<Option<(u32, u32, u32, u32)>> {
         let cap = self.q.cap;
         let h = self.h();
         let (tail, puts) = unpack(h.prod.0.load(Ordering::Acquire));
@@ -466,27 +464,127 @@ impl Guard<'_> {
         if len == WRAP || end > u64::from(cap) || (head < tail && end > u64::from(tail)) {
             return Err(corrupt());
         }
+        Ok(Some((head + 4, len, gets, puts)))
+    }
+
+    /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
+    /// item counts as taken even if `f` fails or panics. Call only when
+    /// [`reader_busy`](Self::reader_busy) said no.
+    ///
+    /// # Errors
+    /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
+    /// misbehaving process); the queue is unusable after that.
+    pub(crate) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
+        Ok(match self.pop_small_with(u32::MAX, f)? {
+            Popped::Item(r) => Some(r),
+            Popped::Empty | Popped::Large => None,
+        })
+    }
+
+    /// As [`pop_with`](Self::pop_with), but leaves a frame whose payload is longer than
+    /// `max` in place ([`Popped::Large`]), for [`begin_read`](Self::begin_read).
+    ///
+    /// # Errors
+    /// As for [`pop_with`](Self::pop_with).
+    pub(crate) fn pop_small_with<R>(
+        &mut self,
+        max: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<Popped<R>> {
+        let Some((at, len, gets, puts)) = self.head_frame()? else {
+            return Ok(Popped::Empty);
+        };
+        if len > max {
+            return Ok(Popped::Large);
+        }
+        let h = self.h();
         // Taken from here on; producers cannot reuse the space until we unlock.
         h.cons
             .0
-            .store(pack(end as u32, gets.wrapping_add(1)), Ordering::Release);
-        // SAFETY: `[head + 4, end)` is inside the ring (checked above) and holds a committed
-        // frame. Producers write only free space and only under the lock, which we hold until
-        // this guard drops, so nothing writes these bytes while `f` reads them.
-        let payload = unsafe {
-            std::slice::from_raw_parts(self.q.data().add(head as usize + 4), len as usize)
-        };
+            .store(pack(at + len, gets.wrapping_add(1)), Ordering::Release);
+        // SAFETY: `[at, at + len)` is inside the ring (checked by `head_frame`) and holds a
+        // committed frame. Producers write only free space and only under the lock, which we
+        // hold until this guard drops, so nothing writes these bytes while `f` reads them.
+        let payload =
+            unsafe { std::slice::from_raw_parts(self.q.data().add(at as usize), len as usize) };
         let result = f(payload);
         if gets.wrapping_add(1) == puts {
-            self.release_memory();
-            let words = &h.words.0;
-            if words.event_set.load(Ordering::Relaxed) != 0 {
-                words.event_set.store(0, Ordering::Relaxed);
-                let mut drain = [0u8; 8];
-                let _ = rustix::io::read(self.q.event_fd(), &mut drain);
-            }
+            self.drained();
         }
-        Ok(Some(result))
+        Ok(Popped::Item(result))
+    }
+
+    /// The queue was just emptied: gives memory back, and the event descriptor is no longer
+    /// readable.
+    fn drained(&self) {
+        self.release_memory();
+        let words = &self.h().words.0;
+        if words.event_set.load(Ordering::Relaxed) != 0 {
+            words.event_set.store(0, Ordering::Relaxed);
+            let mut drain = [0u8; 8];
+            let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+        }
+    }
+
+    /// Whether a live consumer is taking the oldest frame without the main lock (see
+    /// [`begin_read`](Self::begin_read)); if so, wait with [`ShmQueue::wait_reader`] before
+    /// taking anything. One that died while at it is forgotten here: its frame was never
+    /// taken, and stays at the head for the next consumer.
+    ///
+    /// # Errors
+    /// The OS error of the lock call.
+    pub(crate) fn reader_busy(&mut self) -> io::Result<bool> {
+        let words = &self.h().words.0;
+        if words.reading.load(Ordering::Relaxed) == 0 {
+            return Ok(false);
+        }
+        let m = self.h().rmutex.0.get();
+        // SAFETY: `m` is the initialised process-shared reader mutex in our mapping.
+        let r = unsafe { libc::pthread_mutex_trylock(m) };
+        if !locked(m, r)? {
+            return Ok(true);
+        }
+        // `reading` is set only while its consumer holds the reader lock, yet we got the
+        // lock: that consumer died mid-copy, before its commit.
+        words.reading.store(0, Ordering::Relaxed);
+        // SAFETY: we hold the reader mutex (taken just above).
+        unsafe { libc::pthread_mutex_unlock(m) };
+        Ok(false)
+    }
+
+    /// Starts taking the oldest frame without holding the main lock, so that producers can
+    /// go on putting while its payload is read: the frame stays in the ring (neither reused
+    /// by producers nor visible as taken) until [`LargeRead`] commits, under the main lock,
+    /// by the one atomic store a [`pop_with`](Self::pop_with) makes. Meanwhile other
+    /// consumers see the reader lock held and wait; if this process dies first, the reader
+    /// lock's owner is dead, and the next consumer takes the frame instead (nothing lost,
+    /// nothing taken twice). Call only when [`reader_busy`](Self::reader_busy) said no.
+    ///
+    /// Returns the guard back (`Err`) if the queue is empty or the reader lock is taken.
+    ///
+    /// # Errors
+    /// As for [`pop_with`](Self::pop_with).
+    pub(crate) fn begin_read(self) -> io::Result<Result<LargeRead<'a>, Guard<'a>>> {
+        let guard = self;
+        let Some((at, len, gets, _)) = guard.head_frame()? else {
+            return Ok(Err(guard));
+        };
+        let m = guard.h().rmutex.0.get();
+        // SAFETY: `m` is the initialised process-shared reader mutex in our mapping.
+        let r = unsafe { libc::pthread_mutex_trylock(m) };
+        if !locked(m, r)? {
+            return Ok(Err(guard));
+        }
+        guard.h().words.0.reading.store(1, Ordering::Relaxed);
+        let q = guard.q;
+        drop(guard);
+        Ok(Ok(LargeRead {
+            q,
+            at,
+            len,
+            gets,
+            done: false,
+        }))
     }
 
     /// Once drained, gives pages beyond [`KEEP`] back to the OS.
@@ -512,6 +610,115 @@ impl Drop for Guard<'_> {
         // SAFETY: this guard exists only while the calling thread holds the mutex.
         unsafe {
             libc::pthread_mutex_unlock(self.q.header().mutex.0.get());
+        }
+    }
+}
+
+/// Locks the robust mutex `m` (in a queue's mapping), waiting until `deadline`; `Ok(false)`
+/// when it passed. A dead owner's lock is taken over: the queue needs no repair (see the
+/// module docs).
+fn lock_robust(m: *mut libc::pthread_mutex_t, deadline: Option<Instant>) -> io::Result<bool> {
+    let r = match deadline {
+        // SAFETY: the caller passes an initialised process-shared mutex in a live mapping.
+        None => unsafe { libc::pthread_mutex_lock(m) },
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            let abs = realtime_after(left)?;
+            // SAFETY: as above; `abs` is a valid timespec.
+            unsafe { libc::pthread_mutex_timedlock(m, &abs) }
+        }
+    };
+    locked(m, r)
+}
+
+/// The outcome of a lock call on robust mutex `m` that returned `r`: `Ok(true)` if now held
+/// (after making a dead owner's mutex consistent), `Ok(false)` if busy or timed out.
+fn locked(m: *mut libc::pthread_mutex_t, r: libc::c_int) -> io::Result<bool> {
+    match r {
+        0 => Ok(true),
+        libc::EOWNERDEAD => {
+            // A holder died. The ring is consistent at every instant (see the module docs),
+            // so marking the mutex consistent is all the repair needed.
+            // SAFETY: we own the mutex now (EOWNERDEAD means it was acquired).
+            check(unsafe { libc::pthread_mutex_consistent(m) })?;
+            tracing::warn!("a process died holding a queue's lock; recovered");
+            Ok(true)
+        }
+        libc::ETIMEDOUT | libc::EBUSY => Ok(false),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// What [`Guard::pop_small_with`] found.
+pub(crate) enum Popped<R> {
+    /// The queue is empty.
+    Empty,
+    /// The oldest frame was taken; what the callback returned.
+    Item(R),
+    /// The oldest frame is too large, and was left in place.
+    Large,
+}
+
+/// A frame being taken without the main lock (see [`Guard::begin_read`]); holds the reader
+/// lock. Taken for good by [`finish`](Self::finish), or when dropped (a panic included).
+pub(crate) struct LargeRead<'a> {
+    q: &'a ShmQueue,
+    at: u32,
+    len: u32,
+    gets: u32,
+    done: bool,
+}
+
+impl<'a> LargeRead<'a> {
+    /// The frame's payload.
+    pub(crate) fn payload(&self) -> &[u8] {
+        // SAFETY: `[at, at + len)` is inside the ring (checked by `head_frame`) and holds a
+        // committed frame. It is not taken yet, so no producer writes there (they write only
+        // free space, which ends at the taken offset); other consumers wait while `reading`
+        // is set and its holder, this one, lives.
+        unsafe {
+            std::slice::from_raw_parts(self.q.data().add(self.at as usize), self.len as usize)
+        }
+    }
+
+    /// Takes the frame for good and lets other consumers on; returns the main lock, held.
+    ///
+    /// # Errors
+    /// The OS error if the main lock cannot be taken (the frame is then left in the queue).
+    pub(crate) fn finish(mut self) -> io::Result<Guard<'a>> {
+        self.done = true;
+        self.commit()
+    }
+
+    fn commit(&self) -> io::Result<Guard<'a>> {
+        let guard = match self.q.lock(None) {
+            Ok(g) => g.expect("no deadline"),
+            Err(e) => {
+                // SAFETY: we hold the reader mutex (since `begin_read`).
+                unsafe { libc::pthread_mutex_unlock(self.q.header().rmutex.0.get()) };
+                return Err(e);
+            }
+        };
+        let h = guard.h();
+        let gets = self.gets.wrapping_add(1);
+        h.cons
+            .0
+            .store(pack(self.at + self.len, gets), Ordering::Release);
+        h.words.0.reading.store(0, Ordering::Relaxed);
+        // SAFETY: we hold the reader mutex (since `begin_read`).
+        unsafe { libc::pthread_mutex_unlock(h.rmutex.0.get()) };
+        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
+        if puts == gets {
+            guard.drained();
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for LargeRead<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.commit();
         }
     }
 }
