@@ -182,10 +182,7 @@ impl<T: Pod> Array<T> {
     ) -> Result<ArrayGuard<'_, T>, AcquireError<ArrayGuard<'_, T>>> {
         match self.lock.acquire_timeout(timeout) {
             Ok(g) => Ok(self.guard(g)),
-            Err(AcquireError::Timeout) => Err(AcquireError::Timeout),
-            Err(AcquireError::OwnerDied(e)) => {
-                Err(AcquireError::OwnerDied(e.map(|g| self.guard(g))))
-            }
+            Err(e) => Err(e.map(|g| self.guard(g))),
         }
     }
 

@@ -117,10 +117,7 @@ impl Condition {
     ) -> Result<ConditionGuard<'_>, AcquireError<ConditionGuard<'_>>> {
         match self.lock.acquire_timeout(timeout) {
             Ok(g) => Ok(self.wrap(g)),
-            Err(AcquireError::Timeout) => Err(AcquireError::Timeout),
-            Err(AcquireError::OwnerDied(e)) => {
-                Err(AcquireError::OwnerDied(e.map(|g| self.wrap(g))))
-            }
+            Err(e) => Err(e.map(|g| self.wrap(g))),
         }
     }
 }

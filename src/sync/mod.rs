@@ -92,6 +92,15 @@ pub enum AcquireError<G> {
 }
 
 impl<G> AcquireError<G> {
+    /// The same outcome with the guard (if any) turned into another by `f`, for types that
+    /// wrap a lock's guard in their own (`Value`, `Array`, `Condition`).
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> AcquireError<H> {
+        match self {
+            AcquireError::Timeout => AcquireError::Timeout,
+            AcquireError::OwnerDied(e) => AcquireError::OwnerDied(e.map(f)),
+        }
+    }
+
     /// Whether the timeout passed without acquiring.
     pub fn is_timeout(&self) -> bool {
         matches!(self, AcquireError::Timeout)
