@@ -5,8 +5,11 @@
 //! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
 //! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
 //! child before draining what it put) cannot deadlock an unbounded queue. A small item costs
-//! one lock and one copy and no system call unless the other side sleeps; a large one costs a
-//! copy in and a copy out, never pipe chunks.
+//! one lock and one copy and no system call unless the other side sleeps; a large one (over
+//! 64 KiB) costs a copy in and a copy out, never pipe chunks, each made without the queue's
+//! lock so that a producer and a consumer copy at the same time (producers take turns among
+//! themselves, as consumers do). A process killed in the middle of either copy leaves the
+//! queue as it was before that `put` or `get` began.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
@@ -49,8 +52,9 @@ const RING: usize = wire::MAX_FRAME + 4096;
 /// still there (how quickly a dead peer is noticed).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// Items whose frame is larger than this are serialized straight into shared memory (under
-/// the lock); smaller ones into a scratch buffer first, so the lock is held only for a copy.
+/// Items whose frame is larger than this are serialized straight into shared memory, without
+/// the queue's lock (see `Guard::begin_write`); smaller ones into a scratch buffer first, and
+/// copied in under the lock.
 const IN_PLACE: usize = 64 * 1024;
 
 /// Items whose payload is larger than this are decoded by a `get` without holding the lock
@@ -304,7 +308,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
+    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows. A
+    /// frame over [`IN_PLACE`] bytes is written without holding the queue's lock (see
+    /// `Guard::begin_write`), so that getters go on meanwhile.
     fn put_frame<I>(
         &self,
         item: I,
@@ -320,12 +326,53 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(None) => return Err(PutError::Timeout(item)),
                 Err(e) => return Err(PutError::Os(item, e)),
             };
-            if joinable {
-                words.unfinished.fetch_add(1, Ordering::AcqRel);
+            match guard.writer_busy() {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Another producer is filling the space before ours: wait until it is done.
+                    drop(guard);
+                    match self.shm.wait_writer(wait.deadline()) {
+                        Ok(true) => continue,
+                        Ok(false) => return Err(PutError::Timeout(item)),
+                        Err(e) => return Err(PutError::Os(item, e)),
+                    }
+                }
+                Err(e) => return Err(PutError::Os(item, e)),
             }
-            let pushed = guard.push_with(n, &mut fill);
-            if !matches!(pushed, Ok(true)) && joinable {
-                words.unfinished.fetch_sub(1, Ordering::AcqRel);
+            let pushed = if n > IN_PLACE {
+                match guard.begin_write(n) {
+                    Ok(sys::Reserved::Space(mut space)) => {
+                        if let Err(e) = fill(space.space()) {
+                            // Dropping `space` unfinished gives it up.
+                            drop(space);
+                            return Err(PutError::Encode(item, e));
+                        }
+                        match space.finish() {
+                            Ok(g) => {
+                                guard = g;
+                                Ok(true)
+                            }
+                            Err(e) => return Err(PutError::Os(item, e)),
+                        }
+                    }
+                    Ok(sys::Reserved::NoRoom(g)) => {
+                        guard = g;
+                        Ok(false)
+                    }
+                    Ok(sys::Reserved::Busy(g)) => {
+                        drop(g);
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    Err(e) => return Err(PutError::Os(item, e)),
+                }
+            } else {
+                guard.push_with(n, &mut fill)
+            };
+            if joinable && matches!(pushed, Ok(true)) {
+                // Counted before the lock is let go, and so before any getter can take the
+                // item and mark it done.
+                words.unfinished.fetch_add(1, Ordering::AcqRel);
             }
             match pushed {
                 Ok(true) => {
@@ -615,9 +662,26 @@ impl<T> Waitable for JoinableQueue<T> {
 /// assert!(h.join()?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Serialize, serde::Deserialize)]
 #[serde(bound = "")]
 pub struct SimpleQueue<T>(Queue<T>);
+
+// By hand, not derived: a handle is cloneable and printable whatever its item type.
+impl<T> Clone for SimpleQueue<T> {
+    /// Another handle to the same queue.
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors.
+    fn clone(&self) -> Self {
+        SimpleQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.0).finish()
+    }
+}
 
 impl<T> SimpleQueue<T> {
     /// A new, empty queue.
@@ -684,9 +748,26 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
 /// worker.join()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Serialize, serde::Deserialize)]
 #[serde(bound = "")]
 pub struct JoinableQueue<T>(Queue<T>);
+
+// By hand, not derived: a handle is cloneable and printable whatever its item type.
+impl<T> Clone for JoinableQueue<T> {
+    /// Another handle to the same queue.
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors.
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.0).finish()
+    }
+}
 
 /// [`JoinableQueue::task_done`] was called more times than items were put (Python's
 /// `ValueError`).

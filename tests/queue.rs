@@ -485,18 +485,8 @@ fn large_items_killed_at_random_points_are_whole_and_in_order() {
     // As `processes_killed_at_random_points_never_wedge_or_corrupt_the_queue`, with items on
     // both sides of the size above which a get copies out without the queue's lock.
     let _r = common::Reaper::new();
-    let seed: u64 = std::env::var("MULTIPROC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64);
-    println!("seed {seed}");
-    let mut rng = seed;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = common::Rng::seeded("large_items_killed_at_random_points_are_whole_and_in_order");
+    let mut next = move || rng.next();
     let len = |i: u32| {
         if i.is_multiple_of(2) {
             60_000 + (i as usize * 7919 % 200_000)
@@ -582,10 +572,21 @@ impl<'de> serde::Deserialize<'de> for Slow {
 
 #[test]
 fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
+    // Large items are decoded outside the queue's lock, under the reader lock.
+    consumer_killed_while_taking_leaves_it_to_the_next(1 << 20);
+}
+
+#[test]
+fn a_consumer_killed_while_taking_a_small_item_leaves_it_to_the_next() {
+    // Small items are decoded under the queue's lock, which the victim dies holding.
+    consumer_killed_while_taking_leaves_it_to_the_next(100);
+}
+
+fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
     use std::io::Read;
     let _r = common::Reaper::new();
     let q: Queue<Slow> = Queue::new().unwrap();
-    let item = Slow(serde_bytes::ByteBuf::from(vec![3; 1 << 20]));
+    let item = Slow(serde_bytes::ByteBuf::from(vec![3; size]));
     q.put(Slow(item.0.clone())).unwrap();
     q.put(Slow(serde_bytes::ByteBuf::from(vec![4; 10])))
         .unwrap();
@@ -599,8 +600,8 @@ fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
     here.set_read_timeout(Some(WAIT)).unwrap();
     let mut b = [0u8; 1];
     here.read_exact(&mut b).unwrap();
-    // The victim is decoding the large item: another getter waits for it rather than
-    // skipping or duplicating it.
+    // The victim is decoding the item: another getter waits for it rather than skipping or
+    // duplicating it.
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
         Err(GetError::Timeout)
@@ -610,6 +611,114 @@ fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
     assert_eq!(q.get_timeout(WAIT).unwrap(), item);
     assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
     assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+}
+
+/// A large item whose serialization into the queue (the second of the two a `put` makes: one
+/// to size it, one to write it) can be made to stall or panic part-way through.
+#[derive(Debug, PartialEq)]
+struct Stuck(serde_bytes::ByteBuf);
+
+/// What `Stuck` does when it is serialized for the second time since `STUCK_CALLS` was reset.
+static STUCK_MODE: std::sync::OnceLock<StuckMode> = std::sync::OnceLock::new();
+static STUCK_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[derive(Debug)]
+enum StuckMode {
+    /// Signal on the stream, then sleep a minute.
+    Stall(std::os::unix::net::UnixStream),
+    Panic,
+}
+
+impl serde::Serialize for Stuck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let second = STUCK_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.0)?;
+        match STUCK_MODE.get() {
+            Some(StuckMode::Stall(stream)) if second => {
+                use std::io::Write;
+                (&*stream).write_all(&[1]).unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Some(StuckMode::Panic) if second => panic!("serialize gave up half-way"),
+            _ => {}
+        }
+        t.serialize_element(&0u8)?;
+        t.end()
+    }
+}
+
+impl Stuck {
+    fn new(fill: u8, len: usize) -> Stuck {
+        Stuck(serde_bytes::ByteBuf::from(vec![fill; len]))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stuck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (bytes, _): (serde_bytes::ByteBuf, u8) = serde::Deserialize::deserialize(d)?;
+        Ok(Stuck(bytes))
+    }
+}
+
+#[test]
+fn a_producer_killed_while_putting_a_large_item_leaves_no_trace() {
+    use std::io::Read;
+    let _r = common::Reaper::new();
+    let q: Queue<Stuck> = Queue::new().unwrap();
+    q.put(Stuck::new(1, 10)).unwrap();
+    let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
+    let victim_q = q.clone();
+    let mut victim = Process::new(move || {
+        STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+        STUCK_MODE.set(StuckMode::Stall(there)).unwrap();
+        let _ = victim_q.put(Stuck::new(2, 1 << 20));
+    });
+    victim.start().unwrap();
+    here.set_read_timeout(Some(WAIT)).unwrap();
+    let mut b = [0u8; 1];
+    here.read_exact(&mut b).unwrap();
+    // The victim is writing its item into the queue without the lock: getters go on, and
+    // another putter waits its turn, as the order of items is the order of their places.
+    assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(GetError::Timeout)
+    ));
+    assert!(matches!(
+        q.put_timeout(Stuck::new(3, 10), Duration::from_millis(50)),
+        Err(PutError::Timeout(_))
+    ));
+    victim.kill().unwrap();
+    victim.join_timeout(WAIT).unwrap().expect("victim reaped");
+    // Half an item is never seen, and its space is free again.
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    q.put_timeout(Stuck::new(4, 1 << 20), WAIT).unwrap();
+    q.put_timeout(Stuck::new(5, 10), WAIT).unwrap();
+    assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(4, 1 << 20));
+    assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(5, 10));
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+}
+
+#[test]
+fn a_put_whose_serialization_panics_half_way_appends_nothing() {
+    let _r = common::Reaper::new();
+    let q: JoinableQueue<Stuck> = JoinableQueue::new().unwrap();
+    let putter = q.clone();
+    let mut p = Process::new(move || {
+        STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+        STUCK_MODE.set(StuckMode::Panic).unwrap();
+        let _ = putter.put(Stuck::new(2, 1 << 20));
+    });
+    p.start().unwrap();
+    let err = p.join_timeout(WAIT).unwrap();
+    assert_eq!(err, Some(1), "the panic ends the child");
+    // Nothing was appended or counted: `join` returns at once, and the queue works.
+    assert!(q.join_timeout(WAIT));
+    assert!(q.empty());
+    q.put_timeout(Stuck::new(3, 1 << 20), WAIT).unwrap();
+    assert_eq!(q.qsize(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

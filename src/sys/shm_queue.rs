@@ -6,12 +6,17 @@
 //! - The mutex is a robust `pthread_mutex_t`: if its owner dies, the next locker gets
 //!   `EOWNERDEAD` and takes over. The ring's state never needs repair, because every change
 //!   is published by one atomic store ([`Header::prod`] for a put, [`Header::cons`] for a
-//!   get) after the bytes are in place: a producer killed mid-copy leaves no trace, a consumer
-//!   killed mid-copy leaves the item for the next one.
+//!   get) after the bytes are in place (for a put) or used (for a get): a producer killed
+//!   mid-copy leaves no trace, a consumer killed mid-copy or mid-decode leaves the item for
+//!   the next one.
 //!   A large frame is copied out without the main lock, by a consumer holding a second
 //!   robust mutex, the reader lock, instead: the frame is taken by the same one store, made
 //!   under the main lock once the copy is done; other consumers wait for the reader lock,
 //!   and if its holder dies mid-copy the frame is still at the head, for the next consumer.
+//!   Likewise a large frame is copied in without the main lock, by a producer holding a
+//!   third, the writer lock: it reserves free space under the main lock, fills it, and
+//!   publishes it by the same one store under the main lock; other producers wait for the
+//!   writer lock, and if its holder dies mid-copy the space was never published.
 //! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
 //!   dead process owed it.
 //! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
@@ -39,7 +44,7 @@ use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 
-const MAGIC: u64 = 0x6d70_7175_6575_6532; // "mpqueue2"
+const MAGIC: u64 = 0x6d70_7175_6575_6533; // "mpqueue3"
 const PAGE: usize = 4096;
 /// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
 const WRAP: u32 = u32::MAX;
@@ -60,6 +65,9 @@ struct Header {
     /// The reader lock: held (robust, process-shared) by the one consumer copying a large
     /// frame out of the ring without the main lock; see [`Guard::begin_read`].
     rmutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    /// The writer lock: held by the one producer copying a large frame into reserved space
+    /// without the main lock; see [`Guard::begin_write`].
+    wmutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
     /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store.
     prod: Line<AtomicU64>,
     /// Read offset (low 32 bits) and number of gets (high 32 bits), changed by one store.
@@ -91,6 +99,10 @@ pub(crate) struct Words {
     /// A consumer holds the reader lock and is copying the head frame out without the main
     /// lock (set and cleared under the main lock, only while the reader lock is held).
     reading: AtomicU32,
+    /// A producer holds the writer lock and is copying a frame into space it reserved,
+    /// without the main lock (set and cleared under the main lock, only while the writer
+    /// lock is held).
+    writing: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= PAGE);
@@ -156,7 +168,8 @@ impl ShmQueue {
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))?;
                 check(libc::pthread_mutex_init((*header).mutex.0.get(), &attr))?;
-                check(libc::pthread_mutex_init((*header).rmutex.0.get(), &attr))
+                check(libc::pthread_mutex_init((*header).rmutex.0.get(), &attr))?;
+                check(libc::pthread_mutex_init((*header).wmutex.0.get(), &attr))
             })();
             libc::pthread_mutexattr_destroy(&mut attr);
             r?;
@@ -261,13 +274,13 @@ impl ShmQueue {
     /// releases it at once: returns when the consumer that held it is done. `Ok(false)` when
     /// the deadline passed.
     pub(crate) fn wait_reader(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        let m = self.header().rmutex.0.get();
-        let locked = lock_robust(m, deadline)?;
-        if locked {
-            // SAFETY: we hold the reader mutex (just locked above).
-            unsafe { libc::pthread_mutex_unlock(m) };
-        }
-        Ok(locked)
+        wait_for(self.header().rmutex.0.get(), deadline)
+    }
+
+    /// As [`wait_reader`](Self::wait_reader), for the writer lock (see
+    /// [`Guard::begin_write`]).
+    pub(crate) fn wait_writer(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        wait_for(self.header().wmutex.0.get(), deadline)
     }
 
     /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
@@ -288,6 +301,20 @@ impl ShmQueue {
     fn data(&self) -> *mut u8 {
         // SAFETY: the ring starts one page into a mapping of PAGE + cap bytes.
         unsafe { self.base.as_ptr().add(PAGE) }
+    }
+
+    /// The ring's bytes `[at, at + n)`, to write a frame into.
+    ///
+    /// # Safety
+    /// The range must be free space given by `Guard::place` to the caller, who must hold the
+    /// main lock or the writer lock until the frame is published or given up, and must not
+    /// make two views of it at once.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn free_space(&self, at: u32, n: usize) -> &mut [u8] {
+        assert!(at as usize + n <= self.cap as usize);
+        // SAFETY: inside the ring (asserted above), which is mapped for the life of `self`;
+        // exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.data().add(at as usize), n) }
     }
 }
 
@@ -378,12 +405,26 @@ impl<'a> Guard<'a> {
 
     /// Appends an `n`-byte frame (a length word and payload) that `fill` writes in place, if
     /// there is room (`Ok(false)` if not; items beyond `maxsize` count as no room). If `fill`
-    /// fails nothing is appended.
+    /// fails nothing is appended. Call only when [`writer_busy`](Self::writer_busy) said no.
     pub(crate) fn push_with<E>(
         &mut self,
         n: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<bool, E> {
+        let Some(at) = self.place(n) else {
+            return Ok(false);
+        };
+        // SAFETY: `place` returned free space inside the ring; we hold the lock, so no other
+        // producer writes there and no consumer looks there until `publish`.
+        fill(unsafe { self.q.free_space(at, n) })?;
+        self.publish(at, n);
+        Ok(true)
+    }
+
+    /// Where an `n`-byte frame goes, if there is room: free space that no consumer looks at
+    /// until [`publish`](Self::publish) and no other producer is given while the caller
+    /// holds the main lock or the writer lock.
+    fn place(&mut self, n: usize) -> Option<u32> {
         let cap = self.q.cap;
         let n = u32::try_from(n).expect("frame size checked against max_frame");
         assert!(n <= cap, "frame size checked against max_frame");
@@ -393,7 +434,7 @@ impl<'a> Guard<'a> {
         let count = puts.wrapping_sub(gets);
         let maxsize = self.q.maxsize();
         if maxsize != 0 && count >= maxsize {
-            return Ok(false);
+            return None;
         }
         let at = if count == 0 {
             // Empty: start over at the front, where pages are warm.
@@ -412,29 +453,30 @@ impl<'a> Guard<'a> {
             } else if fits_end {
                 tail
             } else {
-                return Ok(false);
+                return None;
             }
         } else if tail < head && head - tail >= n {
             tail
         } else {
             // tail == head with items in the queue: full; or too little room before head.
-            return Ok(false);
+            return None;
         };
         assert!(at as usize + n as usize <= cap as usize);
-        // SAFETY: `[at, at + n)` is inside the ring (asserted above), which stays mapped while
-        // `self` borrows the queue. It is free space: no committed frame lies there, so no
-        // reader looks at it, and no other writer can, because we hold the lock (`&mut self`
-        // makes this the only reference in this process).
-        let buf =
-            unsafe { std::slice::from_raw_parts_mut(self.q.data().add(at as usize), n as usize) };
-        fill(buf)?;
-        let tail = at + n;
-        if tail > h.words.0.high_water.load(Ordering::Relaxed) {
-            h.words.0.high_water.store(tail, Ordering::Relaxed);
+        let end = at + n;
+        if end > h.words.0.high_water.load(Ordering::Relaxed) {
+            h.words.0.high_water.store(end, Ordering::Relaxed);
         }
+        Some(at)
+    }
+
+    /// Makes the `n`-byte frame written at `at` (given by [`place`](Self::place)) the newest
+    /// item, with one store.
+    fn publish(&self, at: u32, n: usize) {
+        let h = self.h();
+        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
         h.prod
             .0
-            .store(pack(tail, puts.wrapping_add(1)), Ordering::Release);
+            .store(pack(at + n as u32, puts.wrapping_add(1)), Ordering::Release);
         let words = &h.words.0;
         if words.fd_waiters.load(Ordering::Relaxed) > 0
             && words.event_set.load(Ordering::Relaxed) == 0
@@ -442,7 +484,78 @@ impl<'a> Guard<'a> {
             words.event_set.store(1, Ordering::Relaxed);
             let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
         }
-        Ok(true)
+    }
+
+    /// Whether a live producer is filling reserved space without the main lock (see
+    /// [`begin_write`](Self::begin_write)); if so, wait with [`ShmQueue::wait_writer`] before
+    /// putting anything, so that frames stay in the order of their places. One that died
+    /// while at it is forgotten here: its space was never published.
+    ///
+    /// # Errors
+    /// The OS error of the lock call.
+    pub(crate) fn writer_busy(&mut self) -> io::Result<bool> {
+        let words = &self.h().words.0;
+        if words.writing.load(Ordering::Relaxed) == 0 {
+            return Ok(false);
+        }
+        let m = self.h().wmutex.0.get();
+        // SAFETY: `m` is the initialised process-shared writer mutex in our mapping.
+        let r = unsafe { libc::pthread_mutex_trylock(m) };
+        if !locked(m, r)? {
+            return Ok(true);
+        }
+        // `writing` is set only while its producer holds the writer lock, yet we got the
+        // lock: that producer died mid-copy, before publishing.
+        words.writing.store(0, Ordering::Relaxed);
+        // SAFETY: we hold the writer mutex (taken just above).
+        unsafe { libc::pthread_mutex_unlock(m) };
+        Ok(false)
+    }
+
+    /// Starts appending an `n`-byte frame without holding the main lock, so that consumers
+    /// can go on getting while it is filled: the space is reserved now, and the frame is
+    /// published by [`LargeWrite::finish`], under the main lock, by the one atomic store a
+    /// [`push_with`](Self::push_with) makes. Meanwhile other producers see the writer lock
+    /// held and wait; if this process dies first, the writer lock's owner is dead, and the
+    /// space, never published, is free again for the next producer. Call only when
+    /// [`writer_busy`](Self::writer_busy) said no.
+    pub(crate) fn begin_write(mut self, n: usize) -> io::Result<Reserved<'a>> {
+        let m = self.h().wmutex.0.get();
+        // SAFETY: `m` is the initialised process-shared writer mutex in our mapping.
+        let r = unsafe { libc::pthread_mutex_trylock(m) };
+        if !locked(m, r)? {
+            // Only a caller of `wait_writer`, between its lock and unlock, holds it now.
+            return Ok(Reserved::Busy(self));
+        }
+        let fresh_from = self.h().words.0.high_water.load(Ordering::Relaxed);
+        let Some(at) = self.place(n) else {
+            // SAFETY: we hold the writer mutex (taken just above).
+            unsafe { libc::pthread_mutex_unlock(m) };
+            return Ok(Reserved::NoRoom(self));
+        };
+        self.h().words.0.writing.store(1, Ordering::Relaxed);
+        let q = self.q;
+        drop(self);
+        // Pages never written yet would each fault on first touch; one call maps them all.
+        let start = (at.max(fresh_from) as usize) & !(PAGE - 1);
+        let end = at as usize + n;
+        if end > start {
+            // SAFETY: `[start, end)` lies inside the ring's mapping (`at + n <= cap`, checked by
+            // `place`); populating only faults pages in, which changes no byte of them.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    q.data().add(start).cast(),
+                    end - start,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+        }
+        Ok(Reserved::Space(LargeWrite {
+            q,
+            at,
+            n,
+            done: false,
+        }))
     }
 
     /// The oldest frame: the offset of its payload, its length, and the numbers of gets and
@@ -497,17 +610,29 @@ impl<'a> Guard<'a> {
         if len > max {
             return Ok(Popped::Large);
         }
-        let h = self.h();
-        // Taken from here on; producers cannot reuse the space until we unlock.
-        h.cons
-            .0
-            .store(pack(at + len, gets.wrapping_add(1)), Ordering::Release);
+        // The frame is taken (one store to `cons`) only once `f` has returned or unwound: a
+        // process killed while `f` runs dies holding the lock with the frame still at the
+        // head, and the next locker takes it over (EOWNERDEAD) and finds it there.
+        struct Take<'h> {
+            cons: &'h AtomicU64,
+            to: u64,
+        }
+        impl Drop for Take<'_> {
+            fn drop(&mut self) {
+                self.cons.store(self.to, Ordering::Release);
+            }
+        }
+        let take = Take {
+            cons: &self.h().cons.0,
+            to: pack(at + len, gets.wrapping_add(1)),
+        };
         // SAFETY: `[at, at + len)` is inside the ring (checked by `head_frame`) and holds a
         // committed frame. Producers write only free space and only under the lock, which we
         // hold until this guard drops, so nothing writes these bytes while `f` reads them.
         let payload =
             unsafe { std::slice::from_raw_parts(self.q.data().add(at as usize), len as usize) };
         let result = f(payload);
+        drop(take);
         if gets.wrapping_add(1) == puts {
             self.drained();
         }
@@ -587,9 +712,13 @@ impl<'a> Guard<'a> {
         }))
     }
 
-    /// Once drained, gives pages beyond [`KEEP`] back to the OS.
+    /// Once drained, gives pages beyond [`KEEP`] back to the OS (not while a producer may
+    /// be writing into reserved space there).
     fn release_memory(&self) {
         let words = &self.h().words.0;
+        if words.writing.load(Ordering::Relaxed) != 0 {
+            return;
+        }
         let high = words.high_water.load(Ordering::Relaxed);
         if high > KEEP {
             let start = u64::from(KEEP) + PAGE as u64;
@@ -612,6 +741,18 @@ impl Drop for Guard<'_> {
             libc::pthread_mutex_unlock(self.q.header().mutex.0.get());
         }
     }
+}
+
+/// Takes the robust mutex `m` (in a queue's mapping), waiting until `deadline`, and releases
+/// it at once: returns when the process that held it is done or dead. `Ok(false)` when the
+/// deadline passed.
+fn wait_for(m: *mut libc::pthread_mutex_t, deadline: Option<Instant>) -> io::Result<bool> {
+    let locked = lock_robust(m, deadline)?;
+    if locked {
+        // SAFETY: we hold the mutex (just locked above).
+        unsafe { libc::pthread_mutex_unlock(m) };
+    }
+    Ok(locked)
 }
 
 /// Locks the robust mutex `m` (in a queue's mapping), waiting until `deadline`; `Ok(false)`
@@ -719,6 +860,73 @@ impl Drop for LargeRead<'_> {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.commit();
+        }
+    }
+}
+
+/// What [`Guard::begin_write`] found.
+pub(crate) enum Reserved<'a> {
+    /// Space was reserved, to be filled without the main lock.
+    Space(LargeWrite<'a>),
+    /// No room for the frame now; the main lock, still held.
+    NoRoom(Guard<'a>),
+    /// The writer lock is briefly taken by a waiter; try again.
+    Busy(Guard<'a>),
+}
+
+/// Space being filled without the main lock (see [`Guard::begin_write`]); holds the writer
+/// lock. Published by [`finish`](Self::finish); dropped unfinished (a failed or panicking
+/// fill), it is given up and nothing is appended.
+pub(crate) struct LargeWrite<'a> {
+    q: &'a ShmQueue,
+    at: u32,
+    n: usize,
+    done: bool,
+}
+
+impl<'a> LargeWrite<'a> {
+    /// The reserved space, to fill with the whole frame.
+    pub(crate) fn space(&mut self) -> &mut [u8] {
+        // SAFETY: `place` gave this range as free space inside the ring. Nothing else writes
+        // it or reads it until it is published: other producers wait while `writing` is set
+        // and its holder, this one, lives; consumers read only published frames, and do not
+        // give memory back while `writing` is set. `&mut self` makes this the only view.
+        unsafe { self.q.free_space(self.at, self.n) }
+    }
+
+    /// Publishes the frame and lets other producers on; returns the main lock, held.
+    ///
+    /// # Errors
+    /// The OS error if the main lock cannot be taken (nothing is appended then).
+    pub(crate) fn finish(mut self) -> io::Result<Guard<'a>> {
+        self.done = true;
+        self.end(true)
+    }
+
+    fn end(&self, publish: bool) -> io::Result<Guard<'a>> {
+        let wmutex = self.q.header().wmutex.0.get();
+        let guard = match self.q.lock(None) {
+            Ok(g) => g.expect("no deadline"),
+            Err(e) => {
+                // SAFETY: we hold the writer mutex (since `begin_write`).
+                unsafe { libc::pthread_mutex_unlock(wmutex) };
+                return Err(e);
+            }
+        };
+        if publish {
+            guard.publish(self.at, self.n);
+        }
+        guard.h().words.0.writing.store(0, Ordering::Relaxed);
+        // SAFETY: we hold the writer mutex (since `begin_write`).
+        unsafe { libc::pthread_mutex_unlock(wmutex) };
+        Ok(guard)
+    }
+}
+
+impl Drop for LargeWrite<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.end(false);
         }
     }
 }
