@@ -313,6 +313,79 @@ fn many_producers_many_consumers_keep_per_producer_order() {
 }
 
 #[test]
+fn many_producers_of_large_and_small_items_keep_order_and_lose_nothing() {
+    // Large items are written without the queue's lock, in space reserved in turn: items of
+    // all sizes from three producers, taken by two consumers, each one whole and once.
+    let _r = common::Reaper::new();
+    const PER: u32 = 150;
+    let len = |id: u32, n: u32| {
+        if (id + n).is_multiple_of(3) {
+            70_000 + (n as usize * 7919 % 300_000)
+        } else {
+            n as usize % 100
+        }
+    };
+    let q: Queue<(u32, u32, serde_bytes::ByteBuf)> = Queue::with_maxsize(8).unwrap();
+    let out: Queue<Vec<(u32, u32)>> = Queue::new().unwrap();
+    let mut procs = Vec::new();
+    for id in 0..3u32 {
+        let q = q.clone();
+        procs.push(Process::new(move || {
+            for n in 0..PER {
+                let bytes = vec![(id * 7 + n) as u8; len(id, n)];
+                q.put((id, n, serde_bytes::ByteBuf::from(bytes))).unwrap();
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let q = q.clone();
+        let out = out.clone();
+        procs.push(Process::new(move || {
+            let mut got = Vec::new();
+            while let Ok((id, n, bytes)) = q.get_timeout(Duration::from_secs(10)) {
+                if id == u32::MAX {
+                    break;
+                }
+                assert_eq!(bytes.into_vec(), vec![(id * 7 + n) as u8; len(id, n)]);
+                got.push((id, n));
+            }
+            out.put(got).unwrap();
+        }));
+    }
+    for p in &mut procs {
+        p.start().unwrap();
+    }
+    for p in &mut procs[..3] {
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+    for _ in 0..2 {
+        q.put((u32::MAX, 0, serde_bytes::ByteBuf::new())).unwrap();
+    }
+    let mut seen: HashMap<u32, Vec<u32>> = HashMap::new();
+    for _ in 0..2 {
+        let mut last: HashMap<u32, u32> = HashMap::new();
+        for (id, n) in out.get_timeout(WAIT).unwrap() {
+            if let Some(prev) = last.insert(id, n) {
+                assert!(n > prev, "producer {id}: {n} after {prev} in one consumer");
+            }
+            seen.entry(id).or_default().push(n);
+        }
+    }
+    for id in 0..3 {
+        let mut v = seen.remove(&id).unwrap_or_default();
+        v.sort_unstable();
+        assert_eq!(v, (0..PER).collect::<Vec<_>>(), "producer {id}");
+    }
+    for p in &mut procs[3..] {
+        assert_eq!(
+            p.join_timeout(WAIT).unwrap(),
+            Some(0),
+            "a consumer saw a bad item"
+        );
+    }
+}
+
+#[test]
 fn large_items_go_through() {
     let _r = common::Reaper::new();
     let q: Queue<serde_bytes::ByteBuf> = Queue::new().unwrap();
