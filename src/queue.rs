@@ -614,41 +614,30 @@ impl<T> Queue<T> {
     }
 }
 
-impl<T> Waitable for SimpleQueue<T> {
-    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.0.wait_fd()
-    }
+/// `SimpleQueue` and `JoinableQueue` are waited on as the `Queue` inside them.
+macro_rules! waitable_as_inner_queue {
+    ($($wrapper:ident),*) => {$(
+        impl<T> Waitable for $wrapper<T> {
+            fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+                self.0.wait_fd()
+            }
 
-    fn ready_now(&self) -> bool {
-        self.0.ready_now()
-    }
+            fn ready_now(&self) -> bool {
+                self.0.ready_now()
+            }
 
-    fn done_waiting(&self) {
-        self.0.done_waiting();
-    }
+            fn done_waiting(&self) {
+                self.0.done_waiting();
+            }
 
-    fn needs_recheck(&self) -> bool {
-        true
-    }
+            fn needs_recheck(&self) -> bool {
+                self.0.needs_recheck()
+            }
+        }
+    )*};
 }
 
-impl<T> Waitable for JoinableQueue<T> {
-    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.0.wait_fd()
-    }
-
-    fn ready_now(&self) -> bool {
-        self.0.ready_now()
-    }
-
-    fn done_waiting(&self) {
-        self.0.done_waiting();
-    }
-
-    fn needs_recheck(&self) -> bool {
-        true
-    }
-}
+waitable_as_inner_queue!(SimpleQueue, JoinableQueue);
 
 /// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
 /// `close`. Same guarantees as [`Queue`].

@@ -36,13 +36,13 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, Mode, OFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
+
+use super::shm::Mapping;
 
 const MAGIC: u64 = 0x6d70_7175_6575_6533; // "mpqueue3"
 const PAGE: usize = 4096;
@@ -115,17 +115,11 @@ pub(crate) struct ShmQueue {
     /// An eventfd, readable while the queue holds items and a `wait()` caller is interested;
     /// shared by every handle, in every process.
     event: Option<OwnedFd>,
-    base: NonNull<u8>,
-    len: usize,
+    /// The header page and the ring, `PAGE + cap` bytes. All access through `&self` is to
+    /// atomics, the mutexes, or raw copies under the rules in the module docs.
+    map: Mapping,
     cap: u32,
 }
-
-// SAFETY: the mapping is shared memory whose shared fields are atomics or behind the
-// process-shared mutex; the pointer itself is never reassigned.
-unsafe impl Send for ShmQueue {}
-// SAFETY: as for Send: all access through `&self` is to atomics, the mutex, or raw copies
-// under the mutex.
-unsafe impl Sync for ShmQueue {}
 
 impl std::fmt::Debug for ShmQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,30 +190,17 @@ impl ShmQueue {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<ShmQueue> {
-        // SAFETY: a fresh shared mapping of a file we hold open; the kernel picks the address,
-        // so no existing memory is replaced. It is unmapped exactly once, in Drop.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        let map = Mapping::new(fd.as_fd(), len)?;
         Ok(ShmQueue {
             fd,
             event: None,
-            base,
-            len,
+            map,
             cap: 0,
         })
     }
 
     fn header_ptr(&self) -> *mut Header {
-        self.base.as_ptr().cast::<Header>()
+        self.map.as_ptr().cast::<Header>()
     }
 
     fn header(&self) -> &Header {
@@ -300,7 +281,7 @@ impl ShmQueue {
 
     fn data(&self) -> *mut u8 {
         // SAFETY: the ring starts one page into a mapping of PAGE + cap bytes.
-        unsafe { self.base.as_ptr().add(PAGE) }
+        unsafe { self.map.as_ptr().add(PAGE) }
     }
 
     /// The ring's bytes `[at, at + n)`, to write a frame into.
@@ -315,14 +296,6 @@ impl ShmQueue {
         // SAFETY: inside the ring (asserted above), which is mapped for the life of `self`;
         // exclusive by the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.data().add(at as usize), n) }
-    }
-}
-
-impl Drop for ShmQueue {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping made in `map`, unmapped only here;
-        // no reference into it outlives `self`.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
@@ -494,22 +467,7 @@ impl<'a> Guard<'a> {
     /// # Errors
     /// The OS error of the lock call.
     pub(crate) fn writer_busy(&mut self) -> io::Result<bool> {
-        let words = &self.h().words.0;
-        if words.writing.load(Ordering::Relaxed) == 0 {
-            return Ok(false);
-        }
-        let m = self.h().wmutex.0.get();
-        // SAFETY: `m` is the initialised process-shared writer mutex in our mapping.
-        let r = unsafe { libc::pthread_mutex_trylock(m) };
-        if !locked(m, r)? {
-            return Ok(true);
-        }
-        // `writing` is set only while its producer holds the writer lock, yet we got the
-        // lock: that producer died mid-copy, before publishing.
-        words.writing.store(0, Ordering::Relaxed);
-        // SAFETY: we hold the writer mutex (taken just above).
-        unsafe { libc::pthread_mutex_unlock(m) };
-        Ok(false)
+        side_busy(&self.h().words.0.writing, self.h().wmutex.0.get())
     }
 
     /// Starts appending an `n`-byte frame without holding the main lock, so that consumers
@@ -659,22 +617,7 @@ impl<'a> Guard<'a> {
     /// # Errors
     /// The OS error of the lock call.
     pub(crate) fn reader_busy(&mut self) -> io::Result<bool> {
-        let words = &self.h().words.0;
-        if words.reading.load(Ordering::Relaxed) == 0 {
-            return Ok(false);
-        }
-        let m = self.h().rmutex.0.get();
-        // SAFETY: `m` is the initialised process-shared reader mutex in our mapping.
-        let r = unsafe { libc::pthread_mutex_trylock(m) };
-        if !locked(m, r)? {
-            return Ok(true);
-        }
-        // `reading` is set only while its consumer holds the reader lock, yet we got the
-        // lock: that consumer died mid-copy, before its commit.
-        words.reading.store(0, Ordering::Relaxed);
-        // SAFETY: we hold the reader mutex (taken just above).
-        unsafe { libc::pthread_mutex_unlock(m) };
-        Ok(false)
+        side_busy(&self.h().words.0.reading, self.h().rmutex.0.get())
     }
 
     /// Starts taking the oldest frame without holding the main lock, so that producers can
@@ -741,6 +684,25 @@ impl Drop for Guard<'_> {
             libc::pthread_mutex_unlock(self.q.header().mutex.0.get());
         }
     }
+}
+
+/// Whether a live process holds the side lock `m` (the reader or writer lock) and is at work
+/// under it, as `flag` says; called with the main lock held, which `flag` is changed under.
+fn side_busy(flag: &AtomicU32, m: *mut libc::pthread_mutex_t) -> io::Result<bool> {
+    if flag.load(Ordering::Relaxed) == 0 {
+        return Ok(false);
+    }
+    // SAFETY: `m` is an initialised process-shared mutex in the queue's mapping.
+    let r = unsafe { libc::pthread_mutex_trylock(m) };
+    if !locked(m, r)? {
+        return Ok(true);
+    }
+    // `flag` is set only while its process holds the side lock, yet we got the lock: that
+    // process died mid-copy, before its commit or publish.
+    flag.store(0, Ordering::Relaxed);
+    // SAFETY: we hold the mutex (taken just above).
+    unsafe { libc::pthread_mutex_unlock(m) };
+    Ok(false)
 }
 
 /// Takes the robust mutex `m` (in a queue's mapping), waiting until `deadline`, and releases
