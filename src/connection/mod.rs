@@ -231,7 +231,7 @@ impl Connection {
     /// Before a large message, asks once for a 1 MiB pipe buffer: fewer wake-ups per message.
     fn grow_for(&self, writer: BorrowedFd<'_>, len: usize) {
         if len >= LARGE_MESSAGE && !self.grown.swap(true, Ordering::Relaxed) {
-            sys::grow_pipe(writer, 1 << 20);
+            sys::set_pipe_size(writer, 1 << 20);
         }
     }
 

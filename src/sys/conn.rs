@@ -42,12 +42,3 @@ pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Res
     }
     Ok(())
 }
-
-/// Asks the kernel to let the pipe behind `fd` hold `size` bytes (best effort: limits, or a
-/// descriptor that is not a pipe, leave it as it was).
-///
-/// # References
-/// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
-pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, size: usize) {
-    let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
-}

@@ -97,10 +97,11 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// Asks for a pipe buffer of `size` bytes (Linux's default is 64 KiB), so that large messages
-/// cross in fewer wake-ups. Best effort: the kernel caps it (`/proc/sys/fs/pipe-max-size`).
+/// cross in fewer wake-ups. Best effort: the kernel's limits, or a descriptor that is not a
+/// pipe, leave it as it was.
 ///
 /// # References
-/// fcntl(2) `F_SETPIPE_SZ`, pipe(7).
+/// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
 pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
 }
