@@ -378,6 +378,11 @@ fn queue_mpmc(ctx: &mut Ctx) -> Row {
         }
         total as f64 / dt
     }));
+    // Python's shared bench scripts have no MPMC case; this one is the harness's own.
+    row.python = get(
+        &ctx.python("bench_queue_mpmc.py", &["--method", "fork"]),
+        "mpmc_msgs_per_s",
+    );
     row
 }
 
