@@ -52,6 +52,15 @@ fn ctrl_c_helper() {
         .collect();
     println!("workers {}", pids.join(" "));
     let result = pool.map(sleep_ms, vec![20_000u64; 8]);
+    // The workers may die of the group's SIGINT and `map` return before the kernel has run
+    // this process's own handler (on whichever thread it picked): give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while mode == "handled"
+        && !interrupted.load(std::sync::atomic::Ordering::SeqCst)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     println!(
         "map returned {:?} (flag {})",
         result.map(|v| v.len()),
