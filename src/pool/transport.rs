@@ -326,6 +326,9 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
 /// The pipe buffer asked for, each way.
 const PIPE_SIZE: usize = 1 << 20;
 
+/// The most read from a pipe at once.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
 /// Workers as local child processes, one pipe each way.
 #[derive(Debug)]
 pub(crate) struct PipeLauncher;
@@ -428,16 +431,16 @@ impl Link for PipeLink {
 
     fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool> {
         if !self.eof {
-            let mut chunk = [0u8; 64 * 1024];
             loop {
-                match sys::read(self.reply_rx.as_fd(), &mut chunk) {
+                // Straight into the buffer's spare room: a zeroed scratch array would touch (and,
+                // just after a fork, copy) 16 pages to receive a few bytes.
+                match sys::read_append(self.reply_rx.as_fd(), &mut self.inbuf, READ_CHUNK) {
                     Ok(0) => {
                         self.eof = true;
                         break;
                     }
                     Ok(n) => {
-                        self.inbuf.extend_from_slice(&chunk[..n]);
-                        if n < chunk.len() {
+                        if n < READ_CHUNK {
                             break;
                         }
                     }

@@ -276,13 +276,24 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
 fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
     let len = inbuf.len();
     let want = match crate::wire::frame_len(inbuf) {
-        Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
-        _ => 64 * 1024,
+        Ok(Some(n)) => (crate::wire::HEADER + n)
+            .saturating_sub(len)
+            .max(transport::READ_CHUNK),
+        _ => transport::READ_CHUNK,
     };
-    inbuf.resize(len + want, 0);
-    let n = read_blocking(tasks, &mut inbuf[len..]).unwrap_or(0);
-    inbuf.truncate(len + n);
-    n > 0
+    // Into spare capacity, not a zeroed buffer: right after the fork, every page zeroed here
+    // would be a page fault (16 for a 64 KiB read that brings a few bytes).
+    loop {
+        match sys::read_append(tasks, inbuf, want) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sys::wait_readable(&[tasks], None).is_err() {
+                    return false;
+                }
+            }
+            Ok(n) => return n > 0,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The entry function the pool named by `offset`.
@@ -291,17 +302,6 @@ fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
 /// or in task frames over the pipe that only the pool holds.
 fn resolve(offset: i64) -> Option<PoolEntry> {
     sys::entry_at::<PoolEntry>(offset)
-}
-
-fn read_blocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match sys::read(fd, buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                sys::wait_readable(&[fd], None)?;
-            }
-            other => return other,
-        }
-    }
 }
 
 fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {

@@ -183,6 +183,27 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads what is available (up to `max` bytes) onto the end of `buf`, into its spare capacity:
+/// unlike a zeroed scratch buffer, only the pages the kernel writes are touched, which right
+/// after a `fork` means copy-on-write faults for the bytes that came rather than the buffer's
+/// size. `Ok(0)` is end of file; `WouldBlock` when empty.
+pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    loop {
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        match rustix::io::read(fd, spare) {
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: the kernel initialized the `n` bytes just past the length.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Writes all of `buf`, blocking as needed. Async-signal-safe (no allocation on success).
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
