@@ -323,8 +323,14 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
 // ---------------------------------------------------------------------------------------------
 // Pipes and a local process.
 
-/// The pipe buffer asked for, each way.
-const PIPE_SIZE: usize = 1 << 20;
+/// The pipe buffer asked for, each way, once a frame outgrows the default one. Chunks of `map`
+/// are often hundreds of KiB: fewer wake-ups with larger buffers. Asked for on the first large
+/// frame rather than at launch, which a pool that only ever sends small frames would pay for in
+/// two system calls per worker.
+pub(crate) const PIPE_SIZE: usize = 1 << 20;
+
+/// A pipe's buffer until [`PIPE_SIZE`] is asked for (Linux's default).
+pub(crate) const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 /// The most read from a pipe at once.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -335,13 +341,9 @@ pub(crate) struct PipeLauncher;
 
 impl Launcher for PipeLauncher {
     fn launch(&self, spec: &WorkerSpec) -> Result<Box<dyn Link>> {
-        let (task_rx, task_tx) = sys::pipe()?;
-        let (reply_rx, reply_tx) = sys::pipe()?;
-        sys::set_nonblocking(task_tx.as_fd())?;
-        sys::set_nonblocking(reply_rx.as_fd())?;
-        // Chunks of `map` are often hundreds of KiB: fewer wake-ups with larger buffers.
-        sys::set_pipe_size(task_tx.as_fd(), PIPE_SIZE);
-        sys::set_pipe_size(reply_rx.as_fd(), PIPE_SIZE);
+        // The pool's ends do not block; the worker's do.
+        let (task_rx, task_tx) = sys::pipe_nonblocking(false, true)?;
+        let (reply_rx, reply_tx) = sys::pipe_nonblocking(true, false)?;
         let args = WorkerArgs {
             tasks: task_rx,
             replies: reply_tx,
@@ -366,6 +368,7 @@ impl Launcher for PipeLauncher {
             out_pos: 0,
             inbuf: Vec::new(),
             eof: false,
+            grown: false,
         }))
     }
 }
@@ -379,6 +382,8 @@ struct PipeLink {
     out_pos: usize,
     inbuf: Vec<u8>,
     eof: bool,
+    /// The task pipe's buffer was enlarged to [`PIPE_SIZE`].
+    grown: bool,
 }
 
 impl Link for PipeLink {
@@ -399,6 +404,10 @@ impl Link for PipeLink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if !self.grown && self.out.len() - self.out_pos > DEFAULT_PIPE_SIZE {
+            sys::set_pipe_size(self.task_tx.as_fd(), PIPE_SIZE);
+            self.grown = true;
+        }
         while self.out_pos < self.out.len() {
             match sys::write_some(self.task_tx.as_fd(), &self.out[self.out_pos..]) {
                 Ok(0) => break,

@@ -46,8 +46,9 @@ struct Inbox {
 struct Shared {
     inbox: Mutex<Inbox>,
     more: Condvar,
-    /// The reply pipe; whole frames are written under this lock.
-    replies: Mutex<OwnedFd>,
+    /// The reply pipe, and whether its buffer was enlarged; whole frames are written under
+    /// this lock.
+    replies: Mutex<(OwnedFd, bool)>,
 }
 
 impl Shared {
@@ -57,7 +58,12 @@ impl Shared {
 
     /// Writes one whole frame; `false` if the pool is gone.
     fn reply(&self, frame: &[u8]) -> bool {
-        let fd = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pipe = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let (fd, grown) = &mut *pipe;
+        if !*grown && frame.len() > transport::DEFAULT_PIPE_SIZE {
+            sys::set_pipe_size(fd.as_fd(), transport::PIPE_SIZE);
+            *grown = true;
+        }
         sys::write_all(fd.as_fd(), frame).is_ok()
     }
 }
@@ -88,7 +94,9 @@ pub(crate) fn run(args: WorkerArgs) {
             },
         };
         if let Some(message) = failure {
-            transport::encode_init_failed(&mut out, &message);
+            // Short enough to never block on the empty pipe: the pool reads an idle worker's
+            // pipe only once it has died (`supervisor.rs`).
+            transport::encode_init_failed(&mut out, truncate(&message, INIT_FAILED_MAX));
             let _ = sys::write_all(replies.as_fd(), &out);
             return;
         }
@@ -100,7 +108,7 @@ pub(crate) fn run(args: WorkerArgs) {
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
         more: Condvar::new(),
-        replies: Mutex::new(replies),
+        replies: Mutex::new((replies, false)),
     });
     // The task pipe and the bytes read from it, while the main thread reads it itself.
     let mut own_feed = Some((tasks, Vec::new()));
@@ -294,6 +302,18 @@ fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// The longest initializer failure message sent, in bytes.
+const INIT_FAILED_MAX: usize = 4000;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The entry function the pool named by `offset`.

@@ -7,7 +7,7 @@
 //! `_exit`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -163,6 +163,23 @@ fn duration_to_timespec(d: Duration) -> Timespec {
 /// A one-way pipe, both ends close-on-exec.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// A one-way pipe, both ends close-on-exec, with the ends asked for non-blocking: one system
+/// call (`pipe2`) when both are, two when one is (a new pipe end has no status flag besides its
+/// access mode, which `F_SETFL` ignores, so no `F_GETFL` is needed).
+pub(crate) fn pipe_nonblocking(read: bool, write: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::PipeFlags;
+    let mut flags = PipeFlags::CLOEXEC;
+    if read && write {
+        flags |= PipeFlags::NONBLOCK;
+    }
+    let (r, w) = rustix::pipe::pipe_with(flags)?;
+    if read != write {
+        let end = if read { r.as_fd() } else { w.as_fd() };
+        rustix::fs::fcntl_setfl(end, rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok((r, w))
 }
 
 /// Makes reads and writes on `fd` return `WouldBlock` instead of blocking.
