@@ -335,6 +335,16 @@ pub(crate) const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// The most read from a pipe at once.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// How much to read next onto `buf`: its spare room, or as much as it holds already (so a long
+/// transfer is read in growing steps, the buffer doubling), at least a page and at most
+/// [`READ_CHUNK`]. A few-byte reply or task, the common case, does not make a 64 KiB
+/// allocation whose pages and trimming would cost more than the read.
+pub(crate) fn read_size(buf: &Vec<u8>) -> usize {
+    buf.len()
+        .max(buf.capacity() - buf.len())
+        .clamp(4096, READ_CHUNK)
+}
+
 /// Workers as local child processes, one pipe each way.
 #[derive(Debug)]
 pub(crate) struct PipeLauncher;
@@ -443,13 +453,14 @@ impl Link for PipeLink {
             loop {
                 // Straight into the buffer's spare room: a zeroed scratch array would touch (and,
                 // just after a fork, copy) 16 pages to receive a few bytes.
-                match sys::read_append(self.reply_rx.as_fd(), &mut self.inbuf, READ_CHUNK) {
+                let want = read_size(&self.inbuf);
+                match sys::read_append(self.reply_rx.as_fd(), &mut self.inbuf, want) {
                     Ok(0) => {
                         self.eof = true;
                         break;
                     }
                     Ok(n) => {
-                        if n < READ_CHUNK {
+                        if n < want {
                             break;
                         }
                     }

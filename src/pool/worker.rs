@@ -184,7 +184,8 @@ fn next_own(
             shared.inbox().closed = true;
             continue;
         }
-        take_frames(inbuf, shared, scratch);
+        // Nobody waits on the condition variable while this thread reads the pipe itself.
+        take_frames(inbuf, shared, scratch, false);
     }
 }
 
@@ -206,7 +207,7 @@ fn next_from_reader(shared: &Shared) -> Option<Queued> {
 fn read_tasks(tasks: OwnedFd, mut inbuf: Vec<u8>, shared: &Shared) {
     let mut out = Vec::new();
     loop {
-        if take_frames(&mut inbuf, shared, &mut out) {
+        if take_frames(&mut inbuf, shared, &mut out, true) {
             return;
         }
         if !fill(tasks.as_fd(), &mut inbuf) {
@@ -219,8 +220,9 @@ fn read_tasks(tasks: OwnedFd, mut inbuf: Vec<u8>, shared: &Shared) {
 }
 
 /// Moves the complete frames at the start of `inbuf` into the inbox and answers revokes;
-/// `true` when no more tasks will come (exit requested, or garbage received).
-fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool {
+/// `true` when no more tasks will come (exit requested, or garbage received). `wake`: another
+/// thread may wait for tasks (a system call per notification otherwise saved).
+fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>, wake: bool) -> bool {
     let mut start = 0;
     let mut arrived = VecDeque::new();
     let mut closed = false;
@@ -252,7 +254,7 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
                 });
                 let waiting = !inbox.tasks.is_empty();
                 drop(inbox);
-                if waiting {
+                if waiting && wake {
                     shared.more.notify_one();
                 }
                 out.clear();
@@ -273,7 +275,9 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
         inbox.tasks.extend(arrived);
         inbox.closed |= closed;
         drop(inbox);
-        shared.more.notify_one();
+        if wake {
+            shared.more.notify_one();
+        }
     }
     inbuf.drain(..start);
     closed
@@ -286,8 +290,8 @@ fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
     let want = match crate::wire::frame_len(inbuf) {
         Ok(Some(n)) => (crate::wire::HEADER + n)
             .saturating_sub(len)
-            .max(transport::READ_CHUNK),
-        _ => transport::READ_CHUNK,
+            .max(transport::read_size(inbuf)),
+        _ => transport::read_size(inbuf),
     };
     // Into spare capacity, not a zeroed buffer: right after the fork, every page zeroed here
     // would be a page fault (16 for a 64 KiB read that brings a few bytes).
