@@ -472,6 +472,37 @@ start_method_matrix! {
     }
 
     #[test]
+    fn a_long_initializer_failure_neither_blocks_the_worker_nor_join() {
+        let _r = common::Reaper::new();
+        // Longer than a pipe's default buffer: the pool reads an idle worker's pipe only once
+        // the worker has died, so the worker must never block writing why it failed.
+        let build = || {
+            Pool::builder()
+                .processes(2)
+                .initializer(|n: usize| panic!("{}", "x".repeat(n)), 200_000)
+                .build()
+                .unwrap()
+        };
+        let pool = build();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            pool.close();
+            let _ = tx.send(pool.join());
+        });
+        let joined = rx.recv_timeout(common::WAIT);
+        assert!(matches!(joined, Ok(Ok(()))), "{joined:?}");
+        let pool = build();
+        match pool.apply(square, 1) {
+            Err(TaskError::InitializerFailed { message }) => {
+                assert!(message.starts_with("xxxx") && message.len() < 10_000);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(pool);
+        assert!(multiproc::active_children().is_empty());
+    }
+
+    #[test]
     fn large_arguments_and_values_cross_whole() {
         let _r = common::Reaper::new();
         let pool = Pool::new(2).unwrap();

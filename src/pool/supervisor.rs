@@ -121,9 +121,7 @@ impl Core {
     /// # Errors
     /// When the first workers cannot be started (none is left running then).
     pub(crate) fn start(config: Config, launcher: Box<dyn Launcher>) -> Result<Core> {
-        let (wake_rx, wake_tx) = sys::pipe()?;
-        sys::set_nonblocking(wake_rx.as_fd())?;
-        sys::set_nonblocking(wake_tx.as_fd())?;
+        let (wake_rx, wake_tx) = sys::pipe_nonblocking(true, true)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox {
                 jobs: VecDeque::new(),
@@ -164,6 +162,8 @@ impl Core {
                             tracing::error!("pool supervisor panicked; terminating the pool");
                             sup.shut_down();
                         }
+                        // Nobody reads the wake-up pipe any more: later calls need not write.
+                        sup.shared.inbox().sleeping = false;
                     }
                     Err(e) => {
                         sup.kill_all();
@@ -544,7 +544,13 @@ impl Supervisor {
             },
         ));
         for w in &self.workers {
-            fds.extend(transport::interests(&*w.link, !w.eof));
+            // A worker's pipe is read only while it owes an answer (a reply or a revoke). Its
+            // other messages, `Ready` and `InitFailed`, are small enough never to block it (a
+            // single write into an empty pipe), and are read with its next reply or when it
+            // dies (`bury` reads first), so that neither they nor the pipe closing as the
+            // worker exits wake this thread once more.
+            let owes = !w.inflight.is_empty() || w.revoking;
+            fds.extend(transport::interests(&*w.link, !w.eof && owes));
         }
         let ready = sys::poll_fds(&fds, deadline)?;
         drop(fds);

@@ -323,8 +323,27 @@ pub(crate) fn decode_from_worker(body: &[u8]) -> Result<FromWorker> {
 // ---------------------------------------------------------------------------------------------
 // Pipes and a local process.
 
-/// The pipe buffer asked for, each way.
-const PIPE_SIZE: usize = 1 << 20;
+/// The pipe buffer asked for, each way, once a frame outgrows the default one. Chunks of `map`
+/// are often hundreds of KiB: fewer wake-ups with larger buffers. Asked for on the first large
+/// frame rather than at launch, which a pool that only ever sends small frames would pay for in
+/// two system calls per worker.
+pub(crate) const PIPE_SIZE: usize = 1 << 20;
+
+/// A pipe's buffer until [`PIPE_SIZE`] is asked for (Linux's default).
+pub(crate) const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+
+/// The most read from a pipe at once.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// How much to read next onto `buf`: its spare room, or as much as it holds already (so a long
+/// transfer is read in growing steps, the buffer doubling), at least a page and at most
+/// [`READ_CHUNK`]. A few-byte reply or task, the common case, does not make a 64 KiB
+/// allocation whose pages and trimming would cost more than the read.
+pub(crate) fn read_size(buf: &Vec<u8>) -> usize {
+    buf.len()
+        .max(buf.capacity() - buf.len())
+        .clamp(4096, READ_CHUNK)
+}
 
 /// Workers as local child processes, one pipe each way.
 #[derive(Debug)]
@@ -332,13 +351,9 @@ pub(crate) struct PipeLauncher;
 
 impl Launcher for PipeLauncher {
     fn launch(&self, spec: &WorkerSpec) -> Result<Box<dyn Link>> {
-        let (task_rx, task_tx) = sys::pipe()?;
-        let (reply_rx, reply_tx) = sys::pipe()?;
-        sys::set_nonblocking(task_tx.as_fd())?;
-        sys::set_nonblocking(reply_rx.as_fd())?;
-        // Chunks of `map` are often hundreds of KiB: fewer wake-ups with larger buffers.
-        sys::set_pipe_size(task_tx.as_fd(), PIPE_SIZE);
-        sys::set_pipe_size(reply_rx.as_fd(), PIPE_SIZE);
+        // The pool's ends do not block; the worker's do.
+        let (task_rx, task_tx) = sys::pipe_nonblocking(false, true)?;
+        let (reply_rx, reply_tx) = sys::pipe_nonblocking(true, false)?;
         let args = WorkerArgs {
             tasks: task_rx,
             replies: reply_tx,
@@ -363,6 +378,7 @@ impl Launcher for PipeLauncher {
             out_pos: 0,
             inbuf: Vec::new(),
             eof: false,
+            grown: false,
         }))
     }
 }
@@ -376,6 +392,8 @@ struct PipeLink {
     out_pos: usize,
     inbuf: Vec<u8>,
     eof: bool,
+    /// The task pipe's buffer was enlarged to [`PIPE_SIZE`].
+    grown: bool,
 }
 
 impl Link for PipeLink {
@@ -396,6 +414,10 @@ impl Link for PipeLink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if !self.grown && self.out.len() - self.out_pos > DEFAULT_PIPE_SIZE {
+            sys::set_pipe_size(self.task_tx.as_fd(), PIPE_SIZE);
+            self.grown = true;
+        }
         while self.out_pos < self.out.len() {
             match sys::write_some(self.task_tx.as_fd(), &self.out[self.out_pos..]) {
                 Ok(0) => break,
@@ -428,16 +450,17 @@ impl Link for PipeLink {
 
     fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool> {
         if !self.eof {
-            let mut chunk = [0u8; 64 * 1024];
             loop {
-                match sys::read(self.reply_rx.as_fd(), &mut chunk) {
+                // Straight into the buffer's spare room: a zeroed scratch array would touch (and,
+                // just after a fork, copy) 16 pages to receive a few bytes.
+                let want = read_size(&self.inbuf);
+                match sys::read_append(self.reply_rx.as_fd(), &mut self.inbuf, want) {
                     Ok(0) => {
                         self.eof = true;
                         break;
                     }
                     Ok(n) => {
-                        self.inbuf.extend_from_slice(&chunk[..n]);
-                        if n < chunk.len() {
+                        if n < want {
                             break;
                         }
                     }

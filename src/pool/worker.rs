@@ -46,8 +46,9 @@ struct Inbox {
 struct Shared {
     inbox: Mutex<Inbox>,
     more: Condvar,
-    /// The reply pipe; whole frames are written under this lock.
-    replies: Mutex<OwnedFd>,
+    /// The reply pipe, and whether its buffer was enlarged; whole frames are written under
+    /// this lock.
+    replies: Mutex<(OwnedFd, bool)>,
 }
 
 impl Shared {
@@ -57,7 +58,12 @@ impl Shared {
 
     /// Writes one whole frame; `false` if the pool is gone.
     fn reply(&self, frame: &[u8]) -> bool {
-        let fd = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pipe = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let (fd, grown) = &mut *pipe;
+        if !*grown && frame.len() > transport::DEFAULT_PIPE_SIZE {
+            sys::set_pipe_size(fd.as_fd(), transport::PIPE_SIZE);
+            *grown = true;
+        }
         sys::write_all(fd.as_fd(), frame).is_ok()
     }
 }
@@ -88,7 +94,9 @@ pub(crate) fn run(args: WorkerArgs) {
             },
         };
         if let Some(message) = failure {
-            transport::encode_init_failed(&mut out, &message);
+            // Short enough to never block on the empty pipe: the pool reads an idle worker's
+            // pipe only once it has died (`supervisor.rs`).
+            transport::encode_init_failed(&mut out, truncate(&message, INIT_FAILED_MAX));
             let _ = sys::write_all(replies.as_fd(), &out);
             return;
         }
@@ -100,7 +108,7 @@ pub(crate) fn run(args: WorkerArgs) {
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
         more: Condvar::new(),
-        replies: Mutex::new(replies),
+        replies: Mutex::new((replies, false)),
     });
     // The task pipe and the bytes read from it, while the main thread reads it itself.
     let mut own_feed = Some((tasks, Vec::new()));
@@ -176,7 +184,8 @@ fn next_own(
             shared.inbox().closed = true;
             continue;
         }
-        take_frames(inbuf, shared, scratch);
+        // Nobody waits on the condition variable while this thread reads the pipe itself.
+        take_frames(inbuf, shared, scratch, false);
     }
 }
 
@@ -198,7 +207,7 @@ fn next_from_reader(shared: &Shared) -> Option<Queued> {
 fn read_tasks(tasks: OwnedFd, mut inbuf: Vec<u8>, shared: &Shared) {
     let mut out = Vec::new();
     loop {
-        if take_frames(&mut inbuf, shared, &mut out) {
+        if take_frames(&mut inbuf, shared, &mut out, true) {
             return;
         }
         if !fill(tasks.as_fd(), &mut inbuf) {
@@ -211,8 +220,9 @@ fn read_tasks(tasks: OwnedFd, mut inbuf: Vec<u8>, shared: &Shared) {
 }
 
 /// Moves the complete frames at the start of `inbuf` into the inbox and answers revokes;
-/// `true` when no more tasks will come (exit requested, or garbage received).
-fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool {
+/// `true` when no more tasks will come (exit requested, or garbage received). `wake`: another
+/// thread may wait for tasks (a system call per notification otherwise saved).
+fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>, wake: bool) -> bool {
     let mut start = 0;
     let mut arrived = VecDeque::new();
     let mut closed = false;
@@ -244,7 +254,7 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
                 });
                 let waiting = !inbox.tasks.is_empty();
                 drop(inbox);
-                if waiting {
+                if waiting && wake {
                     shared.more.notify_one();
                 }
                 out.clear();
@@ -265,7 +275,9 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
         inbox.tasks.extend(arrived);
         inbox.closed |= closed;
         drop(inbox);
-        shared.more.notify_one();
+        if wake {
+            shared.more.notify_one();
+        }
     }
     inbuf.drain(..start);
     closed
@@ -276,13 +288,36 @@ fn take_frames(inbuf: &mut Vec<u8>, shared: &Shared, out: &mut Vec<u8>) -> bool 
 fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
     let len = inbuf.len();
     let want = match crate::wire::frame_len(inbuf) {
-        Ok(Some(n)) => (crate::wire::HEADER + n).saturating_sub(len).max(64 * 1024),
-        _ => 64 * 1024,
+        Ok(Some(n)) => (crate::wire::HEADER + n)
+            .saturating_sub(len)
+            .max(transport::read_size(inbuf)),
+        _ => transport::read_size(inbuf),
     };
-    inbuf.resize(len + want, 0);
-    let n = read_blocking(tasks, &mut inbuf[len..]).unwrap_or(0);
-    inbuf.truncate(len + n);
-    n > 0
+    // Into spare capacity, not a zeroed buffer: right after the fork, every page zeroed here
+    // would be a page fault (16 for a 64 KiB read that brings a few bytes).
+    loop {
+        match sys::read_append(tasks, inbuf, want) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sys::wait_readable(&[tasks], None).is_err() {
+                    return false;
+                }
+            }
+            Ok(n) => return n > 0,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The longest initializer failure message sent, in bytes.
+const INIT_FAILED_MAX: usize = 4000;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The entry function the pool named by `offset`.
@@ -291,17 +326,6 @@ fn fill(tasks: BorrowedFd<'_>, inbuf: &mut Vec<u8>) -> bool {
 /// or in task frames over the pipe that only the pool holds.
 fn resolve(offset: i64) -> Option<PoolEntry> {
     sys::entry_at::<PoolEntry>(offset)
-}
-
-fn read_blocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match sys::read(fd, buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                sys::wait_readable(&[fd], None)?;
-            }
-            other => return other,
-        }
-    }
 }
 
 fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {

@@ -7,7 +7,7 @@
 //! `_exit`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -165,6 +165,23 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// A one-way pipe, both ends close-on-exec, with the ends asked for non-blocking: one system
+/// call (`pipe2`) when both are, two when one is (a new pipe end has no status flag besides its
+/// access mode, which `F_SETFL` ignores, so no `F_GETFL` is needed).
+pub(crate) fn pipe_nonblocking(read: bool, write: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::PipeFlags;
+    let mut flags = PipeFlags::CLOEXEC;
+    if read && write {
+        flags |= PipeFlags::NONBLOCK;
+    }
+    let (r, w) = rustix::pipe::pipe_with(flags)?;
+    if read != write {
+        let end = if read { r.as_fd() } else { w.as_fd() };
+        rustix::fs::fcntl_setfl(end, rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok((r, w))
+}
+
 /// Makes reads and writes on `fd` return `WouldBlock` instead of blocking.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
@@ -177,6 +194,27 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match rustix::io::read(fd, &mut *buf) {
             Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads what is available (up to `max` bytes) onto the end of `buf`, into its spare capacity:
+/// unlike a zeroed scratch buffer, only the pages the kernel writes are touched, which right
+/// after a `fork` means copy-on-write faults for the bytes that came rather than the buffer's
+/// size. `Ok(0)` is end of file; `WouldBlock` when empty.
+pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    loop {
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        match rustix::io::read(fd, spare) {
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: the kernel initialized the `n` bytes just past the length.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
