@@ -58,18 +58,51 @@ fn round3(x: f64) -> f64 {
 }
 
 /// The run's settings and the lazily measured baselines, shared by all cases.
+///
+/// Each case runs in a process of its own (see `main`), so the baselines are kept in a file
+/// the processes of one run share (`MULTIPROC_BENCH_CACHE`): the probe and each Python
+/// script still run once per run.
 pub struct Ctx {
     pub quick: bool,
     limits: Option<Value>,
     python: HashMap<String, Value>,
+    cache: Option<PathBuf>,
 }
+
+/// The environment variable naming the run's baseline file.
+pub const CACHE_ENV: &str = "MULTIPROC_BENCH_CACHE";
 
 impl Ctx {
     pub fn new(quick: bool) -> Self {
+        let cache = std::env::var_os(CACHE_ENV).map(PathBuf::from);
+        let saved: Value = cache
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let python = saved
+            .get("python")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         Ctx {
             quick,
-            limits: None,
-            python: HashMap::new(),
+            limits: saved.get("limits").cloned(),
+            python,
+            cache,
+        }
+    }
+
+    /// Writes the baselines measured so far to the run's file, for the next case.
+    fn save(&self) {
+        if let Some(path) = &self.cache {
+            let all = serde_json::json!({
+                "limits": self.limits,
+                "python": self.python.iter().collect::<BTreeMap<_, _>>(),
+            });
+            if let Err(e) = std::fs::write(path, all.to_string()) {
+                eprintln!("bench: could not write {}: {e}", path.display());
+            }
         }
     }
 
@@ -91,6 +124,7 @@ impl Ctx {
                 cmd.arg("--quick");
             }
             self.limits = Some(run_json(&mut cmd).unwrap_or(Value::Null));
+            self.save();
         }
         self.limits.as_ref()?.get(key)?.as_f64()
     }
@@ -112,6 +146,7 @@ impl Ctx {
         }
         let value = run_json(&mut cmd).unwrap_or(Value::Null);
         self.python.insert(key, value.clone());
+        self.save();
         value
     }
 }

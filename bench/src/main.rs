@@ -3,11 +3,17 @@
 //! Runs each case for multiproc, for the kernel limit (a C probe built with this crate) and for
 //! Python's multiprocessing (scripts in `python/`) in one run, prints one JSON line per case
 //! and then a markdown table with the ratios.
+//!
+//! Each case runs in a fresh process of this binary (`--in-process CASE`), as each Python
+//! script does: a fork's cost grows with what the forking process has mapped, so a case
+//! measured after others in one process (the 16 MiB queue case leaves heap behind) would
+//! pay for them. `--in-process` with several cases runs them in one process, in order.
 
 mod cases;
 mod harness;
 
-use harness::{Ctx, Row};
+use harness::{CACHE_ENV, Ctx};
+use serde_json::Value;
 
 fn main() {
     // procspawn (a peer in the spawn case) re-executes this binary and needs its hook first;
@@ -20,12 +26,17 @@ fn main() {
         return;
     }
     let mut quick = false;
+    let mut in_process = false;
     let mut wanted = Vec::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--in-process" => in_process = true,
             "-h" | "--help" => {
-                println!("usage: multiproc-bench [--quick] [CASE...]\ncases:");
+                println!(
+                    "usage: multiproc-bench [--quick] [--in-process] [CASE...]\n\
+                     (--in-process: all cases in this process, no table)\ncases:"
+                );
                 for case in cases::all() {
                     println!("  {}", case.name);
                 }
@@ -42,18 +53,50 @@ fn main() {
         eprintln!("unknown case {unknown:?}; --help lists them");
         std::process::exit(2);
     }
-    let mut ctx = Ctx::new(quick);
-    let mut rows = Vec::new();
-    for case in all
+    let chosen = all
         .iter()
-        .filter(|c| wanted.is_empty() || wanted.iter().any(|w| w == c.name))
-    {
-        let row = (case.run)(&mut ctx);
-        println!("{}", row.json());
-        rows.push(row);
+        .filter(|c| wanted.is_empty() || wanted.iter().any(|w| w == c.name));
+    let mut rows = Vec::new();
+    if in_process {
+        let mut ctx = Ctx::new(quick);
+        for case in chosen {
+            let row = (case.run)(&mut ctx).json();
+            println!("{row}");
+            rows.push(row);
+        }
+        return;
     }
+    let cache = std::env::temp_dir().join(format!("multiproc-bench-{}.json", std::process::id()));
+    for case in chosen {
+        match run_isolated(case.name, quick, &cache) {
+            Some(row) => {
+                println!("{row}");
+                rows.push(row);
+            }
+            None => eprintln!("bench: case {} failed", case.name),
+        }
+    }
+    let _ = std::fs::remove_file(&cache);
     println!();
     print_table(&rows);
+}
+
+/// Runs one case in a fresh process of this binary; its row.
+fn run_isolated(case: &str, quick: bool, cache: &std::path::Path) -> Option<Value> {
+    let mut cmd = std::process::Command::new(std::env::current_exe().ok()?);
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(["--in-process", case]).env(CACHE_ENV, cache);
+    cmd.stderr(std::process::Stdio::inherit());
+    let out = cmd.output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("case").is_some())
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -69,26 +112,38 @@ fn cell(x: Option<f64>) -> String {
 
 /// Ratios are "how many times better than": for times (units starting with `us`, `ns`, `ms`)
 /// that is other/ours, for rates ours/other.
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Value]) {
     println!("| case | unit | ours | python | limit | ours vs python | ours vs limit | peers |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let num = |k: &str| r.get(k).and_then(Value::as_f64);
+        let unit = text("unit");
         let lower_is_better = ["us", "ns", "ms"]
             .iter()
-            .any(|p| r.unit == *p || r.unit.starts_with(&format!("{p}_")));
+            .any(|p| unit == *p || unit.starts_with(&format!("{p}_")));
+        let (ours, python, limit) = (num("ours"), num("python"), num("limit"));
         let (vs_python, vs_limit) = if lower_is_better {
-            (ratio(r.python, r.ours), ratio(r.limit, r.ours))
+            (ratio(python, ours), ratio(limit, ours))
         } else {
-            (ratio(r.ours, r.python), ratio(r.ours, r.limit))
+            (ratio(ours, python), ratio(ours, limit))
         };
-        let peers: Vec<String> = r.peer.iter().map(|(k, v)| format!("{k}: {v:.2}")).collect();
+        let peers: Vec<String> = r
+            .get("peer")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {:.2}", v.as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
             "| {} | {} | {} | {} | {} | {}x | {}x | {} |",
-            r.case,
-            r.unit,
-            cell(r.ours),
-            cell(r.python),
-            cell(r.limit),
+            text("case"),
+            unit,
+            cell(ours),
+            cell(python),
+            cell(limit),
             vs_python,
             vs_limit,
             peers.join(", ")
