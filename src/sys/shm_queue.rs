@@ -36,7 +36,7 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, Mode, OFlags};
@@ -51,9 +51,6 @@ const WRAP: u32 = u32::MAX;
 /// Frames go back to offset 0 once the write position passes this, if there is room there,
 /// so a queue that keeps up stays within a few warm pages.
 const SOFT_WRAP: u32 = 4 << 20;
-/// How many times [`ShmQueue::lock`] looks at a held lock before sleeping on it (about a
-/// microsecond).
-const SPINS: u32 = 100;
 /// After the queue drains, memory beyond this offset is given back to the OS.
 const KEEP: u32 = 128 << 20;
 
@@ -250,9 +247,7 @@ impl ShmQueue {
     /// Takes the queue's lock, waiting until `deadline` (`None`: no limit). `Ok(None)` when
     /// the deadline passed.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<Guard<'_>>> {
-        let m = self.header().mutex.0.get();
-        spin_until_free(m);
-        let locked = lock_robust(m, deadline)?;
+        let locked = lock_robust(self.header().mutex.0.get(), deadline)?;
         Ok(locked.then_some(Guard { q: self }))
     }
 
@@ -710,26 +705,6 @@ fn side_busy(flag: &AtomicU32, m: *mut libc::pthread_mutex_t) -> io::Result<bool
     Ok(false)
 }
 
-/// Waits a little, without writing, while the mutex `m` looks held: the queue's lock is held
-/// for a copy of a small frame at most, far less than the two system calls and the wake-up
-/// that sleeping on it costs (glibc's robust mutexes never spin). Reading before trying
-/// leaves the holder's cache line alone.
-fn spin_until_free(m: *mut libc::pthread_mutex_t) {
-    // glibc keeps the futex word (0 when free, else the owner's tid and flag bits) first in
-    // `pthread_mutex_t`, where the kernel's robust-futex ABI finds it; elsewhere, don't guess.
-    if cfg!(all(target_os = "linux", target_env = "gnu")) {
-        // SAFETY: `m` points to an initialised mutex in a live mapping, aligned for `i32`
-        // (`pthread_mutex_t` is 8-aligned), whose first word glibc changes only atomically.
-        let word = unsafe { &*m.cast::<AtomicI32>() };
-        for _ in 0..SPINS {
-            if word.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-    }
-}
-
 /// Takes the robust mutex `m` (in a queue's mapping), waiting until `deadline`, and releases
 /// it at once: returns when the process that held it is done or dead. `Ok(false)` when the
 /// deadline passed.
@@ -992,29 +967,4 @@ pub(crate) fn ofd_release(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
 pub(crate) fn ofd_others_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<bool> {
     let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, role)?;
     Ok(i32::from(fl.l_type) != libc::F_UNLCK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `spin_until_free` reads glibc's futex word as the first `i32` of the mutex: zero when
-    /// free, non-zero when held. If a C library laid it out otherwise, the spin would only
-    /// ever wait its full length; this says so instead.
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn the_futex_word_is_first_in_the_mutex_and_zero_when_free() {
-        let q = ShmQueue::create(PAGE, 0).unwrap();
-        let m = q.header().mutex.0.get();
-        // SAFETY: as in `spin_until_free`.
-        let word = unsafe { &*m.cast::<AtomicI32>() };
-        assert_eq!(word.load(Ordering::Relaxed), 0);
-        let guard = q.lock(None).unwrap().expect("no deadline");
-        assert_eq!(
-            word.load(Ordering::Relaxed) & 0x3fff_ffff,
-            rustix::thread::gettid().as_raw_nonzero().get()
-        );
-        drop(guard);
-        assert_eq!(word.load(Ordering::Relaxed), 0);
-    }
 }
