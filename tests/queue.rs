@@ -287,26 +287,11 @@ fn many_producers_many_consumers_keep_per_producer_order() {
     }
     q.put((u32::MAX, 0)).unwrap();
     q.put((u32::MAX, 0)).unwrap();
-    let mut seen: HashMap<u32, Vec<u32>> = HashMap::new();
-    for _ in 0..2 {
-        let got = out.get_timeout(WAIT).unwrap();
-        let mut last: HashMap<u32, u32> = HashMap::new();
-        for (id, n) in got {
-            if let Some(prev) = last.insert(id, n) {
-                assert!(n > prev, "producer {id}: {n} after {prev} in one consumer");
-            }
-            seen.entry(id).or_default().push(n);
-        }
-    }
-    for id in 0..3 {
-        let mut v = seen.remove(&id).unwrap_or_default();
-        v.sort_unstable();
-        assert_eq!(
-            v,
-            (0..PER).collect::<Vec<_>>(),
-            "producer {id}: every item exactly once"
-        );
-    }
+    let got = [
+        out.get_timeout(WAIT).unwrap(),
+        out.get_timeout(WAIT).unwrap(),
+    ];
+    check_in_order_and_once(&got, 3, PER);
     for p in &mut procs[3..] {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
     }
@@ -361,26 +346,41 @@ fn many_producers_of_large_and_small_items_keep_order_and_lose_nothing() {
     for _ in 0..2 {
         q.put((u32::MAX, 0, serde_bytes::ByteBuf::new())).unwrap();
     }
+    let got = [
+        out.get_timeout(WAIT).unwrap(),
+        out.get_timeout(WAIT).unwrap(),
+    ];
+    check_in_order_and_once(&got, 3, PER);
+    for p in &mut procs[3..] {
+        assert_eq!(
+            p.join_timeout(WAIT).unwrap(),
+            Some(0),
+            "a consumer saw a bad item"
+        );
+    }
+}
+
+/// What each consumer got, as (producer, number) pairs: each consumer saw every producer's
+/// items in the order they were put, and together they got each of `0..per` from each of
+/// `producers` exactly once.
+fn check_in_order_and_once(got: &[Vec<(u32, u32)>], producers: u32, per: u32) {
     let mut seen: HashMap<u32, Vec<u32>> = HashMap::new();
-    for _ in 0..2 {
+    for one in got {
         let mut last: HashMap<u32, u32> = HashMap::new();
-        for (id, n) in out.get_timeout(WAIT).unwrap() {
+        for &(id, n) in one {
             if let Some(prev) = last.insert(id, n) {
                 assert!(n > prev, "producer {id}: {n} after {prev} in one consumer");
             }
             seen.entry(id).or_default().push(n);
         }
     }
-    for id in 0..3 {
+    for id in 0..producers {
         let mut v = seen.remove(&id).unwrap_or_default();
         v.sort_unstable();
-        assert_eq!(v, (0..PER).collect::<Vec<_>>(), "producer {id}");
-    }
-    for p in &mut procs[3..] {
         assert_eq!(
-            p.join_timeout(WAIT).unwrap(),
-            Some(0),
-            "a consumer saw a bad item"
+            v,
+            (0..per).collect::<Vec<_>>(),
+            "producer {id}: every item exactly once"
         );
     }
 }
