@@ -360,7 +360,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                         Ok(false)
                     }
                     Ok(sys::Reserved::Busy(g)) => {
+                        // A waiter holds the writer lock for an instant (`wait_writer`).
                         drop(g);
+                        if wait.deadline().is_some_and(|d| Instant::now() >= d) {
+                            return Err(PutError::Timeout(item));
+                        }
                         std::thread::yield_now();
                         continue;
                     }
