@@ -4,12 +4,12 @@
 //! Items live in shared memory (a memfd ring, see `sys/shm_queue.rs`), written there before
 //! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
 //! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
-//! child before draining what it put) cannot deadlock an unbounded queue. A small item costs
-//! one lock and one copy and no system call unless the other side sleeps; a large one (over
-//! 64 KiB) costs a copy in and a copy out, never pipe chunks, each made without the queue's
-//! lock so that a producer and a consumer copy at the same time (producers take turns among
-//! themselves, as consumers do). A process killed in the middle of either copy leaves the
-//! queue as it was before that `put` or `get` began.
+//! child before draining what it put) cannot deadlock an unbounded queue. Producers and
+//! consumers each have their own lock and never wait for each other's: a small item costs one
+//! lock and one copy and no system call unless the other side sleeps; a large one costs a copy
+//! in and a copy out, never pipe chunks, and a producer copies one in while a consumer copies
+//! another out. A process killed in the middle of a `put` or `get` leaves the queue as it was
+//! before that call began.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
@@ -52,14 +52,10 @@ const RING: usize = wire::MAX_FRAME + 4096;
 /// still there (how quickly a dead peer is noticed).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// Items whose frame is larger than this are serialized straight into shared memory, without
-/// the queue's lock (see `Guard::begin_write`); smaller ones into a scratch buffer first, and
-/// copied in under the lock.
+/// Items whose frame is larger than this are serialized straight into shared memory (under
+/// the producers' lock, which holds up no getter); smaller ones into a scratch buffer first,
+/// so the lock is held only for a copy.
 const IN_PLACE: usize = 64 * 1024;
-
-/// Items whose payload is larger than this are decoded by a `get` without holding the lock
-/// (see `Guard::begin_read`), so that putting and getting them overlap.
-const COPY_OUT: usize = 64 * 1024;
 
 /// The OFD-lock byte that marks a handle that may still put.
 const PRODUCER: i64 = 0;
@@ -308,9 +304,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows. A
-    /// frame over [`IN_PLACE`] bytes is written without holding the queue's lock (see
-    /// `Guard::begin_write`), so that getters go on meanwhile.
+    /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
     fn put_frame<I>(
         &self,
         item: I,
@@ -321,87 +315,38 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ) -> Result<(), PutError<I>> {
         let words = self.shm.words();
         loop {
-            let mut guard = match self.shm.lock(wait.deadline()) {
+            let mut guard = match self.shm.lock_put(wait.deadline()) {
                 Ok(Some(g)) => g,
                 Ok(None) => return Err(PutError::Timeout(item)),
                 Err(e) => return Err(PutError::Os(item, e)),
             };
-            match guard.writer_busy() {
-                Ok(false) => {}
-                Ok(true) => {
-                    // Another producer is filling the space before ours: wait until it is done.
+            // Counted before the item can be seen, so that a getter's `task_done` for it
+            // always finds it counted; uncounted again if it is not put after all.
+            let counted = joinable.then(|| Unfinished::count(words));
+            let gets = match guard.push_with(n, &mut fill) {
+                Ok(sys::Pushed::Done) => {
+                    if let Some(counted) = counted {
+                        counted.keep();
+                    }
                     drop(guard);
-                    match self.shm.wait_writer(wait.deadline()) {
-                        Ok(true) => continue,
-                        Ok(false) => return Err(PutError::Timeout(item)),
-                        Err(e) => return Err(PutError::Os(item, e)),
-                    }
-                }
-                Err(e) => return Err(PutError::Os(item, e)),
-            }
-            let pushed = if n > IN_PLACE {
-                match guard.begin_write(n) {
-                    Ok(sys::Reserved::Space(mut space)) => {
-                        if let Err(e) = fill(space.space()) {
-                            // Dropping `space` unfinished gives it up.
-                            drop(space);
-                            return Err(PutError::Encode(item, e));
-                        }
-                        match space.finish() {
-                            Ok(g) => {
-                                guard = g;
-                                Ok(true)
-                            }
-                            Err(e) => return Err(PutError::Os(item, e)),
-                        }
-                    }
-                    Ok(sys::Reserved::NoRoom(g)) => {
-                        guard = g;
-                        Ok(false)
-                    }
-                    Ok(sys::Reserved::Busy(g)) => {
-                        // A waiter holds the writer lock for an instant (`wait_writer`).
-                        drop(g);
-                        if wait.deadline().is_some_and(|d| Instant::now() >= d) {
-                            return Err(PutError::Timeout(item));
-                        }
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    Err(e) => return Err(PutError::Os(item, e)),
-                }
-            } else {
-                guard.push_with(n, &mut fill)
-            };
-            if joinable && matches!(pushed, Ok(true)) {
-                // Counted before the lock is let go, and so before any getter can take the
-                // item and mark it done.
-                words.unfinished.fetch_add(1, Ordering::AcqRel);
-            }
-            match pushed {
-                Ok(true) => {
-                    let wake = take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
-                    if wake {
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    if take_turn(&words.not_empty_sleepers, &words.not_empty_pending) {
                         words.not_empty.fetch_add(1, Ordering::Release);
-                    }
-                    // Room left for other blocked producers? Pass the baton on.
-                    let more = guard.has_room_hint()
-                        && take_turn(&words.not_full_sleepers, &words.not_full_pending);
-                    if more {
-                        words.not_full.fetch_add(1, Ordering::Release);
-                    }
-                    drop(guard);
-                    if wake {
                         self.shm.wake(&words.not_empty, 1);
                     }
-                    if more {
+                    // Room left for other blocked producers? Pass the baton on.
+                    if self.shm.has_room_hint()
+                        && take_turn(&words.not_full_sleepers, &words.not_full_pending)
+                    {
+                        words.not_full.fetch_add(1, Ordering::Release);
                         self.shm.wake(&words.not_full, 1);
                     }
                     return Ok(());
                 }
-                Ok(false) => {}
+                Ok(sys::Pushed::NoRoom { gets }) => gets,
                 Err(e) => return Err(PutError::Encode(item, e)),
-            }
+            };
+            drop(counted);
             let seen = words.not_full.load(Ordering::Acquire);
             let nap = match wait.nap() {
                 Some(nap) => nap,
@@ -415,85 +360,69 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(false) => return Err(PutError::Disconnected(item)),
                 Err(e) => return Err(PutError::Os(item, e)),
             }
-            words.not_full_sleepers.fetch_add(1, Ordering::AcqRel);
             drop(guard);
-            self.shm.sleep(&words.not_full, seen, nap);
+            if await_briefly(|| self.shm.gets() != gets) {
+                continue;
+            }
+            words.not_full_sleepers.fetch_add(1, Ordering::SeqCst);
+            // Either a getter that made room after our look sees us counted (and wakes us),
+            // or we see its get here and look again.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.shm.gets() == gets {
+                self.shm.sleep(&words.not_full, seen, nap);
+            }
             words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
             words.not_full_pending.store(0, Ordering::Release);
         }
     }
 
     fn get_until(&self, wait: Wait) -> Result<T, GetError> {
-        {
-            let words = self.shm.words();
-            loop {
-                let mut guard = match self.shm.lock(wait.deadline()) {
-                    Ok(Some(g)) => g,
-                    Ok(None) => return Err(GetError::Timeout),
-                    Err(e) => return Err(GetError::Os(e)),
-                };
-                if guard.reader_busy().map_err(GetError::Os)? {
-                    // Another consumer is taking the oldest item: wait until it is done.
-                    drop(guard);
-                    match self.shm.wait_reader(wait.deadline()) {
-                        Ok(true) => continue,
-                        Ok(false) => return Err(GetError::Timeout),
-                        Err(e) => return Err(GetError::Os(e)),
-                    }
-                }
-                let popped = match guard
-                    .pop_small_with(COPY_OUT as u32, wire::decode_payload::<T>)
-                    .map_err(GetError::Os)?
-                {
-                    sys::Popped::Empty => None,
-                    sys::Popped::Item(decoded) => Some(decoded),
-                    // Large: decode it without the lock, so that producers go on meanwhile.
-                    sys::Popped::Large => match guard.begin_read().map_err(GetError::Os)? {
-                        Ok(read) => {
-                            let decoded = wire::decode_payload::<T>(read.payload());
-                            guard = read.finish().map_err(GetError::Os)?;
-                            Some(decoded)
-                        }
-                        Err(mut g) => {
-                            let popped = g
-                                .pop_with(wire::decode_payload::<T>)
-                                .map_err(GetError::Os)?;
-                            guard = g;
-                            popped
-                        }
-                    },
-                };
-                if let Some(decoded) = popped {
-                    let wake = take_turn(&words.not_full_sleepers, &words.not_full_pending);
-                    if wake {
-                        words.not_full.fetch_add(1, Ordering::Release);
-                    }
-                    // Items left for other sleeping consumers? Pass the baton on.
-                    let more = guard.len() > 0
-                        && take_turn(&words.not_empty_sleepers, &words.not_empty_pending);
-                    if more {
-                        words.not_empty.fetch_add(1, Ordering::Release);
-                    }
-                    drop(guard);
-                    if wake {
-                        self.shm.wake(&words.not_full, 1);
-                    }
-                    if more {
-                        self.shm.wake(&words.not_empty, 1);
-                    }
-                    return Ok(decoded?);
-                }
-                if matches!(wait, Wait::No) {
-                    return Err(GetError::Empty);
-                }
-                let seen = words.not_empty.load(Ordering::Acquire);
-                words.not_empty_sleepers.fetch_add(1, Ordering::AcqRel);
+        let words = self.shm.words();
+        loop {
+            let mut guard = match self.shm.lock_get(wait.deadline()) {
+                Ok(Some(g)) => g,
+                Ok(None) => return Err(GetError::Timeout),
+                Err(e) => return Err(GetError::Os(e)),
+            };
+            let popped = guard
+                .pop_with(wire::decode_payload::<T>)
+                .map_err(GetError::Os)?;
+            if let Some(decoded) = popped {
                 drop(guard);
-                let result = self.sleep_for_item(&wait, words, seen);
-                words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
-                words.not_empty_pending.store(0, Ordering::Release);
-                result?;
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if take_turn(&words.not_full_sleepers, &words.not_full_pending) {
+                    words.not_full.fetch_add(1, Ordering::Release);
+                    self.shm.wake(&words.not_full, 1);
+                }
+                // Items left for other sleeping consumers? Pass the baton on.
+                if self.shm.len() > 0
+                    && take_turn(&words.not_empty_sleepers, &words.not_empty_pending)
+                {
+                    words.not_empty.fetch_add(1, Ordering::Release);
+                    self.shm.wake(&words.not_empty, 1);
+                }
+                return Ok(decoded?);
             }
+            if matches!(wait, Wait::No) {
+                return Err(GetError::Empty);
+            }
+            drop(guard);
+            if await_briefly(|| self.shm.len() > 0) {
+                continue;
+            }
+            let seen = words.not_empty.load(Ordering::Acquire);
+            words.not_empty_sleepers.fetch_add(1, Ordering::SeqCst);
+            // Either a putter that published after our look sees us counted (and wakes us),
+            // or we see its item here and look again.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let result = if self.shm.len() == 0 {
+                self.sleep_for_item(&wait, words, seen)
+            } else {
+                Ok(())
+            };
+            words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
+            words.not_empty_pending.store(0, Ordering::Release);
+            result?;
         }
     }
 
@@ -501,11 +430,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn sleep_for_item(&self, wait: &Wait, words: &sys::Words, seen: u32) -> Result<(), GetError> {
         if !self.others_may_put().map_err(GetError::Os)? {
             // Nobody else can put. An item put just before the last producer left is still
-            // in the queue: look once more before giving up.
-            let Some(guard) = self.shm.lock(wait.deadline()).map_err(GetError::Os)? else {
-                return Err(GetError::Timeout);
-            };
-            return if guard.len() == 0 {
+            // in the queue (a put is one store): look once more before giving up.
+            return if self.shm.len() == 0 {
                 Err(GetError::Disconnected)
             } else {
                 Ok(())
@@ -602,13 +528,13 @@ impl<T> Queue<T> {
             );
             return false;
         }
-        // Registering takes the lock so that no put can slip between the check and the
-        // registration; it is held only for copies, so a short bound suffices.
+        // Registering takes the producers' lock so that no put can slip between the check
+        // and the registration; it is held only for copies, so a short bound suffices.
         match self
             .shm
-            .lock(Some(Instant::now() + Duration::from_millis(100)))
+            .want_event(Some(Instant::now() + Duration::from_millis(100)))
         {
-            Ok(Some(mut guard)) => guard.want_event(),
+            Ok(Some(items)) => items,
             // Ready: the caller's next operation waits properly or reports the error.
             _ => {
                 self.shm.words().fd_waiters.fetch_add(1, Ordering::Relaxed);
@@ -935,11 +861,68 @@ fn take_turn(
     sleepers: &std::sync::atomic::AtomicU32,
     pending: &std::sync::atomic::AtomicU32,
 ) -> bool {
-    if sleepers.load(Ordering::Relaxed) > 0 && pending.load(Ordering::Relaxed) == 0 {
-        pending.store(1, Ordering::Relaxed);
-        true
-    } else {
-        false
+    // Producers and consumers both wake sleepers, under different locks: claim the turn
+    // with one atomic operation.
+    sleepers.load(Ordering::SeqCst) > 0
+        && pending
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// How long a blocked `get` or `put` watches the queue before it sleeps: a producer and a
+/// consumer that keep pace hand items over in well under this, and a sleep costs a system
+/// call on each side and a wake-up that can take far longer on a busy machine.
+const AWAIT_BRIEFLY: Duration = Duration::from_micros(50);
+
+/// Watches for `ready` for up to [`AWAIT_BRIEFLY`], first spinning, then yielding the CPU (to
+/// the other side, if it shares this CPU). Whether it became true.
+fn await_briefly(ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    for step in 0u32.. {
+        if ready() {
+            return true;
+        }
+        // Look seldom: each look pulls the other side's line away from it, while a producer
+        // left alone for a moment publishes a run of items at full speed. (Looking sooner
+        // at first, with growing gaps, measured as slow as not waiting at all.)
+        for _ in 0..1u32 << MAX_GAP_LOG2 {
+            std::hint::spin_loop();
+        }
+        if step % 4 == 3 {
+            let spent = start.elapsed();
+            if spent >= AWAIT_BRIEFLY {
+                return false;
+            }
+            if spent >= AWAIT_BRIEFLY / 2 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    false
+}
+
+/// The gap between two looks of [`await_briefly`]: 2^7 spin hints (about 4 µs on
+/// the machine of BENCHMARKS.md).
+const MAX_GAP_LOG2: u32 = 7;
+
+/// One `JoinableQueue` item counted as unfinished before it is put; uncounted on drop unless
+/// kept (the put failed, or its serialization panicked).
+struct Unfinished<'a>(&'a sys::Words);
+
+impl<'a> Unfinished<'a> {
+    fn count(words: &'a sys::Words) -> Unfinished<'a> {
+        words.unfinished.fetch_add(1, Ordering::AcqRel);
+        Unfinished(words)
+    }
+
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.unfinished.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1017,22 +1000,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_process_killed_holding_the_lock_does_not_wedge_the_queue() {
-        let q: Queue<u8> = Queue::new().unwrap();
+    /// Starts a process that takes the consumers' lock (`get`) or the producers' lock and
+    /// holds it until killed.
+    fn hold_lock(q: &Queue<u8>, get: bool) -> KillOnDrop {
         let q2 = q.clone();
         let (ready_rx, ready_tx) = crate::pipe(false).unwrap();
         let mut p = crate::Process::new(move || {
-            let _held = q2.shm.lock(None).unwrap();
-            ready_tx.send(&1u8).unwrap();
-            std::thread::sleep(Duration::from_secs(60));
+            if get {
+                let _held = q2.shm.lock_get(None).unwrap();
+                ready_tx.send(&1u8).unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            } else {
+                let _held = q2.shm.lock_put(None).unwrap();
+                ready_tx.send(&1u8).unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            }
         });
         p.start().unwrap();
-        let mut p = KillOnDrop(p);
+        let p = KillOnDrop(p);
         let _: u8 = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_process_killed_holding_the_get_lock_does_not_wedge_the_queue() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        let mut p = hold_lock(&q, true);
+        // Puts go on while a getter holds its lock; gets wait.
+        q.put_timeout(5, Duration::from_secs(10)).unwrap();
         assert!(matches!(
             q.get_timeout(Duration::from_millis(100)),
             Err(GetError::Timeout)
+        ));
+        p.0.kill().unwrap();
+        p.0.join_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_process_killed_holding_the_put_lock_does_not_wedge_the_queue() {
+        let q: Queue<u8> = Queue::new().unwrap();
+        q.put(4).unwrap();
+        let mut p = hold_lock(&q, false);
+        // Gets go on while a putter holds its lock; puts wait.
+        assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 4);
+        assert!(matches!(
+            q.put_timeout(5, Duration::from_millis(100)),
+            Err(PutError::Timeout(5))
         ));
         p.0.kill().unwrap();
         p.0.join_timeout(Duration::from_secs(10)).unwrap();

@@ -1,36 +1,39 @@
 //! The shared-memory ring behind `Queue`: a memfd holding a header page and a byte ring of
-//! frames, guarded by a robust process-shared mutex, with futex words for waiting.
+//! frames, with one robust process-shared mutex for producers and one for consumers, and
+//! futex words for waiting.
+//!
+//! Producers and consumers never wait for each other's lock: a producer writes only free
+//! space and publishes a frame with one atomic store to [`Header::prod`]; a consumer reads
+//! only published frames and frees one with one atomic store to [`Header::cons`]. Each side
+//! reads the other's word without its lock, and a stale value is always on the safe side
+//! (less free space, fewer frames). So a 16 MiB item is copied in while another is copied
+//! out, and small items do not bounce one lock between the two sides.
 //!
 //! Crash safety comes from three kernel mechanisms, so no process can wedge the others by
 //! dying at any instruction:
-//! - The mutex is a robust `pthread_mutex_t`: if its owner dies, the next locker gets
+//! - The mutexes are robust `pthread_mutex_t`s: if an owner dies, the next locker gets
 //!   `EOWNERDEAD` and takes over. The ring's state never needs repair, because every change
-//!   is published by one atomic store ([`Header::prod`] for a put, [`Header::cons`] for a
-//!   get) after the bytes are in place (for a put) or used (for a get): a producer killed
-//!   mid-copy leaves no trace, a consumer killed mid-copy or mid-decode leaves the item for
-//!   the next one.
-//!   A large frame is copied out without the main lock, by a consumer holding a second
-//!   robust mutex, the reader lock, instead: the frame is taken by the same one store, made
-//!   under the main lock once the copy is done; other consumers wait for the reader lock,
-//!   and if its holder dies mid-copy the frame is still at the head, for the next consumer.
-//!   Likewise a large frame is copied in without the main lock, by a producer holding a
-//!   third, the writer lock: it reserves free space under the main lock, fills it, and
-//!   publishes it by the same one store under the main lock; other producers wait for the
-//!   writer lock, and if its holder dies mid-copy the space was never published.
+//!   is one store made after the bytes are in place (for a put) or used (for a get): a
+//!   producer killed mid-copy leaves no trace, a consumer killed mid-copy or mid-decode
+//!   leaves the item at the head for the next one.
 //! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
 //!   dead process owed it.
 //! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
 //!   byte 0 of the memfd: the kernel drops a process's locks when it dies, and shares them
 //!   across `fork` and descriptor passing exactly as it shares the descriptor.
 //!
+//! The rare changes that touch both sides (giving memory back once the queue drains, and the
+//! `wait()` event descriptor) take both locks, consumers' first.
+//!
 //! # Safety
 //! The mapping is `MAP_SHARED` memory that other processes write. Every shared field is an
-//! atomic or sits behind the mutex; ring bytes are only touched through raw pointer copies,
-//! never through references, within ranges checked against the ring's size.
+//! atomic or sits behind a mutex; ring bytes are only touched through raw pointer copies or
+//! slices of free space or of a published frame, within ranges checked against the ring's
+//! size.
 //!
 //! # References
 //! pthread_mutexattr_setrobust(3), futex(2), fcntl(2) "Open file description locks",
-//! memfd_create(2), fallocate(2) `FALLOC_FL_PUNCH_HOLE`.
+//! memfd_create(2), fallocate(2) `FALLOC_FL_PUNCH_HOLE`, madvise(2) `MADV_POPULATE_WRITE`.
 
 use std::cell::UnsafeCell;
 use std::io;
@@ -44,7 +47,7 @@ use rustix::thread::futex;
 
 use super::shm::Mapping;
 
-const MAGIC: u64 = 0x6d70_7175_6575_6533; // "mpqueue3"
+const MAGIC: u64 = 0x6d70_7175_6575_6534; // "mpqueue4"
 const PAGE: usize = 4096;
 /// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
 const WRAP: u32 = u32::MAX;
@@ -53,6 +56,8 @@ const WRAP: u32 = u32::MAX;
 const SOFT_WRAP: u32 = 4 << 20;
 /// After the queue drains, memory beyond this offset is given back to the OS.
 const KEEP: u32 = 128 << 20;
+/// Frames at least this large have fresh ring pages populated in one call, not faulted in.
+const POPULATE: usize = 64 * 1024;
 
 #[repr(C, align(64))]
 struct Line<T>(T);
@@ -61,16 +66,15 @@ struct Line<T>(T);
 #[repr(C)]
 struct Header {
     magic: Line<(u64, u32, u32)>, // magic, capacity, maxsize
-    mutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
-    /// The reader lock: held (robust, process-shared) by the one consumer copying a large
-    /// frame out of the ring without the main lock; see [`Guard::begin_read`].
-    rmutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
-    /// The writer lock: held by the one producer copying a large frame into reserved space
-    /// without the main lock; see [`Guard::begin_write`].
-    wmutex: Line<UnsafeCell<libc::pthread_mutex_t>>,
-    /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store.
+    /// Held by the producer putting a frame: it guards `prod` and the free space.
+    put_lock: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    /// Held by the consumer taking a frame: it guards `cons` and the frame at the head.
+    get_lock: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store
+    /// under `put_lock`.
     prod: Line<AtomicU64>,
-    /// Read offset (low 32 bits) and number of gets (high 32 bits), changed by one store.
+    /// Read offset (low 32 bits) and number of gets (high 32 bits), changed by one store
+    /// under `get_lock`.
     cons: Line<AtomicU64>,
     /// Futex words: bumped when an item arrives / room appears / tasks finish, with counts
     /// of sleepers so that nobody makes a system call when nobody sleeps.
@@ -90,19 +94,18 @@ pub(crate) struct Words {
     /// `JoinableQueue`: items put and not yet marked done.
     pub(crate) unfinished: AtomicU32,
     pub(crate) unfinished_sleepers: AtomicU32,
-    /// Highest ring offset written since memory was last given back.
+    /// Highest ring offset written since memory was last given back (under `put_lock`).
     high_water: AtomicU32,
-    /// `wait()` callers interested in this queue, registered under the lock.
+    /// `wait()` callers interested in this queue.
     pub(crate) fd_waiters: AtomicU32,
-    /// The event descriptor is readable (set and cleared under the lock).
+    /// The event descriptor is readable (set and cleared under `put_lock`).
     event_set: AtomicU32,
-    /// A consumer holds the reader lock and is copying the head frame out without the main
-    /// lock (set and cleared under the main lock, only while the reader lock is held).
-    reading: AtomicU32,
-    /// A producer holds the writer lock and is copying a frame into space it reserved,
-    /// without the main lock (set and cleared under the main lock, only while the writer
-    /// lock is held).
-    writing: AtomicU32,
+    /// The number of the put whose frame starts the ring afresh at offset 0, because the
+    /// queue was empty when it was placed (see `PutGuard::place`); 0 once taken.
+    restart: AtomicU32,
+    /// Bumped (under `put_lock`) whenever a frame is placed at offset 0: a producer's
+    /// remembered view of `cons` (see [`PutView`]) holds only while this has not changed.
+    fronts: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Header>() <= PAGE);
@@ -119,6 +122,27 @@ pub(crate) struct ShmQueue {
     /// atomics, the mutexes, or raw copies under the rules in the module docs.
     map: Mapping,
     cap: u32,
+    /// This process's last look at `cons`, for producers (see [`PutView`]).
+    put_view: PutView,
+    /// This process's last look at `prod`, for consumers: a published state, so frames up
+    /// to it can be taken without looking again (read and written under `get_lock`).
+    get_view: AtomicU64,
+}
+
+/// What a producer of this process last saw of the consumers' side, kept so that a put does
+/// not pull the line consumers write on every get into its cache each time. Read and written
+/// under `put_lock` (which orders the threads of this process), so relaxed atomics suffice.
+///
+/// It holds while no frame has been placed at offset 0 since (`fronts` unchanged) and the
+/// frames then lay in one run `[head, tail)`: producers have since only appended after the
+/// tail, and consumers only moved the head on, so everything from the tail to the end of the
+/// ring is still free. A stale count only overstates how many items there are.
+#[derive(Debug, Default)]
+struct PutView {
+    /// `cons` as seen (head offset, number of gets), or 0 when there is no valid view.
+    cons: AtomicU64,
+    /// `fronts` when `cons` was seen, plus one (0: no valid view).
+    fronts: AtomicU32,
 }
 
 impl std::fmt::Debug for ShmQueue {
@@ -161,9 +185,8 @@ impl ShmQueue {
                     &mut attr,
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))?;
-                check(libc::pthread_mutex_init((*header).mutex.0.get(), &attr))?;
-                check(libc::pthread_mutex_init((*header).rmutex.0.get(), &attr))?;
-                check(libc::pthread_mutex_init((*header).wmutex.0.get(), &attr))
+                check(libc::pthread_mutex_init((*header).put_lock.0.get(), &attr))?;
+                check(libc::pthread_mutex_init((*header).get_lock.0.get(), &attr))
             })();
             libc::pthread_mutexattr_destroy(&mut attr);
             r?;
@@ -196,6 +219,8 @@ impl ShmQueue {
             event: None,
             map,
             cap: 0,
+            put_view: PutView::default(),
+            get_view: AtomicU64::new(0),
         })
     }
 
@@ -239,29 +264,53 @@ impl ShmQueue {
         reopen(self.fd.as_fd())
     }
 
-    /// The event descriptor (see [`Guard::want_event`]).
+    /// The event descriptor (see [`want_event`](Self::want_event)).
     pub(crate) fn event_fd(&self) -> BorrowedFd<'_> {
         self.event.as_ref().expect("set by create and open").as_fd()
     }
 
-    /// Takes the queue's lock, waiting until `deadline` (`None`: no limit). `Ok(None)` when
-    /// the deadline passed.
-    pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<Guard<'_>>> {
-        let locked = lock_robust(self.header().mutex.0.get(), deadline)?;
-        Ok(locked.then_some(Guard { q: self }))
+    /// Number of gets so far: a producer that found no room waits for it to change.
+    pub(crate) fn gets(&self) -> u32 {
+        unpack(self.header().cons.0.load(Ordering::SeqCst)).1
     }
 
-    /// Takes the reader lock (see [`Guard::begin_read`]), waiting until `deadline`, and
-    /// releases it at once: returns when the consumer that held it is done. `Ok(false)` when
-    /// the deadline passed.
-    pub(crate) fn wait_reader(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        wait_for(self.header().rmutex.0.get(), deadline)
+    /// Whether another item may fit (by count; byte room is found out by trying).
+    pub(crate) fn has_room_hint(&self) -> bool {
+        let max = self.maxsize();
+        max == 0 || self.len() < max
     }
 
-    /// As [`wait_reader`](Self::wait_reader), for the writer lock (see
-    /// [`Guard::begin_write`]).
-    pub(crate) fn wait_writer(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        wait_for(self.header().wmutex.0.get(), deadline)
+    /// Takes the producers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
+    /// when the deadline passed.
+    pub(crate) fn lock_put(&self, deadline: Option<Instant>) -> io::Result<Option<PutGuard<'_>>> {
+        let locked = lock_robust(self.header().put_lock.0.get(), deadline)?;
+        Ok(locked.then_some(PutGuard { q: self }))
+    }
+
+    /// Takes the consumers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
+    /// when the deadline passed.
+    pub(crate) fn lock_get(&self, deadline: Option<Instant>) -> io::Result<Option<GetGuard<'_>>> {
+        let locked = lock_robust(self.header().get_lock.0.get(), deadline)?;
+        Ok(locked.then_some(GetGuard { q: self }))
+    }
+
+    /// Registers a `wait()` caller (unregistered by decrementing [`Words::fd_waiters`]):
+    /// while one is registered the event descriptor is readable whenever the queue holds
+    /// items. Returns whether it does now; `Ok(None)` if the producers' lock was not had by
+    /// `deadline`.
+    pub(crate) fn want_event(&self, deadline: Option<Instant>) -> io::Result<Option<bool>> {
+        // Under the producers' lock, so that no put slips between the check and the
+        // registration.
+        let Some(guard) = self.lock_put(deadline)? else {
+            return Ok(None);
+        };
+        let words = self.words();
+        words.fd_waiters.fetch_add(1, Ordering::SeqCst);
+        let items = self.len() > 0;
+        if items {
+            guard.raise_event();
+        }
+        Ok(Some(items))
     }
 
     /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
@@ -287,9 +336,9 @@ impl ShmQueue {
     /// The ring's bytes `[at, at + n)`, to write a frame into.
     ///
     /// # Safety
-    /// The range must be free space given by `Guard::place` to the caller, who must hold the
-    /// main lock or the writer lock until the frame is published or given up, and must not
-    /// make two views of it at once.
+    /// The range must be free space given by `PutGuard::place` to the caller, who must hold
+    /// the producers' lock until the frame is published or given up, and must not make two
+    /// views of it at once.
     #[allow(clippy::mut_from_ref)]
     unsafe fn free_space(&self, at: u32, n: usize) -> &mut [u8] {
         assert!(at as usize + n <= self.cap as usize);
@@ -299,8 +348,13 @@ impl ShmQueue {
     }
 }
 
-/// The queue's lock, held. Unlocks on drop.
-pub(crate) struct Guard<'a> {
+/// The producers' lock, held. Unlocks on drop.
+pub(crate) struct PutGuard<'a> {
+    q: &'a ShmQueue,
+}
+
+/// The consumers' lock, held. Unlocks on drop.
+pub(crate) struct GetGuard<'a> {
     q: &'a ShmQueue,
 }
 
@@ -312,208 +366,220 @@ fn unpack(v: u64) -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
-impl<'a> Guard<'a> {
+/// What [`PutGuard::push_with`] did.
+pub(crate) enum Pushed {
+    /// The frame is in the queue.
+    Done,
+    /// No room (or `maxsize` items already) when the queue had seen this many gets: room
+    /// can only appear once that number changes.
+    NoRoom { gets: u32 },
+}
+
+impl PutGuard<'_> {
     fn h(&self) -> &Header {
         self.q.header()
     }
 
-    /// Items in the queue.
-    pub(crate) fn len(&self) -> u32 {
-        let (_, puts) = unpack(self.h().prod.0.load(Ordering::Relaxed));
-        let (_, gets) = unpack(self.h().cons.0.load(Ordering::Relaxed));
-        puts.wrapping_sub(gets)
-    }
-
-    /// Registers a `wait()` caller (unregistered by decrementing
-    /// [`Words::fd_waiters`]): while one is registered the event descriptor is readable
-    /// whenever the queue holds items. Returns whether it does now.
-    pub(crate) fn want_event(&mut self) -> bool {
-        let words = &self.h().words.0;
-        words.fd_waiters.fetch_add(1, Ordering::Relaxed);
-        if self.len() > 0 && words.event_set.load(Ordering::Relaxed) == 0 {
-            words.event_set.store(1, Ordering::Relaxed);
-            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
-        }
-        self.len() > 0
-    }
-
-    /// Whether another item may fit (by count; byte room is found out by trying).
-    pub(crate) fn has_room_hint(&self) -> bool {
-        let max = self.q.maxsize();
-        max == 0 || self.len() < max
-    }
-
-    fn write(&self, offset: u32, bytes: &[u8]) {
-        assert!(offset as usize + bytes.len() <= self.q.cap as usize);
-        // SAFETY: the range is inside the ring (checked above), which is mapped for the life
-        // of the queue; we hold the lock and the range is free space (only wrap markers are
-        // written this way) that no reader looks at until a later commit.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.q.data().add(offset as usize),
-                bytes.len(),
-            );
-        }
-    }
-
-    fn read(&self, offset: u32, out: &mut [u8]) {
-        assert!(offset as usize + out.len() <= self.q.cap as usize);
-        // SAFETY: inside the ring (checked above); we hold the lock, and the range holds a
-        // committed frame that no producer writes until the consumer's commit frees it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.q.data().add(offset as usize),
-                out.as_mut_ptr(),
-                out.len(),
-            );
-        }
-    }
-
-    fn read_u32(&self, offset: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-
     /// Appends an `n`-byte frame (a length word and payload) that `fill` writes in place, if
-    /// there is room (`Ok(false)` if not; items beyond `maxsize` count as no room). If `fill`
-    /// fails nothing is appended. Call only when [`writer_busy`](Self::writer_busy) said no.
+    /// there is room; items beyond `maxsize` count as no room. If `fill` fails (or panics)
+    /// nothing is appended.
     pub(crate) fn push_with<E>(
         &mut self,
         n: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Result<bool, E> {
-        let Some(at) = self.place(n) else {
-            return Ok(false);
+    ) -> Result<Pushed, E> {
+        let (at, fresh_from) = match self.place(n) {
+            Ok(placed) => placed,
+            Err(gets) => return Ok(Pushed::NoRoom { gets }),
         };
-        // SAFETY: `place` returned free space inside the ring; we hold the lock, so no other
-        // producer writes there and no consumer looks there until `publish`.
+        if n >= POPULATE {
+            self.populate(at, n, fresh_from);
+        }
+        // SAFETY: `place` returned free space inside the ring; we hold the producers' lock,
+        // so no other producer writes there, and no consumer looks there until `publish`.
         fill(unsafe { self.q.free_space(at, n) })?;
         self.publish(at, n);
-        Ok(true)
+        Ok(Pushed::Done)
     }
 
-    /// Where an `n`-byte frame goes, if there is room: free space that no consumer looks at
-    /// until [`publish`](Self::publish) and no other producer is given while the caller
-    /// holds the main lock or the writer lock.
-    fn place(&mut self, n: usize) -> Option<u32> {
+    /// Where an `n`-byte frame goes, if there is room, and where the pages never written
+    /// before begin; `Err` with the number of gets seen if there is no room. The space is
+    /// free: consumers read only published frames, and `cons` only ever moves on, so the
+    /// free space seen here can only have grown by the time it is written.
+    fn place(&mut self, n: usize) -> Result<(u32, u32), u32> {
         let cap = self.q.cap;
         let n = u32::try_from(n).expect("frame size checked against max_frame");
         assert!(n <= cap, "frame size checked against max_frame");
         let h = self.h();
-        let (head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        let words = &h.words.0;
         let (tail, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
-        let count = puts.wrapping_sub(gets);
         let maxsize = self.q.maxsize();
+        let view = &self.q.put_view;
+        if view.fronts.load(Ordering::Relaxed)
+            == words.fronts.load(Ordering::Relaxed).wrapping_add(1)
+        {
+            let (head, gets) = unpack(view.cons.load(Ordering::Relaxed));
+            let count = puts.wrapping_sub(gets);
+            if count > 0
+                && tail > head
+                && tail < SOFT_WRAP
+                && cap - tail >= n
+                && (maxsize == 0 || count < maxsize)
+            {
+                return Ok((tail, self.raise_high_water(tail + n)));
+            }
+        }
+        // The restart mark first: a consumer clears it (Release) only after taking its frame,
+        // so if it is still set for the next get seen below, that frame, at the front, is
+        // where the oldest item is, whatever the head offset still says.
+        let restart = h.words.0.restart.load(Ordering::Acquire);
+        let (head, gets) = unpack(h.cons.0.load(Ordering::Acquire));
+        let head = if restart == gets.wrapping_add(1) {
+            0
+        } else {
+            head
+        };
+        let count = puts.wrapping_sub(gets);
+        // Remembered only if the frames lie in one run; placing at the front below forgets it.
+        let one_run = count == 0 || tail > head;
+        view.cons.store(pack(head, gets), Ordering::Relaxed);
+        view.fronts.store(
+            if one_run {
+                words.fronts.load(Ordering::Relaxed).wrapping_add(1)
+            } else {
+                0
+            },
+            Ordering::Relaxed,
+        );
         if maxsize != 0 && count >= maxsize {
-            return None;
+            return Err(gets);
         }
         let at = if count == 0 {
-            // Empty: start over at the front, where pages are warm.
-            if head != 0 {
-                h.cons.0.store(pack(0, gets), Ordering::Release);
-            }
+            // Empty: go back to the front, where pages are warm. Consumers cannot be told by
+            // a wrap marker at the tail (the frame may cover it), so the frame's number says
+            // it, published with the frame.
+            h.words
+                .0
+                .restart
+                .store(puts.wrapping_add(1), Ordering::Relaxed);
             0
         } else if tail > head {
             let fits_end = cap - tail >= n;
             let fits_front = head >= n;
             if fits_front && (tail >= SOFT_WRAP || !fits_end) {
-                if cap - tail >= 4 {
-                    self.write(tail, &WRAP.to_le_bytes());
-                }
+                self.wrap_at(tail);
                 0
             } else if fits_end {
                 tail
             } else {
-                return None;
+                return Err(gets);
             }
         } else if tail < head && head - tail >= n {
             tail
         } else {
             // tail == head with items in the queue: full; or too little room before head.
-            return None;
+            return Err(gets);
         };
         assert!(at as usize + n as usize <= cap as usize);
-        let end = at + n;
-        if end > h.words.0.high_water.load(Ordering::Relaxed) {
-            h.words.0.high_water.store(end, Ordering::Relaxed);
+        if at == 0 {
+            words.fronts.fetch_add(1, Ordering::Relaxed);
+            if count == 0 {
+                // Empty before: the new frame alone is one run, starting at the front.
+                view.cons.store(pack(0, gets), Ordering::Relaxed);
+                view.fronts.store(
+                    words.fronts.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
+            }
         }
-        Some(at)
+        Ok((at, self.raise_high_water(at + n)))
     }
 
-    /// Makes the `n`-byte frame written at `at` (given by [`place`](Self::place)) the newest
-    /// item, with one store.
-    fn publish(&self, at: u32, n: usize) {
-        let h = self.h();
-        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
-        h.prod
-            .0
-            .store(pack(at + n as u32, puts.wrapping_add(1)), Ordering::Release);
-        let words = &h.words.0;
-        if words.fd_waiters.load(Ordering::Relaxed) > 0
-            && words.event_set.load(Ordering::Relaxed) == 0
-        {
-            words.event_set.store(1, Ordering::Relaxed);
-            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+    /// Records that the ring is written up to `end`; returns where never-written pages began.
+    fn raise_high_water(&self, end: u32) -> u32 {
+        let high = &self.h().words.0.high_water;
+        let fresh_from = high.load(Ordering::Relaxed);
+        if end > fresh_from {
+            high.store(end, Ordering::Relaxed);
+        }
+        fresh_from
+    }
+
+    /// Marks `tail` as the end of the frames before the front (if a length word fits there;
+    /// if not, consumers go to the front anyway). Only for a frame placed at the front while
+    /// others wait before `tail`: the frame ends before the head, so before `tail`.
+    fn wrap_at(&self, tail: u32) {
+        if self.q.cap - tail >= 4 {
+            // SAFETY: `[tail, tail + 4)` is inside the ring (checked above) and free: no
+            // published frame lies at the tail, and we hold the producers' lock.
+            unsafe { self.q.free_space(tail, 4) }.copy_from_slice(&WRAP.to_le_bytes());
         }
     }
 
-    /// Whether a live producer is filling reserved space without the main lock (see
-    /// [`begin_write`](Self::begin_write)); if so, wait with [`ShmQueue::wait_writer`] before
-    /// putting anything, so that frames stay in the order of their places. One that died
-    /// while at it is forgotten here: its space was never published.
-    ///
-    /// # Errors
-    /// The OS error of the lock call.
-    pub(crate) fn writer_busy(&mut self) -> io::Result<bool> {
-        side_busy(&self.h().words.0.writing, self.h().wmutex.0.get())
-    }
-
-    /// Starts appending an `n`-byte frame without holding the main lock, so that consumers
-    /// can go on getting while it is filled: the space is reserved now, and the frame is
-    /// published by [`LargeWrite::finish`], under the main lock, by the one atomic store a
-    /// [`push_with`](Self::push_with) makes. Meanwhile other producers see the writer lock
-    /// held and wait; if this process dies first, the writer lock's owner is dead, and the
-    /// space, never published, is free again for the next producer. Call only when
-    /// [`writer_busy`](Self::writer_busy) said no.
-    pub(crate) fn begin_write(mut self, n: usize) -> io::Result<Reserved<'a>> {
-        let m = self.h().wmutex.0.get();
-        // SAFETY: `m` is the initialised process-shared writer mutex in our mapping.
-        let r = unsafe { libc::pthread_mutex_trylock(m) };
-        if !locked(m, r)? {
-            // Only a caller of `wait_writer`, between its lock and unlock, holds it now.
-            return Ok(Reserved::Busy(self));
-        }
-        let fresh_from = self.h().words.0.high_water.load(Ordering::Relaxed);
-        let Some(at) = self.place(n) else {
-            // SAFETY: we hold the writer mutex (taken just above).
-            unsafe { libc::pthread_mutex_unlock(m) };
-            return Ok(Reserved::NoRoom(self));
-        };
-        self.h().words.0.writing.store(1, Ordering::Relaxed);
-        let q = self.q;
-        drop(self);
-        // Pages never written yet would each fault on first touch; one call maps them all.
+    /// Pages of `[at, at + n)` from `fresh_from` on were never written: fault them all in
+    /// with one call rather than one fault per page.
+    fn populate(&self, at: u32, n: usize, fresh_from: u32) {
         let start = (at.max(fresh_from) as usize) & !(PAGE - 1);
         let end = at as usize + n;
         if end > start {
-            // SAFETY: `[start, end)` lies inside the ring's mapping (`at + n <= cap`, checked by
-            // `place`); populating only faults pages in, which changes no byte of them.
+            // SAFETY: `[start, end)` lies inside the ring's mapping (`at + n <= cap`, checked
+            // by `place`); populating only faults pages in, which changes no byte of them.
             let _ = unsafe {
                 rustix::mm::madvise(
-                    q.data().add(start).cast(),
+                    self.q.data().add(start).cast(),
                     end - start,
                     rustix::mm::Advice::LinuxPopulateWrite,
                 )
             };
         }
-        Ok(Reserved::Space(LargeWrite {
-            q,
-            at,
-            n,
-            done: false,
-        }))
+    }
+
+    /// Makes the `n`-byte frame written at `at` the newest item, with one store.
+    fn publish(&self, at: u32, n: usize) {
+        let h = self.h();
+        // The event goes up before the item is visible: a consumer that takes the item then
+        // sees the flag, and clears it if that emptied the queue (`GetGuard::drained`).
+        if h.words.0.fd_waiters.load(Ordering::Relaxed) > 0 {
+            self.raise_event();
+        }
+        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
+        h.prod
+            .0
+            .store(pack(at + n as u32, puts.wrapping_add(1)), Ordering::SeqCst);
+    }
+
+    /// Makes the event descriptor readable, if it is not.
+    fn raise_event(&self) {
+        let words = &self.h().words.0;
+        if words.event_set.load(Ordering::Relaxed) == 0 {
+            words.event_set.store(1, Ordering::Relaxed);
+            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+        }
+    }
+}
+
+impl Drop for PutGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard exists only while the calling thread holds the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.q.header().put_lock.0.get()) };
+    }
+}
+
+impl GetGuard<'_> {
+    fn h(&self) -> &Header {
+        self.q.header()
+    }
+
+    fn read_u32(&self, offset: u32) -> u32 {
+        assert!(offset as usize + 4 <= self.q.cap as usize);
+        let mut b = [0u8; 4];
+        // SAFETY: inside the ring (asserted above). The word is a published frame's length
+        // or a wrap marker written before the `prod` store we loaded with Acquire; no
+        // producer writes there until a get frees it, which takes the lock we hold.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.q.data().add(offset as usize), b.as_mut_ptr(), 4);
+        }
+        u32::from_le_bytes(b)
     }
 
     /// The oldest frame: the offset of its payload, its length, and the numbers of gets and
@@ -521,13 +587,23 @@ impl<'a> Guard<'a> {
     fn head_frame(&self) -> io::Result<Option<(u32, u32, u32, u32)>> {
         let cap = self.q.cap;
         let h = self.h();
-        let (tail, puts) = unpack(h.prod.0.load(Ordering::Acquire));
         let (mut head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        // Frames up to the last `prod` this process saw are published (they stay so until
+        // taken); look at `prod` again, pulling in the line producers write on every put,
+        // only once they are all taken.
+        let mut seen = self.q.get_view.load(Ordering::Relaxed);
+        if (unpack(seen).1.wrapping_sub(gets) as i32) <= 0 {
+            seen = h.prod.0.load(Ordering::Acquire);
+            self.q.get_view.store(seen, Ordering::Relaxed);
+        }
+        let (tail, puts) = unpack(seen);
         if puts == gets {
             return Ok(None);
         }
         let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "queue memory is corrupted");
-        if cap - head < 4 || self.read_u32(head) == WRAP {
+        // Written before the `prod` store loaded above with Acquire.
+        let restart = h.words.0.restart.load(Ordering::Relaxed) == gets.wrapping_add(1);
+        if restart || cap - head < 4 || self.read_u32(head) == WRAP {
             head = 0;
         }
         let len = self.read_u32(head);
@@ -539,38 +615,17 @@ impl<'a> Guard<'a> {
     }
 
     /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
-    /// item counts as taken even if `f` fails or panics. Call only when
-    /// [`reader_busy`](Self::reader_busy) said no.
+    /// frame is taken (one store) once `f` returns, or unwinds: a process killed while `f`
+    /// runs dies holding the lock with the frame still at the head, and the next consumer
+    /// takes the lock over (EOWNERDEAD) and finds it there.
     ///
     /// # Errors
     /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
     /// misbehaving process); the queue is unusable after that.
     pub(crate) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
-        Ok(match self.pop_small_with(u32::MAX, f)? {
-            Popped::Item(r) => Some(r),
-            Popped::Empty | Popped::Large => None,
-        })
-    }
-
-    /// As [`pop_with`](Self::pop_with), but leaves a frame whose payload is longer than
-    /// `max` in place ([`Popped::Large`]), for [`begin_read`](Self::begin_read).
-    ///
-    /// # Errors
-    /// As for [`pop_with`](Self::pop_with).
-    pub(crate) fn pop_small_with<R>(
-        &mut self,
-        max: u32,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> io::Result<Popped<R>> {
         let Some((at, len, gets, puts)) = self.head_frame()? else {
-            return Ok(Popped::Empty);
+            return Ok(None);
         };
-        if len > max {
-            return Ok(Popped::Large);
-        }
-        // The frame is taken (one store to `cons`) only once `f` has returned or unwound: a
-        // process killed while `f` runs dies holding the lock with the frame still at the
-        // head, and the next locker takes it over (EOWNERDEAD) and finds it there.
         struct Take<'h> {
             cons: &'h AtomicU64,
             to: u64,
@@ -585,82 +640,51 @@ impl<'a> Guard<'a> {
             to: pack(at + len, gets.wrapping_add(1)),
         };
         // SAFETY: `[at, at + len)` is inside the ring (checked by `head_frame`) and holds a
-        // committed frame. Producers write only free space and only under the lock, which we
-        // hold until this guard drops, so nothing writes these bytes while `f` reads them.
+        // published frame. Producers write only free space, which ends where the frame at
+        // the head begins until `take` moves `cons` past it, and other consumers wait for
+        // the lock we hold: nothing writes these bytes while `f` reads them.
         let payload =
             unsafe { std::slice::from_raw_parts(self.q.data().add(at as usize), len as usize) };
         let result = f(payload);
         drop(take);
+        // Taken: its restart mark (if it had one) must not match a later get. A producer
+        // that marked a newer frame meanwhile is left alone.
+        let restart = &self.h().words.0.restart;
+        if restart.load(Ordering::Relaxed) == gets.wrapping_add(1) {
+            // Only then: even a failed compare-exchange would take the line from producers.
+            let _ = restart.compare_exchange(
+                gets.wrapping_add(1),
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
         if gets.wrapping_add(1) == puts {
-            self.drained();
+            self.drained(gets.wrapping_add(1))?;
         }
-        Ok(Popped::Item(result))
+        Ok(Some(result))
     }
 
-    /// The queue was just emptied: gives memory back, and the event descriptor is no longer
-    /// readable.
-    fn drained(&self) {
-        self.release_memory();
-        let words = &self.h().words.0;
-        if words.event_set.load(Ordering::Relaxed) != 0 {
-            words.event_set.store(0, Ordering::Relaxed);
-            let mut drain = [0u8; 8];
-            let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+    /// The queue looked empty after `gets` gets: gives memory back and makes the event
+    /// descriptor unreadable, if either is due. Both touch the producers' side, so they are
+    /// done under both locks, once the producers' lock shows the queue still empty.
+    fn drained(&self, gets: u32) -> io::Result<()> {
+        let h = self.h();
+        let words = &h.words.0;
+        // A flag raised for the item just taken was raised before it was published, so it
+        // is seen here (through the Acquire load of `prod` in `head_frame`).
+        if words.event_set.load(Ordering::Relaxed) == 0
+            && words.high_water.load(Ordering::Relaxed) <= KEEP
+        {
+            return Ok(());
         }
-    }
-
-    /// Whether a live consumer is taking the oldest frame without the main lock (see
-    /// [`begin_read`](Self::begin_read)); if so, wait with [`ShmQueue::wait_reader`] before
-    /// taking anything. One that died while at it is forgotten here: its frame was never
-    /// taken, and stays at the head for the next consumer.
-    ///
-    /// # Errors
-    /// The OS error of the lock call.
-    pub(crate) fn reader_busy(&mut self) -> io::Result<bool> {
-        side_busy(&self.h().words.0.reading, self.h().rmutex.0.get())
-    }
-
-    /// Starts taking the oldest frame without holding the main lock, so that producers can
-    /// go on putting while its payload is read: the frame stays in the ring (neither reused
-    /// by producers nor visible as taken) until [`LargeRead`] commits, under the main lock,
-    /// by the one atomic store a [`pop_with`](Self::pop_with) makes. Meanwhile other
-    /// consumers see the reader lock held and wait; if this process dies first, the reader
-    /// lock's owner is dead, and the next consumer takes the frame instead (nothing lost,
-    /// nothing taken twice). Call only when [`reader_busy`](Self::reader_busy) said no.
-    ///
-    /// Returns the guard back (`Err`) if the queue is empty or the reader lock is taken.
-    ///
-    /// # Errors
-    /// As for [`pop_with`](Self::pop_with).
-    pub(crate) fn begin_read(self) -> io::Result<Result<LargeRead<'a>, Guard<'a>>> {
-        let guard = self;
-        let Some((at, len, gets, _)) = guard.head_frame()? else {
-            return Ok(Err(guard));
+        let Some(put) = self.q.lock_put(None)? else {
+            return Ok(());
         };
-        let m = guard.h().rmutex.0.get();
-        // SAFETY: `m` is the initialised process-shared reader mutex in our mapping.
-        let r = unsafe { libc::pthread_mutex_trylock(m) };
-        if !locked(m, r)? {
-            return Ok(Err(guard));
-        }
-        guard.h().words.0.reading.store(1, Ordering::Relaxed);
-        let q = guard.q;
-        drop(guard);
-        Ok(Ok(LargeRead {
-            q,
-            at,
-            len,
-            gets,
-            done: false,
-        }))
-    }
-
-    /// Once drained, gives pages beyond [`KEEP`] back to the OS (not while a producer may
-    /// be writing into reserved space there).
-    fn release_memory(&self) {
-        let words = &self.h().words.0;
-        if words.writing.load(Ordering::Relaxed) != 0 {
-            return;
+        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
+        if puts != gets {
+            // A put came in meanwhile: not drained after all.
+            return Ok(());
         }
         let high = words.high_water.load(Ordering::Relaxed);
         if high > KEEP {
@@ -674,47 +698,21 @@ impl<'a> Guard<'a> {
             );
             words.high_water.store(KEEP, Ordering::Relaxed);
         }
+        if words.event_set.load(Ordering::Relaxed) != 0 {
+            words.event_set.store(0, Ordering::Relaxed);
+            let mut drain = [0u8; 8];
+            let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+        }
+        drop(put);
+        Ok(())
     }
 }
 
-impl Drop for Guard<'_> {
+impl Drop for GetGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: this guard exists only while the calling thread holds the mutex.
-        unsafe {
-            libc::pthread_mutex_unlock(self.q.header().mutex.0.get());
-        }
+        unsafe { libc::pthread_mutex_unlock(self.q.header().get_lock.0.get()) };
     }
-}
-
-/// Whether a live process holds the side lock `m` (the reader or writer lock) and is at work
-/// under it, as `flag` says; called with the main lock held, which `flag` is changed under.
-fn side_busy(flag: &AtomicU32, m: *mut libc::pthread_mutex_t) -> io::Result<bool> {
-    if flag.load(Ordering::Relaxed) == 0 {
-        return Ok(false);
-    }
-    // SAFETY: `m` is an initialised process-shared mutex in the queue's mapping.
-    let r = unsafe { libc::pthread_mutex_trylock(m) };
-    if !locked(m, r)? {
-        return Ok(true);
-    }
-    // `flag` is set only while its process holds the side lock, yet we got the lock: that
-    // process died mid-copy, before its commit or publish.
-    flag.store(0, Ordering::Relaxed);
-    // SAFETY: we hold the mutex (taken just above).
-    unsafe { libc::pthread_mutex_unlock(m) };
-    Ok(false)
-}
-
-/// Takes the robust mutex `m` (in a queue's mapping), waiting until `deadline`, and releases
-/// it at once: returns when the process that held it is done or dead. `Ok(false)` when the
-/// deadline passed.
-fn wait_for(m: *mut libc::pthread_mutex_t, deadline: Option<Instant>) -> io::Result<bool> {
-    let locked = lock_robust(m, deadline)?;
-    if locked {
-        // SAFETY: we hold the mutex (just locked above).
-        unsafe { libc::pthread_mutex_unlock(m) };
-    }
-    Ok(locked)
 }
 
 /// Locks the robust mutex `m` (in a queue's mapping), waiting until `deadline`; `Ok(false)`
@@ -749,147 +747,6 @@ fn locked(m: *mut libc::pthread_mutex_t, r: libc::c_int) -> io::Result<bool> {
         }
         libc::ETIMEDOUT | libc::EBUSY => Ok(false),
         e => Err(io::Error::from_raw_os_error(e)),
-    }
-}
-
-/// What [`Guard::pop_small_with`] found.
-pub(crate) enum Popped<R> {
-    /// The queue is empty.
-    Empty,
-    /// The oldest frame was taken; what the callback returned.
-    Item(R),
-    /// The oldest frame is too large, and was left in place.
-    Large,
-}
-
-/// A frame being taken without the main lock (see [`Guard::begin_read`]); holds the reader
-/// lock. Taken for good by [`finish`](Self::finish), or when dropped (a panic included).
-pub(crate) struct LargeRead<'a> {
-    q: &'a ShmQueue,
-    at: u32,
-    len: u32,
-    gets: u32,
-    done: bool,
-}
-
-impl<'a> LargeRead<'a> {
-    /// The frame's payload.
-    pub(crate) fn payload(&self) -> &[u8] {
-        // SAFETY: `[at, at + len)` is inside the ring (checked by `head_frame`) and holds a
-        // committed frame. It is not taken yet, so no producer writes there (they write only
-        // free space, which ends at the taken offset); other consumers wait while `reading`
-        // is set and its holder, this one, lives.
-        unsafe {
-            std::slice::from_raw_parts(self.q.data().add(self.at as usize), self.len as usize)
-        }
-    }
-
-    /// Takes the frame for good and lets other consumers on; returns the main lock, held.
-    ///
-    /// # Errors
-    /// The OS error if the main lock cannot be taken (the frame is then left in the queue).
-    pub(crate) fn finish(mut self) -> io::Result<Guard<'a>> {
-        self.done = true;
-        self.commit()
-    }
-
-    fn commit(&self) -> io::Result<Guard<'a>> {
-        let guard = match self.q.lock(None) {
-            Ok(g) => g.expect("no deadline"),
-            Err(e) => {
-                // SAFETY: we hold the reader mutex (since `begin_read`).
-                unsafe { libc::pthread_mutex_unlock(self.q.header().rmutex.0.get()) };
-                return Err(e);
-            }
-        };
-        let h = guard.h();
-        let gets = self.gets.wrapping_add(1);
-        h.cons
-            .0
-            .store(pack(self.at + self.len, gets), Ordering::Release);
-        h.words.0.reading.store(0, Ordering::Relaxed);
-        // SAFETY: we hold the reader mutex (since `begin_read`).
-        unsafe { libc::pthread_mutex_unlock(h.rmutex.0.get()) };
-        let (_, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
-        if puts == gets {
-            guard.drained();
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for LargeRead<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.commit();
-        }
-    }
-}
-
-/// What [`Guard::begin_write`] found.
-pub(crate) enum Reserved<'a> {
-    /// Space was reserved, to be filled without the main lock.
-    Space(LargeWrite<'a>),
-    /// No room for the frame now; the main lock, still held.
-    NoRoom(Guard<'a>),
-    /// The writer lock is briefly taken by a waiter; try again.
-    Busy(Guard<'a>),
-}
-
-/// Space being filled without the main lock (see [`Guard::begin_write`]); holds the writer
-/// lock. Published by [`finish`](Self::finish); dropped unfinished (a failed or panicking
-/// fill), it is given up and nothing is appended.
-pub(crate) struct LargeWrite<'a> {
-    q: &'a ShmQueue,
-    at: u32,
-    n: usize,
-    done: bool,
-}
-
-impl<'a> LargeWrite<'a> {
-    /// The reserved space, to fill with the whole frame.
-    pub(crate) fn space(&mut self) -> &mut [u8] {
-        // SAFETY: `place` gave this range as free space inside the ring. Nothing else writes
-        // it or reads it until it is published: other producers wait while `writing` is set
-        // and its holder, this one, lives; consumers read only published frames, and do not
-        // give memory back while `writing` is set. `&mut self` makes this the only view.
-        unsafe { self.q.free_space(self.at, self.n) }
-    }
-
-    /// Publishes the frame and lets other producers on; returns the main lock, held.
-    ///
-    /// # Errors
-    /// The OS error if the main lock cannot be taken (nothing is appended then).
-    pub(crate) fn finish(mut self) -> io::Result<Guard<'a>> {
-        self.done = true;
-        self.end(true)
-    }
-
-    fn end(&self, publish: bool) -> io::Result<Guard<'a>> {
-        let wmutex = self.q.header().wmutex.0.get();
-        let guard = match self.q.lock(None) {
-            Ok(g) => g.expect("no deadline"),
-            Err(e) => {
-                // SAFETY: we hold the writer mutex (since `begin_write`).
-                unsafe { libc::pthread_mutex_unlock(wmutex) };
-                return Err(e);
-            }
-        };
-        if publish {
-            guard.publish(self.at, self.n);
-        }
-        guard.h().words.0.writing.store(0, Ordering::Relaxed);
-        // SAFETY: we hold the writer mutex (since `begin_write`).
-        unsafe { libc::pthread_mutex_unlock(wmutex) };
-        Ok(guard)
-    }
-}
-
-impl Drop for LargeWrite<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.end(false);
-        }
     }
 }
 
