@@ -4,7 +4,7 @@ use std::process::Command;
 
 use multiproc::{StartMethod, get_context};
 
-use crate::harness::{Case, Ctx, Row, get, median, us_per_iter};
+use crate::harness::{Case, Ctx, Row, alternate_us, get, median, us_per_iter};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -41,37 +41,42 @@ fn start_join(method: StartMethod, n: usize, rounds: usize) -> f64 {
 
 /// Start and join a child that does nothing, under spawn; microseconds per process.
 /// Peers: procspawn (which also re-executes its binary) and a bare `posix_spawn` + exec + wait
-/// of this same binary exiting at once (std's `Command`, which uses `posix_spawn`).
+/// of this same binary exiting at once (std's `Command`, which uses `posix_spawn`). The three
+/// are measured in alternating rounds, so that the machine's swings fall on all of them.
 fn process_start_join_spawn(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("process_start_join_spawn", "us_per_process");
     let n = ctx.scale(200, 40);
-    row.ours = Some(start_join(StartMethod::Spawn, n, ctx.rounds()));
+    let spawn = get_context(StartMethod::Spawn);
+    let exe = std::env::current_exe().expect("current_exe");
+    let medians = alternate_us(
+        ctx.rounds(),
+        n,
+        &mut [
+            &mut || {
+                let mut p = spawn.process(|| {});
+                p.start().expect("start");
+                assert_eq!(p.join().expect("join"), 0);
+            },
+            &mut || {
+                let status = Command::new(&exe).arg(EXIT_AT_ONCE).status().expect("exec");
+                assert!(status.success());
+            },
+            &mut || {
+                procspawn::spawn((), |()| ())
+                    .join()
+                    .expect("procspawn join");
+            },
+        ],
+    );
+    row.ours = Some(medians[0]);
+    row.peer
+        .insert("posix_spawn_exec_this_binary".to_owned(), medians[1]);
+    row.peer.insert("procspawn".to_owned(), medians[2]);
     row.python = get(
         &ctx.python("bench_lifecycle.py", &["--methods", "spawn"]),
         "spawn/us_per_process_median",
     );
     row.limit = ctx.limit("posix_spawn_exec_wait_us");
-
-    let exe = std::env::current_exe().expect("current_exe");
-    row.peer.insert(
-        "posix_spawn_exec_this_binary".to_owned(),
-        median(ctx.rounds(), || {
-            us_per_iter(n, || {
-                let status = Command::new(&exe).arg(EXIT_AT_ONCE).status().expect("exec");
-                assert!(status.success());
-            })
-        }),
-    );
-    row.peer.insert(
-        "procspawn".to_owned(),
-        median(ctx.rounds(), || {
-            us_per_iter(n, || {
-                procspawn::spawn((), |()| ())
-                    .join()
-                    .expect("procspawn join");
-            })
-        }),
-    );
     row
 }
 
