@@ -330,17 +330,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     }
                     drop(guard);
                     std::sync::atomic::fence(Ordering::SeqCst);
-                    if take_turn(&words.not_empty_sleepers, &words.not_empty_pending) {
-                        words.not_empty.fetch_add(1, Ordering::Release);
-                        self.shm.wake(&words.not_empty, 1);
-                    }
+                    self.wake_one(Sleepers::for_items(words), || true);
                     // Room left for other blocked producers? Pass the baton on.
-                    if self.shm.has_room_hint()
-                        && take_turn(&words.not_full_sleepers, &words.not_full_pending)
-                    {
-                        words.not_full.fetch_add(1, Ordering::Release);
-                        self.shm.wake(&words.not_full, 1);
-                    }
+                    self.wake_one(Sleepers::for_room(words), || self.shm.has_room_hint());
                     return Ok(());
                 }
                 Ok(sys::Pushed::NoRoom { gets }) => gets,
@@ -390,17 +382,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             if let Some(decoded) = popped {
                 drop(guard);
                 std::sync::atomic::fence(Ordering::SeqCst);
-                if take_turn(&words.not_full_sleepers, &words.not_full_pending) {
-                    words.not_full.fetch_add(1, Ordering::Release);
-                    self.shm.wake(&words.not_full, 1);
-                }
+                self.wake_one(Sleepers::for_room(words), || true);
                 // Items left for other sleeping consumers? Pass the baton on.
-                if self.shm.len() > 0
-                    && take_turn(&words.not_empty_sleepers, &words.not_empty_pending)
-                {
-                    words.not_empty.fetch_add(1, Ordering::Release);
-                    self.shm.wake(&words.not_empty, 1);
-                }
+                self.wake_one(Sleepers::for_items(words), || self.shm.len() > 0);
                 return Ok(decoded?);
             }
             if matches!(wait, Wait::No) {
@@ -423,6 +407,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
             words.not_empty_pending.store(0, Ordering::Release);
             result?;
+        }
+    }
+
+    /// Wakes one of `who` if one sleeps, `also` holds, and no process woken before has yet to
+    /// run (it passes the baton on itself). A woken process that dies before running leaves
+    /// the turn taken; sleepers then look again within [`RECHECK`].
+    fn wake_one(&self, who: Sleepers<'_>, also: impl FnOnce() -> bool) {
+        // Producers and consumers both wake sleepers, under different locks: the turn is
+        // claimed with one atomic operation. Whether anyone sleeps is looked at first, as
+        // `also` may read the line the other side writes.
+        if who.count.load(Ordering::SeqCst) > 0
+            && also()
+            && who
+                .pending
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            who.word.fetch_add(1, Ordering::Release);
+            self.shm.wake(who.word, 1);
         }
     }
 
@@ -544,9 +547,27 @@ impl<T> Queue<T> {
     }
 }
 
-/// `SimpleQueue` and `JoinableQueue` are waited on as the `Queue` inside them.
-macro_rules! waitable_as_inner_queue {
+/// `SimpleQueue` and `JoinableQueue` are cloned, printed and waited on as the `Queue` inside
+/// them; by hand, not derived, so that a handle is cloneable and printable whatever its item
+/// type.
+macro_rules! handle_around_a_queue {
     ($($wrapper:ident),*) => {$(
+        impl<T> Clone for $wrapper<T> {
+            /// Another handle to the same queue.
+            ///
+            /// # Panics
+            /// If the process is out of file descriptors.
+            fn clone(&self) -> Self {
+                $wrapper(self.0.clone())
+            }
+        }
+
+        impl<T> fmt::Debug for $wrapper<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($wrapper)).field(&self.0).finish()
+            }
+        }
+
         impl<T> Waitable for $wrapper<T> {
             fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
                 self.0.wait_fd()
@@ -567,7 +588,7 @@ macro_rules! waitable_as_inner_queue {
     )*};
 }
 
-waitable_as_inner_queue!(SimpleQueue, JoinableQueue);
+handle_around_a_queue!(SimpleQueue, JoinableQueue);
 
 /// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
 /// `close`. Same guarantees as [`Queue`].
@@ -584,23 +605,6 @@ waitable_as_inner_queue!(SimpleQueue, JoinableQueue);
 #[derive(Serialize, serde::Deserialize)]
 #[serde(bound = "")]
 pub struct SimpleQueue<T>(Queue<T>);
-
-// By hand, not derived: a handle is cloneable and printable whatever its item type.
-impl<T> Clone for SimpleQueue<T> {
-    /// Another handle to the same queue.
-    ///
-    /// # Panics
-    /// If the process is out of file descriptors.
-    fn clone(&self) -> Self {
-        SimpleQueue(self.0.clone())
-    }
-}
-
-impl<T> fmt::Debug for SimpleQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SimpleQueue").field(&self.0).finish()
-    }
-}
 
 impl<T> SimpleQueue<T> {
     /// A new, empty queue.
@@ -670,23 +674,6 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
 #[derive(Serialize, serde::Deserialize)]
 #[serde(bound = "")]
 pub struct JoinableQueue<T>(Queue<T>);
-
-// By hand, not derived: a handle is cloneable and printable whatever its item type.
-impl<T> Clone for JoinableQueue<T> {
-    /// Another handle to the same queue.
-    ///
-    /// # Panics
-    /// If the process is out of file descriptors.
-    fn clone(&self) -> Self {
-        JoinableQueue(self.0.clone())
-    }
-}
-
-impl<T> fmt::Debug for JoinableQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("JoinableQueue").field(&self.0).finish()
-    }
-}
 
 /// [`JoinableQueue::task_done`] was called more times than items were put (Python's
 /// `ValueError`).
@@ -854,19 +841,32 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 }
 
-/// Whether to wake a sleeper: someone sleeps and nobody was woken who has not run yet.
-/// Called under the queue's lock. A woken process that dies before running leaves the flag
-/// set; sleepers then notice items within [`RECHECK`].
-fn take_turn(
-    sleepers: &std::sync::atomic::AtomicU32,
-    pending: &std::sync::atomic::AtomicU32,
-) -> bool {
-    // Producers and consumers both wake sleepers, under different locks: claim the turn
-    // with one atomic operation.
-    sleepers.load(Ordering::SeqCst) > 0
-        && pending
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+/// The processes sleeping for one thing (an item, or room): the futex word they sleep on,
+/// how many sleep, and whether one was woken and has not run yet.
+struct Sleepers<'a> {
+    word: &'a std::sync::atomic::AtomicU32,
+    count: &'a std::sync::atomic::AtomicU32,
+    pending: &'a std::sync::atomic::AtomicU32,
+}
+
+impl<'a> Sleepers<'a> {
+    /// Getters waiting for an item.
+    fn for_items(words: &'a sys::Words) -> Self {
+        Sleepers {
+            word: &words.not_empty,
+            count: &words.not_empty_sleepers,
+            pending: &words.not_empty_pending,
+        }
+    }
+
+    /// Putters waiting for room.
+    fn for_room(words: &'a sys::Words) -> Self {
+        Sleepers {
+            word: &words.not_full,
+            count: &words.not_full_sleepers,
+            pending: &words.not_full_pending,
+        }
+    }
 }
 
 /// How long a blocked `get` or `put` watches the queue before it sleeps: a producer and a
@@ -885,7 +885,7 @@ fn await_briefly(ready: impl Fn() -> bool) -> bool {
         // Look seldom: each look pulls the other side's line away from it, while a producer
         // left alone for a moment publishes a run of items at full speed. (Looking sooner
         // at first, with growing gaps, measured as slow as not waiting at all.)
-        for _ in 0..1u32 << MAX_GAP_LOG2 {
+        for _ in 0..1u32 << GAP_LOG2 {
             std::hint::spin_loop();
         }
         if step % 4 == 3 {
@@ -903,7 +903,7 @@ fn await_briefly(ready: impl Fn() -> bool) -> bool {
 
 /// The gap between two looks of [`await_briefly`]: 2^7 spin hints (about 4 µs on
 /// the machine of BENCHMARKS.md).
-const MAX_GAP_LOG2: u32 = 7;
+const GAP_LOG2: u32 = 7;
 
 /// One `JoinableQueue` item counted as unfinished before it is put; uncounted on drop unless
 /// kept (the put failed, or its serialization panicked).
