@@ -87,7 +87,8 @@ impl Ctx {
             .unwrap_or_default();
         Ctx {
             quick,
-            limits: saved.get("limits").cloned(),
+            // `null` when an earlier case saved the file before the probe ran.
+            limits: saved.get("limits").filter(|v| !v.is_null()).cloned(),
             python,
             cache,
         }
