@@ -28,6 +28,13 @@ use crate::process::{Builder, JoinHandle, Process, Run};
 /// capturing closure is refused at `start()` with
 /// [`ErrorKind::UnsupportedTarget`](crate::ErrorKind::UnsupportedTarget).
 ///
+/// What a forked child inherits from a threaded parent: multiproc takes the standard output
+/// and error streams' locks for the instant of the fork, so a child never finds them held by
+/// a thread it does not have (its prints and its exit's flush cannot deadlock); a start may
+/// therefore wait while another thread is in the middle of a print. Any other lock another
+/// thread holds at that instant (a `Mutex` of yours, a C library's) stays locked in the
+/// child: a forked target should not take locks that other threads of the parent use.
+///
 /// # Examples
 /// ```
 /// use multiproc::StartMethod;
