@@ -119,6 +119,48 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(
     }
 }
 
+/// `#[serde(with = "crate::wire::bytes")]` for a `Vec<u8>` field that may be large (an encoded
+/// value inside a message): it is written as one byte string, which postcard encodes exactly
+/// as a sequence of `u8` (a length, then the bytes), but copied in one go instead of one call
+/// per byte.
+pub(crate) mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(value: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(ByteBuf)
+    }
+
+    struct ByteBuf;
+
+    impl<'de> serde::de::Visitor<'de> for ByteBuf {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// The payload length announced by a header, checked against [`MAX_FRAME`].
 pub(crate) fn announced_len(header: [u8; HEADER]) -> std::result::Result<usize, DecodeError> {
     let len = u32::from_le_bytes(header) as usize;

@@ -518,4 +518,202 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
         println!();
     }
+    // Issue 20: a loop of short polls collects a value of any size. Each poll takes what the
+    // pipe holds, so a child blocked writing a value larger than the pipe's buffer moves on.
+    #[test]
+    fn short_join_timeout_polls_collect_values_of_any_size() {
+        let _r = Reaper::new();
+        for len in [100_000usize, 64 << 20] {
+            for poll in [0u64, 1, 2] {
+                let mut h = multiproc::spawn_with_args(
+                    |len: usize| serde_bytes::ByteBuf::from(vec![0xA5u8; len]),
+                    len,
+                )
+                .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let started = Instant::now();
+                let mut polls = 0u64;
+                let value = loop {
+                    polls += 1;
+                    match h.join_timeout(Duration::from_millis(poll)) {
+                        Err(JoinError::Timeout) => assert!(
+                            Instant::now() < deadline,
+                            "{len}-byte value not collected in 60 s of {poll} ms polls"
+                        ),
+                        other => break other.unwrap(),
+                    }
+                };
+                eprintln!("{len} bytes, {poll} ms polls: {polls} polls, {:?}", started.elapsed());
+                assert_eq!(value.len(), len, "{poll} ms polls");
+                assert!(value.iter().all(|&b| b == 0xA5));
+            }
+        }
+    }
+
+    // Issue 21 item 3: a value too large for one message is reported as such, not as a clean
+    // exit without a value.
+    #[test]
+    fn a_value_over_the_frame_limit_is_reported_as_unencodable() {
+        let _r = Reaper::new();
+        let h = multiproc::spawn(|| serde_bytes::ByteBuf::from(vec![1u8; (1 << 30) + 1])).unwrap();
+        match h.join() {
+            Err(JoinError::Process(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Encode, "{e}");
+                assert!(e.to_string().contains("limit"), "{e}");
+            }
+            other => panic!("expected an encode error, got {:?}", other.map(|v| v.len())),
+        }
+    }
+}
+
+/// Decodes to an error in the child: its `Deserialize` refuses what its `Serialize` wrote.
+#[derive(Debug)]
+struct Unreadable;
+
+impl Serialize for Unreadable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(7)
+    }
+}
+
+impl<'de> Deserialize<'de> for Unreadable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Err(serde::de::Error::custom("Unreadable never decodes"))
+    }
+}
+
+// Issue 21 items 4 and 5, issue 10 (conjure): what a fresh program cannot run, or cannot
+// rebuild, is reported as what it is. Spawn and forkserver only: fork sends nothing.
+mod fresh_program {
+    use super::*;
+
+    fn each_fresh_method(mut test: impl FnMut(multiproc::Context)) {
+        for method in [
+            multiproc::StartMethod::Spawn,
+            multiproc::StartMethod::ForkServer,
+        ] {
+            test(multiproc::get_context(method));
+        }
+    }
+
+    #[test]
+    fn a_child_that_cannot_decode_its_arguments_says_so() {
+        let _r = Reaper::new();
+        each_fresh_method(|ctx| {
+            let mut h = ctx
+                .spawn_with_args(|_: Unreadable| 1u8, Unreadable)
+                .unwrap();
+            match h.join_timeout(WAIT) {
+                Err(JoinError::Process(e)) => {
+                    assert_eq!(e.kind(), ErrorKind::Decode, "{e}");
+                    let text = e.to_string();
+                    assert!(text.contains("decode its arguments"), "{text}");
+                }
+                other => panic!("expected a decode error, got {other:?}"),
+            }
+            let mut p = ctx.process_with_args(|_: Unreadable| {}, Unreadable);
+            p.start().unwrap();
+            assert_eq!(p.join_timeout(WAIT).unwrap(), Some(1));
+        });
+    }
+
+    fn twice(x: u32) -> u32 {
+        2 * x
+    }
+
+    #[test]
+    fn a_function_pointer_is_refused_with_its_own_reason() {
+        let _r = Reaper::new();
+        each_fresh_method(|ctx| {
+            let f: fn(u32) -> u32 = twice;
+            let e = ctx.spawn_with_args(f, 4).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsupportedTarget);
+            let text = e.to_string();
+            assert!(text.contains("function pointer"), "{text}");
+            assert!(!text.contains("captures variables"), "{text}");
+            // The function item itself works.
+            assert_eq!(ctx.spawn_with_args(twice, 4).unwrap().join().unwrap(), 8);
+        });
+    }
+
+    /// Zero-sized, with a destructor: made afresh per process it would be dropped per process.
+    struct Token;
+
+    impl Drop for Token {
+        fn drop(&mut self) {}
+    }
+
+    #[test]
+    fn a_closure_capturing_a_zero_sized_value_with_a_destructor_is_not_duplicated() {
+        let _r = Reaper::new();
+        each_fresh_method(|ctx| {
+            let token = Token;
+            let e = ctx
+                .spawn(move || {
+                    let _keep = &token;
+                    1u8
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsupportedTarget);
+            assert!(e.to_string().contains("destructor"), "{e}");
+        });
+        // Without a chosen method it is forked, as any capturing closure is.
+        let token = Token;
+        let h = multiproc::spawn(move || {
+            let _keep = &token;
+            3u8
+        })
+        .unwrap();
+        assert_eq!(h.process().start_method(), multiproc::StartMethod::Fork);
+        assert_eq!(h.join().unwrap(), 3);
+    }
+}
+
+// Issue 10 item 3: a forked child must not inherit stdout's or stderr's lock held by another
+// thread of the parent: it would deadlock at its first print or at its exit's flush. Fork
+// only (the other methods start from a process without the parent's threads); the default
+// method forks capturing closures, which is how threaded programs meet this.
+#[test]
+fn a_forked_child_does_not_inherit_a_held_stdout_lock() {
+    let _r = Reaper::new();
+    for stream in ["stdout", "stderr"] {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Other threads take the stream's lock over and over, as threads that log a lot
+            // do: one of them holds it most of the time, and when the parent's pre-fork flush
+            // lets it go another takes it at once, so forks land while it is held.
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _held: Box<dyn std::any::Any> = if stream == "stdout" {
+                            Box::new(std::io::stdout().lock())
+                        } else {
+                            Box::new(std::io::stderr().lock())
+                        };
+                        let until = Instant::now() + Duration::from_micros(20);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let mut deadlocked = 0;
+            for _ in 0..30 {
+                let tag = stream.to_owned();
+                let mut p = Process::new(move || {
+                    println!("child prints to stdout ({tag})");
+                    eprintln!("child prints to stderr ({tag})");
+                });
+                p.start().unwrap();
+                if p.join_timeout(Duration::from_secs(2)).unwrap().is_none() {
+                    deadlocked += 1;
+                    p.kill().unwrap();
+                    p.join_timeout(WAIT).unwrap();
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(deadlocked, 0, "children deadlocked on {stream}'s lock");
+        });
+    }
 }

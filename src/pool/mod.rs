@@ -61,8 +61,8 @@ where
 {
     const {
         assert!(
-            std::mem::size_of::<F>() == 0,
-            "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
+            crate::process::target::is_stateless::<F>(),
+            "a pool task must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
         )
     };
     // `None` only when this crate lives outside the main executable; the worker then refuses
@@ -79,8 +79,8 @@ where
 {
     const {
         assert!(
-            std::mem::size_of::<F>() == 0,
-            "a pool task must be a fn item or a closure that captures nothing; pass values as arguments"
+            crate::process::target::is_stateless::<F>(),
+            "a pool task must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
         )
     };
     // `None` only when this crate lives outside the main executable; the worker then refuses

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use super::children;
 use super::env::{self, ProcessEnv};
 use super::target::Task;
-use crate::error::Result;
 use crate::sys;
 use crate::wire;
 
@@ -32,14 +31,17 @@ pub(crate) struct ChildPlan {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     /// The target returned; its value, encoded.
-    Returned(Vec<u8>),
+    Returned(#[serde(with = "wire::bytes")] Vec<u8>),
     /// The target panicked.
     Panicked {
         message: String,
         location: Option<String>,
     },
-    /// The target returned a value that could not be encoded.
+    /// The target returned a value that could not be encoded, or one too large to send.
     Unencodable(String),
+    /// The child could not rebuild its target from the arguments it was sent (spawn and
+    /// forkserver); the target never ran.
+    BadArguments(String),
 }
 
 /// The exit code of a child whose target panicked, as Python's for an uncaught exception.
@@ -55,39 +57,86 @@ pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
     }
     env::install(plan.env);
     // User code from here on.
-    run_target(plan.result, move || task.run_here())
+    run_target(plan.result, move || {
+        task.run_here()
+            .map_err(|e| Outcome::Unencodable(error_chain(&e)))
+    })
 }
 
 /// Runs `target` as this child's body, reports its outcome on `result` if given, joins the
 /// child's own children as Python's `_exit_function` does, flushes stdout, and returns the
-/// exit code.
-pub(crate) fn run_target(result: Option<OwnedFd>, target: impl FnOnce() -> Result<Vec<u8>>) -> i32 {
+/// exit code. `target` returns the encoded value, or the outcome to report when there is none
+/// (it could not be encoded, or the target could not be built from its arguments).
+pub(crate) fn run_target(
+    result: Option<OwnedFd>,
+    target: impl FnOnce() -> std::result::Result<Vec<u8>, Outcome>,
+) -> i32 {
     CAPTURE_PANICS.set(true);
     let outcome = match panic::catch_unwind(AssertUnwindSafe(target)) {
         Ok(Ok(bytes)) => Outcome::Returned(bytes),
-        Ok(Err(e)) => {
-            eprintln!("multiproc: child could not report its result: {e}");
-            Outcome::Unencodable(e.to_string())
-        }
+        Ok(Err(failed)) => failed,
         Err(payload) => Outcome::Panicked {
             message: panic_message(&*payload),
             location: PANIC_LOCATION.take(),
         },
     };
     CAPTURE_PANICS.set(false);
+    let outcome = fit_in_a_frame(outcome);
     let code = match outcome {
         Outcome::Returned(_) => 0,
-        _ => PANIC_EXIT_CODE,
+        Outcome::Unencodable(ref reason) => {
+            eprintln!("multiproc: child process could not report its result: {reason}");
+            PANIC_EXIT_CODE
+        }
+        Outcome::BadArguments(ref reason) => {
+            eprintln!("multiproc: child process could not decode its arguments: {reason}");
+            PANIC_EXIT_CODE
+        }
+        Outcome::Panicked { .. } => PANIC_EXIT_CODE,
     };
     if let Some(fd) = result {
         // The parent may be gone already; then nobody is waiting for the value.
-        if let Ok(frame) = wire::encode_frame(&outcome) {
-            let _ = sys::write_all(fd.as_fd(), &frame);
-        }
+        let _ = sys::write_all(fd.as_fd(), &report(outcome));
     }
     children::shutdown();
     let _ = std::io::stdout().flush();
     code
+}
+
+/// `outcome`, unless it is a value too large to send in one frame: then the report says so.
+/// The parent must never mistake a value it could not be sent for "no value".
+fn fit_in_a_frame(outcome: Outcome) -> Outcome {
+    // The value's bytes plus the variant tag and the length prefix (at most 6 bytes).
+    const OVERHEAD: usize = 8;
+    match outcome {
+        Outcome::Returned(bytes) if bytes.len() + OVERHEAD > wire::MAX_FRAME => {
+            Outcome::Unencodable(format!(
+                "its value is {} bytes encoded, over the {}-byte limit of one message",
+                bytes.len(),
+                wire::MAX_FRAME
+            ))
+        }
+        outcome => outcome,
+    }
+}
+
+/// The frame that reports `outcome` to the parent (empty if even that cannot be encoded,
+/// which `fit_in_a_frame` rules out for every outcome this module makes).
+fn report(outcome: Outcome) -> Vec<u8> {
+    wire::encode_frame(&outcome).unwrap_or_default()
+}
+
+/// `error` and the errors that caused it, on one line: the whole story has to fit in the
+/// report a child sends, which carries text, not error values.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

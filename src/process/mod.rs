@@ -561,6 +561,9 @@ impl<T> std::fmt::Debug for JoinHandle<T> {
 /// How long a join waits on the child's exit alone before also watching its result pipe.
 const EXIT_ONLY_SLICE: Duration = Duration::from_millis(1);
 
+/// The most a join reads from the result pipe per system call.
+const READ_CHUNK: usize = 256 * 1024;
+
 impl<T: DeserializeOwned> JoinHandle<T> {
     fn start(mut process: Process) -> Result<Self> {
         let (reader, writer) = sys::pipe()?;
@@ -579,13 +582,36 @@ impl<T: DeserializeOwned> JoinHandle<T> {
     ///
     /// # Errors
     /// [`JoinError::Panic`], [`JoinError::Signal`] or [`JoinError::Exit`] when the child
-    /// produced no value; [`JoinError::Process`] when the value could not be decoded.
+    /// produced no value; [`JoinError::Process`] when the value could not be decoded, or the
+    /// child could not encode it or decode its arguments.
     pub fn join(mut self) -> Result<T, JoinError> {
         self.wait(None)
     }
 
     /// Waits at most `timeout`. On [`JoinError::Timeout`] the child keeps running and the
     /// handle can be joined again.
+    ///
+    /// Every call, a zero timeout included, first takes whatever part of the child's value is
+    /// waiting in the pipe, so a loop of short polls collects a value of any size: a child
+    /// whose value is larger than the pipe's buffer is blocked writing it until it is read.
+    /// A zero timeout never blocks: it reads what is there, checks whether the child has
+    /// ended, and returns.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::JoinError;
+    ///
+    /// let mut handle = multiproc::spawn(|| vec![7u8; 1 << 20])?;
+    /// let value = loop {
+    ///     match handle.join_timeout(Duration::ZERO) {
+    ///         Err(JoinError::Timeout) => std::thread::sleep(Duration::from_millis(1)), // other work
+    ///         done => break done?,
+    ///     }
+    /// };
+    /// assert_eq!(value.len(), 1 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`join`](JoinHandle::join), plus [`JoinError::Timeout`] and
@@ -599,13 +625,18 @@ impl<T: DeserializeOwned> JoinHandle<T> {
             return Err(JoinError::AlreadyJoined);
         }
         let child = Arc::clone(self.process.child()?);
+        // Whatever the child has written so far is taken on every call, however short its
+        // deadline: a child whose value does not fit in the pipe cannot exit until it is read.
+        self.drain()?;
         // A short child with a small value is done before this slice ends: waiting on its exit
         // alone costs one wake-up instead of two (data, then exit), and each cross-CPU wake-up
         // is tens of microseconds on a small VM. A value larger than the pipe buffer blocks
-        // the child until we read, so after the slice the pipe is watched too.
+        // the child until we read, so after the slice, or from the start when the deadline
+        // comes first, the pipe is watched too.
         let first_slice = Instant::now() + EXIT_ONLY_SLICE;
+        let short_deadline = deadline.is_some_and(|d| d <= first_slice);
         let exitcode = loop {
-            let watch_pipe = Instant::now() >= first_slice;
+            let watch_pipe = short_deadline || Instant::now() >= first_slice;
             let slice_end = if watch_pipe {
                 deadline
             } else {
@@ -644,6 +675,12 @@ impl<T: DeserializeOwned> JoinHandle<T> {
                     format!("child could not encode its value: {reason}"),
                 )))
             }
+            Some((Outcome::BadArguments(reason), _)) => {
+                Err(JoinError::Process(Error::with_message(
+                    ErrorKind::Decode,
+                    format!("child could not decode its arguments: {reason}"),
+                )))
+            }
             None if exitcode < 0 => Err(JoinError::Signal(-exitcode)),
             None => Err(JoinError::Exit(exitcode)),
         }
@@ -654,15 +691,20 @@ impl<T: DeserializeOwned> JoinHandle<T> {
         let Some(reader) = &self.reader else {
             return Ok(());
         };
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            match sys::read(reader.as_fd(), &mut chunk) {
+            // Once the header is in, read up to the end of the announced frame in one go.
+            let want = match wire::frame_len(&self.received)? {
+                Some(len) => (wire::HEADER + len)
+                    .saturating_sub(self.received.len())
+                    .clamp(1, READ_CHUNK),
+                None => 16 * 1024,
+            };
+            match sys::read_append(reader.as_fd(), &mut self.received, want) {
                 Ok(0) => {
                     self.reader = None;
                     return Ok(());
                 }
-                Ok(n) => {
-                    self.received.extend_from_slice(&chunk[..n]);
+                Ok(_) => {
                     if let Some(len) = wire::frame_len(&self.received)?
                         && self.received.len() > wire::HEADER + len
                     {

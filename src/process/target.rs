@@ -4,7 +4,15 @@
 //! methods that begin a fresh program (spawn, forkserver) need the target as data: an
 //! [`Entry`] function, monomorphised for the target's type, plus its serialized arguments.
 //! That works for any function item or non-capturing closure, because such a type is
-//! zero-sized: the child can make its one value out of nothing.
+//! zero-sized: the child can make its one value out of nothing ([`conjure`]).
+//!
+//! A zero size does not quite prove that a closure captures nothing: it may capture values
+//! that are themselves zero-sized (a `PhantomData`, a unit struct). Such a closure is made
+//! afresh in the child like a function item, which is sound (a zero-sized value has no bytes
+//! to get wrong) and harmless unless the captured type means something by existing only once.
+//! A type with a destructor is the case where that shows (its `drop` would run once per
+//! copy), so a closure whose type needs dropping counts as capturing ([`is_stateless`]) and
+//! only `fork` runs it.
 
 use std::mem::size_of;
 
@@ -76,22 +84,48 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::with_source(ErrorKind::Decode, e))
 }
 
-fn capture_error() -> Error {
+/// Whether a target of type `F` can be made afresh in another process: it is zero-sized (a
+/// function item, or a closure that captures nothing or only zero-sized values) and has no
+/// destructor that a copy per process would run more than once.
+pub(crate) const fn is_stateless<F>() -> bool {
+    size_of::<F>() == 0 && !std::mem::needs_drop::<F>()
+}
+
+/// Why a target of type `F`, which is not [`is_stateless`], cannot be sent to a fresh program.
+fn capture_error<F>() -> Error {
+    let name = std::any::type_name::<F>();
+    let what = if name.starts_with("fn(") || name.contains(" fn(") {
+        // A function pointer holds an address, which means nothing in another program image
+        // unless it is turned back into the function item it came from.
+        format!(
+            "a function pointer ({name}) can only run under the fork start method; pass the \
+             function itself (`f`, not `f as fn(..)`), whose type names the code"
+        )
+    } else if size_of::<F>() == 0 {
+        "a closure that captures a value with a destructor can only run under the fork \
+         start method (each process would drop its own copy)"
+            .to_owned()
+    } else {
+        "a closure that captures variables can only run under the fork start method".to_owned()
+    };
     Error::with_message(
         ErrorKind::UnsupportedTarget,
-        "a closure that captures variables can only run under the fork start method; \
-         pass its values as arguments (Process::with_args), use a fn item, or choose \
-         StartMethod::Fork for this process (Builder::start_method)",
+        format!(
+            "{what}; pass its values as arguments (Process::with_args), use a fn item, or \
+             choose StartMethod::Fork for this process (Builder::start_method)"
+        ),
     )
 }
 
 /// Makes the one value of a zero-sized closure or function item type.
 pub(crate) fn conjure<F>() -> F {
-    assert!(size_of::<F>() == 0, "conjure called on a sized type");
+    assert!(is_stateless::<F>(), "conjure called on a type with state");
     // SAFETY: `F` is zero-sized (asserted above), so reading it from a dangling, well-aligned
-    // pointer reads no bytes. Callers use it only for closure and fn-item types (`F: FnOnce`),
-    // which a zero size proves capture nothing: their one value carries no state and no
-    // invariant.
+    // pointer reads no bytes, and every zero-sized type has exactly one value, so the value
+    // read is a valid `F`. Callers use it only for closure and fn-item types (`F: FnOnce`):
+    // their value carries no state, and `F` has no destructor (asserted above), so making
+    // one per process duplicates nothing observable but the captured zero-sized types' own
+    // uniqueness, which the module docs explain.
     #[allow(unsafe_code)]
     unsafe {
         std::ptr::NonNull::<F>::dangling().as_ptr().read()
@@ -111,8 +145,8 @@ where
     }
 
     fn to_remote(&self) -> Result<RemoteTask> {
-        if size_of::<F>() != 0 {
-            return Err(capture_error());
+        if !is_stateless::<F>() {
+            return Err(capture_error::<F>());
         }
         Ok(RemoteTask {
             entry: closure_entry::<F, T>,
@@ -121,7 +155,7 @@ where
     }
 
     fn captures(&self) -> bool {
-        size_of::<F>() != 0
+        !is_stateless::<F>()
     }
 }
 
@@ -150,8 +184,8 @@ where
     }
 
     fn to_remote(&self) -> Result<RemoteTask> {
-        if size_of::<F>() != 0 {
-            return Err(capture_error());
+        if !is_stateless::<F>() {
+            return Err(capture_error::<F>());
         }
         Ok(RemoteTask {
             entry: args_entry::<F, A, T>,
@@ -160,7 +194,7 @@ where
     }
 
     fn captures(&self) -> bool {
-        size_of::<F>() != 0
+        !is_stateless::<F>()
     }
 }
 

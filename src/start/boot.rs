@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context;
 use crate::error::{Error, ErrorKind, Result};
-use crate::process::bootstrap::{self, ChildPlan, PANIC_EXIT_CODE};
+use crate::process::bootstrap::{self, ChildPlan, Outcome, PANIC_EXIT_CODE};
 use crate::process::env::{self, Identity, ProcessEnv};
 use crate::process::target::{Entry, Task};
 use crate::sys;
@@ -41,6 +41,7 @@ struct Boot {
     /// The entry point, as an offset from `sys::image`'s anchor.
     entry: i64,
     identity: Identity,
+    #[serde(with = "wire::bytes")]
     payload: Vec<u8>,
     /// Whether the first descriptor is the result pipe's write end.
     has_result: bool,
@@ -209,6 +210,9 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
     let payload = boot.payload;
     // User code from here on.
     Ok(bootstrap::run_target(result, move || {
-        wire::with_received_fds(fds, || entry(&payload))?.run_here()
+        let task = wire::with_received_fds(fds, || entry(&payload))
+            .map_err(|e| Outcome::BadArguments(bootstrap::error_chain(&e)))?;
+        task.run_here()
+            .map_err(|e| Outcome::Unencodable(bootstrap::error_chain(&e)))
     }))
 }
