@@ -187,6 +187,33 @@ pub fn set_start_method(method: StartMethod) -> Result<()> {
     }
 }
 
+/// The pid of this process's forkserver, for diagnostics (a process listing, a debugger, a
+/// leak check that must tell the server from children): `None` until this process's first
+/// forkserver start, and while a server that died has not been replaced (the next forkserver
+/// start notices and starts a new one). A process has its own server: a child started with
+/// `fork` does not share its parent's, so this is `None` in it until it makes a forkserver
+/// start of its own.
+///
+/// The server is a child of this process that [`active_children`](crate::active_children)
+/// does not list; the children it makes are direct children of this process.
+///
+/// # Examples
+/// ```
+/// use multiproc::StartMethod;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let ctx = multiproc::get_context(StartMethod::ForkServer);
+/// let child = ctx.spawn_with_args(square, 7)?;
+/// let server = multiproc::forkserver_pid().expect("the start above launched a server");
+/// assert_ne!(server, child.pid());
+/// assert_eq!(child.join()?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn forkserver_pid() -> Option<u32> {
+    crate::start::forkserver_pid()
+}
+
 /// A context for one start method, as Python's `get_context("spawn")`: processes made
 /// through it use that method whatever the default is.
 ///
