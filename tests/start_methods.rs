@@ -81,6 +81,51 @@ fn hold_robust_mutex(shm: multiproc::SharedMemory) {
     std::thread::sleep(Duration::from_secs(60));
 }
 
+/// A daemon's body: says it is up (after its parent-death signal is armed), then waits.
+fn daemon_says_up(up: multiproc::Queue<u32>) {
+    up.put(std::process::id()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A helper process's body: starts a daemon from a thread that ends once the daemon is up,
+/// reports the daemon's pid, and waits to be killed.
+fn daemon_from_a_short_lived_thread(report: multiproc::Queue<u32>) {
+    let up = multiproc::Queue::<u32>::new().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut daemon = multiproc::Builder::new()
+            .daemon(true)
+            .target_with_args(daemon_says_up, up.clone());
+        daemon.start().unwrap();
+        let pid = daemon.pid().unwrap();
+        assert_eq!(up.get_timeout(WAIT).unwrap(), pid);
+        pid
+    });
+    let daemon = thread.join().unwrap();
+    report.put(daemon).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}
+
+/// SIGKILLs a process that is not our child when dropped (a test's cleanup).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if running(self.0) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 start_method_matrix! {
     #[test]
     fn typed_result_from_fn_item() {
@@ -252,6 +297,28 @@ start_method_matrix! {
             libc::pthread_mutex_destroy(m);
         }
         shm.unlink().unwrap();
+    }
+
+    #[test]
+    fn daemon_started_from_a_short_lived_thread_is_tied_to_the_process() {
+        // Linux's parent-death signal follows the parent *thread*: a daemon must neither die
+        // when the thread that started it ends nor outlive its parent process (issue 10).
+        let ctx = get_context(multiproc::get_start_method());
+        let _reaper = Reaper::new();
+        let report = multiproc::Queue::<u32>::new().unwrap();
+        let mut helper = ctx.process_with_args(daemon_from_a_short_lived_thread, report.clone());
+        helper.start().unwrap();
+        let daemon = report.get_timeout(WAIT).unwrap();
+        let _cleanup = KillOnDrop(daemon);
+        // The thread that started the daemon has ended; a signal tied to it is immediate.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(running(daemon), "the daemon died with the thread that started it");
+        helper.kill().unwrap();
+        assert_eq!(helper.join_timeout(WAIT).unwrap(), Some(-9));
+        assert!(
+            eventually(WAIT, || !running(daemon)),
+            "the daemon outlived its parent process"
+        );
     }
 }
 
