@@ -126,6 +126,18 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// What a child sees of start methods: its default, the method a process it makes would use,
+/// and the default its own child sees.
+fn report_methods() -> [String; 3] {
+    let own = multiproc::get_start_method().to_string();
+    let next = multiproc::Process::new(|| {}).start_method().to_string();
+    let grandchild = multiproc::spawn(|| multiproc::get_start_method().to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    [own, next, grandchild]
+}
+
 start_method_matrix! {
     #[test]
     fn typed_result_from_fn_item() {
@@ -319,6 +331,23 @@ start_method_matrix! {
             eventually(WAIT, || !running(daemon)),
             "the daemon outlived its parent process"
         );
+    }
+
+    #[test]
+    fn child_started_through_a_context_defaults_to_its_method() {
+        // As in Python, where a concrete context's Process forces its method on the child
+        // (`BaseProcess._bootstrap`), while one from the default context keeps the parent's.
+        let default = multiproc::get_start_method().to_string();
+        let _reaper = Reaper::new();
+        for m in multiproc::get_all_start_methods() {
+            let all = [m.to_string(), m.to_string(), m.to_string()];
+            let seen = get_context(m).spawn(report_methods).unwrap().join().unwrap();
+            assert_eq!(seen, all, "a child started through get_context({m})");
+            let seen = multiproc::Builder::new().start_method(m).spawn(report_methods);
+            assert_eq!(seen.unwrap().join().unwrap(), all, "Builder::start_method({m})");
+        }
+        let seen = multiproc::spawn(report_methods).unwrap().join().unwrap();
+        assert_eq!(seen, [default.clone(), default.clone(), default], "a child started with the default");
     }
 }
 

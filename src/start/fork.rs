@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use super::{Launched, Popen};
+use crate::context;
 use crate::error::Result;
 use crate::process::bootstrap::{self, ChildPlan};
 use crate::process::target::Task;
@@ -28,7 +29,12 @@ fn fork(plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
     let _ = std::io::stderr().flush();
     // In the parent the closure is dropped unrun: the plan's copy of the result pipe's
     // write end closes, and the target's captures are released as after a move to a thread.
-    let pid = sys::fork_child(move || bootstrap::run_forked(plan, task))?;
+    let pid = sys::fork_child(move || {
+        if let Some(method) = plan.start_method {
+            context::force_start_method(method);
+        }
+        bootstrap::run_forked(plan, task)
+    })?;
     let pidfd = sys::pidfd_for_new_child(pid)?;
     Ok(Launched { pid, pidfd })
 }
