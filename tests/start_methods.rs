@@ -753,6 +753,56 @@ alone! {
     }
 
     #[test]
+    fn out_of_descriptors_for_a_handle_argument_is_an_os_error() {
+        let _reaper = Reaper::new();
+        // In a fork child (it may capture and change its own limits): with every descriptor in
+        // use, passing a Queue to a fresh program needs a duplicate of its descriptors, which
+        // fails with EMFILE. That is the OS refusing, not a value that cannot be serialized.
+        let outcomes = get_context(StartMethod::Fork)
+            .spawn(|| {
+                let queue = multiproc::Queue::<u32>::new().unwrap();
+                let mut p: Vec<_> = fresh_methods()
+                    .into_iter()
+                    .map(|m| (m, get_context(m).process_with_args(|q: multiproc::Queue<u32>| drop(q), queue.clone())))
+                    .collect();
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: getrlimit/setrlimit write or read the struct we pass.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+                limit.rlim_cur = 256.min(limit.rlim_max);
+                // SAFETY: as above.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+                let mut hog = Vec::new();
+                while let Ok(f) = std::fs::File::open("/dev/null") {
+                    hog.push(f);
+                }
+                let outcomes: Vec<(String, String, Option<i32>)> = p
+                    .iter_mut()
+                    .map(|(m, p)| match p.start() {
+                        Ok(()) => (m.to_string(), "started".to_owned(), None),
+                        Err(e) => {
+                            let errno = std::error::Error::source(&e)
+                                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                                .and_then(std::io::Error::raw_os_error);
+                            (m.to_string(), format!("{:?}: {e}", e.kind()), errno)
+                        }
+                    })
+                    .collect();
+                drop(hog);
+                (outcomes, multiproc::active_children().len())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (outcomes, children) = outcomes;
+        assert_eq!(children, 0, "a failed start left a child: {outcomes:?}");
+        for (m, outcome, errno) in outcomes {
+            assert!(outcome.starts_with("Os: "), "{m}: {outcome}");
+            assert!(outcome.contains("Too many open files"), "{m}: {outcome}");
+            assert_eq!(errno, Some(libc::EMFILE), "{m}: the source is the OS error: {outcome}");
+        }
+    }
+
+    #[test]
     fn environment_names_the_default() {
         // SAFETY: this test runs alone in its process (nextest, or `alone!`), before any thread.
         unsafe { std::env::set_var("MULTIPROC_START_METHOD", "spawn") };

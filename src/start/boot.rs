@@ -78,8 +78,7 @@ fn exe_identity() -> Result<ExeId> {
 /// Serializes everything the child needs. Fails, before any process exists, when the target
 /// captures variables, an argument cannot be serialized, or there are too many descriptors.
 pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> {
-    let (remote, payload_fds) = wire::collect_fds(|| task.to_remote());
-    let remote = remote?;
+    let (remote, payload_fds) = wire::collect_fds_checked(|| task.to_remote())?;
     drop(task);
     let entry = sys::entry_offset(remote.entry).ok_or_else(|| {
         Error::with_message(
