@@ -225,10 +225,10 @@ pub fn set_start_method(method: StartMethod) -> Result<()> {
 
 /// The pid of this process's forkserver, for diagnostics (a process listing, a debugger, a
 /// leak check that must tell the server from children): `None` until this process's first
-/// forkserver start, and while a server that died has not been replaced (the next forkserver
-/// start notices and starts a new one). A process has its own server: a child started with
-/// `fork` does not share its parent's, so this is `None` in it until it makes a forkserver
-/// start of its own.
+/// forkserver start. A server that dies keeps being named here until the next forkserver
+/// start notices, reaps it and starts a new one. A process has its own server: a child
+/// started with `fork` does not share its parent's, so this is `None` in it until it makes a
+/// forkserver start of its own.
 ///
 /// The server is a child of this process that [`active_children`](crate::active_children)
 /// does not list; the children it makes are direct children of this process.

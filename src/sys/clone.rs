@@ -293,3 +293,24 @@ fn restore_default_signals() {
     // SAFETY: installing SIG_DFL for SIGINT has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
 }
+
+#[cfg(test)]
+mod tests {
+    /// glibc's published offset of the cached thread id is found and right, on any thread
+    /// (each has its own descriptor); the forkserver relies on it for every child.
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn cached_tid_slot_holds_the_calling_threads_id() {
+        let here = super::cached_tid_slot().expect("glibc publishes _thread_db_pthread_tid");
+        let there = std::thread::spawn(|| {
+            let slot = super::cached_tid_slot().expect("on another thread too");
+            // SAFETY: the slot was just validated as this live thread's cached id.
+            let tid = unsafe { std::ptr::read_volatile(slot as *const i32) };
+            (slot, tid, rustix::thread::gettid().as_raw_nonzero().get())
+        })
+        .join()
+        .unwrap();
+        assert_ne!(here, there.0);
+        assert_eq!(there.1, there.2);
+    }
+}
