@@ -22,7 +22,7 @@
 //!
 //! # Safety
 //! A raw `clone` bypasses the rest of glibc's `fork`: `pthread_atfork` handlers do not run,
-//! and the kernel forgets the robust-futex list, which [`clone_sibling`] registers again. The
+//! and the kernel forgets the robust-futex list, which [`SiblingCloner::clone_sibling`] registers again. The
 //! server is single-threaded, so no lock can be held by a thread that does not exist in the
 //! child, and the child may allocate. The thread-id slot is a field of glibc's descriptor of
 //! the calling thread, located by glibc's own published offset and bounded by its published
@@ -161,7 +161,7 @@ impl PidSlot {
     }
 }
 
-/// What the forkserver passes to every [`clone_sibling`]: computed once, since the server is
+/// What the forkserver uses for every [`clone_sibling`](SiblingCloner::clone_sibling): computed once, since the server is
 /// single-threaded and its thread's descriptor never moves.
 #[derive(Debug)]
 pub(crate) struct SiblingCloner {
