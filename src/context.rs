@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,9 +58,33 @@ pub enum StartMethod {
 /// The method used when neither `set_start_method` nor the process chose one.
 const BUILTIN_DEFAULT: StartMethod = StartMethod::ForkServer;
 
-static DEFAULT: OnceLock<StartMethod> = OnceLock::new();
+/// The chosen default ([`StartMethod::code`]), 0 while none was chosen. An atomic rather than
+/// a `OnceLock` so that a forked child can be given its own with one async-signal-safe store
+/// ([`force_start_method`]).
+static DEFAULT: AtomicU8 = AtomicU8::new(0);
+
+fn chosen() -> Option<StartMethod> {
+    StartMethod::from_code(DEFAULT.load(Ordering::Acquire))
+}
 
 impl StartMethod {
+    fn code(self) -> u8 {
+        match self {
+            StartMethod::Fork => 1,
+            StartMethod::Spawn => 2,
+            StartMethod::ForkServer => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<StartMethod> {
+        match code {
+            1 => Some(StartMethod::Fork),
+            2 => Some(StartMethod::Spawn),
+            3 => Some(StartMethod::ForkServer),
+            _ => None,
+        }
+    }
+
     /// Python's name for the method.
     pub fn name(self) -> &'static str {
         match self {
@@ -117,16 +142,18 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
 /// warning), which lets a program be run under another method without a code change, as
 /// `RAYON_NUM_THREADS` sizes rayon's pool; else [`StartMethod::ForkServer`].
 ///
+/// In a child, the method given to [`set_start_method`] is the one the child was started
+/// with when its process chose one (through a [`Context`] or [`Builder::start_method`]), and
+/// otherwise the parent's default, as in Python (whose concrete contexts force their method on
+/// the child's default context): a child started by `get_context(Spawn)` in a program whose
+/// method is fork says `Spawn`, and its own children are spawned.
+///
 /// # Examples
 /// ```
 /// assert_eq!(multiproc::get_start_method(), multiproc::StartMethod::ForkServer);
 /// ```
 pub fn get_start_method() -> StartMethod {
-    DEFAULT
-        .get()
-        .copied()
-        .or_else(env_default)
-        .unwrap_or(BUILTIN_DEFAULT)
+    chosen().or_else(env_default).unwrap_or(BUILTIN_DEFAULT)
 }
 
 /// The method for a process that did not choose one. As [`get_start_method`], except that
@@ -135,7 +162,7 @@ pub fn get_start_method() -> StartMethod {
 /// shape of `std::thread::spawn(move || ..)` keeps working. Choosing a method explicitly makes
 /// such a target an error under spawn and forkserver.
 pub(crate) fn default_for(captures: bool) -> StartMethod {
-    match DEFAULT.get().copied().or_else(env_default) {
+    match chosen().or_else(env_default) {
         Some(method) => method,
         None if captures => StartMethod::Fork,
         None => BUILTIN_DEFAULT,
@@ -162,7 +189,14 @@ fn env_default() -> Option<StartMethod> {
 /// The method given to [`set_start_method`], if any: a child that begins a fresh program is
 /// told it, as Python's spawn preparation data carries `start_method`.
 pub(crate) fn chosen_start_method() -> Option<StartMethod> {
-    DEFAULT.get().copied()
+    chosen()
+}
+
+/// Makes `method` this process's chosen default, whatever was chosen before: what a child is
+/// given before its target runs (Python's `_force_start_method`). Async-signal-safe (one
+/// atomic store), for a forked child.
+pub(crate) fn force_start_method(method: StartMethod) {
+    DEFAULT.store(method.code(), Ordering::Release);
 }
 
 /// Sets the process-wide default start method, once, as Python's `set_start_method`. Call it
@@ -183,19 +217,49 @@ pub(crate) fn chosen_start_method() -> Option<StartMethod> {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 pub fn set_start_method(method: StartMethod) -> Result<()> {
-    let set = *DEFAULT.get_or_init(|| method);
-    if set == method {
-        Ok(())
-    } else {
-        Err(Error::with_message(
+    match DEFAULT.compare_exchange(0, method.code(), Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Ok(()),
+        Err(code) if code == method.code() => Ok(()),
+        Err(code) => Err(Error::with_message(
             ErrorKind::StartMethodAlreadySet,
-            format!("the start method was already set to {set}"),
-        ))
+            format!(
+                "the start method was already set to {}",
+                StartMethod::from_code(code).map_or("?", StartMethod::name)
+            ),
+        )),
     }
 }
 
+/// The pid of this process's forkserver, for diagnostics (a process listing, a debugger, a
+/// leak check that must tell the server from children): `None` until this process's first
+/// forkserver start. A server that dies keeps being named here until the next forkserver
+/// start notices, reaps it and starts a new one. A process has its own server: a child
+/// started with `fork` does not share its parent's, so this is `None` in it until it makes a
+/// forkserver start of its own.
+///
+/// The server is a child of this process that [`active_children`](crate::active_children)
+/// does not list; the children it makes are direct children of this process.
+///
+/// # Examples
+/// ```
+/// use multiproc::StartMethod;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let ctx = multiproc::get_context(StartMethod::ForkServer);
+/// let child = ctx.spawn_with_args(square, 7)?;
+/// let server = multiproc::forkserver_pid().expect("the start above launched a server");
+/// assert_ne!(server, child.pid());
+/// assert_eq!(child.join()?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn forkserver_pid() -> Option<u32> {
+    crate::start::forkserver_pid()
+}
+
 /// A context for one start method, as Python's `get_context("spawn")`: processes made
-/// through it use that method whatever the default is.
+/// through it use that method whatever the default is, and have it as their own default
+/// ([`get_start_method`] in them), so their children use it too.
 ///
 /// # Examples
 /// ```

@@ -82,6 +82,19 @@ impl Error {
         }
     }
 
+    /// An error that says what failed (`message`) and keeps the error underneath (`source`).
+    pub(crate) fn with_message_and_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            kind,
+            message: Some(message.into()),
+            source: Some(source.into()),
+        }
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind

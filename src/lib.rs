@@ -135,6 +135,7 @@ pub use connection::{
     Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_HANDSHAKE_MESSAGE,
     Waitable, client, client_with_authkey, pipe, wait,
 };
+pub use context::forkserver_pid;
 pub use context::{
     Context, StartMethod, get_all_start_methods, get_context, get_start_method, set_start_method,
 };

@@ -187,19 +187,52 @@ pub(crate) fn announced_len(header: [u8; HEADER]) -> std::result::Result<usize, 
 use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+/// The side table of one [`collect_fds`] call.
+#[derive(Default)]
+struct Outgoing {
+    fds: Vec<OwnedFd>,
+    /// The first failure to duplicate a descriptor (out of descriptors), which serde can only
+    /// carry as text: kept here so that it is reported as the OS error it is.
+    dup_failed: Option<std::io::Error>,
+}
+
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
 /// Runs `encode` (which serializes start arguments) and returns duplicates of the descriptors
 /// that the serialized handles refer to, in index order. Being duplicates, they stay valid
-/// whatever happens to the handles; dropping them closes only the copies.
+/// whatever happens to the handles; dropping them closes only the copies. A failure to
+/// duplicate shows only as `encode`'s serialization error: prefer [`collect_fds_checked`].
+#[allow(dead_code)] // used by tests
 pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let previous = OUTGOING.replace(Some(Vec::new()));
+    let (result, table) = collect(encode);
+    (result, table.fds)
+}
+
+/// As [`collect_fds`], for an `encode` that reports errors: if duplicating a descriptor failed
+/// (`EMFILE`, `ENFILE`), the error is [`ErrorKind::Os`] with that `io::Error` as its source,
+/// not the serialization error it surfaced as inside serde.
+pub(crate) fn collect_fds_checked<R>(
+    encode: impl FnOnce() -> Result<R>,
+) -> Result<(R, Vec<OwnedFd>)> {
+    let (result, table) = collect(encode);
+    if let Some(e) = table.dup_failed {
+        return Err(Error::with_message_and_source(
+            ErrorKind::Os,
+            format!("could not duplicate a descriptor to pass to the child: {e}"),
+            e,
+        ));
+    }
+    Ok((result?, table.fds))
+}
+
+fn collect<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
+    let previous = OUTGOING.replace(Some(Outgoing::default()));
     let result = encode();
-    let fds = OUTGOING.replace(previous).unwrap_or_default();
-    (result, fds)
+    let table = OUTGOING.replace(previous).unwrap_or_default();
+    (result, table)
 }
 
 /// Runs `decode` (which deserializes start arguments) with `fds` as the table that serialized
@@ -223,16 +256,21 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with_borrow_mut(|table| {
-        table.as_mut().map(|fds| {
-            fds.push(fd.try_clone_to_owned()?);
-            Ok::<_, std::io::Error>(fds.len() - 1)
+        table.as_mut().map(|table| match fd.try_clone_to_owned() {
+            Ok(copy) => {
+                table.fds.push(copy);
+                Ok(table.fds.len() - 1)
+            }
+            Err(e) => {
+                let message = format!("could not duplicate a descriptor for the child: {e}");
+                table.dup_failed.get_or_insert(e);
+                Err(message)
+            }
         })
     });
     match index {
         Some(Ok(i)) => s.serialize_u32(i as u32),
-        Some(Err(e)) => Err(serde::ser::Error::custom(format!(
-            "could not duplicate a descriptor for the child: {e}"
-        ))),
+        Some(Err(message)) => Err(serde::ser::Error::custom(message)),
         None => Err(serde::ser::Error::custom(
             "a handle that owns a file descriptor can only be passed to a child process as a start argument",
         )),

@@ -25,6 +25,9 @@ pub(crate) struct ChildPlan {
     pub(crate) env: Box<ProcessEnv>,
     /// Write end of the pipe that carries the [`Outcome`] back, for typed `JoinHandle`s.
     pub(crate) result: Option<OwnedFd>,
+    /// The default start method the child adopts: the one its process chose, else the
+    /// parent's chosen default (`None`: no choice to pass on). See `context::get_start_method`.
+    pub(crate) start_method: Option<crate::context::StartMethod>,
 }
 
 /// How the target ended, sent from child to parent for typed results.

@@ -222,6 +222,8 @@ impl Process {
         let plan = ChildPlan {
             env: Box::new(ProcessEnv::new(identity)),
             result,
+            // As Python's concrete contexts do (`BaseProcess._bootstrap`).
+            start_method: self.method.or_else(context::chosen_start_method),
         };
         let method = self.start_method();
         let launched = start::popen(method).launch(plan, task)?;

@@ -45,7 +45,7 @@ struct Boot {
     payload: Vec<u8>,
     /// Whether the first descriptor is the result pipe's write end.
     has_result: bool,
-    /// The parent's `set_start_method` choice, by name, which the child adopts.
+    /// The default start method the child adopts, by name (`ChildPlan::start_method`).
     start_method: Option<String>,
 }
 
@@ -79,8 +79,7 @@ fn exe_identity() -> Result<ExeId> {
 /// Serializes everything the child needs. Fails, before any process exists, when the target
 /// captures variables, an argument cannot be serialized, or there are too many descriptors.
 pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> {
-    let (remote, payload_fds) = wire::collect_fds(|| task.to_remote());
-    let remote = remote?;
+    let (remote, payload_fds) = wire::collect_fds_checked(|| task.to_remote())?;
     drop(task);
     let entry = sys::entry_offset(remote.entry).ok_or_else(|| {
         Error::with_message(
@@ -90,6 +89,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
         )
     })?;
     let has_result = plan.result.is_some();
+    let start_method = plan.start_method;
     let mut fds: Vec<OwnedFd> = plan.result.into_iter().collect();
     fds.extend(payload_fds);
     if fds.len() > sys::MAX_FDS {
@@ -109,7 +109,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
         identity: plan.env.identity,
         payload: remote.payload,
         has_result,
-        start_method: context::chosen_start_method().map(|m| m.name().to_owned()),
+        start_method: start_method.map(|m| m.name().to_owned()),
     };
     Ok(Prepared {
         frame: wire::encode_frame(&boot)?,
@@ -203,7 +203,7 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
         return Ok(PANIC_EXIT_CODE);
     }
     if let Some(method) = boot.start_method {
-        context::set_start_method(method.parse()?)?;
+        context::force_start_method(method.parse()?);
     }
     bootstrap::install_panic_hook();
     env::install(Box::new(ProcessEnv::new(boot.identity)));

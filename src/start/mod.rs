@@ -8,9 +8,11 @@
 //! child (or the server) instead of running `main`: a hook the crate places in `.init_array`
 //! does that before `main` ([`pre_main`]), with [`crate::init`] as the documented fallback.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, sync_channel};
+use std::sync::{Mutex, Once};
 
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
@@ -35,6 +37,11 @@ pub(crate) struct Launched {
 pub(crate) trait Popen: Sync {
     /// Starts a child that installs `plan` and runs `task`. On error no child is left behind.
     fn launch(&self, plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched>;
+}
+
+/// The pid of this process's forkserver, if it started one (see `context::forkserver_pid`).
+pub(crate) fn forkserver_pid() -> Option<u32> {
+    forkserver::server_pid()
 }
 
 /// The implementation of `method`.
@@ -79,8 +86,6 @@ pub(crate) fn init() {
     pre_main();
 }
 
-/// Checks that a re-executed copy of this program will become the child rather than run
-/// `main` again (which could start children of its own: a fork bomb).
 /// Starts a fresh copy of this program in `role` ("spawn" or "forkserver"), connected by a
 /// socket over which it is sent its boot message. Returns our end, its pid and its pidfd.
 fn start_self(role: &str) -> Result<(OwnedFd, RawPid, OwnedFd)> {
@@ -91,6 +96,8 @@ fn start_self(role: &str) -> Result<(OwnedFd, RawPid, OwnedFd)> {
     Ok((ours, pid, pidfd))
 }
 
+/// Checks that a re-executed copy of this program will become the child rather than run
+/// `main` again (which could start children of its own: a fork bomb).
 fn ensure_can_reexec() -> Result<()> {
     reexec_check(
         sys::pre_main_hook_ran(),
@@ -107,6 +114,65 @@ fn reexec_check(hook_ran: bool, init_called: bool) -> Result<()> {
         "the spawn and forkserver start methods re-execute this program, but multiproc's \
          pre-main hook did not run in it; call multiproc::init() as the first line of main",
     ))
+}
+
+/// Runs `f` on a thread that lives as long as this process: the calling thread if it is the
+/// main thread (or the keeper itself), otherwise one keeper thread started on first use.
+///
+/// Linux sends a child's parent-death signal (`PR_SET_PDEATHSIG`, which daemons use to die
+/// with this program) when the parent *thread* exits, not the parent process; and the parent
+/// thread of a child is the one that forked or spawned it (for forkserver children, the one
+/// that started the server). Daemons started from a short-lived thread would die with it, so
+/// their creation is handed to a thread that never exits.
+///
+/// # Errors
+/// [`ErrorKind::Os`] if the keeper thread cannot be started. A panic in `f` is resumed in the
+/// caller.
+pub(crate) fn on_a_lasting_thread<R, F>(f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Job = Box<dyn FnOnce() + Send>;
+    static KEEPER: Mutex<Option<(RawPid, Sender<Job>)>> = Mutex::new(None);
+    thread_local! {
+        static IS_KEEPER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    if sys::is_main_thread() || IS_KEEPER.get() {
+        return Ok(f());
+    }
+    let (reply, answer) = sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = reply.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    let owner = sys::current_pid();
+    let mut keeper = KEEPER.lock().unwrap_or_else(|e| e.into_inner());
+    let requests = match keeper.as_ref() {
+        // A keeper inherited through `fork` has no thread behind it: make a new one.
+        Some((pid, requests)) if *pid == owner => requests.clone(),
+        _ => {
+            let (requests, incoming) = std::sync::mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("multiproc-keeper".to_owned())
+                .spawn(move || {
+                    IS_KEEPER.set(true);
+                    // The sender lives in a static: this loop never ends.
+                    for job in incoming {
+                        job();
+                    }
+                })?;
+            *keeper = Some((owner, requests.clone()));
+            requests
+        }
+    };
+    drop(keeper);
+    let lost = || Error::with_message(ErrorKind::Os, "multiproc's keeper thread is gone");
+    requests.send(job).map_err(|_| lost())?;
+    match answer.recv().map_err(|_| lost())? {
+        Ok(value) => Ok(value),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 #[cfg(test)]

@@ -23,16 +23,26 @@ pub(crate) struct Spawn;
 impl Popen for Spawn {
     fn launch(&self, plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
         super::ensure_can_reexec()?;
+        let daemon = plan.env.identity.daemon;
         let boot = boot::prepare(plan, task)?;
-        let (ours, pid, pidfd) = super::start_self("spawn")?;
-        // The child may have died before reading (it has its own error to report then, on
-        // stderr); a start that cannot deliver the message is a failed start.
-        if let Err(e) = sys::send_with_fds(ours.as_fd(), &boot.frame, &boot.borrowed_fds()) {
-            sys::kill_and_reap(pid);
-            return Err(e.into());
+        if daemon {
+            // A daemon's parent-death signal follows the thread that spawns it: spawn it from a
+            // thread that lasts as long as this process.
+            return super::on_a_lasting_thread(move || spawn(&boot))?;
         }
-        Ok(Launched { pid, pidfd })
+        spawn(&boot)
     }
+}
+
+fn spawn(boot: &boot::Prepared) -> Result<Launched> {
+    let (ours, pid, pidfd) = super::start_self("spawn")?;
+    // The child may have died before reading (it has its own error to report then, on
+    // stderr); a start that cannot deliver the message is a failed start.
+    if let Err(e) = sys::send_with_fds(ours.as_fd(), &boot.frame, &boot.borrowed_fds()) {
+        sys::kill_and_reap(pid);
+        return Err(e.into());
+    }
+    Ok(Launched { pid, pidfd })
 }
 
 /// The spawned child's body, called by the pre-main hook: read the boot message, run it.

@@ -8,8 +8,8 @@
 //! Each `unsafe` block in the platform files carries a `// SAFETY:` note. The post-fork child
 //! path is [`fork_child`]: it runs no allocation and takes no lock before handing control to
 //! the caller's closure, and it leaves through [`exit_now`], never through the parent's
-//! destructors or `atexit` handlers. The forkserver's [`clone_sibling`] is its sibling for a
-//! single-threaded server (`clone.rs`); [`spawn_self`] re-executes the program (`exec.rs`);
+//! destructors or `atexit` handlers. The forkserver's [`SiblingCloner::clone_sibling`] is its
+//! sibling for a single-threaded server (`clone.rs`); [`spawn_self`] re-executes the program (`exec.rs`);
 //! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS.
 
 #[cfg(target_os = "linux")]

@@ -58,7 +58,8 @@ pub fn open_fds() -> Vec<i32> {
 }
 
 /// Children of this process in any state, as (pid, state letter) from /proc, not counting a
-/// running forkserver (see [`is_forkserver`] and [`os_children_with_forkserver`]).
+/// running forkserver (see [`is_forkserver`] and [`os_children_with_forkserver`]); the
+/// children the forkserver made for this process are listed.
 pub fn os_children() -> Vec<(i32, char)> {
     os_children_with_forkserver()
         .into_iter()
@@ -234,13 +235,11 @@ pub fn use_start_method(method: multiproc::StartMethod) {
     }
 }
 
-/// Whether `pid` is a multiproc forkserver (a child of ours that `active_children` does not
-/// list). Its environment, as the kernel recorded it at exec, carries the start marker.
+/// Whether `pid` is this process's multiproc forkserver (a child of ours that
+/// `active_children` does not list), by its pid: the children the server makes inherit its
+/// environment and command line, so nothing else tells them apart.
 pub fn is_forkserver(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|&b| b == 0)
-            .any(|var| var == b"__MULTIPROC_CHILD=forkserver")
-    })
+    multiproc::forkserver_pid().is_some_and(|server| i64::from(server) == i64::from(pid))
 }
 
 /// A small seeded PRNG (xorshift64*) for fault injection at random points, with no

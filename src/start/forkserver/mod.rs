@@ -10,18 +10,23 @@
 //!
 //! The server ends when the socket to its owner closes: when the owner exits or dies, however.
 //! If it dies, the owner notices (its pidfd is readable) at the next start, reaps it and
-//! starts a new one; a start during which it dies fails with an error and nothing hangs.
+//! starts a new one. If it dies during a start, the kernel's record of the children it made
+//! (a pid slot shared with the owner, written by `clone` itself) tells whether the child
+//! exists: then the start succeeded; otherwise it is tried once more on a new server. Nothing
+//! hangs, and no child is ever made that the owner does not know of.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Launched, Popen, boot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap::{self, ChildPlan};
 use crate::process::target::Task;
-use crate::sys::{self, Kill, RawPid};
+use crate::sys::{self, Kill, PidSlot, RawPid, SiblingCloner};
+use crate::wire;
 
 pub(crate) struct ForkServer;
 
@@ -36,9 +41,31 @@ struct Server {
     pid: RawPid,
     pidfd: OwnedFd,
     sock: OwnedFd,
+    /// Where the kernel writes the pid of each child the server makes (`CLONE_PARENT_SETTID`),
+    /// so that a child is never lost with the server's answer.
+    made: PidSlot,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+/// The running server as (owner pid << 32 | server pid), 0 for none: readable without waiting
+/// for a start in progress, for [`server_pid`].
+static SERVER_PID: AtomicU64 = AtomicU64::new(0);
+
+/// The pid of the forkserver this process started, if it has one that was not found dead.
+pub(crate) fn server_pid() -> Option<u32> {
+    let both = SERVER_PID.load(Ordering::Acquire);
+    let (owner, pid) = ((both >> 32) as u32, both as u32);
+    (both != 0 && owner == sys::current_pid() as u32).then_some(pid)
+}
+
+/// Why a request produced no pid.
+enum Failure {
+    /// The server could not make the child (`clone` failed) and said so; it is still fine.
+    Refused(Error),
+    /// The server died, or stopped answering, before its answer arrived.
+    Lost(Error),
+}
 
 impl Popen for ForkServer {
     fn launch(&self, plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
@@ -46,14 +73,33 @@ impl Popen for ForkServer {
         let boot = boot::prepare(plan, task)?;
         // One request at a time: the server answers in order on one socket.
         let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-        let server = running(&mut slot)?;
-        let pid = match server.request(&boot) {
-            Ok(pid) => pid,
-            Err(e) => {
-                if let Some(server) = slot.take() {
-                    server.stop();
+        let mut retried = false;
+        let pid = loop {
+            let server = running(&mut slot)?;
+            let error = match server.request(&boot) {
+                Ok(pid) => break pid,
+                Err(Failure::Refused(e)) => return Err(e),
+                Err(Failure::Lost(e)) => e,
+            };
+            // The server is gone or hung. Once it has ended for sure, the slot tells whether it
+            // made the child before it went: then the start succeeded (the child is ours,
+            // through CLONE_PARENT), and starting it again would run the target twice.
+            let server = slot.take().expect("`running` filled the slot");
+            match server.stop() {
+                Ended::Made(pid) => {
+                    tracing::warn!(
+                        pid,
+                        "forkserver died after making a child; the start stands"
+                    );
+                    break pid;
                 }
-                return Err(e);
+                // Nothing was made, so trying once more on a new server is safe: a start made
+                // just as the server died (it never read the request) should not fail.
+                Ended::MadeNothing if !retried && !error.is_timeout() => {
+                    tracing::warn!(%error, "retrying the start on a new forkserver");
+                    retried = true;
+                }
+                Ended::MadeNothing | Ended::Unknown => return Err(error),
             }
         };
         drop(slot);
@@ -72,65 +118,54 @@ fn running(slot: &mut Option<Server>) -> Result<&Server> {
         } else if server.has_exited() {
             tracing::warn!(pid = server.pid, "forkserver died; starting a new one");
             if let Some(server) = slot.take() {
+                // Its last request was answered, so the slot holds no unknown child.
                 server.stop();
             }
         }
     }
     if slot.is_none() {
-        *slot = Some(start_from_a_lasting_thread()?);
+        // The server's children are made with CLONE_PARENT, so their parent is the *thread*
+        // that started the server, and the kernel sends a daemon's parent-death signal when
+        // that thread exits: start it from a thread that lasts as long as this process.
+        *slot = Some(super::on_a_lasting_thread(Server::start)??);
     }
     Ok(slot.as_ref().expect("just filled"))
 }
 
-/// Starts the server from a thread that lives as long as this process.
-///
-/// The server's children are made with `CLONE_PARENT`, so their parent is the *thread* that
-/// started the server, and the kernel sends a daemon's parent-death signal when that thread
-/// exits, not the process. The main thread lasts as long as the process; any other caller
-/// hands the start to one keeper thread that never exits.
-fn start_from_a_lasting_thread() -> Result<Server> {
-    type Reply = std::sync::mpsc::SyncSender<Result<Server>>;
-    static KEEPER: Mutex<Option<(RawPid, std::sync::mpsc::Sender<Reply>)>> = Mutex::new(None);
-
-    if sys::is_main_thread() {
-        return Server::start();
-    }
-    let mut keeper = KEEPER.lock().unwrap_or_else(|e| e.into_inner());
-    let owner = sys::current_pid();
-    let requests = match keeper.as_ref() {
-        // A keeper inherited through `fork` has no thread behind it: make a new one.
-        Some((pid, requests)) if *pid == owner => requests.clone(),
-        _ => {
-            let (requests, incoming) = std::sync::mpsc::channel::<Reply>();
-            std::thread::Builder::new()
-                .name("multiproc-forkserver-keeper".to_owned())
-                .spawn(move || {
-                    for reply in incoming {
-                        let _ = reply.send(Server::start());
-                    }
-                    // The sender lives in a static: this loop never ends.
-                })?;
-            *keeper = Some((owner, requests.clone()));
-            requests
-        }
-    };
-    drop(keeper);
-    let (reply, answer) = std::sync::mpsc::sync_channel(1);
-    let lost = || Error::with_message(ErrorKind::Os, "the forkserver keeper thread is gone");
-    requests.send(reply).map_err(|_| lost())?;
-    answer.recv().map_err(|_| lost())?
+/// What a stopped server left behind.
+enum Ended {
+    /// It made a child for the request in flight: this pid.
+    Made(RawPid),
+    /// It ended without making one.
+    MadeNothing,
+    /// It could not be seen to end.
+    Unknown,
 }
 
 impl Server {
     fn start() -> Result<Server> {
+        warn_once_if_no_cached_tid();
+        let (made, made_fd) = sys::PidSlot::create()?;
         let (ours, pid, pidfd) = super::start_self("forkserver")?;
-        tracing::debug!(pid, "forkserver started");
-        Ok(Server {
+        let server = Server {
             owner: sys::current_pid(),
             pid,
             pidfd,
             sock: ours,
-        })
+            made,
+        };
+        // Its first message: the pid slot it clones children with.
+        let setup = wire::encode_frame(&())?;
+        if let Err(e) = sys::send_with_fds(server.sock.as_fd(), &setup, &[made_fd.as_fd()]) {
+            server.stop();
+            return Err(Error::with_source(ErrorKind::Os, e));
+        }
+        SERVER_PID.store(
+            (u64::from(server.owner as u32) << 32) | u64::from(pid as u32),
+            Ordering::Release,
+        );
+        tracing::debug!(pid, "forkserver started");
+        Ok(server)
     }
 
     fn has_exited(&self) -> bool {
@@ -139,13 +174,14 @@ impl Server {
     }
 
     /// Sends one boot message and waits for the pid of the child made from it.
-    fn request(&self, boot: &boot::Prepared) -> Result<RawPid> {
+    fn request(&self, boot: &boot::Prepared) -> std::result::Result<RawPid, Failure> {
         let died = |what: &str| {
-            Error::with_message(
+            Failure::Lost(Error::with_message(
                 ErrorKind::Os,
                 format!("the forkserver died {what}; the next start launches a new one"),
-            )
+            ))
         };
+        self.made.clear();
         if sys::send_with_fds(self.sock.as_fd(), &boot.frame, &boot.borrowed_fds()).is_err() {
             return Err(died("before it got the request"));
         }
@@ -154,7 +190,8 @@ impl Server {
         let mut got = 0;
         while got < reply.len() {
             let ready =
-                sys::wait_readable(&[self.sock.as_fd(), self.pidfd.as_fd()], Some(deadline))?;
+                sys::wait_readable(&[self.sock.as_fd(), self.pidfd.as_fd()], Some(deadline))
+                    .map_err(|e| Failure::Lost(e.into()))?;
             if ready[0] {
                 match sys::read(self.sock.as_fd(), &mut reply[got..]) {
                     Ok(0) => return Err(died("while starting a child")),
@@ -166,27 +203,52 @@ impl Server {
             } else if ready[1] {
                 return Err(died("while starting a child"));
             } else if Instant::now() >= deadline {
-                return Err(Error::with_message(
+                return Err(Failure::Lost(Error::with_message(
                     ErrorKind::Timeout,
                     "the forkserver did not answer within 30 s; the next start launches a new one",
-                ));
+                )));
             }
         }
         match i32::from_le_bytes(reply) {
             pid if pid > 0 => Ok(pid),
-            errno => Err(Error::with_source(
+            errno => Err(Failure::Refused(Error::with_source(
                 ErrorKind::Os,
                 io::Error::from_raw_os_error(errno.saturating_neg()),
-            )),
+            ))),
         }
     }
 
-    /// Kills and reaps the server.
-    fn stop(self) {
+    /// Kills and reaps the server, and says whether it made a child for the request in flight.
+    fn stop(self) -> Ended {
+        if server_pid() == Some(self.pid as u32) {
+            SERVER_PID.store(0, Ordering::Release);
+        }
         let _ = sys::pidfd_signal(self.pidfd.as_fd(), Kill::Kill);
-        let _ = sys::wait_readable(&[self.pidfd.as_fd()], Some(Instant::now() + REPLY_TIMEOUT));
+        let ended = sys::wait_readable(&[self.pidfd.as_fd()], Some(Instant::now() + REPLY_TIMEOUT))
+            .is_ok_and(|ready| ready[0]);
         let _ = sys::try_reap(self.pidfd.as_fd());
+        // An exited process makes no more children, so the slot is final now.
+        match self.made.get() {
+            Some(pid) => Ended::Made(pid),
+            None if ended => Ended::MadeNothing,
+            None => Ended::Unknown,
+        }
     }
+}
+
+/// Tells the program's log once when forkserver children cannot get a correct cached thread id
+/// (not glibc, or glibc without the descriptor `libthread_db` uses).
+fn warn_once_if_no_cached_tid() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if sys::cached_tid_slot().is_none() {
+            tracing::warn!(
+                "cannot locate the C library's cached thread id: forkserver children keep the \
+                 server's, so robust, priority-inheritance and error-checking pthread mutexes \
+                 (in C libraries a target uses) misbehave in them; use spawn for such targets"
+            );
+        }
+    });
 }
 
 /// The server's body, called by the pre-main hook with the socket to its owner. Returns when
@@ -196,6 +258,14 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
     // Children inherit the hook instead of each installing it.
     bootstrap::install_panic_hook();
     let mut reader = boot::FrameReader::default();
+    let cloner = match setup(&mut reader, &sock) {
+        Ok(Some(cloner)) => cloner,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("multiproc: forkserver could not set up: {e}");
+            return 1;
+        }
+    };
     loop {
         let (frame, fds) = match reader.next(sock.as_fd()) {
             Ok(Some(request)) => request,
@@ -206,7 +276,8 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
             }
         };
         // In the server the closure is dropped unrun, closing its copies of the descriptors.
-        let started = sys::clone_sibling(&[sock.as_raw_fd()], move || boot::run_boot(&frame, fds));
+        let started =
+            cloner.clone_sibling(&[sock.as_raw_fd()], move || boot::run_boot(&frame, fds));
         let reply = match started {
             Ok(pid) => pid,
             // `clone` errors always carry an errno; EPERM stands in should one not.
@@ -216,4 +287,20 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
             return 0;
         }
     }
+}
+
+/// Reads the owner's first message, which carries the pid slot. `None` if the owner is gone.
+fn setup(reader: &mut boot::FrameReader, sock: &OwnedFd) -> Result<Option<SiblingCloner>> {
+    let Some((_, fds)) = reader.next(sock.as_fd())? else {
+        return Ok(None);
+    };
+    let [slot_fd] = &fds[..] else {
+        return Err(Error::with_message(
+            ErrorKind::Decode,
+            format!("setup message with {} descriptors (expected 1)", fds.len()),
+        ));
+    };
+    let slot = PidSlot::attach(slot_fd.as_fd())?;
+    drop(fds);
+    Ok(Some(SiblingCloner::new(slot)))
 }
