@@ -241,6 +241,23 @@ fn owner_alive(s: u64, learnt: &mut Option<u32>) -> bool {
     }
 }
 
+#[cfg(test)]
+impl RawLock {
+    /// Overwrites the lock's state, as a process that died holding it would leave it.
+    pub(crate) fn force_state(&self, state: u64) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+}
+
+/// Lock states for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A lock state whose owner's pid is above any `pid_max`: no such process.
+    pub(crate) fn held_by_dead_owner() -> u64 {
+        (5u64 << 32) | 0x3FFF_FFFF
+    }
+}
+
 // SAFETY: atomics only; all zeros is the unlocked state and every bit pattern is a valid value
 // (a garbage owner is a process whose liveness is checked like any other).
 unsafe impl ShmSafe for RawLock {}
