@@ -9,7 +9,11 @@
 //! lock and one copy and no system call unless the other side sleeps; a large one costs a copy
 //! in and a copy out, never pipe chunks, and a producer copies one in while a consumer copies
 //! another out. A process killed in the middle of a `put` or `get` leaves the queue as it was
-//! before that call began.
+//! before that call began (a `JoinableQueue`'s unfinished count included: an item is counted
+//! by the same store that puts it in the queue). If it held one of the queue's two locks, the
+//! next process that wants it takes it over once it sees the holder dead, within a few tens
+//! of milliseconds, under every start method; until then even `put_nowait` and `get_nowait`
+//! wait for it, as they do for a live holder's copy.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
