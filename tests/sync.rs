@@ -582,7 +582,7 @@ fn barrier_party_that_stays(b: Barrier) {
 fn acquire_out_of_descriptors((lock, owner): (Lock, u32)) -> String {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let saved = getrlimit(Resource::Nofile);
-    let mut low = saved.clone();
+    let mut low = saved;
     low.current = Some(256.min(saved.maximum.unwrap_or(256)));
     setrlimit(Resource::Nofile, low).unwrap();
     let mut filler = Vec::new();

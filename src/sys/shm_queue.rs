@@ -994,7 +994,7 @@ mod tests {
             let h = q.header();
             // Offsets mostly within reach of the ring, sometimes anything.
             let offset = |r: u64| {
-                if r % 4 == 0 {
+                if r.is_multiple_of(4) {
                     r as u32
                 } else {
                     (r % (cap + 16)) as u32
