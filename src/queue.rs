@@ -9,7 +9,11 @@
 //! lock and one copy and no system call unless the other side sleeps; a large one costs a copy
 //! in and a copy out, never pipe chunks, and a producer copies one in while a consumer copies
 //! another out. A process killed in the middle of a `put` or `get` leaves the queue as it was
-//! before that call began.
+//! before that call began (a `JoinableQueue`'s unfinished count included: an item is counted
+//! by the same store that puts it in the queue). If it held one of the queue's two locks, the
+//! next process that wants it takes it over once it sees the holder dead, within a few tens
+//! of milliseconds, under every start method; until then even `put_nowait` and `get_nowait`
+//! wait for it, as they do for a live holder's copy.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
@@ -199,7 +203,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`PutError::Closed`] after [`close`](Queue::close), [`PutError::Encode`] when the item
     /// cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, Wait::Forever, false)
+        self.put_until(item, Wait::Forever)
     }
 
     /// As [`put`](Queue::put), waiting at most `timeout` for room.
@@ -207,7 +211,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     /// As `put`, plus [`PutError::Timeout`].
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_until(item, Wait::Until(deadline_after(timeout)), false)
+        self.put_until(item, Wait::Until(deadline_after(timeout)))
     }
 
     /// Puts `item` only if there is room now, Python's `put_nowait`.
@@ -215,7 +219,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     /// As `put`, plus [`PutError::Full`].
     pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, Wait::No, false)
+        self.put_until(item, Wait::No)
     }
 
     /// Takes the item at the front of the queue, blocking while it is empty.
@@ -243,7 +247,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_until(Wait::No)
     }
 
-    fn put_until(&self, item: T, wait: Wait, joinable: bool) -> Result<(), PutError<T>> {
+    fn put_until(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
         if self.is_closed() {
             return Err(PutError::Closed(item));
         }
@@ -276,7 +280,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     let e = EncodeError::new("the item serialized to different sizes twice", None);
                     return Err(PutError::Encode(item, e));
                 }
-                self.put_frame(item, HEADER + size, wait, joinable, |buf| {
+                self.put_frame(item, HEADER + size, wait, |buf| {
                     buf.copy_from_slice(frame);
                     Ok(())
                 })
@@ -297,7 +301,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     )),
                 }
             };
-            match self.put_frame((), HEADER + size, wait, joinable, fill) {
+            match self.put_frame((), HEADER + size, wait, fill) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(e.map_item(item)),
             }
@@ -310,7 +314,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         item: I,
         n: usize,
         wait: Wait,
-        joinable: bool,
         mut fill: impl FnMut(&mut [u8]) -> Result<(), EncodeError>,
     ) -> Result<(), PutError<I>> {
         let words = self.shm.words();
@@ -320,14 +323,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(None) => return Err(PutError::Timeout(item)),
                 Err(e) => return Err(PutError::Os(item, e)),
             };
-            // Counted before the item can be seen, so that a getter's `task_done` for it
-            // always finds it counted; uncounted again if it is not put after all.
-            let counted = joinable.then(|| Unfinished::count(words));
+            // A `JoinableQueue` counts the item as unfinished with the store that publishes
+            // it (the number of puts): a getter's `task_done` always finds it counted, and a
+            // producer killed before that store leaves neither item nor count.
             let gets = match guard.push_with(n, &mut fill) {
-                Ok(sys::Pushed::Done) => {
-                    if let Some(counted) = counted {
-                        counted.keep();
-                    }
+                Ok(Ok(sys::Pushed::Done)) => {
                     drop(guard);
                     std::sync::atomic::fence(Ordering::SeqCst);
                     self.wake_one(Sleepers::for_items(words), || true);
@@ -335,10 +335,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     self.wake_one(Sleepers::for_room(words), || self.shm.has_room_hint());
                     return Ok(());
                 }
-                Ok(sys::Pushed::NoRoom { gets }) => gets,
-                Err(e) => return Err(PutError::Encode(item, e)),
+                Ok(Ok(sys::Pushed::NoRoom { gets })) => gets,
+                Ok(Err(e)) => return Err(PutError::Encode(item, e)),
+                Err(e) => return Err(PutError::Os(item, e)),
             };
-            drop(counted);
             let seen = words.not_full.load(Ordering::Acquire);
             let nap = match wait.nap() {
                 Some(nap) => nap,
@@ -703,24 +703,30 @@ impl<T> JoinableQueue<T> {
     /// # Errors
     /// [`TaskDoneError`] if there is no unfinished item.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let words = self.0.shm.words();
-        let mut current = words.unfinished.load(Ordering::Acquire);
+        let shm = &self.0.shm;
+        let words = shm.words();
+        let mut done = words.tasks_done.load(Ordering::SeqCst);
         loop {
-            if current == 0 {
+            // Puts only grow: one seen now stays counted.
+            if shm.puts() == done {
                 return Err(TaskDoneError);
             }
-            match words.unfinished.compare_exchange_weak(
-                current,
-                current - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
+            match words.tasks_done.compare_exchange_weak(
+                done,
+                done.wrapping_add(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => break,
-                Err(now) => current = now,
+                Err(now) => done = now,
             }
         }
-        if current == 1 && words.unfinished_sleepers.load(Ordering::Acquire) > 0 {
-            self.0.shm.wake(&words.unfinished, u32::MAX);
+        // Either a `join` that registered as a sleeper before our increment is seen here, or
+        // it sees the increment (its futex wait fails at once).
+        if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0
+            && shm.puts() == done.wrapping_add(1)
+        {
+            shm.wake(&words.tasks_done, u32::MAX);
         }
         Ok(())
     }
@@ -730,7 +736,8 @@ impl<T> JoinableQueue<T> {
     ///
     /// A consumer that dies between `get` and `task_done` leaves its item unfinished for
     /// good, as in Python: use [`join_timeout`](JoinableQueue::join_timeout) where that can
-    /// happen.
+    /// happen. A producer killed inside `put` leaves nothing to wait for: an item is counted
+    /// by the same store that puts it in the queue.
     pub fn join(&self) {
         while !self.join_until(None) {}
     }
@@ -742,10 +749,11 @@ impl<T> JoinableQueue<T> {
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> bool {
-        let words = self.0.shm.words();
+        let shm = &self.0.shm;
+        let words = shm.words();
         loop {
-            let seen = words.unfinished.load(Ordering::Acquire);
-            if seen == 0 {
+            let seen = words.tasks_done.load(Ordering::SeqCst);
+            if shm.puts() == seen {
                 return true;
             }
             let nap = match deadline {
@@ -758,15 +766,17 @@ impl<T> JoinableQueue<T> {
                     left.min(RECHECK)
                 }
             };
-            words.unfinished_sleepers.fetch_add(1, Ordering::AcqRel);
-            self.0.shm.sleep(&words.unfinished, seen, nap);
-            words.unfinished_sleepers.fetch_sub(1, Ordering::AcqRel);
+            words.tasks_done_sleepers.fetch_add(1, Ordering::SeqCst);
+            shm.sleep(&words.tasks_done, seen, nap);
+            words.tasks_done_sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     /// The number of items put and not yet marked done.
     pub fn unfinished_tasks(&self) -> usize {
-        self.0.shm.words().unfinished.load(Ordering::Acquire) as usize
+        // Done first: puts read after it can only be as many or more.
+        let done = self.0.shm.words().tasks_done.load(Ordering::SeqCst);
+        self.0.shm.puts().wrapping_sub(done) as usize
     }
 
     /// See [`Queue::qsize`].
@@ -796,7 +806,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put`].
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Forever, true)
+        self.0.put_until(item, Wait::Forever)
     }
 
     /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
@@ -804,8 +814,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put_timeout`].
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.0
-            .put_until(item, Wait::Until(deadline_after(timeout)), true)
+        self.0.put_until(item, Wait::Until(deadline_after(timeout)))
     }
 
     /// As [`put`](JoinableQueue::put), only if there is room now.
@@ -813,7 +822,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put_nowait`].
     pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::No, true)
+        self.0.put_until(item, Wait::No)
     }
 
     /// See [`Queue::get`].
@@ -905,27 +914,6 @@ fn await_briefly(ready: impl Fn() -> bool) -> bool {
 /// the machine of BENCHMARKS.md).
 const GAP_LOG2: u32 = 7;
 
-/// One `JoinableQueue` item counted as unfinished before it is put; uncounted on drop unless
-/// kept (the put failed, or its serialization panicked).
-struct Unfinished<'a>(&'a sys::Words);
-
-impl<'a> Unfinished<'a> {
-    fn count(words: &'a sys::Words) -> Unfinished<'a> {
-        words.unfinished.fetch_add(1, Ordering::AcqRel);
-        Unfinished(words)
-    }
-
-    fn keep(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        self.0.unfinished.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// How long a blocking call may wait.
 enum Wait {
     No,
@@ -938,7 +926,7 @@ impl Wait {
         match self {
             Wait::Until(d) => Some(*d),
             // Even a non-blocking call may wait for the lock, which is only ever held for a
-            // copy; a dead holder is detected by the kernel.
+            // copy; a dead holder's lock is taken over within milliseconds.
             Wait::No | Wait::Forever => None,
         }
     }

@@ -183,74 +183,6 @@ fn unsafe_free_exit() -> ! {
 }
 
 #[test]
-fn killed_producer_means_disconnected_not_a_hang() {
-    let _r = common::Reaper::new();
-    let q: Queue<u32> = Queue::new().unwrap();
-    let producer = q.clone();
-    let mut p = Process::new(move || {
-        producer.put(7).unwrap();
-        std::thread::sleep(Duration::from_secs(60));
-    });
-    p.start().unwrap();
-    drop(q.clone()); // clones come and go without effect
-    assert_eq!(q.get_timeout(WAIT).unwrap(), 7);
-    p.kill().unwrap();
-    p.join_timeout(WAIT).unwrap();
-    let start = Instant::now();
-    assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
-    assert!(start.elapsed() < Duration::from_secs(2));
-}
-
-#[test]
-fn processes_killed_at_random_points_never_wedge_or_corrupt_the_queue() {
-    let _r = common::Reaper::new();
-    let mut rng =
-        common::Rng::seeded("processes_killed_at_random_points_never_wedge_or_corrupt_the_queue");
-    let mut next = move || rng.next();
-    let q: Queue<(u32, Vec<u8>)> = Queue::with_maxsize(64).unwrap();
-    for round in 0..6u32 {
-        let producer = q.clone();
-        let consumer = q.clone();
-        let mut p = Process::new(move || {
-            for i in 0.. {
-                let len = (i * 37 % 5000) as usize;
-                producer.put((i, vec![(i % 251) as u8; len])).unwrap();
-            }
-        });
-        let mut c = Process::new(move || {
-            loop {
-                let _ = consumer.get();
-            }
-        });
-        p.start().unwrap();
-        c.start().unwrap();
-        std::thread::sleep(Duration::from_micros(next() % 30_000));
-        p.kill().unwrap();
-        std::thread::sleep(Duration::from_micros(next() % 3_000));
-        c.kill().unwrap();
-        p.join_timeout(WAIT).unwrap().expect("producer reaped");
-        c.join_timeout(WAIT).unwrap().expect("consumer reaped");
-        // Everything left is whole, well-formed, and in order.
-        let mut last = None;
-        while let Ok((i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
-            assert_eq!(
-                bytes,
-                vec![(i % 251) as u8; (i * 37 % 5000) as usize],
-                "round {round}"
-            );
-            assert!(
-                last.is_none_or(|l| i > l),
-                "round {round}: {i} after {last:?}"
-            );
-            last = Some(i);
-        }
-        // And the queue still works.
-        q.put_timeout((round, vec![1]), WAIT).unwrap();
-        assert_eq!(q.get_timeout(WAIT).unwrap(), (round, vec![1]));
-    }
-}
-
-#[test]
 fn many_producers_many_consumers_keep_per_producer_order() {
     let _r = common::Reaper::new();
     const PER: u32 = 5000;
@@ -483,207 +415,41 @@ fn wait_reports_a_queue_with_items() {
     p.join_timeout(WAIT).unwrap();
 }
 
-#[test]
-fn large_items_with_several_consumers_and_a_killed_one() {
-    let _r = common::Reaper::new();
-    const SIZE: usize = 512 * 1024;
-    const N: u32 = 40;
-    let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::new().unwrap();
-    let out: Queue<u32> = Queue::new().unwrap();
-    // A consumer that is killed while it takes items: whatever it held goes, nothing wedges.
-    let victim_q = q.clone();
-    let mut victim = Process::new(move || {
-        loop {
-            let _ = victim_q.get();
-        }
-    });
-    let mut consumers = Vec::new();
-    for _ in 0..2 {
-        let q = q.clone();
-        let out = out.clone();
-        consumers.push(Process::new(move || {
-            while let Ok((i, bytes)) = q.get_timeout(Duration::from_secs(10)) {
-                if i == u32::MAX {
-                    break;
-                }
-                assert!(
-                    bytes.len() == SIZE && bytes.iter().all(|b| *b == i as u8),
-                    "item {i} damaged"
-                );
-                out.put(i).unwrap();
-            }
-        }));
-    }
-    victim.start().unwrap();
-    for c in &mut consumers {
-        c.start().unwrap();
-    }
-    for i in 0..N {
-        q.put_timeout((i, serde_bytes::ByteBuf::from(vec![i as u8; SIZE])), WAIT)
-            .unwrap();
-        if i == N / 4 {
-            victim.kill().unwrap();
-            victim.join_timeout(WAIT).unwrap();
-        }
-    }
-    let mut got = Vec::new();
-    while got.len() < N as usize {
-        match out.get_timeout(Duration::from_secs(3)) {
-            Ok(i) => got.push(i),
-            Err(_) => break,
-        }
-    }
-    // The victim may have taken items put before it died; every item put after arrived,
-    // exactly once.
-    got.sort_unstable();
-    let before = got.len();
-    got.dedup();
-    assert_eq!(before, got.len(), "an item arrived twice");
-    for i in N / 4 + 1..N {
-        assert!(
-            got.contains(&i),
-            "item {i}, put after the kill, was lost: {got:?}"
-        );
-    }
-    for _ in 0..2 {
-        q.put((u32::MAX, serde_bytes::ByteBuf::new())).unwrap();
-    }
-    for c in &mut consumers {
-        assert_eq!(c.join_timeout(WAIT).unwrap(), Some(0));
+// ---------------------------------------------------------------------------------------------
+// Handles passed as start arguments, under every start method (descriptors travel beside the
+// arguments under spawn and forkserver).
+
+fn put_numbers((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
     }
 }
 
-#[test]
-fn large_items_killed_at_random_points_are_whole_and_in_order() {
-    // As `processes_killed_at_random_points_never_wedge_or_corrupt_the_queue`, with items on
-    // both sides of the size above which a get copies out without the queue's lock.
-    let _r = common::Reaper::new();
-    let mut rng = common::Rng::seeded("large_items_killed_at_random_points_are_whole_and_in_order");
-    let mut next = move || rng.next();
-    let len = |i: u32| {
-        if i.is_multiple_of(2) {
-            60_000 + (i as usize * 7919 % 200_000)
-        } else {
-            i as usize * 37 % 5000
+fn work_joinable(q: JoinableQueue<u32>) {
+    while let Ok(item) = q.get_timeout(Duration::from_secs(10)) {
+        if item == u32::MAX {
+            q.task_done().unwrap();
+            break;
         }
-    };
-    let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::with_maxsize(16).unwrap();
-    for round in 0..6u32 {
-        let producer = q.clone();
-        let consumers: Vec<_> = (0..2).map(|_| q.clone()).collect();
-        let mut p = Process::new(move || {
-            for i in 0.. {
-                let item = serde_bytes::ByteBuf::from(vec![(i % 251) as u8; len(i)]);
-                producer.put((i, item)).unwrap();
-            }
-        });
-        let mut cs: Vec<_> = consumers
-            .into_iter()
-            .map(|consumer| {
-                Process::new(move || {
-                    loop {
-                        let _ = consumer.get();
-                    }
-                })
-            })
-            .collect();
-        p.start().unwrap();
-        for c in &mut cs {
-            c.start().unwrap();
-        }
-        std::thread::sleep(Duration::from_micros(next() % 30_000));
-        p.kill().unwrap();
-        std::thread::sleep(Duration::from_micros(next() % 3_000));
-        for c in &mut cs {
-            c.kill().unwrap();
-            std::thread::sleep(Duration::from_micros(next() % 1_000));
-        }
-        p.join_timeout(WAIT).unwrap().expect("producer reaped");
-        for c in &mut cs {
-            c.join_timeout(WAIT).unwrap().expect("consumer reaped");
-        }
-        // Everything left is whole, well-formed, and in order.
-        let mut last = None;
-        while let Ok((i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
-            assert_eq!(
-                bytes.into_vec(),
-                vec![(i % 251) as u8; len(i)],
-                "round {round}"
-            );
-            assert!(
-                last.is_none_or(|l| i > l),
-                "round {round}: {i} after {last:?}"
-            );
-            last = Some(i);
-        }
-        // And the queue still works, for large items too.
-        let big = serde_bytes::ByteBuf::from(vec![7; 100_000]);
-        q.put_timeout((round, big.clone()), WAIT).unwrap();
-        assert_eq!(q.get_timeout(WAIT).unwrap(), (round, big));
+        q.task_done().unwrap();
     }
 }
 
-/// An item whose decoding, in a process that set [`SLOW_SIGNAL`], signals and then stalls,
-/// so that the process can be killed in the middle of taking it.
-#[derive(Debug, PartialEq, serde::Serialize)]
-struct Slow(serde_bytes::ByteBuf);
+// ---------------------------------------------------------------------------------------------
+// Processes killed while they put and get, under every start method: the targets capture
+// nothing (the queue and the signals travel as start arguments), so each start method is the
+// one the test chose, the default forkserver included.
 
-static SLOW_SIGNAL: std::sync::OnceLock<std::os::unix::net::UnixStream> =
-    std::sync::OnceLock::new();
+use common::{Reaper, Rng};
+use multiproc::{Event, JoinError, SharedMemory};
 
-impl<'de> serde::Deserialize<'de> for Slow {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        if let Some(mut s) = SLOW_SIGNAL.get() {
-            use std::io::Write;
-            s.write_all(&[1]).unwrap();
-            std::thread::sleep(Duration::from_secs(60));
-        }
-        Ok(Slow(bytes))
-    }
-}
-
-#[test]
-fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
-    // Large items are decoded outside the queue's lock, under the reader lock.
-    consumer_killed_while_taking_leaves_it_to_the_next(1 << 20);
-}
-
-#[test]
-fn a_consumer_killed_while_taking_a_small_item_leaves_it_to_the_next() {
-    // Small items are decoded under the queue's lock, which the victim dies holding.
-    consumer_killed_while_taking_leaves_it_to_the_next(100);
-}
-
-fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
-    use std::io::Read;
-    let _r = common::Reaper::new();
-    let q: Queue<Slow> = Queue::new().unwrap();
-    let item = Slow(serde_bytes::ByteBuf::from(vec![3; size]));
-    q.put(Slow(item.0.clone())).unwrap();
-    q.put(Slow(serde_bytes::ByteBuf::from(vec![4; 10])))
-        .unwrap();
-    let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
-    let victim_q = q.clone();
-    let mut victim = Process::new(move || {
-        SLOW_SIGNAL.set(there).unwrap();
-        let _ = victim_q.get();
-    });
-    victim.start().unwrap();
-    here.set_read_timeout(Some(WAIT)).unwrap();
-    let mut b = [0u8; 1];
-    here.read_exact(&mut b).unwrap();
-    // The victim is decoding the item: another getter waits for it rather than skipping or
-    // duplicating it.
-    assert!(matches!(
-        q.get_timeout(Duration::from_millis(100)),
-        Err(GetError::Timeout)
-    ));
-    victim.kill().unwrap();
-    victim.join_timeout(WAIT).unwrap().expect("victim reaped");
-    assert_eq!(q.get_timeout(WAIT).unwrap(), item);
-    assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+/// Serializing a `Stuck` (the second time since `STUCK_CALLS` was reset, which is the one
+/// that writes into the queue) stalls after setting the event, or panics.
+#[derive(Debug)]
+enum StuckMode {
+    /// Set the event, then sleep a minute.
+    Stall(Event),
+    Panic,
 }
 
 /// A large item whose serialization into the queue (the second of the two a `put` makes: one
@@ -691,16 +457,8 @@ fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
 #[derive(Debug, PartialEq)]
 struct Stuck(serde_bytes::ByteBuf);
 
-/// What `Stuck` does when it is serialized for the second time since `STUCK_CALLS` was reset.
 static STUCK_MODE: std::sync::OnceLock<StuckMode> = std::sync::OnceLock::new();
 static STUCK_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-#[derive(Debug)]
-enum StuckMode {
-    /// Signal on the stream, then sleep a minute.
-    Stall(std::os::unix::net::UnixStream),
-    Panic,
-}
 
 impl serde::Serialize for Stuck {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -709,9 +467,8 @@ impl serde::Serialize for Stuck {
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&self.0)?;
         match STUCK_MODE.get() {
-            Some(StuckMode::Stall(stream)) if second => {
-                use std::io::Write;
-                (&*stream).write_all(&[1]).unwrap();
+            Some(StuckMode::Stall(event)) if second => {
+                event.set();
                 std::thread::sleep(Duration::from_secs(60));
             }
             Some(StuckMode::Panic) if second => panic!("serialize gave up half-way"),
@@ -735,82 +492,167 @@ impl<'de> serde::Deserialize<'de> for Stuck {
     }
 }
 
-#[test]
-fn a_producer_killed_while_putting_a_large_item_leaves_no_trace() {
-    use std::io::Read;
-    let _r = common::Reaper::new();
-    let q: Queue<Stuck> = Queue::new().unwrap();
-    q.put(Stuck::new(1, 10)).unwrap();
-    let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
-    let victim_q = q.clone();
-    let mut victim = Process::new(move || {
-        STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
-        STUCK_MODE.set(StuckMode::Stall(there)).unwrap();
-        let _ = victim_q.put(Stuck::new(2, 1 << 20));
-    });
-    victim.start().unwrap();
-    here.set_read_timeout(Some(WAIT)).unwrap();
-    let mut b = [0u8; 1];
-    here.read_exact(&mut b).unwrap();
-    // The victim is writing its item into the queue without the lock: getters go on, and
-    // another putter waits its turn, as the order of items is the order of their places.
-    assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
-    assert!(matches!(
-        q.get_timeout(Duration::from_millis(50)),
-        Err(GetError::Timeout)
-    ));
-    assert!(matches!(
-        q.put_timeout(Stuck::new(3, 10), Duration::from_millis(50)),
-        Err(PutError::Timeout(_))
-    ));
-    victim.kill().unwrap();
-    victim.join_timeout(WAIT).unwrap().expect("victim reaped");
-    // Half an item is never seen, and its space is free again.
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
-    q.put_timeout(Stuck::new(4, 1 << 20), WAIT).unwrap();
-    q.put_timeout(Stuck::new(5, 10), WAIT).unwrap();
-    assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(4, 1 << 20));
-    assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(5, 10));
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+/// Puts a large `Stuck` that stalls half-way through being written into the queue (holding
+/// the producers' lock), after setting `stalled`.
+fn put_stalling_in_the_middle((q, stalled): (Queue<Stuck>, Event)) {
+    STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+    STUCK_MODE.set(StuckMode::Stall(stalled)).unwrap();
+    let _ = q.put(Stuck::new(2, 1 << 20));
 }
 
-#[test]
-fn a_put_whose_serialization_panics_half_way_appends_nothing() {
-    let _r = common::Reaper::new();
-    let q: JoinableQueue<Stuck> = JoinableQueue::new().unwrap();
-    let putter = q.clone();
-    let mut p = Process::new(move || {
-        STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
-        STUCK_MODE.set(StuckMode::Panic).unwrap();
-        let _ = putter.put(Stuck::new(2, 1 << 20));
-    });
-    p.start().unwrap();
-    let err = p.join_timeout(WAIT).unwrap();
-    assert_eq!(err, Some(1), "the panic ends the child");
-    // Nothing was appended or counted: `join` returns at once, and the queue works.
-    assert!(q.join_timeout(WAIT));
-    assert!(q.empty());
-    q.put_timeout(Stuck::new(3, 1 << 20), WAIT).unwrap();
-    assert_eq!(q.qsize(), 1);
+/// As [`put_stalling_in_the_middle`], into a `JoinableQueue`.
+fn joinable_put_stalling_in_the_middle((q, stalled): (JoinableQueue<Stuck>, Event)) {
+    STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+    STUCK_MODE.set(StuckMode::Stall(stalled)).unwrap();
+    let _ = q.put(Stuck::new(2, 1 << 20));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Handles passed as start arguments, under every start method (descriptors travel beside the
-// arguments under spawn and forkserver).
+/// An item whose decoding, in a process that set [`SLOW_SIGNAL`], sets it and then stalls,
+/// so that the process can be killed in the middle of taking it (holding the consumers' lock).
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Slow(serde_bytes::ByteBuf);
 
-fn put_numbers((q, n): (Queue<u64>, u64)) {
-    for i in 0..n {
-        q.put(i).unwrap();
+static SLOW_SIGNAL: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+
+impl<'de> serde::Deserialize<'de> for Slow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        if let Some(event) = SLOW_SIGNAL.get() {
+            event.set();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Ok(Slow(bytes))
     }
 }
 
-fn work_joinable(q: JoinableQueue<u32>) {
-    while let Ok(item) = q.get_timeout(Duration::from_secs(10)) {
-        if item == u32::MAX {
-            q.task_done().unwrap();
-            break;
+fn get_stalling_in_the_middle((q, stalled): (Queue<Slow>, Event)) {
+    SLOW_SIGNAL.set(stalled).unwrap();
+    let _ = q.get();
+}
+
+fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
+    let _r = Reaper::new();
+    let q: Queue<Slow> = Queue::new().unwrap();
+    let item = Slow(serde_bytes::ByteBuf::from(vec![3; size]));
+    q.put(Slow(item.0.clone())).unwrap();
+    q.put(Slow(serde_bytes::ByteBuf::from(vec![4; 10])))
+        .unwrap();
+    let stalled = Event::new().unwrap();
+    let mut victim = Process::with_args(get_stalling_in_the_middle, (q.clone(), stalled.clone()));
+    victim.start().unwrap();
+    assert!(stalled.wait_timeout(WAIT), "the victim never took the item");
+    // The victim is decoding the item, holding the consumers' lock: another getter waits for
+    // it rather than skipping or duplicating it.
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(GetError::Timeout)
+    ));
+    victim.kill().unwrap();
+    victim.join_timeout(WAIT).unwrap().expect("victim reaped");
+    assert_eq!(q.get_timeout(WAIT).unwrap(), item);
+    assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
+    // Not `get_nowait` only: it too waits for the lock, so a wedged lock would hang it.
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(GetError::Timeout | GetError::Disconnected)
+    ));
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+}
+
+/// A child's item as the crash tests put it: `(producer, number, bytes)` with bytes that
+/// depend on both, some of them large (written into the queue in place).
+type Numbered = (u32, u32, serde_bytes::ByteBuf);
+
+fn numbered_len(n: u32) -> usize {
+    if n.is_multiple_of(5) {
+        70_000 + (n as usize * 7919 % 100_000)
+    } else {
+        n as usize * 37 % 3000
+    }
+}
+
+fn numbered(id: u32, n: u32) -> Numbered {
+    let byte = (id.wrapping_mul(7).wrapping_add(n) % 251) as u8;
+    (
+        id,
+        n,
+        serde_bytes::ByteBuf::from(vec![byte; numbered_len(n)]),
+    )
+}
+
+/// How many items each producer of `killed_producers_and_consumers_...` may put; its slots in
+/// the delivery table.
+const PER_PRODUCER: u32 = 4096;
+
+/// Shared words of the duplicate-and-loss test, as `AtomicU32`s in one segment: for producer
+/// `id`, `started[id]` (puts begun: set before each put) and `finished[id]` (puts that
+/// returned: set after), then one delivery count per `(id, n)`.
+struct Ledger(SharedMemory);
+
+impl Ledger {
+    const PRODUCERS: usize = 64;
+
+    fn new() -> Ledger {
+        let words = 2 * Self::PRODUCERS + Self::PRODUCERS * PER_PRODUCER as usize;
+        let shm = SharedMemory::create(4 * words).unwrap();
+        shm.unlink().unwrap();
+        Ledger(shm)
+    }
+
+    fn words(&self) -> &[std::sync::atomic::AtomicU32] {
+        self.0.atomics()
+    }
+
+    fn started(&self, id: u32) -> &std::sync::atomic::AtomicU32 {
+        &self.words()[id as usize]
+    }
+
+    fn finished(&self, id: u32) -> &std::sync::atomic::AtomicU32 {
+        &self.words()[Self::PRODUCERS + id as usize]
+    }
+
+    fn delivered(&self, id: u32, n: u32) -> &std::sync::atomic::AtomicU32 {
+        &self.words()[2 * Self::PRODUCERS + (id * PER_PRODUCER + n) as usize]
+    }
+
+    /// Checks one item taken from the queue and counts its delivery.
+    fn deliver(&self, (id, n, bytes): Numbered) {
+        assert!(
+            (id as usize) < Self::PRODUCERS && n < PER_PRODUCER,
+            "item ({id}, {n}) was never put"
+        );
+        assert_eq!(bytes, numbered(id, n).2, "item ({id}, {n}) damaged");
+        self.delivered(id, n)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Registers with `up`, then puts numbered items as producer `id` until killed (or
+/// `PER_PRODUCER` were put), recording each put in the ledger before and after.
+fn ledger_producer(
+    (q, ledger, up, id): (Queue<Numbered>, SharedMemory, multiproc::Semaphore, u32),
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ledger = Ledger(ledger);
+    up.release();
+    for n in 0..PER_PRODUCER {
+        ledger.started(id).store(n + 1, SeqCst);
+        q.put(numbered(id, n)).unwrap();
+        ledger.finished(id).store(n + 1, SeqCst);
+    }
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Registers with `up`, then takes items and counts their deliveries until killed.
+fn ledger_consumer((q, ledger, up): (Queue<Numbered>, SharedMemory, multiproc::Semaphore)) {
+    let ledger = Ledger(ledger);
+    q.close(); // a consumer only: not a possible producer for the others
+    up.release();
+    loop {
+        match q.get_timeout(Duration::from_secs(60)) {
+            Ok(item) => ledger.deliver(item),
+            Err(e) => panic!("consumer: {e}"),
         }
-        q.task_done().unwrap();
     }
 }
 
@@ -841,5 +683,403 @@ start_method_matrix! {
         p.start().unwrap();
         assert!(q.join_timeout(WAIT));
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn killed_producer_means_disconnected_not_a_hang() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::new().unwrap();
+        let mut p = Process::with_args(
+            |q: Queue<u32>| {
+                q.put(7).unwrap();
+                std::thread::sleep(Duration::from_secs(60));
+            },
+            q.clone(),
+        );
+        p.start().unwrap();
+        drop(q.clone()); // clones come and go without effect
+        assert_eq!(q.get_timeout(WAIT).unwrap(), 7);
+        p.kill().unwrap();
+        p.join_timeout(WAIT).unwrap();
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn processes_killed_at_random_points_never_wedge_or_corrupt_the_queue() {
+        let _r = Reaper::new();
+        let mut rng = Rng::seeded("processes_killed_at_random_points_never_wedge_or_corrupt_the_queue");
+        let q: Queue<(u32, Vec<u8>)> = Queue::with_maxsize(64).unwrap();
+        for round in 0..6u32 {
+            let mut p = Process::with_args(
+                |q: Queue<(u32, Vec<u8>)>| {
+                    for i in 0.. {
+                        let len = (i * 37 % 5000) as usize;
+                        q.put((i, vec![(i % 251) as u8; len])).unwrap();
+                    }
+                },
+                q.clone(),
+            );
+            let mut c = Process::with_args(
+                |q: Queue<(u32, Vec<u8>)>| {
+                    loop {
+                        let _ = q.get();
+                    }
+                },
+                q.clone(),
+            );
+            p.start().unwrap();
+            c.start().unwrap();
+            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+            p.kill().unwrap();
+            std::thread::sleep(Duration::from_micros(rng.below(3_000)));
+            c.kill().unwrap();
+            p.join_timeout(WAIT).unwrap().expect("producer reaped");
+            c.join_timeout(WAIT).unwrap().expect("consumer reaped");
+            // Everything left is whole, well-formed, and in order.
+            let mut last = None;
+            while let Ok((i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
+                assert_eq!(
+                    bytes,
+                    vec![(i % 251) as u8; (i * 37 % 5000) as usize],
+                    "round {round}"
+                );
+                assert!(
+                    last.is_none_or(|l| i > l),
+                    "round {round}: {i} after {last:?}"
+                );
+                last = Some(i);
+            }
+            // And the queue still works.
+            q.put_timeout((round, vec![1]), WAIT).unwrap();
+            assert_eq!(q.get_timeout(WAIT).unwrap(), (round, vec![1]));
+        }
+    }
+
+    #[test]
+    fn large_items_killed_at_random_points_are_whole_and_in_order() {
+        // As `processes_killed_at_random_points_never_wedge_or_corrupt_the_queue`, with items
+        // on both sides of the size above which a put serializes in place.
+        let _r = Reaper::new();
+        let mut rng =
+            Rng::seeded("large_items_killed_at_random_points_are_whole_and_in_order");
+        let q: Queue<Numbered> = Queue::with_maxsize(16).unwrap();
+        for round in 0..6u32 {
+            let mut p = Process::with_args(
+                |q: Queue<Numbered>| {
+                    for i in 0.. {
+                        q.put(numbered(0, i)).unwrap();
+                    }
+                },
+                q.clone(),
+            );
+            let mut cs: Vec<_> = (0..2)
+                .map(|_| {
+                    Process::with_args(
+                        |q: Queue<Numbered>| {
+                            loop {
+                                let _ = q.get();
+                            }
+                        },
+                        q.clone(),
+                    )
+                })
+                .collect();
+            p.start().unwrap();
+            for c in &mut cs {
+                c.start().unwrap();
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+            p.kill().unwrap();
+            std::thread::sleep(Duration::from_micros(rng.below(3_000)));
+            for c in &mut cs {
+                c.kill().unwrap();
+                std::thread::sleep(Duration::from_micros(rng.below(1_000)));
+            }
+            p.join_timeout(WAIT).unwrap().expect("producer reaped");
+            for c in &mut cs {
+                c.join_timeout(WAIT).unwrap().expect("consumer reaped");
+            }
+            // Everything left is whole, well-formed, and in order.
+            let mut last = None;
+            while let Ok((id, i, bytes)) = q.get_timeout(Duration::from_millis(10)) {
+                assert_eq!((id, i, bytes), numbered(0, i), "round {round}");
+                assert!(
+                    last.is_none_or(|l| i > l),
+                    "round {round}: {i} after {last:?}"
+                );
+                last = Some(i);
+            }
+            // And the queue still works, for large items too.
+            q.put_timeout(numbered(9, 5), WAIT).unwrap();
+            assert_eq!(q.get_timeout(WAIT).unwrap(), numbered(9, 5));
+        }
+    }
+
+    #[test]
+    fn large_items_with_several_consumers_and_a_killed_one() {
+        let _r = Reaper::new();
+        const SIZE: usize = 512 * 1024;
+        const N: u32 = 40;
+        let q: Queue<(u32, serde_bytes::ByteBuf)> = Queue::new().unwrap();
+        let out: Queue<u32> = Queue::new().unwrap();
+        // A consumer that is killed while it takes items: whatever it held goes, nothing
+        // wedges.
+        let mut victim = Process::with_args(
+            |q: Queue<(u32, serde_bytes::ByteBuf)>| {
+                loop {
+                    let _ = q.get();
+                }
+            },
+            q.clone(),
+        );
+        let mut consumers = Vec::new();
+        for _ in 0..2 {
+            consumers.push(Process::with_args(
+                |(q, out): (Queue<(u32, serde_bytes::ByteBuf)>, Queue<u32>)| {
+                    while let Ok((i, bytes)) = q.get_timeout(Duration::from_secs(10)) {
+                        if i == u32::MAX {
+                            break;
+                        }
+                        assert!(
+                            bytes.len() == SIZE && bytes.iter().all(|b| *b == i as u8),
+                            "item {i} damaged"
+                        );
+                        out.put(i).unwrap();
+                    }
+                },
+                (q.clone(), out.clone()),
+            ));
+        }
+        victim.start().unwrap();
+        for c in &mut consumers {
+            c.start().unwrap();
+        }
+        for i in 0..N {
+            q.put_timeout((i, serde_bytes::ByteBuf::from(vec![i as u8; SIZE])), WAIT)
+                .unwrap();
+            if i == N / 4 {
+                victim.kill().unwrap();
+                victim.join_timeout(WAIT).unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        while got.len() < N as usize {
+            match out.get_timeout(Duration::from_secs(3)) {
+                Ok(i) => got.push(i),
+                Err(_) => break,
+            }
+        }
+        // The victim may have taken items put before it died; every item put after arrived,
+        // exactly once.
+        got.sort_unstable();
+        let before = got.len();
+        got.dedup();
+        assert_eq!(before, got.len(), "an item arrived twice");
+        for i in N / 4 + 1..N {
+            assert!(
+                got.contains(&i),
+                "item {i}, put after the kill, was lost: {got:?}"
+            );
+        }
+        for _ in 0..2 {
+            q.put((u32::MAX, serde_bytes::ByteBuf::new())).unwrap();
+        }
+        for c in &mut consumers {
+            assert_eq!(c.join_timeout(WAIT).unwrap(), Some(0));
+        }
+    }
+
+    #[test]
+    fn a_consumer_killed_while_taking_a_large_item_leaves_it_to_the_next() {
+        consumer_killed_while_taking_leaves_it_to_the_next(1 << 20);
+    }
+
+    #[test]
+    fn a_consumer_killed_while_taking_a_small_item_leaves_it_to_the_next() {
+        consumer_killed_while_taking_leaves_it_to_the_next(100);
+    }
+
+    #[test]
+    fn a_producer_killed_while_putting_a_large_item_leaves_no_trace() {
+        let _r = Reaper::new();
+        let q: Queue<Stuck> = Queue::new().unwrap();
+        q.put(Stuck::new(1, 10)).unwrap();
+        let stalled = Event::new().unwrap();
+        let mut victim =
+            Process::with_args(put_stalling_in_the_middle, (q.clone(), stalled.clone()));
+        victim.start().unwrap();
+        assert!(stalled.wait_timeout(WAIT), "the victim never began its put");
+        // The victim is writing its item into the queue, holding the producers' lock: getters
+        // go on, and another putter waits its turn.
+        assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(50)),
+            Err(GetError::Timeout)
+        ));
+        assert!(matches!(
+            q.put_timeout(Stuck::new(3, 10), Duration::from_millis(50)),
+            Err(PutError::Timeout(_))
+        ));
+        victim.kill().unwrap();
+        victim.join_timeout(WAIT).unwrap().expect("victim reaped");
+        // Half an item is never seen, and its space is free again.
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(50)),
+            Err(GetError::Timeout | GetError::Disconnected)
+        ));
+        q.put_timeout(Stuck::new(4, 1 << 20), WAIT).unwrap();
+        q.put_timeout(Stuck::new(5, 10), WAIT).unwrap();
+        assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(4, 1 << 20));
+        assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(5, 10));
+        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    }
+
+    /// Issue 10 item 5: the unfinished count went up before the item was written, so a
+    /// producer killed inside `put` left `join` waiting forever.
+    #[test]
+    fn a_producer_killed_mid_put_leaves_join_nothing_to_wait_for() {
+        let _r = Reaper::new();
+        let q: JoinableQueue<Stuck> = JoinableQueue::new().unwrap();
+        q.put(Stuck::new(1, 10)).unwrap();
+        let stalled = Event::new().unwrap();
+        let mut victim = Process::with_args(
+            joinable_put_stalling_in_the_middle,
+            (q.clone(), stalled.clone()),
+        );
+        victim.start().unwrap();
+        assert!(stalled.wait_timeout(WAIT), "the victim never began its put");
+        victim.kill().unwrap();
+        victim.join_timeout(WAIT).unwrap().expect("victim reaped");
+        assert_eq!(q.unfinished_tasks(), 1, "only the item that was put");
+        assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(1, 10));
+        assert!(!q.join_timeout(Duration::from_millis(30)), "not done yet");
+        q.task_done().unwrap();
+        assert!(q.join_timeout(WAIT), "join waits for an item that was never put");
+        assert!(q.task_done().is_err());
+        // And the queue goes on counting.
+        q.put_timeout(Stuck::new(3, 1 << 20), WAIT).unwrap();
+        assert_eq!(q.unfinished_tasks(), 1);
+        assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(3, 1 << 20));
+        q.task_done().unwrap();
+        assert!(q.join_timeout(WAIT));
+    }
+
+    #[test]
+    fn a_put_whose_serialization_panics_half_way_appends_nothing() {
+        let _r = Reaper::new();
+        let q: JoinableQueue<Stuck> = JoinableQueue::new().unwrap();
+        let mut p = Process::with_args(
+            |q: JoinableQueue<Stuck>| {
+                STUCK_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+                STUCK_MODE.set(StuckMode::Panic).unwrap();
+                let _ = q.put(Stuck::new(2, 1 << 20));
+            },
+            q.clone(),
+        );
+        p.start().unwrap();
+        let err = p.join_timeout(WAIT).unwrap();
+        assert_eq!(err, Some(1), "the panic ends the child");
+        // Nothing was appended or counted: `join` returns at once, and the queue works.
+        assert!(q.join_timeout(WAIT));
+        assert!(q.empty());
+        q.put_timeout(Stuck::new(3, 1 << 20), WAIT).unwrap();
+        assert_eq!(q.qsize(), 1);
+    }
+
+    /// Issue 10 items 1 and 14: producers and consumers SIGKILLed at seeded random points,
+    /// round after round, on one queue. No item is ever delivered twice or made up; an item
+    /// whose put returned is delivered, except at most one per killed consumer (the one it
+    /// had taken when it died); and the queue is never wedged (every wait here is bounded).
+    #[test]
+    fn killed_producers_and_consumers_never_duplicate_or_lose_items() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _r = Reaper::new();
+        let mut rng = Rng::seeded("killed_producers_and_consumers_never_duplicate_or_lose_items");
+        const ROUNDS: u32 = 8;
+        const PRODUCERS: u32 = 2;
+        const CONSUMERS: u32 = 2;
+        let ledger = Ledger::new();
+        let q: Queue<Numbered> = Queue::with_maxsize(32).unwrap();
+        let up = multiproc::Semaphore::new(0).unwrap();
+        let mut consumer_kills = 0u32;
+        for round in 0..ROUNDS {
+            let mut procs = Vec::new();
+            for p in 0..PRODUCERS {
+                let id = round * PRODUCERS + p;
+                procs.push(
+                    multiproc::spawn_with_args(
+                        ledger_producer,
+                        (q.clone(), ledger.0.clone(), up.clone(), id),
+                    )
+                    .unwrap(),
+                );
+            }
+            for _ in 0..CONSUMERS {
+                procs.push(
+                    multiproc::spawn_with_args(
+                        ledger_consumer,
+                        (q.clone(), ledger.0.clone(), up.clone()),
+                    )
+                    .unwrap(),
+                );
+            }
+            for _ in 0..PRODUCERS + CONSUMERS {
+                assert!(up.acquire_timeout(WAIT), "a child did not start");
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+            // Kill them all, in a random order, at random moments.
+            while !procs.is_empty() {
+                let i = rng.below(procs.len() as u64) as usize;
+                let mut victim = procs.swap_remove(i);
+                victim.kill().unwrap();
+                match victim.join_timeout(WAIT) {
+                    Err(JoinError::Signal(9)) => {}
+                    other => panic!("round {round}: a child ended with {other:?}"),
+                }
+                std::thread::sleep(Duration::from_micros(rng.below(2_000)));
+            }
+            consumer_kills += CONSUMERS;
+            // What is left is taken here (the only handle now: empty means Disconnected).
+            loop {
+                match q.get_timeout(WAIT) {
+                    Ok(item) => ledger.deliver(item),
+                    Err(GetError::Disconnected) => break,
+                    Err(e) => panic!("round {round}: draining the queue: {e}"),
+                }
+            }
+            assert_eq!(q.qsize(), 0);
+            q.put_timeout(numbered(63, 0), WAIT).unwrap();
+            assert_eq!(q.get_timeout(WAIT).unwrap(), numbered(63, 0));
+        }
+        let (mut delivered, mut lost, mut duplicated, mut made_up) = (0u64, 0u32, 0u32, 0u32);
+        for id in 0..ROUNDS * PRODUCERS {
+            let (started, finished) = (ledger.started(id).load(SeqCst), ledger.finished(id).load(SeqCst));
+            for n in 0..PER_PRODUCER {
+                let times = ledger.delivered(id, n).load(SeqCst);
+                delivered += u64::from(times);
+                if times > 1 {
+                    duplicated += 1;
+                    eprintln!("({id}, {n}) delivered {times} times");
+                }
+                if times > 0 && n >= started {
+                    made_up += 1;
+                    eprintln!("({id}, {n}) delivered but never put");
+                }
+                if times == 0 && n < finished {
+                    lost += 1;
+                    eprintln!("({id}, {n}) put and never delivered");
+                }
+            }
+        }
+        eprintln!(
+            "{ROUNDS} rounds: {delivered} deliveries, {duplicated} duplicated, {made_up} made \
+             up, {lost} lost, {consumer_kills} consumers killed"
+        );
+        assert_eq!(duplicated, 0, "items delivered twice");
+        assert_eq!(made_up, 0, "items delivered that were never put");
+        assert!(lost <= consumer_kills, "{lost} items lost to {consumer_kills} consumer kills");
+        assert!(delivered > u64::from(ROUNDS), "the children never got going: nothing tested");
     }
 }

@@ -563,3 +563,116 @@ fn dropping_primitives_leaks_no_descriptors() {
     }
     assert_eq!(common::open_fds(), before);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions of issue 10, under every start method.
+
+fn barrier_party(b: Barrier) -> bool {
+    b.wait_timeout(WAIT).is_ok()
+}
+
+/// Waits on the barrier once, then stays (holding its handle) until killed.
+fn barrier_party_that_stays(b: Barrier) {
+    b.wait_timeout(WAIT).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Fills the descriptor table (under a lowered limit), checks that `/proc/<owner>/stat` can no
+/// longer be read, then waits 300 ms for `lock`: what happened, as text.
+fn acquire_out_of_descriptors((lock, owner): (Lock, u32)) -> String {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let saved = getrlimit(Resource::Nofile);
+    let mut low = saved;
+    low.current = Some(256.min(saved.maximum.unwrap_or(256)));
+    setrlimit(Resource::Nofile, low).unwrap();
+    let mut filler = Vec::new();
+    let setup = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) if filler.len() < 100_000 => filler.push(f),
+            Ok(_) => break Err("no EMFILE".to_owned()),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let outcome = match setup {
+        Err(e) => format!("setup failed: {e}"),
+        Ok(()) => match std::fs::read(format!("/proc/{owner}/stat")) {
+            Ok(_) => "setup failed: /proc still readable".to_owned(),
+            Err(e) if e.raw_os_error() != Some(libc::EMFILE) => format!("setup failed: {e}"),
+            Err(_) => match lock.acquire_timeout(Duration::from_millis(300)) {
+                Err(AcquireError::Timeout) => "timed out".to_owned(),
+                Err(AcquireError::OwnerDied(_)) => "took a live owner's lock as dead".to_owned(),
+                Ok(_) => "acquired a held lock".to_owned(),
+            },
+        },
+    };
+    drop(filler);
+    setrlimit(Resource::Nofile, saved).unwrap();
+    outcome
+}
+
+start_method_matrix! {
+    /// Issue 10 item 6: parties of an earlier round that exited normally counted as dead, and
+    /// broke the barrier for the next round's new processes.
+    #[test]
+    fn barrier_is_reused_by_new_processes_across_rounds() {
+        let _r = Reaper::new();
+        let barrier = Barrier::new(2).unwrap();
+        for round in 0..3 {
+            let mut first = spawn_with_args(barrier_party, barrier.clone()).unwrap();
+            assert!(common::eventually(WAIT, || barrier.n_waiting() == 1));
+            // Long enough for the waiting party to look for dead members several times.
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                !barrier.broken(),
+                "round {round}: broken while the second party was on its way"
+            );
+            let mut second = spawn_with_args(barrier_party, barrier.clone()).unwrap();
+            assert!(first.join_timeout(WAIT).unwrap(), "round {round}");
+            assert!(second.join_timeout(WAIT).unwrap(), "round {round}");
+        }
+        assert!(!barrier.broken());
+    }
+
+    /// The converse: a party killed between two rounds (it still holds the handle it waited
+    /// with) is seen dead by the one waiting for it, which fails promptly; the round's other
+    /// party, which returned (dropping its handle), does not count.
+    #[test]
+    fn a_party_killed_between_rounds_breaks_the_barrier() {
+        let _r = Reaper::new();
+        let barrier = Barrier::new(2).unwrap();
+        let mut stays = spawn_with_args(barrier_party_that_stays, barrier.clone()).unwrap();
+        let mut once = spawn_with_args(barrier_party, barrier.clone()).unwrap();
+        assert!(once.join_timeout(WAIT).unwrap(), "round 1");
+        let mut waiter = spawn_with_args(barrier_party, barrier.clone()).unwrap();
+        assert!(common::eventually(WAIT, || barrier.n_waiting() == 1));
+        assert!(!barrier.broken(), "the party that stays is alive");
+        stays.kill().unwrap();
+        assert!(matches!(
+            stays.join_timeout(WAIT),
+            Err(multiproc::JoinError::Signal(9))
+        ));
+        let t = Instant::now();
+        assert!(!waiter.join_timeout(WAIT).unwrap(), "the waiter was not told");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(barrier.broken());
+    }
+
+    /// Issue 10 item 2: a waiter that cannot read `/proc` (here: out of descriptors) took the
+    /// lock of a live owner as dead's.
+    #[test]
+    fn a_waiter_out_of_descriptors_does_not_steal_a_live_owners_lock() {
+        let _r = Reaper::new();
+        let lock = Lock::new().unwrap();
+        let held = lock.acquire().unwrap();
+        let mut child = spawn_with_args(
+            acquire_out_of_descriptors,
+            (lock.clone(), std::process::id()),
+        )
+        .unwrap();
+        assert_eq!(child.join_timeout(WAIT).unwrap(), "timed out");
+        assert!(lock.is_locked());
+        drop(held);
+        assert!(!lock.is_locked());
+    }
+}

@@ -107,6 +107,7 @@ impl<T: Pod> Array<T> {
     /// As [`Array::new`].
     pub fn from_slice(values: &[T]) -> Result<Array<T>> {
         let a = Self::new(values.len())?;
+        // Nobody else has the new array yet: no holder can have died.
         a.lock()
             .unwrap_or_else(OwnerDied::into_inner)
             .copy_from_slice(values);
@@ -187,22 +188,25 @@ impl<T: Pod> Array<T> {
     }
 
     /// Element `i` (under the lock), or `None` past the end.
+    ///
+    /// If a process died holding the lock, this reads the element as that process left it
+    /// and logs a `tracing` warning, as [`Value::get`](crate::Value::get) does; use
+    /// [`lock`](Array::lock) to be told.
     pub fn get(&self, i: usize) -> Option<T> {
-        self.lock()
-            .unwrap_or_else(OwnerDied::into_inner)
-            .get(i)
-            .copied()
+        self.lock().unwrap_or_else(super::recovered).get(i).copied()
     }
 
-    /// Sets element `i` (under the lock); `None` past the end.
+    /// Sets element `i` (under the lock); `None` past the end. After a holder's death it
+    /// writes with a `tracing` warning, as [`get`](Array::get) reads.
     pub fn set(&self, i: usize, value: T) -> Option<()> {
-        let mut g = self.lock().unwrap_or_else(OwnerDied::into_inner);
+        let mut g = self.lock().unwrap_or_else(super::recovered);
         g.get_mut(i).map(|x| *x = value)
     }
 
-    /// A copy of all elements (under the lock).
+    /// A copy of all elements (under the lock). After a holder's death it copies them as that
+    /// process left them, with a `tracing` warning, as [`get`](Array::get) reads.
     pub fn to_vec(&self) -> Vec<T> {
-        self.lock().unwrap_or_else(OwnerDied::into_inner).to_vec()
+        self.lock().unwrap_or_else(super::recovered).to_vec()
     }
 }
 

@@ -14,6 +14,18 @@ pub use array::{Array, ArrayGuard};
 pub use shared_memory::{SharedAtomic, SharedMemory};
 pub use value::{Value, ValueGuard};
 
+/// The guard inside an [`OwnerDied`](crate::OwnerDied), for the accessors of `Value` and
+/// `Array` that return plain values (Python's `.value`, indexing, `[:]`): they go on with the
+/// data as the dead holder left it, and say so in a `tracing` warning, since their callers
+/// cannot be told. [`Value::lock`] and [`Array::lock`] report it instead.
+fn recovered<G>(died: crate::OwnerDied<G>) -> G {
+    tracing::warn!(
+        "a process died holding the lock of a shared Value or Array; \
+         its data is used as that process left it"
+    );
+    died.into_inner()
+}
+
 /// Plain old data: types that may be stored in shared memory and read back by any process.
 ///
 /// # Safety

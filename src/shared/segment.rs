@@ -107,6 +107,10 @@ impl<T: ShmSafe> Shm<T> {
         }
         let ptr = NonNull::new(seg.as_ptr().cast::<T>())
             .ok_or_else(|| io::Error::other("null mapping"))?;
+        // Learn this process's identity (a read of /proc) now, while it has a descriptor to
+        // spare, rather than at its first lock: a lock taken without the start time still
+        // works, but guards less well against pid reuse.
+        let _ = sys::process_ident();
         Ok(Shm {
             ptr,
             seg: Arc::new(seg),

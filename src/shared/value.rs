@@ -165,15 +165,21 @@ impl<T: Pod> Value<T> {
         }
     }
 
-    /// Reads the value under the lock (also after a holder died: the value is returned as
-    /// it was left).
+    /// Reads the value under the lock (Python's `.value`).
+    ///
+    /// If a process died holding the lock, this reads the value as that process left it,
+    /// possibly half-updated, and logs a `tracing` warning: it cannot report the death. Use
+    /// [`lock`](Value::lock), which returns [`OwnerDied`], where that matters.
     pub fn get(&self) -> T {
-        *self.lock().unwrap_or_else(OwnerDied::into_inner)
+        *self.lock().unwrap_or_else(super::recovered)
     }
 
-    /// Writes the value under the lock.
+    /// Writes the value under the lock (Python's `.value = ...`).
+    ///
+    /// After a holder's death it writes over whatever that process left, with a `tracing`
+    /// warning, as [`get`](Value::get) reads it.
     pub fn set(&self, value: T) {
-        *self.lock().unwrap_or_else(OwnerDied::into_inner) = value;
+        *self.lock().unwrap_or_else(super::recovered) = value;
     }
 
     /// Reads the value with its lock already held through `guard` (a

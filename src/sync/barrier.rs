@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -23,11 +23,14 @@ type Action = Arc<dyn Fn() + Send + Sync>;
 /// party: then every current and later wait fails with [`BrokenBarrierError`] until
 /// [`reset`](Barrier::reset).
 ///
-/// A process becomes a known party the first time it waits. Waiters check every few
+/// A process becomes a known party the first time it waits, and stops being one when the
+/// handle it waited with is dropped (so a party that has finished with the barrier and
+/// exited does not count against the processes that use it next). Waiters check every few
 /// milliseconds whether a known party has died; if one has and too few live parties are left
-/// to fill the barrier, they break it instead of waiting forever. (A process that dies before
-/// its first wait is not known; the timed forms cover that case.) Up to 64 processes are
-/// tracked per barrier.
+/// to fill the barrier, they break it instead of waiting forever. A party that ends without
+/// dropping that handle (killed, `std::process::exit`, or unwinding from a panic) counts as
+/// dead. (A process that dies before its first wait is not known; the timed forms cover that
+/// case.) Up to 64 processes are tracked per barrier.
 ///
 /// # Examples
 /// ```
@@ -41,13 +44,53 @@ type Action = Arc<dyn Fn() + Send + Sync>;
 /// assert!(child.join()?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Barrier {
     state: Shm<BarrierState>,
     /// Not sent to children started by spawn: set it there with `with_action`.
     #[serde(skip)]
     action: Option<Action>,
     timeout: Option<Duration>,
+    /// The pid of the process that became a party by waiting through this handle (0: none):
+    /// when this handle is dropped there, the process leaves the barrier's members. A copy
+    /// inherited through `fork` keeps its parent's pid, so dropping it in the child does not
+    /// remove the parent.
+    #[serde(skip)]
+    joined: AtomicU32,
+}
+
+impl Clone for Barrier {
+    /// Another handle to the same barrier. It has not been waited on: the process leaves the
+    /// members only when the handle it waited with is dropped.
+    fn clone(&self) -> Self {
+        Barrier {
+            state: self.state.clone(),
+            action: self.action.clone(),
+            timeout: self.timeout,
+            joined: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        let me = sys::ident_pid(sys::process_ident());
+        // A panic on the way out is an abnormal end: stay a member, so that waiting parties
+        // see this process die rather than wait for it.
+        if self.joined.load(Ordering::Relaxed) != me || std::thread::panicking() {
+            return;
+        }
+        let s = &*self.state;
+        self.lock();
+        // By pid: this process's identity may have gained its start time since it registered,
+        // and an entry with this pid and another start time is a dead process anyway.
+        for m in &s.members[..] {
+            if sys::ident_pid(m.load(Ordering::Relaxed)) == me {
+                m.store(0, Ordering::Relaxed);
+            }
+        }
+        s.lock.unlock();
+    }
 }
 
 impl std::fmt::Debug for Barrier {
@@ -85,6 +128,7 @@ impl Barrier {
             state,
             action: None,
             timeout: None,
+            joined: AtomicU32::new(0),
         })
     }
 
@@ -226,9 +270,11 @@ impl Barrier {
         }
     }
 
-    /// Records this process as a party (under the internal lock).
+    /// Records this process as a party (under the internal lock), until this handle is
+    /// dropped.
     fn register(&self) {
         let me = sys::process_ident();
+        self.joined.store(sys::ident_pid(me), Ordering::Relaxed);
         let members = &self.state.members;
         if members.iter().any(|m| m.load(Ordering::Relaxed) == me) {
             return;

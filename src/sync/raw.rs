@@ -77,29 +77,43 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
     sys::futex_wake(word, n);
 }
 
-/// A process-robust mutual-exclusion word.
+/// [`WAITERS`] in the 64-bit lock state.
+const WAITERS64: u64 = WAITERS as u64;
+
+/// What this process writes into a lock it takes: its pid in the low half (the futex word)
+/// and its start time in the high half (see [`RawLock`]).
+#[inline]
+fn owner_value() -> u64 {
+    sys::process_ident().rotate_left(32)
+}
+
+/// A process-robust mutual-exclusion lock: one 64-bit word.
 ///
-/// `word` is 0 when free, else the owner's pid, with [`WAITERS`] set while someone may sleep on
-/// it. Uncontended lock and unlock are one atomic read-modify-write each; waiters sleep on the futex in slices (1 ms doubling up to 20 ms)
-/// and check between slices whether the owner process still runs; if it does not, they take the lock
-/// over with one compare-and-swap and report [`Acquired::OwnerDied`]. A waiter remembers the
-/// owner's start time from its first check, so that a pid reused later counts as dead.
+/// The low 32 bits are the futex word: 0 when free, else the owner's pid, with [`WAITERS`]
+/// set while someone may sleep on it. The high 32 bits are the owner's start time (low bits
+/// of clock ticks since boot; 0 if it could not be read), written by the same
+/// compare-and-swap that takes the lock, so a waiter always reads an owner's pid and start
+/// time together and a reused pid can never pass for the owner that died.
+///
+/// Uncontended lock and unlock are one atomic read-modify-write each; waiters sleep on the
+/// futex in slices (1 ms doubling up to 20 ms) and check between slices whether the owner
+/// still runs; if it does not, they take the lock over with one compare-and-swap of the whole
+/// word (so two waiters cannot both win, nor win against a new owner) and report
+/// [`Acquired::OwnerDied`].
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawLock {
-    word: AtomicU32,
-    _reserved: u32,
+    state: AtomicU64,
 }
 
-const _: () = assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
+const _: () = assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 8);
 
 impl RawLock {
     /// Takes the lock if it is free. No system call.
     #[inline]
     pub(crate) fn try_lock(&self) -> bool {
-        let me = sys::ident_pid(sys::process_ident());
-        self.word
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        self.state
+            .compare_exchange(0, owner_value(), Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     }
 
@@ -114,78 +128,75 @@ impl RawLock {
 
     #[cold]
     fn lock_slow(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
-        let pid = sys::ident_pid(sys::process_ident());
+        let me = owner_value();
         // A short spin: critical sections are often shorter than a sleep.
         for _ in 0..100 {
-            if self.word.load(Ordering::Relaxed) == 0 && self.try_lock() {
+            if self.state.load(Ordering::Relaxed) == 0 && self.try_lock() {
                 return Ok(Acquired::Clean);
             }
             std::hint::spin_loop();
         }
         let mut slice = OWNER_CHECK_FIRST;
+        // The owner being watched (the state without the waiters bit).
         let mut owner = 0;
-        // The owner's start time, once a check has seen it running.
-        let mut owner_start = None;
+        // For an owner that could not record its start time: the one a check saw it run
+        // with (a later check that sees another start time saw the pid reused).
+        let mut learnt = None;
         loop {
-            let w = self.word.load(Ordering::Relaxed);
-            if w & !WAITERS != owner {
-                owner = w & !WAITERS;
-                owner_start = None;
+            let s = self.state.load(Ordering::Relaxed);
+            if s & !WAITERS64 != owner {
+                owner = s & !WAITERS64;
+                learnt = None;
                 slice = OWNER_CHECK_FIRST;
             }
-            if w == 0 {
+            if s == 0 {
                 // Having waited, take it marked contended: others may still sleep.
                 if self
-                    .word
-                    .compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .state
+                    .compare_exchange(0, me | WAITERS64, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     return Ok(Acquired::Clean);
                 }
                 continue;
             }
-            if w & WAITERS == 0
+            if s & WAITERS64 == 0
                 && self
-                    .word
-                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .state
+                    .compare_exchange(s, s | WAITERS64, Ordering::Relaxed, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
             }
-            let w = w | WAITERS;
+            let s = s | WAITERS64;
             let slept = match left(deadline) {
                 None => None,
-                Some(None) => Some(sys::futex_wait(&self.word, w, Some(slice))),
-                Some(Some(d)) => Some(sys::futex_wait(&self.word, w, Some(d.min(slice)))),
+                Some(None) => Some(sys::futex_wait_low(&self.state, s as u32, Some(slice))),
+                Some(Some(d)) => Some(sys::futex_wait_low(
+                    &self.state,
+                    s as u32,
+                    Some(d.min(slice)),
+                )),
             };
             if slept == Some(true) {
-                // Woken, or the word changed: look again. The owner may have changed (even to
-                // a process that reused its pid), so its start time is learnt anew.
-                owner_start = None;
+                // Woken, or the word changed: look again. An owner that recorded no start
+                // time may have been replaced by a process that reused its pid: learn anew.
+                learnt = None;
                 continue;
             }
             // A slice (or the whole timeout) passed with the word unchanged: is the owner alive?
             slice = (slice * 2).min(OWNER_CHECK_MAX);
-            if self.word.load(Ordering::Relaxed) == w {
-                let now = sys::running_since(owner);
-                let alive = match (now, owner_start) {
-                    (None, _) => false,
-                    (Some(s), Some(first)) => s == first, // else the pid was reused
-                    (Some(s), None) => {
-                        owner_start = Some(s);
-                        true
-                    }
-                };
-                if !alive {
-                    if self
-                        .word
-                        .compare_exchange(w, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Ok(Acquired::OwnerDied);
-                    }
-                    continue;
+            if self.state.load(Ordering::Relaxed) == s && !owner_alive(s, &mut learnt) {
+                // One compare-and-swap of the whole state: if another waiter took over first,
+                // or the owner was replaced, this fails and we look again.
+                if self
+                    .state
+                    .compare_exchange(s, me | WAITERS64, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(Acquired::OwnerDied);
                 }
+                continue;
             }
             if slept.is_none() {
                 return Err(());
@@ -196,25 +207,59 @@ impl RawLock {
     /// Releases the lock; wakes one sleeper if there may be one.
     #[inline]
     pub(crate) fn unlock(&self) {
-        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
-            sys::futex_wake(&self.word, 1);
+        if self.state.swap(0, Ordering::Release) & WAITERS64 != 0 {
+            sys::futex_wake_low(&self.state, 1);
         }
     }
 
     /// Whether this process holds the lock (some thread of it).
     #[inline]
     pub(crate) fn held_by_me(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & !WAITERS == sys::ident_pid(sys::process_ident())
+        // By pid alone: a process that could not read its start time when it took the lock
+        // may know it now.
+        (self.state.load(Ordering::Relaxed) as u32) & !WAITERS
+            == sys::ident_pid(sys::process_ident())
     }
 
     /// Whether anyone holds the lock.
     pub(crate) fn is_locked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) != 0
+        self.state.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Whether the owner recorded in lock state `s` may still run. Dead only on proof: its pid is
+/// dead, or runs a process that started at another time than the owner recorded (or, for an
+/// owner that recorded none, than a previous check saw, kept in `learnt`).
+fn owner_alive(s: u64, learnt: &mut Option<u32>) -> bool {
+    let pid = (s as u32) & !WAITERS;
+    let recorded = (s >> 32) as u32;
+    match sys::liveness(pid) {
+        sys::Liveness::Dead => false,
+        sys::Liveness::Alive => true,
+        sys::Liveness::Running(start) if recorded != 0 => start == recorded,
+        sys::Liveness::Running(start) => *learnt.get_or_insert(start) == start,
+    }
+}
+
+#[cfg(test)]
+impl RawLock {
+    /// Overwrites the lock's state, as a process that died holding it would leave it.
+    pub(crate) fn force_state(&self, state: u64) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+}
+
+/// Lock states for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A lock state whose owner's pid is above any `pid_max`: no such process.
+    pub(crate) fn held_by_dead_owner() -> u64 {
+        (5u64 << 32) | 0x3FFF_FFFF
     }
 }
 
 // SAFETY: atomics only; all zeros is the unlocked state and every bit pattern is a valid value
-// (a garbage owner is treated as a process that may have died).
+// (a garbage owner is a process whose liveness is checked like any other).
 unsafe impl ShmSafe for RawLock {}
 
 /// `RLock`: a robust lock plus the owning thread and the recursion depth.
@@ -306,28 +351,113 @@ mod tests {
     use super::*;
     use crate::shared::segment::Shm;
 
-    #[test]
-    fn a_dead_owner_is_taken_over_and_a_live_one_is_not() {
-        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
-        // A pid above any pid_max: no such process.
-        lock.word.store(0x3FFF_FFFF, Ordering::Relaxed);
-        assert!(!lock.try_lock(), "try never steals");
+    /// A lock state naming `pid` as owner, started at `start`.
+    fn held_by(pid: u32, start: u32) -> u64 {
+        (u64::from(start) << 32) | u64::from(pid)
+    }
+
+    fn start_time_of(pid: u32) -> u32 {
+        match sys::liveness(pid) {
+            sys::Liveness::Running(start) => start,
+            other => panic!("process {pid} is not visibly running: {other:?}"),
+        }
+    }
+
+    /// Takes `lock` over within `within`, or fails the test.
+    fn taken_over(lock: &RawLock, within: Duration) {
         let t = Instant::now();
         assert_eq!(
             lock.lock(deadline(Duration::from_secs(5))),
             Ok(Acquired::OwnerDied)
         );
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(t.elapsed() < within, "{:?}", t.elapsed());
         assert!(lock.held_by_me());
+        assert_eq!(
+            lock.state.load(Ordering::Relaxed) & !WAITERS64,
+            owner_value()
+        );
         lock.unlock();
         assert!(!lock.is_locked());
+    }
 
-        // Process 1 is alive: waiting for it times out, it is never robbed.
-        lock.word.store(1, Ordering::Relaxed);
+    /// Waits 60 ms for `lock`, which must time out with the state left as it was.
+    fn never_robbed(lock: &RawLock) {
+        let before = lock.state.load(Ordering::Relaxed) & !WAITERS64;
         let t = Instant::now();
         assert_eq!(lock.lock(deadline(Duration::from_millis(60))), Err(()));
         assert!(t.elapsed() >= Duration::from_millis(60));
-        assert_eq!(lock.word.load(Ordering::Relaxed) & !WAITERS, 1);
+        assert_eq!(lock.state.load(Ordering::Relaxed) & !WAITERS64, before);
+    }
+
+    #[test]
+    fn a_dead_owner_is_taken_over_and_a_live_one_is_not() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        // A pid above any pid_max: no such process.
+        lock.state.store(held_by(0x3FFF_FFFF, 5), Ordering::Relaxed);
+        assert!(!lock.try_lock(), "try never steals");
+        taken_over(&lock, Duration::from_secs(1));
+
+        // Process 1 is alive: waiting for it times out, it is never robbed, whether its
+        // start time was recorded or not.
+        lock.state
+            .store(held_by(1, start_time_of(1)), Ordering::Relaxed);
+        never_robbed(&lock);
+        lock.state.store(held_by(1, 0), Ordering::Relaxed);
+        never_robbed(&lock);
+    }
+
+    /// Pid reuse, made deterministic: the lock names a pid that a live process has now, with
+    /// the start time of the process that held it before (as after `pid_max` process
+    /// creations). The waiter must see the owner as dead, however long ago the pid was reused;
+    /// and a live owner with its own start time is never robbed.
+    #[test]
+    fn a_reused_pid_does_not_keep_a_dead_owners_lock() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        for pid in [std::process::id(), 1] {
+            let start = start_time_of(pid);
+            lock.state.store(
+                held_by(pid, start.wrapping_add(1).max(1)),
+                Ordering::Relaxed,
+            );
+            taken_over(&lock, Duration::from_secs(1));
+            lock.state
+                .store(held_by(pid, start) | WAITERS64, Ordering::Relaxed);
+            never_robbed(&lock);
+            lock.state.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An owner that could not record its start time is checked as before: the start time
+    /// seen at the first check is kept, so a pid reused later (during the wait) counts as dead.
+    #[test]
+    fn an_owner_without_a_start_time_is_watched_by_the_first_one_seen() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        let pid = std::process::id();
+        let real = start_time_of(pid);
+        let mut learnt = None;
+        let s = held_by(pid, 0);
+        assert!(owner_alive(s, &mut learnt));
+        assert_eq!(learnt, Some(real));
+        assert!(owner_alive(s, &mut learnt), "same process, same start");
+        let mut earlier = Some(real.wrapping_sub(1));
+        assert!(!owner_alive(s, &mut earlier), "another start: reused pid");
+        // And a live owner without a start time keeps its lock.
+        lock.state.store(s, Ordering::Relaxed);
+        never_robbed(&lock);
+    }
+
+    #[test]
+    fn the_owner_records_its_pid_and_start_time_in_one_word() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        assert!(lock.try_lock());
+        let s = lock.state.load(Ordering::Relaxed);
+        let me = sys::process_ident();
+        assert_eq!(s as u32, sys::ident_pid(me));
+        assert_eq!((s >> 32) as u32, sys::ident_start(me));
+        assert_ne!((s >> 32) as u32, 0, "/proc is readable here");
+        assert!(lock.held_by_me());
+        lock.unlock();
+        assert_eq!(lock.state.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The shared-memory ring behind `Queue`: a memfd holding a header page and a byte ring of
-//! frames, with one robust process-shared mutex for producers and one for consumers, and
-//! futex words for waiting.
+//! frames, with one robust lock for producers and one for consumers (the crate's own
+//! [`RawLock`], see `src/sync/README.md`), and futex words for waiting.
 //!
 //! Producers and consumers never wait for each other's lock: a producer writes only free
 //! space and publishes a frame with one atomic store to [`Header::prod`]; a consumer reads
@@ -9,13 +9,29 @@
 //! (less free space, fewer frames). So a 16 MiB item is copied in while another is copied
 //! out, and small items do not bounce one lock between the two sides.
 //!
-//! Crash safety comes from three kernel mechanisms, so no process can wedge the others by
-//! dying at any instruction:
-//! - The mutexes are robust `pthread_mutex_t`s: if an owner dies, the next locker gets
-//!   `EOWNERDEAD` and takes over. The ring's state never needs repair, because every change
-//!   is one store made after the bytes are in place (for a put) or used (for a get): a
-//!   producer killed mid-copy leaves no trace, a consumer killed mid-copy or mid-decode
-//!   leaves the item at the head for the next one.
+//! Crash safety comes from these mechanisms, so no process can wedge the others by dying at
+//! any instruction:
+//! - The locks are [`RawLock`]s: each holds its owner's pid and start time, and a waiter that
+//!   finds the owner dead takes the lock over (within 1-20 ms). glibc's robust mutexes were
+//!   used before and are not: glibc writes its cached thread id into them, which in a
+//!   forkserver child (a raw `clone`) is the server's, so the kernel never marked a dead
+//!   child's lock and the queue wedged.
+//! - The items never need repair, because every change to them is one store made after the
+//!   bytes are in place (for a put: [`Header::prod`], which also counts the put, so a
+//!   `JoinableQueue`'s unfinished count goes up with the same store) or used (for a get:
+//!   [`Header::cons`]): a producer killed mid-copy leaves no trace, a consumer killed
+//!   mid-copy or mid-decode leaves the item at the head for the next one.
+//! - What else a producer or consumer writes before that store is on the safe side if it is
+//!   never followed by it: a restart mark for a put number that is placed again by the next
+//!   put, a wrap marker or a raised high-water mark in free space, a bumped `fronts`
+//!   (process-local views are dropped, nothing more), a stale restart mark for a get number
+//!   already passed. The one exception is the `wait()` event flag, which a process killed
+//!   between the flag and the descriptor can leave out of step: whoever takes the
+//!   producers' lock over from a dead owner sets both from the queue's state
+//!   ([`PutGuard::after_owner_died`]), and until then a `wait()` can only wake spuriously.
+//!   The consumers' lock guards nothing else, so taking it over needs no repair;
+//!   [`GetGuard::drained`], which takes the producers' lock under it, is covered by the
+//!   former.
 //! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
 //!   dead process owed it.
 //! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
@@ -25,17 +41,19 @@
 //! The rare changes that touch both sides (giving memory back once the queue drains, and the
 //! `wait()` event descriptor) take both locks, consumers' first.
 //!
+//! Every offset and count read from the header is checked before it is used (another process
+//! may have written garbage): a check that fails is an `InvalidData` error, never a panic.
+//!
 //! # Safety
 //! The mapping is `MAP_SHARED` memory that other processes write. Every shared field is an
-//! atomic or sits behind a mutex; ring bytes are only touched through raw pointer copies or
+//! atomic or sits behind a lock; ring bytes are only touched through raw pointer copies or
 //! slices of free space or of a published frame, within ranges checked against the ring's
 //! size.
 //!
 //! # References
-//! pthread_mutexattr_setrobust(3), futex(2), fcntl(2) "Open file description locks",
-//! memfd_create(2), fallocate(2) `FALLOC_FL_PUNCH_HOLE`, madvise(2) `MADV_POPULATE_WRITE`.
+//! futex(2), fcntl(2) "Open file description locks", memfd_create(2), fallocate(2)
+//! `FALLOC_FL_PUNCH_HOLE`, madvise(2) `MADV_POPULATE_WRITE`.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -46,8 +64,9 @@ use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::thread::futex;
 
 use super::shm::Mapping;
+use crate::sync::raw::{Acquired, RawLock};
 
-const MAGIC: u64 = 0x6d70_7175_6575_6534; // "mpqueue4"
+const MAGIC: u64 = 0x6d70_7175_6575_6535; // "mpqueue5"
 const PAGE: usize = 4096;
 /// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
 const WRAP: u32 = u32::MAX;
@@ -67,9 +86,9 @@ struct Line<T>(T);
 struct Header {
     magic: Line<(u64, u32, u32)>, // magic, capacity, maxsize
     /// Held by the producer putting a frame: it guards `prod` and the free space.
-    put_lock: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    put_lock: Line<RawLock>,
     /// Held by the consumer taking a frame: it guards `cons` and the frame at the head.
-    get_lock: Line<UnsafeCell<libc::pthread_mutex_t>>,
+    get_lock: Line<RawLock>,
     /// Write offset (low 32 bits) and number of puts (high 32 bits), changed by one store
     /// under `put_lock`.
     prod: Line<AtomicU64>,
@@ -91,9 +110,10 @@ pub(crate) struct Words {
     pub(crate) not_full: AtomicU32,
     pub(crate) not_full_sleepers: AtomicU32,
     pub(crate) not_full_pending: AtomicU32,
-    /// `JoinableQueue`: items put and not yet marked done.
-    pub(crate) unfinished: AtomicU32,
-    pub(crate) unfinished_sleepers: AtomicU32,
+    /// `JoinableQueue`: items marked done. The unfinished count is the number of puts (in
+    /// [`Header::prod`]) minus this, so a put counts itself with the store that publishes it.
+    pub(crate) tasks_done: AtomicU32,
+    pub(crate) tasks_done_sleepers: AtomicU32,
     /// Highest ring offset written since memory was last given back (under `put_lock`).
     high_water: AtomicU32,
     /// `wait()` callers interested in this queue.
@@ -169,28 +189,10 @@ impl ShmQueue {
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?);
         let header = q.header_ptr();
-        // SAFETY: the memfd is new and mapped only here: nobody else can see it yet, so plain
-        // writes to the header are not racing. The mutex attribute calls follow the POSIX
-        // protocol (init, set, use, destroy), each on a live, properly aligned object.
-        unsafe {
-            (*header).magic.0 = (MAGIC, cap32, maxsize);
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            check(libc::pthread_mutexattr_init(&mut attr))?;
-            let r = (|| {
-                check(libc::pthread_mutexattr_setpshared(
-                    &mut attr,
-                    libc::PTHREAD_PROCESS_SHARED,
-                ))?;
-                check(libc::pthread_mutexattr_setrobust(
-                    &mut attr,
-                    libc::PTHREAD_MUTEX_ROBUST,
-                ))?;
-                check(libc::pthread_mutex_init((*header).put_lock.0.get(), &attr))?;
-                check(libc::pthread_mutex_init((*header).get_lock.0.get(), &attr))
-            })();
-            libc::pthread_mutexattr_destroy(&mut attr);
-            r?;
-        }
+        // SAFETY: the memfd is new and mapped only here: nobody else can see it yet, so a
+        // plain write to the header races with nothing. Everything else starts as zeros (a
+        // new memfd reads as zeros): free locks, an empty ring.
+        unsafe { (*header).magic.0 = (MAGIC, cap32, maxsize) };
         Ok(q)
     }
 
@@ -231,7 +233,7 @@ impl ShmQueue {
     fn header(&self) -> &Header {
         // SAFETY: the first page is mapped for the life of `self` and holds a `Header`
         // initialised by `create` before the memfd could be shared; every field reachable
-        // through `&Header` is atomic or an `UnsafeCell`.
+        // through `&Header` is atomic, except `magic`, written once before sharing.
         unsafe { &*self.header_ptr() }
     }
 
@@ -274,6 +276,12 @@ impl ShmQueue {
         unpack(self.header().cons.0.load(Ordering::SeqCst)).1
     }
 
+    /// Number of puts so far (wrapping): every one was published by the same store that
+    /// counted it.
+    pub(crate) fn puts(&self) -> u32 {
+        unpack(self.header().prod.0.load(Ordering::Acquire)).1
+    }
+
     /// Whether another item may fit (by count; byte room is found out by trying).
     pub(crate) fn has_room_hint(&self) -> bool {
         let max = self.maxsize();
@@ -281,17 +289,30 @@ impl ShmQueue {
     }
 
     /// Takes the producers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
-    /// when the deadline passed.
+    /// when the deadline passed. A dead owner's lock is taken over.
     pub(crate) fn lock_put(&self, deadline: Option<Instant>) -> io::Result<Option<PutGuard<'_>>> {
-        let locked = lock_robust(self.header().put_lock.0.get(), deadline)?;
-        Ok(locked.then_some(PutGuard { q: self }))
+        let Ok(how) = self.header().put_lock.0.lock(deadline) else {
+            return Ok(None);
+        };
+        let guard = PutGuard { q: self };
+        if how == Acquired::OwnerDied {
+            tracing::warn!("a process died holding a queue's producer lock; recovered");
+            guard.after_owner_died();
+        }
+        Ok(Some(guard))
     }
 
     /// Takes the consumers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
-    /// when the deadline passed.
+    /// when the deadline passed. A dead owner's lock is taken over: it guards nothing that
+    /// needs repair (see the module docs).
     pub(crate) fn lock_get(&self, deadline: Option<Instant>) -> io::Result<Option<GetGuard<'_>>> {
-        let locked = lock_robust(self.header().get_lock.0.get(), deadline)?;
-        Ok(locked.then_some(GetGuard { q: self }))
+        let Ok(how) = self.header().get_lock.0.lock(deadline) else {
+            return Ok(None);
+        };
+        if how == Acquired::OwnerDied {
+            tracing::warn!("a process died holding a queue's consumer lock; recovered");
+        }
+        Ok(Some(GetGuard { q: self }))
     }
 
     /// Registers a `wait()` caller (unregistered by decrementing [`Words::fd_waiters`]):
@@ -341,6 +362,8 @@ impl ShmQueue {
     /// views of it at once.
     #[allow(clippy::mut_from_ref)]
     unsafe fn free_space(&self, at: u32, n: usize) -> &mut [u8] {
+        // `place` checked the range against the ring (from offsets it checked first): this
+        // holds whatever another process wrote into the header.
         assert!(at as usize + n <= self.cap as usize);
         // SAFETY: inside the ring (asserted above), which is mapped for the life of `self`;
         // exclusive by the caller's contract.
@@ -366,6 +389,37 @@ fn unpack(v: u64) -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
+/// The error for a header or frame that no correct process could have written.
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("queue memory is corrupted: {what}"),
+    )
+}
+
+/// `(offset, count)` from `prod` or `cons`, after checking the offset lies in the ring.
+fn unpack_checked(v: u64, cap: u32, what: &str) -> io::Result<(u32, u32)> {
+    let (offset, count) = unpack(v);
+    if offset > cap {
+        return Err(corrupt(what));
+    }
+    Ok((offset, count))
+}
+
+/// Whether `count` items could be in a ring of `cap` bytes (every frame has a 4-byte length
+/// word); more means a counter was overwritten, or went backwards.
+fn plausible_count(count: u32, cap: u32) -> bool {
+    count <= cap / 4
+}
+
+/// Where [`PutGuard::place`] put a frame.
+enum Placed {
+    /// At this offset; pages from `fresh_from` on were never written.
+    At { at: u32, fresh_from: u32 },
+    /// Nowhere: no room when the queue had seen this many gets.
+    NoRoom { gets: u32 },
+}
+
 /// What [`PutGuard::push_with`] did.
 pub(crate) enum Pushed {
     /// The frame is in the queue.
@@ -383,36 +437,67 @@ impl PutGuard<'_> {
     /// Appends an `n`-byte frame (a length word and payload) that `fill` writes in place, if
     /// there is room; items beyond `maxsize` count as no room. If `fill` fails (or panics)
     /// nothing is appended.
+    ///
+    /// # Errors
+    /// The outer error is `InvalidData` when the header holds offsets or counts no correct
+    /// process could have written (nothing is appended); the inner one is `fill`'s.
     pub(crate) fn push_with<E>(
         &mut self,
         n: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Result<Pushed, E> {
-        let (at, fresh_from) = match self.place(n) {
-            Ok(placed) => placed,
-            Err(gets) => return Ok(Pushed::NoRoom { gets }),
+    ) -> io::Result<Result<Pushed, E>> {
+        let (at, fresh_from) = match self.place(n)? {
+            Placed::At { at, fresh_from } => (at, fresh_from),
+            Placed::NoRoom { gets } => return Ok(Ok(Pushed::NoRoom { gets })),
         };
         if n >= POPULATE {
             self.populate(at, n, fresh_from);
         }
         // SAFETY: `place` returned free space inside the ring; we hold the producers' lock,
         // so no other producer writes there, and no consumer looks there until `publish`.
-        fill(unsafe { self.q.free_space(at, n) })?;
+        if let Err(e) = fill(unsafe { self.q.free_space(at, n) }) {
+            return Ok(Err(e));
+        }
         self.publish(at, n);
-        Ok(Pushed::Done)
+        Ok(Ok(Pushed::Done))
+    }
+
+    /// Called with the lock just taken over from a dead owner: sets the `wait()` event flag
+    /// and descriptor from the queue's state, since the owner may have died between the two
+    /// (in `publish`, `want_event` or `drained`). Every other change a producer makes is
+    /// safe to leave half-done (see the module docs). All changes to the flag are made under
+    /// this lock, and no put can happen while it is held.
+    fn after_owner_died(&self) {
+        let words = &self.h().words.0;
+        words.event_set.store(0, Ordering::Relaxed);
+        let mut drain = [0u8; 8];
+        let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+        // No put can happen while we hold the lock. Consumers may take the items meanwhile;
+        // the one that takes the last calls `drained`, which waits for this lock and clears
+        // the flag again.
+        if self.q.len() > 0 && words.fd_waiters.load(Ordering::Relaxed) > 0 {
+            self.raise_event();
+        }
     }
 
     /// Where an `n`-byte frame goes, if there is room, and where the pages never written
-    /// before begin; `Err` with the number of gets seen if there is no room. The space is
-    /// free: consumers read only published frames, and `cons` only ever moves on, so the
-    /// free space seen here can only have grown by the time it is written.
-    fn place(&mut self, n: usize) -> Result<(u32, u32), u32> {
+    /// before begin; or the number of gets seen if there is no room. The space is free:
+    /// consumers read only published frames, and `cons` only ever moves on, so the free space
+    /// seen here can only have grown by the time it is written.
+    fn place(&mut self, n: usize) -> io::Result<Placed> {
         let cap = self.q.cap;
-        let n = u32::try_from(n).expect("frame size checked against max_frame");
-        assert!(n <= cap, "frame size checked against max_frame");
+        let n = match u32::try_from(n) {
+            Ok(n) if n <= cap => n,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "frame larger than the queue's ring",
+                ));
+            }
+        };
         let h = self.h();
         let words = &h.words.0;
-        let (tail, puts) = unpack(h.prod.0.load(Ordering::Relaxed));
+        let (tail, puts) = unpack_checked(h.prod.0.load(Ordering::Relaxed), cap, "write offset")?;
         let maxsize = self.q.maxsize();
         let view = &self.q.put_view;
         if view.fronts.load(Ordering::Relaxed)
@@ -426,20 +511,27 @@ impl PutGuard<'_> {
                 && cap - tail >= n
                 && (maxsize == 0 || count < maxsize)
             {
-                return Ok((tail, self.raise_high_water(tail + n)));
+                let fresh_from = self.raise_high_water(tail + n);
+                return Ok(Placed::At {
+                    at: tail,
+                    fresh_from,
+                });
             }
         }
         // The restart mark first: a consumer clears it (Release) only after taking its frame,
         // so if it is still set for the next get seen below, that frame, at the front, is
         // where the oldest item is, whatever the head offset still says.
         let restart = h.words.0.restart.load(Ordering::Acquire);
-        let (head, gets) = unpack(h.cons.0.load(Ordering::Acquire));
+        let (head, gets) = unpack_checked(h.cons.0.load(Ordering::Acquire), cap, "read offset")?;
         let head = if restart == gets.wrapping_add(1) {
             0
         } else {
             head
         };
         let count = puts.wrapping_sub(gets);
+        if !plausible_count(count, cap) {
+            return Err(corrupt("more items than the ring can hold"));
+        }
         // Remembered only if the frames lie in one run; placing at the front below forgets it.
         let one_run = count == 0 || tail > head;
         view.cons.store(pack(head, gets), Ordering::Relaxed);
@@ -452,7 +544,7 @@ impl PutGuard<'_> {
             Ordering::Relaxed,
         );
         if maxsize != 0 && count >= maxsize {
-            return Err(gets);
+            return Ok(Placed::NoRoom { gets });
         }
         let at = if count == 0 {
             // Empty: go back to the front, where pages are warm. Consumers cannot be told by
@@ -472,15 +564,17 @@ impl PutGuard<'_> {
             } else if fits_end {
                 tail
             } else {
-                return Err(gets);
+                return Ok(Placed::NoRoom { gets });
             }
         } else if tail < head && head - tail >= n {
             tail
         } else {
             // tail == head with items in the queue: full; or too little room before head.
-            return Err(gets);
+            return Ok(Placed::NoRoom { gets });
         };
-        assert!(at as usize + n as usize <= cap as usize);
+        if u64::from(at) + u64::from(n) > u64::from(cap) {
+            return Err(corrupt("no free space where the offsets say"));
+        }
         if at == 0 {
             words.fronts.fetch_add(1, Ordering::Relaxed);
             if count == 0 {
@@ -492,7 +586,8 @@ impl PutGuard<'_> {
                 );
             }
         }
-        Ok((at, self.raise_high_water(at + n)))
+        let fresh_from = self.raise_high_water(at + n);
+        Ok(Placed::At { at, fresh_from })
     }
 
     /// Records that the ring is written up to `end`; returns where never-written pages began.
@@ -560,8 +655,7 @@ impl PutGuard<'_> {
 
 impl Drop for PutGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: this guard exists only while the calling thread holds the mutex.
-        unsafe { libc::pthread_mutex_unlock(self.q.header().put_lock.0.get()) };
+        self.q.header().put_lock.0.unlock();
     }
 }
 
@@ -570,16 +664,18 @@ impl GetGuard<'_> {
         self.q.header()
     }
 
-    fn read_u32(&self, offset: u32) -> u32 {
-        assert!(offset as usize + 4 <= self.q.cap as usize);
+    fn read_u32(&self, offset: u32) -> io::Result<u32> {
+        if offset as usize + 4 > self.q.cap as usize {
+            return Err(corrupt("a frame outside the ring"));
+        }
         let mut b = [0u8; 4];
-        // SAFETY: inside the ring (asserted above). The word is a published frame's length
+        // SAFETY: inside the ring (checked above). The word is a published frame's length
         // or a wrap marker written before the `prod` store we loaded with Acquire; no
         // producer writes there until a get frees it, which takes the lock we hold.
         unsafe {
             std::ptr::copy_nonoverlapping(self.q.data().add(offset as usize), b.as_mut_ptr(), 4);
         }
-        u32::from_le_bytes(b)
+        Ok(u32::from_le_bytes(b))
     }
 
     /// The oldest frame: the offset of its payload, its length, and the numbers of gets and
@@ -587,7 +683,8 @@ impl GetGuard<'_> {
     fn head_frame(&self) -> io::Result<Option<(u32, u32, u32, u32)>> {
         let cap = self.q.cap;
         let h = self.h();
-        let (mut head, gets) = unpack(h.cons.0.load(Ordering::Relaxed));
+        let (mut head, gets) =
+            unpack_checked(h.cons.0.load(Ordering::Relaxed), cap, "read offset")?;
         // Frames up to the last `prod` this process saw are published (they stay so until
         // taken); look at `prod` again, pulling in the line producers write on every put,
         // only once they are all taken.
@@ -596,20 +693,24 @@ impl GetGuard<'_> {
             seen = h.prod.0.load(Ordering::Acquire);
             self.q.get_view.store(seen, Ordering::Relaxed);
         }
-        let (tail, puts) = unpack(seen);
+        let (tail, puts) = unpack_checked(seen, cap, "write offset")?;
         if puts == gets {
             return Ok(None);
         }
-        let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "queue memory is corrupted");
+        if !plausible_count(puts.wrapping_sub(gets), cap) {
+            // Forget the view: it may be what is wrong.
+            self.q.get_view.store(0, Ordering::Relaxed);
+            return Err(corrupt("more items than the ring can hold"));
+        }
         // Written before the `prod` store loaded above with Acquire.
         let restart = h.words.0.restart.load(Ordering::Relaxed) == gets.wrapping_add(1);
-        if restart || cap - head < 4 || self.read_u32(head) == WRAP {
+        if restart || cap - head < 4 || self.read_u32(head)? == WRAP {
             head = 0;
         }
-        let len = self.read_u32(head);
+        let len = self.read_u32(head)?;
         let end = u64::from(head) + 4 + u64::from(len);
         if len == WRAP || end > u64::from(cap) || (head < tail && end > u64::from(tail)) {
-            return Err(corrupt());
+            return Err(corrupt("a frame longer than the ring or than what was put"));
         }
         Ok(Some((head + 4, len, gets, puts)))
     }
@@ -617,7 +718,7 @@ impl GetGuard<'_> {
     /// Removes the oldest frame and calls `f` with its payload (`Ok(None)` when empty). The
     /// frame is taken (one store) once `f` returns, or unwinds: a process killed while `f`
     /// runs dies holding the lock with the frame still at the head, and the next consumer
-    /// takes the lock over (EOWNERDEAD) and finds it there.
+    /// takes the lock over and finds it there.
     ///
     /// # Errors
     /// `InvalidData` if the ring holds a frame that cannot be valid (memory corrupted by a
@@ -686,7 +787,8 @@ impl GetGuard<'_> {
             // A put came in meanwhile: not drained after all.
             return Ok(());
         }
-        let high = words.high_water.load(Ordering::Relaxed);
+        // Never beyond the ring, whatever the word says.
+        let high = words.high_water.load(Ordering::Relaxed).min(self.q.cap);
         if high > KEEP {
             let start = u64::from(KEEP) + PAGE as u64;
             let len = u64::from(high - KEEP).div_ceil(PAGE as u64) * PAGE as u64;
@@ -710,67 +812,8 @@ impl GetGuard<'_> {
 
 impl Drop for GetGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: this guard exists only while the calling thread holds the mutex.
-        unsafe { libc::pthread_mutex_unlock(self.q.header().get_lock.0.get()) };
+        self.q.header().get_lock.0.unlock();
     }
-}
-
-/// Locks the robust mutex `m` (in a queue's mapping), waiting until `deadline`; `Ok(false)`
-/// when it passed. A dead owner's lock is taken over: the queue needs no repair (see the
-/// module docs).
-fn lock_robust(m: *mut libc::pthread_mutex_t, deadline: Option<Instant>) -> io::Result<bool> {
-    let r = match deadline {
-        // SAFETY: the caller passes an initialised process-shared mutex in a live mapping.
-        None => unsafe { libc::pthread_mutex_lock(m) },
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            let abs = realtime_after(left)?;
-            // SAFETY: as above; `abs` is a valid timespec.
-            unsafe { libc::pthread_mutex_timedlock(m, &abs) }
-        }
-    };
-    locked(m, r)
-}
-
-/// The outcome of a lock call on robust mutex `m` that returned `r`: `Ok(true)` if now held
-/// (after making a dead owner's mutex consistent), `Ok(false)` if busy or timed out.
-fn locked(m: *mut libc::pthread_mutex_t, r: libc::c_int) -> io::Result<bool> {
-    match r {
-        0 => Ok(true),
-        libc::EOWNERDEAD => {
-            // A holder died. The ring is consistent at every instant (see the module docs),
-            // so marking the mutex consistent is all the repair needed.
-            // SAFETY: we own the mutex now (EOWNERDEAD means it was acquired).
-            check(unsafe { libc::pthread_mutex_consistent(m) })?;
-            tracing::warn!("a process died holding a queue's lock; recovered");
-            Ok(true)
-        }
-        libc::ETIMEDOUT | libc::EBUSY => Ok(false),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    match r {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
-}
-
-fn realtime_after(d: Duration) -> io::Result<libc::timespec> {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    let mut sec = now
-        .tv_sec
-        .saturating_add(d.as_secs().min(i64::MAX as u64 / 2) as i64);
-    let mut nsec = now.tv_nsec + i64::from(d.subsec_nanos());
-    if nsec >= 1_000_000_000 {
-        nsec -= 1_000_000_000;
-        sec = sec.saturating_add(1);
-    }
-    Ok(libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as _,
-    })
 }
 
 /// A new open file description for the file behind `fd`, through `/proc/self/fd`.
@@ -824,4 +867,196 @@ pub(crate) fn ofd_release(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
 pub(crate) fn ofd_others_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<bool> {
     let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, role)?;
     Ok(i32::from(fl.l_type) != libc::F_UNLCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> ShmQueue {
+        ShmQueue::create(4 * PAGE, 0).unwrap()
+    }
+
+    fn put(q: &ShmQueue, payload: &[u8]) -> io::Result<Pushed> {
+        let mut g = q.lock_put(None)?.expect("no deadline");
+        let n = 4 + payload.len();
+        g.push_with(n, |buf| {
+            buf[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf[4..].copy_from_slice(payload);
+            Ok::<(), ()>(())
+        })
+        .map(|r| r.expect("fill never fails"))
+    }
+
+    fn get(q: &ShmQueue) -> io::Result<Option<Vec<u8>>> {
+        let mut g = q.lock_get(None)?.expect("no deadline");
+        g.pop_with(|b| b.to_vec())
+    }
+
+    /// Another process's view of the same queue (with no remembered look at either side).
+    fn another_mapping(q: &ShmQueue) -> ShmQueue {
+        let event = rustix::io::dup(q.event_fd()).unwrap();
+        ShmQueue::open(q.reopen().unwrap(), event).unwrap()
+    }
+
+    fn is_corrupt<T>(r: io::Result<T>) -> bool {
+        match r {
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+                true
+            }
+            Ok(_) => false,
+        }
+    }
+
+    #[test]
+    fn items_go_through() {
+        let q = queue();
+        assert!(matches!(put(&q, b"abc").unwrap(), Pushed::Done));
+        assert!(matches!(put(&q, b"de").unwrap(), Pushed::Done));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.puts(), 2);
+        assert_eq!(get(&q).unwrap().unwrap(), b"abc");
+        assert_eq!(get(&q).unwrap().unwrap(), b"de");
+        assert_eq!(get(&q).unwrap(), None);
+    }
+
+    #[test]
+    fn offsets_outside_the_ring_are_errors_not_panics() {
+        let cap = 4 * PAGE as u32;
+        for bad in [cap + 1, u32::MAX, cap + 4096] {
+            let q = queue();
+            put(&q, b"x").unwrap();
+            q.header().prod.0.store(pack(bad, 1), Ordering::SeqCst);
+            assert!(is_corrupt(put(&q, b"y")), "write offset {bad}");
+            assert!(is_corrupt(get(&q)), "write offset {bad}");
+
+            let q = queue();
+            put(&q, b"x").unwrap();
+            q.header().cons.0.store(pack(bad, 0), Ordering::SeqCst);
+            assert!(is_corrupt(get(&q)), "read offset {bad}");
+            // This process's producers remember where the consumers were; another's look.
+            assert!(
+                is_corrupt(put(&another_mapping(&q), b"y")),
+                "read offset {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_that_went_backwards_are_errors() {
+        let q = queue();
+        put(&q, b"x").unwrap();
+        // More gets than puts: the count wraps to billions of items.
+        q.header().cons.0.store(pack(0, 5), Ordering::SeqCst);
+        assert!(is_corrupt(get(&q)));
+        assert!(is_corrupt(put(&another_mapping(&q), b"y")));
+    }
+
+    #[test]
+    fn a_frame_length_beyond_the_ring_or_the_tail_is_an_error() {
+        for len in [u32::MAX - 1, 4 * PAGE as u32, 100] {
+            let q = queue();
+            put(&q, b"x").unwrap();
+            // SAFETY: test only; the frame at offset 0 is published and no one else maps
+            // this queue.
+            unsafe { std::ptr::copy_nonoverlapping(len.to_le_bytes().as_ptr(), q.data(), 4) };
+            assert!(is_corrupt(get(&q)), "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_garbage_high_water_mark_is_clamped() {
+        let q = queue();
+        put(&q, b"x").unwrap();
+        q.words().high_water.store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(get(&q).unwrap().unwrap(), b"x");
+        assert!(matches!(put(&q, b"y").unwrap(), Pushed::Done));
+    }
+
+    /// Random garbage in every header word and the ring: every call returns (an item, no
+    /// room, or an error), none panics.
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let cap = 4 * PAGE as u64;
+        for _ in 0..2000 {
+            let q = queue();
+            for _ in 0..(next() % 4) {
+                put(&q, &vec![7; (next() % 3000) as usize]).unwrap();
+            }
+            let h = q.header();
+            // Offsets mostly within reach of the ring, sometimes anything.
+            let offset = |r: u64| {
+                if r.is_multiple_of(4) {
+                    r as u32
+                } else {
+                    (r % (cap + 16)) as u32
+                }
+            };
+            let count = |r: u64| (r % 8) as u32;
+            match next() % 6 {
+                0 => h
+                    .prod
+                    .0
+                    .store(pack(offset(next()), count(next())), Ordering::SeqCst),
+                1 => h
+                    .cons
+                    .0
+                    .store(pack(offset(next()), count(next())), Ordering::SeqCst),
+                2 => h.words.0.restart.store(count(next()), Ordering::SeqCst),
+                3 => h.words.0.fronts.store(next() as u32, Ordering::SeqCst),
+                4 => h.words.0.high_water.store(next() as u32, Ordering::SeqCst),
+                _ => {
+                    let at = (next() % (cap - 4)) as usize;
+                    let word = if next() % 2 == 0 {
+                        WRAP
+                    } else {
+                        next() as u32 % 5000
+                    };
+                    // SAFETY: test only; inside the ring, and no one else maps this queue.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            word.to_le_bytes().as_ptr(),
+                            q.data().add(at),
+                            4,
+                        );
+                    }
+                }
+            }
+            for _ in 0..4 {
+                let _ = put(&q, &vec![1; (next() % 5000) as usize]);
+                let _ = get(&q);
+            }
+        }
+    }
+
+    #[test]
+    fn a_producer_lock_taken_from_a_dead_owner_sets_the_event_from_the_queue() {
+        let q = queue();
+        // As if a producer died between raising the flag and publishing: flag set, no item.
+        q.words().fd_waiters.store(1, Ordering::Relaxed);
+        q.words().event_set.store(1, Ordering::Relaxed);
+        rustix::io::write(q.event_fd(), &1u64.to_ne_bytes()).unwrap();
+        // A dead owner (a pid above any pid_max) holds the producers' lock.
+        let dead = crate::sync::raw::tests_support::held_by_dead_owner();
+        q.header().put_lock.0.force_state(dead);
+        drop(q.lock_put(None).unwrap().unwrap());
+        assert_eq!(q.words().event_set.load(Ordering::Relaxed), 0);
+        let mut b = [0u8; 8];
+        assert!(rustix::io::read(q.event_fd(), &mut b).is_err(), "drained");
+        // With an item and a waiter, the flag and the descriptor are raised together.
+        put(&q, b"x").unwrap();
+        q.words().event_set.store(0, Ordering::Relaxed); // as if killed before raising
+        q.header().put_lock.0.force_state(dead);
+        drop(q.lock_put(None).unwrap().unwrap());
+        assert_eq!(q.words().event_set.load(Ordering::Relaxed), 1);
+        assert!(rustix::io::read(q.event_fd(), &mut b).is_ok(), "readable");
+    }
 }
