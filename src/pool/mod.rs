@@ -298,6 +298,31 @@ impl Pool {
         self.processes
     }
 
+    /// The process ids of the pool's worker processes now, oldest first: those it started
+    /// and has not yet seen end (a worker that is exiting, or being killed for a time limit,
+    /// is listed until it is gone). Workers are replaced as they die or reach
+    /// [`maxtasksperchild`](PoolBuilder::maxtasksperchild), so the list is a snapshot; empty
+    /// once the pool is joined.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// fn my_pid(_: ()) -> u32 { std::process::id() }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// assert!(pids.contains(&pool.apply(my_pid, ())?));
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.core.worker_pids()
+    }
+
     /// Runs `f(args)` in a worker and waits for its value.
     ///
     /// # Errors

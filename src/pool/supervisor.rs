@@ -86,6 +86,8 @@ struct Inbox {
 struct Shared {
     inbox: Mutex<Inbox>,
     wake_tx: OwnedFd,
+    /// The workers' pids, as of the supervisor's last change to its workers.
+    pids: Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl Core {
                 sleeping: false,
             }),
             wake_tx,
+            pids: Mutex::new(Vec::new()),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -211,6 +214,15 @@ impl Core {
         inbox.jobs.extend(jobs);
         self.shared.wake(&mut inbox);
         Ok(())
+    }
+
+    /// The pids of the worker processes the pool has now.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.shared
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the pool still accepts tasks.
@@ -341,7 +353,15 @@ impl Supervisor {
             revoking: false,
             answered: false,
         });
+        self.publish_pids();
         Ok(())
+    }
+
+    /// Makes the workers' pids visible to callers ([`Core::worker_pids`]); called whenever
+    /// a worker is added or removed.
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().map(|w| w.link.pid()).collect();
+        *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
     }
 
     /// Starts workers until the pool has its size.
@@ -683,6 +703,7 @@ impl Supervisor {
     fn bury(&mut self, i: usize) {
         self.receive(i);
         let mut w = self.workers.remove(i);
+        self.publish_pids();
         // The pidfd said it ended, so this wait is short; bounded all the same.
         let mut code = None;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -782,6 +803,7 @@ impl Supervisor {
             };
             ended.push((w, code));
         }
+        self.publish_pids();
         ended
     }
 
