@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
 use super::supervisor::Sink;
-use crate::process::target;
+use crate::error::{Error, ErrorKind};
+use crate::process::{bootstrap, target};
 
 type Outcome<T> = Result<T, TaskError>;
 
@@ -250,11 +251,33 @@ pub(crate) struct Callbacks<T> {
 }
 
 impl<T> Callbacks<T> {
+    /// Runs the callback that fits `outcome`. A panic in it is reported and goes no further:
+    /// the result it belongs to must complete all the same, or its waiters would wait for
+    /// ever.
     pub(crate) fn run(self, outcome: &Outcome<T>) {
-        match outcome {
+        let ran = catch_unwind(AssertUnwindSafe(|| match outcome {
             Ok(v) => (self.on_value)(v),
             Err(e) => (self.on_error)(e),
+        }));
+        if ran.is_err() {
+            tracing::warn!("a pool callback panicked; its result completes all the same");
         }
+    }
+}
+
+/// Runs `decode` (a task's value, deserialized on the pool's thread); a `Deserialize` that
+/// panics fails the task with a decode error instead of unwinding through the code that must
+/// complete its result.
+pub(crate) fn decode_caught<T>(decode: impl FnOnce() -> Outcome<T>) -> Outcome<T> {
+    match bootstrap::catch_task(decode) {
+        Ok(outcome) => outcome,
+        Err((message, location)) => Err(TaskError::Process(Error::with_message(
+            ErrorKind::Decode,
+            match location {
+                Some(at) => format!("decoding the task's value panicked at {at}: {message}"),
+                None => format!("decoding the task's value panicked: {message}"),
+            },
+        ))),
     }
 }
 
@@ -264,14 +287,12 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
     }
 
     fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
-        let outcome =
-            outcome.and_then(|bytes| target::decode::<T>(&bytes).map_err(TaskError::from));
+        let outcome = outcome.and_then(|bytes| {
+            decode_caught(|| target::decode::<T>(&bytes).map_err(TaskError::from))
+        });
         if let Some(cb) = self.callbacks.take() {
-            // Python runs the callback before the result becomes ready. A panicking callback
-            // is reported and the result still completes.
-            if catch_unwind(AssertUnwindSafe(|| cb.run(&outcome))).is_err() {
-                tracing::warn!("a pool callback panicked");
-            }
+            // Python runs the callback before the result becomes ready.
+            cb.run(&outcome);
         }
         self.slot.complete(outcome);
     }

@@ -47,7 +47,7 @@ pub use executor::{
     AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
 };
 
-use async_result::{ApplySink, Callbacks, Slot};
+use async_result::{ApplySink, Callbacks, Slot, decode_caught};
 use progress::Progress;
 use supervisor::{Config, Core, Job, Sink};
 use transport::{PipeLauncher, WorkerSpec};
@@ -396,7 +396,8 @@ impl Pool {
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
     /// which run on the pool's thread before the result becomes ready. Keep them short, and
     /// never wait on the same pool inside one: the pool's thread would wait for itself (as in
-    /// Python). A callback that panics is reported and the pool carries on.
+    /// Python). A callback that panics is reported (a `tracing` warning), the result completes
+    /// all the same and the pool carries on.
     ///
     /// # Examples
     /// ```
@@ -510,7 +511,10 @@ impl Pool {
     }
 
     /// [`map_async`](Pool::map_async) with a `chunksize` (`None`: Python's default) and
-    /// Python's `callback` (given the whole list) and `error_callback`.
+    /// Python's `callback` (given the whole list) and `error_callback` (given the first
+    /// failure), which run on the pool's thread before the result becomes ready, as with
+    /// [`apply_async_with`](Pool::apply_async_with). A callback that panics is reported and
+    /// the result completes all the same.
     pub fn map_async_with<F, A, T, I>(
         &self,
         f: F,
@@ -816,8 +820,11 @@ struct ChunkSink<T> {
 
 impl<T: DeserializeOwned + Send + 'static> Sink for ChunkSink<T> {
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        let decoded =
+            outcome.and_then(|bytes| decode_caught(|| decode_chunk::<T>(&bytes, self.len)));
+        // From here nothing unwinds (callbacks are caught), so this chunk's outcome is
+        // delivered below and the drop must not deliver another.
         self.finished = true;
-        let decoded = outcome.and_then(|bytes| decode_chunk::<T>(&bytes, self.len));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.parts.is_empty() {
             return; // already failed
