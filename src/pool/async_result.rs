@@ -95,16 +95,31 @@ impl<T> Slot<T> {
 
     /// Cancels a task that has not started. Returns whether it is now cancelled.
     pub(crate) fn cancel(&self) -> bool {
-        let mut s = self.lock();
+        let s = self.lock();
         match s.phase {
+            // Under the same lock as the check, so that the pool cannot start it in between.
             Phase::Pending => {
-                s.cancelled = true;
-                drop(s);
-                self.complete(Err(TaskError::Cancelled));
+                self.complete_cancelled(s);
                 true
             }
             _ => s.cancelled,
         }
+    }
+
+    /// Cancels a task that the pool took back unstarted (`shutdown(cancel_futures)`): also one
+    /// marked running because it was requeued after its worker died. Does nothing once done.
+    pub(crate) fn cancel_unstarted(&self) {
+        let s = self.lock();
+        if s.phase != Phase::Done {
+            self.complete_cancelled(s);
+        }
+    }
+
+    fn complete_cancelled<'a>(&'a self, mut s: MutexGuard<'a, SlotState<T>>) {
+        s.cancelled = true;
+        s.phase = Phase::Done;
+        s.ok = false;
+        self.settle(s, Some(Err(TaskError::Cancelled)));
     }
 
     /// Stores the outcome (the first one wins), runs the done callbacks and wakes every waiter.
@@ -286,6 +301,10 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
         self.slot.try_start()
     }
 
+    fn cancel(self: Box<Self>) {
+        self.cancel_unstarted();
+    }
+
     fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
         let outcome = outcome.and_then(|bytes| {
             decode_caught(|| target::decode::<T>(&bytes).map_err(TaskError::from))
@@ -295,6 +314,16 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
             cb.run(&outcome);
         }
         self.slot.complete(outcome);
+    }
+}
+
+impl<T> ApplySink<T> {
+    /// The `Sink::cancel` of every `ApplySink`, whatever its `T`.
+    fn cancel_unstarted(mut self: Box<Self>) {
+        if let Some(cb) = self.callbacks.take() {
+            cb.run(&Err(TaskError::Cancelled));
+        }
+        self.slot.cancel_unstarted();
     }
 }
 
@@ -449,6 +478,17 @@ mod tests {
             running.get(Some(Instant::now() + Duration::from_millis(5))),
             Err(TaskError::Timeout)
         ));
+        // Taken back by the pool unstarted (requeued tasks are marked running).
+        running.cancel_unstarted();
+        assert!(running.cancelled());
+        assert_eq!(running.phase(), Phase::Done);
+        assert!(matches!(running.get(None), Err(TaskError::Cancelled)));
+
+        let finished = Slot::<u8>::new();
+        finished.complete(Ok(1));
+        finished.cancel_unstarted();
+        assert!(!finished.cancelled());
+        assert!(matches!(finished.take(), Some(Ok(1))));
     }
 
     #[test]

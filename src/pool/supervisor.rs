@@ -33,6 +33,11 @@ pub(crate) trait Sink: Send {
     }
     /// Delivers the outcome: the encoded value, or why there is none.
     fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>);
+    /// The task was taken back before any worker started it and will never run
+    /// (`shutdown(cancel_futures)`): fails it as cancelled.
+    fn cancel(self: Box<Self>) {
+        self.finish(Err(TaskError::Cancelled));
+    }
 }
 
 /// A task on its way to a worker.
@@ -433,8 +438,9 @@ impl Supervisor {
         drop(inbox);
         if cancel {
             for job in self.pending.drain(..) {
-                if job.sink.start() {
-                    job.fail(TaskError::Cancelled);
+                // Sinks run user callbacks; a panic there must not take the pool down.
+                if catch_unwind(AssertUnwindSafe(|| job.sink.cancel())).is_err() {
+                    tracing::warn!("a pool callback panicked; the pool carries on");
                 }
             }
         }
