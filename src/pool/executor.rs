@@ -78,7 +78,9 @@ impl ExecutorBuilder {
         self
     }
 
-    /// A function each worker runs once with `args` before its first task.
+    /// A function each worker runs once with `args` before its first task; `args` may hold
+    /// handles (a `Lock`, a `Value`, a `Queue`...), the way to share them with the workers.
+    /// See [`PoolBuilder::initializer`].
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
         F: Fn(A) + Send + Sync + 'static,
@@ -172,7 +174,7 @@ impl ProcessPoolExecutor {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match target::encode(args) {
+        match super::encode_args(|| target::encode(args)) {
             Ok(payload) => super::submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }

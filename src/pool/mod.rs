@@ -50,7 +50,7 @@ pub use executor::{
 use async_result::{ApplySink, Callbacks, Slot, decode_caught};
 use progress::Progress;
 use supervisor::{Config, Core, Job, Sink};
-use transport::{PipeLauncher, WorkerSpec};
+use transport::{InitSpec, PipeLauncher, WorkerSpec};
 
 /// The entry offset of `f` as a pool task taking `A` and returning `T`.
 fn apply_entry<F, A, T>(_f: &F) -> i64
@@ -86,6 +86,24 @@ where
     // `None` only when this crate lives outside the main executable; the worker then refuses
     // the task with a clear error, as it refuses any offset outside the program's code.
     sys::entry_offset::<PoolEntry>(worker::chunk_entry::<F, A, T>).unwrap_or(i64::MIN)
+}
+
+/// Encodes a task's arguments (`encode`), refusing handles that own a file descriptor: a
+/// task travels to a running worker over a pipe, which carries bytes only. Handles reach
+/// workers as start arguments, through the initializer.
+fn encode_args(encode: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    let (bytes, fds) = crate::wire::collect_fds(encode);
+    if !fds.is_empty() {
+        return Err(Error::with_message(
+            ErrorKind::Encode,
+            "a pool task's arguments hold a handle that owns a file descriptor (a Lock, \
+             Value, Queue, Connection, SharedMemory...), which cannot be sent to a running \
+             worker; give it to every worker through the pool's initializer \
+             (PoolBuilder::initializer, ExecutorBuilder::initializer) and keep it there, in a \
+             static for instance, as Python's pools share locks and values",
+        ));
+    }
+    bytes
 }
 
 /// Python's default `chunksize` for `map`: about four chunks per worker.
@@ -157,7 +175,7 @@ pub struct Pool {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<Result<(i64, Vec<u8>)>>,
+    initializer: Option<Result<InitSpec>>,
     max_tasks: Option<usize>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -178,16 +196,62 @@ impl PoolBuilder {
         self
     }
 
-    /// A function each worker runs once with `args` before its first task. If it panics the
-    /// pool cannot run tasks, and they fail with [`TaskError::InitializerFailed`] (where
-    /// Python's pool restarts workers for ever).
+    /// A function each worker runs once with `args` before its first task (Python's
+    /// `initializer` and `initargs`). If it panics the pool cannot run tasks, and they fail
+    /// with [`TaskError::InitializerFailed`] (where Python's pool restarts workers for ever).
+    ///
+    /// `args` may hold handles that own a file descriptor, such as a [`Lock`](crate::Lock), a
+    /// [`Value`](crate::Value), an [`Event`](crate::Event) or a [`Queue`](crate::Queue), under
+    /// every start method: each worker, replacements included, receives its own copies. This
+    /// is the way to share them with a pool, as in Python: a task's arguments cannot carry
+    /// them (the task then fails with [`ErrorKind::Encode`] saying so), so the initializer
+    /// keeps them where tasks find them, in a static for instance. The pool holds duplicates
+    /// of their descriptors until it is dropped.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use multiproc::{Pool, Value};
+    ///
+    /// static COUNTER: OnceLock<Value<u64>> = OnceLock::new();
+    ///
+    /// fn keep(counter: Value<u64>) { COUNTER.set(counter).ok(); }
+    ///
+    /// fn count(x: u64) -> u64 {
+    ///     let counter = COUNTER.get().expect("set by the initializer");
+    ///     *counter.lock().unwrap() += x;
+    ///     x
+    /// }
+    ///
+    /// let counter = Value::new(0u64)?;
+    /// let pool = Pool::builder().processes(2).initializer(keep, counter.clone()).build()?;
+    /// pool.map(count, 1..=10)?;
+    /// assert_eq!(counter.get(), 55);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
         F: Fn(A) + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let entry = apply_entry::<F, A, ()>(&f);
-        self.initializer = Some(target::encode(&args).map(|payload| (entry, payload)));
+        const {
+            assert!(
+                std::mem::size_of::<F>() == 0,
+                "a pool initializer must be a fn item or a closure that captures nothing; pass values as arguments"
+            )
+        };
+        // Encoded as a start argument is, so that the descriptors of handles among the
+        // arguments are collected (and duplicated) beside the bytes.
+        let task = target::ArgsTask { f, args };
+        let (remote, fds) = crate::wire::collect_fds(|| target::Task::to_remote(&task));
+        drop(task);
+        self.initializer = Some(remote.map(|remote| InitSpec {
+            // `None` only when this crate lives outside the main executable; the worker then
+            // fails to start with a clear error.
+            entry: sys::entry_offset::<target::Entry>(remote.entry).unwrap_or(i64::MIN),
+            payload: remote.payload,
+            fds,
+        }));
         self
     }
 
@@ -245,7 +309,7 @@ impl PoolBuilder {
                 "a task time limit must be longer than zero",
             ));
         }
-        let initializer = self.initializer.transpose()?;
+        let initializer = self.initializer.transpose()?.map(Arc::new);
         Ok((
             Config {
                 processes,
@@ -380,7 +444,7 @@ impl Pool {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match target::encode(&args) {
+        match encode_args(|| target::encode(&args)) {
             Ok(payload) => submit_limited(
                 &self.core,
                 apply_entry::<F, A, T>(&f),
@@ -443,7 +507,7 @@ impl Pool {
             slot: Arc::clone(&slot),
             callbacks,
         };
-        match target::encode(args) {
+        match encode_args(|| target::encode(args)) {
             Ok(payload) => submit(&self.core, entry, payload, Box::new(sink)),
             Err(e) => Box::new(sink).finish(Err(e.into())),
         }
@@ -584,7 +648,7 @@ impl Pool {
             let sink = Box::new(BytesSink {
                 slot: Arc::clone(&slot),
             });
-            match codec::encode_chunk(chunk) {
+            match encode_args(|| codec::encode_chunk(chunk)) {
                 Ok(payload) => submit(&self.core, entry, payload, sink),
                 Err(e) => return Err(e.into()),
             }
@@ -651,7 +715,7 @@ impl Pool {
                 state: Arc::clone(&state),
                 finished: false,
             });
-            match codec::encode_chunk(chunk)
+            match encode_args(|| codec::encode_chunk(chunk))
                 .and_then(|p| transport::check_size(p.len()).map(|()| p))
             {
                 Ok(payload) => jobs.push(Job {
@@ -959,7 +1023,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             if chunk.is_empty() {
                 return None;
             }
-            Some((chunk.len(), codec::encode_chunk(&chunk)))
+            Some((chunk.len(), encode_args(|| codec::encode_chunk(&chunk))))
         });
         Imap {
             pool,
