@@ -301,8 +301,11 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
         self.slot.try_start()
     }
 
-    fn cancel(self: Box<Self>) {
-        self.cancel_unstarted();
+    fn cancel(mut self: Box<Self>) {
+        if let Some(cb) = self.callbacks.take() {
+            cb.run(&Err(TaskError::Cancelled));
+        }
+        self.slot.cancel_unstarted();
     }
 
     fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
@@ -314,16 +317,6 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
             cb.run(&outcome);
         }
         self.slot.complete(outcome);
-    }
-}
-
-impl<T> ApplySink<T> {
-    /// The `Sink::cancel` of every `ApplySink`, whatever its `T`.
-    fn cancel_unstarted(mut self: Box<Self>) {
-        if let Some(cb) = self.callbacks.take() {
-            cb.run(&Err(TaskError::Cancelled));
-        }
-        self.slot.cancel_unstarted();
     }
 }
 

@@ -117,7 +117,14 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
 /// arguments. Unlike Python's pool, nothing here hangs: a task whose worker dies (killed,
 /// crashed, `exit`) fails with [`TaskError::WorkerDied`] saying how, the worker is replaced
 /// and the other tasks complete; a panicking task fails with its message; a task over the
-/// [time limit](PoolBuilder::task_timeout) fails and its worker is replaced.
+/// [time limit](PoolBuilder::task_timeout) fails and its worker is replaced. No task runs
+/// twice: a task goes to another worker only if the one it was given never started it.
+///
+/// A worker that cannot be started (out of descriptors, processes or memory) is retried,
+/// with pauses growing from 10 ms to 500 ms: queued tasks wait meanwhile. Only when no worker
+/// is alive and every start has failed for 5 seconds do the queued tasks fail, with
+/// [`TaskError::Process`] of kind [`ErrorKind::Os`] saying why; the pool keeps trying, and
+/// runs tasks again once a worker starts.
 ///
 /// Dropping the pool terminates it, as leaving Python's `with Pool() as p:` block does;
 /// [`close`](Pool::close) then [`join`](Pool::join) lets every submitted task finish first.
@@ -271,6 +278,12 @@ impl PoolBuilder {
 
     /// A time limit for each task (each chunk, for `map`): a task that runs longer fails with
     /// [`TaskError::TimeLimit`], and its worker is killed and replaced.
+    ///
+    /// A task's clock starts when its worker can start it: when the worker's initializer has
+    /// finished (its time does not count) and the task before it on that worker has replied.
+    /// So the limit bounds tasks, not the [initializer](PoolBuilder::initializer): one that
+    /// never returns holds its worker's tasks as long (as in Python, which has no limit).
+    /// A task that replies just as its worker is killed keeps its value.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self

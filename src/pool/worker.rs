@@ -359,7 +359,7 @@ fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {
 }
 
 /// An error's message followed by its source's, for the pool's side.
-fn with_source(e: &crate::error::Error) -> String {
+pub(crate) fn with_source(e: &crate::error::Error) -> String {
     match std::error::Error::source(e) {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
