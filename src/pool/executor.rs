@@ -316,7 +316,8 @@ impl<T> TaskFuture<T> {
     /// ran, or the thread that cancels it; or at once, on this thread, if the future is
     /// already done. Callbacks run in the order they were added, before any `result` or
     /// `.await` returns the value. Keep them short: on the pool's thread a slow callback holds
-    /// up every task. A callback that panics is reported (a `tracing` warning) and changes
+    /// up every task, and one that waits for another task of the same executor waits for
+    /// itself (as in Python). A callback that panics is reported (a `tracing` warning) and changes
     /// nothing else: the other callbacks run and the future keeps its outcome. Once the value
     /// was taken (by [`result_timeout`](TaskFuture::result_timeout) or an `.await`), a callback
     /// added afterwards gets [`TaskError::AlreadyTaken`].

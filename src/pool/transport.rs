@@ -45,9 +45,9 @@ pub(crate) struct WorkerSpec {
 
 /// The pool's initializer, as the builder encoded it once: a start method's `Entry` (which
 /// decodes the arguments into a task to run) and the arguments, serialized inside
-/// `wire::collect_fds`, with the descriptors of the handles among them (a `Lock`, a `Value`, a `Queue`...) in index order.
-/// The pool keeps these descriptors while it lives; each launch sends the worker duplicates
-/// of its own ([`InitArgs`]), so replacement workers get them too.
+/// `wire::collect_fds`, with the descriptors of the handles among them (a `Lock`, a `Value`,
+/// a `Queue`...) in index order. The pool keeps these descriptors while it lives; each launch
+/// sends the worker duplicates of its own ([`InitArgs`]), so replacement workers get them too.
 #[derive(Debug)]
 pub(crate) struct InitSpec {
     pub(crate) entry: i64,
