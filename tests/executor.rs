@@ -6,7 +6,7 @@ mod common;
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -191,5 +191,124 @@ start_method_matrix! {
         let next = ex.submit(square, 4);
         assert!(matches!(stuck.result(), Err(TaskError::TimeLimit { .. })));
         assert_eq!(next.result().unwrap(), 16);
+    }
+
+    #[test]
+    fn shutdown_cancel_futures_marks_them_cancelled() {
+        // Issue 10: futures failed by `shutdown(cancel_futures)` said `cancelled() == false`.
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let running = ex.submit(sleep_ms, 300);
+        assert!(common::eventually(common::WAIT, || running.running()));
+        let queued: Vec<_> = (0..4).map(|_| ex.submit(sleep_ms, 1)).collect();
+        ex.shutdown(false, true);
+        for f in &queued {
+            assert!(common::eventually(common::WAIT, || f.done()));
+            assert!(f.cancelled(), "{f:?}");
+            assert!(!f.running());
+        }
+        for f in queued {
+            assert!(matches!(f.result(), Err(TaskError::Cancelled)));
+        }
+        assert!(!running.cancelled());
+        assert_eq!(running.result().unwrap(), 300);
+    }
+
+    #[test]
+    fn done_callbacks_run_once_whatever_the_outcome() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let (tx, rx) = mpsc::channel::<(&str, String)>();
+        let report = |name: &'static str| {
+            let tx = tx.clone();
+            move |r: Result<&u64, &TaskError>| {
+                tx.send((name, format!("{r:?}"))).unwrap();
+            }
+        };
+        let ok = ex.submit(sleep_ms, 300);
+        // A panicking callback breaks neither the ones after it nor the future.
+        ok.add_done_callback(|_| panic!("a done callback panicked"));
+        ok.add_done_callback(report("ok"));
+        let queued = ex.submit(sleep_ms, 1);
+        queued.add_done_callback(report("cancelled"));
+        assert!(queued.cancel());
+        // Cancelling completes the future at once, on the cancelling thread.
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ("cancelled", "Err(Cancelled)".to_owned())
+        );
+        let failed = ex.submit(|_: u64| -> u64 { panic!("task failed") }, 0);
+        failed.add_done_callback(report("failed"));
+        let mut got: Vec<_> = (0..2)
+            .map(|_| rx.recv_timeout(common::WAIT).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got[0].0, "failed");
+        assert!(got[0].1.contains("task failed"), "{got:?}");
+        assert_eq!(got[1], ("ok", "Ok(300)".to_owned()));
+        assert_eq!(ok.result().unwrap(), 300, "the value is still there");
+        assert!(failed.result().unwrap_err().is_panic());
+
+        // Already done: the callback runs at once, on the caller's thread.
+        let mut done = ex.submit(square, 5);
+        assert!(common::eventually(common::WAIT, || done.done()));
+        let me = std::thread::current().id();
+        let (ttx, trx) = mpsc::channel();
+        done.add_done_callback(move |r| {
+            ttx.send((std::thread::current().id(), r.ok().copied())).unwrap()
+        });
+        assert_eq!(trx.try_recv().unwrap(), (me, Some(25)));
+        // Once the value was taken, a late callback is told so.
+        assert_eq!(done.result_timeout(common::WAIT).unwrap(), 25);
+        done.add_done_callback(report("late"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ("late", "Err(AlreadyTaken)".to_owned())
+        );
+        // Each callback ran exactly once.
+        drop(tx);
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn a_panicking_waker_does_not_strand_other_waiters() {
+        struct PanickingWaker;
+        impl Wake for PanickingWaker {
+            fn wake(self: Arc<Self>) {
+                panic!("this waker panics");
+            }
+        }
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let mut f = ex.submit(sleep_ms, 200);
+        let waker = Waker::from(Arc::new(PanickingWaker));
+        let mut cx = Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut f).poll(&mut cx).is_pending());
+        // as_completed registers its own waker after the panicking one.
+        let mut it = as_completed(vec![f], Some(common::WAIT));
+        let f = it.next().unwrap().expect("woken despite the panicking waker");
+        assert_eq!(f.result().unwrap(), 200);
+        assert_eq!(ex.submit(square, 2).result().unwrap(), 4);
+    }
+
+    #[test]
+    fn worker_pids_lists_the_executors_workers() {
+        let _r = common::Reaper::new();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .max_tasks_per_child(1)
+            .build()
+            .unwrap();
+        let before = ex.worker_pids();
+        assert_eq!(before.len(), 2, "{before:?}");
+        let ran = ex.submit(|_: ()| std::process::id(), ()).result().unwrap();
+        assert!(before.contains(&ran), "{ran} not in {before:?}");
+        // That worker exits after its one task and is replaced.
+        assert!(common::eventually(common::WAIT, || {
+            let now = ex.worker_pids();
+            now.len() == 2 && !now.contains(&ran)
+        }));
+        ex.shutdown(true, false);
+        assert!(ex.worker_pids().is_empty());
     }
 }

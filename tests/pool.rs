@@ -31,6 +31,10 @@ fn rustix_free_kill_self() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 fn set_marker(value: u64) {
     MARKER.store(value, std::sync::atomic::Ordering::SeqCst);
 }
@@ -117,6 +121,24 @@ impl serde::Serialize for Unencodable {
 impl<'de> serde::Deserialize<'de> for Unencodable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         <() as serde::Deserialize>::deserialize(d).map(|()| Unencodable)
+    }
+}
+
+/// A value that encodes, but whose decoding panics.
+#[derive(Debug)]
+struct PanicsOnDecode;
+
+impl serde::Serialize for PanicsOnDecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Only the pool's side ever decodes it (tasks return it, nobody passes it).
+        <() as serde::Deserialize>::deserialize(d)?;
+        panic!("decoding panic")
     }
 }
 
@@ -645,5 +667,134 @@ start_method_matrix! {
             800,
             "a task without a limit is never cut short"
         );
+    }
+
+    #[test]
+    fn panicking_callbacks_never_leave_a_result_waiting() {
+        // A callback that panics is reported and its result still completes, for every kind
+        // of submission and both callbacks (issue 10, item 4).
+        let _r = common::Reaper::new();
+        let pool = Pool::new(2).unwrap();
+        let mut map_ok =
+            pool.map_async_with(square, 1..=6, Some(2), |_| panic!("map callback"), |_| {});
+        assert_eq!(map_ok.get_timeout(common::WAIT).unwrap(), vec![1, 4, 9, 16, 25, 36]);
+        let mut map_err = pool.map_async_with(
+            |x: u64| if x == 3 { panic!("task three") } else { x },
+            1..=6,
+            Some(1),
+            |_| {},
+            |_| panic!("map error callback"),
+        );
+        assert!(map_err.get_timeout(common::WAIT).unwrap_err().is_panic());
+        let mut map_empty =
+            pool.map_async_with(square, Vec::<u64>::new(), None, |_| panic!("empty"), |_| {});
+        assert_eq!(map_empty.get_timeout(common::WAIT).unwrap(), Vec::<u64>::new());
+        let mut star = pool.map_async_with(
+            |(a, b): (u64, u64)| a * b,
+            vec![(2, 3), (4, 5)],
+            None,
+            |_| panic!("starmap callback"),
+            |_| {},
+        );
+        assert_eq!(star.get_timeout(common::WAIT).unwrap(), vec![6, 20]);
+        let mut apply_ok = pool.apply_async_with(square, 7, |_| panic!("apply callback"), |_| {});
+        assert_eq!(apply_ok.get_timeout(common::WAIT).unwrap(), 49);
+        let mut apply_err = pool.apply_async_with(
+            |_: ()| -> u8 { panic!("task") },
+            (),
+            |_| {},
+            |_| panic!("apply error callback"),
+        );
+        assert!(apply_err.get_timeout(common::WAIT).unwrap_err().is_panic());
+        // The pool's thread survived all of them.
+        assert_eq!(pool.map(square, 0..10).unwrap().len(), 10);
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    #[test]
+    fn a_value_whose_decoding_panics_fails_its_result() {
+        // The value's `Deserialize` runs on the pool's thread for `apply_async` and
+        // `map_async`: a panic there fails the result instead of leaving it waiting.
+        let _r = common::Reaper::new();
+        let pool = Pool::new(1).unwrap();
+        let mut one = pool.apply_async(|_: ()| PanicsOnDecode, ());
+        match one.get_timeout(common::WAIT) {
+            Err(TaskError::Process(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Decode);
+                assert!(e.to_string().contains("decoding panic"), "{e}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut many = pool.map_async(|_: u8| PanicsOnDecode, 0..4u8);
+        match many.get_timeout(common::WAIT) {
+            Err(TaskError::Process(e)) => assert_eq!(e.kind(), ErrorKind::Decode, "{e}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    }
+
+    #[test]
+    fn a_slow_initializer_does_not_count_against_the_time_limit() {
+        // Issue 10, item 8: a 1.5 s initializer and a 1 s limit failed every task with
+        // `TimeLimit` and replaced workers for ever. The clock starts when the worker is ready.
+        let _r = common::Reaper::new();
+        let pool = Pool::builder()
+            .processes(2)
+            .initializer(nap, 1500)
+            .task_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let workers = pool.worker_pids();
+        let got = pool
+            .map_chunked(|x: u64| (x * x, std::process::id()), 0..6, 1)
+            .unwrap();
+        for (x, (v, pid)) in got.into_iter().enumerate() {
+            assert_eq!(v, (x * x) as u64);
+            assert!(workers.contains(&pid), "{pid} not in {workers:?}");
+        }
+        assert_eq!(pool.worker_pids(), workers, "no worker was replaced");
+        // The limit still holds once a worker is ready.
+        let t0 = Instant::now();
+        match pool.apply(sleep_ms, 20_000) {
+            Err(TaskError::TimeLimit { limit }) => assert_eq!(limit, Duration::from_secs(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(t0.elapsed() < common::WAIT, "{:?}", t0.elapsed());
+        // Its replacement runs the initializer again, and then tasks.
+        assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    }
+
+    #[test]
+    fn worker_pids_lists_the_pools_workers() {
+        let _r = common::Reaper::new();
+        let pool = Pool::new(3).unwrap();
+        let mut pids = pool.worker_pids();
+        assert_eq!(pids.len(), 3, "{pids:?}");
+        let mut children: Vec<u32> = multiproc::active_children()
+            .iter()
+            .map(|p| p.pid())
+            .collect();
+        pids.sort();
+        children.sort();
+        assert_eq!(pids, children);
+        let ran = pool.map_chunked(pid, vec![(); 30], 1).unwrap();
+        assert!(ran.iter().all(|p| pids.contains(p)), "{ran:?} vs {pids:?}");
+        // A worker killed from outside is replaced, and the list follows.
+        let victim = pids[0];
+        multiproc::active_children()
+            .into_iter()
+            .find(|p| p.pid() == victim)
+            .expect("the victim is a child")
+            .kill()
+            .unwrap();
+        assert!(common::eventually(common::WAIT, || {
+            let now = pool.worker_pids();
+            now.len() == 3 && !now.contains(&victim)
+        }));
+        assert_eq!(pool.map(square, 0..10).unwrap().len(), 10);
+        pool.terminate();
+        pool.join().unwrap();
+        assert!(pool.worker_pids().is_empty());
     }
 }

@@ -11,9 +11,13 @@ use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
 use super::supervisor::Sink;
-use crate::process::target;
+use crate::error::{Error, ErrorKind};
+use crate::process::{bootstrap, target};
 
 type Outcome<T> = Result<T, TaskError>;
+
+/// A done callback ([`TaskFuture::add_done_callback`](crate::TaskFuture::add_done_callback)).
+pub(crate) type DoneCallback<T> = Box<dyn FnOnce(Result<&T, &TaskError>) + Send>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -31,6 +35,12 @@ struct SlotState<T> {
     /// The outcome was a value (kept after it is taken).
     ok: bool,
     wakers: Vec<Waker>,
+    /// Done callbacks not run yet.
+    callbacks: Vec<DoneCallback<T>>,
+    /// Done callbacks are running with the outcome lent to them (out of the mutex, so that
+    /// a callback may look at this slot's future without deadlocking): waiters for the
+    /// outcome wait until they end.
+    lending: bool,
 }
 
 /// Where one task's outcome lands: a mutex, a condition variable for blocking waiters, and
@@ -50,6 +60,8 @@ impl<T> Slot<T> {
                 cancelled: false,
                 ok: false,
                 wakers: Vec::new(),
+                callbacks: Vec::new(),
+                lending: false,
             }),
             cond: Condvar::new(),
         })
@@ -83,19 +95,34 @@ impl<T> Slot<T> {
 
     /// Cancels a task that has not started. Returns whether it is now cancelled.
     pub(crate) fn cancel(&self) -> bool {
-        let mut s = self.lock();
+        let s = self.lock();
         match s.phase {
+            // Under the same lock as the check, so that the pool cannot start it in between.
             Phase::Pending => {
-                s.cancelled = true;
-                drop(s);
-                self.complete(Err(TaskError::Cancelled));
+                self.complete_cancelled(s);
                 true
             }
             _ => s.cancelled,
         }
     }
 
-    /// Stores the outcome (the first one wins) and wakes every waiter.
+    /// Cancels a task that the pool took back unstarted (`shutdown(cancel_futures)`): also one
+    /// marked running because it was requeued after its worker died. Does nothing once done.
+    pub(crate) fn cancel_unstarted(&self) {
+        let s = self.lock();
+        if s.phase != Phase::Done {
+            self.complete_cancelled(s);
+        }
+    }
+
+    fn complete_cancelled<'a>(&'a self, mut s: MutexGuard<'a, SlotState<T>>) {
+        s.cancelled = true;
+        s.phase = Phase::Done;
+        s.ok = false;
+        self.settle(s, Some(Err(TaskError::Cancelled)));
+    }
+
+    /// Stores the outcome (the first one wins), runs the done callbacks and wakes every waiter.
     pub(crate) fn complete(&self, outcome: Outcome<T>) {
         let mut s = self.lock();
         if s.phase == Phase::Done {
@@ -103,19 +130,64 @@ impl<T> Slot<T> {
         }
         s.phase = Phase::Done;
         s.ok = outcome.is_ok();
-        s.outcome = Some(outcome);
+        self.settle(s, Some(outcome));
+    }
+
+    /// Adds a callback to run once done, with the outcome: at once (on this thread) if done
+    /// already, else on the thread that completes the slot.
+    pub(crate) fn add_done_callback(&self, callback: DoneCallback<T>) {
+        let mut s = self.lock();
+        s.callbacks.push(callback);
+        if s.phase != Phase::Done || s.lending {
+            // The thread that completes the slot, or that lends its outcome now, runs it.
+            return;
+        }
+        let outcome = s.outcome.take();
+        self.settle(s, outcome);
+    }
+
+    /// With the phase `Done`: runs the pending done callbacks with `outcome` (`None` once it
+    /// was taken) lent to them, outside the mutex, then stores it and wakes every waiter.
+    /// Callbacks added meanwhile run too. A callback or waker that panics is reported and
+    /// the others still run: nobody is left waiting.
+    fn settle<'a>(&'a self, mut s: MutexGuard<'a, SlotState<T>>, outcome: Option<Outcome<T>>) {
+        let taken = TaskError::AlreadyTaken;
+        while !s.callbacks.is_empty() {
+            let callbacks = std::mem::take(&mut s.callbacks);
+            s.lending = true;
+            drop(s);
+            for callback in callbacks {
+                let view = match &outcome {
+                    Some(Ok(v)) => Ok(v),
+                    Some(Err(e)) => Err(e),
+                    None => Err(&taken),
+                };
+                if catch_unwind(AssertUnwindSafe(|| callback(view))).is_err() {
+                    tracing::warn!("a task's done callback panicked");
+                }
+            }
+            s = self.lock();
+        }
+        s.lending = false;
+        if outcome.is_some() {
+            s.outcome = outcome;
+        }
         let wakers = std::mem::take(&mut s.wakers);
         drop(s);
         self.cond.notify_all();
         for w in wakers {
-            w.wake();
+            // A waker is the async runtime's code: one that panics must not keep the others
+            // from being woken.
+            if catch_unwind(AssertUnwindSafe(|| w.wake())).is_err() {
+                tracing::warn!("a task's waker panicked");
+            }
         }
     }
 
     /// Waits until done or `deadline`; returns whether done.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         let mut s = self.lock();
-        while s.phase != Phase::Done {
+        while s.phase != Phase::Done || s.lending {
             match deadline {
                 None => s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -140,6 +212,10 @@ impl<T> Slot<T> {
         if s.phase != Phase::Done {
             return None;
         }
+        // Done callbacks have the outcome for a moment: it comes back when they end.
+        while s.lending {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
         if s.taken {
             return Some(Err(TaskError::AlreadyTaken));
         }
@@ -159,7 +235,7 @@ impl<T> Slot<T> {
     /// Registers `waker` to be woken when done; returns `true` if already done.
     pub(crate) fn register(&self, waker: &Waker) -> bool {
         let mut s = self.lock();
-        if s.phase == Phase::Done {
+        if s.phase == Phase::Done && !s.lending {
             return true;
         }
         if !s.wakers.iter().any(|w| w.will_wake(waker)) {
@@ -190,11 +266,33 @@ pub(crate) struct Callbacks<T> {
 }
 
 impl<T> Callbacks<T> {
+    /// Runs the callback that fits `outcome`. A panic in it is reported and goes no further:
+    /// the result it belongs to must complete all the same, or its waiters would wait for
+    /// ever.
     pub(crate) fn run(self, outcome: &Outcome<T>) {
-        match outcome {
+        let ran = catch_unwind(AssertUnwindSafe(|| match outcome {
             Ok(v) => (self.on_value)(v),
             Err(e) => (self.on_error)(e),
+        }));
+        if ran.is_err() {
+            tracing::warn!("a pool callback panicked; its result completes all the same");
         }
+    }
+}
+
+/// Runs `decode` (a task's value, deserialized on the pool's thread); a `Deserialize` that
+/// panics fails the task with a decode error instead of unwinding through the code that must
+/// complete its result.
+pub(crate) fn decode_caught<T>(decode: impl FnOnce() -> Outcome<T>) -> Outcome<T> {
+    match bootstrap::catch_task(decode) {
+        Ok(outcome) => outcome,
+        Err((message, location)) => Err(TaskError::Process(Error::with_message(
+            ErrorKind::Decode,
+            match location {
+                Some(at) => format!("decoding the task's value panicked at {at}: {message}"),
+                None => format!("decoding the task's value panicked: {message}"),
+            },
+        ))),
     }
 }
 
@@ -203,15 +301,20 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
         self.slot.try_start()
     }
 
-    fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
-        let outcome =
-            outcome.and_then(|bytes| target::decode::<T>(&bytes).map_err(TaskError::from));
+    fn cancel(mut self: Box<Self>) {
         if let Some(cb) = self.callbacks.take() {
-            // Python runs the callback before the result becomes ready. A panicking callback
-            // is reported and the result still completes.
-            if catch_unwind(AssertUnwindSafe(|| cb.run(&outcome))).is_err() {
-                tracing::warn!("a pool callback panicked");
-            }
+            cb.run(&Err(TaskError::Cancelled));
+        }
+        self.slot.cancel_unstarted();
+    }
+
+    fn finish(mut self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
+        let outcome = outcome.and_then(|bytes| {
+            decode_caught(|| target::decode::<T>(&bytes).map_err(TaskError::from))
+        });
+        if let Some(cb) = self.callbacks.take() {
+            // Python runs the callback before the result becomes ready.
+            cb.run(&outcome);
         }
         self.slot.complete(outcome);
     }
@@ -368,6 +471,56 @@ mod tests {
             running.get(Some(Instant::now() + Duration::from_millis(5))),
             Err(TaskError::Timeout)
         ));
+        // Taken back by the pool unstarted (requeued tasks are marked running).
+        running.cancel_unstarted();
+        assert!(running.cancelled());
+        assert_eq!(running.phase(), Phase::Done);
+        assert!(matches!(running.get(None), Err(TaskError::Cancelled)));
+
+        let finished = Slot::<u8>::new();
+        finished.complete(Ok(1));
+        finished.cancel_unstarted();
+        assert!(!finished.cancelled());
+        assert!(matches!(finished.take(), Some(Ok(1))));
+    }
+
+    #[test]
+    fn done_callbacks_run_once_outside_the_lock() {
+        let slot = Slot::<u8>::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for name in ["first", "second"] {
+            let seen = Arc::clone(&seen);
+            let me = Arc::clone(&slot);
+            slot.add_done_callback(Box::new(move |r| {
+                // The callback may look at its own slot: it is not called under the lock.
+                assert_eq!(me.phase(), Phase::Done);
+                seen.lock().unwrap().push(format!("{name} {r:?}"));
+                // A callback added while they run runs too, in this round.
+                if name == "first" {
+                    let seen = Arc::clone(&seen);
+                    me.add_done_callback(Box::new(move |r| {
+                        seen.lock().unwrap().push(format!("nested {r:?}"))
+                    }));
+                }
+            }));
+        }
+        slot.add_done_callback(Box::new(|_| panic!("a callback panics")));
+        assert!(seen.lock().unwrap().is_empty());
+        slot.complete(Ok(7));
+        slot.complete(Ok(8));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["first Ok(7)", "second Ok(7)", "nested Ok(7)"]
+        );
+        assert!(matches!(slot.take(), Some(Ok(7))), "the value stayed");
+        let late = Arc::clone(&seen);
+        slot.add_done_callback(Box::new(move |r| {
+            late.lock().unwrap().push(format!("late {r:?}"))
+        }));
+        assert_eq!(
+            seen.lock().unwrap().last().unwrap(),
+            "late Err(AlreadyTaken)"
+        );
     }
 
     #[test]

@@ -83,13 +83,16 @@ pub enum TaskError {
         location: Option<String>,
     },
     /// The worker process running the task died (killed, crashed, or exited); it was replaced.
+    /// Also the fate of a task its worker had just started when the pool killed the worker
+    /// for the time limit of the task before it, which replied at the last moment: the task
+    /// may have run in part, so it is not run again.
     #[error("worker process {how} while running the task")]
     WorkerDied {
         /// How the worker ended.
         how: WorkerExit,
     },
-    /// The task ran longer than the pool's per-task time limit; its worker was killed and
-    /// replaced.
+    /// The task ran longer than the pool's per-task time limit (counted from when its worker
+    /// could start it, after the initializer); its worker was killed and replaced.
     #[error("task exceeded its time limit of {limit:?}; its worker was killed")]
     TimeLimit {
         /// The limit that was exceeded.
@@ -118,8 +121,9 @@ pub enum TaskError {
     /// The task's value was already taken by an earlier `get`.
     #[error("task result already taken")]
     AlreadyTaken,
-    /// The arguments or the value could not be serialized or deserialized, or the operating
-    /// system refused (no worker could be started).
+    /// The arguments or the value could not be serialized or deserialized (or held a handle,
+    /// which only the pool's initializer can pass to workers), or the operating system
+    /// refused: no worker could be started for 5 seconds while none was alive.
     #[error(transparent)]
     Process(#[from] Error),
 }

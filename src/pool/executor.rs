@@ -78,7 +78,9 @@ impl ExecutorBuilder {
         self
     }
 
-    /// A function each worker runs once with `args` before its first task.
+    /// A function each worker runs once with `args` before its first task; `args` may hold
+    /// handles (a `Lock`, a `Value`, a `Queue`...), the way to share them with the workers.
+    /// See [`PoolBuilder::initializer`].
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
         F: Fn(A) + Send + Sync + 'static,
@@ -172,7 +174,7 @@ impl ProcessPoolExecutor {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match target::encode(args) {
+        match super::encode_args(|| target::encode(args)) {
             Ok(payload) => super::submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
@@ -198,6 +200,23 @@ impl ProcessPoolExecutor {
             futures,
             deadline: timeout.map(|t| Instant::now() + t),
         }
+    }
+
+    /// The process ids of the executor's worker processes now; see [`Pool::worker_pids`].
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::ProcessPoolExecutor;
+    ///
+    /// let ex = ProcessPoolExecutor::new(2)?;
+    /// let pids = ex.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// let ran = ex.submit(|_: ()| std::process::id(), ()).result()?;
+    /// assert!(pids.contains(&ran));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pool.worker_pids()
     }
 
     /// Stops accepting tasks. With `cancel_futures`, tasks that have not started are
@@ -288,6 +307,41 @@ impl<T> TaskFuture<T> {
     /// Whether the task finished, failed or was cancelled.
     pub fn done(&self) -> bool {
         self.slot.phase() == Phase::Done
+    }
+
+    /// Runs `callback` once the future is done, with its value or its error (Python's
+    /// `Future.add_done_callback`): the task returned, failed, or was cancelled.
+    ///
+    /// It runs on the thread that completes the future: the pool's own thread for a task that
+    /// ran, or the thread that cancels it; or at once, on this thread, if the future is
+    /// already done. Callbacks run in the order they were added, before any `result` or
+    /// `.await` returns the value. Keep them short: on the pool's thread a slow callback holds
+    /// up every task, and one that waits for another task of the same executor waits for
+    /// itself (as in Python). A callback that panics is reported (a `tracing` warning) and changes
+    /// nothing else: the other callbacks run and the future keeps its outcome. Once the value
+    /// was taken (by [`result_timeout`](TaskFuture::result_timeout) or an `.await`), a callback
+    /// added afterwards gets [`TaskError::AlreadyTaken`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::mpsc;
+    /// use multiproc::ProcessPoolExecutor;
+    ///
+    /// fn double(x: u32) -> u32 { 2 * x }
+    ///
+    /// let ex = ProcessPoolExecutor::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let f = ex.submit(double, 21);
+    /// f.add_done_callback(move |outcome| tx.send(outcome.ok().copied()).unwrap());
+    /// assert_eq!(rx.recv()?, Some(42));
+    /// assert_eq!(f.result()?, 42); // the callback only looked at the value
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_done_callback(
+        &self,
+        callback: impl FnOnce(Result<&T, &TaskError>) + Send + 'static,
+    ) {
+        self.slot.add_done_callback(Box::new(callback));
     }
 }
 

@@ -47,10 +47,10 @@ pub use executor::{
     AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
 };
 
-use async_result::{ApplySink, Callbacks, Slot};
+use async_result::{ApplySink, Callbacks, Slot, decode_caught};
 use progress::Progress;
 use supervisor::{Config, Core, Job, Sink};
-use transport::{PipeLauncher, WorkerSpec};
+use transport::{InitSpec, PipeLauncher, WorkerSpec};
 
 /// The entry offset of `f` as a pool task taking `A` and returning `T`.
 fn apply_entry<F, A, T>(_f: &F) -> i64
@@ -88,6 +88,24 @@ where
     sys::entry_offset::<PoolEntry>(worker::chunk_entry::<F, A, T>).unwrap_or(i64::MIN)
 }
 
+/// Encodes a task's arguments (`encode`), refusing handles that own a file descriptor: a
+/// task travels to a running worker over a pipe, which carries bytes only. Handles reach
+/// workers as start arguments, through the initializer.
+fn encode_args(encode: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    let (bytes, fds) = crate::wire::collect_fds(encode);
+    if !fds.is_empty() {
+        return Err(Error::with_message(
+            ErrorKind::Encode,
+            "a pool task's arguments hold a handle that owns a file descriptor (a Lock, \
+             Value, Queue, Connection, SharedMemory...), which cannot be sent to a running \
+             worker; give it to every worker through the pool's initializer \
+             (PoolBuilder::initializer, ExecutorBuilder::initializer) and keep it there, in a \
+             static for instance, as Python's pools share locks and values",
+        ));
+    }
+    bytes
+}
+
 /// Python's default `chunksize` for `map`: about four chunks per worker.
 fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(processes * 4).max(1)
@@ -99,7 +117,14 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
 /// arguments. Unlike Python's pool, nothing here hangs: a task whose worker dies (killed,
 /// crashed, `exit`) fails with [`TaskError::WorkerDied`] saying how, the worker is replaced
 /// and the other tasks complete; a panicking task fails with its message; a task over the
-/// [time limit](PoolBuilder::task_timeout) fails and its worker is replaced.
+/// [time limit](PoolBuilder::task_timeout) fails and its worker is replaced. No task runs
+/// twice: a task goes to another worker only if the one it was given never started it.
+///
+/// A worker that cannot be started (out of descriptors, processes or memory) is retried,
+/// with pauses growing from 10 ms to 500 ms: queued tasks wait meanwhile. Only when no worker
+/// is alive and every start has failed for 5 seconds do the queued tasks fail, with
+/// [`TaskError::Process`] of kind [`ErrorKind::Os`] saying why; the pool keeps trying, and
+/// runs tasks again once a worker starts.
 ///
 /// Dropping the pool terminates it, as leaving Python's `with Pool() as p:` block does;
 /// [`close`](Pool::close) then [`join`](Pool::join) lets every submitted task finish first.
@@ -157,7 +182,7 @@ pub struct Pool {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<Result<(i64, Vec<u8>)>>,
+    initializer: Option<Result<InitSpec>>,
     max_tasks: Option<usize>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -178,16 +203,62 @@ impl PoolBuilder {
         self
     }
 
-    /// A function each worker runs once with `args` before its first task. If it panics the
-    /// pool cannot run tasks, and they fail with [`TaskError::InitializerFailed`] (where
-    /// Python's pool restarts workers for ever).
+    /// A function each worker runs once with `args` before its first task (Python's
+    /// `initializer` and `initargs`). If it panics the pool cannot run tasks, and they fail
+    /// with [`TaskError::InitializerFailed`] (where Python's pool restarts workers for ever).
+    ///
+    /// `args` may hold handles that own a file descriptor, such as a [`Lock`](crate::Lock), a
+    /// [`Value`](crate::Value), an [`Event`](crate::Event) or a [`Queue`](crate::Queue), under
+    /// every start method: each worker, replacements included, receives its own copies. This
+    /// is the way to share them with a pool, as in Python: a task's arguments cannot carry
+    /// them (the task then fails with [`ErrorKind::Encode`] saying so), so the initializer
+    /// keeps them where tasks find them, in a static for instance. The pool holds duplicates
+    /// of their descriptors until it is dropped.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use multiproc::{Pool, Value};
+    ///
+    /// static COUNTER: OnceLock<Value<u64>> = OnceLock::new();
+    ///
+    /// fn keep(counter: Value<u64>) { COUNTER.set(counter).ok(); }
+    ///
+    /// fn count(x: u64) -> u64 {
+    ///     let counter = COUNTER.get().expect("set by the initializer");
+    ///     *counter.lock().unwrap() += x;
+    ///     x
+    /// }
+    ///
+    /// let counter = Value::new(0u64)?;
+    /// let pool = Pool::builder().processes(2).initializer(keep, counter.clone()).build()?;
+    /// pool.map(count, 1..=10)?;
+    /// assert_eq!(counter.get(), 55);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
         F: Fn(A) + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let entry = apply_entry::<F, A, ()>(&f);
-        self.initializer = Some(target::encode(&args).map(|payload| (entry, payload)));
+        const {
+            assert!(
+                std::mem::size_of::<F>() == 0,
+                "a pool initializer must be a fn item or a closure that captures nothing; pass values as arguments"
+            )
+        };
+        // Encoded as a start argument is, so that the descriptors of handles among the
+        // arguments are collected (and duplicated) beside the bytes.
+        let task = target::ArgsTask { f, args };
+        let (remote, fds) = crate::wire::collect_fds(|| target::Task::to_remote(&task));
+        drop(task);
+        self.initializer = Some(remote.map(|remote| InitSpec {
+            // `None` only when this crate lives outside the main executable; the worker then
+            // fails to start with a clear error.
+            entry: sys::entry_offset::<target::Entry>(remote.entry).unwrap_or(i64::MIN),
+            payload: remote.payload,
+            fds,
+        }));
         self
     }
 
@@ -207,6 +278,12 @@ impl PoolBuilder {
 
     /// A time limit for each task (each chunk, for `map`): a task that runs longer fails with
     /// [`TaskError::TimeLimit`], and its worker is killed and replaced.
+    ///
+    /// A task's clock starts when its worker can start it: when the worker's initializer has
+    /// finished (its time does not count) and the task before it on that worker has replied.
+    /// So the limit bounds tasks, not the [initializer](PoolBuilder::initializer): one that
+    /// never returns holds its worker's tasks as long (as in Python, which has no limit).
+    /// A task that replies just as its worker is killed keeps its value.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
@@ -245,7 +322,7 @@ impl PoolBuilder {
                 "a task time limit must be longer than zero",
             ));
         }
-        let initializer = self.initializer.transpose()?;
+        let initializer = self.initializer.transpose()?.map(Arc::new);
         Ok((
             Config {
                 processes,
@@ -296,6 +373,31 @@ impl Pool {
     /// The number of workers the pool keeps.
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// The process ids of the pool's worker processes now, oldest first: those it started
+    /// and has not yet seen end (a worker that is exiting, or being killed for a time limit,
+    /// is listed until it is gone). Workers are replaced as they die or reach
+    /// [`maxtasksperchild`](PoolBuilder::maxtasksperchild), so the list is a snapshot; empty
+    /// once the pool is joined.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// fn my_pid(_: ()) -> u32 { std::process::id() }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// assert!(pids.contains(&pool.apply(my_pid, ())?));
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.core.worker_pids()
     }
 
     /// Runs `f(args)` in a worker and waits for its value.
@@ -355,7 +457,7 @@ impl Pool {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match target::encode(&args) {
+        match encode_args(|| target::encode(&args)) {
             Ok(payload) => submit_limited(
                 &self.core,
                 apply_entry::<F, A, T>(&f),
@@ -371,7 +473,8 @@ impl Pool {
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
     /// which run on the pool's thread before the result becomes ready. Keep them short, and
     /// never wait on the same pool inside one: the pool's thread would wait for itself (as in
-    /// Python). A callback that panics is reported and the pool carries on.
+    /// Python). A callback that panics is reported (a `tracing` warning), the result completes
+    /// all the same and the pool carries on.
     ///
     /// # Examples
     /// ```
@@ -417,7 +520,7 @@ impl Pool {
             slot: Arc::clone(&slot),
             callbacks,
         };
-        match target::encode(args) {
+        match encode_args(|| target::encode(args)) {
             Ok(payload) => submit(&self.core, entry, payload, Box::new(sink)),
             Err(e) => Box::new(sink).finish(Err(e.into())),
         }
@@ -485,7 +588,10 @@ impl Pool {
     }
 
     /// [`map_async`](Pool::map_async) with a `chunksize` (`None`: Python's default) and
-    /// Python's `callback` (given the whole list) and `error_callback`.
+    /// Python's `callback` (given the whole list) and `error_callback` (given the first
+    /// failure), which run on the pool's thread before the result becomes ready, as with
+    /// [`apply_async_with`](Pool::apply_async_with). A callback that panics is reported and
+    /// the result completes all the same.
     pub fn map_async_with<F, A, T, I>(
         &self,
         f: F,
@@ -555,7 +661,7 @@ impl Pool {
             let sink = Box::new(BytesSink {
                 slot: Arc::clone(&slot),
             });
-            match codec::encode_chunk(chunk) {
+            match encode_args(|| codec::encode_chunk(chunk)) {
                 Ok(payload) => submit(&self.core, entry, payload, sink),
                 Err(e) => return Err(e.into()),
             }
@@ -622,7 +728,7 @@ impl Pool {
                 state: Arc::clone(&state),
                 finished: false,
             });
-            match codec::encode_chunk(chunk)
+            match encode_args(|| codec::encode_chunk(chunk))
                 .and_then(|p| transport::check_size(p.len()).map(|()| p))
             {
                 Ok(payload) => jobs.push(Job {
@@ -791,8 +897,11 @@ struct ChunkSink<T> {
 
 impl<T: DeserializeOwned + Send + 'static> Sink for ChunkSink<T> {
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        let decoded =
+            outcome.and_then(|bytes| decode_caught(|| decode_chunk::<T>(&bytes, self.len)));
+        // From here nothing unwinds (callbacks are caught), so this chunk's outcome is
+        // delivered below and the drop must not deliver another.
         self.finished = true;
-        let decoded = outcome.and_then(|bytes| decode_chunk::<T>(&bytes, self.len));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.parts.is_empty() {
             return; // already failed
@@ -927,7 +1036,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             if chunk.is_empty() {
                 return None;
             }
-            Some((chunk.len(), codec::encode_chunk(&chunk)))
+            Some((chunk.len(), encode_args(|| codec::encode_chunk(&chunk))))
         });
         Imap {
             pool,

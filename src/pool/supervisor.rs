@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{TaskError, WorkerExit};
 use super::transport::{self, FromWorker, Launcher, Link, Reply, WorkerSpec};
+use super::worker::with_source;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::{self, Interest};
 
@@ -33,6 +34,11 @@ pub(crate) trait Sink: Send {
     }
     /// Delivers the outcome: the encoded value, or why there is none.
     fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>);
+    /// The task was taken back before any worker started it and will never run
+    /// (`shutdown(cancel_futures)`): fails it as cancelled.
+    fn cancel(self: Box<Self>) {
+        self.finish(Err(TaskError::Cancelled));
+    }
 }
 
 /// A task on its way to a worker.
@@ -86,6 +92,8 @@ struct Inbox {
 struct Shared {
     inbox: Mutex<Inbox>,
     wake_tx: OwnedFd,
+    /// The workers' pids, as of the supervisor's last change to its workers.
+    pids: Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -130,6 +138,7 @@ impl Core {
                 sleeping: false,
             }),
             wake_tx,
+            pids: Mutex::new(Vec::new()),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -152,7 +161,11 @@ impl Core {
                     // Pessimistic until measured: tasks are queued ahead only once they prove short.
                     avg_task: 2 * QUEUE_AHEAD,
                     init_deaths: 0,
+                    idle_deaths: 0,
                     retry_launch_at: None,
+                    launch_failures: 0,
+                    launch_failing_since: None,
+                    launch_error: None,
                     interrupted: false,
                 };
                 match sup.fill() {
@@ -211,6 +224,15 @@ impl Core {
         inbox.jobs.extend(jobs);
         self.shared.wake(&mut inbox);
         Ok(())
+    }
+
+    /// The pids of the worker processes the pool has now.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.shared
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the pool still accepts tasks.
@@ -275,7 +297,9 @@ struct Worker {
     link: Box<dyn Link>,
     /// Tasks handed over and not answered, oldest first; the first one is running.
     inflight: VecDeque<(u64, Job)>,
-    /// When the first task in `inflight` started (as far as the pool can tell).
+    /// When the first task in `inflight` started (as far as the pool can tell): when it was
+    /// handed over, when the task before it was answered, or when the worker said `Ready`,
+    /// whichever came last. Time in the initializer does not count against a time limit.
     head_started: Instant,
     /// Tasks it may still be given (`maxtasksperchild`).
     tasks_left: Option<usize>,
@@ -283,8 +307,9 @@ struct Worker {
     ready: bool,
     /// It was asked to exit, or killed on purpose.
     leaving: bool,
-    /// It was killed because its running task ran out of time; that task already failed.
-    killed_for_time: bool,
+    /// It was killed because its running task ran out of time; its tasks are settled once
+    /// it is dead (or, at the latest, once the kill had time to take effect).
+    timed_out: Option<TimedOut>,
     /// End of its reply stream was reached.
     eof: bool,
     /// A revoke was sent and not answered yet.
@@ -293,6 +318,15 @@ struct Worker {
     /// pipe on its main thread, and starts the reader thread that answers revokes during a
     /// task only for its second task (`worker.rs`).
     answered: bool,
+}
+
+/// A worker killed for its running task's time limit.
+struct TimedOut {
+    /// The task that ran out of time.
+    id: u64,
+    limit: Duration,
+    /// When its tasks are settled if the worker has not been seen to die by then.
+    settle_by: Instant,
 }
 
 struct Supervisor {
@@ -311,14 +345,50 @@ struct Supervisor {
     avg_task: Duration,
     /// Workers in a row that died before finishing their initializer.
     init_deaths: u32,
-    /// After a failed start, when to try again.
+    /// Workers in a row that died after their initializer without having answered or held a
+    /// task: each is replaced, so they would otherwise be started in a tight loop.
+    idle_deaths: u32,
+    /// When to start workers again, after a failed start or a run of idle deaths.
     retry_launch_at: Option<Instant>,
+    /// Worker starts in a row that failed.
+    launch_failures: u32,
+    /// Since when every worker start failed (reset by one that succeeds).
+    launch_failing_since: Option<Instant>,
+    /// Why the last start failed.
+    launch_error: Option<String>,
     /// Ctrl-C reached the workers (one died of SIGINT).
     interrupted: bool,
 }
 
 /// Workers in a row that may die during initialization before the pool gives up.
 const MAX_INIT_DEATHS: u32 = 3;
+
+/// How long worker starts may keep failing, with no worker alive, before the queued tasks
+/// fail. A start fails for passing reasons (out of descriptors or processes for a moment,
+/// memory pressure): a short dip must not fail every queued task, but a pool that cannot
+/// start a worker must not leave its callers waiting for ever either.
+const LAUNCH_GIVE_UP: Duration = Duration::from_secs(5);
+
+/// The first wait before starting workers again; it doubles with each failure in a row.
+const LAUNCH_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// The longest wait between two attempts.
+const LAUNCH_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Idle deaths in a row (see `Supervisor::idle_deaths`) after which replacements are delayed
+/// as failed starts are.
+const IDLE_DEATHS_BEFORE_BACKOFF: u32 = 3;
+
+/// How long after killing a worker for a time limit its tasks may wait to be settled. Its
+/// death normally comes within milliseconds, and settling then is exact (see
+/// `settle_timed_out`); this bounds the wait should the kernel take longer to end it.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// The wait before the next attempt after `failures` failures in a row.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (LAUNCH_BACKOFF_MIN * 2u32.pow(doublings)).min(LAUNCH_BACKOFF_MAX)
+}
 
 /// How much queued work (in task time) a worker is given beyond the task it runs.
 const QUEUE_AHEAD: Duration = Duration::from_millis(1);
@@ -329,6 +399,9 @@ impl Supervisor {
         spec.name = format!("{}-{}", spec.name, self.next_name);
         self.next_name += 1;
         let link = self.launcher.launch(&spec)?;
+        self.launch_failures = 0;
+        self.launch_failing_since = None;
+        self.launch_error = None;
         self.workers.push(Worker {
             link,
             inflight: VecDeque::new(),
@@ -336,12 +409,20 @@ impl Supervisor {
             tasks_left: self.config.spec.max_tasks,
             ready: false,
             leaving: false,
-            killed_for_time: false,
+            timed_out: None,
             eof: false,
             revoking: false,
             answered: false,
         });
+        self.publish_pids();
         Ok(())
+    }
+
+    /// Makes the workers' pids visible to callers ([`Core::worker_pids`]); called whenever
+    /// a worker is added or removed.
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().map(|w| w.link.pid()).collect();
+        *self.shared.pids.lock().unwrap_or_else(|e| e.into_inner()) = pids;
     }
 
     /// Starts workers until the pool has its size.
@@ -413,8 +494,9 @@ impl Supervisor {
         drop(inbox);
         if cancel {
             for job in self.pending.drain(..) {
-                if job.sink.start() {
-                    job.fail(TaskError::Cancelled);
+                // Sinks run user callbacks; a panic there must not take the pool down.
+                if catch_unwind(AssertUnwindSafe(|| job.sink.cancel())).is_err() {
+                    tracing::warn!("a pool callback panicked; the pool carries on");
                 }
             }
         }
@@ -428,23 +510,56 @@ impl Supervisor {
         if self.state == RunState::Closed && self.pending.is_empty() && !busy {
             return;
         }
-        if self.retry_launch_at.is_some_and(|t| Instant::now() < t) {
+        let now = Instant::now();
+        // Past the give-up, tasks fail unless a worker starts: try at once for new ones
+        // rather than fail them on the strength of an earlier attempt.
+        let gave_up = self.live_workers() == 0
+            && self
+                .launch_failing_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= LAUNCH_GIVE_UP);
+        if self.retry_launch_at.is_none_or(|t| now >= t) || (gave_up && !self.pending.is_empty()) {
+            self.retry_launch_at = None;
+            if let Err(e) = self.fill() {
+                // Retried with a growing pause: a start fails for passing reasons more often
+                // than for lasting ones, and the tasks wait meanwhile.
+                self.launch_failures += 1;
+                let since = *self.launch_failing_since.get_or_insert(now);
+                let pause = backoff(self.launch_failures);
+                let message = with_source(&e);
+                tracing::warn!(
+                    error = %message,
+                    failures = self.launch_failures,
+                    failing_for = ?now.saturating_duration_since(since),
+                    retry_in = ?pause,
+                    "could not start a pool worker"
+                );
+                self.launch_error = Some(message);
+                self.retry_launch_at = Some(now + pause);
+            }
+        }
+        self.fail_if_no_worker_can_start(now);
+    }
+
+    /// Fails the queued tasks when no worker is alive to run them and starts have failed
+    /// for [`LAUNCH_GIVE_UP`]. Starts are still retried, so the pool runs tasks again once
+    /// workers can start; until then each task submitted fails at once.
+    fn fail_if_no_worker_can_start(&mut self, now: Instant) {
+        let Some(since) = self.launch_failing_since else {
+            return;
+        };
+        if self.live_workers() > 0 || now.saturating_duration_since(since) < LAUNCH_GIVE_UP {
             return;
         }
-        self.retry_launch_at = None;
-        if let Err(e) = self.fill() {
-            tracing::warn!(error = %e, "could not start a pool worker; retrying shortly");
-            self.retry_launch_at = Some(Instant::now() + Duration::from_millis(100));
-            if self.workers.is_empty() {
-                // Nobody can run the queued tasks now: fail them rather than leave them waiting.
-                let message = e.to_string();
-                for job in self.pending.drain(..) {
-                    job.fail(TaskError::Process(Error::with_message(
-                        ErrorKind::Os,
-                        format!("no pool worker could be started: {message}"),
-                    )));
-                }
-            }
+        let message = format!(
+            "no pool worker could be started for {:?}; the last attempt: {}",
+            now.saturating_duration_since(since),
+            self.launch_error.as_deref().unwrap_or("unknown error")
+        );
+        for job in self.pending.drain(..) {
+            job.fail(TaskError::Process(Error::with_message(
+                ErrorKind::Os,
+                message.clone(),
+            )));
         }
     }
 
@@ -577,6 +692,12 @@ impl Supervisor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut deadline = self.retry_launch_at;
+        if let Some(since) = self.launch_failing_since
+            && !self.pending.is_empty()
+        {
+            let d = since + LAUNCH_GIVE_UP;
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
         if self.pending.is_empty() && self.has_idle_worker() {
             // Wake when a queue behind a running task becomes worth taking back.
             for w in &self.workers {
@@ -587,10 +708,12 @@ impl Supervisor {
             }
         }
         for w in &self.workers {
-            if let Some(limit) = self.head_limit(w) {
-                let d = w.head_started + limit;
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            }
+            let d = match (&w.timed_out, self.head_limit(w)) {
+                (Some(t), _) => t.settle_by,
+                (None, Some(limit)) => w.head_started + limit,
+                (None, None) => continue,
+            };
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
         deadline
     }
@@ -617,6 +740,8 @@ impl Supervisor {
                 FromWorker::Ready => {
                     w.ready = true;
                     self.init_deaths = 0;
+                    // A task handed over during the initializer starts only now.
+                    w.head_started = now;
                 }
                 FromWorker::InitFailed(message) => {
                     w.leaving = true;
@@ -681,8 +806,10 @@ impl Supervisor {
 
     /// Worker `i` has ended: settle its tasks and forget it.
     fn bury(&mut self, i: usize) {
+        // Everything it wrote before it died is in its pipe now.
         self.receive(i);
         let mut w = self.workers.remove(i);
+        self.publish_pids();
         // The pidfd said it ended, so this wait is short; bounded all the same.
         let mut code = None;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -694,9 +821,12 @@ impl Supervisor {
         }
         let how = WorkerExit::from_exitcode(code.unwrap_or(-9));
         tracing::info!(pid = w.link.pid(), %how, unanswered = w.inflight.len(), "pool worker ended");
-        if w.killed_for_time || !w.ready {
-            // Nothing it held had started (or its running task already failed): requeue all.
-            if !w.ready && !w.leaving && self.broken.is_none() {
+        let idle = w.ready && !w.leaving && !w.answered && w.inflight.is_empty();
+        if w.timed_out.is_some() {
+            settle_timed_out(&mut w, how);
+        } else if !w.ready {
+            // It died in its initializer: nothing it held had started.
+            if !w.leaving && self.broken.is_none() {
                 self.init_deaths += 1;
                 if self.init_deaths >= MAX_INIT_DEATHS {
                     self.broken = Some(format!(
@@ -716,23 +846,68 @@ impl Supervisor {
                 job.fail(TaskError::WorkerDied { how });
             }
         }
+        // The rest never started: the worker runs its tasks in order, answering each first.
         for (_, job) in w.inflight.drain(..).rev() {
             self.pending.push_front(job);
         }
+        self.count_idle_death(idle, how);
     }
 
-    /// The time limit of the task worker `w` runs, unless it was already killed for it.
+    /// Delays replacements while workers keep dying with nothing to show for it (after their
+    /// initializer, without a task answered or held): a worker whose initializer leaves
+    /// something that ends the process soon after would otherwise be replaced in a tight
+    /// loop for as long as the pool lives, with no task failing to say so. A death that
+    /// settles a task needs no such brake: each fails a task, so the loop ends with the
+    /// tasks.
+    fn count_idle_death(&mut self, idle: bool, how: WorkerExit) {
+        if !idle {
+            self.idle_deaths = 0;
+            return;
+        }
+        self.idle_deaths += 1;
+        if self.idle_deaths >= IDLE_DEATHS_BEFORE_BACKOFF {
+            let pause = backoff(self.idle_deaths + 1 - IDLE_DEATHS_BEFORE_BACKOFF);
+            tracing::warn!(
+                in_a_row = self.idle_deaths,
+                last = %how,
+                retry_in = ?pause,
+                "pool workers keep dying before taking any task; slowing their replacement"
+            );
+            let at = Instant::now() + pause;
+            self.retry_launch_at = Some(self.retry_launch_at.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// The time limit of the task worker `w` runs: none while its initializer runs (the task
+    /// has not started), nor once it was killed for it.
     fn head_limit(&self, w: &Worker) -> Option<Duration> {
-        if w.killed_for_time {
+        if w.timed_out.is_some() || !w.ready {
             return None;
         }
         let (_, job) = w.inflight.front()?;
         job.limit.or(self.config.task_timeout)
     }
 
+    /// Kills the workers whose running task is over its time limit, and settles the tasks of
+    /// those killed a [`KILL_GRACE`] ago that have not been seen to die.
     fn check_time_limits(&mut self) {
         let now = Instant::now();
         for i in 0..self.workers.len() {
+            if let Some(t) = &self.workers[i].timed_out {
+                if now >= t.settle_by {
+                    self.receive(i);
+                    let w = &mut self.workers[i];
+                    tracing::warn!(
+                        pid = w.link.pid(),
+                        "a pool worker killed for a time limit has not ended yet; settling its tasks"
+                    );
+                    settle_timed_out(w, WorkerExit::Signal(SIGKILL));
+                    for (_, job) in w.inflight.drain(..).rev() {
+                        self.pending.push_front(job);
+                    }
+                }
+                continue;
+            }
             let over = |sup: &Supervisor| {
                 let w = &sup.workers[i];
                 sup.head_limit(w)
@@ -753,22 +928,28 @@ impl Supervisor {
                 "pool task ran out of time; killing its worker"
             );
             w.link.kill();
-            w.killed_for_time = true;
             w.leaving = true;
-            let (_, job) = w.inflight.pop_front().expect("checked not empty");
-            job.fail(TaskError::TimeLimit { limit });
+            // Not failed yet: it may have answered between the look above and the kill, and
+            // then started the next task. Which of its tasks ran is known only once it is
+            // dead and its pipe drained (`settle_timed_out`).
+            let (id, _) = w.inflight.front().expect("a limit implies a running task");
+            w.timed_out = Some(TimedOut {
+                id: *id,
+                limit,
+                settle_by: now + KILL_GRACE,
+            });
         }
     }
 
-    /// Kills every worker and waits (boundedly) for each to end; returns them with their
-    /// exit codes.
-    fn kill_all(&mut self) -> Vec<(Worker, Option<i32>)> {
+    /// Kills every worker and waits (boundedly) for each to end; returns their exit codes,
+    /// in the order of `self.workers`.
+    fn kill_and_reap(&mut self) -> Vec<Option<i32>> {
         for w in &self.workers {
             w.link.kill();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut ended = Vec::new();
-        for mut w in std::mem::take(&mut self.workers) {
+        let mut codes = Vec::with_capacity(self.workers.len());
+        for w in &mut self.workers {
             let code = loop {
                 match w.link.exitcode() {
                     Ok(Some(code)) => break Some(code),
@@ -780,9 +961,16 @@ impl Supervisor {
                     }
                 }
             };
-            ended.push((w, code));
+            codes.push(code);
         }
-        ended
+        codes
+    }
+
+    /// Kills every worker and waits (boundedly) for each to end.
+    fn kill_all(&mut self) {
+        self.kill_and_reap();
+        self.workers.clear();
+        self.publish_pids();
     }
 
     /// Terminate: kill every worker, fail every unfinished task.
@@ -800,26 +988,26 @@ impl Supervisor {
                 }
             }
         }
-        for w in &self.workers {
-            w.link.kill();
-        }
-        // Replies already written still count.
+        let codes = self.kill_and_reap();
+        // Replies written before they died still count.
         for i in 0..self.workers.len() {
             self.receive(i);
         }
         let mut unfinished: Vec<Job> = Vec::new();
-        for (mut w, code) in self.kill_all() {
-            let mut jobs = w.inflight.drain(..).map(|(_, job)| job);
-            if code == Some(-libc_sigint()) && w.ready && !w.killed_for_time {
+        for (mut w, code) in std::mem::take(&mut self.workers).into_iter().zip(codes) {
+            if w.timed_out.is_some() {
+                settle_timed_out(&mut w, WorkerExit::from_exitcode(code.unwrap_or(-SIGKILL)));
+            } else if code == Some(-libc_sigint()) && w.ready {
                 // Ctrl-C ended this worker before the pool did: its task says so.
-                if let Some(job) = jobs.next() {
+                if let Some((_, job)) = w.inflight.pop_front() {
                     job.fail(TaskError::WorkerDied {
                         how: WorkerExit::Signal(libc_sigint()),
                     });
                 }
             }
-            unfinished.extend(jobs);
+            unfinished.extend(w.inflight.drain(..).map(|(_, job)| job));
         }
+        self.publish_pids();
         self.take_inbox();
         unfinished.extend(self.pending.drain(..));
         for job in unfinished {
@@ -829,6 +1017,398 @@ impl Supervisor {
     }
 }
 
+/// Settles the tasks of a worker killed for a time limit, once it is dead or the kill had
+/// [`KILL_GRACE`] to take effect, with its pipe drained: every reply it wrote has been
+/// delivered, so `inflight` holds only unanswered tasks, oldest first.
+///
+/// The worker runs its tasks in order and writes each reply before it starts the next. So if
+/// the task that ran out of time is still unanswered, it is the one that was running: it
+/// fails with `TimeLimit`, and nothing behind it started. If it answered (between the pool's
+/// last look and the kill), its reply was honoured, and the oldest unanswered task may have
+/// started before the kill took effect: it fails with how the worker ended (it must not run
+/// again, as a requeued task would), and never with `TimeLimit`, whose limit it did not
+/// reach. In both cases the tasks left in `inflight` never started; the caller requeues them.
+///
+/// Why a grace instead of waiting for the death alone: a SIGKILLed process runs no more user
+/// code, so once the kill has taken effect no reply can start being written, and a reply not
+/// complete in the pipe by then never will be; the kernel may still take long to tear the
+/// process down (a huge address space, an uninterruptible wait), and callers must not wait for
+/// that.
+fn settle_timed_out(w: &mut Worker, how: WorkerExit) {
+    let Some(t) = w.timed_out.take() else {
+        return;
+    };
+    match w.inflight.front() {
+        Some((id, _)) if *id == t.id => {
+            let (_, job) = w.inflight.pop_front().expect("front exists");
+            job.fail(TaskError::TimeLimit { limit: t.limit });
+        }
+        Some(_) => {
+            tracing::warn!(
+                pid = w.link.pid(),
+                "a task answered just before its worker was killed for its time limit; the \
+                 next task may have started and fails with the worker's death"
+            );
+            let (_, job) = w.inflight.pop_front().expect("front exists");
+            job.fail(TaskError::WorkerDied { how });
+        }
+        None => {}
+    }
+}
+
+const SIGKILL: i32 = 9;
+
 fn libc_sigint() -> i32 {
     2
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor against scripted workers ([`MockLink`]), for the orderings a real process
+    //! cannot be made to produce on demand: a reply written between the time-limit check and
+    //! the kill, a worker that outlives its SIGKILL, workers that die as soon as they are
+    //! ready.
+
+    use std::io;
+    use std::os::fd::BorrowedFd;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// What a scripted worker does with a task, by its payload's first byte (the second is
+    /// the task's tag, which stays the same when the task is requeued).
+    const QUICK: u8 = 0;
+    /// Runs until killed, and writes its reply just before the kill takes effect; then the
+    /// next queued task starts and is killed running.
+    const RACES_THE_KILL: u8 = 1;
+    /// Runs until killed, never answers.
+    const SLOW: u8 = 2;
+    /// Runs until killed, and its worker survives the first kill (as in an uninterruptible
+    /// wait), dying only at the second.
+    const UNDYING: u8 = 3;
+
+    #[derive(Default)]
+    struct World {
+        /// Tags of the tasks started, in order, over every worker.
+        started: Vec<u8>,
+        launches: usize,
+        /// Workers die as soon as they said `Ready`.
+        die_when_ready: bool,
+    }
+
+    struct Script {
+        queue: VecDeque<(u64, Vec<u8>)>,
+        running: Option<(u64, Vec<u8>)>,
+        out: Vec<FromWorker>,
+        dead: bool,
+        kills: u32,
+    }
+
+    struct MockLink {
+        pid: u32,
+        world: Arc<Mutex<World>>,
+        script: Mutex<Script>,
+        reply: (OwnedFd, OwnedFd),
+        task: (OwnedFd, OwnedFd),
+        death: (OwnedFd, OwnedFd),
+    }
+
+    impl MockLink {
+        fn lock(&self) -> MutexGuard<'_, Script> {
+            self.script.lock().unwrap()
+        }
+
+        /// Runs the queued tasks in order as far as they go, as a worker does.
+        fn advance(&self, s: &mut Script) {
+            while !s.dead {
+                if s.running.is_none() {
+                    let Some(task) = s.queue.pop_front() else {
+                        break;
+                    };
+                    self.world.lock().unwrap().started.push(task.1[1]);
+                    s.running = Some(task);
+                }
+                let (id, payload) = s.running.as_ref().expect("set above");
+                if payload[0] != QUICK {
+                    break;
+                }
+                s.out.push(FromWorker::Reply {
+                    id: *id,
+                    reply: Reply::Value(payload.clone()),
+                });
+                s.running = None;
+            }
+            if !s.out.is_empty() {
+                let _ = sys::write_some(self.reply.1.as_fd(), &[1]);
+            }
+        }
+    }
+
+    impl Link for MockLink {
+        fn pid(&self) -> u32 {
+            self.pid
+        }
+        fn send_task(&mut self, id: u64, _entry: i64, payload: &[u8]) {
+            let mut s = self.script.lock().unwrap();
+            s.queue.push_back((id, payload.to_vec()));
+            self.advance(&mut s);
+        }
+        fn send_exit(&mut self) {}
+        fn send_revoke(&mut self, _ids: &[u64]) {}
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn wants_write(&self) -> bool {
+            false
+        }
+        fn poll_set(&self) -> [BorrowedFd<'_>; 3] {
+            [
+                self.reply.0.as_fd(),
+                self.task.1.as_fd(),
+                self.death.0.as_fd(),
+            ]
+        }
+        fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool> {
+            let mut buf = [0u8; 64];
+            while matches!(sys::read(self.reply.0.as_fd(), &mut buf), Ok(n) if n > 0) {}
+            out.append(&mut self.lock().out);
+            Ok(false)
+        }
+        fn exitcode(&mut self) -> io::Result<Option<i32>> {
+            Ok(self.lock().dead.then_some(-SIGKILL))
+        }
+        fn kill(&self) {
+            let mut s = self.lock();
+            s.kills += 1;
+            if s.dead {
+                return;
+            }
+            match s.running.as_ref().map(|(_, p)| p[0]) {
+                Some(UNDYING) if s.kills == 1 => return,
+                Some(RACES_THE_KILL) => {
+                    let (id, payload) = s.running.take().expect("matched above");
+                    s.out.push(FromWorker::Reply {
+                        id,
+                        reply: Reply::Value(payload),
+                    });
+                    // It went on to the next task before the signal took effect.
+                    if let Some(next) = s.queue.pop_front() {
+                        self.world.lock().unwrap().started.push(next.1[1]);
+                        s.running = Some(next);
+                    }
+                }
+                _ => {}
+            }
+            s.dead = true;
+            let _ = sys::write_some(self.death.1.as_fd(), &[1]);
+            if !s.out.is_empty() {
+                let _ = sys::write_some(self.reply.1.as_fd(), &[1]);
+            }
+        }
+    }
+
+    struct MockLauncher(Arc<Mutex<World>>);
+
+    impl Launcher for MockLauncher {
+        fn launch(&self, _spec: &WorkerSpec) -> Result<Box<dyn Link>> {
+            let (pid, die) = {
+                let mut world = self.0.lock().unwrap();
+                world.launches += 1;
+                (world.launches as u32, world.die_when_ready)
+            };
+            let link = MockLink {
+                pid,
+                world: Arc::clone(&self.0),
+                script: Mutex::new(Script {
+                    queue: VecDeque::new(),
+                    running: None,
+                    out: vec![FromWorker::Ready],
+                    dead: die,
+                    kills: 0,
+                }),
+                reply: sys::pipe_nonblocking(true, true)?,
+                task: sys::pipe_nonblocking(true, true)?,
+                death: sys::pipe_nonblocking(true, true)?,
+            };
+            let _ = sys::write_some(link.reply.1.as_fd(), &[1]);
+            if die {
+                let _ = sys::write_some(link.death.1.as_fd(), &[1]);
+            }
+            Ok(Box::new(link))
+        }
+    }
+
+    type Outcome = (u8, std::result::Result<Vec<u8>, TaskError>);
+
+    struct Probe {
+        tag: u8,
+        tx: mpsc::Sender<Outcome>,
+    }
+
+    impl Sink for Probe {
+        fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+            let _ = self.tx.send((self.tag, outcome));
+        }
+    }
+
+    fn job(kind: u8, tag: u8, tx: &mpsc::Sender<Outcome>) -> Job {
+        Job {
+            entry: 0,
+            payload: vec![kind, tag],
+            sink: Box::new(Probe {
+                tag,
+                tx: tx.clone(),
+            }),
+            limit: None,
+        }
+    }
+
+    fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
+        let config = Config {
+            processes: 1,
+            spec: WorkerSpec {
+                name: "Mock".to_owned(),
+                method: None,
+                initializer: None,
+                max_tasks: None,
+            },
+            task_timeout: limit,
+        };
+        Core::start(config, Box::new(MockLauncher(Arc::clone(world)))).unwrap()
+    }
+
+    /// Collects `n` outcomes by tag (bounded).
+    fn outcomes(rx: &mpsc::Receiver<Outcome>, n: usize) -> Vec<Outcome> {
+        let mut got: Vec<Outcome> = (0..n)
+            .map_while(|_| rx.recv_timeout(Duration::from_secs(10)).ok())
+            .collect();
+        got.sort_by_key(|(tag, _)| *tag);
+        got
+    }
+
+    /// Quick tasks first: the supervisor learns to queue several per worker.
+    fn warm_up(core: &Core, tx: &mpsc::Sender<Outcome>, rx: &mpsc::Receiver<Outcome>) {
+        for tag in 0..50 {
+            assert!(core.submit(job(QUICK, tag, tx)).is_ok());
+            assert!(matches!(outcomes(rx, 1)[..], [(_, Ok(_))]));
+        }
+    }
+
+    fn started_once(world: &Arc<Mutex<World>>, tags: &[u8]) {
+        let started = &world.lock().unwrap().started;
+        for tag in tags {
+            let n = started.iter().filter(|t| *t == tag).count();
+            assert!(n <= 1, "task {tag} started {n} times: {started:?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_that_beats_the_time_limit_kill_is_honoured_and_nothing_runs_twice() {
+        let world = Arc::new(Mutex::new(World::default()));
+        let core = start(&world, Some(Duration::from_millis(100)));
+        let (tx, rx) = mpsc::channel();
+        warm_up(&core, &tx, &rx);
+        let batch = vec![
+            job(RACES_THE_KILL, 100, &tx),
+            job(SLOW, 101, &tx),
+            job(QUICK, 102, &tx),
+        ];
+        assert!(core.submit_all(batch).is_ok());
+        let got = outcomes(&rx, 3);
+        started_once(&world, &[100, 101, 102]);
+        assert_eq!(got.len(), 3, "{got:?}");
+        // Its reply came before the kill took effect: it counts.
+        assert!(
+            matches!(&got[0], (100, Ok(v)) if v == &[RACES_THE_KILL, 100]),
+            "{got:?}"
+        );
+        // The next task had started when the kill landed: it fails, and is not run again.
+        assert!(
+            matches!(
+                got[1],
+                (
+                    101,
+                    Err(TaskError::WorkerDied {
+                        how: WorkerExit::Signal(SIGKILL)
+                    })
+                )
+            ),
+            "{got:?}"
+        );
+        // The one behind it never started, and ran on the replacement.
+        assert!(matches!(got[2], (102, Ok(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_task_over_its_limit_fails_alone_and_those_behind_it_run_once() {
+        let world = Arc::new(Mutex::new(World::default()));
+        let core = start(&world, Some(Duration::from_millis(100)));
+        let (tx, rx) = mpsc::channel();
+        warm_up(&core, &tx, &rx);
+        let batch = vec![
+            job(SLOW, 100, &tx),
+            job(QUICK, 101, &tx),
+            job(QUICK, 102, &tx),
+        ];
+        assert!(core.submit_all(batch).is_ok());
+        let got = outcomes(&rx, 3);
+        started_once(&world, &[100, 101, 102]);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            matches!(got[0], (100, Err(TaskError::TimeLimit { limit })) if limit == Duration::from_millis(100)),
+            "{got:?}"
+        );
+        assert!(matches!(got[1], (101, Ok(_))), "{got:?}");
+        assert!(matches!(got[2], (102, Ok(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_worker_that_outlives_its_kill_does_not_hold_its_tasks() {
+        let world = Arc::new(Mutex::new(World::default()));
+        let core = start(&world, Some(Duration::from_millis(100)));
+        let (tx, rx) = mpsc::channel();
+        warm_up(&core, &tx, &rx);
+        let t0 = Instant::now();
+        assert!(
+            core.submit_all(vec![job(UNDYING, 100, &tx), job(QUICK, 101, &tx)])
+                .is_ok()
+        );
+        let got = outcomes(&rx, 2);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            matches!(got[0], (100, Err(TaskError::TimeLimit { .. }))),
+            "{got:?}"
+        );
+        assert!(matches!(got[1], (101, Ok(_))), "{got:?}");
+        // Settled after the grace, not at the worker's death (which comes with the pool's).
+        assert!(t0.elapsed() >= KILL_GRACE, "{:?}", t0.elapsed());
+        started_once(&world, &[100, 101]);
+        drop(core);
+    }
+
+    #[test]
+    fn workers_that_die_idle_are_replaced_ever_more_slowly() {
+        // Every worker dies as soon as it is ready, with no task to fail.
+        let world = Arc::new(Mutex::new(World {
+            die_when_ready: true,
+            ..World::default()
+        }));
+        let core = start(&world, None);
+        std::thread::sleep(Duration::from_secs(1));
+        // Without a brake this is thousands (a replacement per loop); with it, about ten.
+        let launches = world.lock().unwrap().launches;
+        assert!(launches < 40, "{launches} launches in a second");
+        // A task submitted meanwhile still ends (its worker dies under it).
+        let (tx, rx) = mpsc::channel();
+        assert!(core.submit(job(QUICK, 1, &tx)).is_ok());
+        let got = outcomes(&rx, 1);
+        assert!(
+            matches!(
+                got[..],
+                [(1, Ok(_)) | (1, Err(TaskError::WorkerDied { .. }))]
+            ),
+            "{got:?}"
+        );
+        drop(core);
+    }
 }

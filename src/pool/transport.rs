@@ -22,6 +22,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +37,62 @@ use crate::wire;
 pub(crate) struct WorkerSpec {
     pub(crate) name: String,
     pub(crate) method: Option<StartMethod>,
-    /// Entry offset and encoded arguments of the initializer.
-    pub(crate) initializer: Option<(i64, Vec<u8>)>,
+    /// The initializer, shared by every launch.
+    pub(crate) initializer: Option<Arc<InitSpec>>,
     /// Tasks after which the worker exits (Python's `maxtasksperchild`).
     pub(crate) max_tasks: Option<usize>,
+}
+
+/// The pool's initializer, as the builder encoded it once: a start method's `Entry` (which
+/// decodes the arguments into a task to run) and the arguments, serialized inside
+/// `wire::collect_fds`, with the descriptors of the handles among them (a `Lock`, a `Value`,
+/// a `Queue`...) in index order. The pool keeps these descriptors while it lives; each launch
+/// sends the worker duplicates of its own ([`InitArgs`]), so replacement workers get them too.
+#[derive(Debug)]
+pub(crate) struct InitSpec {
+    pub(crate) entry: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl InitSpec {
+    /// This launch's copy: the same bytes and fresh duplicates of the descriptors.
+    fn for_launch(&self) -> io::Result<InitArgs> {
+        Ok(InitArgs {
+            entry: self.entry,
+            payload: self.payload.clone(),
+            fds: self
+                .fds
+                .iter()
+                .map(OwnedFd::try_clone)
+                .collect::<io::Result<_>>()?,
+        })
+    }
+}
+
+/// The initializer as one worker receives it. Its descriptors travel as the worker's own start
+/// arguments do (moved across a fork, or passed beside the boot message to a fresh program),
+/// and the worker decodes the payload inside `wire::with_received_fds` with them.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitArgs {
+    pub(crate) entry: i64,
+    pub(crate) payload: Vec<u8>,
+    #[serde(serialize_with = "serialize_fds", deserialize_with = "deserialize_fds")]
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+fn serialize_fds<S: serde::Serializer>(
+    fds: &[OwnedFd],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(fds.iter().map(|fd| wire::SerFd(fd.as_fd())))
+}
+
+fn deserialize_fds<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<OwnedFd>, D::Error> {
+    let fds = <Vec<wire::DeFd> as Deserialize>::deserialize(d)?;
+    Ok(fds.into_iter().map(|wire::DeFd(fd)| fd).collect())
 }
 
 /// What a local worker process is started with.
@@ -57,7 +110,7 @@ pub(crate) struct WorkerArgs {
         deserialize_with = "wire::deserialize_fd"
     )]
     pub(crate) replies: OwnedFd,
-    pub(crate) initializer: Option<(i64, Vec<u8>)>,
+    pub(crate) initializer: Option<InitArgs>,
     pub(crate) max_tasks: Option<usize>,
 }
 
@@ -354,10 +407,14 @@ impl Launcher for PipeLauncher {
         // The pool's ends do not block; the worker's do.
         let (task_rx, task_tx) = sys::pipe_nonblocking(false, true)?;
         let (reply_rx, reply_tx) = sys::pipe_nonblocking(true, false)?;
+        let initializer = match &spec.initializer {
+            Some(init) => Some(init.for_launch()?),
+            None => None,
+        };
         let args = WorkerArgs {
             tasks: task_rx,
             replies: reply_tx,
-            initializer: spec.initializer.clone(),
+            initializer,
             max_tasks: spec.max_tasks,
         };
         let mut builder = Builder::new().name(spec.name.clone()).daemon(true);

@@ -19,11 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::transport::{self, Reply, ToWorker, WorkerArgs};
-use crate::error::Result;
+use super::transport::{self, InitArgs, Reply, ToWorker, WorkerArgs};
+use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap;
 use crate::process::target;
-use crate::sys;
+use crate::{sys, wire};
 
 /// A pool task's entry point: decodes its arguments, runs it, encodes its value. Named across
 /// processes by its distance from an anchor function ([`sys::entry_offset`]).
@@ -81,8 +81,21 @@ pub(crate) fn run(args: WorkerArgs) {
     // (its handlers were inherited through fork).
     let _ = sys::restore_default_stop_signals();
     let mut out = Vec::new();
-    if let Some((entry, payload)) = &initializer {
-        let failure = match resolve(*entry).map(|init| bootstrap::catch_task(|| init(payload))) {
+    if let Some(InitArgs {
+        entry,
+        payload,
+        fds,
+    }) = initializer
+    {
+        let init = sys::entry_at::<target::Entry>(entry).map(|decode| {
+            bootstrap::catch_task(|| {
+                // Handles among the arguments claim their descriptors while they are decoded
+                // (the others close); the initializer then runs outside that context.
+                let task = wire::with_received_fds(fds, || decode(&payload))?;
+                task.run_here()
+            })
+        });
+        let failure = match init {
             None => Some("the initializer's code is not in this program".to_owned()),
             Some(caught) => match caught {
                 Ok(Ok(_)) => None,
@@ -346,11 +359,27 @@ fn run_one(f: PoolEntry, payload: &[u8]) -> Reply {
 }
 
 /// An error's message followed by its source's, for the pool's side.
-fn with_source(e: &crate::error::Error) -> String {
+pub(crate) fn with_source(e: &crate::error::Error) -> String {
     match std::error::Error::source(e) {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
     }
+}
+
+/// Encodes a task's value (`encode`), refusing one that holds a handle owning a descriptor:
+/// the pool's pipes carry bytes only, so the handle would arrive without its descriptor.
+fn encode_value(encode: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    let (bytes, fds) = wire::collect_fds(encode);
+    if !fds.is_empty() {
+        return Err(Error::with_message(
+            ErrorKind::Encode,
+            "a pool task's value holds a handle that owns a file descriptor (a Lock, Value, \
+             Queue, Connection, SharedMemory...), which cannot travel back from a worker; \
+             create such handles in the parent and give them to the workers through the \
+             pool's initializer",
+        ));
+    }
+    bytes
 }
 
 /// The entry for one task: decodes the argument, applies the task, encodes the value.
@@ -361,7 +390,8 @@ where
     T: Serialize,
 {
     let args: A = target::decode(payload)?;
-    target::encode(&target::conjure::<F>()(args))
+    let value = target::conjure::<F>()(args);
+    encode_value(|| target::encode(&value))
 }
 
 /// The entry for a chunk of `map`: decodes the inputs, maps them, encodes the outputs.
@@ -374,5 +404,5 @@ where
     let inputs: Vec<A> = super::codec::decode_chunk(payload)?;
     let f = target::conjure::<F>();
     let outputs: Vec<T> = inputs.into_iter().map(f).collect();
-    super::codec::encode_chunk(&outputs)
+    encode_value(|| super::codec::encode_chunk(&outputs))
 }
