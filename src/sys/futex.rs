@@ -114,7 +114,9 @@ pub(crate) fn futex_wake_low(word: &AtomicU64, n: u32) {
 static IDENT: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
 
-extern "C" fn forget_ident_in_child() {
+/// Forgets the cached identity, in a new child (glibc runs it after `fork`; `clone_sibling`
+/// calls it in the forkserver's children, which glibc's fork handlers never see).
+pub(crate) extern "C" fn forget_ident_in_child() {
     IDENT.store(0, Ordering::Relaxed);
 }
 
