@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock};
 
+use crate::sync::owner;
 use crate::sys;
 
 static PIPE: OnceLock<OwnedFd> = OnceLock::new();
@@ -32,14 +33,14 @@ fn pipe() -> io::Result<&'static OwnedFd> {
 
 /// Asks the tracker to unlink `name` when this process exits, unless unregistered first.
 pub(crate) fn register(name: &str) -> io::Result<()> {
-    let pid = sys::ident_pid(sys::process_ident());
+    let pid = owner::ident_pid(owner::process_ident());
     sys::tracker_send(pipe()?, &sys::tracker_record(b'R', pid, name))
 }
 
 /// Withdraws this process's registration of `name` (its create failed: the name may be
 /// someone else's).
 pub(crate) fn forget(name: &str) -> io::Result<()> {
-    let pid = sys::ident_pid(sys::process_ident());
+    let pid = owner::ident_pid(owner::process_ident());
     match PIPE.get() {
         Some(p) => sys::tracker_send(p, &sys::tracker_record(b'F', pid, name)),
         None => Ok(()),

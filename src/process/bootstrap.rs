@@ -14,7 +14,7 @@ use std::sync::Once;
 use serde::{Deserialize, Serialize};
 
 use super::children;
-use super::env::{self, ProcessEnv};
+use super::current::{self, ProcessEnv};
 use super::target::Task;
 use crate::sys;
 use crate::wire;
@@ -58,7 +58,7 @@ pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
     {
         return PANIC_EXIT_CODE;
     }
-    env::install(plan.env);
+    current::install(plan.env);
     // User code from here on.
     run_target(plan.result, move || {
         task.run_here()

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
-use super::env;
+use super::current;
 use crate::sys::{self, Kill, RawPid};
 
 /// A child process this process started and has not necessarily reaped.
@@ -75,7 +75,7 @@ impl Child {
 /// Records a newly started child so that `active_children()` and the exit-time join see it.
 pub(crate) fn register(child: &Arc<Child>) {
     ensure_exit_handler();
-    let mut children = env::current().children();
+    let mut children = current::current().children();
     // Reap what ended meanwhile (Python's `_cleanup` on every start), so dropped processes
     // do not linger as zombies.
     children.retain(|c| matches!(c.poll(), Ok(None)));
@@ -84,12 +84,14 @@ pub(crate) fn register(child: &Arc<Child>) {
 
 /// Drops a reaped child from the list, so its pidfd closes with the last handle.
 pub(crate) fn forget(child: &Arc<Child>) {
-    env::current().children().retain(|c| !Arc::ptr_eq(c, child));
+    current::current()
+        .children()
+        .retain(|c| !Arc::ptr_eq(c, child));
 }
 
 /// The started children still running, reaping (and forgetting) those that ended.
 pub(crate) fn active() -> Vec<Arc<Child>> {
-    let mut children = env::current().children();
+    let mut children = current::current().children();
     children.retain(|c| matches!(c.poll(), Ok(None)));
     children.clone()
 }
@@ -107,7 +109,7 @@ pub(crate) fn shutdown() {
         tracing::info!(pid = child.pid, name = %child.name, "joining child at exit");
         let _ = child.wait(None);
     }
-    env::current().children().clear();
+    current::current().children().clear();
 }
 
 extern "C" fn shutdown_at_exit() {
@@ -122,4 +124,70 @@ fn ensure_exit_handler() {
             tracing::warn!(error = %e, "could not register exit handler; children will not be joined at exit");
         }
     });
+}
+
+/// A running child of this process, as listed by [`active_children`].
+#[derive(Debug, Clone)]
+pub struct ActiveChild {
+    child: Arc<Child>,
+}
+
+impl ActiveChild {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid as u32
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.child.name
+    }
+
+    /// Whether the child is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.child.daemon
+    }
+
+    /// Whether the child still runs.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.child.poll(), Ok(None))
+    }
+
+    /// Sends SIGTERM to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn terminate(&self) -> crate::Result<()> {
+        Ok(self.child.signal(Kill::Term)?)
+    }
+
+    /// Sends SIGKILL to the child.
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn kill(&self) -> crate::Result<()> {
+        Ok(self.child.signal(Kill::Kill)?)
+    }
+}
+
+/// The children of this process that are still running, as Python's `active_children()`;
+/// finished children are reaped on the way.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+///
+/// let mut p = multiproc::Process::new(|| std::thread::sleep(Duration::from_secs(5)));
+/// p.start()?;
+/// assert!(multiproc::active_children().iter().any(|c| Some(c.pid()) == p.pid()));
+/// p.kill()?;
+/// p.join()?;
+/// assert!(multiproc::active_children().is_empty());
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn active_children() -> Vec<ActiveChild> {
+    active()
+        .into_iter()
+        .map(|child| ActiveChild { child })
+        .collect()
 }

@@ -1,8 +1,10 @@
-//! [`Process`], its [`Builder`], the typed [`JoinHandle`], and the module functions
-//! (`current_process`, `parent_process`, `active_children`, `cpu_count`).
+//! [`Process`], its [`Builder`], [`spawn`] and [`cpu_count`]; as std's `thread/`, the rest is
+//! one file per concept: `join_handle.rs` ([`JoinHandle`]), `current.rs` (who this process is:
+//! `current_process`, `parent_process`), `children.rs` (the parent's side of each child:
+//! `active_children`), `bootstrap.rs` (the child's side of a start), `target.rs` (what a child
+//! runs), `authkey.rs`.
 
-use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,23 +12,26 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::context::{self, StartMethod};
-use crate::error::{Error, ErrorKind, JoinError, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::start;
 use crate::sys::{self, Kill};
-use crate::wire;
 
 mod authkey;
 pub(crate) mod bootstrap;
 pub(crate) mod children;
-pub(crate) mod env;
+pub(crate) mod current;
+mod join_handle;
 pub(crate) mod target;
 
 pub use authkey::AuthKey;
+pub use children::{ActiveChild, active_children};
+pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use join_handle::JoinHandle;
 pub use target::Run;
 
-use bootstrap::{ChildPlan, Outcome};
+use bootstrap::ChildPlan;
 use children::Child;
-use env::{Identity, ProcessEnv};
+use current::{Identity, ProcessEnv};
 use target::{ArgsTask, ClosureTask, RunTask, Task};
 
 /// A child process, with the surface of Python's `multiprocessing.Process`.
@@ -122,7 +127,7 @@ impl Process {
     }
 
     fn with_task(builder: Builder, label: &str, task: Box<dyn Task>) -> Process {
-        let parent = env::current();
+        let parent = current::current();
         let mut ident = parent.identity.ident.clone();
         ident.push(parent.next_child_number());
         let name = builder.name.unwrap_or_else(|| {
@@ -208,7 +213,7 @@ impl Process {
             State::Started(_) => return Err(Error::new(ErrorKind::AlreadyStarted)),
             State::Closed => return Err(Error::new(ErrorKind::Closed)),
         }
-        let parent = env::current();
+        let parent = current::current();
         if parent.identity.daemon {
             return Err(Error::new(ErrorKind::DaemonicParent));
         }
@@ -523,402 +528,6 @@ where
     T: Serialize + DeserializeOwned,
 {
     Builder::new().spawn_with_args(f, args)
-}
-
-/// An owned permission to join a child process and receive its value, as
-/// [`std::thread::JoinHandle`].
-///
-/// [`join`](JoinHandle::join) tells a panic (with its message and location) from a signal
-/// from an exit code. Dropping the handle without joining leaves the child running, like
-/// dropping a [`Process`].
-///
-/// # Examples
-/// ```
-/// use multiproc::JoinError;
-///
-/// let handle = multiproc::spawn(|| -> u8 { panic!("boom") })?;
-/// match handle.join() {
-///     Err(JoinError::Panic { message, .. }) => assert_eq!(message, "boom"),
-///     other => panic!("unexpected {other:?}"),
-/// }
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-pub struct JoinHandle<T> {
-    process: Process,
-    /// Read end of the pipe the child reports its outcome on; `None` once at end of file.
-    reader: Option<OwnedFd>,
-    received: Vec<u8>,
-    joined: bool,
-    _value: PhantomData<fn() -> T>,
-}
-
-impl<T> std::fmt::Debug for JoinHandle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinHandle")
-            .field("process", &self.process)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How long a join waits on the child's exit alone before also watching its result pipe.
-const EXIT_ONLY_SLICE: Duration = Duration::from_millis(1);
-
-/// The most a join reads from the result pipe per system call.
-const READ_CHUNK: usize = 256 * 1024;
-
-impl<T: DeserializeOwned> JoinHandle<T> {
-    fn start(mut process: Process) -> Result<Self> {
-        let (reader, writer) = sys::pipe()?;
-        sys::set_nonblocking(reader.as_fd())?;
-        process.start_with(Some(writer))?;
-        Ok(JoinHandle {
-            process,
-            reader: Some(reader),
-            received: Vec::new(),
-            joined: false,
-            _value: PhantomData,
-        })
-    }
-
-    /// Waits for the child to end and returns the value its target returned.
-    ///
-    /// # Errors
-    /// [`JoinError::Panic`], [`JoinError::Signal`] or [`JoinError::Exit`] when the child
-    /// produced no value; [`JoinError::Process`] when the value could not be decoded, or the
-    /// child could not encode it or decode its arguments.
-    pub fn join(mut self) -> Result<T, JoinError> {
-        self.wait(None)
-    }
-
-    /// Waits at most `timeout`. On [`JoinError::Timeout`] the child keeps running and the
-    /// handle can be joined again.
-    ///
-    /// Every call, a zero timeout included, first takes whatever part of the child's value is
-    /// waiting in the pipe, so a loop of short polls collects a value of any size: a child
-    /// whose value is larger than the pipe's buffer is blocked writing it until it is read.
-    /// A zero timeout never blocks: it reads what is there, checks whether the child has
-    /// ended, and returns.
-    ///
-    /// # Examples
-    /// ```
-    /// use std::time::Duration;
-    /// use multiproc::JoinError;
-    ///
-    /// let mut handle = multiproc::spawn(|| vec![7u8; 1 << 20])?;
-    /// let value = loop {
-    ///     match handle.join_timeout(Duration::ZERO) {
-    ///         Err(JoinError::Timeout) => std::thread::sleep(Duration::from_millis(1)), // other work
-    ///         done => break done?,
-    ///     }
-    /// };
-    /// assert_eq!(value.len(), 1 << 20);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`join`](JoinHandle::join), plus [`JoinError::Timeout`] and
-    /// [`JoinError::AlreadyJoined`].
-    pub fn join_timeout(&mut self, timeout: Duration) -> Result<T, JoinError> {
-        self.wait(Some(Instant::now() + timeout))
-    }
-
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<T, JoinError> {
-        if self.joined {
-            return Err(JoinError::AlreadyJoined);
-        }
-        let child = Arc::clone(self.process.child()?);
-        // Whatever the child has written so far is taken on every call, however short its
-        // deadline: a child whose value does not fit in the pipe cannot exit until it is read.
-        self.drain()?;
-        // A short child with a small value is done before this slice ends: waiting on its exit
-        // alone costs one wake-up instead of two (data, then exit), and each cross-CPU wake-up
-        // is tens of microseconds on a small VM. A value larger than the pipe buffer blocks
-        // the child until we read, so after the slice, or from the start when the deadline
-        // comes first, the pipe is watched too.
-        let first_slice = Instant::now() + EXIT_ONLY_SLICE;
-        let short_deadline = deadline.is_some_and(|d| d <= first_slice);
-        let exitcode = loop {
-            let watch_pipe = short_deadline || Instant::now() >= first_slice;
-            let slice_end = if watch_pipe {
-                deadline
-            } else {
-                Some(deadline.map_or(first_slice, |d| d.min(first_slice)))
-            };
-            let ready = match &self.reader {
-                Some(reader) if watch_pipe => {
-                    sys::wait_readable(&[child.sentinel(), reader.as_fd()], slice_end)?
-                }
-                _ => sys::wait_readable(&[child.sentinel()], slice_end)?,
-            };
-            if ready.get(1) == Some(&true) {
-                self.drain()?;
-            }
-            if ready[0] {
-                // The child is gone; what it wrote is all in the pipe now.
-                self.drain()?;
-                if let Some(code) = child.poll().map_err(Error::from)? {
-                    break code;
-                }
-            } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(JoinError::Timeout);
-            }
-        };
-        children::forget(&child);
-        self.joined = true;
-        self.reader = None;
-        match wire::decode_frame::<Outcome>(&self.received)? {
-            Some((Outcome::Returned(bytes), _)) => Ok(target::decode(&bytes)?),
-            Some((Outcome::Panicked { message, location }, _)) => {
-                Err(JoinError::Panic { message, location })
-            }
-            Some((Outcome::Unencodable(reason), _)) => {
-                Err(JoinError::Process(Error::with_message(
-                    ErrorKind::Encode,
-                    format!("child could not encode its value: {reason}"),
-                )))
-            }
-            Some((Outcome::BadArguments(reason), _)) => {
-                Err(JoinError::Process(Error::with_message(
-                    ErrorKind::Decode,
-                    format!("child could not decode its arguments: {reason}"),
-                )))
-            }
-            None if exitcode < 0 => Err(JoinError::Signal(-exitcode)),
-            None => Err(JoinError::Exit(exitcode)),
-        }
-    }
-
-    /// Moves whatever the pipe holds into `received`, without blocking.
-    fn drain(&mut self) -> Result<()> {
-        let Some(reader) = &self.reader else {
-            return Ok(());
-        };
-        loop {
-            // Once the header is in, read up to the end of the announced frame in one go.
-            let want = match wire::frame_len(&self.received)? {
-                Some(len) => (wire::HEADER + len)
-                    .saturating_sub(self.received.len())
-                    .clamp(1, READ_CHUNK),
-                None => 16 * 1024,
-            };
-            match sys::read_append(reader.as_fd(), &mut self.received, want) {
-                Ok(0) => {
-                    self.reader = None;
-                    return Ok(());
-                }
-                Ok(_) => {
-                    if let Some(len) = wire::frame_len(&self.received)?
-                        && self.received.len() > wire::HEADER + len
-                    {
-                        return Err(Error::with_message(
-                            ErrorKind::Decode,
-                            "child sent more than one result",
-                        ));
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl<T> JoinHandle<T> {
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.process
-            .pid()
-            .expect("a JoinHandle's process is always started")
-    }
-
-    /// The child's name.
-    pub fn name(&self) -> &str {
-        self.process.name()
-    }
-
-    /// Whether the child has ended (its value may still be waiting to be joined).
-    pub fn is_finished(&self) -> bool {
-        !self.process.is_alive()
-    }
-
-    /// Sends SIGTERM to the child.
-    ///
-    /// # Errors
-    /// An OS error.
-    pub fn terminate(&self) -> Result<()> {
-        self.process.terminate()
-    }
-
-    /// Sends SIGKILL to the child.
-    ///
-    /// # Errors
-    /// An OS error.
-    pub fn kill(&self) -> Result<()> {
-        self.process.kill()
-    }
-
-    /// The underlying process, for its sentinel, exit code and other attributes.
-    pub fn process(&self) -> &Process {
-        &self.process
-    }
-}
-
-/// What a process knows about itself: Python's `current_process()`.
-///
-/// # Examples
-/// ```
-/// let me = multiproc::current_process();
-/// assert_eq!(me.name(), "MainProcess");
-/// assert_eq!(me.pid(), std::process::id());
-/// let child_name = multiproc::spawn(|| multiproc::current_process().name().to_owned())?.join()?;
-/// assert!(child_name.starts_with("Process-"));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct CurrentProcess {
-    env: &'static ProcessEnv,
-}
-
-impl CurrentProcess {
-    /// `MainProcess` in the main program, the name the parent gave in a child.
-    pub fn name(&self) -> &'static str {
-        &self.env.identity.name
-    }
-
-    /// The operating system's id for this process.
-    pub fn pid(&self) -> u32 {
-        std::process::id()
-    }
-
-    /// Whether this process is daemonic.
-    pub fn daemon(&self) -> bool {
-        self.env.identity.daemon
-    }
-
-    /// This process's authkey.
-    pub fn authkey(&self) -> &'static AuthKey {
-        &self.env.identity.authkey
-    }
-
-    /// Python's `_identity`: empty for the main process, `[1]` for `Process-1`, and so on.
-    pub fn identity(&self) -> &'static [u32] {
-        &self.env.identity.ident
-    }
-}
-
-/// The calling process.
-pub fn current_process() -> CurrentProcess {
-    CurrentProcess {
-        env: env::current(),
-    }
-}
-
-/// The process that started this one, as Python's `parent_process()`.
-///
-/// # Examples
-/// ```
-/// assert!(multiproc::parent_process().is_none());
-/// let (parent_pid, alive) = multiproc::spawn(|| {
-///     let parent = multiproc::parent_process().expect("a child has a parent");
-///     (parent.pid(), parent.is_alive())
-/// })?.join()?;
-/// assert_eq!(parent_pid, std::process::id());
-/// assert!(alive);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct ParentProcess {
-    pid: sys::RawPid,
-    name: String,
-}
-
-impl ParentProcess {
-    /// The parent's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid as u32
-    }
-
-    /// The parent's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether the parent still runs: once it dies, the kernel gives this process a new parent.
-    pub fn is_alive(&self) -> bool {
-        sys::parent_pid() == self.pid
-    }
-}
-
-/// The process that started this one, or `None` in the main process.
-pub fn parent_process() -> Option<ParentProcess> {
-    let (pid, name) = env::current().identity.parent.clone()?;
-    Some(ParentProcess { pid, name })
-}
-
-/// A running child of this process, as listed by [`active_children`].
-#[derive(Debug, Clone)]
-pub struct ActiveChild {
-    child: Arc<Child>,
-}
-
-impl ActiveChild {
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.pid as u32
-    }
-
-    /// The child's name.
-    pub fn name(&self) -> &str {
-        &self.child.name
-    }
-
-    /// Whether the child is daemonic.
-    pub fn daemon(&self) -> bool {
-        self.child.daemon
-    }
-
-    /// Whether the child still runs.
-    pub fn is_alive(&self) -> bool {
-        matches!(self.child.poll(), Ok(None))
-    }
-
-    /// Sends SIGTERM to the child.
-    ///
-    /// # Errors
-    /// An OS error.
-    pub fn terminate(&self) -> Result<()> {
-        Ok(self.child.signal(Kill::Term)?)
-    }
-
-    /// Sends SIGKILL to the child.
-    ///
-    /// # Errors
-    /// An OS error.
-    pub fn kill(&self) -> Result<()> {
-        Ok(self.child.signal(Kill::Kill)?)
-    }
-}
-
-/// The children of this process that are still running, as Python's `active_children()`;
-/// finished children are reaped on the way.
-///
-/// # Examples
-/// ```
-/// use std::time::Duration;
-///
-/// let mut p = multiproc::Process::new(|| std::thread::sleep(Duration::from_secs(5)));
-/// p.start()?;
-/// assert!(multiproc::active_children().iter().any(|c| Some(c.pid()) == p.pid()));
-/// p.kill()?;
-/// p.join()?;
-/// assert!(multiproc::active_children().is_empty());
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-pub fn active_children() -> Vec<ActiveChild> {
-    children::active()
-        .into_iter()
-        .map(|child| ActiveChild { child })
-        .collect()
 }
 
 /// The number of CPUs this process may run on.

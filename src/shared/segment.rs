@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sync::owner;
 use crate::sys;
 use crate::wire;
 
@@ -110,7 +111,7 @@ impl<T: ShmSafe> Shm<T> {
         // Learn this process's identity (a read of /proc) now, while it has a descriptor to
         // spare, rather than at its first lock: a lock taken without the start time still
         // works, but guards less well against pid reuse.
-        let _ = sys::process_ident();
+        let _ = owner::process_ident();
         Ok(Shm {
             ptr,
             seg: Arc::new(seg),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap::{self, ChildPlan, Outcome, PANIC_EXIT_CODE};
-use crate::process::env::{self, Identity, ProcessEnv};
+use crate::process::current::{self, Identity, ProcessEnv};
 use crate::process::target::{Entry, Task};
 use crate::sys;
 use crate::wire;
@@ -206,7 +206,7 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
         context::force_start_method(method.parse()?);
     }
     bootstrap::install_panic_hook();
-    env::install(Box::new(ProcessEnv::new(boot.identity)));
+    current::install(Box::new(ProcessEnv::new(boot.identity)));
     let payload = boot.payload;
     // User code from here on.
     Ok(bootstrap::run_target(result, move || {

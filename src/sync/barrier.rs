@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::BrokenBarrierError;
+use super::owner;
 use super::raw::{self, BARRIER_MEMBERS, BarrierState};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shared::segment::Shm;
@@ -74,7 +75,7 @@ impl Clone for Barrier {
 
 impl Drop for Barrier {
     fn drop(&mut self) {
-        let me = sys::ident_pid(sys::process_ident());
+        let me = owner::ident_pid(owner::process_ident());
         // A panic on the way out is an abnormal end: stay a member, so that waiting parties
         // see this process die rather than wait for it.
         if self.joined.load(Ordering::Relaxed) != me || std::thread::panicking() {
@@ -85,7 +86,7 @@ impl Drop for Barrier {
         // By pid: this process's identity may have gained its start time since it registered,
         // and an entry with this pid and another start time is a dead process anyway.
         for m in &s.members[..] {
-            if sys::ident_pid(m.load(Ordering::Relaxed)) == me {
+            if owner::ident_pid(m.load(Ordering::Relaxed)) == me {
                 m.store(0, Ordering::Relaxed);
             }
         }
@@ -273,8 +274,8 @@ impl Barrier {
     /// Records this process as a party (under the internal lock), until this handle is
     /// dropped.
     fn register(&self) {
-        let me = sys::process_ident();
-        self.joined.store(sys::ident_pid(me), Ordering::Relaxed);
+        let me = owner::process_ident();
+        self.joined.store(owner::ident_pid(me), Ordering::Relaxed);
         let members = &self.state.members;
         if members.iter().any(|m| m.load(Ordering::Relaxed) == me) {
             return;
@@ -285,7 +286,7 @@ impl Barrier {
             .or_else(|| {
                 members
                     .iter()
-                    .find(|m| !sys::ident_alive(m.load(Ordering::Relaxed)))
+                    .find(|m| !owner::ident_alive(m.load(Ordering::Relaxed)))
             });
         if let Some(slot) = free {
             slot.store(me, Ordering::Relaxed);
@@ -303,7 +304,7 @@ impl Barrier {
             if id == 0 {
                 continue;
             }
-            if sys::ident_alive(id) {
+            if owner::ident_alive(id) {
                 live += 1;
             } else {
                 dead += 1;

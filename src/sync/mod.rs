@@ -19,6 +19,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
+pub(crate) mod owner;
 #[allow(unsafe_code)]
 pub(crate) mod raw;
 mod rlock;

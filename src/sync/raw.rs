@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::owner;
 use crate::shared::segment::ShmSafe;
 use crate::sys;
 
@@ -84,7 +85,7 @@ const WAITERS64: u64 = WAITERS as u64;
 /// and its start time in the high half (see [`RawLock`]).
 #[inline]
 fn owner_value() -> u64 {
-    sys::process_ident().rotate_left(32)
+    owner::process_ident().rotate_left(32)
 }
 
 /// A process-robust mutual-exclusion lock: one 64-bit word.
@@ -218,7 +219,7 @@ impl RawLock {
         // By pid alone: a process that could not read its start time when it took the lock
         // may know it now.
         (self.state.load(Ordering::Relaxed) as u32) & !WAITERS
-            == sys::ident_pid(sys::process_ident())
+            == owner::ident_pid(owner::process_ident())
     }
 
     /// Whether anyone holds the lock.
@@ -233,11 +234,11 @@ impl RawLock {
 fn owner_alive(s: u64, learnt: &mut Option<u32>) -> bool {
     let pid = (s as u32) & !WAITERS;
     let recorded = (s >> 32) as u32;
-    match sys::liveness(pid) {
-        sys::Liveness::Dead => false,
-        sys::Liveness::Alive => true,
-        sys::Liveness::Running(start) if recorded != 0 => start == recorded,
-        sys::Liveness::Running(start) => *learnt.get_or_insert(start) == start,
+    match owner::liveness(pid) {
+        owner::Liveness::Dead => false,
+        owner::Liveness::Alive => true,
+        owner::Liveness::Running(start) if recorded != 0 => start == recorded,
+        owner::Liveness::Running(start) => *learnt.get_or_insert(start) == start,
     }
 }
 
@@ -267,7 +268,7 @@ unsafe impl ShmSafe for RawLock {}
 #[derive(Debug)]
 pub(crate) struct RLockState {
     pub(crate) lock: RawLock,
-    /// `sys::thread_tag()` of the owning thread, 0 when free.
+    /// `owner::thread_tag()` of the owning thread, 0 when free.
     pub(crate) thread: AtomicU64,
     pub(crate) count: AtomicU32,
     _pad: u32,
@@ -337,7 +338,7 @@ pub(crate) struct BarrierState {
     pub(crate) parties: AtomicU32,
     /// The last generation that ended by `reset` or `abort` rather than by filling up.
     pub(crate) aborted: AtomicU32,
-    /// Identities (`sys::process_ident`) of processes that have waited on the barrier.
+    /// Identities (`owner::process_ident`) of processes that have waited on the barrier.
     pub(crate) members: [AtomicU64; BARRIER_MEMBERS],
 }
 const _: () = assert!(
@@ -357,8 +358,8 @@ mod tests {
     }
 
     fn start_time_of(pid: u32) -> u32 {
-        match sys::liveness(pid) {
-            sys::Liveness::Running(start) => start,
+        match owner::liveness(pid) {
+            owner::Liveness::Running(start) => start,
             other => panic!("process {pid} is not visibly running: {other:?}"),
         }
     }
@@ -451,9 +452,9 @@ mod tests {
         let lock: Shm<RawLock> = Shm::zeroed().unwrap();
         assert!(lock.try_lock());
         let s = lock.state.load(Ordering::Relaxed);
-        let me = sys::process_ident();
-        assert_eq!(s as u32, sys::ident_pid(me));
-        assert_eq!((s >> 32) as u32, sys::ident_start(me));
+        let me = owner::process_ident();
+        assert_eq!(s as u32, owner::ident_pid(me));
+        assert_eq!((s >> 32) as u32, owner::ident_start(me));
         assert_ne!((s >> 32) as u32, 0, "/proc is readable here");
         assert!(lock.held_by_me());
         lock.unlock();

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::owner;
 use super::raw::{self, Acquired, RLockState};
 use super::{AcquireError, OwnerDied};
 use crate::error::Result;
 use crate::shared::segment::Shm;
-use crate::sys;
 
 /// A recursive lock shared between processes: the thread that holds it may acquire it again,
 /// and it is free once every guard is dropped.
@@ -69,7 +69,7 @@ impl RLock {
 
     fn mine(&self) -> bool {
         self.state.lock.held_by_me()
-            && self.state.thread.load(Ordering::Relaxed) == sys::thread_tag()
+            && self.state.thread.load(Ordering::Relaxed) == owner::thread_tag()
     }
 
     fn enter(&self, how: Option<Acquired>) -> Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>> {
@@ -84,7 +84,7 @@ impl RLock {
                 Ok(g)
             }
             Some(how) => {
-                s.thread.store(sys::thread_tag(), Ordering::Relaxed);
+                s.thread.store(owner::thread_tag(), Ordering::Relaxed);
                 s.count.store(1, Ordering::Relaxed);
                 match how {
                     Acquired::Clean => Ok(g),

@@ -223,8 +223,6 @@ impl SiblingCloner {
                     // the child uses them after this point.
                     unsafe { libc::close(fd) };
                 }
-                // The server's identity, should it ever have computed one, is not the child's.
-                super::futex::forget_ident_in_child();
                 restore_default_signals();
                 let guard = super::linux::AbortOnUnwind;
                 let code = child();

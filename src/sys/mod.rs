@@ -50,6 +50,8 @@ compile_error!(
 );
 
 mod futex;
+mod proc;
 mod shm;
 pub(crate) use futex::*;
+pub(crate) use proc::*;
 pub(crate) use shm::*;

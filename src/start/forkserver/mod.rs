@@ -276,8 +276,12 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
             }
         };
         // In the server the closure is dropped unrun, closing its copies of the descriptors.
-        let started =
-            cloner.clone_sibling(&[sock.as_raw_fd()], move || boot::run_boot(&frame, fds));
+        let started = cloner.clone_sibling(&[sock.as_raw_fd()], move || {
+            // libc's fork handlers do not run after a raw clone: the server's identity,
+            // should it ever have computed one, is not the child's.
+            crate::sync::owner::forget_ident_in_child();
+            boot::run_boot(&frame, fds)
+        });
         let reply = match started {
             Ok(pid) => pid,
             // `clone` errors always carry an errno; EPERM stands in should one not.

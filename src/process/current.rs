@@ -1,5 +1,6 @@
-//! Who the current process is: its identity (name, daemon flag, authkey, parent) and the
-//! children it started.
+//! Who the current process is: [`current_process`] and [`parent_process`], and the state
+//! behind them (its identity: name, daemon flag, authkey, parent; and the children it
+//! started).
 //!
 //! There is one [`ProcessEnv`] per process, reached through an atomic pointer. A forked child
 //! must not touch the parent's copy (its mutex may have been held by another thread at fork
@@ -11,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::AuthKey;
 use super::children::Child;
-use crate::AuthKey;
 use crate::sys;
 
 /// What a process knows about itself, and what a child is told about itself at start.
@@ -87,4 +88,94 @@ pub(crate) fn current() -> &'static ProcessEnv {
 /// Called once, in a child, before user code runs.
 pub(crate) fn install(env: Box<ProcessEnv>) {
     CURRENT.store(Box::into_raw(env), Ordering::Release);
+}
+
+/// What a process knows about itself: Python's `current_process()`.
+///
+/// # Examples
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id());
+/// let child_name = multiproc::spawn(|| multiproc::current_process().name().to_owned())?.join()?;
+/// assert!(child_name.starts_with("Process-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CurrentProcess {
+    env: &'static ProcessEnv,
+}
+
+impl CurrentProcess {
+    /// `MainProcess` in the main program, the name the parent gave in a child.
+    pub fn name(&self) -> &'static str {
+        &self.env.identity.name
+    }
+
+    /// The operating system's id for this process.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Whether this process is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.env.identity.daemon
+    }
+
+    /// This process's authkey.
+    pub fn authkey(&self) -> &'static AuthKey {
+        &self.env.identity.authkey
+    }
+
+    /// Python's `_identity`: empty for the main process, `[1]` for `Process-1`, and so on.
+    pub fn identity(&self) -> &'static [u32] {
+        &self.env.identity.ident
+    }
+}
+
+/// The calling process.
+pub fn current_process() -> CurrentProcess {
+    CurrentProcess { env: current() }
+}
+
+/// The process that started this one, as Python's `parent_process()`.
+///
+/// # Examples
+/// ```
+/// assert!(multiproc::parent_process().is_none());
+/// let (parent_pid, alive) = multiproc::spawn(|| {
+///     let parent = multiproc::parent_process().expect("a child has a parent");
+///     (parent.pid(), parent.is_alive())
+/// })?.join()?;
+/// assert_eq!(parent_pid, std::process::id());
+/// assert!(alive);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    pid: sys::RawPid,
+    name: String,
+}
+
+impl ParentProcess {
+    /// The parent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The parent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the parent still runs: once it dies, the kernel gives this process a new parent.
+    pub fn is_alive(&self) -> bool {
+        sys::parent_pid() == self.pid
+    }
+}
+
+/// The process that started this one, or `None` in the main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    let (pid, name) = current().identity.parent.clone()?;
+    Some(ParentProcess { pid, name })
 }
