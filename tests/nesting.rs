@@ -76,8 +76,6 @@ fn send_nests(conn: Connection) {
         conn.send(&Nest::Deep(MAX_DECODE_DEPTH)).unwrap();
         conn.send(&Nest::Leaf).unwrap();
     }
-    // Wait for the receiver to hang up (a forked child also holds the receiving end).
-    let _ = conn.recv_timeout::<u8>(WAIT);
 }
 
 /// Receives what [`send_nests`] sends, on each stack of [`STACKS`].
