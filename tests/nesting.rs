@@ -173,4 +173,12 @@ start_method_matrix! {
         drop(conn);
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
     }
+
+    #[test]
+    fn a_deep_result_from_a_child_is_a_decode_error() {
+        let _r = Reaper::new();
+        let child = multiproc::spawn_with_args(|levels: usize| Nest::Deep(levels), HOSTILE).unwrap();
+        let e = on_stack(256 << 10, move || child.join().unwrap_err());
+        assert_nesting_error(&e.to_string());
+    }
 }
