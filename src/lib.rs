@@ -132,8 +132,8 @@ mod sys;
 mod wire;
 
 pub use connection::{
-    Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_HANDSHAKE_MESSAGE,
-    Waitable, client, client_with_authkey, pipe, wait,
+    Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_DECODE_DEPTH,
+    MAX_HANDSHAKE_MESSAGE, Waitable, client, client_with_authkey, pipe, wait,
 };
 pub use context::forkserver_pid;
 pub use context::{

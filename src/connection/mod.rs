@@ -6,7 +6,8 @@
 //! length and that many bytes, padded with zeros to at least 64 bytes so that a receive can
 //! take a small message in one `read` without touching the next. [`Connection::send`] and [`Connection::recv`] put any serde
 //! value in a frame (postcard encoding; decoding only builds plain data and never runs code
-//! from the bytes, unlike Python's pickle); [`send_bytes`](Connection::send_bytes) and
+//! from the bytes, unlike Python's pickle, and stops with an error past
+//! [`MAX_DECODE_DEPTH`] levels of nesting); [`send_bytes`](Connection::send_bytes) and
 //! [`recv_bytes`](Connection::recv_bytes) carry raw bytes.
 //!
 //! A receive reads exactly one message (its header, then its payload) and never bytes of the
@@ -37,6 +38,8 @@ pub use listener::{
     client_with_authkey,
 };
 pub use wait::{Waitable, wait};
+
+pub use crate::wire::MAX_DECODE_DEPTH;
 
 /// Every frame on a connection is at least this long (short ones are padded with zeros), so
 /// a receive can read this many bytes at once without touching the next message: a small

@@ -31,9 +31,7 @@ pub(crate) fn encode_chunk<T: Serialize + 'static>(values: &[T]) -> Result<Vec<u
 /// Decodes a chunk made by [`encode_chunk`] for the same `T`.
 pub(crate) fn decode_chunk<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<T>> {
     match bytes.split_first() {
-        Some((&POSTCARD, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| Error::with_source(ErrorKind::Decode, e))
-        }
+        Some((&POSTCARD, rest)) => crate::wire::from_bytes(rest),
         Some((&RAW, rest)) => raw_decode(rest).unwrap_or_else(|| {
             Err(Error::with_message(
                 ErrorKind::Decode,

@@ -81,7 +81,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::with_source(ErrorKind::Decode, e))
+    crate::wire::from_bytes(bytes)
 }
 
 /// Whether a target of type `F` can be made afresh in another process: it is zero-sized (a

@@ -41,8 +41,10 @@ pub(crate) use shm_queue::*;
 
 mod poll;
 mod signal;
+mod stack;
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
+pub(crate) use stack::stack_bounds;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -1,0 +1,54 @@
+//! Where the calling thread's stack ends, so that recursive decoding can stop with an error
+//! before it overflows a small stack.
+//!
+//! # Safety
+//! `pthread_getattr_np` fills an attribute object that lives in this frame; two integers are
+//! read out of it and it is destroyed before returning.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// This thread's stack as `(lowest, highest)` address, looked up on first use;
+    /// `(0, 0)` when the OS could not tell.
+    static BOUNDS: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
+/// The calling thread's stack as `(lowest, highest)` address, or `None` if unknown. Looked up
+/// once per thread (for the main thread glibc reads `/proc/self/maps`).
+///
+/// # References
+/// pthread_getattr_np(3), pthread_attr_getstack(3).
+pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
+    let bounds = BOUNDS.with(|b| match b.get() {
+        Some(known) => known,
+        None => {
+            let found = query().unwrap_or((0, 0));
+            b.set(Some(found));
+            found
+        }
+    });
+    (bounds.1 > bounds.0).then_some(bounds)
+}
+
+fn query() -> Option<(usize, usize)> {
+    // SAFETY: an all-zero `pthread_attr_t` is a valid argument for `pthread_getattr_np`, which
+    // initialises it; it is destroyed below on the success path only (on failure it was not
+    // initialised).
+    let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pthread_self()` is the calling thread, and `attr` is writable and lives across
+    // the call.
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
+        return None;
+    }
+    let mut addr: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: `attr` was initialised by `pthread_getattr_np`; the out-pointers are valid
+    // locals. `pthread_attr_destroy` is called once, on that initialised object.
+    let ok = unsafe {
+        let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
+    };
+    let low = addr as usize;
+    (ok && low != 0).then(|| (low, low.saturating_add(size)))
+}
