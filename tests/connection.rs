@@ -395,6 +395,138 @@ fn a_silent_or_garbage_peer_cannot_wedge_accept() {
     p.join_timeout(WAIT).unwrap();
 }
 
+/// A plain socket connected to a listener that speaks no protocol unless told to.
+enum RawPeer {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl RawPeer {
+    fn connect(address: &Address) -> RawPeer {
+        match address {
+            Address::Unix(path) => {
+                RawPeer::Unix(std::os::unix::net::UnixStream::connect(path).unwrap())
+            }
+            Address::Tcp(addr) => RawPeer::Tcp(std::net::TcpStream::connect(addr).unwrap()),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        match self {
+            RawPeer::Unix(s) => s.write_all(bytes).unwrap(),
+            RawPeer::Tcp(s) => s.write_all(bytes).unwrap(),
+        }
+    }
+
+    /// Everything the listener sent until it closed, or `None` if it did not close in time.
+    fn read_until_closed(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut got = Vec::new();
+        let result = match self {
+            RawPeer::Unix(s) => {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                s.read_to_end(&mut got)
+            }
+            RawPeer::Tcp(s) => {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                s.read_to_end(&mut got)
+            }
+        };
+        result.ok().map(|_| got)
+    }
+}
+
+/// Fifty peers that connect and never speak, and a few that send garbage, all ahead of a
+/// good client in the listener's queue: the good client is accepted at once, and the silent
+/// ones are dropped (closed, not leaked) when their own handshake timeout passes.
+fn silent_and_garbage_peers_do_not_hold_up_a_good_client(address: Address) {
+    const SILENT: usize = 50;
+    const GARBAGE: usize = 3;
+    let key = AuthKey::from(b"k".to_vec());
+    let listener = Listener::bind_with_authkey(address, Some(key.clone())).unwrap();
+    let address = listener.address().clone();
+    let fds_before = common::open_fds().len();
+
+    let connected = Instant::now();
+    let mut silent: Vec<RawPeer> = (0..SILENT).map(|_| RawPeer::connect(&address)).collect();
+    let mut garbage: Vec<RawPeer> = (0..GARBAGE).map(|_| RawPeer::connect(&address)).collect();
+    // A header claiming a gigabyte, then bytes that are no message at all.
+    for g in &mut garbage {
+        g.write_all(&(1u32 << 30).to_le_bytes());
+        g.write_all(&[0xff; 100]);
+    }
+
+    let started = Instant::now();
+    let good = std::thread::spawn(move || {
+        let conn = client_with_authkey(&address, Some(&key))?;
+        conn.send(&"hello").unwrap();
+        Ok::<_, ConnectError>(conn)
+    });
+    let mut protocol_errors = 0;
+    let conn = loop {
+        match listener.accept() {
+            Ok(conn) => break conn,
+            Err(ConnectError::Protocol(_)) if protocol_errors < GARBAGE => protocol_errors += 1,
+            Err(e) => panic!("accept failed while a good client waited: {e:?}"),
+        }
+    };
+    let waited = started.elapsed();
+    assert_eq!(conn.recv_timeout::<String>(WAIT).unwrap(), "hello");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the good client waited {waited:?} behind silent peers"
+    );
+    let client_end = good.join().unwrap().expect("the good client is accepted");
+
+    // The rest: the garbage peers' errors, then one timeout per silent peer, no earlier than
+    // its own handshake timeout.
+    let mut timeouts = 0;
+    while protocol_errors < GARBAGE || timeouts < SILENT {
+        match listener.accept() {
+            Err(ConnectError::Protocol(_)) if protocol_errors < GARBAGE => protocol_errors += 1,
+            Err(ConnectError::Timeout) => {
+                assert!(
+                    connected.elapsed() >= multiproc::HANDSHAKE_TIMEOUT,
+                    "a silent peer was dropped before its timeout"
+                );
+                timeouts += 1;
+            }
+            other => panic!("unexpected accept result: {other:?}"),
+        }
+        assert!(
+            connected.elapsed() < multiproc::HANDSHAKE_TIMEOUT + WAIT,
+            "silent peers were not dropped in time"
+        );
+    }
+
+    // Each silent peer got the challenge, then the listener closed its socket.
+    for peer in &mut silent {
+        let sent = peer
+            .read_until_closed(WAIT)
+            .expect("the listener closes a silent peer's socket");
+        assert!(sent[4..].starts_with(b"#CHALLENGE#"), "{sent:?}");
+    }
+    drop((conn, client_end, silent, garbage));
+    assert_eq!(
+        common::open_fds().len(),
+        fds_before,
+        "the listener leaked descriptors of dropped peers"
+    );
+}
+
+#[test]
+fn silent_peers_do_not_hold_up_a_good_client_over_unix_socket() {
+    silent_and_garbage_peers_do_not_hold_up_a_good_client(unix_address("silent"));
+}
+
+#[test]
+fn silent_peers_do_not_hold_up_a_good_client_over_tcp() {
+    silent_and_garbage_peers_do_not_hold_up_a_good_client(Address::Tcp(
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
