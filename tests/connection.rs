@@ -527,6 +527,124 @@ fn silent_peers_do_not_hold_up_a_good_client_over_tcp() {
     ));
 }
 
+/// A client without a key, against a listener with one, is told so by its first receive,
+/// whichever receive it uses, also when it sent first; the listener refuses it at once.
+#[test]
+fn a_keyless_client_learns_at_its_first_receive_that_the_listener_wants_a_key() {
+    const KINDS: [&str; 6] = [
+        "recv",
+        "recv_timeout",
+        "recv_bytes",
+        "recv_bytes_max",
+        "recv_bytes_into",
+        "send, then recv",
+    ];
+    let listener =
+        Listener::bind_with_authkey(unix_address("needkey"), Some(AuthKey::from(b"k".to_vec())))
+            .unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        KINDS.map(|kind| {
+            let conn = client_with_authkey(&address, None).expect("connecting without a key");
+            let result = match kind {
+                "recv" => conn.recv::<String>().map(drop),
+                "recv_timeout" => conn.recv_timeout::<u64>(WAIT).map(drop),
+                "recv_bytes" => conn.recv_bytes().map(drop),
+                "recv_bytes_max" => conn.recv_bytes_max(1024).map(drop),
+                "recv_bytes_into" => conn.recv_bytes_into(&mut [0u8; 1024]).map(drop),
+                _ => {
+                    conn.send(&"hello").unwrap();
+                    conn.recv::<String>().map(drop)
+                }
+            };
+            (kind, result)
+        })
+    });
+    for _ in KINDS {
+        let started = Instant::now();
+        let err = listener.accept().unwrap_err();
+        assert!(matches!(err, ConnectError::Protocol(_)), "{err:?}");
+        assert!(started.elapsed() < WAIT);
+    }
+    for (kind, result) in client.join().unwrap() {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, RecvError::AuthenticationRequired),
+            "{kind}: {err:?}"
+        );
+        assert!(err.to_string().contains("authkey"), "{kind}: {err}");
+    }
+}
+
+/// Without keys on either side, nothing is checked and every first message arrives, even
+/// one that looks like a challenge when it is not the first.
+#[test]
+fn keyless_listener_and_client_talk_freely() {
+    let listener = Listener::bind_with_authkey(unix_address("keyless"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let conn = client_with_authkey(&address, None).unwrap();
+        let first = conn.recv_bytes().unwrap();
+        let second = conn.recv_bytes().unwrap();
+        conn.send(&"thanks").unwrap();
+        (first, second)
+    });
+    let conn = listener.accept().unwrap();
+    conn.send_bytes(b"hello").unwrap();
+    conn.send_bytes(b"#CHALLENGE#{sha256}").unwrap();
+    assert_eq!(conn.recv_timeout::<String>(WAIT).unwrap(), "thanks");
+    let (first, second) = client.join().unwrap();
+    assert_eq!(first, b"hello");
+    assert_eq!(second, b"#CHALLENGE#{sha256}");
+}
+
+/// A client with a key, against a listener without one that speaks first, is refused at
+/// connect with an error naming the cause.
+#[test]
+fn a_client_with_a_key_is_refused_by_a_keyless_listener_that_speaks_first() {
+    let listener = Listener::bind_with_authkey(unix_address("nokey"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = client_with_authkey(&address, Some(&AuthKey::from(b"k".to_vec())));
+        (result.map(drop), started.elapsed())
+    });
+    let conn = listener.accept().unwrap();
+    conn.send(&"welcome").unwrap();
+    let (result, took) = client.join().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, ConnectError::NoChallenge), "{err:?}");
+    assert!(err.to_string().contains("authkey"), "{err}");
+    assert!(took < WAIT, "took {took:?}");
+}
+
+/// ... and against one that waits for the client to speak first, it gives up after the
+/// handshake timeout with an error that names the likely cause.
+#[test]
+fn a_client_with_a_key_times_out_clearly_against_a_keyless_listener_that_waits() {
+    let listener = Listener::bind_with_authkey(unix_address("nokey-waits"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = client_with_authkey(&address, Some(&AuthKey::from(b"k".to_vec())));
+        (result.map(drop), started.elapsed())
+    });
+    let conn = listener.accept().unwrap();
+    // The client hangs up when it gives up.
+    let gone = conn.recv_timeout::<String>(multiproc::HANDSHAKE_TIMEOUT + WAIT);
+    assert!(matches!(gone, Err(RecvError::Disconnected)), "{gone:?}");
+    let (result, took) = client.join().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, ConnectError::Timeout), "{err:?}");
+    assert!(err.to_string().contains("authkey"), "{err}");
+    assert!(took >= multiproc::HANDSHAKE_TIMEOUT, "took {took:?}");
+}
+
+fn first_receive_wants_a_key(conn: multiproc::Connection) {
+    let err = conn.recv::<String>().unwrap_err();
+    assert!(matches!(err, RecvError::AuthenticationRequired), "{err:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
@@ -658,5 +776,22 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
         // The child is gone: end of file.
         assert!(matches!(a.recv_timeout::<u32>(WAIT), Err(RecvError::Disconnected)));
+    }
+
+    /// A keyless client's connection, passed to a child before its first receive, still
+    /// recognises the listener's challenge there.
+    #[test]
+    fn a_keyless_client_connection_passed_to_a_child_still_checks_the_first_message() {
+        let _r = common::Reaper::new();
+        let listener = Listener::bind_with_authkey(
+            unix_address(&format!("needkey-child-{}", module_path!().replace("::", "-"))),
+            Some(AuthKey::from(b"k".to_vec())),
+        )
+        .unwrap();
+        let conn = client_with_authkey(listener.address(), None).unwrap();
+        let mut p = Process::with_args(first_receive_wants_a_key, conn);
+        p.start().unwrap();
+        assert!(listener.accept().is_err());
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
     }
 }
