@@ -6,9 +6,11 @@
 //! the connecting side answers with their HMAC-SHA256 under the key, and the accepting side
 //! compares in constant time; then the roles swap. The key itself never travels, and a peer
 //! with the wrong key learns only that it was refused. Every handshake message is at most
-//! [`MAX_HANDSHAKE_MESSAGE`] bytes and the whole exchange must finish within
-//! [`HANDSHAKE_TIMEOUT`], so a silent or hostile peer cannot block `accept` for long or make
-//! it allocate.
+//! [`MAX_HANDSHAKE_MESSAGE`] bytes and each peer's exchange must finish within
+//! [`HANDSHAKE_TIMEOUT`]. `accept` runs the handshakes of all connecting peers side by side
+//! (up to 128 at once), so a silent or hostile peer cannot make it allocate, and delays no
+//! other peer: only a flood of more than 128 such peers makes the next wait, at most
+//! `HANDSHAKE_TIMEOUT`, for a slot.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -219,6 +221,9 @@ impl Socket {
     }
 
     /// Takes one waiting peer without blocking; `None` when there is none.
+    ///
+    /// The peer's socket blocks: on Linux an accepted socket does not inherit the listening
+    /// socket's `O_NONBLOCK`.
     fn try_accept(&self) -> io::Result<Option<OwnedFd>> {
         let accepted = match self {
             Socket::Unix(l) => l.accept().map(|(s, _)| OwnedFd::from(s)),
@@ -509,6 +514,11 @@ impl Handshake {
                         // The other side hangs up after refusing; it may not wait for us to
                         // read its verdict.
                         Step::AwaitVerdict => ConnectError::Refused,
+                        Step::AwaitAnswer(_) => ConnectError::Protocol(
+                            "the peer closed the connection without answering the \
+                             authentication challenge (did it connect without an authkey?)"
+                                .into(),
+                        ),
                         _ => ConnectError::Protocol(
                             "the peer closed the connection during the handshake".into(),
                         ),
