@@ -269,18 +269,20 @@ impl Listener {
                 (Socket::Tcp(l), Address::Tcp(local))
             }
         };
-        // `accept` polls the socket beside the handshakes under way, and takes peers only
-        // when one is waiting.
-        match &socket {
-            Socket::Unix(l) => l.set_nonblocking(true)?,
-            Socket::Tcp(l) => l.set_nonblocking(true)?,
-        }
-        Ok(Listener {
+        // Built first, so that an error below still removes the socket file.
+        let listener = Listener {
             socket,
             address,
             authkey,
             backlog: Mutex::new(Backlog::default()),
-        })
+        };
+        // `accept` polls the socket beside the handshakes under way, and takes peers only
+        // when one is waiting.
+        match &listener.socket {
+            Socket::Unix(l) => l.set_nonblocking(true)?,
+            Socket::Tcp(l) => l.set_nonblocking(true)?,
+        }
+        Ok(listener)
     }
 
     /// The address peers connect to (with the actual port, if port 0 was asked for).
