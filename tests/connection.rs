@@ -395,6 +395,256 @@ fn a_silent_or_garbage_peer_cannot_wedge_accept() {
     p.join_timeout(WAIT).unwrap();
 }
 
+/// A plain socket connected to a listener that speaks no protocol unless told to.
+enum RawPeer {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl RawPeer {
+    fn connect(address: &Address) -> RawPeer {
+        match address {
+            Address::Unix(path) => {
+                RawPeer::Unix(std::os::unix::net::UnixStream::connect(path).unwrap())
+            }
+            Address::Tcp(addr) => RawPeer::Tcp(std::net::TcpStream::connect(addr).unwrap()),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        match self {
+            RawPeer::Unix(s) => s.write_all(bytes).unwrap(),
+            RawPeer::Tcp(s) => s.write_all(bytes).unwrap(),
+        }
+    }
+
+    /// Everything the listener sent until it closed, or `None` if it did not close in time.
+    fn read_until_closed(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut got = Vec::new();
+        let result = match self {
+            RawPeer::Unix(s) => {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                s.read_to_end(&mut got)
+            }
+            RawPeer::Tcp(s) => {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                s.read_to_end(&mut got)
+            }
+        };
+        result.ok().map(|_| got)
+    }
+}
+
+/// Fifty peers that connect and never speak, and a few that send garbage, all ahead of a
+/// good client in the listener's queue: the good client is accepted at once, and the silent
+/// ones are dropped (closed, not leaked) when their own handshake timeout passes.
+fn silent_and_garbage_peers_do_not_hold_up_a_good_client(address: Address) {
+    const SILENT: usize = 50;
+    const GARBAGE: usize = 3;
+    let key = AuthKey::from(b"k".to_vec());
+    let listener = Listener::bind_with_authkey(address, Some(key.clone())).unwrap();
+    let address = listener.address().clone();
+    let fds_before = common::open_fds().len();
+
+    let connected = Instant::now();
+    let mut silent: Vec<RawPeer> = (0..SILENT).map(|_| RawPeer::connect(&address)).collect();
+    let mut garbage: Vec<RawPeer> = (0..GARBAGE).map(|_| RawPeer::connect(&address)).collect();
+    // A header claiming a gigabyte, then bytes that are no message at all.
+    for g in &mut garbage {
+        g.write_all(&(1u32 << 30).to_le_bytes());
+        g.write_all(&[0xff; 100]);
+    }
+
+    let started = Instant::now();
+    let good = std::thread::spawn(move || {
+        let conn = client_with_authkey(&address, Some(&key))?;
+        conn.send(&"hello").unwrap();
+        Ok::<_, ConnectError>(conn)
+    });
+    let mut protocol_errors = 0;
+    let conn = loop {
+        match listener.accept() {
+            Ok(conn) => break conn,
+            Err(ConnectError::Protocol(_)) if protocol_errors < GARBAGE => protocol_errors += 1,
+            Err(e) => panic!("accept failed while a good client waited: {e:?}"),
+        }
+    };
+    let waited = started.elapsed();
+    assert_eq!(conn.recv_timeout::<String>(WAIT).unwrap(), "hello");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the good client waited {waited:?} behind silent peers"
+    );
+    let client_end = good.join().unwrap().expect("the good client is accepted");
+
+    // The rest: the garbage peers' errors, then one timeout per silent peer, no earlier than
+    // its own handshake timeout.
+    let mut timeouts = 0;
+    while protocol_errors < GARBAGE || timeouts < SILENT {
+        match listener.accept() {
+            Err(ConnectError::Protocol(_)) if protocol_errors < GARBAGE => protocol_errors += 1,
+            Err(ConnectError::Timeout) => {
+                assert!(
+                    connected.elapsed() >= multiproc::HANDSHAKE_TIMEOUT,
+                    "a silent peer was dropped before its timeout"
+                );
+                timeouts += 1;
+            }
+            other => panic!("unexpected accept result: {other:?}"),
+        }
+        assert!(
+            connected.elapsed() < multiproc::HANDSHAKE_TIMEOUT + WAIT,
+            "silent peers were not dropped in time"
+        );
+    }
+
+    // Each silent peer got the challenge, then the listener closed its socket.
+    for peer in &mut silent {
+        let sent = peer
+            .read_until_closed(WAIT)
+            .expect("the listener closes a silent peer's socket");
+        assert!(sent[4..].starts_with(b"#CHALLENGE#"), "{sent:?}");
+    }
+    drop((conn, client_end, silent, garbage));
+    assert_eq!(
+        common::open_fds().len(),
+        fds_before,
+        "the listener leaked descriptors of dropped peers"
+    );
+}
+
+#[test]
+fn silent_peers_do_not_hold_up_a_good_client_over_unix_socket() {
+    silent_and_garbage_peers_do_not_hold_up_a_good_client(unix_address("silent"));
+}
+
+#[test]
+fn silent_peers_do_not_hold_up_a_good_client_over_tcp() {
+    silent_and_garbage_peers_do_not_hold_up_a_good_client(Address::Tcp(
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+}
+
+/// A client without a key, against a listener with one, is told so by its first receive,
+/// whichever receive it uses, also when it sent first; the listener refuses it at once.
+#[test]
+fn a_keyless_client_learns_at_its_first_receive_that_the_listener_wants_a_key() {
+    const KINDS: [&str; 6] = [
+        "recv",
+        "recv_timeout",
+        "recv_bytes",
+        "recv_bytes_max",
+        "recv_bytes_into",
+        "send, then recv",
+    ];
+    let listener =
+        Listener::bind_with_authkey(unix_address("needkey"), Some(AuthKey::from(b"k".to_vec())))
+            .unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        KINDS.map(|kind| {
+            let conn = client_with_authkey(&address, None).expect("connecting without a key");
+            let result = match kind {
+                "recv" => conn.recv::<String>().map(drop),
+                "recv_timeout" => conn.recv_timeout::<u64>(WAIT).map(drop),
+                "recv_bytes" => conn.recv_bytes().map(drop),
+                "recv_bytes_max" => conn.recv_bytes_max(1024).map(drop),
+                "recv_bytes_into" => conn.recv_bytes_into(&mut [0u8; 1024]).map(drop),
+                _ => {
+                    conn.send(&"hello").unwrap();
+                    conn.recv::<String>().map(drop)
+                }
+            };
+            (kind, result)
+        })
+    });
+    for _ in KINDS {
+        let started = Instant::now();
+        let err = listener.accept().unwrap_err();
+        assert!(matches!(err, ConnectError::Protocol(_)), "{err:?}");
+        assert!(started.elapsed() < WAIT);
+    }
+    for (kind, result) in client.join().unwrap() {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, RecvError::AuthenticationRequired),
+            "{kind}: {err:?}"
+        );
+        assert!(err.to_string().contains("authkey"), "{kind}: {err}");
+    }
+}
+
+/// Without keys on either side, nothing is checked and every first message arrives, even
+/// one that looks like a challenge when it is not the first.
+#[test]
+fn keyless_listener_and_client_talk_freely() {
+    let listener = Listener::bind_with_authkey(unix_address("keyless"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let conn = client_with_authkey(&address, None).unwrap();
+        let first = conn.recv_bytes().unwrap();
+        let second = conn.recv_bytes().unwrap();
+        conn.send(&"thanks").unwrap();
+        (first, second)
+    });
+    let conn = listener.accept().unwrap();
+    conn.send_bytes(b"hello").unwrap();
+    conn.send_bytes(b"#CHALLENGE#{sha256}").unwrap();
+    assert_eq!(conn.recv_timeout::<String>(WAIT).unwrap(), "thanks");
+    let (first, second) = client.join().unwrap();
+    assert_eq!(first, b"hello");
+    assert_eq!(second, b"#CHALLENGE#{sha256}");
+}
+
+/// A client with a key, against a listener without one that speaks first, is refused at
+/// connect with an error naming the cause.
+#[test]
+fn a_client_with_a_key_is_refused_by_a_keyless_listener_that_speaks_first() {
+    let listener = Listener::bind_with_authkey(unix_address("nokey"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = client_with_authkey(&address, Some(&AuthKey::from(b"k".to_vec())));
+        (result.map(drop), started.elapsed())
+    });
+    let conn = listener.accept().unwrap();
+    conn.send(&"welcome").unwrap();
+    let (result, took) = client.join().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, ConnectError::NoChallenge), "{err:?}");
+    assert!(err.to_string().contains("authkey"), "{err}");
+    assert!(took < WAIT, "took {took:?}");
+}
+
+/// ... and against one that waits for the client to speak first, it gives up after the
+/// handshake timeout with an error that names the likely cause.
+#[test]
+fn a_client_with_a_key_times_out_clearly_against_a_keyless_listener_that_waits() {
+    let listener = Listener::bind_with_authkey(unix_address("nokey-waits"), None).unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = client_with_authkey(&address, Some(&AuthKey::from(b"k".to_vec())));
+        (result.map(drop), started.elapsed())
+    });
+    let conn = listener.accept().unwrap();
+    // The client hangs up when it gives up.
+    let gone = conn.recv_timeout::<String>(multiproc::HANDSHAKE_TIMEOUT + WAIT);
+    assert!(matches!(gone, Err(RecvError::Disconnected)), "{gone:?}");
+    let (result, took) = client.join().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, ConnectError::Timeout), "{err:?}");
+    assert!(err.to_string().contains("authkey"), "{err}");
+    assert!(took >= multiproc::HANDSHAKE_TIMEOUT, "took {took:?}");
+}
+
+fn first_receive_wants_a_key(conn: multiproc::Connection) {
+    let err = conn.recv::<String>().unwrap_err();
+    assert!(matches!(err, RecvError::AuthenticationRequired), "{err:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
@@ -526,5 +776,22 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
         // The child is gone: end of file.
         assert!(matches!(a.recv_timeout::<u32>(WAIT), Err(RecvError::Disconnected)));
+    }
+
+    /// A keyless client's connection, passed to a child before its first receive, still
+    /// recognises the listener's challenge there.
+    #[test]
+    fn a_keyless_client_connection_passed_to_a_child_still_checks_the_first_message() {
+        let _r = common::Reaper::new();
+        let listener = Listener::bind_with_authkey(
+            unix_address(&format!("needkey-child-{}", module_path!().replace("::", "-"))),
+            Some(AuthKey::from(b"k".to_vec())),
+        )
+        .unwrap();
+        let conn = client_with_authkey(listener.address(), None).unwrap();
+        let mut p = Process::with_args(first_receive_wants_a_key, conn);
+        p.start().unwrap();
+        assert!(listener.accept().is_err());
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
     }
 }

@@ -6,24 +6,30 @@
 //! the connecting side answers with their HMAC-SHA256 under the key, and the accepting side
 //! compares in constant time; then the roles swap. The key itself never travels, and a peer
 //! with the wrong key learns only that it was refused. Every handshake message is at most
-//! [`MAX_HANDSHAKE_MESSAGE`] bytes and the whole exchange must finish within
-//! [`HANDSHAKE_TIMEOUT`], so a silent or hostile peer cannot block `accept` for long or make
-//! it allocate.
+//! [`MAX_HANDSHAKE_MESSAGE`] bytes and each peer's exchange must finish within
+//! [`HANDSHAKE_TIMEOUT`]. `accept` runs the handshakes of all connecting peers side by side
+//! (up to 128 at once), so a silent or hostile peer cannot make it allocate, and delays no
+//! other peer: only a flood of more than 128 such peers makes the next wait, at most
+//! `HANDSHAKE_TIMEOUT`, for a slot.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::Connection;
+use super::{Connection, MIN_FRAME};
 use crate::error::{RecvError, SendError};
-use crate::{AuthKey, current_process, sys};
+use crate::sys::{self, Interest};
+use crate::wire::{self, HEADER};
+use crate::{AuthKey, current_process};
 
 /// The longest a handshake may take before it fails with [`ConnectError::Timeout`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,9 +100,20 @@ pub enum ConnectError {
     /// The peer did not follow the handshake (garbage, an oversized message, or it closed).
     #[error("authentication failed: {0}")]
     Protocol(String),
-    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
-    #[error("authentication timed out")]
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. Also what a client with a
+    /// key gets from a listener without one that waits for the client to speak first.
+    #[error(
+        "authentication timed out: the peer did not finish the handshake in time \
+         (does it use an authkey too?)"
+    )]
     Timeout,
+    /// A client with a key connected to a listener without one: the listener sent a message
+    /// of its own where the authentication challenge should have been.
+    #[error(
+        "authentication failed: the listener sent no challenge, so it does not use an authkey \
+         (connect without one, or give the listener one)"
+    )]
+    NoChallenge,
     /// Connecting, accepting or the socket's I/O failed.
     #[error("connection failed")]
     Io(#[from] io::Error),
@@ -127,6 +144,12 @@ impl From<RecvError> for ConnectError {
 /// ([`current_process().authkey()`](crate::CurrentProcess::authkey)), which children
 /// inherit. A Unix socket's file is removed when the listener is dropped.
 ///
+/// Handshakes with different peers run side by side, each within its own
+/// [`HANDSHAKE_TIMEOUT`], so a peer that connects and then says nothing (or speaks slowly)
+/// does not delay the others: [`accept`](Listener::accept) returns whichever handshake
+/// finishes first. Up to 128 peers are handled at once; further peers wait in the kernel's
+/// queue until one of those finishes, fails or times out.
+///
 /// # Examples
 /// ```
 /// use multiproc::{AuthKey, Listener, client_with_authkey};
@@ -155,11 +178,66 @@ pub struct Listener {
     socket: Socket,
     address: Address,
     authkey: Option<AuthKey>,
+    backlog: Mutex<Backlog>,
 }
+
+/// Peers taken from the socket and not yet handed out by `accept`.
+#[derive(Default)]
+struct Backlog {
+    /// Handshakes under way, each with its own deadline.
+    handshakes: Vec<Handshake>,
+    /// Finished handshakes, in the order they finished.
+    done: VecDeque<Result<Connection, ConnectError>>,
+}
+
+impl Backlog {
+    /// The next result to hand out: a connection before any error, so that a burst of bad
+    /// peers does not keep a good one waiting.
+    fn take(&mut self) -> Option<Result<Connection, ConnectError>> {
+        let i = self.done.iter().position(Result::is_ok).unwrap_or(0);
+        self.done.remove(i)
+    }
+
+    fn has_room(&self) -> bool {
+        self.handshakes.len() + self.done.len() < MAX_PENDING
+    }
+}
+
+/// How many peers may be handshaking (or handshaken and not yet accepted) at once; each holds
+/// a descriptor, so this stays well below the usual limit of 1024 open files.
+const MAX_PENDING: usize = 128;
 
 enum Socket {
     Unix(UnixListener),
     Tcp(TcpListener),
+}
+
+impl Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Unix(l) => l.as_fd(),
+            Socket::Tcp(l) => l.as_fd(),
+        }
+    }
+
+    /// Takes one waiting peer without blocking; `None` when there is none.
+    ///
+    /// The peer's socket blocks: on Linux an accepted socket does not inherit the listening
+    /// socket's `O_NONBLOCK`.
+    fn try_accept(&self) -> io::Result<Option<OwnedFd>> {
+        let accepted = match self {
+            Socket::Unix(l) => l.accept().map(|(s, _)| OwnedFd::from(s)),
+            Socket::Tcp(l) => l.accept().and_then(|(s, _)| {
+                s.set_nodelay(true)?;
+                Ok(OwnedFd::from(s))
+            }),
+        };
+        match accepted {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Listener {
@@ -191,11 +269,20 @@ impl Listener {
                 (Socket::Tcp(l), Address::Tcp(local))
             }
         };
-        Ok(Listener {
+        // Built first, so that an error below still removes the socket file.
+        let listener = Listener {
             socket,
             address,
             authkey,
-        })
+            backlog: Mutex::new(Backlog::default()),
+        };
+        // `accept` polls the socket beside the handshakes under way, and takes peers only
+        // when one is waiting.
+        match &listener.socket {
+            Socket::Unix(l) => l.set_nonblocking(true)?,
+            Socket::Tcp(l) => l.set_nonblocking(true)?,
+        }
+        Ok(listener)
     }
 
     /// The address peers connect to (with the actual port, if port 0 was asked for).
@@ -203,28 +290,252 @@ impl Listener {
         &self.address
     }
 
-    /// Waits for a peer, runs the handshake, and returns the connection to it.
+    /// Waits for a peer to finish its handshake, and returns the connection to it.
+    ///
+    /// While waiting, this takes every peer that connects and runs all their handshakes at
+    /// once, each bounded by its own [`HANDSHAKE_TIMEOUT`]; it returns the first to finish.
+    /// A handshake that fails is reported by one call, as an error; the others carry on, and
+    /// the next call picks them up. Handshakes progress only during calls to `accept` (peers
+    /// still handshaking when the listener is dropped are disconnected). Calls from several
+    /// threads take turns.
     ///
     /// # Errors
     /// [`ConnectError::Refused`] when the peer's key differs (the listener stays usable),
     /// [`ConnectError::Protocol`] or [`ConnectError::Timeout`] for a peer that does not
     /// follow the handshake, [`ConnectError::Io`] when accepting fails.
     pub fn accept(&self) -> Result<Connection, ConnectError> {
-        let fd: OwnedFd = match &self.socket {
-            Socket::Unix(l) => l.accept()?.0.into(),
-            Socket::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nodelay(true)?;
-                s.into()
+        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(result) = backlog.take() {
+                return result;
             }
-        };
-        let conn = socket_connection(fd)?;
-        if let Some(key) = &self.authkey {
-            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-            deliver_challenge(&conn, key, deadline)?;
-            answer_challenge(&conn, key, deadline)?;
+            let take_peers = backlog.has_room();
+            let ready = {
+                let mut fds = Vec::with_capacity(1 + backlog.handshakes.len());
+                fds.push((
+                    self.socket.as_fd(),
+                    Interest {
+                        read: take_peers,
+                        write: false,
+                    },
+                ));
+                fds.extend(
+                    backlog
+                        .handshakes
+                        .iter()
+                        .map(|h| (h.fd.as_fd(), h.interest())),
+                );
+                let deadline = backlog.handshakes.iter().map(|h| h.deadline).min();
+                sys::poll_fds(&fds, deadline)?
+            };
+            let now = Instant::now();
+            let backlog = &mut *backlog;
+            let handshakes = std::mem::take(&mut backlog.handshakes);
+            for (mut h, r) in handshakes.into_iter().zip(&ready[1..]) {
+                let progress = if r.read || r.write {
+                    h.advance()
+                } else {
+                    Ok(false)
+                };
+                match progress {
+                    Ok(true) => backlog.done.push_back(h.finish()),
+                    Ok(false) if now >= h.deadline => {
+                        backlog.done.push_back(Err(ConnectError::Timeout))
+                    }
+                    Ok(false) => backlog.handshakes.push(h),
+                    Err(e) => backlog.done.push_back(Err(e)),
+                }
+            }
+            if ready[0].read {
+                while backlog.has_room() {
+                    match self.socket.try_accept() {
+                        Ok(Some(fd)) => self.start(fd, backlog),
+                        Ok(None) => break,
+                        Err(e) => {
+                            backlog.done.push_back(Err(e.into()));
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        Ok(conn)
+    }
+
+    /// Begins the handshake with a peer just accepted, going as far as it can without
+    /// waiting (sending our challenge).
+    fn start(&self, fd: OwnedFd, backlog: &mut Backlog) {
+        let Some(key) = &self.authkey else {
+            backlog
+                .done
+                .push_back(socket_connection(fd).map_err(Into::into));
+            return;
+        };
+        let mut h = match Handshake::new(fd, key.clone()) {
+            Ok(h) => h,
+            Err(e) => return backlog.done.push_back(Err(e)),
+        };
+        match h.advance() {
+            Ok(true) => backlog.done.push_back(h.finish()),
+            Ok(false) => backlog.handshakes.push(h),
+            Err(e) => backlog.done.push_back(Err(e)),
+        }
+    }
+}
+
+/// The accepting side of one handshake, driven without blocking: Python's `deliver_challenge`
+/// then `answer_challenge`, as steps that each wait for one message from the peer.
+struct Handshake {
+    fd: OwnedFd,
+    key: AuthKey,
+    deadline: Instant,
+    step: Step,
+    /// Bytes for the peer not yet written.
+    out: Vec<u8>,
+    /// The frame being received: only its own bytes, never any of the next.
+    frame: Vec<u8>,
+}
+
+enum Step {
+    /// Our challenge (this message) is sent; waiting for the peer's answer.
+    AwaitAnswer(Vec<u8>),
+    /// We accepted the peer's answer; waiting for its challenge.
+    AwaitChallenge,
+    /// We answered the peer's challenge; waiting for its verdict.
+    AwaitVerdict,
+    /// Both sides are authenticated.
+    Done,
+}
+
+impl Handshake {
+    fn new(fd: OwnedFd, key: AuthKey) -> Result<Handshake, ConnectError> {
+        sys::set_nonblocking(fd.as_fd())?;
+        let message = new_challenge()?;
+        let mut h = Handshake {
+            fd,
+            key,
+            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+            step: Step::AwaitAnswer(Vec::new()),
+            out: Vec::new(),
+            frame: Vec::new(),
+        };
+        h.queue(&[CHALLENGE, &message].concat())?;
+        h.step = Step::AwaitAnswer(message);
+        Ok(h)
+    }
+
+    /// Frames `payload` as `Connection::send_bytes` does and queues it for the peer.
+    fn queue(&mut self, payload: &[u8]) -> Result<(), ConnectError> {
+        let start = self.out.len();
+        self.out
+            .extend_from_slice(&wire::header_for(payload.len()).map_err(SendError::from)?);
+        self.out.extend_from_slice(payload);
+        if self.out.len() - start < MIN_FRAME {
+            self.out.resize(start + MIN_FRAME, 0);
+        }
+        Ok(())
+    }
+
+    fn interest(&self) -> Interest {
+        // The peer has nothing to say until it has read what we queued (a peer that talks
+        // out of turn is read after that, and fails then).
+        Interest {
+            read: self.out.is_empty(),
+            write: !self.out.is_empty(),
+        }
+    }
+
+    /// Goes as far as possible without blocking; `Ok(true)` once both sides are
+    /// authenticated.
+    fn advance(&mut self) -> Result<bool, ConnectError> {
+        loop {
+            while !self.out.is_empty() {
+                let n = sys::write_some(self.fd.as_fd(), &self.out)?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                self.out.drain(..n);
+            }
+            if matches!(self.step, Step::Done) {
+                return Ok(true);
+            }
+            let Some(payload) = self.read_frame()? else {
+                return Ok(false);
+            };
+            match std::mem::replace(&mut self.step, Step::Done) {
+                Step::AwaitAnswer(message) => {
+                    if check_answer(&self.key, &message, &payload)? {
+                        self.queue(WELCOME)?;
+                        self.step = Step::AwaitChallenge;
+                    } else {
+                        // Best effort: the peer learns why before we hang up.
+                        self.queue(FAILURE)?;
+                        let _ = sys::write_some(self.fd.as_fd(), &self.out);
+                        return Err(ConnectError::Refused);
+                    }
+                }
+                Step::AwaitChallenge => {
+                    let answer = answer_for(&self.key, &payload)?;
+                    self.queue(&answer)?;
+                    self.step = Step::AwaitVerdict;
+                }
+                Step::AwaitVerdict => verdict(Ok(payload))?,
+                Step::Done => unreachable!("a finished handshake reads nothing"),
+            }
+        }
+    }
+
+    /// Reads what has arrived of the peer's next frame; `None` until all of it has.
+    fn read_frame(&mut self) -> Result<Option<Vec<u8>>, ConnectError> {
+        let mut buf = [0u8; HEADER + MAX_HANDSHAKE_MESSAGE];
+        loop {
+            // Every frame is at least MIN_FRAME long, so reading that much first never takes
+            // bytes of the next one.
+            let len = match self.frame.first_chunk::<HEADER>() {
+                None => None,
+                Some(header) => match wire::announced_len(*header) {
+                    Ok(len) if len <= MAX_HANDSHAKE_MESSAGE => Some(len),
+                    _ => {
+                        return Err(ConnectError::Protocol(format!(
+                            "handshake message longer than {MAX_HANDSHAKE_MESSAGE} bytes"
+                        )));
+                    }
+                },
+            };
+            let total = len.map_or(MIN_FRAME, |len| (HEADER + len).max(MIN_FRAME));
+            if let Some(len) = len
+                && self.frame.len() == total
+            {
+                let payload = self.frame[HEADER..HEADER + len].to_vec();
+                self.frame.clear();
+                return Ok(Some(payload));
+            }
+            let want = total - self.frame.len();
+            match sys::read(self.fd.as_fd(), &mut buf[..want]) {
+                Ok(0) => {
+                    return Err(match self.step {
+                        // The other side hangs up after refusing; it may not wait for us to
+                        // read its verdict.
+                        Step::AwaitVerdict => ConnectError::Refused,
+                        Step::AwaitAnswer(_) => ConnectError::Protocol(
+                            "the peer closed the connection without answering the \
+                             authentication challenge (did it connect without an authkey?)"
+                                .into(),
+                        ),
+                        _ => ConnectError::Protocol(
+                            "the peer closed the connection during the handshake".into(),
+                        ),
+                    });
+                }
+                Ok(n) => self.frame.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Connection, ConnectError> {
+        sys::set_blocking(self.fd.as_fd())?;
+        Ok(socket_connection(self.fd)?)
     }
 }
 
@@ -258,8 +569,20 @@ pub fn client(address: &Address) -> Result<Connection, ConnectError> {
 /// Connects to a [`Listener`] at `address`, authenticating with `authkey` (`None` for a
 /// listener that does not authenticate).
 ///
+/// When the two sides disagree on whether to authenticate, the wire protocol (Python's) gives
+/// the client nothing to read at connect time, so the mismatch shows at the first point the
+/// client can see it:
+/// - without a key, against a listener with one: connecting succeeds (the listener's
+///   challenge is not read yet), and the first receive on the connection fails with
+///   [`RecvError::AuthenticationRequired`]. Sends before that may succeed; the listener
+///   discards them when it refuses the peer.
+/// - with a key, against a listener without one: [`ConnectError::NoChallenge`] as soon as
+///   the listener sends its first message, or [`ConnectError::Timeout`] after
+///   [`HANDSHAKE_TIMEOUT`] if it waits for the client to speak first.
+///
 /// # Errors
 /// [`ConnectError::Refused`] when the listener holds a different key,
+/// [`ConnectError::NoChallenge`] when it holds none (above),
 /// [`ConnectError::Protocol`] or [`ConnectError::Timeout`] when it does not follow the
 /// handshake, [`ConnectError::Io`] when connecting fails.
 pub fn client_with_authkey(
@@ -275,10 +598,15 @@ pub fn client_with_authkey(
         }
     };
     let conn = socket_connection(fd)?;
-    if let Some(key) = authkey {
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        answer_challenge(&conn, key, deadline)?;
-        deliver_challenge(&conn, key, deadline)?;
+    match authkey {
+        Some(key) => {
+            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            answer_challenge(&conn, key, deadline)?;
+            deliver_challenge(&conn, key, deadline)?;
+        }
+        // Waiting here to see whether a challenge comes would slow every keyless connect;
+        // the first receive looks instead.
+        None => conn.expect_no_challenge(),
     }
     Ok(conn)
 }
@@ -295,37 +623,28 @@ fn mac(key: &AuthKey, message: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
-/// Sends a challenge and checks the answer (Python's `deliver_challenge`).
-fn deliver_challenge(
-    conn: &Connection,
-    key: &AuthKey,
-    deadline: Instant,
-) -> Result<(), ConnectError> {
+/// A fresh challenge message (without the `#CHALLENGE#` prefix).
+fn new_challenge() -> io::Result<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     sys::random_bytes(&mut nonce)?;
-    let message = [DIGEST_TAG, &nonce].concat();
-    conn.send_bytes(&[CHALLENGE, &message].concat())?;
-    let response = conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE)?;
-    let digest = response
-        .strip_prefix(DIGEST_TAG)
-        .ok_or_else(|| ConnectError::Protocol("answer lacks the digest tag".into()))?;
-    // `verify_slice` compares in constant time.
-    if mac(key, &message).verify_slice(digest).is_ok() {
-        conn.send_bytes(WELCOME)?;
-        Ok(())
-    } else {
-        let _ = conn.send_bytes(FAILURE);
-        Err(ConnectError::Refused)
-    }
+    Ok([DIGEST_TAG, &nonce].concat())
 }
 
-/// Answers a challenge (Python's `answer_challenge`).
-fn answer_challenge(
-    conn: &Connection,
-    key: &AuthKey,
-    deadline: Instant,
-) -> Result<(), ConnectError> {
-    let challenge = conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE)?;
+/// Whether `answer` proves the peer holds `key`, for the challenge `message` we sent.
+fn check_answer(key: &AuthKey, message: &[u8], answer: &[u8]) -> Result<bool, ConnectError> {
+    let digest = answer.strip_prefix(DIGEST_TAG).ok_or_else(|| {
+        ConnectError::Protocol(
+            "the peer did not answer the authentication challenge \
+             (did it connect without an authkey?)"
+                .into(),
+        )
+    })?;
+    // `verify_slice` compares in constant time.
+    Ok(mac(key, message).verify_slice(digest).is_ok())
+}
+
+/// Our answer to the peer's `challenge` message.
+fn answer_for(key: &AuthKey, challenge: &[u8]) -> Result<Vec<u8>, ConnectError> {
     let message = challenge
         .strip_prefix(CHALLENGE)
         .ok_or_else(|| ConnectError::Protocol("expected a challenge".into()))?;
@@ -335,8 +654,12 @@ fn answer_challenge(
         ));
     }
     let digest = mac(key, message).finalize().into_bytes();
-    conn.send_bytes(&[DIGEST_TAG, &digest].concat())?;
-    match conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE) {
+    Ok([DIGEST_TAG, &digest].concat())
+}
+
+/// What the peer's reply to our answer means.
+fn verdict(reply: Result<Vec<u8>, RecvError>) -> Result<(), ConnectError> {
+    match reply {
         Ok(reply) if reply == WELCOME => Ok(()),
         Ok(reply) if reply == FAILURE => Err(ConnectError::Refused),
         // The other side hangs up after refusing; it may not wait for us to read the reply.
@@ -348,4 +671,45 @@ fn answer_challenge(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `payload`, the first message a client without a key received, is a listener's
+/// authentication challenge: the listener wants a key the client did not use.
+pub(super) fn is_challenge(payload: &[u8]) -> bool {
+    payload.len() <= MAX_HANDSHAKE_MESSAGE && payload.starts_with(CHALLENGE)
+}
+
+/// Sends a challenge and checks the answer (Python's `deliver_challenge`), blocking.
+fn deliver_challenge(
+    conn: &Connection,
+    key: &AuthKey,
+    deadline: Instant,
+) -> Result<(), ConnectError> {
+    let message = new_challenge()?;
+    conn.send_bytes(&[CHALLENGE, &message].concat())?;
+    let response = conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE)?;
+    if check_answer(key, &message, &response)? {
+        conn.send_bytes(WELCOME)?;
+        Ok(())
+    } else {
+        let _ = conn.send_bytes(FAILURE);
+        Err(ConnectError::Refused)
+    }
+}
+
+/// Answers a challenge (Python's `answer_challenge`), blocking.
+fn answer_challenge(
+    conn: &Connection,
+    key: &AuthKey,
+    deadline: Instant,
+) -> Result<(), ConnectError> {
+    let challenge = match conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE) {
+        Ok(challenge) if challenge.starts_with(CHALLENGE) => challenge,
+        // The listener spoke first, and not to challenge us (a message of its own, perhaps
+        // too long for a handshake): it does not authenticate.
+        Ok(_) | Err(RecvError::Decode(_)) => return Err(ConnectError::NoChallenge),
+        Err(e) => return Err(e.into()),
+    };
+    conn.send_bytes(&answer_for(key, &challenge)?)?;
+    verdict(conn.recv_limited(Some(deadline), MAX_HANDSHAKE_MESSAGE))
 }

@@ -154,11 +154,27 @@ struct Inbox {
     eof: bool,
     /// A bad size header was read: the stream cannot be resynchronised.
     broken: bool,
+    /// The connection is a client's made without an authkey, and nothing was received yet:
+    /// the first message is checked for being a listener's authentication challenge.
+    keyless_client: bool,
 }
 
 impl Inbox {
     fn unread(&self) -> &[u8] {
         &self.buf[..self.filled]
+    }
+
+    /// Refuses the frame at `buf[start..start + len]` if it is the first one a keyless client
+    /// receives and it is an authentication challenge (consuming it), so that the client
+    /// learns the listener wants a key rather than failing to decode the challenge.
+    fn check_first(&mut self, start: usize, len: usize) -> Result<(), RecvError> {
+        if std::mem::take(&mut self.keyless_client)
+            && listener::is_challenge(&self.buf[start..start + len])
+        {
+            self.consume();
+            return Err(RecvError::AuthenticationRequired);
+        }
+        Ok(())
     }
 
     /// Drops the whole frame just handed out.
@@ -185,6 +201,12 @@ impl Connection {
             outbox: Mutex::new(Vec::new()),
             grown: AtomicBool::new(false),
         }
+    }
+
+    /// Marks this as a client's connection made without an authkey; see
+    /// [`Inbox::check_first`].
+    pub(crate) fn expect_no_challenge(&self) {
+        lock(&self.inbox).keyless_client = true;
     }
 
     /// Sends `value` as one message.
@@ -286,6 +308,7 @@ impl Connection {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
         let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, max_len)?;
+        inbox.check_first(start, len)?;
         let bytes = inbox.buf[start..start + len].to_vec();
         inbox.consume();
         Ok(bytes)
@@ -314,9 +337,10 @@ impl Connection {
             }
         };
         let have = inbox.filled - HEADER;
-        if len <= have || len > buf.len() {
-            // Already whole, or too long for `buf`: the general path.
+        if len <= have || len > buf.len() || inbox.keyless_client {
+            // Already whole, too long for `buf`, or to be checked: the general path.
             let (start, len) = next_frame(reader, &mut inbox, None, wire::MAX_FRAME)?;
+            inbox.check_first(start, len)?;
             let result = if len > buf.len() {
                 Err(RecvError::BufferTooShort {
                     message: inbox.buf[start..start + len].to_vec(),
@@ -361,6 +385,7 @@ impl Connection {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
         let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)?;
+        inbox.check_first(start, len)?;
         let result = f(&inbox.buf[start..start + len]);
         inbox.consume();
         result
@@ -551,6 +576,7 @@ impl Serialize for Connection {
             self.writer.as_ref().map(|fd| SerFd(fd.as_fd())),
             inbox.unread(),
             inbox.eof,
+            inbox.keyless_client,
         )
             .serialize(s)
     }
@@ -558,14 +584,20 @@ impl Serialize for Connection {
 
 impl<'de> serde::Deserialize<'de> for Connection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (reader, writer, unread, eof): (Option<DeFd>, Option<DeFd>, Vec<u8>, bool) =
-            serde::Deserialize::deserialize(d)?;
+        let (reader, writer, unread, eof, keyless_client): (
+            Option<DeFd>,
+            Option<DeFd>,
+            Vec<u8>,
+            bool,
+            bool,
+        ) = serde::Deserialize::deserialize(d)?;
         let conn = Connection::from_fds(reader.map(|f| f.0), writer.map(|f| f.0));
         {
             let mut inbox = lock(&conn.inbox);
             inbox.filled = unread.len();
             inbox.buf = unread;
             inbox.eof = eof;
+            inbox.keyless_client = keyless_client;
         }
         Ok(conn)
     }

@@ -137,6 +137,16 @@ pub enum RecvError {
     /// The operating system refused the read.
     #[error("connection read failed")]
     Io(#[source] io::Error),
+    /// The first message on a connection made by
+    /// [`client_with_authkey`](crate::client_with_authkey) without a key is the listener's
+    /// authentication challenge: the listener requires an authkey the client did not use
+    /// (Python's client would misread the challenge as data). The challenge is consumed; the
+    /// listener refuses this connection.
+    #[error(
+        "authentication required: the listener sent an authentication challenge, but this \
+         client connected without an authkey"
+    )]
+    AuthenticationRequired,
 }
 
 impl From<io::Error> for RecvError {
