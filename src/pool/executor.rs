@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::async_result::{ApplySink, Phase, Slot};
-use super::{Pool, PoolBuilder, TaskError, apply_entry};
+use super::task::{apply_entry, encode_args, submit_limited};
+use super::{Pool, PoolBuilder, TaskError};
 use crate::context::StartMethod;
 use crate::error::Result;
 use crate::process::target;
@@ -174,8 +175,8 @@ impl ProcessPoolExecutor {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match super::encode_args(|| target::encode(args)) {
-            Ok(payload) => super::submit_limited(&self.pool.core, entry, payload, sink, limit),
+        match encode_args(|| target::encode(args)) {
+            Ok(payload) => submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
         TaskFuture { slot }
