@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use super::Pool;
 use super::supervisor::{Config, Core};
+use super::task::{Payload, TaskFn};
 use super::transport::{InitSpec, PipeLauncher, WorkerSpec};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
@@ -95,8 +93,8 @@ impl PoolBuilder {
     /// ```
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
-        F: Fn(A) + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, ()>,
+        A: Payload,
     {
         const {
             assert!(

@@ -13,12 +13,12 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
-//! Layout: `mod.rs` ([`Pool`] and its methods), `builder.rs` ([`PoolBuilder`]), `task.rs`
-//! (what a task is and how one is submitted), `map.rs` (`map`'s chunks and their sinks),
-//! `imap.rs` ([`Imap`]), `supervisor.rs` (the pool's thread: workers, dispatch, deaths, time
-//! limits), `transport.rs` (the link to one worker, behind a trait), `worker.rs` (the worker's
-//! loop), `codec.rs` (how chunks of values are laid out), `async_result.rs`, `executor.rs`,
-//! `error.rs`, `progress.rs`; `README.md` explains why nothing hangs.
+//! Layout: `mod.rs` ([`Pool`] and its methods), `builder.rs` ([`PoolBuilder`]), `task.rs` (what a
+//! task is, [`TaskFn`] and [`Payload`], and how one is submitted), `map.rs` (`map`'s chunks and
+//! their sinks), `imap.rs` ([`Imap`]), `supervisor.rs` (the pool's thread: workers, dispatch,
+//! deaths, time limits), `transport.rs` (the link to one worker, behind a trait), `worker.rs` (the
+//! worker's loop), `codec.rs` (how chunks of values are laid out), `async_result.rs`,
+//! `executor.rs`, `error.rs`, `progress.rs`; `README.md` explains why nothing hangs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,7 @@ pub use executor::{
     AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
 };
 pub use imap::Imap;
+pub use task::{Payload, TaskFn};
 
 use async_result::{ApplySink, Callbacks, Slot};
 use supervisor::{Core, Sink};
@@ -153,9 +154,9 @@ impl Pool {
     /// The task's [`TaskError`].
     pub fn apply<F, A, T>(&self, f: F, args: A) -> Result<T, TaskError>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         self.apply_async(f, args).get()
     }
@@ -164,9 +165,9 @@ impl Pool {
     /// Submitting to a closed pool gives a result that failed with [`TaskError::PoolClosed`].
     pub fn apply_async<F, A, T>(&self, f: F, args: A) -> AsyncResult<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         self.submit_apply(apply_entry::<F, A, T>(&f), &args, None)
     }
@@ -195,9 +196,9 @@ impl Pool {
         limit: Duration,
     ) -> AsyncResult<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         let slot = Slot::new();
         let sink = Box::new(ApplySink {
@@ -245,9 +246,9 @@ impl Pool {
         error_callback: impl FnOnce(&TaskError) + Send + 'static,
     ) -> AsyncResult<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         let callbacks = Callbacks {
             on_value: Box::new(callback),
@@ -281,9 +282,9 @@ impl Pool {
     /// The first [`TaskError`] of any chunk.
     pub fn map<F, A, T, I>(&self, f: F, iterable: I) -> Result<Vec<T>, TaskError>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         self.map_sync(chunk_entry::<F, A, T>(&f), iterable, None)
@@ -300,9 +301,9 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<T>, TaskError>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         self.map_sync(chunk_entry::<F, A, T>(&f), iterable, Some(chunksize))
@@ -315,9 +316,9 @@ impl Pool {
     /// As [`map`](Pool::map).
     pub fn starmap<F, A, T, I>(&self, f: F, iterable: I) -> Result<Vec<T>, TaskError>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         self.map(f, iterable)
@@ -326,9 +327,9 @@ impl Pool {
     /// [`map`](Pool::map) without waiting: one [`AsyncResult`] for the whole list.
     pub fn map_async<F, A, T, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<T>>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         self.submit_map(chunk_entry::<F, A, T>(&f), iterable, None, None)
@@ -348,9 +349,9 @@ impl Pool {
         error_callback: impl FnOnce(&TaskError) + Send + 'static,
     ) -> AsyncResult<Vec<T>>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         let callbacks = Callbacks {
@@ -368,9 +369,9 @@ impl Pool {
     /// Python's `starmap_async`: [`map_async`](Pool::map_async) over tuples of arguments.
     pub fn starmap_async<F, A, T, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<T>>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         self.map_async(f, iterable)
@@ -381,9 +382,9 @@ impl Pool {
     /// or huge input runs in bounded memory.
     pub fn imap<'a, F, A, T, I>(&'a self, f: F, iterable: I) -> Imap<'a, T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
@@ -398,9 +399,9 @@ impl Pool {
         chunksize: usize,
     ) -> Imap<'a, T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
@@ -411,9 +412,9 @@ impl Pool {
     /// `imap_unordered`.
     pub fn imap_unordered<'a, F, A, T, I>(&'a self, f: F, iterable: I) -> Imap<'a, T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
@@ -428,9 +429,9 @@ impl Pool {
         chunksize: usize,
     ) -> Imap<'a, T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {

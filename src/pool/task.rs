@@ -9,16 +9,90 @@ use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
 use super::supervisor::{Core, Job, Sink};
+#[cfg(doc)]
+use super::{Pool, PoolBuilder, ProcessPoolExecutor};
 use super::{transport, worker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
+/// A function a pool can run as a task: `Fn(A) -> T`, sendable to the pool's thread, and
+/// `'static`. Implemented for every such function; it only names the bound that [`Pool`] and
+/// [`ProcessPoolExecutor`] methods share.
+///
+/// The task must also capture nothing (a function item, or a closure without captures), since
+/// a worker, started by any start method, finds it by its address in the program and not by
+/// its data; that part is checked at compile time, where the task is submitted. Its argument
+/// `A` and value `T` are [`Payload`]s.
+///
+/// Initializers ([`PoolBuilder::initializer`]) are `TaskFn<A, ()>`.
+///
+/// # Examples
+/// ```
+/// use multiproc::{Payload, Pool, TaskFn};
+///
+/// // A helper generic over tasks states the pool's bounds once.
+/// fn run_twice<F, A, T>(pool: &Pool, f: F, a: A, b: A) -> Vec<T>
+/// where
+///     F: TaskFn<A, T> + Copy,
+///     A: Payload,
+///     T: Payload,
+/// {
+///     vec![pool.apply(f, a).unwrap(), pool.apply(f, b).unwrap()]
+/// }
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(1)?;
+/// assert_eq!(run_twice(&pool, square, 3, 4), vec![9, 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a pool task taking `{A}` and returning `{T}`",
+    note = "a pool task is a function item or a closure that captures nothing, \
+            `Fn({A}) -> {T} + Send + Sync + 'static`"
+)]
+pub trait TaskFn<A, T>: Fn(A) -> T + Send + Sync + 'static {}
+
+impl<F, A, T> TaskFn<A, T> for F where F: Fn(A) -> T + Send + Sync + 'static {}
+
+/// A value that can travel to or from a pool's worker: a task's argument or its value, an
+/// initializer's arguments. It is serialized with serde (so [`Serialize`] and
+/// [`Deserialize`](serde::Deserialize) for any lifetime), and owned and sendable, since it
+/// crosses to the pool's thread. Implemented for every such type; it only names the bound
+/// that [`Pool`] and [`ProcessPoolExecutor`] methods share.
+///
+/// A type that lacks one of these bounds is refused at compile time, where the task is
+/// submitted, and the compiler names the missing one (here `Serialize`, then `Deserialize`):
+///
+/// ```compile_fail,E0277
+/// struct Opaque(u64); // no `Serialize`, no `Deserialize`
+///
+/// fn unwrap(x: Opaque) -> u64 { x.0 }
+///
+/// let pool = multiproc::Pool::new(1)?;
+/// pool.apply(unwrap, Opaque(7)); // error: `Opaque: Serialize` is not satisfied
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// Handles that own a file descriptor (a [`Lock`](crate::Lock), a [`Queue`](crate::Queue)...)
+/// are serializable but cannot be a task's argument or value: the task fails with
+/// [`ErrorKind::Encode`] saying so. They reach workers through the initializer.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel to or from a pool's worker",
+    label = "a pool task's argument or value",
+    note = "a pool task's argument and value must be serde's `Serialize` and \
+            `DeserializeOwned`, and `Send + 'static`"
+)]
+pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<P> Payload for P where P: Serialize + DeserializeOwned + Send + 'static {}
+
 /// The entry offset of `f` as a pool task taking `A` and returning `T`.
 pub(super) fn apply_entry<F, A, T>(_f: &F) -> i64
 where
-    F: Fn(A) -> T + Send + Sync + 'static,
-    A: Serialize + DeserializeOwned + Send + 'static,
-    T: Serialize + DeserializeOwned + Send + 'static,
+    F: TaskFn<A, T>,
+    A: Payload,
+    T: Payload,
 {
     const {
         assert!(
@@ -34,9 +108,9 @@ where
 /// The entry offset of `f` mapped over a chunk of `A`s.
 pub(super) fn chunk_entry<F, A, T>(_f: &F) -> i64
 where
-    F: Fn(A) -> T + Send + Sync + 'static,
-    A: Serialize + DeserializeOwned + Send + 'static,
-    T: Serialize + DeserializeOwned + Send + 'static,
+    F: TaskFn<A, T>,
+    A: Payload,
+    T: Payload,
 {
     const {
         assert!(
