@@ -144,8 +144,8 @@ pub use error::{
     SendError,
 };
 pub use pool::{
-    AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Pool, PoolBuilder,
-    ProcessPoolExecutor, TaskError, TaskFuture, WorkerExit, as_completed,
+    AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Payload, Pool, PoolBuilder,
+    ProcessPoolExecutor, TaskError, TaskFn, TaskFuture, WorkerExit, as_completed,
 };
 pub use process::{
     ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,

@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::async_result::{ApplySink, Phase, Slot};
-use super::{Pool, PoolBuilder, TaskError, apply_entry};
+use super::task::{Payload, TaskFn, apply_entry, encode_args, submit_limited};
+use super::{Pool, PoolBuilder, TaskError};
 use crate::context::StartMethod;
 use crate::error::Result;
 use crate::process::target;
@@ -83,8 +84,8 @@ impl ExecutorBuilder {
     /// See [`PoolBuilder::initializer`].
     pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
     where
-        F: Fn(A) + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, ()>,
+        A: Payload,
     {
         self.inner = self.inner.initializer(f, args);
         self
@@ -137,9 +138,9 @@ impl ProcessPoolExecutor {
     /// future has failed with [`TaskError::PoolClosed`].
     pub fn submit<F, A, T>(&self, f: F, args: A) -> TaskFuture<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         self.submit_entry(apply_entry::<F, A, T>(&f), &args)
     }
@@ -148,9 +149,9 @@ impl ProcessPoolExecutor {
     /// with [`TaskError::TimeLimit`] and its worker is replaced.
     pub fn submit_with_time_limit<F, A, T>(&self, f: F, args: A, limit: Duration) -> TaskFuture<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
     {
         self.submit_entry_limited(apply_entry::<F, A, T>(&f), &args, Some(limit))
     }
@@ -174,8 +175,8 @@ impl ProcessPoolExecutor {
             slot: Arc::clone(&slot),
             callbacks: None,
         });
-        match super::encode_args(|| target::encode(args)) {
-            Ok(payload) => super::submit_limited(&self.pool.core, entry, payload, sink, limit),
+        match encode_args(|| target::encode(args)) {
+            Ok(payload) => submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
         TaskFuture { slot }
@@ -186,9 +187,9 @@ impl ProcessPoolExecutor {
     /// [`TaskError::Timeout`], the remaining tasks are cancelled, and the iterator ends.
     pub fn map<F, A, T, I>(&self, f: F, iterable: I, timeout: Option<Duration>) -> ExecutorMap<T>
     where
-        F: Fn(A) -> T + Send + Sync + 'static,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
+        F: TaskFn<A, T>,
+        A: Payload,
+        T: Payload,
         I: IntoIterator<Item = A>,
     {
         let entry = apply_entry::<F, A, T>(&f);

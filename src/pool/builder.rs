@@ -1,0 +1,213 @@
+//! [`PoolBuilder`]: a pool's options, checked and assembled into the supervisor's [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Pool;
+use super::supervisor::{Config, Core};
+use super::task::{Payload, TaskFn};
+use super::transport::{InitSpec, PipeLauncher, WorkerSpec};
+use crate::context::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::target;
+use crate::sys;
+
+/// Configures a [`Pool`]: Python's `Pool(processes, initializer, initargs, maxtasksperchild)`
+/// plus a start method, a per-task time limit and a progress bar.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// fn greet(name: String) { eprintln!("worker {} ready for {name}", std::process::id()); }
+/// fn double(x: i32) -> i32 { 2 * x }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(greet, "work".to_string())
+///     .maxtasksperchild(100)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(pool.map(double, vec![1, 2, 3])?, vec![2, 4, 6]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Result<InitSpec>>,
+    max_tasks: Option<usize>,
+    method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+    progress: bool,
+    name: Option<String>,
+}
+
+impl PoolBuilder {
+    /// A builder with Python's defaults: [`cpu_count`](crate::cpu_count) workers, no
+    /// initializer, workers live for ever, the default start method, no time limit.
+    pub fn new() -> Self {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once with `args` before its first task (Python's
+    /// `initializer` and `initargs`). If it panics the pool cannot run tasks, and they fail
+    /// with [`TaskError::InitializerFailed`](crate::TaskError::InitializerFailed) (where Python's
+    /// pool restarts workers for ever).
+    ///
+    /// `args` may hold handles that own a file descriptor, such as a [`Lock`](crate::Lock), a
+    /// [`Value`](crate::Value), an [`Event`](crate::Event) or a [`Queue`](crate::Queue), under
+    /// every start method: each worker, replacements included, receives its own copies. This
+    /// is the way to share them with a pool, as in Python: a task's arguments cannot carry
+    /// them (the task then fails with [`ErrorKind::Encode`] saying so), so the initializer
+    /// keeps them where tasks find them, in a static for instance. The pool holds duplicates
+    /// of their descriptors until it is dropped.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use multiproc::{Pool, Value};
+    ///
+    /// static COUNTER: OnceLock<Value<u64>> = OnceLock::new();
+    ///
+    /// fn keep(counter: Value<u64>) { COUNTER.set(counter).ok(); }
+    ///
+    /// fn count(x: u64) -> u64 {
+    ///     let counter = COUNTER.get().expect("set by the initializer");
+    ///     *counter.lock().unwrap() += x;
+    ///     x
+    /// }
+    ///
+    /// let counter = Value::new(0u64)?;
+    /// let pool = Pool::builder().processes(2).initializer(keep, counter.clone()).build()?;
+    /// pool.map(count, 1..=10)?;
+    /// assert_eq!(counter.get(), 55);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn initializer<F, A>(mut self, f: F, args: A) -> Self
+    where
+        F: TaskFn<A, ()>,
+        A: Payload,
+    {
+        const {
+            assert!(
+                std::mem::size_of::<F>() == 0,
+                "a pool initializer must be a fn item or a closure that captures nothing; pass values as arguments"
+            )
+        };
+        // Encoded as a start argument is, so that the descriptors of handles among the
+        // arguments are collected (and duplicated) beside the bytes.
+        let task = target::ArgsTask { f, args };
+        let (remote, fds) = crate::wire::collect_fds(|| target::Task::to_remote(&task));
+        drop(task);
+        self.initializer = Some(remote.map(|remote| InitSpec {
+            // `None` only when this crate lives outside the main executable; the worker then
+            // fails to start with a clear error.
+            entry: sys::entry_offset::<target::Entry>(remote.entry).unwrap_or(i64::MIN),
+            payload: remote.payload,
+            fds,
+        }));
+        self
+    }
+
+    /// Each worker exits after this many tasks and is replaced by a fresh one (Python's
+    /// `maxtasksperchild`), to release memory a task leaks.
+    #[doc(alias = "max_tasks_per_child")]
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// The start method for the workers.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// A time limit for each task (each chunk, for `map`): a task that runs longer fails with
+    /// [`TaskError::TimeLimit`](crate::TaskError::TimeLimit), and its worker is killed and
+    /// replaced.
+    ///
+    /// A task's clock starts when its worker can start it: when the worker's initializer has
+    /// finished (its time does not count) and the task before it on that worker has replied.
+    /// So the limit bounds tasks, not the [initializer](PoolBuilder::initializer): one that
+    /// never returns holds its worker's tasks as long (as in Python, which has no limit).
+    /// A task that replies just as its worker is killed keeps its value.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Shows a progress bar on stderr during `map` and `imap` calls. Needs the cargo feature
+    /// `progress`; without it the bar is silently absent.
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// The workers' name prefix (`PoolWorker` by default: `PoolWorker-1`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    fn config(self) -> Result<(Config, bool)> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "a pool needs at least one process",
+            ));
+        }
+        if self.max_tasks == Some(0) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "maxtasksperchild must be at least 1",
+            ));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "a task time limit must be longer than zero",
+            ));
+        }
+        let initializer = self.initializer.transpose()?.map(Arc::new);
+        Ok((
+            Config {
+                processes,
+                spec: WorkerSpec {
+                    name: self.name.unwrap_or_else(|| "PoolWorker".to_owned()),
+                    method: self.method,
+                    initializer,
+                    max_tasks: self.max_tasks,
+                },
+                task_timeout: self.task_timeout,
+            },
+            self.progress,
+        ))
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild` or a zero
+    /// time limit; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
+    /// [`ErrorKind::Os`] when the workers cannot be started (none is left running).
+    pub fn build(self) -> Result<Pool> {
+        let (config, progress) = self.config()?;
+        let processes = config.processes;
+        let core = Core::start(config, Box::new(PipeLauncher))?;
+        Ok(Pool {
+            core,
+            processes,
+            progress,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! `imap` and `imap_unordered`: a window of chunks in flight, fed from the input as results
+//! are taken.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, mpsc};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Pool;
+use super::async_result::Slot;
+use super::codec;
+use super::error::TaskError;
+use super::map::{BytesSink, decode_chunk};
+use super::progress::Progress;
+use super::supervisor::Sink;
+use super::task::{encode_args, submit};
+use crate::error::Result;
+
+type Feed<'a> = Box<dyn FnMut() -> Option<(usize, Result<Vec<u8>>)> + 'a>;
+type ChunkOutcome<T> = (usize, std::result::Result<Vec<T>, TaskError>);
+/// A chunk's length and its encoded values.
+type RawChunk = (usize, std::result::Result<Vec<u8>, TaskError>);
+/// A chunk in flight: its length and where its encoded values land.
+type PendingChunk = (usize, Arc<Slot<Vec<u8>>>);
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
+/// `Result<T, TaskError>` per input item.
+///
+/// A bounded number of tasks is in flight; the next input items are pulled and submitted as
+/// values are taken. A failed chunk yields one error per item in it.
+pub struct Imap<'a, T> {
+    pool: &'a Pool,
+    entry: i64,
+    feed: Feed<'a>,
+    input_done: bool,
+    window: usize,
+    /// In order: each chunk's length and slot.
+    ordered: Option<VecDeque<PendingChunk>>,
+    /// Out of order: outcomes as they come.
+    unordered: (mpsc::Sender<RawChunk>, mpsc::Receiver<RawChunk>),
+    in_flight: usize,
+    ready: VecDeque<Result<T, TaskError>>,
+    /// The pool stopped accepting tasks before the input ended.
+    refused: bool,
+    progress: Progress,
+}
+
+impl<T> std::fmt::Debug for Imap<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("in_flight", &self.in_flight)
+            .field("input_done", &self.input_done)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ChannelSink {
+    len: usize,
+    tx: Option<mpsc::Sender<RawChunk>>,
+}
+
+impl Sink for ChannelSink {
+    fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.len, outcome));
+        }
+    }
+}
+
+impl Drop for ChannelSink {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.len, Err(TaskError::Terminated)));
+        }
+    }
+}
+
+impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
+    pub(super) fn new<A, I>(
+        pool: &'a Pool,
+        entry: i64,
+        iterable: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Self
+    where
+        A: Serialize + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        let chunksize = chunksize.max(1);
+        let mut input = iterable.into_iter();
+        let (lower, upper) = input.size_hint();
+        let total = (upper == Some(lower)).then_some(lower as u64);
+        let feed: Feed<'a> = Box::new(move || {
+            let chunk: Vec<A> = input.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                return None;
+            }
+            Some((chunk.len(), encode_args(|| codec::encode_chunk(&chunk))))
+        });
+        Imap {
+            pool,
+            entry,
+            feed,
+            input_done: false,
+            window: (pool.processes * 32).max(64),
+            ordered: ordered.then(VecDeque::new),
+            unordered: mpsc::channel(),
+            in_flight: 0,
+            ready: VecDeque::new(),
+            refused: false,
+            progress: Progress::new(pool.progress, total),
+        }
+    }
+
+    fn refill(&mut self) {
+        if !self.input_done && !self.pool.core.is_running() {
+            // Closed or terminated: stop pulling the input (it may be endless); after the
+            // chunks in flight, the iterator says so once and ends.
+            self.input_done = true;
+            self.refused = true;
+            return;
+        }
+        while !self.input_done && self.in_flight < self.window {
+            let Some((len, payload)) = (self.feed)() else {
+                self.input_done = true;
+                break;
+            };
+            self.in_flight += 1;
+            let sink: Box<dyn Sink> = match &mut self.ordered {
+                Some(queue) => {
+                    let slot = Slot::new();
+                    queue.push_back((len, Arc::clone(&slot)));
+                    Box::new(BytesSink { slot })
+                }
+                None => Box::new(ChannelSink {
+                    len,
+                    tx: Some(self.unordered.0.clone()),
+                }),
+            };
+            match payload {
+                Ok(payload) => submit(&self.pool.core, self.entry, payload, sink),
+                Err(e) => sink.finish(Err(e.into())),
+            }
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<ChunkOutcome<T>> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        self.in_flight -= 1;
+        match &mut self.ordered {
+            Some(queue) => {
+                let (len, slot) = queue.pop_front()?;
+                let values = slot
+                    .get(None)
+                    .and_then(|bytes| decode_chunk::<T>(&bytes, len));
+                Some((len, values))
+            }
+            // Every submitted chunk sends exactly one outcome (on finish or on drop).
+            None => {
+                let (len, raw) = self.unordered.1.recv().ok()?;
+                Some((len, raw.and_then(|bytes| decode_chunk::<T>(&bytes, len))))
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Iterator for Imap<'_, T> {
+    type Item = Result<T, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                self.progress.advance(1);
+                return Some(item);
+            }
+            self.refill();
+            let Some((len, outcome)) = self.next_chunk() else {
+                self.progress.finish();
+                if std::mem::take(&mut self.refused) {
+                    return Some(Err(TaskError::PoolClosed));
+                }
+                return None;
+            };
+            match outcome {
+                Ok(values) => self.ready.extend(values.into_iter().map(Ok)),
+                Err(e) => {
+                    for _ in 1..len {
+                        self.ready.push_back(Err(e.duplicate()));
+                    }
+                    self.ready.push_back(Err(e));
+                }
+            }
+        }
+    }
+}
