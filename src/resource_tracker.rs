@@ -63,11 +63,15 @@ struct Owned {
 struct State {
     tracker: Option<TrackerHandle>,
     owned: Vec<Owned>,
+    /// The tracker died and no new one has received our names yet (starting it may fail;
+    /// the next call tries again).
+    lost: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     tracker: None,
     owned: Vec::new(),
+    lost: false,
 });
 
 fn state() -> std::sync::MutexGuard<'static, State> {
@@ -98,6 +102,7 @@ impl State {
             Some(t) => sys::tracker_gone(&t.pipe),
         };
         if dead {
+            self.lost = true;
             let old = self.tracker.take().map(|t| t.pid);
             tracing::warn!(
                 tracker_pid = old,
@@ -106,35 +111,44 @@ impl State {
             );
         }
         if self.tracker.is_none() {
-            let t = sys::start_tracker()?;
-            if dead {
-                self.reregister(&t)?;
+            // Kept even if re-registering fails below: dropping its pipe would make the new
+            // tracker unlink the names already re-registered, which are still in use.
+            let t = self.tracker.insert(sys::start_tracker()?);
+            let lost = std::mem::take(&mut self.lost);
+            if lost && let Err(e) = reregister(&self.owned, t) {
+                tracing::warn!(
+                    error = %e,
+                    "could not re-register every named segment with the new resource \
+                     tracker; those left out are not unlinked if this process dies"
+                );
             }
-            self.tracker = Some(t);
         }
         Ok(self.tracker.as_ref().expect("set above"))
     }
+}
 
-    fn reregister(&self, t: &TrackerHandle) -> io::Result<()> {
-        let me = my_pid();
-        for o in self.owned.iter().filter(|o| o.pid == me) {
-            if !t.count.reserve(1) {
-                return Err(limit_error());
-            }
+/// Sends this process's own registrations in `owned` to the new tracker `t`.
+fn reregister(owned: &[Owned], t: &TrackerHandle) -> io::Result<()> {
+    let me = my_pid();
+    for o in owned.iter().filter(|o| o.pid == me) {
+        if !t.count.reserve(1) {
+            return Err(limit_error());
+        }
+        sys::tracker_send(
+            &t.pipe,
+            &sys::tracker_record(TrackerOp::Register, me, (0, 0), &o.name),
+        )?;
+        if let Some(id) = o.id {
             sys::tracker_send(
                 &t.pipe,
-                &sys::tracker_record(TrackerOp::Register, me, (0, 0), &o.name),
+                &sys::tracker_record(TrackerOp::Confirm, me, id, &o.name),
             )?;
-            if let Some(id) = o.id {
-                sys::tracker_send(
-                    &t.pipe,
-                    &sys::tracker_record(TrackerOp::Confirm, me, id, &o.name),
-                )?;
-            }
         }
-        Ok(())
     }
+    Ok(())
+}
 
+impl State {
     /// Sends `rec`, restarting the tracker once if it turns out dead.
     fn send(&mut self, rec: &[u8; sys::RECORD], reserve: bool) -> io::Result<()> {
         for attempt in 0..2 {
