@@ -93,10 +93,11 @@ start_method_matrix! {
         let _r = Reaper::new();
         let prefix = format!("mptrk-{}-restart-", std::process::id());
         let _c = Cleanup(prefix.clone());
-        let first = SharedMemory::create(64).unwrap();
+        let first = SharedMemory::create_named(&format!("{prefix}first"), 64).unwrap();
         let old = multiproc::resource_tracker_pid().expect("create started a tracker");
         kill_tracker(old);
-        let second = SharedMemory::create(64).expect("create after the tracker died");
+        let second = SharedMemory::create_named(&format!("{prefix}second"), 64)
+            .expect("create after the tracker died");
         let new = multiproc::resource_tracker_pid().expect("a tracker");
         assert_ne!(new, old, "the tracker was not restarted");
         assert!(!dead(new));
