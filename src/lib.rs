@@ -152,6 +152,7 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
+pub use resource_tracker::resource_tracker_pid;
 
 /// Hands control to multiproc if this program was started as a child process or forkserver;
 /// returns at once otherwise. Rust's counterpart of Python's `if __name__ == "__main__":`.

@@ -5,6 +5,7 @@ use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
 };
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -20,8 +21,19 @@ use crate::sys;
 /// The name lives in `/dev/shm` until [`unlink`](SharedMemory::unlink) or until its creator
 /// process exits, whichever comes first: a resource-tracker process removes the names of a
 /// creator that exits or is killed without unlinking (Python only does so when the whole
-/// program ends). Mappings stay valid after the name is gone. The tracker watches up to 256
-/// names at a time per process tree; names beyond that are not cleaned up after a crash.
+/// program ends). Mappings stay valid after the name is gone.
+///
+/// The tracker follows files, not names: it unlinks a dead creator's name only if the name
+/// still refers to the segment that creator made (a segment unlinked and re-created under
+/// the same name by someone else keeps its name), and [`unlink`](SharedMemory::unlink)
+/// withdraws the registration of its own segment only. One tracker watches at most 4096 names
+/// at a time (for a process and its `fork` children; processes started by spawn or the
+/// forkserver start their own): past that, [`create_named`](SharedMemory::create_named)
+/// fails rather than leave a name unprotected. If the tracker is killed, the next
+/// `SharedMemory` call in each process starts a new one (with a `tracing` warning) and
+/// re-registers the names that process created and still owns; until that call, they are
+/// unprotected. The tracker ignores SIGINT and SIGTERM and leaves the process group before
+/// the first `create` returns, so a Ctrl-C does not kill it.
 ///
 /// The bytes can be copied in and out with [`read`](SharedMemory::read) and
 /// [`write`](SharedMemory::write), or viewed as atomics with
@@ -70,7 +82,8 @@ impl SharedMemory {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for a bad name or a `size` of 0; [`ErrorKind::Os`] if the
-    /// name exists (`AlreadyExists` underneath) or the OS refuses.
+    /// name exists (`AlreadyExists` underneath) or the OS refuses, or if the resource tracker
+    /// already watches its limit of 4096 names (see the type's docs).
     pub fn create_named(name: &str, size: usize) -> Result<SharedMemory> {
         let name = Self::clean_name(name)?;
         if size == 0 {
@@ -80,7 +93,11 @@ impl SharedMemory {
             ));
         }
         // Register first: a crash between creating and registering must not leak the name.
-        resource_tracker::register(name)?;
+        resource_tracker::register(name).map_err(|e| match e.kind() {
+            // The tracker's limit: say so plainly (the message is the whole story).
+            std::io::ErrorKind::OutOfMemory => Error::with_message(ErrorKind::Os, e.to_string()),
+            _ => e.into(),
+        })?;
         let fd = match sys::shm_create(name, size) {
             Ok(fd) => fd,
             Err(e) => {
@@ -92,10 +109,16 @@ impl SharedMemory {
             Ok(seg) => seg,
             Err(e) => {
                 let _ = sys::shm_unlink(name);
-                let _ = resource_tracker::unregister(name);
+                let _ = resource_tracker::forget(name);
                 return Err(e.into());
             }
         };
+        // Tell the tracker which file the name is now, so that it never unlinks a later
+        // segment of the same name for us. If this fails, the registration stays unconfirmed,
+        // and the tracker still unlinks the name at our death if nobody else can own it.
+        if let Ok((_, id)) = sys::fd_len_and_id(seg.fd().as_fd()) {
+            let _ = resource_tracker::confirm(name, id);
+        }
         Ok(SharedMemory {
             name: name.to_string(),
             seg: Arc::new(seg),
@@ -229,7 +252,11 @@ impl SharedMemory {
     /// [`ErrorKind::Os`] (`NotFound` underneath) if the name is already gone.
     pub fn unlink(&self) -> Result<()> {
         let r = sys::shm_unlink(&self.name);
-        let _ = resource_tracker::unregister(&self.name);
+        if let Ok((_, id)) = sys::fd_len_and_id(self.seg.fd().as_fd()) {
+            // Withdraws the registration of this very file only: a new segment created under
+            // the same name since keeps its own.
+            let _ = resource_tracker::unregister(&self.name, id);
+        }
         Ok(r?)
     }
 
