@@ -44,7 +44,7 @@ mod signal;
 mod stack;
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
-pub(crate) use stack::stack_bounds;
+pub(crate) use stack::{stack_bounds, stack_pointer};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -52,3 +52,32 @@ fn query() -> Option<(usize, usize)> {
     let low = addr as usize;
     (ok && low != 0).then(|| (low, low.saturating_add(size)))
 }
+
+/// The current stack pointer (approximately: the address of a local on other architectures).
+#[inline(always)]
+pub(crate) fn stack_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sp: usize;
+        // SAFETY: copies the stack pointer register into a general register; touches no
+        // memory and leaves the stack and flags unchanged.
+        unsafe {
+            std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let sp: usize;
+        // SAFETY: as above, for aarch64's stack pointer.
+        unsafe {
+            std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        std::hint::black_box(&raw const marker) as usize
+    }
+}
