@@ -1,7 +1,7 @@
 //! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`]: many-producer, many-consumer queues
 //! between processes (Python's `multiprocessing.Queue` and friends).
 //!
-//! Items live in shared memory (a memfd ring, see `sys/shm_queue.rs`), written there before
+//! Items live in shared memory (a memfd ring, see `ring.rs` and `README.md` beside it), written there before
 //! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
 //! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
 //! child before draining what it put) cannot deadlock an unbounded queue. Producers and
@@ -45,8 +45,14 @@ use serde::de::DeserializeOwned;
 
 use crate::connection::Waitable;
 use crate::error::{EncodeError, GetError, PutError};
-use crate::sys::{self, ShmQueue};
+use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
+
+/// The shared-memory ring: raw copies into and out of memory other processes write.
+#[allow(unsafe_code)]
+mod ring;
+
+use ring::{Pushed, ShmQueue, Words};
 
 /// Ring size: room for one message of the largest size the crate allows. Memory is only used
 /// as items are written, and given back beyond 128 MiB once the queue drains.
@@ -327,7 +333,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
             // producer killed before that store leaves neither item nor count.
             let gets = match guard.push_with(n, &mut fill) {
-                Ok(Ok(sys::Pushed::Done)) => {
+                Ok(Ok(Pushed::Done)) => {
                     drop(guard);
                     std::sync::atomic::fence(Ordering::SeqCst);
                     self.wake_one(Sleepers::for_items(words), || true);
@@ -335,7 +341,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     self.wake_one(Sleepers::for_room(words), || self.shm.has_room_hint());
                     return Ok(());
                 }
-                Ok(Ok(sys::Pushed::NoRoom { gets })) => gets,
+                Ok(Ok(Pushed::NoRoom { gets })) => gets,
                 Ok(Err(e)) => return Err(PutError::Encode(item, e)),
                 Err(e) => return Err(PutError::Os(item, e)),
             };
@@ -430,7 +436,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
-    fn sleep_for_item(&self, wait: &Wait, words: &sys::Words, seen: u32) -> Result<(), GetError> {
+    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetError> {
         if !self.others_may_put().map_err(GetError::Os)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue (a put is one store): look once more before giving up.
@@ -860,7 +866,7 @@ struct Sleepers<'a> {
 
 impl<'a> Sleepers<'a> {
     /// Getters waiting for an item.
-    fn for_items(words: &'a sys::Words) -> Self {
+    fn for_items(words: &'a Words) -> Self {
         Sleepers {
             word: &words.not_empty,
             count: &words.not_empty_sleepers,
@@ -869,7 +875,7 @@ impl<'a> Sleepers<'a> {
     }
 
     /// Putters waiting for room.
-    fn for_room(words: &'a sys::Words) -> Self {
+    fn for_room(words: &'a Words) -> Self {
         Sleepers {
             word: &words.not_full,
             count: &words.not_full_sleepers,
