@@ -1,19 +1,20 @@
 //! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`]: many-producer, many-consumer queues
 //! between processes (Python's `multiprocessing.Queue` and friends).
 //!
-//! Items live in shared memory (a memfd ring, see `ring.rs` and `README.md` beside it), written there before
-//! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
-//! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
-//! child before draining what it put) cannot deadlock an unbounded queue. Producers and
-//! consumers each have their own lock and never wait for each other's: a small item costs one
-//! lock and one copy and no system call unless the other side sleeps; a large one costs a copy
-//! in and a copy out, never pipe chunks, and a producer copies one in while a consumer copies
-//! another out. A process killed in the middle of a `put` or `get` leaves the queue as it was
-//! before that call began (a `JoinableQueue`'s unfinished count included: an item is counted
-//! by the same store that puts it in the queue). If it held one of the queue's two locks, the
-//! next process that wants it takes it over once it sees the holder dead, within a few tens
-//! of milliseconds, under every start method; until then even `put_nowait` and `get_nowait`
-//! wait for it, as they do for a live holder's copy.
+//! Items live in shared memory (a memfd ring: its protocol, and why a crash cannot wedge it,
+//! are in `README.md` beside this file), written there before `put` returns: there is no feeder
+//! thread, so an item whose `put` returned `Ok` is in the queue even if its producer exits or
+//! is killed right after, and Python's pitfall (joining a child before draining what it put)
+//! cannot deadlock an unbounded queue. Producers and consumers each have their own lock and
+//! never wait for each other's: a small item costs one lock and one copy and no system call
+//! unless the other side sleeps; a large one costs a copy in and a copy out, never pipe chunks,
+//! and a producer copies one in while a consumer copies another out. A process killed in the
+//! middle of a `put` or `get` leaves the queue as it was before that call began (a
+//! `JoinableQueue`'s unfinished count included: an item is counted by the same store that puts
+//! it in the queue). If it held one of the queue's two locks, the next process that wants it
+//! takes it over once it sees the holder dead, within a few tens of milliseconds, under every
+//! start method; until then even `put_nowait` and `get_nowait` wait for it, as they do for a
+//! live holder's copy.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
@@ -30,6 +31,9 @@
 //! *full* bounded queue that no other handle holds any more: that returns
 //! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
 //! [`GetError::Disconnected`].
+//!
+//! Files: `ring.rs` the ring, `wake.rs` how a blocked call sleeps and is woken, `simple.rs` and
+//! `joinable.rs` the two wrappers; this file the put and get loops and handle registration.
 
 use std::cell::RefCell;
 use std::fmt;

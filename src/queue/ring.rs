@@ -2,44 +2,10 @@
 //! frames, with one robust lock for producers and one for consumers (the crate's own
 //! [`RawLock`], see `src/sync/README.md`), and futex words for waiting.
 //!
-//! Producers and consumers never wait for each other's lock: a producer writes only free
-//! space and publishes a frame with one atomic store to [`Header::prod`]; a consumer reads
-//! only published frames and frees one with one atomic store to [`Header::cons`]. Each side
-//! reads the other's word without its lock, and a stale value is always on the safe side
-//! (less free space, fewer frames). So a 16 MiB item is copied in while another is copied
-//! out, and small items do not bounce one lock between the two sides.
-//!
-//! Crash safety comes from these mechanisms, so no process can wedge the others by dying at
-//! any instruction:
-//! - The locks are [`RawLock`]s: each holds its owner's pid and start time, and a waiter that
-//!   finds the owner dead takes the lock over (within 1-20 ms). glibc's robust mutexes were
-//!   used before and are not: glibc writes its cached thread id into them, which in a
-//!   forkserver child (a raw `clone`) is the server's, so the kernel never marked a dead
-//!   child's lock and the queue wedged.
-//! - The items never need repair, because every change to them is one store made after the
-//!   bytes are in place (for a put: [`Header::prod`], which also counts the put, so a
-//!   `JoinableQueue`'s unfinished count goes up with the same store) or used (for a get:
-//!   [`Header::cons`]): a producer killed mid-copy leaves no trace, a consumer killed
-//!   mid-copy or mid-decode leaves the item at the head for the next one.
-//! - What else a producer or consumer writes before that store is on the safe side if it is
-//!   never followed by it: a restart mark for a put number that is placed again by the next
-//!   put, a wrap marker or a raised high-water mark in free space, a bumped `fronts`
-//!   (process-local views are dropped, nothing more), a stale restart mark for a get number
-//!   already passed. The one exception is the `wait()` event flag, which a process killed
-//!   between the flag and the descriptor can leave out of step: whoever takes the
-//!   producers' lock over from a dead owner sets both from the queue's state
-//!   ([`PutGuard::after_owner_died`]), and until then a `wait()` can only wake spuriously.
-//!   The consumers' lock guards nothing else, so taking it over needs no repair;
-//!   [`GetGuard::drained`], which takes the producers' lock under it, is covered by the
-//!   former.
-//! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
-//!   dead process owed it.
-//! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
-//!   byte 0 of the memfd: the kernel drops a process's locks when it dies, and shares them
-//!   across `fork` and descriptor passing exactly as it shares the descriptor.
-//!
-//! The rare changes that touch both sides (giving memory back once the queue drains, and the
-//! `wait()` event descriptor) take both locks, consumers' first.
+//! The protocol (header layout, the put and get paths, what each side reads without a lock,
+//! wrap and restart marks, give-back of memory, the `wait()` event descriptor) and the
+//! argument that no process can wedge the others by dying at any instruction are in
+//! `README.md` beside this file, which names the functions below.
 //!
 //! Every offset and count read from the header is checked before it is used (another process
 //! may have written garbage): a check that fails is an `InvalidData` error, never a panic.
@@ -49,10 +15,6 @@
 //! atomic or sits behind a lock; ring bytes are only touched through raw pointer copies or
 //! slices of free space or of a published frame, within ranges checked against the ring's
 //! size.
-//!
-//! # References
-//! futex(2), fcntl(2) "Open file description locks", memfd_create(2), fallocate(2)
-//! `FALLOC_FL_PUNCH_HOLE`, madvise(2) `MADV_POPULATE_WRITE`.
 
 use std::io;
 use std::mem::size_of;
@@ -136,7 +98,7 @@ pub(crate) struct ShmQueue {
     /// shared by every handle, in every process.
     event: Option<OwnedFd>,
     /// The header page and the ring, `PAGE + cap` bytes. All access through `&self` is to
-    /// atomics, the mutexes, or raw copies under the rules in the module docs.
+    /// atomics, the locks, or raw copies under the rules of the module's `# Safety` note.
     map: Mapping,
     cap: u32,
     /// This process's last look at `cons`, for producers (see [`PutView`]).
@@ -297,7 +259,7 @@ impl ShmQueue {
 
     /// Takes the consumers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
     /// when the deadline passed. A dead owner's lock is taken over: it guards nothing that
-    /// needs repair (see the module docs).
+    /// needs repair (see `README.md`).
     pub(crate) fn lock_get(&self, deadline: Option<Instant>) -> io::Result<Option<GetGuard<'_>>> {
         let Ok(how) = self.header().get_lock.0.lock(deadline) else {
             return Ok(None);
@@ -454,7 +416,7 @@ impl PutGuard<'_> {
     /// Called with the lock just taken over from a dead owner: sets the `wait()` event flag
     /// and descriptor from the queue's state, since the owner may have died between the two
     /// (in `publish`, `want_event` or `drained`). Every other change a producer makes is
-    /// safe to leave half-done (see the module docs). All changes to the flag are made under
+    /// safe to leave half-done (see `README.md`). All changes to the flag are made under
     /// this lock, and no put can happen while it is held.
     fn after_owner_died(&self) {
         let words = &self.h().words.0;
