@@ -231,8 +231,9 @@ fn many_producers_many_consumers_keep_per_producer_order() {
 
 #[test]
 fn many_producers_of_large_and_small_items_keep_order_and_lose_nothing() {
-    // Large items are written without the queue's lock, in space reserved in turn: items of
-    // all sizes from three producers, taken by two consumers, each one whole and once.
+    // Large items are serialized straight into the ring under the producers' lock while
+    // consumers copy others out under theirs: items of all sizes from three producers, taken
+    // by two consumers, each one whole and once.
     let _r = common::Reaper::new();
     const PER: u32 = 150;
     let len = |id: u32, n: u32| {

@@ -10,7 +10,8 @@
 //! the caller's closure, and it leaves through [`exit_now`], never through the parent's
 //! destructors or `atexit` handlers. The forkserver's [`SiblingCloner::clone_sibling`] is its
 //! sibling for a single-threaded server (`clone.rs`); [`spawn_self`] re-executes the program (`exec.rs`);
-//! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS.
+//! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
+//! `ofd.rs` new open file descriptions, OFD locks and eventfds.
 
 #[cfg(target_os = "linux")]
 mod clone;
@@ -35,9 +36,9 @@ mod conn;
 #[cfg(target_os = "linux")]
 pub(crate) use conn::*;
 #[cfg(target_os = "linux")]
-mod shm_queue;
+mod ofd;
 #[cfg(target_os = "linux")]
-pub(crate) use shm_queue::*;
+pub(crate) use ofd::*;
 
 mod poll;
 mod signal;

@@ -20,9 +20,29 @@ use rustix::mm::{MapFlags, ProtFlags};
 /// # References
 /// memfd_create(2), ftruncate(2).
 pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(c"multiproc", rustix::fs::MemfdFlags::CLOEXEC)?;
+    memfd_named(c"multiproc", len)
+}
+
+/// As [`memfd`], with `name` shown for it in `/proc/<pid>/fd` (as `memfd:<name>`).
+pub(crate) fn memfd_named(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
     rustix::fs::ftruncate(&fd, len as u64)?;
     Ok(fd)
+}
+
+/// Gives the pages of `[start, start + len)` of the file behind `fd` back to the OS; they
+/// read as zeros afterwards and the file keeps its size. Best effort: errors are ignored
+/// (the memory is then merely kept).
+///
+/// # References
+/// fallocate(2) `FALLOC_FL_PUNCH_HOLE`.
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, start: u64, len: u64) {
+    let _ = rustix::fs::fallocate(
+        fd,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        start,
+        len,
+    );
 }
 
 /// The size in bytes of the file behind `fd`, and its identity (device and inode): two
@@ -86,6 +106,28 @@ impl Mapping {
     /// The length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Faults in the pages of `[offset, offset + len)` for writing with one call, rather than
+    /// one fault per page. Best effort: a range outside the mapping is ignored, as are errors
+    /// (the pages are then faulted in when written).
+    ///
+    /// # References
+    /// madvise(2) `MADV_POPULATE_WRITE`.
+    pub(crate) fn populate_write(&self, offset: usize, len: usize) {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return;
+        }
+        // SAFETY: `[offset, offset + len)` lies inside this mapping (checked above), which
+        // stays mapped while `self` lives; populating only faults pages in, which changes no
+        // byte of them.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                rustix::mm::Advice::LinuxPopulateWrite,
+            )
+        };
     }
 }
 

@@ -1,19 +1,20 @@
 //! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`]: many-producer, many-consumer queues
 //! between processes (Python's `multiprocessing.Queue` and friends).
 //!
-//! Items live in shared memory (a memfd ring, see `sys/shm_queue.rs`), written there before
-//! `put` returns: there is no feeder thread, so an item whose `put` returned `Ok` is in the
-//! queue even if its producer exits or is killed right after, and Python's pitfall (joining a
-//! child before draining what it put) cannot deadlock an unbounded queue. Producers and
-//! consumers each have their own lock and never wait for each other's: a small item costs one
-//! lock and one copy and no system call unless the other side sleeps; a large one costs a copy
-//! in and a copy out, never pipe chunks, and a producer copies one in while a consumer copies
-//! another out. A process killed in the middle of a `put` or `get` leaves the queue as it was
-//! before that call began (a `JoinableQueue`'s unfinished count included: an item is counted
-//! by the same store that puts it in the queue). If it held one of the queue's two locks, the
-//! next process that wants it takes it over once it sees the holder dead, within a few tens
-//! of milliseconds, under every start method; until then even `put_nowait` and `get_nowait`
-//! wait for it, as they do for a live holder's copy.
+//! Items live in shared memory (a memfd ring: its protocol, and why a crash cannot wedge it,
+//! are in `README.md` beside this file), written there before `put` returns: there is no feeder
+//! thread, so an item whose `put` returned `Ok` is in the queue even if its producer exits or
+//! is killed right after, and Python's pitfall (joining a child before draining what it put)
+//! cannot deadlock an unbounded queue. Producers and consumers each have their own lock and
+//! never wait for each other's: a small item costs one lock and one copy and no system call
+//! unless the other side sleeps; a large one costs a copy in and a copy out, never pipe chunks,
+//! and a producer copies one in while a consumer copies another out. A process killed in the
+//! middle of a `put` or `get` leaves the queue as it was before that call began (a
+//! `JoinableQueue`'s unfinished count included: an item is counted by the same store that puts
+//! it in the queue). If it held one of the queue's two locks, the next process that wants it
+//! takes it over once it sees the holder dead, within a few tens of milliseconds, under every
+//! start method; until then even `put_nowait` and `get_nowait` wait for it, as they do for a
+//! live holder's copy.
 //!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
@@ -30,6 +31,9 @@
 //! *full* bounded queue that no other handle holds any more: that returns
 //! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
 //! [`GetError::Disconnected`].
+//!
+//! Files: `ring.rs` the ring, `wake.rs` how a blocked call sleeps and is woken, `simple.rs` and
+//! `joinable.rs` the two wrappers; this file the put and get loops and handle registration.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -45,16 +49,67 @@ use serde::de::DeserializeOwned;
 
 use crate::connection::Waitable;
 use crate::error::{EncodeError, GetError, PutError};
-use crate::sys::{self, ShmQueue};
+use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
+
+/// The shared-memory ring: raw copies into and out of memory other processes write.
+#[allow(unsafe_code)]
+mod ring;
+
+use ring::{Pushed, ShmQueue, Words};
+
+/// `SimpleQueue` and `JoinableQueue` are cloned, printed and waited on as the `Queue` inside
+/// them; by hand, not derived, so that a handle is cloneable and printable whatever its item
+/// type. Defined before the modules that use it (`macro_rules!` scope is textual).
+macro_rules! handle_around_a_queue {
+    ($($wrapper:ident),*) => {$(
+        impl<T> Clone for $wrapper<T> {
+            /// Another handle to the same queue.
+            ///
+            /// # Panics
+            /// If the process is out of file descriptors.
+            fn clone(&self) -> Self {
+                $wrapper(self.0.clone())
+            }
+        }
+
+        impl<T> ::std::fmt::Debug for $wrapper<T> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_tuple(stringify!($wrapper)).field(&self.0).finish()
+            }
+        }
+
+        impl<T> crate::connection::Waitable for $wrapper<T> {
+            fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+                self.0.wait_fd()
+            }
+
+            fn ready_now(&self) -> bool {
+                self.0.ready_now()
+            }
+
+            fn done_waiting(&self) {
+                self.0.done_waiting();
+            }
+
+            fn needs_recheck(&self) -> bool {
+                self.0.needs_recheck()
+            }
+        }
+    )*};
+}
+
+mod joinable;
+mod simple;
+mod wake;
+
+pub use joinable::{JoinableQueue, TaskDoneError};
+pub use simple::SimpleQueue;
+use wake::{Sleepers, Wait, await_briefly, deadline_after};
 
 /// Ring size: room for one message of the largest size the crate allows. Memory is only used
 /// as items are written, and given back beyond 128 MiB once the queue drains.
 const RING: usize = wire::MAX_FRAME + 4096;
-
-/// The longest a blocked call sleeps before checking again whether the other handles are
-/// still there (how quickly a dead peer is noticed).
-const RECHECK: Duration = Duration::from_millis(50);
 
 /// Items whose frame is larger than this are serialized straight into shared memory (under
 /// the producers' lock, which holds up no getter); smaller ones into a scratch buffer first,
@@ -327,15 +382,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
             // producer killed before that store leaves neither item nor count.
             let gets = match guard.push_with(n, &mut fill) {
-                Ok(Ok(sys::Pushed::Done)) => {
+                Ok(Ok(Pushed::Done)) => {
                     drop(guard);
                     std::sync::atomic::fence(Ordering::SeqCst);
-                    self.wake_one(Sleepers::for_items(words), || true);
+                    Sleepers::for_items(words).wake_one(&self.shm, || true);
                     // Room left for other blocked producers? Pass the baton on.
-                    self.wake_one(Sleepers::for_room(words), || self.shm.has_room_hint());
+                    Sleepers::for_room(words).wake_one(&self.shm, || self.shm.has_room_hint());
                     return Ok(());
                 }
-                Ok(Ok(sys::Pushed::NoRoom { gets })) => gets,
+                Ok(Ok(Pushed::NoRoom { gets })) => gets,
                 Ok(Err(e)) => return Err(PutError::Encode(item, e)),
                 Err(e) => return Err(PutError::Os(item, e)),
             };
@@ -382,9 +437,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             if let Some(decoded) = popped {
                 drop(guard);
                 std::sync::atomic::fence(Ordering::SeqCst);
-                self.wake_one(Sleepers::for_room(words), || true);
+                Sleepers::for_room(words).wake_one(&self.shm, || true);
                 // Items left for other sleeping consumers? Pass the baton on.
-                self.wake_one(Sleepers::for_items(words), || self.shm.len() > 0);
+                Sleepers::for_items(words).wake_one(&self.shm, || self.shm.len() > 0);
                 return Ok(decoded?);
             }
             if matches!(wait, Wait::No) {
@@ -410,27 +465,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Wakes one of `who` if one sleeps, `also` holds, and no process woken before has yet to
-    /// run (it passes the baton on itself). A woken process that dies before running leaves
-    /// the turn taken; sleepers then look again within [`RECHECK`].
-    fn wake_one(&self, who: Sleepers<'_>, also: impl FnOnce() -> bool) {
-        // Producers and consumers both wake sleepers, under different locks: the turn is
-        // claimed with one atomic operation. Whether anyone sleeps is looked at first, as
-        // `also` may read the line the other side writes.
-        if who.count.load(Ordering::SeqCst) > 0
-            && also()
-            && who
-                .pending
-                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            who.word.fetch_add(1, Ordering::Release);
-            self.shm.wake(who.word, 1);
-        }
-    }
-
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
-    fn sleep_for_item(&self, wait: &Wait, words: &sys::Words, seen: u32) -> Result<(), GetError> {
+    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetError> {
         if !self.others_may_put().map_err(GetError::Os)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue (a put is one store): look once more before giving up.
@@ -545,409 +581,6 @@ impl<T> Queue<T> {
             }
         }
     }
-}
-
-/// `SimpleQueue` and `JoinableQueue` are cloned, printed and waited on as the `Queue` inside
-/// them; by hand, not derived, so that a handle is cloneable and printable whatever its item
-/// type.
-macro_rules! handle_around_a_queue {
-    ($($wrapper:ident),*) => {$(
-        impl<T> Clone for $wrapper<T> {
-            /// Another handle to the same queue.
-            ///
-            /// # Panics
-            /// If the process is out of file descriptors.
-            fn clone(&self) -> Self {
-                $wrapper(self.0.clone())
-            }
-        }
-
-        impl<T> fmt::Debug for $wrapper<T> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($wrapper)).field(&self.0).finish()
-            }
-        }
-
-        impl<T> Waitable for $wrapper<T> {
-            fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-                self.0.wait_fd()
-            }
-
-            fn ready_now(&self) -> bool {
-                self.0.ready_now()
-            }
-
-            fn done_waiting(&self) {
-                self.0.done_waiting();
-            }
-
-            fn needs_recheck(&self) -> bool {
-                self.0.needs_recheck()
-            }
-        }
-    )*};
-}
-
-handle_around_a_queue!(SimpleQueue, JoinableQueue);
-
-/// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
-/// `close`. Same guarantees as [`Queue`].
-///
-/// # Examples
-/// ```
-/// let q = multiproc::SimpleQueue::new()?;
-/// let child_q = q.clone();
-/// let h = multiproc::spawn(move || child_q.put(vec![1, 2, 3]).is_ok())?;
-/// assert_eq!(q.get()?, vec![1, 2, 3]);
-/// assert!(h.join()?);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Serialize, serde::Deserialize)]
-#[serde(bound = "")]
-pub struct SimpleQueue<T>(Queue<T>);
-
-impl<T> SimpleQueue<T> {
-    /// A new, empty queue.
-    ///
-    /// # Errors
-    /// The OS error if shared memory cannot be created.
-    pub fn new() -> io::Result<SimpleQueue<T>> {
-        Queue::new().map(SimpleQueue)
-    }
-
-    /// Whether the queue is empty (a snapshot).
-    pub fn empty(&self) -> bool {
-        self.0.empty()
-    }
-
-    /// Says that this handle will put no more items (see [`Queue::close`]).
-    pub fn close(&self) {
-        self.0.close();
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
-    /// Puts `item` at the back (see [`Queue::put`]).
-    ///
-    /// # Errors
-    /// As [`Queue::put`].
-    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put(item)
-    }
-
-    /// Takes the front item, blocking while the queue is empty (see [`Queue::get`]).
-    ///
-    /// # Errors
-    /// As [`Queue::get`].
-    pub fn get(&self) -> Result<T, GetError> {
-        self.0.get()
-    }
-}
-
-/// A [`Queue`] that counts unfinished tasks, Python's `JoinableQueue`: each `put` adds one,
-/// each [`task_done`](JoinableQueue::task_done) removes one, and
-/// [`join`](JoinableQueue::join) waits for zero.
-///
-/// # Examples
-/// ```
-/// use multiproc::{JoinableQueue, Process};
-///
-/// let q: JoinableQueue<u64> = JoinableQueue::new()?;
-/// let worker_q = q.clone();
-/// let mut worker = Process::new(move || {
-///     while let Ok(n) = worker_q.get() {
-///         let _ = n * n; // the work
-///         worker_q.task_done().unwrap();
-///     }
-/// });
-/// worker.set_daemon(true)?;
-/// worker.start()?;
-/// for n in 0..10 {
-///     q.put(n)?;
-/// }
-/// q.join(); // every item was processed
-/// assert!(q.empty());
-/// worker.kill()?;
-/// worker.join()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Serialize, serde::Deserialize)]
-#[serde(bound = "")]
-pub struct JoinableQueue<T>(Queue<T>);
-
-/// [`JoinableQueue::task_done`] was called more times than items were put (Python's
-/// `ValueError`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("task_done() called more times than items were put")]
-pub struct TaskDoneError;
-
-impl<T> JoinableQueue<T> {
-    /// An unbounded joinable queue.
-    ///
-    /// # Errors
-    /// The OS error if shared memory cannot be created.
-    pub fn new() -> io::Result<JoinableQueue<T>> {
-        Queue::new().map(JoinableQueue)
-    }
-
-    /// A joinable queue holding at most `maxsize` items (`0`: no limit).
-    ///
-    /// # Errors
-    /// As [`new`](JoinableQueue::new).
-    pub fn with_maxsize(maxsize: usize) -> io::Result<JoinableQueue<T>> {
-        Queue::with_maxsize(maxsize).map(JoinableQueue)
-    }
-
-    /// Marks one item taken with `get` as processed.
-    ///
-    /// # Errors
-    /// [`TaskDoneError`] if there is no unfinished item.
-    pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let shm = &self.0.shm;
-        let words = shm.words();
-        let mut done = words.tasks_done.load(Ordering::SeqCst);
-        loop {
-            // Puts only grow: one seen now stays counted.
-            if shm.puts() == done {
-                return Err(TaskDoneError);
-            }
-            match words.tasks_done.compare_exchange_weak(
-                done,
-                done.wrapping_add(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(now) => done = now,
-            }
-        }
-        // Either a `join` that registered as a sleeper before our increment is seen here, or
-        // it sees the increment (its futex wait fails at once).
-        if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0
-            && shm.puts() == done.wrapping_add(1)
-        {
-            shm.wake(&words.tasks_done, u32::MAX);
-        }
-        Ok(())
-    }
-
-    /// Blocks until every item put was marked done with
-    /// [`task_done`](JoinableQueue::task_done).
-    ///
-    /// A consumer that dies between `get` and `task_done` leaves its item unfinished for
-    /// good, as in Python: use [`join_timeout`](JoinableQueue::join_timeout) where that can
-    /// happen. A producer killed inside `put` leaves nothing to wait for: an item is counted
-    /// by the same store that puts it in the queue.
-    pub fn join(&self) {
-        while !self.join_until(None) {}
-    }
-
-    /// As [`join`](JoinableQueue::join), waiting at most `timeout`; `true` if every item was
-    /// done in time.
-    pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.join_until(Some(deadline_after(timeout)))
-    }
-
-    fn join_until(&self, deadline: Option<Instant>) -> bool {
-        let shm = &self.0.shm;
-        let words = shm.words();
-        loop {
-            let seen = words.tasks_done.load(Ordering::SeqCst);
-            if shm.puts() == seen {
-                return true;
-            }
-            let nap = match deadline {
-                None => RECHECK,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    left.min(RECHECK)
-                }
-            };
-            words.tasks_done_sleepers.fetch_add(1, Ordering::SeqCst);
-            shm.sleep(&words.tasks_done, seen, nap);
-            words.tasks_done_sleepers.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    /// The number of items put and not yet marked done.
-    pub fn unfinished_tasks(&self) -> usize {
-        // Done first: puts read after it can only be as many or more.
-        let done = self.0.shm.words().tasks_done.load(Ordering::SeqCst);
-        self.0.shm.puts().wrapping_sub(done) as usize
-    }
-
-    /// See [`Queue::qsize`].
-    pub fn qsize(&self) -> usize {
-        self.0.qsize()
-    }
-
-    /// See [`Queue::empty`].
-    pub fn empty(&self) -> bool {
-        self.0.empty()
-    }
-
-    /// See [`Queue::full`].
-    pub fn full(&self) -> bool {
-        self.0.full()
-    }
-
-    /// See [`Queue::close`].
-    pub fn close(&self) {
-        self.0.close();
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
-    /// Puts `item` and counts it as an unfinished task (see [`Queue::put`]).
-    ///
-    /// # Errors
-    /// As [`Queue::put`].
-    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Forever)
-    }
-
-    /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
-    ///
-    /// # Errors
-    /// As [`Queue::put_timeout`].
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Until(deadline_after(timeout)))
-    }
-
-    /// As [`put`](JoinableQueue::put), only if there is room now.
-    ///
-    /// # Errors
-    /// As [`Queue::put_nowait`].
-    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::No)
-    }
-
-    /// See [`Queue::get`].
-    ///
-    /// # Errors
-    /// As [`Queue::get`].
-    pub fn get(&self) -> Result<T, GetError> {
-        self.0.get()
-    }
-
-    /// See [`Queue::get_timeout`].
-    ///
-    /// # Errors
-    /// As [`Queue::get_timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.0.get_timeout(timeout)
-    }
-
-    /// See [`Queue::get_nowait`].
-    ///
-    /// # Errors
-    /// As [`Queue::get_nowait`].
-    pub fn get_nowait(&self) -> Result<T, GetError> {
-        self.0.get_nowait()
-    }
-}
-
-/// The processes sleeping for one thing (an item, or room): the futex word they sleep on,
-/// how many sleep, and whether one was woken and has not run yet.
-struct Sleepers<'a> {
-    word: &'a std::sync::atomic::AtomicU32,
-    count: &'a std::sync::atomic::AtomicU32,
-    pending: &'a std::sync::atomic::AtomicU32,
-}
-
-impl<'a> Sleepers<'a> {
-    /// Getters waiting for an item.
-    fn for_items(words: &'a sys::Words) -> Self {
-        Sleepers {
-            word: &words.not_empty,
-            count: &words.not_empty_sleepers,
-            pending: &words.not_empty_pending,
-        }
-    }
-
-    /// Putters waiting for room.
-    fn for_room(words: &'a sys::Words) -> Self {
-        Sleepers {
-            word: &words.not_full,
-            count: &words.not_full_sleepers,
-            pending: &words.not_full_pending,
-        }
-    }
-}
-
-/// How long a blocked `get` or `put` watches the queue before it sleeps: a producer and a
-/// consumer that keep pace hand items over in well under this, and a sleep costs a system
-/// call on each side and a wake-up that can take far longer on a busy machine.
-const AWAIT_BRIEFLY: Duration = Duration::from_micros(50);
-
-/// Watches for `ready` for up to [`AWAIT_BRIEFLY`], first spinning, then yielding the CPU (to
-/// the other side, if it shares this CPU). Whether it became true.
-fn await_briefly(ready: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    for step in 0u32.. {
-        if ready() {
-            return true;
-        }
-        // Look seldom: each look pulls the other side's line away from it, while a producer
-        // left alone for a moment publishes a run of items at full speed. (Looking sooner
-        // at first, with growing gaps, measured as slow as not waiting at all.)
-        for _ in 0..1u32 << GAP_LOG2 {
-            std::hint::spin_loop();
-        }
-        if step % 4 == 3 {
-            let spent = start.elapsed();
-            if spent >= AWAIT_BRIEFLY {
-                return false;
-            }
-            if spent >= AWAIT_BRIEFLY / 2 {
-                std::thread::yield_now();
-            }
-        }
-    }
-    false
-}
-
-/// The gap between two looks of [`await_briefly`]: 2^7 spin hints (about 4 µs on
-/// the machine of BENCHMARKS.md).
-const GAP_LOG2: u32 = 7;
-
-/// How long a blocking call may wait.
-enum Wait {
-    No,
-    Forever,
-    Until(Instant),
-}
-
-impl Wait {
-    fn deadline(&self) -> Option<Instant> {
-        match self {
-            Wait::Until(d) => Some(*d),
-            // Even a non-blocking call may wait for the lock, which is only ever held for a
-            // copy; a dead holder's lock is taken over within milliseconds.
-            Wait::No | Wait::Forever => None,
-        }
-    }
-
-    /// How long to sleep before looking again; `None` when no more waiting is allowed.
-    fn nap(&self) -> Option<Duration> {
-        match self {
-            Wait::No => None,
-            Wait::Forever => Some(RECHECK),
-            Wait::Until(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(RECHECK))
-            }
-        }
-    }
-}
-
-fn deadline_after(timeout: Duration) -> Instant {
-    Instant::now()
-        .checked_add(timeout)
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
 }
 
 #[cfg(test)]

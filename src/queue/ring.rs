@@ -2,44 +2,10 @@
 //! frames, with one robust lock for producers and one for consumers (the crate's own
 //! [`RawLock`], see `src/sync/README.md`), and futex words for waiting.
 //!
-//! Producers and consumers never wait for each other's lock: a producer writes only free
-//! space and publishes a frame with one atomic store to [`Header::prod`]; a consumer reads
-//! only published frames and frees one with one atomic store to [`Header::cons`]. Each side
-//! reads the other's word without its lock, and a stale value is always on the safe side
-//! (less free space, fewer frames). So a 16 MiB item is copied in while another is copied
-//! out, and small items do not bounce one lock between the two sides.
-//!
-//! Crash safety comes from these mechanisms, so no process can wedge the others by dying at
-//! any instruction:
-//! - The locks are [`RawLock`]s: each holds its owner's pid and start time, and a waiter that
-//!   finds the owner dead takes the lock over (within 1-20 ms). glibc's robust mutexes were
-//!   used before and are not: glibc writes its cached thread id into them, which in a
-//!   forkserver child (a raw `clone`) is the server's, so the kernel never marked a dead
-//!   child's lock and the queue wedged.
-//! - The items never need repair, because every change to them is one store made after the
-//!   bytes are in place (for a put: [`Header::prod`], which also counts the put, so a
-//!   `JoinableQueue`'s unfinished count goes up with the same store) or used (for a get:
-//!   [`Header::cons`]): a producer killed mid-copy leaves no trace, a consumer killed
-//!   mid-copy or mid-decode leaves the item at the head for the next one.
-//! - What else a producer or consumer writes before that store is on the safe side if it is
-//!   never followed by it: a restart mark for a put number that is placed again by the next
-//!   put, a wrap marker or a raised high-water mark in free space, a bumped `fronts`
-//!   (process-local views are dropped, nothing more), a stale restart mark for a get number
-//!   already passed. The one exception is the `wait()` event flag, which a process killed
-//!   between the flag and the descriptor can leave out of step: whoever takes the
-//!   producers' lock over from a dead owner sets both from the queue's state
-//!   ([`PutGuard::after_owner_died`]), and until then a `wait()` can only wake spuriously.
-//!   The consumers' lock guards nothing else, so taking it over needs no repair;
-//!   [`GetGuard::drained`], which takes the producers' lock under it, is covered by the
-//!   former.
-//! - Waiting uses futex words with bounded sleeps, so a waiter never depends on a wake-up a
-//!   dead process owed it.
-//! - Who still holds the queue is the set of open file descriptions with a shared OFD lock on
-//!   byte 0 of the memfd: the kernel drops a process's locks when it dies, and shares them
-//!   across `fork` and descriptor passing exactly as it shares the descriptor.
-//!
-//! The rare changes that touch both sides (giving memory back once the queue drains, and the
-//! `wait()` event descriptor) take both locks, consumers' first.
+//! The protocol (header layout, the put and get paths, what each side reads without a lock,
+//! wrap and restart marks, give-back of memory, the `wait()` event descriptor) and the
+//! argument that no process can wedge the others by dying at any instruction are in
+//! `README.md` beside this file, which names the functions below.
 //!
 //! Every offset and count read from the header is checked before it is used (another process
 //! may have written garbage): a check that fails is an `InvalidData` error, never a panic.
@@ -49,22 +15,15 @@
 //! atomic or sits behind a lock; ring bytes are only touched through raw pointer copies or
 //! slices of free space or of a published frame, within ranges checked against the ring's
 //! size.
-//!
-//! # References
-//! futex(2), fcntl(2) "Open file description locks", memfd_create(2), fallocate(2)
-//! `FALLOC_FL_PUNCH_HOLE`, madvise(2) `MADV_POPULATE_WRITE`.
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{MemfdFlags, Mode, OFlags};
-use rustix::thread::futex;
-
-use super::shm::Mapping;
 use crate::sync::raw::{Acquired, RawLock};
+use crate::sys::{self, Mapping};
 
 const MAGIC: u64 = 0x6d70_7175_6575_6535; // "mpqueue5"
 const PAGE: usize = 4096;
@@ -139,7 +98,7 @@ pub(crate) struct ShmQueue {
     /// shared by every handle, in every process.
     event: Option<OwnedFd>,
     /// The header page and the ring, `PAGE + cap` bytes. All access through `&self` is to
-    /// atomics, the mutexes, or raw copies under the rules in the module docs.
+    /// atomics, the locks, or raw copies under the rules of the module's `# Safety` note.
     map: Mapping,
     cap: u32,
     /// This process's last look at `cons`, for producers (see [`PutView`]).
@@ -180,14 +139,10 @@ impl ShmQueue {
     pub(crate) fn create(cap: usize, maxsize: u32) -> io::Result<ShmQueue> {
         let cap = cap.div_ceil(PAGE) * PAGE;
         let cap32 = u32::try_from(cap).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let fd = rustix::fs::memfd_create("multiproc-queue", MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&fd, (PAGE + cap) as u64)?;
+        let fd = sys::memfd_named(c"multiproc-queue", PAGE + cap)?;
         let mut q = ShmQueue::map(fd, PAGE + cap)?;
         q.cap = cap32;
-        q.event = Some(rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?);
+        q.event = Some(sys::eventfd()?);
         let header = q.header_ptr();
         // SAFETY: the memfd is new and mapped only here: nobody else can see it yet, so a
         // plain write to the header races with nothing. Everything else starts as zeros (a
@@ -198,7 +153,7 @@ impl ShmQueue {
 
     /// Maps the queue behind `fd` (a descriptor of a memfd made by [`create`](Self::create)).
     pub(crate) fn open(fd: OwnedFd, event: OwnedFd) -> io::Result<ShmQueue> {
-        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        let (len, _) = sys::fd_len_and_id(fd.as_fd())?;
         if len < 2 * PAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
         }
@@ -263,7 +218,7 @@ impl ShmQueue {
     /// A new open file description of the queue's memfd, for a new handle: OFD locks taken
     /// on it are its own.
     pub(crate) fn reopen(&self) -> io::Result<OwnedFd> {
-        reopen(self.fd.as_fd())
+        sys::reopen(self.fd.as_fd())
     }
 
     /// The event descriptor (see [`want_event`](Self::want_event)).
@@ -304,7 +259,7 @@ impl ShmQueue {
 
     /// Takes the consumers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`
     /// when the deadline passed. A dead owner's lock is taken over: it guards nothing that
-    /// needs repair (see the module docs).
+    /// needs repair (see `README.md`).
     pub(crate) fn lock_get(&self, deadline: Option<Instant>) -> io::Result<Option<GetGuard<'_>>> {
         let Ok(how) = self.header().get_lock.0.lock(deadline) else {
             return Ok(None);
@@ -336,17 +291,13 @@ impl ShmQueue {
 
     /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
     pub(crate) fn sleep(&self, word: &AtomicU32, seen: u32, max: Duration) {
-        let ts = rustix::time::Timespec {
-            tv_sec: max.as_secs() as i64,
-            tv_nsec: i64::from(max.subsec_nanos()),
-        };
-        // Shared (not private) futex: waiters and wakers are in different processes.
-        let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&ts));
+        // A shared (not private) futex: waiters and wakers are in different processes.
+        sys::futex_wait(word, seen, Some(max));
     }
 
     /// Wakes up to `n` sleepers on `word`.
     pub(crate) fn wake(&self, word: &AtomicU32, n: u32) {
-        let _ = futex::wake(word, futex::Flags::empty(), n);
+        sys::futex_wake(word, n);
     }
 
     fn data(&self) -> *mut u8 {
@@ -465,13 +416,12 @@ impl PutGuard<'_> {
     /// Called with the lock just taken over from a dead owner: sets the `wait()` event flag
     /// and descriptor from the queue's state, since the owner may have died between the two
     /// (in `publish`, `want_event` or `drained`). Every other change a producer makes is
-    /// safe to leave half-done (see the module docs). All changes to the flag are made under
+    /// safe to leave half-done (see `README.md`). All changes to the flag are made under
     /// this lock, and no put can happen while it is held.
     fn after_owner_died(&self) {
         let words = &self.h().words.0;
         words.event_set.store(0, Ordering::Relaxed);
-        let mut drain = [0u8; 8];
-        let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+        sys::eventfd_drain(self.q.event_fd());
         // No put can happen while we hold the lock. Consumers may take the items meanwhile;
         // the one that takes the last calls `drained`, which waits for this lock and clears
         // the flag again.
@@ -617,15 +567,8 @@ impl PutGuard<'_> {
         let start = (at.max(fresh_from) as usize) & !(PAGE - 1);
         let end = at as usize + n;
         if end > start {
-            // SAFETY: `[start, end)` lies inside the ring's mapping (`at + n <= cap`, checked
-            // by `place`); populating only faults pages in, which changes no byte of them.
-            let _ = unsafe {
-                rustix::mm::madvise(
-                    self.q.data().add(start).cast(),
-                    end - start,
-                    rustix::mm::Advice::LinuxPopulateWrite,
-                )
-            };
+            // Ring offsets: the ring starts one page into the mapping.
+            self.q.map.populate_write(PAGE + start, end - start);
         }
     }
 
@@ -648,7 +591,7 @@ impl PutGuard<'_> {
         let words = &self.h().words.0;
         if words.event_set.load(Ordering::Relaxed) == 0 {
             words.event_set.store(1, Ordering::Relaxed);
-            let _ = rustix::io::write(self.q.event_fd(), &1u64.to_ne_bytes());
+            sys::eventfd_raise(self.q.event_fd());
         }
     }
 }
@@ -792,18 +735,12 @@ impl GetGuard<'_> {
         if high > KEEP {
             let start = u64::from(KEEP) + PAGE as u64;
             let len = u64::from(high - KEEP).div_ceil(PAGE as u64) * PAGE as u64;
-            let _ = rustix::fs::fallocate(
-                &self.q.fd,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                start,
-                len,
-            );
+            sys::punch_hole(self.q.fd.as_fd(), start, len);
             words.high_water.store(KEEP, Ordering::Relaxed);
         }
         if words.event_set.load(Ordering::Relaxed) != 0 {
             words.event_set.store(0, Ordering::Relaxed);
-            let mut drain = [0u8; 8];
-            let _ = rustix::io::read(self.q.event_fd(), &mut drain);
+            sys::eventfd_drain(self.q.event_fd());
         }
         drop(put);
         Ok(())
@@ -814,59 +751,6 @@ impl Drop for GetGuard<'_> {
     fn drop(&mut self) {
         self.q.header().get_lock.0.unlock();
     }
-}
-
-/// A new open file description for the file behind `fd`, through `/proc/self/fd`.
-pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
-fn ofd_lock(
-    fd: BorrowedFd<'_>,
-    cmd: libc::c_int,
-    kind: libc::c_int,
-    byte: i64,
-) -> io::Result<libc::flock> {
-    // SAFETY: `flock` is plain data; zero is a valid value for every field.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    fl.l_start = byte as _;
-    fl.l_len = 1;
-    loop {
-        // SAFETY: `fl` is a valid `flock` that lives across the call; OFD lock commands
-        // require `l_pid` to be 0, which it is.
-        let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) };
-        if r == 0 {
-            return Ok(fl);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Marks the open file description `fd` as a holder of `role` (a byte of the lock file).
-/// Held until [`ofd_release`] or until every descriptor of it is closed (exit included).
-pub(crate) fn ofd_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
-    ofd_lock(fd, libc::F_OFD_SETLKW, libc::F_RDLCK, role).map(drop)
-}
-
-/// Stops `fd` being a holder of `role`.
-pub(crate) fn ofd_release(fd: BorrowedFd<'_>, role: i64) -> io::Result<()> {
-    ofd_lock(fd, libc::F_OFD_SETLK, libc::F_UNLCK, role).map(drop)
-}
-
-/// Whether any open file description other than `fd`'s holds `role`.
-pub(crate) fn ofd_others_hold(fd: BorrowedFd<'_>, role: i64) -> io::Result<bool> {
-    let fl = ofd_lock(fd, libc::F_OFD_GETLK, libc::F_WRLCK, role)?;
-    Ok(i32::from(fl.l_type) != libc::F_UNLCK)
 }
 
 #[cfg(test)]
