@@ -6,8 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    Address, AuthKey, ConnectError, Listener, Process, RecvError, SendError, Waitable,
-    client_with_authkey, pipe, wait,
+    Process, connection::Address, connection::ConnectError, connection::Listener,
+    connection::RecvError, connection::SendError, connection::Waitable,
+    connection::client_with_authkey, connection::wait, pipe, process::AuthKey,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -336,7 +337,7 @@ fn default_authkey_is_inherited_by_children() {
     let listener = Listener::bind(unix_address("default")).unwrap();
     let address = listener.address().clone();
     let handle = multiproc::spawn(move || {
-        multiproc::client(&address)
+        multiproc::connection::client(&address)
             .map(|c| c.send(&"ok").is_ok())
             .unwrap_or(false)
     })

@@ -38,7 +38,7 @@ impl std::error::Error for EncodeError {
 }
 
 /// Received bytes are not a valid message of the expected type, announce a size over the
-/// limit, or describe a value nested deeper than [`MAX_DECODE_DEPTH`](crate::MAX_DECODE_DEPTH)
+/// limit, or describe a value nested deeper than [`MAX_DECODE_DEPTH`](crate::connection::MAX_DECODE_DEPTH)
 /// levels (or deeper than the receiving thread's stack allows). Decoding never runs code from
 /// the bytes; bad bytes only ever produce this error.
 #[derive(Debug)]
