@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use multiproc::Builder;
+use multiproc::process::Builder;
 
 fn foo() {
     println!("123");

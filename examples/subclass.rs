@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use multiproc::{Process, Run};
+use multiproc::{Process, process::Run};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]

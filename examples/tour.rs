@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Builder, JoinError, Process, Run};
+use multiproc::{JoinError, Process, process::Builder, process::Run};
 use serde::{Deserialize, Serialize};
 
 fn step(title: &str) {

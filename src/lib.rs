@@ -45,7 +45,7 @@
 //!
 //! # A pool of workers, as Python's `Pool`
 //! ```
-//! use multiproc::{Pool, TaskError};
+//! use multiproc::{Pool, pool::TaskError};
 //!
 //! fn collatz_steps(mut n: u64) -> u32 {
 //!     let mut steps = 0;
@@ -67,25 +67,34 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Where things are
+//! The crate root holds the names at the top of Python's `multiprocessing` ([`Process`],
+//! [`spawn`], [`Queue`], [`pipe`], [`Lock`], [`Value`], [`Pool`], the start-method
+//! functions, ...). Everything else lives in the module of its concept, as in Python's
+//! submodules: [`process`] (builders, the current and parent process, [`process::Run`]),
+//! [`connection`] (`Listener`, `client`, `wait`, per-operation errors), [`queue`] (get and put
+//! errors), [`sync`] (guards and acquire errors), [`shared`] (`SharedMemory`, guards, `Pod`)
+//! and [`pool`] (futures, iterators, task errors).
+//!
 //! # What is here
 //! - [`Process`] with Python's surface: start, join (with timeout), is_alive, terminate,
 //!   kill, close, pid, exitcode, name, daemon, authkey, sentinel; built with a target and
-//!   arguments, in the subclass style through [`Run`], or with a [`Builder`].
+//!   arguments, in the subclass style through [`Run`](process::Run), or with a [`Builder`](process::Builder).
 //! - [`spawn`] → [`JoinHandle<T>`]: the child's return value, or a [`JoinError`] that tells a
 //!   panic from a signal from an exit code.
 //! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
 //! - [`Pool`] and [`ProcessPoolExecutor`]: Python's process pools, where a crashed, killed or
-//!   stuck worker fails only its own task ([`TaskError`]) and is replaced; nothing hangs.
+//!   stuck worker fails only its own task ([`TaskError`](pool::TaskError)) and is replaced; nothing hangs.
 //! - Start methods ([`StartMethod`]): `forkserver` (the default), `spawn` and `fork`, chosen
 //!   per program ([`set_start_method`]), per [`Context`] ([`get_context`]) or per process
-//!   ([`Builder::start_method`]).
+//!   ([`Builder::start_method`](process::Builder::start_method)).
 //! - Synchronization between processes, robust to crashes: [`Lock`], [`RLock`],
 //!   [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`].
-//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`].
+//! - Shared memory: [`Value`], [`Array`], named [`SharedMemory`](shared::SharedMemory).
 //! - IPC: [`pipe`] → [`Connection`] (typed `send`/`recv`, raw bytes, `poll`); [`Queue`],
-//!   [`SimpleQueue`], [`JoinableQueue`] in crash-safe shared memory; [`wait`] over
-//!   connections, queues and sentinels; [`Listener`] / [`client`] between programs, with an
-//!   HMAC challenge on the [`AuthKey`]. A peer that dies never leaves the other side blocked.
+//!   [`SimpleQueue`], [`JoinableQueue`] in crash-safe shared memory; [`wait`](connection::wait) over
+//!   connections, queues and sentinels; [`Listener`](connection::Listener) / [`client`](connection::client) between programs, with an
+//!   HMAC challenge on the [`AuthKey`](process::AuthKey). A peer that dies never leaves the other side blocked.
 //!
 //! # Start methods and `main`
 //! `spawn` and `forkserver` start a fresh copy of your program's binary. The copy must run the
@@ -116,43 +125,38 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod connection;
+pub mod connection;
 mod context;
 mod error;
-mod pool;
-mod process;
-mod queue;
+pub mod pool;
+pub mod process;
+pub mod queue;
 mod resource_tracker;
 #[allow(unsafe_code)]
-mod shared;
+pub mod shared;
 mod start;
-mod sync;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod wire;
 
-pub use connection::{
-    Address, ConnectError, Connection, HANDSHAKE_TIMEOUT, Listener, MAX_DECODE_DEPTH,
-    MAX_HANDSHAKE_MESSAGE, Waitable, client, client_with_authkey, pipe, wait,
-};
-pub use context::forkserver_pid;
+// The crate root holds what a Python user types first (the names at the top of Python's
+// `multiprocessing`); everything else lives in its concept's module.
+pub use connection::{Connection, pipe};
 pub use context::{
-    Context, StartMethod, get_all_start_methods, get_context, get_start_method, set_start_method,
+    Context, StartMethod, forkserver_pid, get_all_start_methods, get_context, get_start_method,
+    set_start_method,
 };
-pub use error::{
-    DecodeError, EncodeError, Error, ErrorKind, GetError, JoinError, PutError, RecvError, Result,
-    SendError,
-};
-pub use pool::{
-    AsCompleted, AsyncResult, ExecutorBuilder, ExecutorMap, Imap, Payload, Pool, PoolBuilder,
-    ProcessPoolExecutor, TaskError, TaskFn, TaskFuture, WorkerExit, as_completed,
-};
+pub use error::{Error, ErrorKind, JoinError, Result};
+pub use pool::{Pool, ProcessPoolExecutor};
 pub use process::{
-    ActiveChild, AuthKey, Builder, CurrentProcess, JoinHandle, ParentProcess, Process, Run,
-    active_children, cpu_count, current_process, parent_process, spawn, spawn_with_args,
+    JoinHandle, Process, active_children, cpu_count, current_process, parent_process, spawn,
+    spawn_with_args,
 };
-pub use queue::{JoinableQueue, Queue, SimpleQueue, TaskDoneError};
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use resource_tracker::resource_tracker_pid;
+pub use shared::{Array, Value};
+pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Hands control to multiproc if this program was started as a child process or forkserver;
 /// returns at once otherwise. Rust's counterpart of Python's `if __name__ == "__main__":`.
@@ -177,8 +181,3 @@ pub use resource_tracker::resource_tracker_pid;
 pub fn init() {
     start::init();
 }
-pub use shared::{Array, ArrayGuard, Pod, SharedAtomic, SharedMemory, Value, ValueGuard};
-pub use sync::{
-    AcquireError, Barrier, BoundedSemaphore, BrokenBarrierError, Condition, ConditionGuard, Event,
-    Lock, LockGuard, OwnerDied, RLock, RLockGuard, ReleaseError, Semaphore,
-};

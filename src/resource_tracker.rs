@@ -44,7 +44,7 @@
 //! multiproc's children) do by default; the liveness check before each write makes the
 //! remaining window tiny.
 //!
-//! [`SharedMemory::unlink`]: crate::SharedMemory::unlink
+//! [`SharedMemory::unlink`]: crate::shared::SharedMemory::unlink
 
 use std::io;
 use std::sync::Mutex;
@@ -248,13 +248,13 @@ pub(crate) fn unregister(name: &str, id: (u64, u64)) -> io::Result<()> {
 
 /// The pid of the resource tracker this process uses, if it has started or inherited one
 /// (Python's `resource_tracker._resource_tracker._pid`): the process that unlinks the names
-/// of [`SharedMemory`](crate::SharedMemory) segments whose creator died. It is not a child of
+/// of [`SharedMemory`](crate::shared::SharedMemory) segments whose creator died. It is not a child of
 /// this process. If it has died, the next `SharedMemory` call starts a new one (see the
-/// [`SharedMemory`](crate::SharedMemory) docs), and this then returns the new pid.
+/// [`SharedMemory`](crate::shared::SharedMemory) docs), and this then returns the new pid.
 ///
 /// # Examples
 /// ```
-/// let shm = multiproc::SharedMemory::create(64)?;
+/// let shm = multiproc::shared::SharedMemory::create(64)?;
 /// let pid = multiproc::resource_tracker_pid().expect("create started a tracker");
 /// assert_ne!(pid, std::process::id());
 /// shm.unlink()?;

@@ -23,7 +23,7 @@ mod depth;
 /// Decoding recurses once per level, so without a bound a few hundred kilobytes of hostile or
 /// buggy bytes could abort the process that receives them (through
 /// [`Connection::recv`](crate::Connection::recv), [`Queue::get`](crate::Queue::get), a child's
-/// result, or a [`Listener`](crate::Listener) peer), and a bad queue item would abort each
+/// result, or a [`Listener`](crate::connection::Listener) peer), and a bad queue item would abort each
 /// consumer in turn. A level takes about 100 to 200 bytes of stack in an optimised build and
 /// about 1.5 KiB in a debug build, so a value at the limit decodes in a thread with Rust's
 /// default 2 MiB stack either way. Besides, decoding stops with the same error when less than
@@ -42,7 +42,7 @@ impl Failure {
         match self {
             Failure::TooDeep(depth::Limit::Depth) => format!(
                 "message value is nested more than {MAX_DECODE_DEPTH} levels deep \
-                 (multiproc::MAX_DECODE_DEPTH)"
+                 (multiproc::connection::MAX_DECODE_DEPTH)"
             ),
             Failure::TooDeep(depth::Limit::Stack) => format!(
                 "message value is nested too deeply for this thread's stack (decoding stops \

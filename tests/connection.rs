@@ -6,8 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    Address, AuthKey, ConnectError, Listener, Process, RecvError, SendError, Waitable,
-    client_with_authkey, pipe, wait,
+    Process, connection::Address, connection::ConnectError, connection::Listener,
+    connection::RecvError, connection::SendError, connection::Waitable,
+    connection::client_with_authkey, connection::wait, pipe, process::AuthKey,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -336,7 +337,7 @@ fn default_authkey_is_inherited_by_children() {
     let listener = Listener::bind(unix_address("default")).unwrap();
     let address = listener.address().clone();
     let handle = multiproc::spawn(move || {
-        multiproc::client(&address)
+        multiproc::connection::client(&address)
             .map(|c| c.send(&"ok").is_ok())
             .unwrap_or(false)
     })
@@ -487,7 +488,7 @@ fn silent_and_garbage_peers_do_not_hold_up_a_good_client(address: Address) {
             Err(ConnectError::Protocol(_)) if protocol_errors < GARBAGE => protocol_errors += 1,
             Err(ConnectError::Timeout) => {
                 assert!(
-                    connected.elapsed() >= multiproc::HANDSHAKE_TIMEOUT,
+                    connected.elapsed() >= multiproc::connection::HANDSHAKE_TIMEOUT,
                     "a silent peer was dropped before its timeout"
                 );
                 timeouts += 1;
@@ -495,7 +496,7 @@ fn silent_and_garbage_peers_do_not_hold_up_a_good_client(address: Address) {
             other => panic!("unexpected accept result: {other:?}"),
         }
         assert!(
-            connected.elapsed() < multiproc::HANDSHAKE_TIMEOUT + WAIT,
+            connected.elapsed() < multiproc::connection::HANDSHAKE_TIMEOUT + WAIT,
             "silent peers were not dropped in time"
         );
     }
@@ -631,13 +632,16 @@ fn a_client_with_a_key_times_out_clearly_against_a_keyless_listener_that_waits()
     });
     let conn = listener.accept().unwrap();
     // The client hangs up when it gives up.
-    let gone = conn.recv_timeout::<String>(multiproc::HANDSHAKE_TIMEOUT + WAIT);
+    let gone = conn.recv_timeout::<String>(multiproc::connection::HANDSHAKE_TIMEOUT + WAIT);
     assert!(matches!(gone, Err(RecvError::Disconnected)), "{gone:?}");
     let (result, took) = client.join().unwrap();
     let err = result.unwrap_err();
     assert!(matches!(err, ConnectError::Timeout), "{err:?}");
     assert!(err.to_string().contains("authkey"), "{err}");
-    assert!(took >= multiproc::HANDSHAKE_TIMEOUT, "took {took:?}");
+    assert!(
+        took >= multiproc::connection::HANDSHAKE_TIMEOUT,
+        "took {took:?}"
+    );
 }
 
 fn first_receive_wants_a_key(conn: multiproc::Connection) {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Reaper, Rng, WAIT};
-use multiproc::{Barrier, Condition, Event, JoinError, RLock, Semaphore, SharedMemory, Value};
+use multiproc::{
+    Barrier, Condition, Event, JoinError, RLock, Semaphore, Value, shared::SharedMemory,
+};
 
 fn sleep_us(us: u64) {
     std::thread::sleep(Duration::from_micros(us));
@@ -118,7 +120,7 @@ start_method_matrix! {
             child.kill().unwrap();
             let _ = child.join_timeout(WAIT);
             let g = match lock.acquire_timeout(Duration::from_secs(2)) {
-                Err(multiproc::AcquireError::OwnerDied(e)) => e.into_inner(),
+                Err(multiproc::sync::AcquireError::OwnerDied(e)) => e.into_inner(),
                 other => panic!("expected OwnerDied, got {other:?}"),
             };
             assert_eq!(lock.depth(), 1);

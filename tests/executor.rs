@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use multiproc::{ProcessPoolExecutor, TaskError, WorkerExit, as_completed};
+use multiproc::{ProcessPoolExecutor, pool::TaskError, pool::WorkerExit, pool::as_completed};
 
 fn square(x: u64) -> u64 {
     x * x

@@ -7,8 +7,8 @@
 mod common;
 
 use multiproc::{
-    AuthKey, Connection, GetError, Listener, MAX_DECODE_DEPTH, Queue, RecvError,
-    client_with_authkey,
+    Connection, Queue, connection::Listener, connection::MAX_DECODE_DEPTH, connection::RecvError,
+    connection::client_with_authkey, process::AuthKey, queue::GetError,
 };
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Serialize, Serializer};
@@ -114,7 +114,7 @@ fn consume_one(q: Queue<Nest>) -> String {
 }
 
 fn connect_and_send_nests(address: std::net::SocketAddr) {
-    let address = multiproc::Address::Tcp(address);
+    let address = multiproc::connection::Address::Tcp(address);
     let conn = client_with_authkey(&address, Some(&AuthKey::from(b"nest".to_vec()))).unwrap();
     send_nests(conn);
 }
@@ -163,7 +163,7 @@ start_method_matrix! {
         let listener =
             Listener::bind_with_authkey("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(key))
                 .unwrap();
-        let multiproc::Address::Tcp(address) = listener.address().clone() else {
+        let multiproc::connection::Address::Tcp(address) = listener.address().clone() else {
             unreachable!("bound to a TCP address")
         };
         let mut p = multiproc::Process::with_args(connect_and_send_nests, address);

@@ -7,7 +7,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, Pool, TaskError, WorkerExit};
+use multiproc::{ErrorKind, Pool, pool::TaskError, pool::WorkerExit};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -46,8 +46,8 @@ fn pool_types_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Pool>();
     send_sync::<multiproc::ProcessPoolExecutor>();
-    send_sync::<multiproc::AsyncResult<Vec<u8>>>();
-    send_sync::<multiproc::TaskFuture<String>>();
+    send_sync::<multiproc::pool::AsyncResult<Vec<u8>>>();
+    send_sync::<multiproc::pool::TaskFuture<String>>();
     send_sync::<TaskError>();
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Pool, TaskError, WorkerExit};
+use multiproc::{Pool, pool::TaskError, pool::WorkerExit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Fault {

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use multiproc::{ErrorKind, Event, Lock, Pool, ProcessPoolExecutor, Queue, TaskError, Value};
+use multiproc::{ErrorKind, Event, Lock, Pool, ProcessPoolExecutor, Queue, Value, pool::TaskError};
 
 type Handles = (Value<u64>, Lock, Event, Queue<u64>);
 
@@ -28,7 +28,7 @@ fn add(x: u64) -> u32 {
     {
         let mut v = value
             .lock()
-            .unwrap_or_else(multiproc::OwnerDied::into_inner);
+            .unwrap_or_else(multiproc::sync::OwnerDied::into_inner);
         *v += x;
     }
     queue.put(x).expect("put");

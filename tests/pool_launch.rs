@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, Pool, TaskError};
+use multiproc::{ErrorKind, Pool, pool::TaskError};
 
 fn square(x: u64) -> u64 {
     x * x

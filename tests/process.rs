@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Reaper, WAIT, eventually};
-use multiproc::{AuthKey, Builder, ErrorKind, JoinError, Process, Run};
+use multiproc::{ErrorKind, JoinError, Process, process::AuthKey, process::Builder, process::Run};
 use serde::{Deserialize, Serialize};
 
 fn scratch(name: &str) -> PathBuf {

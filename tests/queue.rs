@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use multiproc::{GetError, JoinableQueue, Process, PutError, Queue, SimpleQueue};
+use multiproc::{JoinableQueue, Process, Queue, SimpleQueue, queue::GetError, queue::PutError};
 
 use common::WAIT;
 
@@ -380,7 +380,7 @@ fn joinable_queue_join_waits_for_task_done() {
 
 #[test]
 fn wait_reports_a_queue_with_items() {
-    use multiproc::{Waitable, wait};
+    use multiproc::{connection::Waitable, connection::wait};
     let _r = common::Reaper::new();
     let q: Queue<u8> = Queue::new().unwrap();
     let (a, _b) = multiproc::pipe(true).unwrap();
@@ -442,7 +442,7 @@ fn work_joinable(q: JoinableQueue<u32>) {
 // one the test chose, the default forkserver included.
 
 use common::{Reaper, Rng};
-use multiproc::{Event, JoinError, SharedMemory};
+use multiproc::{Event, JoinError, shared::SharedMemory};
 
 /// Serializing a `Stuck` (the second time since `STUCK_CALLS` was reset, which is the one
 /// that writes into the queue) stalls after setting the event, or panics.

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::{Reaper, Rng, WAIT};
-use multiproc::{JoinError, SharedMemory, StartMethod};
+use multiproc::{JoinError, StartMethod, shared::SharedMemory};
 
 /// Named segments in `/dev/shm` whose names start with `prefix`.
 fn shm_names(prefix: &str) -> Vec<String> {

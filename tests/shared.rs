@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{Reaper, WAIT};
-use multiproc::{Array, ErrorKind, SharedMemory, Value};
+use multiproc::{Array, ErrorKind, Value, shared::SharedMemory};
 
 #[test]
 fn value_counter_has_no_lost_increments() {

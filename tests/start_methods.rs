@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{
     Reaper, WAIT, eventually, is_forkserver, os_children, os_children_with_forkserver, pid_exists,
 };
-use multiproc::{AuthKey, ErrorKind, JoinError, StartMethod, get_context};
+use multiproc::{ErrorKind, JoinError, StartMethod, get_context, process::AuthKey};
 use serde::{Deserialize, Serialize};
 
 fn square(x: u64) -> u64 {
@@ -61,18 +61,18 @@ impl<'de> Deserialize<'de> for Unserializable {
 }
 
 /// The `pthread_mutex_t` at the start of `shm`.
-fn mutex_in(shm: &multiproc::SharedMemory) -> *mut libc::pthread_mutex_t {
+fn mutex_in(shm: &multiproc::shared::SharedMemory) -> *mut libc::pthread_mutex_t {
     assert!(shm.size() >= std::mem::size_of::<libc::pthread_mutex_t>() + 64);
     shm.atomics::<std::sync::atomic::AtomicU64>().as_ptr() as *mut libc::pthread_mutex_t
 }
 
 /// A flag beside the mutex: the child has the lock.
-fn locked_flag(shm: &multiproc::SharedMemory) -> &std::sync::atomic::AtomicU32 {
+fn locked_flag(shm: &multiproc::shared::SharedMemory) -> &std::sync::atomic::AtomicU32 {
     &shm.atomics::<std::sync::atomic::AtomicU32>()[1000]
 }
 
 /// A child's body: takes the robust mutex in `shm`, says so, and waits to be killed.
-fn hold_robust_mutex(shm: multiproc::SharedMemory) {
+fn hold_robust_mutex(shm: multiproc::shared::SharedMemory) {
     // SAFETY: the parent initialised a process-shared robust mutex at the start of the segment,
     // which stays mapped for as long as `shm` lives (until this process is killed).
     let rc = unsafe { libc::pthread_mutex_lock(mutex_in(&shm)) };
@@ -92,7 +92,7 @@ fn daemon_says_up(up: multiproc::Queue<u32>) {
 fn daemon_from_a_short_lived_thread(report: multiproc::Queue<u32>) {
     let up = multiproc::Queue::<u32>::new().unwrap();
     let thread = std::thread::spawn(move || {
-        let mut daemon = multiproc::Builder::new()
+        let mut daemon = multiproc::process::Builder::new()
             .daemon(true)
             .target_with_args(daemon_says_up, up.clone());
         daemon.start().unwrap();
@@ -218,7 +218,7 @@ start_method_matrix! {
         let _reaper = Reaper::new();
         #[derive(Serialize, Deserialize)]
         struct Exit(i32);
-        impl multiproc::Run for Exit {
+        impl multiproc::process::Run for Exit {
             fn run(&mut self) {
                 std::process::exit(self.0)
             }
@@ -269,7 +269,7 @@ start_method_matrix! {
         // cached id must be its own, under forkserver too (a raw clone would keep the server's).
         let ctx = get_context(multiproc::get_start_method());
         let _reaper = Reaper::new();
-        let shm = multiproc::SharedMemory::create(8192).unwrap();
+        let shm = multiproc::shared::SharedMemory::create(8192).unwrap();
         let m = mutex_in(&shm);
         // SAFETY: `m` points into a live shared mapping large enough for the mutex (checked in
         // `mutex_in`); the attribute object lives on this stack and is destroyed after use.
@@ -343,7 +343,7 @@ start_method_matrix! {
             let all = [m.to_string(), m.to_string(), m.to_string()];
             let seen = get_context(m).spawn(report_methods).unwrap().join().unwrap();
             assert_eq!(seen, all, "a child started through get_context({m})");
-            let seen = multiproc::Builder::new().start_method(m).spawn(report_methods);
+            let seen = multiproc::process::Builder::new().start_method(m).spawn(report_methods);
             assert_eq!(seen.unwrap().join().unwrap(), all, "Builder::start_method({m})");
         }
         let seen = multiproc::spawn(report_methods).unwrap().join().unwrap();
@@ -358,7 +358,7 @@ fn fresh_methods() -> [StartMethod; 2] {
 }
 
 /// A child's body for the kill stress: counts its run in slot `i` of `shm`.
-fn count_run((shm, i): (multiproc::SharedMemory, usize)) {
+fn count_run((shm, i): (multiproc::shared::SharedMemory, usize)) {
     shm.atomics::<std::sync::atomic::AtomicU32>()[i]
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
@@ -636,7 +636,7 @@ alone! {
         const STARTS: usize = 300;
         let _reaper = Reaper::new();
         let mut rng = common::Rng::seeded("forkserver_killed_at_random_points");
-        let shm = multiproc::SharedMemory::create(STARTS * 4).unwrap();
+        let shm = multiproc::shared::SharedMemory::create(STARTS * 4).unwrap();
         let ctx = get_context(StartMethod::ForkServer);
         assert_eq!(ctx.spawn_with_args(square, 2).unwrap().join().unwrap(), 4);
         let stop = std::sync::Arc::new(AtomicBool::new(false));

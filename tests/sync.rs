@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{Reaper, WAIT};
 use multiproc::{
-    AcquireError, Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore,
-    SharedMemory, Value, spawn_with_args,
+    Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, Value,
+    shared::SharedMemory, spawn_with_args, sync::AcquireError,
 };
 
 /// Scratch shared atomics for invariant checks; the name is unlinked at once, the segment

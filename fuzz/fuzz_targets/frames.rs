@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
-use multiproc::{RecvError, pipe};
+use multiproc::{connection::RecvError, pipe};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]

@@ -26,10 +26,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{Connection, MIN_FRAME};
+use crate::current_process;
 use crate::error::{RecvError, SendError};
+use crate::process::AuthKey;
 use crate::sys::{self, Interest};
 use crate::wire::{self, HEADER};
-use crate::{AuthKey, current_process};
 
 /// The longest a handshake may take before it fails with [`ConnectError::Timeout`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +48,7 @@ const NONCE_LEN: usize = 32;
 ///
 /// # Examples
 /// ```
-/// use multiproc::Address;
+/// use multiproc::connection::Address;
 /// let unix = Address::from(std::path::Path::new("/tmp/app.sock"));
 /// let tcp = Address::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
 /// assert!(matches!(unix, Address::Unix(_)));
@@ -141,7 +142,7 @@ impl From<RecvError> for ConnectError {
 /// Accepts connections from other programs, Python's `multiprocessing.connection.Listener`.
 ///
 /// Peers must prove they hold the same [`AuthKey`]: by default this process's own key
-/// ([`current_process().authkey()`](crate::CurrentProcess::authkey)), which children
+/// ([`current_process().authkey()`](crate::process::CurrentProcess::authkey)), which children
 /// inherit. A Unix socket's file is removed when the listener is dropped.
 ///
 /// Handshakes with different peers run side by side, each within its own
@@ -152,7 +153,7 @@ impl From<RecvError> for ConnectError {
 ///
 /// # Examples
 /// ```
-/// use multiproc::{AuthKey, Listener, client_with_authkey};
+/// use multiproc::{process::AuthKey, connection::Listener, connection::client_with_authkey};
 ///
 /// let key = AuthKey::from(b"secret".to_vec());
 /// let listener = Listener::bind_with_authkey("127.0.0.1:0".parse::<std::net::SocketAddr>()?, Some(key.clone()))?;
@@ -170,7 +171,7 @@ impl From<RecvError> for ConnectError {
 /// let intruder = multiproc::spawn(move || {
 ///     client_with_authkey(&address, Some(&AuthKey::from(b"guess".to_vec()))).is_err()
 /// })?;
-/// assert!(matches!(listener.accept(), Err(multiproc::ConnectError::Refused)));
+/// assert!(matches!(listener.accept(), Err(multiproc::connection::ConnectError::Refused)));
 /// assert!(intruder.join()?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{DecodeError, RecvError, SendError};
+pub use crate::error::{DecodeError, EncodeError, RecvError, SendError};
 use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
 
@@ -131,7 +131,7 @@ pub fn pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
 /// b.send_bytes(b"raw")?;
 /// assert_eq!(a.recv_bytes()?, b"raw");
 /// drop(b);
-/// assert!(matches!(a.recv_bytes(), Err(multiproc::RecvError::Disconnected)));
+/// assert!(matches!(a.recv_bytes(), Err(multiproc::connection::RecvError::Disconnected)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection {

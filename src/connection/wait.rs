@@ -65,7 +65,7 @@ impl Waitable for Process {
 /// # Examples
 /// ```
 /// use std::time::Duration;
-/// use multiproc::{Process, Waitable, pipe, wait};
+/// use multiproc::{Process, connection::Waitable, pipe, connection::wait};
 ///
 /// let (a, b) = pipe(true)?;
 /// let mut p = Process::new(move || b.send(&"done").unwrap());

@@ -38,7 +38,7 @@ impl std::error::Error for EncodeError {
 }
 
 /// Received bytes are not a valid message of the expected type, announce a size over the
-/// limit, or describe a value nested deeper than [`MAX_DECODE_DEPTH`](crate::MAX_DECODE_DEPTH)
+/// limit, or describe a value nested deeper than [`MAX_DECODE_DEPTH`](crate::connection::MAX_DECODE_DEPTH)
 /// levels (or deeper than the receiving thread's stack allows). Decoding never runs code from
 /// the bytes; bad bytes only ever produce this error.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ pub enum RecvError {
     #[error("connection read failed")]
     Io(#[source] io::Error),
     /// The first message on a connection made by
-    /// [`client_with_authkey`](crate::client_with_authkey) without a key is the listener's
+    /// [`client_with_authkey`](crate::connection::client_with_authkey) without a key is the listener's
     /// authentication challenge: the listener requires an authkey the client did not use
     /// (Python's client would misread the challenge as data). The challenge is consumed; the
     /// listener refuses this connection.

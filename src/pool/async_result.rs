@@ -16,7 +16,7 @@ use crate::process::{bootstrap, target};
 
 type Outcome<T> = Result<T, TaskError>;
 
-/// A done callback ([`TaskFuture::add_done_callback`](crate::TaskFuture::add_done_callback)).
+/// A done callback ([`TaskFuture::add_done_callback`](crate::pool::TaskFuture::add_done_callback)).
 pub(crate) type DoneCallback<T> = Box<dyn FnOnce(Result<&T, &TaskError>) + Send>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

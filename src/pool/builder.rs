@@ -59,7 +59,7 @@ impl PoolBuilder {
 
     /// A function each worker runs once with `args` before its first task (Python's
     /// `initializer` and `initargs`). If it panics the pool cannot run tasks, and they fail
-    /// with [`TaskError::InitializerFailed`](crate::TaskError::InitializerFailed) (where Python's
+    /// with [`TaskError::InitializerFailed`](crate::pool::TaskError::InitializerFailed) (where Python's
     /// pool restarts workers for ever).
     ///
     /// `args` may hold handles that own a file descriptor, such as a [`Lock`](crate::Lock), a
@@ -132,7 +132,7 @@ impl PoolBuilder {
     }
 
     /// A time limit for each task (each chunk, for `map`): a task that runs longer fails with
-    /// [`TaskError::TimeLimit`](crate::TaskError::TimeLimit), and its worker is killed and
+    /// [`TaskError::TimeLimit`](crate::pool::TaskError::TimeLimit), and its worker is killed and
     /// replaced.
     ///
     /// A task's clock starts when its worker can start it: when the worker's initializer has

@@ -60,7 +60,7 @@ fn signal_name(n: i32) -> Option<&'static str> {
 ///
 /// # Examples
 /// ```
-/// use multiproc::{Pool, TaskError};
+/// use multiproc::{Pool, pool::TaskError};
 ///
 /// fn fail(_: ()) -> u8 { panic!("no luck") }
 ///

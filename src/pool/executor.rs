@@ -395,7 +395,7 @@ impl<T> Drop for ExecutorMap<T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc::{ProcessPoolExecutor, as_completed};
+/// use multiproc::{ProcessPoolExecutor, pool::as_completed};
 ///
 /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
 ///

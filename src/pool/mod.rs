@@ -179,7 +179,7 @@ impl Pool {
     /// # Examples
     /// ```
     /// use std::time::Duration;
-    /// use multiproc::{Pool, TaskError};
+    /// use multiproc::{Pool, pool::TaskError};
     ///
     /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
     ///

@@ -28,7 +28,7 @@ use crate::sys;
 ///
 /// # Examples
 /// ```
-/// use multiproc::{Payload, Pool, TaskFn};
+/// use multiproc::{pool::Payload, Pool, pool::TaskFn};
 ///
 /// // A helper generic over tasks states the pool's bounds once.
 /// fn run_twice<F, A, T>(pool: &Pool, f: F, a: A, b: A) -> Vec<T>

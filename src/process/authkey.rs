@@ -12,7 +12,7 @@ use crate::sys;
 ///
 /// # Examples
 /// ```
-/// use multiproc::AuthKey;
+/// use multiproc::process::AuthKey;
 /// let key = AuthKey::from(b"secret".to_vec());
 /// assert_eq!(key.as_bytes(), b"secret");
 /// assert_eq!(AuthKey::random().as_bytes().len(), 32);

@@ -23,6 +23,7 @@ pub(crate) mod current;
 mod join_handle;
 pub(crate) mod target;
 
+pub use crate::error::JoinError;
 pub use authkey::AuthKey;
 pub use children::{ActiveChild, active_children};
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
@@ -371,7 +372,7 @@ impl Process {
 ///
 /// # Examples
 /// ```
-/// use multiproc::Builder;
+/// use multiproc::process::Builder;
 ///
 /// let mut p = Builder::new().name("worker").target(|| println!("hi"));
 /// assert_eq!(p.name(), "worker");

@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// # Examples
 /// ```
-/// use multiproc::{Process, Run};
+/// use multiproc::{Process, process::Run};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]

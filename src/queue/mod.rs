@@ -48,7 +48,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::Waitable;
-use crate::error::{EncodeError, GetError, PutError};
+pub use crate::error::{DecodeError, EncodeError, GetError, PutError};
 use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
 
@@ -151,7 +151,7 @@ thread_local! {
 /// }
 /// p.join()?;
 /// // The producer is gone and the queue is empty: no hang.
-/// assert!(matches!(q.get(), Err(multiproc::GetError::Disconnected)));
+/// assert!(matches!(q.get(), Err(multiproc::queue::GetError::Disconnected)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
@@ -537,7 +537,7 @@ impl<'de, T> serde::Deserialize<'de> for Queue<T> {
     }
 }
 
-/// A queue is ready for [`wait`](crate::wait) when it holds an item (Python's
+/// A queue is ready for [`wait`](crate::connection::wait) when it holds an item (Python's
 /// `wait([q._reader])`).
 impl<T> Waitable for Queue<T> {
     fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {

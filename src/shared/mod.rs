@@ -14,11 +14,11 @@ pub use array::{Array, ArrayGuard};
 pub use shared_memory::{SharedAtomic, SharedMemory};
 pub use value::{Value, ValueGuard};
 
-/// The guard inside an [`OwnerDied`](crate::OwnerDied), for the accessors of `Value` and
+/// The guard inside an [`OwnerDied`](crate::sync::OwnerDied), for the accessors of `Value` and
 /// `Array` that return plain values (Python's `.value`, indexing, `[:]`): they go on with the
 /// data as the dead holder left it, and say so in a `tracing` warning, since their callers
 /// cannot be told. [`Value::lock`] and [`Array::lock`] report it instead.
-fn recovered<G>(died: crate::OwnerDied<G>) -> G {
+fn recovered<G>(died: crate::sync::OwnerDied<G>) -> G {
     tracing::warn!(
         "a process died holding the lock of a shared Value or Array; \
          its data is used as that process left it"
@@ -39,7 +39,7 @@ fn recovered<G>(died: crate::OwnerDied<G>) -> G {
 /// #[repr(C)]
 /// struct Point { x: f64, y: f64 }
 /// // SAFETY: two f64s, no padding; every bit pattern is a valid Point.
-/// unsafe impl multiproc::Pod for Point {}
+/// unsafe impl multiproc::shared::Pod for Point {}
 ///
 /// let p = multiproc::Value::new(Point { x: 1.0, y: 2.0 })?;
 /// assert_eq!(p.get().y, 2.0);

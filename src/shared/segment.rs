@@ -187,8 +187,8 @@ mod tests {
 
     use crate::wire;
     use crate::{
-        Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, SharedMemory,
-        Value,
+        Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, Value,
+        shared::SharedMemory,
     };
 
     /// A copy of a collected descriptor, whichever form `collect_fds` hands them out in.

@@ -42,7 +42,7 @@ use crate::sys;
 ///
 /// # Examples
 /// ```
-/// use multiproc::SharedMemory;
+/// use multiproc::shared::SharedMemory;
 ///
 /// let shm = SharedMemory::create(4096)?;
 /// shm.write(0, b"hello")?;
@@ -226,7 +226,7 @@ impl SharedMemory {
     /// # Examples
     /// ```
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// let shm = multiproc::SharedMemory::create(64)?;
+    /// let shm = multiproc::shared::SharedMemory::create(64)?;
     /// let counters = shm.atomics::<AtomicU64>();
     /// assert_eq!(counters.len(), 8);
     /// counters[3].fetch_add(1, Ordering::Relaxed);

@@ -183,7 +183,7 @@ impl<T: Pod> Value<T> {
     }
 
     /// Reads the value with its lock already held through `guard` (a
-    /// [`ConditionGuard`](crate::ConditionGuard)'s, for instance). `None` if `guard` holds
+    /// [`ConditionGuard`](crate::sync::ConditionGuard)'s, for instance). `None` if `guard` holds
     /// another lock.
     pub fn get_with(&self, guard: &LockGuard<'_>) -> Option<T> {
         // SAFETY: `guard` proves this process holds the value's lock, so no other process or

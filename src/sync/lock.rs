@@ -38,7 +38,7 @@ use crate::shared::segment::Shm;
 /// A holder that is killed does not deadlock the others (with Python's `Lock`, it does):
 /// ```
 /// use std::time::Duration;
-/// use multiproc::{AcquireError, Event, Lock, Process};
+/// use multiproc::{sync::AcquireError, Event, Lock, Process};
 ///
 /// let lock = Lock::new()?;
 /// let holding = Event::new()?;

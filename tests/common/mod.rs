@@ -122,7 +122,7 @@ pub fn is_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 /// start_method_matrix! {
 ///     #[test]
 ///     fn child_sees_its_name() {
-///         let h = multiproc::Builder::new().name("w").spawn(|| multiproc::current_process().name().to_owned());
+///         let h = multiproc::process::Builder::new().name("w").spawn(|| multiproc::current_process().name().to_owned());
 ///         assert_eq!(h.unwrap().join().unwrap(), "w");
 ///     }
 /// }
