@@ -196,7 +196,7 @@ fn poll_and_close() {
     b.send(&1u8).unwrap();
     assert!(a.poll(None).unwrap());
     a.close();
-    assert!(a.closed());
+    assert!(a.is_closed());
     assert!(matches!(a.recv::<u8>(), Err(RecvError::Closed)));
     assert!(matches!(a.send(&1u8), Err(SendError::Closed)));
     assert!(matches!(b.send(&1u8), Err(SendError::Disconnected)));

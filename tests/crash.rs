@@ -176,7 +176,7 @@ start_method_matrix! {
                 "survivors took {:?}",
                 t.elapsed()
             );
-            assert!(barrier.broken());
+            assert!(barrier.is_broken());
         }
     }
     /// A notifier that is killed right after notifying, still holding the lock, does not strand

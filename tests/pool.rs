@@ -61,7 +61,7 @@ fn every_start_method_runs_tasks_and_survives_crashes() {
             .processes(2)
             .start_method(method)
             .initializer(set_marker, 7)
-            .maxtasksperchild(50)
+            .max_tasks_per_child(50)
             .build()
             .unwrap_or_else(|e| panic!("{method}: {e}"));
         let want: Vec<u64> = (0..200).map(|x| x * x).collect();
@@ -323,7 +323,7 @@ start_method_matrix! {
         assert_eq!(Pool::new(0).unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(
             Pool::builder()
-                .maxtasksperchild(0)
+                .max_tasks_per_child(0)
                 .build()
                 .unwrap_err()
                 .kind(),
@@ -442,7 +442,7 @@ start_method_matrix! {
         let _r = common::Reaper::new();
         let pool = Pool::builder()
             .processes(1)
-            .maxtasksperchild(2)
+            .max_tasks_per_child(2)
             .build()
             .unwrap();
         let pids: Vec<u32> = (0..6).map(|_| pool.apply(pid, ()).unwrap()).collect();

@@ -190,7 +190,7 @@ start_method_matrix! {
         let mut rng = common::Rng::seeded("close_and_join_deliver_every_result_despite_crashes");
         let pool = Pool::builder()
             .processes(2)
-            .maxtasksperchild(25)
+            .max_tasks_per_child(25)
             .build()
             .unwrap();
         let faults: Vec<Fault> = (0..200)

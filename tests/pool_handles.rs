@@ -79,7 +79,7 @@ start_method_matrix! {
         let fds_before = common::open_fds();
         let pool = Pool::builder()
             .processes(2)
-            .maxtasksperchild(2)
+            .max_tasks_per_child(2)
             .initializer(keep, clone_handles(&shared))
             .build()
             .unwrap();

@@ -57,7 +57,7 @@ fn starve_descriptors() -> libc::rlimit {
 fn one_task_per_worker_pool() -> Pool {
     let pool = Pool::builder()
         .processes(1)
-        .maxtasksperchild(1)
+        .max_tasks_per_child(1)
         .build()
         .unwrap();
     let first = pool.apply(pid, ()).unwrap();

@@ -434,7 +434,7 @@ fn barrier_generations() {
         ROUNDS,
         "one action per round"
     );
-    assert!(!barrier.broken());
+    assert!(!barrier.is_broken());
 }
 
 fn barrier_waiter(b: &Barrier) -> multiproc::JoinHandle<bool> {
@@ -449,10 +449,10 @@ fn barrier_timeout_abort_reset() {
     let t = Instant::now();
     assert!(b.wait_timeout(Duration::from_millis(50)).is_err());
     assert!(t.elapsed() >= Duration::from_millis(50));
-    assert!(b.broken(), "a timeout breaks the barrier");
+    assert!(b.is_broken(), "a timeout breaks the barrier");
     assert!(b.wait_timeout(WAIT).is_err(), "broken until reset");
     b.reset();
-    assert!(!b.broken());
+    assert!(!b.is_broken());
 
     // A waiter in another process is released by abort with an error.
     let mut child = barrier_waiter(&b);
@@ -466,7 +466,7 @@ fn barrier_timeout_abort_reset() {
     assert!(common::eventually(WAIT, || b.n_waiting() == 1));
     b.reset();
     assert!(!child.join_timeout(WAIT).unwrap());
-    assert!(!b.broken());
+    assert!(!b.is_broken());
 
     // After all that it still works.
     let mut child = barrier_waiter(&b);
@@ -505,7 +505,7 @@ fn barrier_action_panic_breaks_it() {
     });
     outcomes.sort();
     assert_eq!(outcomes, ["barrier is broken", "panicked"]);
-    assert!(b.broken());
+    assert!(b.is_broken());
 }
 
 #[test]
@@ -624,14 +624,14 @@ start_method_matrix! {
             // Long enough for the waiting party to look for dead members several times.
             std::thread::sleep(Duration::from_millis(100));
             assert!(
-                !barrier.broken(),
+                !barrier.is_broken(),
                 "round {round}: broken while the second party was on its way"
             );
             let mut second = spawn_with_args(barrier_party, barrier.clone()).unwrap();
             assert!(first.join_timeout(WAIT).unwrap(), "round {round}");
             assert!(second.join_timeout(WAIT).unwrap(), "round {round}");
         }
-        assert!(!barrier.broken());
+        assert!(!barrier.is_broken());
     }
 
     /// The converse: a party killed between two rounds (it still holds the handle it waited
@@ -646,7 +646,7 @@ start_method_matrix! {
         assert!(once.join_timeout(WAIT).unwrap(), "round 1");
         let mut waiter = spawn_with_args(barrier_party, barrier.clone()).unwrap();
         assert!(common::eventually(WAIT, || barrier.n_waiting() == 1));
-        assert!(!barrier.broken(), "the party that stays is alive");
+        assert!(!barrier.is_broken(), "the party that stays is alive");
         stays.kill().unwrap();
         assert!(matches!(
             stays.join_timeout(WAIT),
@@ -655,7 +655,7 @@ start_method_matrix! {
         let t = Instant::now();
         assert!(!waiter.join_timeout(WAIT).unwrap(), "the waiter was not told");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        assert!(barrier.broken());
+        assert!(barrier.is_broken());
     }
 
     /// Issue 10 item 2: a waiter that cannot read `/proc` (here: out of descriptors) took the

@@ -425,8 +425,10 @@ impl Connection {
         *lock(&self.inbox) = Inbox::default();
     }
 
-    /// Whether the connection was closed with [`close`](Connection::close).
-    pub fn closed(&self) -> bool {
+    /// Whether the connection was closed with [`close`](Connection::close) (Python's
+    /// `closed` property).
+    #[doc(alias = "closed")]
+    pub fn is_closed(&self) -> bool {
         self.reader.is_none() && self.writer.is_none()
     }
 

@@ -26,7 +26,7 @@ use crate::sys;
 /// let pool = Pool::builder()
 ///     .processes(2)
 ///     .initializer(greet, "work".to_string())
-///     .maxtasksperchild(100)
+///     .max_tasks_per_child(100)
 ///     .task_timeout(Duration::from_secs(30))
 ///     .build()?;
 /// assert_eq!(pool.map(double, vec![1, 2, 3])?, vec![2, 4, 6]);
@@ -119,8 +119,8 @@ impl PoolBuilder {
 
     /// Each worker exits after this many tasks and is replaced by a fresh one (Python's
     /// `maxtasksperchild`), to release memory a task leaks.
-    #[doc(alias = "max_tasks_per_child")]
-    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+    #[doc(alias = "maxtasksperchild")]
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
         self.max_tasks = Some(n);
         self
     }
@@ -169,7 +169,7 @@ impl PoolBuilder {
         if self.max_tasks == Some(0) {
             return Err(Error::with_message(
                 ErrorKind::InvalidInput,
-                "maxtasksperchild must be at least 1",
+                "max_tasks_per_child (maxtasksperchild) must be at least 1",
             ));
         }
         if self.task_timeout == Some(Duration::ZERO) {

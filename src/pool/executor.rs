@@ -93,7 +93,7 @@ impl ExecutorBuilder {
 
     /// Each worker exits after this many tasks and is replaced.
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
-        self.inner = self.inner.maxtasksperchild(n);
+        self.inner = self.inner.max_tasks_per_child(n);
         self
     }
 

@@ -126,7 +126,7 @@ impl Pool {
     /// The process ids of the pool's worker processes now, oldest first: those it started
     /// and has not yet seen end (a worker that is exiting, or being killed for a time limit,
     /// is listed until it is gone). Workers are replaced as they die or reach
-    /// [`maxtasksperchild`](PoolBuilder::maxtasksperchild), so the list is a snapshot; empty
+    /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child), so the list is a snapshot; empty
     /// once the pool is joined.
     ///
     /// # Examples

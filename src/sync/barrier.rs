@@ -99,7 +99,7 @@ impl std::fmt::Debug for Barrier {
         f.debug_struct("Barrier")
             .field("parties", &self.parties())
             .field("n_waiting", &self.n_waiting())
-            .field("broken", &self.broken())
+            .field("broken", &self.is_broken())
             .finish()
     }
 }
@@ -156,15 +156,16 @@ impl Barrier {
 
     /// How many parties are waiting now.
     pub fn n_waiting(&self) -> usize {
-        if self.broken() {
+        if self.is_broken() {
             0
         } else {
             self.state.count.load(Ordering::Relaxed) as usize
         }
     }
 
-    /// Whether the barrier is broken.
-    pub fn broken(&self) -> bool {
+    /// Whether the barrier is broken (Python's `broken` property).
+    #[doc(alias = "broken")]
+    pub fn is_broken(&self) -> bool {
         self.state.generation.load(Ordering::Acquire) & BROKEN != 0
     }
 
