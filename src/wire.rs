@@ -290,7 +290,6 @@ thread_local! {
 /// that the serialized handles refer to, in index order. Being duplicates, they stay valid
 /// whatever happens to the handles; dropping them closes only the copies. A failure to
 /// duplicate shows only as `encode`'s serialization error: prefer [`collect_fds_checked`].
-#[allow(dead_code)] // used by tests
 pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let (result, table) = collect(encode);
     (result, table.fds)
@@ -335,7 +334,6 @@ pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R
 /// Outside [`collect_fds`]: the handle is being sent somewhere descriptors cannot follow
 /// (over a queue, into a file), which this crate does not support; or the descriptor could not
 /// be duplicated (out of descriptors).
-#[allow(dead_code)] // until a handle type in the crate uses it
 pub(crate) fn serialize_fd<S: serde::Serializer>(
     fd: BorrowedFd<'_>,
     s: S,
@@ -363,7 +361,6 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
 }
 
 /// Deserializes a descriptor serialized by [`serialize_fd`], taking it out of the side table.
-#[allow(dead_code)] // until a handle type in the crate uses it
 pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = <u32 as serde::Deserialize>::deserialize(d)? as usize;
     INCOMING

@@ -98,16 +98,17 @@ impl PoolBuilder {
     {
         const {
             assert!(
-                std::mem::size_of::<F>() == 0,
-                "a pool initializer must be a fn item or a closure that captures nothing; pass values as arguments"
+                target::is_stateless::<F>(),
+                "a pool initializer must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
             )
         };
         // Encoded as a start argument is, so that the descriptors of handles among the
         // arguments are collected (and duplicated) beside the bytes.
         let task = target::ArgsTask { f, args };
-        let (remote, fds) = crate::wire::collect_fds(|| target::Task::to_remote(&task));
+        // Out of descriptors is an OS error saying so, not an encoding failure.
+        let collected = crate::wire::collect_fds_checked(|| target::Task::to_remote(&task));
         drop(task);
-        self.initializer = Some(remote.map(|remote| InitSpec {
+        self.initializer = Some(collected.map(|(remote, fds)| InitSpec {
             // `None` only when this crate lives outside the main executable; the worker then
             // fails to start with a clear error.
             entry: sys::entry_offset::<target::Entry>(remote.entry).unwrap_or(i64::MIN),
