@@ -40,8 +40,12 @@ pub enum ErrorKind {
     Timeout,
     /// An argument was out of range (a pool of zero processes, ...).
     InvalidInput,
-    /// The operating system refused (fork failed, too many processes, out of descriptors...).
-    Os,
+    /// The operating system refused (fork failed, too many processes, out of descriptors...):
+    /// the [`source`](std::error::Error::source) is the `io::Error`. Named as the `Io`
+    /// variants of the per-operation errors ([`SendError::Io`](crate::connection::SendError),
+    /// [`GetError::Io`](crate::queue::GetError), ...).
+    #[doc(alias = "Os")]
+    Io,
 }
 
 /// An error from a process operation.
@@ -121,7 +125,7 @@ impl Error {
             ErrorKind::Decode => "could not deserialize value",
             ErrorKind::Timeout => "operation timed out",
             ErrorKind::InvalidInput => "invalid argument",
-            ErrorKind::Os => "operating system error",
+            ErrorKind::Io => "operating system error",
         }
     }
 }
@@ -157,7 +161,7 @@ impl std::error::Error for Error {
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::with_source(ErrorKind::Os, e)
+        Error::with_source(ErrorKind::Io, e)
     }
 }
 

@@ -296,7 +296,7 @@ pub(crate) fn collect_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 }
 
 /// As [`collect_fds`], for an `encode` that reports errors: if duplicating a descriptor failed
-/// (`EMFILE`, `ENFILE`), the error is [`ErrorKind::Os`] with that `io::Error` as its source,
+/// (`EMFILE`, `ENFILE`), the error is [`ErrorKind::Io`] with that `io::Error` as its source,
 /// not the serialization error it surfaced as inside serde.
 pub(crate) fn collect_fds_checked<R>(
     encode: impl FnOnce() -> Result<R>,
@@ -304,7 +304,7 @@ pub(crate) fn collect_fds_checked<R>(
     let (result, table) = collect(encode);
     if let Some(e) = table.dup_failed {
         return Err(Error::with_message_and_source(
-            ErrorKind::Os,
+            ErrorKind::Io,
             format!("could not duplicate a descriptor to pass to the child: {e}"),
             e,
         ));

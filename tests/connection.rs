@@ -799,3 +799,15 @@ start_method_matrix! {
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
     }
 }
+
+/// Constructors and `wait` report the crate's `Error`, like `Lock::new` and `Value::new` do
+/// (issue 11): a wait that could never end is refused as invalid input, not an OS error.
+#[test]
+fn wait_with_nothing_to_wait_for_is_invalid_input() {
+    let e = multiproc::connection::wait(&[], None).unwrap_err();
+    assert_eq!(e.kind(), multiproc::ErrorKind::InvalidInput, "{e}");
+    // With a timeout it is a plain sleep that finds nothing ready.
+    let ready =
+        multiproc::connection::wait(&[], Some(std::time::Duration::from_millis(1))).unwrap();
+    assert!(ready.is_empty());
+}

@@ -343,7 +343,7 @@ fn failed_duplicate_create_keeps_the_first_creator_tracked() {
     let full = format!("{name}0");
     assert!(common::eventually(WAIT, || shm_names(&name).len() == 1));
     let e = SharedMemory::create_named(&full, 64).unwrap_err();
-    assert_eq!(e.kind(), multiproc::ErrorKind::Os);
+    assert_eq!(e.kind(), multiproc::ErrorKind::Io);
     c.kill().unwrap();
     let _ = c.join_timeout(WAIT);
     assert!(

@@ -112,7 +112,7 @@ start_method_matrix! {
         for got in failures {
             match got {
                 Err(TaskError::Process(e)) => {
-                    assert_eq!(e.kind(), ErrorKind::Os, "{e}");
+                    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
                     let text = e.to_string();
                     assert!(text.contains("no pool worker could be started"), "{text}");
                     assert!(text.contains("Too many open files"), "{text}");

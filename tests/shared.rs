@@ -124,7 +124,7 @@ fn shared_memory_create_attach_unlink() {
     assert_eq!(shm.atomics::<AtomicU32>()[0].load(Ordering::SeqCst), 42);
     // A second segment of the same name is refused.
     let e = SharedMemory::create_named(&name, 10).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Os);
+    assert_eq!(e.kind(), ErrorKind::Io);
     shm.unlink().unwrap();
     assert!(shm_names(&name).is_empty());
     assert!(
@@ -155,7 +155,7 @@ fn shared_memory_bad_input_is_an_error() {
     );
     assert!(shm_names(&name).is_empty(), "a failed create left its name");
     let e = SharedMemory::open(&format!("mptest-{}-missing", std::process::id())).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Os);
+    assert_eq!(e.kind(), ErrorKind::Io);
     let shm = SharedMemory::create(16).unwrap();
     assert_eq!(
         shm.write(10, &[0; 7]).unwrap_err().kind(),

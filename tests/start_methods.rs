@@ -749,7 +749,7 @@ alone! {
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!(outcomes, (vec!["Os".to_owned(), "Os".to_owned()], 0));
+        assert_eq!(outcomes, (vec!["Io".to_owned(), "Io".to_owned()], 0));
     }
 
     #[test]
@@ -796,7 +796,7 @@ alone! {
         let (outcomes, children) = outcomes;
         assert_eq!(children, 0, "a failed start left a child: {outcomes:?}");
         for (m, outcome, errno) in outcomes {
-            assert!(outcome.starts_with("Os: "), "{m}: {outcome}");
+            assert!(outcome.starts_with("Io: "), "{m}: {outcome}");
             assert!(outcome.contains("Too many open files"), "{m}: {outcome}");
             assert_eq!(errno, Some(libc::EMFILE), "{m}: the source is the OS error: {outcome}");
         }

@@ -246,7 +246,7 @@ impl Listener {
     ///
     /// # Errors
     /// The OS error if the address cannot be bound (in use, no permission).
-    pub fn bind(address: impl Into<Address>) -> io::Result<Listener> {
+    pub fn bind(address: impl Into<Address>) -> crate::Result<Listener> {
         Listener::bind_with_authkey(address, Some(current_process().authkey().clone()))
     }
 
@@ -258,7 +258,7 @@ impl Listener {
     pub fn bind_with_authkey(
         address: impl Into<Address>,
         authkey: Option<AuthKey>,
-    ) -> io::Result<Listener> {
+    ) -> crate::Result<Listener> {
         let (socket, address) = match address.into() {
             Address::Unix(path) => (
                 Socket::Unix(UnixListener::bind(&path)?),

@@ -17,7 +17,6 @@
 //! gets [`RecvError::Truncated`], then [`RecvError::Disconnected`].
 
 use std::fmt;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -81,7 +80,7 @@ const KEEP_BUFFER: usize = 64 << 20;
 /// # Errors
 /// The OS error if pipes cannot be created (out of descriptors).
 #[doc(alias = "Pipe")]
-pub fn pipe(duplex: bool) -> io::Result<(Connection, Connection)> {
+pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
     let (r1, w1) = sys::pipe()?;
     if duplex {
         let (r2, w2) = sys::pipe()?;

@@ -83,13 +83,14 @@ impl Waitable for Process {
 /// `Disconnected` without blocking.)
 ///
 /// # Errors
-/// The OS error if polling fails.
-pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+/// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for no objects and no timeout
+/// (it would block for ever); [`ErrorKind::Io`](crate::ErrorKind::Io) if polling fails.
+pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> crate::Result<Vec<usize>> {
     let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(Instant::now));
     let recheck = objects.iter().any(|o| o.needs_recheck());
     if objects.is_empty() && deadline.is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
+        return Err(crate::Error::with_message(
+            crate::ErrorKind::InvalidInput,
             "wait() with no objects and no timeout would block forever",
         ));
     }

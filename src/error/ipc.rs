@@ -175,7 +175,7 @@ pub enum PutError<T> {
     /// The item could not be serialized or is larger than the message limit.
     Encode(T, EncodeError),
     /// The operating system refused (for instance, a lock or mapping failed).
-    Os(T, io::Error),
+    Io(T, io::Error),
 }
 
 impl<T> PutError<T> {
@@ -187,7 +187,7 @@ impl<T> PutError<T> {
             | PutError::Closed(t)
             | PutError::Disconnected(t)
             | PutError::Encode(t, _)
-            | PutError::Os(t, _) => t,
+            | PutError::Io(t, _) => t,
         }
     }
 
@@ -199,7 +199,7 @@ impl<T> PutError<T> {
             PutError::Closed(_) => PutError::Closed(item),
             PutError::Disconnected(_) => PutError::Disconnected(item),
             PutError::Encode(_, e) => PutError::Encode(item, e),
-            PutError::Os(_, e) => PutError::Os(item, e),
+            PutError::Io(_, e) => PutError::Io(item, e),
         }
     }
 
@@ -217,7 +217,7 @@ impl<T> fmt::Debug for PutError<T> {
             PutError::Closed(_) => f.write_str("Closed(..)"),
             PutError::Disconnected(_) => f.write_str("Disconnected(..)"),
             PutError::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
-            PutError::Os(_, e) => f.debug_tuple("Os").field(&"..").field(e).finish(),
+            PutError::Io(_, e) => f.debug_tuple("Io").field(&"..").field(e).finish(),
         }
     }
 }
@@ -232,7 +232,7 @@ impl<T> fmt::Display for PutError<T> {
                 f.write_str("queue is full and no other handle is left to take items out")
             }
             PutError::Encode(_, e) => fmt::Display::fmt(e, f),
-            PutError::Os(..) => f.write_str("queue operation failed"),
+            PutError::Io(..) => f.write_str("queue operation failed"),
         }
     }
 }
@@ -241,7 +241,7 @@ impl<T> std::error::Error for PutError<T> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PutError::Encode(_, e) => e.source(),
-            PutError::Os(_, e) => Some(e),
+            PutError::Io(_, e) => Some(e),
             _ => None,
         }
     }
@@ -266,5 +266,5 @@ pub enum GetError {
     Decode(#[from] DecodeError),
     /// The operating system refused (for instance, a lock or mapping failed).
     #[error("queue operation failed")]
-    Os(#[source] io::Error),
+    Io(#[source] io::Error),
 }

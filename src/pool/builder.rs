@@ -200,7 +200,7 @@ impl PoolBuilder {
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild` or a zero
     /// time limit; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
-    /// [`ErrorKind::Os`] when the workers cannot be started (none is left running).
+    /// [`ErrorKind::Io`] when the workers cannot be started (none is left running).
     pub fn build(self) -> Result<Pool> {
         let (config, progress) = self.config()?;
         let processes = config.processes;

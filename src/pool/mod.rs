@@ -69,7 +69,7 @@ use task::{apply_entry, chunk_entry, encode_args, submit, submit_limited};
 /// A worker that cannot be started (out of descriptors, processes or memory) is retried,
 /// with pauses growing from 10 ms to 500 ms: queued tasks wait meanwhile. Only when no worker
 /// is alive and every start has failed for 5 seconds do the queued tasks fail, with
-/// [`TaskError::Process`] of kind [`ErrorKind::Os`](crate::ErrorKind::Os) saying why; the pool
+/// [`TaskError::Process`] of kind [`ErrorKind::Io`](crate::ErrorKind::Io) saying why; the pool
 /// keeps trying, and runs tasks again once a worker starts.
 ///
 /// Dropping the pool terminates it, as leaving Python's `with Pool() as p:` block does;

@@ -197,7 +197,7 @@ impl Core {
             Err(_) => {
                 let _ = thread.join();
                 Err(Error::with_message(
-                    ErrorKind::Os,
+                    ErrorKind::Io,
                     "pool supervisor thread ended during start",
                 ))
             }
@@ -557,7 +557,7 @@ impl Supervisor {
         );
         for job in self.pending.drain(..) {
             job.fail(TaskError::Process(Error::with_message(
-                ErrorKind::Os,
+                ErrorKind::Io,
                 message.clone(),
             )));
         }

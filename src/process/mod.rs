@@ -203,7 +203,7 @@ impl Process {
     /// [`ErrorKind::AlreadyStarted`] or [`ErrorKind::Closed`] on a second start,
     /// [`ErrorKind::DaemonicParent`] when called in a daemonic process,
     /// [`ErrorKind::TargetConsumed`] after [`run`](Process::run), and
-    /// [`ErrorKind::Os`] when the OS refuses a new process.
+    /// [`ErrorKind::Io`] when the OS refuses a new process.
     pub fn start(&mut self) -> Result<()> {
         self.start_with(None)
     }

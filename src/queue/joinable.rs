@@ -2,7 +2,6 @@
 //! count needs no state of its own beside the ring's: it is the number of puts (counted by
 //! the store that publishes each item) minus the `tasks_done` word of the ring's header.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,7 @@ impl<T> JoinableQueue<T> {
     ///
     /// # Errors
     /// The OS error if shared memory cannot be created.
-    pub fn new() -> io::Result<JoinableQueue<T>> {
+    pub fn new() -> crate::Result<JoinableQueue<T>> {
         Queue::new().map(JoinableQueue)
     }
 
@@ -63,7 +62,7 @@ impl<T> JoinableQueue<T> {
     ///
     /// # Errors
     /// As [`new`](JoinableQueue::new).
-    pub fn with_maxsize(maxsize: usize) -> io::Result<JoinableQueue<T>> {
+    pub fn with_maxsize(maxsize: usize) -> crate::Result<JoinableQueue<T>> {
         Queue::with_maxsize(maxsize).map(JoinableQueue)
     }
 

@@ -177,7 +177,7 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// The OS error if shared memory cannot be created.
-    pub fn new() -> io::Result<Queue<T>> {
+    pub fn new() -> crate::Result<Queue<T>> {
         Queue::with_maxsize(0)
     }
 
@@ -186,13 +186,13 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// As [`new`](Queue::new).
-    pub fn with_maxsize(maxsize: usize) -> io::Result<Queue<T>> {
+    pub fn with_maxsize(maxsize: usize) -> crate::Result<Queue<T>> {
         let maxsize = u32::try_from(maxsize).unwrap_or(u32::MAX);
         let shm = Arc::new(ShmQueue::create(RING, maxsize)?);
         Queue::handle(shm)
     }
 
-    fn handle(shm: Arc<ShmQueue>) -> io::Result<Queue<T>> {
+    fn handle(shm: Arc<ShmQueue>) -> crate::Result<Queue<T>> {
         let ofd = shm.reopen()?;
         sys::ofd_hold(ofd.as_fd(), PRODUCER)?;
         sys::ofd_hold(ofd.as_fd(), GETTER)?;
@@ -208,7 +208,7 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// The OS error if a descriptor cannot be opened.
-    pub fn try_clone(&self) -> io::Result<Queue<T>> {
+    pub fn try_clone(&self) -> crate::Result<Queue<T>> {
         Queue::handle(Arc::clone(&self.shm))
     }
 
@@ -376,7 +376,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let mut guard = match self.shm.lock_put(wait.deadline()) {
                 Ok(Some(g)) => g,
                 Ok(None) => return Err(PutError::Timeout(item)),
-                Err(e) => return Err(PutError::Os(item, e)),
+                Err(e) => return Err(PutError::Io(item, e)),
             };
             // A `JoinableQueue` counts the item as unfinished with the store that publishes
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
@@ -392,7 +392,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 }
                 Ok(Ok(Pushed::NoRoom { gets })) => gets,
                 Ok(Err(e)) => return Err(PutError::Encode(item, e)),
-                Err(e) => return Err(PutError::Os(item, e)),
+                Err(e) => return Err(PutError::Io(item, e)),
             };
             let seen = words.not_full.load(Ordering::Acquire);
             let nap = match wait.nap() {
@@ -405,7 +405,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
                 Ok(true) => {}
                 Ok(false) => return Err(PutError::Disconnected(item)),
-                Err(e) => return Err(PutError::Os(item, e)),
+                Err(e) => return Err(PutError::Io(item, e)),
             }
             drop(guard);
             if await_briefly(|| self.shm.gets() != gets) {
@@ -429,11 +429,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let mut guard = match self.shm.lock_get(wait.deadline()) {
                 Ok(Some(g)) => g,
                 Ok(None) => return Err(GetError::Timeout),
-                Err(e) => return Err(GetError::Os(e)),
+                Err(e) => return Err(GetError::Io(e)),
             };
             let popped = guard
                 .pop_with(wire::decode_payload::<T>)
-                .map_err(GetError::Os)?;
+                .map_err(GetError::Io)?;
             if let Some(decoded) = popped {
                 drop(guard);
                 std::sync::atomic::fence(Ordering::SeqCst);
@@ -467,7 +467,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
     fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetError> {
-        if !self.others_may_put().map_err(GetError::Os)? {
+        if !self.others_may_put().map_err(GetError::Io)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue (a put is one store): look once more before giving up.
             return if self.shm.len() == 0 {

@@ -1,7 +1,5 @@
 //! [`SimpleQueue`]: Python's `SimpleQueue`, a [`Queue`] with only the basic calls.
 
-use std::io;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,7 +27,7 @@ impl<T> SimpleQueue<T> {
     ///
     /// # Errors
     /// The OS error if shared memory cannot be created.
-    pub fn new() -> io::Result<SimpleQueue<T>> {
+    pub fn new() -> crate::Result<SimpleQueue<T>> {
         Queue::new().map(SimpleQueue)
     }
 

@@ -96,7 +96,7 @@ impl<T: Pod> Array<T> {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] if `len` elements do not fit in memory;
-    /// [`ErrorKind::Os`] if shared memory cannot be created.
+    /// [`ErrorKind::Io`] if shared memory cannot be created.
     pub fn new(len: usize) -> Result<Array<T>> {
         Self::zeroed(len, Lock::new()?)
     }

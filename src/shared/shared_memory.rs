@@ -69,7 +69,7 @@ impl SharedMemory {
     /// Creates a segment of `size` zero bytes under a fresh random name.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] if `size` is 0; [`ErrorKind::Os`] if the OS refuses.
+    /// [`ErrorKind::InvalidInput`] if `size` is 0; [`ErrorKind::Io`] if the OS refuses.
     pub fn create(size: usize) -> Result<SharedMemory> {
         let mut bytes = [0u8; 8];
         sys::random_bytes(&mut bytes)?;
@@ -81,7 +81,7 @@ impl SharedMemory {
     /// `A-Za-z0-9_.-`, no leading dot; Python's leading `/` is accepted and dropped).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] for a bad name or a `size` of 0; [`ErrorKind::Os`] if the
+    /// [`ErrorKind::InvalidInput`] for a bad name or a `size` of 0; [`ErrorKind::Io`] if the
     /// name exists (`AlreadyExists` underneath) or the OS refuses, or if the resource tracker
     /// already watches its limit of 4096 names (see the type's docs).
     pub fn create_named(name: &str, size: usize) -> Result<SharedMemory> {
@@ -95,7 +95,7 @@ impl SharedMemory {
         // Register first: a crash between creating and registering must not leak the name.
         resource_tracker::register(name).map_err(|e| match e.kind() {
             // The tracker's limit: say so plainly (the message is the whole story).
-            std::io::ErrorKind::OutOfMemory => Error::with_message(ErrorKind::Os, e.to_string()),
+            std::io::ErrorKind::OutOfMemory => Error::with_message(ErrorKind::Io, e.to_string()),
             _ => e.into(),
         })?;
         let fd = match sys::shm_create(name, size) {
@@ -128,7 +128,7 @@ impl SharedMemory {
     /// Attaches to the existing segment `name`.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] for a bad name; [`ErrorKind::Os`] if there is no such
+    /// [`ErrorKind::InvalidInput`] for a bad name; [`ErrorKind::Io`] if there is no such
     /// segment (`NotFound` underneath).
     pub fn open(name: &str) -> Result<SharedMemory> {
         let name = Self::clean_name(name)?;
@@ -249,7 +249,7 @@ impl SharedMemory {
     /// from one process (Python's `unlink`).
     ///
     /// # Errors
-    /// [`ErrorKind::Os`] (`NotFound` underneath) if the name is already gone.
+    /// [`ErrorKind::Io`] (`NotFound` underneath) if the name is already gone.
     pub fn unlink(&self) -> Result<()> {
         let r = sys::shm_unlink(&self.name);
         if let Ok((_, id)) = sys::fd_len_and_id(self.seg.fd().as_fd()) {

@@ -102,7 +102,7 @@ impl<T: Pod> Value<T> {
     /// A new shared value with its own lock.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new(value: T) -> Result<Value<T>> {
         Self::with_lock(value, Lock::new()?)
     }
@@ -110,7 +110,7 @@ impl<T: Pod> Value<T> {
     /// A new shared value guarded by an existing lock (Python's `Value(..., lock=lock)`).
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn with_lock(value: T, lock: Lock) -> Result<Value<T>> {
         let v: Value<T> = Value {
             lock,

@@ -69,7 +69,7 @@ fn exe_identity() -> Result<ExeId> {
     }
     let id = sys::exe_identity().map_err(|e| {
         Error::with_message(
-            ErrorKind::Os,
+            ErrorKind::Io,
             format!("cannot find this program's binary to re-execute (/proc/self/exe: {e})"),
         )
     })?;

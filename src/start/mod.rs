@@ -126,7 +126,7 @@ fn reexec_check(hook_ran: bool, init_called: bool) -> Result<()> {
 /// their creation is handed to a thread that never exits.
 ///
 /// # Errors
-/// [`ErrorKind::Os`] if the keeper thread cannot be started. A panic in `f` is resumed in the
+/// [`ErrorKind::Io`] if the keeper thread cannot be started. A panic in `f` is resumed in the
 /// caller.
 pub(crate) fn on_a_lasting_thread<R, F>(f: F) -> Result<R>
 where
@@ -167,7 +167,7 @@ where
         }
     };
     drop(keeper);
-    let lost = || Error::with_message(ErrorKind::Os, "multiproc's keeper thread is gone");
+    let lost = || Error::with_message(ErrorKind::Io, "multiproc's keeper thread is gone");
     requests.send(job).map_err(|_| lost())?;
     match answer.recv().map_err(|_| lost())? {
         Ok(value) => Ok(value),

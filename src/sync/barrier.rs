@@ -111,7 +111,7 @@ impl Barrier {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] when `parties` is 0 or above `i32::MAX`;
-    /// [`ErrorKind::Os`] if shared memory cannot be created.
+    /// [`ErrorKind::Io`] if shared memory cannot be created.
     pub fn new(parties: usize) -> Result<Barrier> {
         let parties = u32::try_from(parties)
             .ok()

@@ -67,7 +67,7 @@ impl Condition {
     /// A condition with a new lock of its own.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new() -> Result<Condition> {
         Self::with_lock(Lock::new()?)
     }
@@ -76,7 +76,7 @@ impl Condition {
     /// `Condition(lock)`.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn with_lock(lock: Lock) -> Result<Condition> {
         Ok(Condition {
             lock,

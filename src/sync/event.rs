@@ -45,7 +45,7 @@ impl Event {
     /// A new event, not set.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new() -> Result<Event> {
         Ok(Event {
             state: Shm::zeroed()?,

@@ -91,7 +91,7 @@ impl Lock {
     /// A new, unlocked lock.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new() -> Result<Lock> {
         Ok(Lock {
             raw: Shm::zeroed()?,

@@ -60,7 +60,7 @@ impl RLock {
     /// A new, unlocked recursive lock.
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new() -> Result<RLock> {
         Ok(RLock {
             state: Shm::zeroed()?,

@@ -46,7 +46,7 @@ impl Semaphore {
     /// A semaphore with initial `value` (Python's default is 1).
     ///
     /// # Errors
-    /// [`ErrorKind::Os`](crate::ErrorKind::Os) if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new(value: u32) -> Result<Semaphore> {
         Self::with_max(value, 0)
     }

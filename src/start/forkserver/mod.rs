@@ -158,7 +158,7 @@ impl Server {
         let setup = wire::encode_frame(&())?;
         if let Err(e) = sys::send_with_fds(server.sock.as_fd(), &setup, &[made_fd.as_fd()]) {
             server.stop();
-            return Err(Error::with_source(ErrorKind::Os, e));
+            return Err(Error::with_source(ErrorKind::Io, e));
         }
         SERVER_PID.store(
             (u64::from(server.owner as u32) << 32) | u64::from(pid as u32),
@@ -177,7 +177,7 @@ impl Server {
     fn request(&self, boot: &boot::Prepared) -> std::result::Result<RawPid, Failure> {
         let died = |what: &str| {
             Failure::Lost(Error::with_message(
-                ErrorKind::Os,
+                ErrorKind::Io,
                 format!("the forkserver died {what}; the next start launches a new one"),
             ))
         };
@@ -212,7 +212,7 @@ impl Server {
         match i32::from_le_bytes(reply) {
             pid if pid > 0 => Ok(pid),
             errno => Err(Failure::Refused(Error::with_source(
-                ErrorKind::Os,
+                ErrorKind::Io,
                 io::Error::from_raw_os_error(errno.saturating_neg()),
             ))),
         }
