@@ -96,12 +96,7 @@ impl PoolBuilder {
         F: TaskFn<A, ()>,
         A: Payload,
     {
-        const {
-            assert!(
-                target::is_stateless::<F>(),
-                "a pool initializer must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
-            )
-        };
+        target::require_stateless::<F>();
         // Encoded as a start argument is, so that the descriptors of handles among the
         // arguments are collected (and duplicated) beside the bytes.
         let task = target::ArgsTask { f, args };

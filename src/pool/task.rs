@@ -94,15 +94,7 @@ where
     A: Payload,
     T: Payload,
 {
-    const {
-        assert!(
-            crate::process::target::is_stateless::<F>(),
-            "a pool task must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
-        )
-    };
-    // `None` only when this crate lives outside the main executable; the worker then refuses
-    // the task with a clear error, as it refuses any offset outside the program's code.
-    sys::entry_offset::<worker::PoolEntry>(worker::apply_entry::<F, A, T>).unwrap_or(i64::MIN)
+    offset_of::<F>(worker::apply_entry::<F, A, T>)
 }
 
 /// The entry offset of `f` mapped over a chunk of `A`s.
@@ -112,15 +104,16 @@ where
     A: Payload,
     T: Payload,
 {
-    const {
-        assert!(
-            crate::process::target::is_stateless::<F>(),
-            "a pool task must be a fn item or a closure that captures nothing (nothing with a destructor either); pass values as arguments"
-        )
-    };
+    offset_of::<F>(worker::chunk_entry::<F, A, T>)
+}
+
+/// The offset of `entry`, the pool's entry point for task type `F`, refusing at compile time
+/// an `F` that a worker could not make afresh.
+fn offset_of<F>(entry: worker::PoolEntry) -> i64 {
+    crate::process::target::require_stateless::<F>();
     // `None` only when this crate lives outside the main executable; the worker then refuses
     // the task with a clear error, as it refuses any offset outside the program's code.
-    sys::entry_offset::<worker::PoolEntry>(worker::chunk_entry::<F, A, T>).unwrap_or(i64::MIN)
+    sys::entry_offset(entry).unwrap_or(i64::MIN)
 }
 
 /// Encodes a task's arguments (`encode`), refusing handles that own a file descriptor: a

@@ -99,7 +99,10 @@ pub(crate) fn run_target(
     };
     if let Some(fd) = result {
         // The parent may be gone already; then nobody is waiting for the value.
-        let _ = sys::write_all(fd.as_fd(), &report(outcome));
+        // `fit_in_a_frame` made every outcome encodable.
+        if let Ok(frame) = wire::encode_frame(&outcome) {
+            let _ = sys::write_all(fd.as_fd(), &frame);
+        }
     }
     children::shutdown();
     let _ = std::io::stdout().flush();
@@ -121,12 +124,6 @@ fn fit_in_a_frame(outcome: Outcome) -> Outcome {
         }
         outcome => outcome,
     }
-}
-
-/// The frame that reports `outcome` to the parent (empty if even that cannot be encoded,
-/// which `fit_in_a_frame` rules out for every outcome this module makes).
-fn report(outcome: Outcome) -> Vec<u8> {
-    wire::encode_frame(&outcome).unwrap_or_default()
 }
 
 /// `error` and the errors that caused it, on one line: the whole story has to fit in the

@@ -91,6 +91,18 @@ pub(crate) const fn is_stateless<F>() -> bool {
     size_of::<F>() == 0 && !std::mem::needs_drop::<F>()
 }
 
+/// Refuses at compile time a pool task or initializer of type `F` that is not
+/// [`is_stateless`] (pool workers make their targets afresh; they are never forked with them).
+pub(crate) fn require_stateless<F>() {
+    const {
+        assert!(
+            is_stateless::<F>(),
+            "a pool task or initializer must be a fn item or a closure that captures nothing \
+             (nothing with a destructor either); pass values as arguments"
+        )
+    };
+}
+
 /// Why a target of type `F`, which is not [`is_stateless`], cannot be sent to a fresh program.
 fn capture_error<F>() -> Error {
     let name = std::any::type_name::<F>();
