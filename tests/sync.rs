@@ -611,7 +611,47 @@ fn acquire_out_of_descriptors((lock, owner): (Lock, u32)) -> String {
     outcome
 }
 
+/// Holds `r` (twice, recursively) until `release` is set, after setting `held`.
+fn hold_rlock((r, held, release): (RLock, Event, Event)) -> bool {
+    let _outer = r.acquire().unwrap();
+    let _inner = r.acquire().unwrap();
+    held.set();
+    release.wait_timeout(WAIT)
+}
+
 start_method_matrix! {
+    /// Python 3.14's `RLock.locked()`: held by anyone, here another process, whatever this
+    /// thread's own depth; a holder that died leaves it locked until the next acquirer.
+    #[test]
+    fn rlock_is_locked_by_anyone() {
+        let _r = Reaper::new();
+        let r = RLock::new().unwrap();
+        let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+        assert!(!r.is_locked());
+        let mut child =
+            spawn_with_args(hold_rlock, (r.clone(), held.clone(), release.clone())).unwrap();
+        assert!(held.wait_timeout(WAIT));
+        assert!(r.is_locked(), "held by the child");
+        assert_eq!(r.depth(), 0, "but not by this thread");
+        release.set();
+        assert!(child.join_timeout(WAIT).unwrap());
+        assert!(!r.is_locked(), "released by the child's return");
+
+        held.clear();
+        release.clear();
+        let mut child =
+            spawn_with_args(hold_rlock, (r.clone(), held.clone(), release.clone())).unwrap();
+        assert!(held.wait_timeout(WAIT));
+        child.kill().unwrap();
+        assert!(child.join_timeout(WAIT).is_err());
+        assert!(r.is_locked(), "a dead holder's lock reads as locked");
+        assert!(matches!(
+            r.acquire_timeout(WAIT),
+            Err(AcquireError::OwnerDied(_))
+        ));
+        assert!(!r.is_locked());
+    }
+
     /// Issue 10 item 6: parties of an earlier round that exited normally counted as dead, and
     /// broke the barrier for the next round's new processes.
     #[test]

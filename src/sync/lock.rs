@@ -158,6 +158,7 @@ impl Lock {
     }
 
     /// Whether some process holds the lock right now (a snapshot).
+    #[doc(alias = "locked")]
     pub fn is_locked(&self) -> bool {
         self.raw.is_locked()
     }

@@ -140,6 +140,32 @@ impl RLock {
         }
     }
 
+    /// Whether anyone holds the lock right now: this thread, another thread of this process,
+    /// or another process (a snapshot). Python 3.14's `RLock.locked()`. Compare
+    /// [`depth`](RLock::depth), which counts only this thread's holds.
+    ///
+    /// A lock whose holder died still reads as locked until the next acquirer takes it over
+    /// (and is told with [`OwnerDied`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let lock = multiproc::RLock::new()?;
+    /// assert!(!lock.is_locked());
+    /// let guard = lock.acquire().map_err(|e| e.to_string())?;
+    /// assert!(lock.is_locked());
+    /// // Held by another thread: still locked, though this thread's depth is 0.
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| assert!(lock.is_locked() && lock.depth() == 0));
+    /// });
+    /// drop(guard);
+    /// assert!(!lock.is_locked());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "locked")]
+    pub fn is_locked(&self) -> bool {
+        self.state.lock.is_locked()
+    }
+
     /// How many guards this thread holds (0 if another thread or process holds the lock).
     pub fn depth(&self) -> u32 {
         if self.mine() {
