@@ -211,6 +211,47 @@ start_method_matrix! {
         assert_eq!(killed.join_timeout(WAIT).unwrap(), Some(-9));
     }
 
+    /// Python 3.14's `Process.interrupt()`: SIGINT ends a child that does not handle it
+    /// (exit code -2), and is the child's to handle if it does.
+    #[test]
+    fn interrupt_sends_sigint() {
+        let _r = Reaper::new();
+        let mut p = sleeper(30);
+        assert_eq!(p.interrupt().unwrap_err().kind(), ErrorKind::NotStarted);
+        p.start().unwrap();
+        p.interrupt().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(-2));
+        // A finished child: a no-op, as terminate and kill.
+        p.interrupt().unwrap();
+
+        // A child that ignores SIGINT keeps running.
+        let ready = multiproc::Event::new().unwrap();
+        let mut deaf = Process::with_args(
+            |ready: multiproc::Event| {
+                // SAFETY: installing SIG_IGN has no preconditions.
+                unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+                ready.set();
+                std::thread::sleep(Duration::from_secs(30));
+            },
+            ready.clone(),
+        );
+        deaf.start().unwrap();
+        assert!(ready.wait_timeout(WAIT));
+        deaf.interrupt().unwrap();
+        assert_eq!(deaf.join_timeout(Duration::from_millis(200)).unwrap(), None);
+        deaf.terminate().unwrap();
+        assert_eq!(deaf.join_timeout(WAIT).unwrap(), Some(-libc_sigterm()));
+
+        // Through a JoinHandle too.
+        let mut h = multiproc::spawn_with_args(
+            |s: u64| std::thread::sleep(Duration::from_secs(s)),
+            30,
+        )
+        .unwrap();
+        h.interrupt().unwrap();
+        assert!(matches!(h.join_timeout(WAIT), Err(JoinError::Signal(2))));
+    }
+
     #[test]
     fn sentinel_becomes_readable_at_exit() {
         let _r = Reaper::new();

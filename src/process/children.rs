@@ -168,6 +168,14 @@ impl ActiveChild {
     pub fn kill(&self) -> crate::Result<()> {
         Ok(self.child.signal(Kill::Kill)?)
     }
+
+    /// Sends SIGINT to the child (see [`Process::interrupt`](crate::Process::interrupt)).
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn interrupt(&self) -> crate::Result<()> {
+        Ok(self.child.signal(Kill::Int)?)
+    }
 }
 
 /// The children of this process that are still running, as Python's `active_children()`;

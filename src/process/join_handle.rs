@@ -246,6 +246,14 @@ impl<T> JoinHandle<T> {
         self.process.kill()
     }
 
+    /// Sends SIGINT to the child (see [`Process::interrupt`]).
+    ///
+    /// # Errors
+    /// An OS error.
+    pub fn interrupt(&self) -> Result<()> {
+        self.process.interrupt()
+    }
+
     /// The underlying process, for its sentinel, exit code and other attributes.
     pub fn process(&self) -> &Process {
         &self.process

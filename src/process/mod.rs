@@ -332,6 +332,34 @@ impl Process {
         Ok(self.child()?.signal(Kill::Kill)?)
     }
 
+    /// Sends SIGINT, as Python 3.14's `interrupt()`: what Ctrl-C at a terminal sends, here to
+    /// this child alone. Does nothing if the child already ended.
+    ///
+    /// Unless the child handles or ignores SIGINT, it ends at once as with
+    /// [`terminate`](Process::terminate), with exit code `-2` (Python's child raises
+    /// `KeyboardInterrupt` instead, and its exit code is 1 unless caught). A child that
+    /// installed a handler (the `ctrlc` or `signal-hook` crates, say) decides for itself, so
+    /// this is the polite request that lets a target finish its current step and clean up.
+    /// Children started by every start method begin with SIGINT's default disposition, unless
+    /// a `fork` child's parent ignores it or handles it (a forked child inherits handlers).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut p = multiproc::Process::new(|| std::thread::sleep(Duration::from_secs(60)));
+    /// p.start()?;
+    /// p.interrupt()?;
+    /// assert_eq!(p.join()?, -2); // ended by SIGINT (signal 2)
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`terminate`](Process::terminate).
+    pub fn interrupt(&self) -> Result<()> {
+        Ok(self.child()?.signal(Kill::Int)?)
+    }
+
     /// The child's process id, once started.
     #[doc(alias = "ident")]
     pub fn pid(&self) -> Option<u32> {

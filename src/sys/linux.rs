@@ -93,6 +93,8 @@ pub(crate) enum Kill {
     Term,
     /// SIGKILL: `kill()`.
     Kill,
+    /// SIGINT: `interrupt()`, what Ctrl-C sends.
+    Int,
 }
 
 /// Sends `sig` to the process behind `pidfd`. Signalling a process that has exited but was
@@ -101,6 +103,7 @@ pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Kill) -> io::Result<()> {
     let sig = match sig {
         Kill::Term => Signal::TERM,
         Kill::Kill => Signal::KILL,
+        Kill::Int => Signal::INT,
     };
     match rustix::process::pidfd_send_signal(pidfd, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
