@@ -204,7 +204,7 @@ pub(crate) fn force_start_method(method: StartMethod) {
 ///
 /// # Errors
 /// [`ErrorKind::StartMethodAlreadySet`] if a different method was already set (setting the
-/// same one again is allowed).
+/// same one again is allowed); [`set_start_method_force`] changes it anyway.
 ///
 /// # Examples
 /// ```
@@ -228,6 +228,48 @@ pub fn set_start_method(method: StartMethod) -> Result<()> {
             ),
         )),
     }
+}
+
+/// Sets or clears the process-wide default start method even if one was already set:
+/// Python's `set_start_method(method, force=True)`. `None` clears the choice, as Python's
+/// `set_start_method(None, force=True)`: the default is then the environment's
+/// (`MULTIPROC_START_METHOD`) or [`StartMethod::ForkServer`] again, and capturing closures
+/// are forked again (see [`get_start_method`]).
+///
+/// Prefer [`set_start_method`] once, early in `main`, or a [`Context`] where part of a program
+/// needs another method; this is for programs that must change their mind (a library's
+/// test suite running each case per method, a program that learns its method from its
+/// configuration after a first default was set).
+///
+/// What the change reaches, and what it does not:
+/// - Processes already started are unaffected, and so is each one's own default (a child
+///   takes its default at its start).
+/// - A process created but not yet started uses the new default at its `start()`, unless it
+///   chose a method ([`Builder::start_method`], a [`Context`]).
+/// - A forkserver already running keeps running: later forkserver starts reuse it, and it ends
+///   when this process ends, as ever ([`forkserver_pid`] still names it). Choosing another
+///   method neither stops it nor starts one.
+/// - A [`Pool`](crate::Pool) or [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) that did
+///   not choose its method starts the workers it replaces later (after a crash, or
+///   `max_tasks_per_child`) with the default of that moment; its running workers carry on.
+/// - Another thread starting a process at the same moment sees the old default or the new,
+///   never a mixture.
+///
+/// # Examples
+/// ```
+/// use multiproc::StartMethod;
+///
+/// multiproc::set_start_method(StartMethod::Spawn)?;
+/// assert!(multiproc::set_start_method(StartMethod::Fork).is_err());
+/// multiproc::set_start_method_force(Some(StartMethod::Fork));
+/// assert_eq!(multiproc::get_start_method(), StartMethod::Fork);
+/// multiproc::set_start_method_force(None);
+/// assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[doc(alias = "force")]
+pub fn set_start_method_force(method: Option<StartMethod>) {
+    DEFAULT.store(method.map_or(0, StartMethod::code), Ordering::Release);
 }
 
 /// The pid of this process's forkserver, for diagnostics (a process listing, a debugger, a

@@ -145,7 +145,7 @@ mod wire;
 pub use connection::{Connection, pipe};
 pub use context::{
     Context, StartMethod, forkserver_pid, get_all_start_methods, get_context, get_start_method,
-    set_start_method,
+    set_start_method, set_start_method_force,
 };
 pub use error::{Error, ErrorKind, JoinError, Result};
 pub use pool::{Pool, ProcessPoolExecutor};

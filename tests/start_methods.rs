@@ -543,6 +543,41 @@ alone! {
         assert!(os_children().is_empty());
     }
 
+    /// Python's `set_start_method(..., force=True)`: the choice changes for processes started
+    /// afterwards, children see the new one, and a running forkserver survives the change.
+    #[test]
+    fn set_start_method_force_changes_the_default_again() {
+        let _reaper = Reaper::new();
+        multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+        assert_eq!(multiproc::spawn_with_args(square, 3).unwrap().join().unwrap(), 9);
+        let server = multiproc::forkserver_pid().expect("a forkserver start launched one");
+
+        multiproc::set_start_method_force(Some(StartMethod::Spawn));
+        assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+        // Settable again only by force.
+        let err = multiproc::set_start_method(StartMethod::Fork).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::StartMethodAlreadySet);
+        let p = multiproc::Process::new(|| {});
+        assert_eq!(p.start_method(), StartMethod::Spawn);
+        let seen = multiproc::spawn(report_methods).unwrap().join().unwrap();
+        assert_eq!(seen, ["spawn", "spawn", "spawn"]);
+        assert_eq!(multiproc::forkserver_pid(), Some(server), "the server keeps running");
+        assert!(running(server));
+
+        multiproc::set_start_method_force(Some(StartMethod::ForkServer));
+        assert_eq!(multiproc::spawn_with_args(square, 4).unwrap().join().unwrap(), 16);
+        assert_eq!(multiproc::forkserver_pid(), Some(server), "and is used again");
+
+        // None: no choice, as at program start (the builtin default, capturing closures forked).
+        multiproc::set_start_method_force(None);
+        assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+        let text = String::from("captured");
+        let p = multiproc::Process::new(move || assert_eq!(text, "captured"));
+        assert_eq!(p.start_method(), StartMethod::Fork);
+        multiproc::set_start_method(StartMethod::Spawn).unwrap();
+        assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+    }
+
     #[test]
     fn default_is_forkserver() {
         assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
