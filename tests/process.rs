@@ -47,8 +47,49 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// A grandchild's side of `parent_join_waits_for_the_parent`: how its parent's joins went,
+/// as bits (1: the short join saw the parent end, 2: the long one did, 4: `is_alive` is false
+/// afterwards).
+fn await_parent(
+    (waiting, done, verdict): (multiproc::Event, multiproc::Event, multiproc::Value<u32>),
+) {
+    let parent = multiproc::parent_process().expect("a child has a parent");
+    let early = parent.join_timeout(Duration::from_millis(20)).unwrap();
+    waiting.set();
+    let ended = parent.join_timeout(WAIT).unwrap();
+    verdict.set(u32::from(early) | u32::from(ended) << 1 | u32::from(!parent.is_alive()) << 2);
+    done.set();
+}
+
+/// The middle process: starts `await_parent` and waits to be killed.
+fn start_grandchild(args: (multiproc::Event, multiproc::Event, multiproc::Value<u32>)) {
+    let _g = multiproc::spawn_with_args(await_parent, args).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
 // Every test below runs once per start method (modules fork, spawn, forkserver).
 start_method_matrix! {
+    /// Python's `parent_process().join(timeout)` (CPython's `test_parent_process`): a child
+    /// whose parent is killed sees it end; before that, a short join times out.
+    #[test]
+    fn parent_join_waits_for_the_parent() {
+        let _r = Reaper::new();
+        let (waiting, done) = (multiproc::Event::new().unwrap(), multiproc::Event::new().unwrap());
+        let verdict = multiproc::Value::new(0u32).unwrap();
+        let mut middle = Process::with_args(
+            start_grandchild,
+            (waiting.clone(), done.clone(), verdict.clone()),
+        );
+        middle.start().unwrap();
+        assert!(waiting.wait_timeout(WAIT), "the grandchild did not start waiting");
+        assert!(!done.is_set(), "the grandchild's join returned while its parent ran");
+        middle.kill().unwrap();
+        assert_eq!(middle.join_timeout(WAIT).unwrap(), Some(-9));
+        // The grandchild, now an orphan, ends by itself once it has reported.
+        assert!(done.wait_timeout(WAIT), "the grandchild did not see its parent end");
+        assert_eq!(verdict.get(), 2 | 4, "short join: running; long join: ended; not alive");
+    }
+
     #[test]
     fn names_follow_python_numbering() {
         let _r = Reaper::new();

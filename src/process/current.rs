@@ -7,8 +7,10 @@
 //! time), so the parent prepares the child's environment before forking and the child
 //! installs it with one atomic store, which is async-signal-safe.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +173,52 @@ impl ParentProcess {
     /// Whether the parent still runs: once it dies, the kernel gives this process a new parent.
     pub fn is_alive(&self) -> bool {
         sys::parent_pid() == self.pid
+    }
+
+    /// Waits at most `timeout` for the parent to end: `true` if it has ended (at once if it
+    /// already had), `false` if time ran out. Python's `parent_process().join(timeout)`; a
+    /// zero timeout just checks.
+    ///
+    /// The parent is not this process's child, so there is no exit code to collect: the wait
+    /// is on a pidfd of the parent, which becomes readable when it exits. Only the parent is
+    /// ever waited for: once it has died, the kernel gives this process another parent, and
+    /// this returns `true` at once, even if its pid now belongs to an unrelated process. (A
+    /// child that was given another parent while the first still runs is impossible on Linux:
+    /// a process is reparented only when its parent exits.)
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let parent_running = multiproc::spawn(|| {
+    ///     let parent = multiproc::parent_process().expect("a child has a parent");
+    ///     // The parent is waiting for this child: it does not end within 10 ms.
+    ///     !parent.join_timeout(Duration::from_millis(10)).unwrap()
+    /// })?.join()?;
+    /// assert!(parent_running);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the parent runs but no pidfd can be opened
+    /// for it (out of descriptors, for instance).
+    #[doc(alias = "join")]
+    pub fn join_timeout(&self, timeout: Duration) -> crate::Result<bool> {
+        let deadline = Instant::now().checked_add(timeout);
+        let pidfd = match sys::pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            // Most likely gone (ESRCH); if it still runs, the error is real.
+            Err(_) if !self.is_alive() => return Ok(true),
+            Err(e) => return Err(e.into()),
+        };
+        // The pidfd may name a process that took the pid of a parent that died before the
+        // open; the parent still being the parent now proves it was alive at the open, so the
+        // pidfd is the parent's.
+        if !self.is_alive() {
+            return Ok(true);
+        }
+        let ready = sys::wait_readable(&[pidfd.as_fd()], deadline)?;
+        Ok(ready[0])
     }
 }
 
