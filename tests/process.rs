@@ -67,8 +67,71 @@ fn start_grandchild(args: (multiproc::Event, multiproc::Event, multiproc::Value<
     std::thread::sleep(Duration::from_secs(60));
 }
 
+/// Registers two exit hooks that report on `w`, then ends as `how` says: 0 returns, 1
+/// panics, 2 calls `std::process::exit(3)`, 3 waits to be killed.
+fn hooks_then((w, how): (multiproc::Connection, u8)) {
+    let w = std::sync::Arc::new(w);
+    let first = w.clone();
+    multiproc::process::at_exit(move || first.send("first").unwrap());
+    let second = w.clone();
+    multiproc::process::at_exit(move || {
+        second.send("second").unwrap();
+        // One that panics does not stop the others.
+        panic!("a failing hook");
+    });
+    match how {
+        0 => {}
+        1 => panic!("target failed on purpose"),
+        2 => std::process::exit(3),
+        _ => {
+            w.send("ready").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+/// Everything `reader` receives until every writer is gone.
+fn drain(reader: &multiproc::Connection) -> Vec<String> {
+    let mut got = Vec::new();
+    while reader.poll(Some(WAIT)).unwrap_or(true) {
+        match reader.recv::<String>() {
+            Ok(s) => got.push(s),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
 // Every test below runs once per start method (modules fork, spawn, forkserver).
 start_method_matrix! {
+    /// The replacement for Python's `atexit`/`util.Finalize` in children: `at_exit` hooks run,
+    /// newest first, when the target returns, panics or calls `exit`, and not when a signal
+    /// ends the child; a forked child does not run its parent's.
+    #[test]
+    fn at_exit_hooks_run_at_a_normal_end_only() {
+        let _r = Reaper::new();
+        let parent = std::process::id();
+        multiproc::process::at_exit(move || {
+            if std::process::id() != parent {
+                std::process::abort();
+            }
+        });
+        for (how, code) in [(0u8, 0), (1, 1), (2, 3)] {
+            let (reader, writer) = multiproc::pipe(false).unwrap();
+            let mut p = Process::with_args(hooks_then, (writer, how));
+            p.start().unwrap();
+            assert_eq!(p.join_timeout(WAIT).unwrap(), Some(code), "ending {how}");
+            assert_eq!(drain(&reader), ["second", "first"], "ending {how}");
+        }
+        let (reader, writer) = multiproc::pipe(false).unwrap();
+        let mut p = Process::with_args(hooks_then, (writer, 3));
+        p.start().unwrap();
+        assert_eq!(reader.recv::<String>().unwrap(), "ready", "hooks registered");
+        p.terminate().unwrap();
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(-libc_sigterm()));
+        assert!(drain(&reader).is_empty(), "hooks ran on SIGTERM");
+    }
+
     /// Python's `parent_process().join(timeout)` (CPython's `test_parent_process`): a child
     /// whose parent is killed sees it end; before that, a short join times out.
     #[test]

@@ -96,10 +96,14 @@ pub(crate) fn active() -> Vec<Arc<Child>> {
     children.clone()
 }
 
-/// Python's `_exit_function`: terminate daemonic children, then join every child.
+/// Python's `_exit_function`: run the `at_exit` hooks, terminate daemonic children, then join
+/// every child.
 ///
 /// Runs at normal exit of the main process, and at the end of every child's bootstrap.
 pub(crate) fn shutdown() {
+    // Python runs the finalizers that have an exit priority first, so that they may stop the
+    // children about to be joined.
+    current::run_exit_hooks();
     for child in active() {
         if child.daemon {
             let _ = child.signal(Kill::Term);
@@ -117,7 +121,7 @@ extern "C" fn shutdown_at_exit() {
     let _ = std::panic::catch_unwind(shutdown);
 }
 
-fn ensure_exit_handler() {
+pub(crate) fn ensure_exit_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Err(e) = sys::at_exit(shutdown_at_exit) {

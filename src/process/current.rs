@@ -39,6 +39,17 @@ pub(crate) struct ProcessEnv {
     children: Mutex<Vec<Arc<Child>>>,
     /// Numbers the next child (`Process-N`); each process counts from 1.
     counter: AtomicU32,
+    /// What [`at_exit`] registered in this process, in order of registration.
+    exit_hooks: Mutex<Vec<ExitHook>>,
+}
+
+/// One [`at_exit`] hook.
+struct ExitHook(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for ExitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExitHook")
+    }
 }
 
 static CURRENT: AtomicPtr<ProcessEnv> = AtomicPtr::new(std::ptr::null_mut());
@@ -50,6 +61,7 @@ impl ProcessEnv {
             identity,
             children: Mutex::new(Vec::new()),
             counter: AtomicU32::new(1),
+            exit_hooks: Mutex::new(Vec::new()),
         }
     }
 
@@ -62,6 +74,85 @@ impl ProcessEnv {
     /// list itself is always consistent, so the poison is ignored.
     pub(crate) fn children(&self) -> MutexGuard<'_, Vec<Arc<Child>>> {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Registers `hook` to run when this process ends normally: Rust's counterpart of Python's
+/// `atexit.register` and `multiprocessing.util.Finalize` with an exit priority, which are what
+/// a Python child uses to clean up at its end.
+///
+/// A child process ends with `_exit`, not through `main`'s return: nothing registered with
+/// the C library's `atexit`, and no destructor of a `static` or a thread-local of the main
+/// thread, runs in it (the target's own values are dropped as it returns, as always). These
+/// hooks are the way to run code there.
+///
+/// When hooks run, newest first:
+/// - in a child, when its target returns or panics (after its value or panic was sent to the
+///   parent), and when it calls [`std::process::exit`];
+/// - in the main program, when it returns from `main` or calls [`std::process::exit`];
+/// - in both, before this process's children are joined (daemonic ones terminated), as
+///   Python's finalizers with an exit priority run before `_exit_function` joins children, so
+///   a hook may stop the children it started;
+/// - in a pool worker (registered by an initializer or a task), when the worker retires
+///   normally (the pool is closed and joined, or `max_tasks_per_child` was reached).
+///
+/// When they do not run: when the process is ended by a signal ([`Process::terminate`],
+/// [`Process::kill`], [`Process::interrupt`] and Ctrl-C without a handler, a daemon
+/// terminated at its parent's exit, a crash), or by `abort` or `libc::_exit`. A hook that
+/// panics is reported on standard error and the others still run.
+///
+/// Hooks belong to the process that registered them: a child, even one started by `fork`,
+/// starts with none, and never runs its parent's (as Python clears its finalizer registry in a
+/// new child). A hook registered while the hooks run (by a hook) runs too.
+///
+/// [`Process::terminate`]: crate::Process::terminate
+/// [`Process::kill`]: crate::Process::kill
+/// [`Process::interrupt`]: crate::Process::interrupt
+///
+/// # Examples
+/// ```
+/// use std::io::Read;
+/// use multiproc::{connection::pipe, Connection};
+///
+/// let (mut reader, writer) = pipe(false)?;
+/// let child = multiproc::spawn_with_args(
+///     |w: Connection| {
+///         multiproc::process::at_exit(move || w.send(&"cleaned up".to_string()).unwrap());
+///         6 * 7
+///     },
+///     writer,
+/// )?;
+/// assert_eq!(child.join()?, 42);
+/// assert_eq!(reader.recv::<String>()?, "cleaned up");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[doc(alias = "atexit")]
+#[doc(alias = "Finalize")]
+#[doc(alias = "register")]
+pub fn at_exit(hook: impl FnOnce() + Send + 'static) {
+    current()
+        .exit_hooks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ExitHook(Box::new(hook)));
+    // The main program runs its hooks from the C library's `atexit` (`children::shutdown`).
+    super::children::ensure_exit_handler();
+}
+
+/// Runs this process's [`at_exit`] hooks, newest first, each once.
+pub(crate) fn run_exit_hooks() {
+    let env = current();
+    loop {
+        // Not held while a hook runs: a hook may register another.
+        let hook = env
+            .exit_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let Some(hook) = hook else { return };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook.0)).is_err() {
+            eprintln!("multiproc: an at_exit hook panicked; running the others");
+        }
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) mod target;
 pub use crate::error::JoinError;
 pub use authkey::AuthKey;
 pub use children::{ActiveChild, active_children};
-pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use current::{CurrentProcess, ParentProcess, at_exit, current_process, parent_process};
 pub use join_handle::JoinHandle;
 pub use target::Run;
 
@@ -42,6 +42,12 @@ use target::{ArgsTask, ClosureTask, RunTask, Task};
 /// [`join`](Process::join) it. Dropping a started `Process` does not stop the child: it keeps
 /// running and is joined when this program exits normally (daemons are terminated instead), as
 /// in Python.
+///
+/// A child leaves by `_exit` once its target is done: the C library's `atexit` handlers, and
+/// destructors of `static`s and of the main thread's thread-locals, do not run in it (its
+/// target's own values are dropped as usual). Register cleanup with [`at_exit`], which runs
+/// at a child's normal end (target returned or panicked, or `std::process::exit`), not when a
+/// signal ends it.
 ///
 /// # Examples
 /// ```
