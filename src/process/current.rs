@@ -82,8 +82,8 @@ impl ProcessEnv {
 /// a Python child uses to clean up at its end.
 ///
 /// A child process ends with `_exit`, not through `main`'s return: nothing registered with
-/// the C library's `atexit`, and no destructor of a `static` or a thread-local of the main
-/// thread, runs in it (the target's own values are dropped as it returns, as always). These
+/// the C library's `atexit` runs in it (the target's own values are dropped as it returns, as
+/// always). These
 /// hooks are the way to run code there.
 ///
 /// When hooks run, newest first:

@@ -44,8 +44,7 @@ use target::{ArgsTask, ClosureTask, RunTask, Task};
 /// in Python.
 ///
 /// A child leaves by `_exit` once its target is done: the C library's `atexit` handlers, and
-/// destructors of `static`s and of the main thread's thread-locals, do not run in it (its
-/// target's own values are dropped as usual). Register cleanup with [`at_exit`], which runs
+/// what is built on them, do not run in it (its target's own values are dropped as usual). Register cleanup with [`at_exit`], which runs
 /// at a child's normal end (target returned or panicked, or `std::process::exit`), not when a
 /// signal ends it.
 ///
