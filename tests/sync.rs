@@ -396,7 +396,7 @@ fn barrier_generations() {
         .map(|_| {
             spawn_with_args(
                 |(barrier, shm): (Barrier, SharedMemory)| {
-                    // The action is code: each process sets its own.
+                    // A capturing action does not travel: each process sets its own.
                     let counts = shm.clone();
                     let barrier = barrier.with_action(move || {
                         counts.atomics::<AtomicU64>()[1].fetch_add(1, Ordering::SeqCst);
@@ -611,6 +611,36 @@ fn acquire_out_of_descriptors((lock, owner): (Lock, u32)) -> String {
     outcome
 }
 
+const ACTION_PARTIES: usize = 3;
+const ACTION_ROUNDS: usize = 20;
+
+/// The shared log of `log_action`: `[actions run, the pid that ran each round's action..,
+/// the pid that arrived last in each round..]`, reached through a static in each process.
+static ACTION_LOG: std::sync::OnceLock<Array<u32>> = std::sync::OnceLock::new();
+
+/// A barrier action with no captures: it travels with the barrier to any start method.
+fn log_action() {
+    let log = ACTION_LOG
+        .get()
+        .expect("each party sets the log before waiting");
+    let mut g = log.lock().unwrap();
+    g[0] += 1;
+    let round = g[0] as usize;
+    g[round] = std::process::id();
+}
+
+/// A party of `barrier_action_travels_and_runs_once_per_round_in_the_last_party`: it does not
+/// set the action; it records its pid for the rounds in which it arrived last.
+fn action_party((barrier, log): (Barrier, Array<u32>)) {
+    let log = ACTION_LOG.get_or_init(|| log);
+    for round in 0..ACTION_ROUNDS {
+        if barrier.wait().unwrap() == ACTION_PARTIES - 1 {
+            log.set(1 + ACTION_ROUNDS + round, std::process::id())
+                .unwrap();
+        }
+    }
+}
+
 /// Holds `r` (twice, recursively) until `release` is set, after setting `held`.
 fn hold_rlock((r, held, release): (RLock, Event, Event)) -> bool {
     let _outer = r.acquire().unwrap();
@@ -620,6 +650,30 @@ fn hold_rlock((r, held, release): (RLock, Event, Event)) -> bool {
 }
 
 start_method_matrix! {
+    /// CPython's `_TestBarrier.test_action`, in children of every start method: the action
+    /// set in the parent (a fn item) travels with the barrier, runs once per round, and in the
+    /// party that arrived last.
+    #[test]
+    fn barrier_action_travels_and_runs_once_per_round_in_the_last_party() {
+        let _r = Reaper::new();
+        let log = Array::<u32>::new(1 + 2 * ACTION_ROUNDS).unwrap();
+        let barrier = Barrier::new(ACTION_PARTIES)
+            .unwrap()
+            .with_action(log_action)
+            .with_timeout(WAIT);
+        let parties: Vec<_> = (0..ACTION_PARTIES)
+            .map(|_| spawn_with_args(action_party, (barrier.clone(), log.clone())).unwrap())
+            .collect();
+        let pids: Vec<u32> = parties.iter().map(|p| p.pid()).collect();
+        join_all(parties);
+        let log = log.to_vec();
+        assert_eq!(log[0] as usize, ACTION_ROUNDS, "one action per round");
+        let (ran, last) = log[1..].split_at(ACTION_ROUNDS);
+        assert_eq!(ran, last, "each round's action ran in the party that arrived last");
+        assert!(ran.iter().all(|pid| pids.contains(pid)), "{ran:?} not among {pids:?}");
+        assert!(!barrier.is_broken());
+    }
+
     /// Python 3.14's `RLock.locked()`: held by anyone, here another process, whatever this
     /// thread's own depth; a holder that died leaves it locked until the next acquirer.
     #[test]

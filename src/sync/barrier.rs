@@ -11,10 +11,81 @@ use super::BrokenBarrierError;
 use super::owner;
 use super::raw::{self, BARRIER_MEMBERS, BarrierState};
 use crate::error::{Error, ErrorKind, Result};
+use crate::process::target;
 use crate::shared::segment::Shm;
 use crate::sys;
 
-type Action = Arc<dyn Fn() + Send + Sync>;
+/// What the last party to arrive runs.
+#[derive(Clone)]
+enum Action {
+    /// A function item or a closure that captures nothing, as its monomorphised caller
+    /// ([`call_stateless`]): it travels to children of every start method by its offset in
+    /// the program's code, as a pool's tasks do.
+    Code(fn()),
+    /// A closure with state: it stays with this process's handles (and children started by
+    /// `fork`, which have a copy of them).
+    Closure(Arc<dyn Fn() + Send + Sync>),
+}
+
+impl Action {
+    fn run(&self) {
+        match self {
+            Action::Code(f) => f(),
+            Action::Closure(f) => f(),
+        }
+    }
+}
+
+/// Runs the one value of the stateless closure or fn item type `F`.
+fn call_stateless<F: Fn()>() {
+    target::conjure::<F>()()
+}
+
+/// How a barrier's action travels in start arguments: an entry offset for [`Action::Code`],
+/// nothing for a closure with state.
+mod action_wire {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Action;
+    use crate::sys;
+
+    pub(super) fn serialize<S: Serializer>(
+        action: &Option<Action>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let offset = match action {
+            None => None,
+            Some(Action::Code(f)) => Some(sys::entry_offset(*f).ok_or_else(|| {
+                serde::ser::Error::custom(
+                    "a barrier's action cannot travel to another process: this crate is not \
+                     part of the main executable",
+                )
+            })?),
+            Some(Action::Closure(_)) => {
+                tracing::warn!(
+                    "a barrier's action captures variables, so it does not travel to a child \
+                     started by spawn or forkserver: the child's handle has no action (use a fn \
+                     item or a closure that captures nothing, or set it there with with_action)"
+                );
+                None
+            }
+        };
+        serde::Serialize::serialize(&offset, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Action>, D::Error> {
+        match Option::<i64>::deserialize(d)? {
+            None => Ok(None),
+            // The offset comes from the start arguments of a process running this same binary
+            // (checked before any start argument is decoded), as a start method's entry does.
+            Some(offset) => sys::entry_at::<fn()>(offset)
+                .map(|f| Some(Action::Code(f)))
+                .ok_or_else(|| {
+                    serde::de::Error::custom("a barrier's action is not code of this program")
+                }),
+        }
+    }
+}
 
 /// A barrier for a fixed number of parties, shared between processes.
 ///
@@ -48,8 +119,8 @@ type Action = Arc<dyn Fn() + Send + Sync>;
 #[derive(Serialize, Deserialize)]
 pub struct Barrier {
     state: Shm<BarrierState>,
-    /// Not sent to children started by spawn: set it there with `with_action`.
-    #[serde(skip)]
+    /// Sent to children of every start method when it is code (see `with_action`).
+    #[serde(with = "action_wire")]
     action: Option<Action>,
     timeout: Option<Duration>,
     /// The pid of the process that became a party by waiting through this handle (0: none):
@@ -133,13 +204,68 @@ impl Barrier {
         })
     }
 
-    /// Sets the action that the last party to arrive runs before all are released.
+    /// Sets the action that the last party to arrive runs, once per round, before all are
+    /// released (Python's `Barrier(parties, action)`).
     ///
-    /// The action belongs to this handle and its clones: children started by `fork` inherit
-    /// it, but it does not travel to children started by spawn or forkserver (it is code, not
-    /// data); set it there again.
-    pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Barrier {
-        self.action = Some(Arc::new(action));
+    /// A function item or a closure that captures nothing travels with the barrier to
+    /// children of every start method, as a pool's tasks do (by its place in the program's
+    /// code, which is the same in every process running this binary), so each round's action
+    /// runs in whichever party arrives last, in whichever process. A closure that captures
+    /// variables belongs to this handle and its clones: children started by `fork` have it
+    /// too, but under spawn and forkserver it cannot travel (it holds data, maybe pointers),
+    /// so the children's handles have no action (with a `tracing` warning); set one there with
+    /// `with_action`. Shared state an action updates is reached through a `static` (set in
+    /// each process, from start arguments for instance), as Python's module-level functions
+    /// reach module globals.
+    ///
+    /// Each handle runs its own action: if processes set different actions, the last party's
+    /// runs.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use std::time::Duration;
+    /// use multiproc::{Barrier, Value};
+    ///
+    /// /// Where the action counts rounds, in each process.
+    /// static ROUNDS: OnceLock<Value<u32>> = OnceLock::new();
+    ///
+    /// fn count_round() {
+    ///     let rounds = ROUNDS.get().expect("set before waiting");
+    ///     rounds.set(rounds.get() + 1);
+    /// }
+    ///
+    /// fn party((barrier, rounds): (Barrier, Value<u32>)) {
+    ///     ROUNDS.get_or_init(|| rounds);
+    ///     for _ in 0..3 {
+    ///         barrier.wait().unwrap();
+    ///     }
+    /// }
+    ///
+    /// let rounds = Value::new(0u32)?;
+    /// let barrier = Barrier::new(2)?
+    ///     .with_action(count_round)
+    ///     .with_timeout(Duration::from_secs(10));
+    /// let ctx = multiproc::get_context(multiproc::StartMethod::Spawn);
+    /// let parties = [
+    ///     ctx.spawn_with_args(party, (barrier.clone(), rounds.clone()))?,
+    ///     ctx.spawn_with_args(party, (barrier.clone(), rounds.clone()))?,
+    /// ];
+    /// for p in parties {
+    ///     p.join()?;
+    /// }
+    /// assert_eq!(rounds.get(), 3); // one action per round, run in a spawned child
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_action<F>(mut self, action: F) -> Barrier
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.action = Some(if target::is_stateless::<F>() {
+            Action::Code(call_stateless::<F>)
+        } else {
+            Action::Closure(Arc::new(action))
+        });
         self
     }
 
@@ -217,7 +343,7 @@ impl Barrier {
         let index = s.count.fetch_add(1, Ordering::Relaxed);
         if index + 1 >= s.parties.load(Ordering::Relaxed) {
             if let Some(action) = &self.action
-                && let Err(panic) = catch_unwind(AssertUnwindSafe(|| action()))
+                && let Err(panic) = catch_unwind(AssertUnwindSafe(|| action.run()))
             {
                 self.break_locked(g);
                 s.lock.unlock();
