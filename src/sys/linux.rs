@@ -88,6 +88,7 @@ pub(crate) fn pidfd_open(pid: RawPid) -> io::Result<OwnedFd> {
 
 /// The signals the library sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Kill::Kill` is SIGKILL, named as `kill()` is
 pub(crate) enum Kill {
     /// SIGTERM: the polite request, `terminate()`.
     Term,
