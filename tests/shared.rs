@@ -219,3 +219,74 @@ fn shm_names(prefix: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+type RawArgs = (
+    usize,
+    multiproc::shared::RawValue<u64>,
+    multiproc::shared::RawArray<u32>,
+    multiproc::shared::RawValue<Point>,
+    multiproc::shared::RawArray<[u8; 3]>,
+);
+
+/// A child's side of `raw_value_and_array_across_processes`: counts through the atomic views,
+/// writes its own slot of the array and the value, and reads what the parent wrote.
+fn raw_worker((i, hits, slots, point, odd): RawArgs) -> ([u8; 3], Point) {
+    for _ in 0..1000 {
+        hits.as_atomic().fetch_add(1, Ordering::Relaxed);
+        slots.as_atomics()[0].fetch_add(1, Ordering::Relaxed);
+    }
+    slots.set(1 + i, 100 + i as u32).unwrap();
+    assert_eq!(slots.get(slots.len()), None);
+    let seen = odd.get(i).unwrap();
+    odd.set(i, [seen[2], seen[1], seen[0]]).unwrap();
+    (seen, point.get())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[repr(C)]
+struct Point {
+    x: f64,
+    y: f64,
+}
+// SAFETY: two f64s, no padding; every bit pattern is a valid Point.
+unsafe impl multiproc::shared::Pod for Point {}
+
+start_method_matrix! {
+    /// Python's `RawValue` and `RawArray` (CPython's `_TestValue.test_rawvalue`,
+    /// `_TestArray.test_rawarray`): shared without a lock, in children of every start method;
+    /// the atomic views lose no increments, and elements of odd sizes keep their neighbours.
+    #[test]
+    fn raw_value_and_array_across_processes() {
+        use multiproc::shared::{RawArray, RawValue};
+        let _r = Reaper::new();
+        const PROCS: usize = 3;
+        let hits = RawValue::new(0u64).unwrap();
+        let slots = RawArray::<u32>::new(1 + PROCS).unwrap();
+        let point = RawValue::new(Point { x: 1.5, y: -2.0 }).unwrap();
+        let odd = RawArray::from_slice(&[[1u8, 2, 3], [4, 5, 6], [7, 8, 9]]).unwrap();
+        let children: Vec<_> = (0..PROCS)
+            .map(|i| {
+                multiproc::spawn_with_args(
+                    raw_worker,
+                    (i, hits.clone(), slots.clone(), point.clone(), odd.clone()),
+                )
+                .unwrap()
+            })
+            .collect();
+        let seen: Vec<_> = children
+            .into_iter()
+            .map(|mut c| c.join_timeout(WAIT).unwrap())
+            .collect();
+        assert_eq!(hits.get(), 1000 * PROCS as u64);
+        assert_eq!(slots.to_vec(), [1000 * PROCS as u32, 100, 101, 102]);
+        assert_eq!(
+            seen,
+            [
+                ([1, 2, 3], Point { x: 1.5, y: -2.0 }),
+                ([4, 5, 6], Point { x: 1.5, y: -2.0 }),
+                ([7, 8, 9], Point { x: 1.5, y: -2.0 }),
+            ]
+        );
+        assert_eq!(odd.to_vec(), [[3, 2, 1], [6, 5, 4], [9, 8, 7]]);
+    }
+}

@@ -1,16 +1,19 @@
-//! Shared memory: [`Value`], [`Array`] (Python's `sharedctypes`) and named [`SharedMemory`]
-//! (Python's `multiprocessing.shared_memory`).
+//! Shared memory: [`Value`], [`Array`] and their lock-free counterparts [`RawValue`],
+//! [`RawArray`] (Python's `sharedctypes`), and named [`SharedMemory`] (Python's
+//! `multiprocessing.shared_memory`).
 //!
 //! `Value` and `Array` live in anonymous memory (a memfd): nothing to clean up, the kernel
 //! frees it when the last process holding it exits, however it exits. Named segments are
 //! tracked by a small resource-tracker process that unlinks a name when its creator dies.
 
 mod array;
+mod raw;
 pub(crate) mod segment;
 mod shared_memory;
 mod value;
 
 pub use array::{Array, ArrayGuard};
+pub use raw::{AtomicPod, RawArray, RawValue};
 pub use shared_memory::{SharedAtomic, SharedMemory};
 pub use value::{Value, ValueGuard};
 
@@ -30,8 +33,10 @@ fn recovered<G>(died: crate::sync::OwnerDied<G>) -> G {
 ///
 /// # Safety
 /// Every bit pattern of `size_of::<Self>()` bytes, including all zeros, must be a valid
-/// `Self`, and `Self` must hold no pointers, references or handles (they would mean nothing
-/// in another process). Implement it for `#[repr(C)]` structs of `Pod` fields without padding.
+/// `Self`; `Self` must have no padding bytes (a [`RawValue`] copies a value's bytes, and
+/// padding is uninitialised); and `Self` must hold no pointers, references or handles (they
+/// would mean nothing in another process). Implement it for `#[repr(C)]` structs of `Pod`
+/// fields without padding.
 ///
 /// # Examples
 /// ```
