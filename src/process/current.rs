@@ -83,8 +83,7 @@ impl ProcessEnv {
 ///
 /// A child process ends with `_exit`, not through `main`'s return: nothing registered with
 /// the C library's `atexit` runs in it (the target's own values are dropped as it returns, as
-/// always). These
-/// hooks are the way to run code there.
+/// always). These hooks are the way to run code there.
 ///
 /// When hooks run, newest first:
 /// - in a child, when its target returns or panics (after its value or panic was sent to the
@@ -111,10 +110,9 @@ impl ProcessEnv {
 ///
 /// # Examples
 /// ```
-/// use std::io::Read;
 /// use multiproc::{connection::pipe, Connection};
 ///
-/// let (mut reader, writer) = pipe(false)?;
+/// let (reader, writer) = pipe(false)?;
 /// let child = multiproc::spawn_with_args(
 ///     |w: Connection| {
 ///         multiproc::process::at_exit(move || w.send(&"cleaned up".to_string()).unwrap());
