@@ -636,12 +636,48 @@ fn a_client_with_a_key_times_out_clearly_against_a_keyless_listener_that_waits()
     assert!(matches!(gone, Err(RecvError::Disconnected)), "{gone:?}");
     let (result, took) = client.join().unwrap();
     let err = result.unwrap_err();
-    assert!(matches!(err, ConnectError::Timeout), "{err:?}");
+    assert!(
+        matches!(err, ConnectError::Unanswered { waited } if waited == multiproc::connection::HANDSHAKE_TIMEOUT),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("authkey"), "{err}");
     assert!(
         took >= multiproc::connection::HANDSHAKE_TIMEOUT,
         "took {took:?}"
     );
+}
+
+/// Python's `Listener` does not authenticate by default, ours does, and the handshake runs
+/// inside `accept`: a client of a listener nobody accepts on gets, after the handshake
+/// timeout, an error that says so (not a hang, not a bare "timed out").
+#[test]
+fn a_client_of_a_listener_nobody_accepts_on_is_told_why_it_waited() {
+    let listener = Listener::bind(unix_address("never-accepts")).unwrap();
+    let started = Instant::now();
+    let err = multiproc::connection::client(listener.address()).unwrap_err();
+    let took = started.elapsed();
+    let timeout = multiproc::connection::HANDSHAKE_TIMEOUT;
+    assert!(
+        matches!(err, ConnectError::Unanswered { waited } if waited == timeout),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("did not answer the authentication handshake within 10s"),
+        "{message}"
+    );
+    assert!(message.contains("`accept()` is running"), "{message}");
+    assert!(took >= timeout && took < timeout + WAIT, "took {took:?}");
+    // The listener still works for a client that connects while `accept` runs (the peer
+    // that gave up is still in its queue, and fails first).
+    let address = listener.address().clone();
+    let late = std::thread::spawn(move || multiproc::connection::client(&address).map(drop));
+    let mut failed = 0;
+    while let Err(e) = listener.accept() {
+        failed += 1;
+        assert!(failed <= 1, "{e:?}");
+    }
+    late.join().unwrap().unwrap();
 }
 
 fn first_receive_wants_a_key(conn: multiproc::Connection) {

@@ -101,13 +101,28 @@ pub enum ConnectError {
     /// The peer did not follow the handshake (garbage, an oversized message, or it closed).
     #[error("authentication failed: {0}")]
     Protocol(String),
-    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. Also what a client with a
-    /// key gets from a listener without one that waits for the client to speak first.
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. A client that got no
+    /// challenge at all gets [`Unanswered`](ConnectError::Unanswered) instead.
     #[error(
         "authentication timed out: the peer did not finish the handshake in time \
          (does it use an authkey too?)"
     )]
     Timeout,
+    /// A client with a key connected, but the listener sent no authentication challenge
+    /// within [`HANDSHAKE_TIMEOUT`] (`waited`).
+    ///
+    /// A listener's handshakes progress only while [`Listener::accept`] runs on it: the
+    /// kernel completes the connection at once, but nothing answers until `accept` is called,
+    /// so a client of a listener that nobody accepts on waits the whole timeout and then gets
+    /// this error. The other cause is a listener without an authkey that waits for the client
+    /// to speak first. (Python's `Client` has no timeout: it would wait forever.)
+    #[error(
+        "the listener did not answer the authentication handshake within {waited:?}: a listener          answers only while `accept()` is running on it (or it has no authkey and waits for          the client to speak first)"
+    )]
+    Unanswered {
+        /// How long the client waited for the listener's challenge.
+        waited: Duration,
+    },
     /// A client with a key connected to a listener without one: the listener sent a message
     /// of its own where the authentication challenge should have been.
     #[error(
@@ -143,7 +158,10 @@ impl From<RecvError> for ConnectError {
 ///
 /// Peers must prove they hold the same [`AuthKey`]: by default this process's own key
 /// ([`current_process().authkey()`](crate::process::CurrentProcess::authkey)), which children
-/// inherit. A Unix socket's file is removed when the listener is dropped.
+/// inherit. (Python's `Listener` does not authenticate unless given a key.) The handshake
+/// runs inside [`accept`](Listener::accept): a [`client`] that connects while nobody calls
+/// `accept` waits up to [`HANDSHAKE_TIMEOUT`] and then fails with
+/// [`ConnectError::Unanswered`]. A Unix socket's file is removed when the listener is dropped.
 ///
 /// Handshakes with different peers run side by side, each within its own
 /// [`HANDSHAKE_TIMEOUT`], so a peer that connects and then says nothing (or speaks slowly)
@@ -560,6 +578,10 @@ impl fmt::Debug for Listener {
 /// Connects to a [`Listener`] at `address`, authenticating with this process's authkey:
 /// Python's `multiprocessing.connection.Client`.
 ///
+/// Returns once the listener's [`accept`](Listener::accept) has run the handshake; a
+/// listener that nobody accepts on makes this wait [`HANDSHAKE_TIMEOUT`] and fail with
+/// [`ConnectError::Unanswered`] (see [`client_with_authkey`]).
+///
 /// # Errors
 /// As [`client_with_authkey`].
 #[doc(alias = "Client")]
@@ -578,11 +600,21 @@ pub fn client(address: &Address) -> Result<Connection, ConnectError> {
 ///   [`RecvError::AuthenticationRequired`]. Sends before that may succeed; the listener
 ///   discards them when it refuses the peer.
 /// - with a key, against a listener without one: [`ConnectError::NoChallenge`] as soon as
-///   the listener sends its first message, or [`ConnectError::Timeout`] after
+///   the listener sends its first message, or [`ConnectError::Unanswered`] after
 ///   [`HANDSHAKE_TIMEOUT`] if it waits for the client to speak first.
+///
+/// Unlike Python's, connections authenticate by default ([`client`] and [`Listener::bind`]
+/// use this process's authkey), and the listener's side of the handshake runs inside
+/// [`Listener::accept`]. So connecting to a listener that nobody calls `accept` on neither
+/// returns at once (as Python's keyless `Client` does: the kernel completes the connection)
+/// nor hangs forever (as Python's `Client` with an authkey does): it waits
+/// [`HANDSHAKE_TIMEOUT`] (10 s) for the listener's challenge and then fails with
+/// [`ConnectError::Unanswered`]. Have `accept` running before, or while, clients connect.
 ///
 /// # Errors
 /// [`ConnectError::Refused`] when the listener holds a different key,
+/// [`ConnectError::Unanswered`] when no challenge came within [`HANDSHAKE_TIMEOUT`] (nobody
+/// is running `accept`, or the listener holds no key and waits),
 /// [`ConnectError::NoChallenge`] when it holds none (above),
 /// [`ConnectError::Protocol`] or [`ConnectError::Timeout`] when it does not follow the
 /// handshake, [`ConnectError::Io`] when connecting fails.
@@ -709,6 +741,11 @@ fn answer_challenge(
         // The listener spoke first, and not to challenge us (a message of its own, perhaps
         // too long for a handshake): it does not authenticate.
         Ok(_) | Err(RecvError::Decode(_)) => return Err(ConnectError::NoChallenge),
+        Err(RecvError::Timeout) => {
+            return Err(ConnectError::Unanswered {
+                waited: HANDSHAKE_TIMEOUT,
+            });
+        }
         Err(e) => return Err(e.into()),
     };
     conn.send_bytes(&answer_for(key, &challenge)?)?;
