@@ -799,7 +799,54 @@ fn echo_plus_one(conn: multiproc::Connection) {
     }
 }
 
+/// A child's side of the abstract-namespace test: connect with the inherited authkey and
+/// echo one number plus one.
+fn abstract_client(name: Vec<u8>) {
+    let conn = multiproc::connection::client(&Address::abstract_unix(name)).unwrap();
+    let n: u64 = conn.recv().unwrap();
+    conn.send(&(n + 1)).unwrap();
+}
+
+fn abstract_name(tag: &str) -> Vec<u8> {
+    format!("multiproc-test-{}-{tag}", std::process::id()).into_bytes()
+}
+
 start_method_matrix! {
+    /// Python accepts Unix addresses beginning with a NUL byte (Linux's abstract namespace):
+    /// bind, connect from a child, authenticate with the inherited key, talk; no file is
+    /// made, and the name is free again once the listener is dropped.
+    #[test]
+    fn listener_and_client_over_an_abstract_unix_address() {
+        let _r = common::Reaper::new();
+        let name = abstract_name(&module_path!().replace("::", "-"));
+        let address = Address::abstract_unix(&name);
+        let Address::Unix(path) = &address else { unreachable!() };
+        assert_eq!(path.as_os_str().as_encoded_bytes()[0], 0);
+        let listener = Listener::bind(address.clone()).unwrap();
+        assert_eq!(listener.address(), &address);
+        // The name is taken while the listener lives.
+        assert!(Listener::bind(address.clone()).is_err());
+        let mut p = Process::with_args(abstract_client, name.clone());
+        p.start().unwrap();
+        let conn = listener.accept().unwrap();
+        conn.send(&41u64).unwrap();
+        assert_eq!(conn.recv_timeout::<u64>(WAIT).unwrap(), 42);
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+
+        // A client with another key is refused over an abstract address too.
+        let other = address.clone();
+        let intruder = std::thread::spawn(move || {
+            client_with_authkey(&other, Some(&AuthKey::from(b"guess".to_vec()))).map(drop)
+        });
+        assert!(matches!(listener.accept(), Err(ConnectError::Refused)));
+        assert!(matches!(intruder.join().unwrap(), Err(ConnectError::Refused)));
+
+        drop(listener);
+        assert!(!std::path::Path::new(&String::from_utf8(name.clone()).unwrap()).exists());
+        let again = Listener::bind(address).unwrap();
+        drop(again);
+    }
+
     #[test]
     fn a_connection_passed_as_a_start_argument() {
         let _r = common::Reaper::new();

@@ -17,6 +17,8 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -46,6 +48,13 @@ const NONCE_LEN: usize = 32;
 
 /// Where a [`Listener`] listens: a Unix socket path, or a TCP address.
 ///
+/// A Unix path that begins with a NUL byte names a socket in Linux's abstract namespace, as
+/// in Python (`"\0name"`): no file is created, nothing is left behind if the program dies,
+/// and the name is gone when the listener is closed. [`Address::abstract_unix`] builds one.
+/// Abstract sockets are reachable by any process in the same network namespace whatever
+/// its user (there is no file whose permissions could restrict them), so keep the default
+/// authkey check on for them.
+///
 /// # Examples
 /// ```
 /// use multiproc::connection::Address;
@@ -56,10 +65,56 @@ const NONCE_LEN: usize = 32;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    /// A Unix-domain stream socket at this path (Python's `AF_UNIX`).
+    /// A Unix-domain stream socket at this path (Python's `AF_UNIX`); a path beginning
+    /// with a NUL byte is an abstract name ([`Address::abstract_unix`]).
     Unix(PathBuf),
     /// A TCP address (Python's `AF_INET`); port 0 picks a free port.
     Tcp(SocketAddr),
+}
+
+impl Address {
+    /// A Unix socket in Linux's abstract namespace: `name` without the leading NUL byte,
+    /// which this adds (Python spells the address `"\0" + name`).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::connection::{Address, Listener, client};
+    ///
+    /// let name = format!("multiproc-doc-{}", std::process::id());
+    /// let address = Address::abstract_unix(name.as_bytes());
+    /// assert!(address.is_abstract());
+    /// assert_eq!(address.to_string(), format!("@{name}"));
+    ///
+    /// let listener = Listener::bind(address.clone())?;
+    /// let peer = std::thread::spawn(move || client(&address).unwrap().send(&"hi").unwrap());
+    /// assert_eq!(listener.accept()?.recv::<String>()?, "hi");
+    /// peer.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn abstract_unix(name: impl AsRef<[u8]>) -> Address {
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(name.as_ref());
+        Address::Unix(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
+    /// Whether this is a Unix socket in the abstract namespace (a path beginning with NUL).
+    pub fn is_abstract(&self) -> bool {
+        self.abstract_name().is_some()
+    }
+
+    /// The abstract name (after the NUL byte), for an abstract Unix address.
+    fn abstract_name(&self) -> Option<&[u8]> {
+        match self {
+            Address::Unix(path) => path.as_os_str().as_bytes().strip_prefix(b"\0"),
+            Address::Tcp(_) => None,
+        }
+    }
+
+    /// The socket address of an abstract Unix address.
+    fn abstract_socket_addr(&self) -> Option<io::Result<std::os::unix::net::SocketAddr>> {
+        self.abstract_name()
+            .map(std::os::unix::net::SocketAddr::from_abstract_name)
+    }
 }
 
 impl From<PathBuf> for Address {
@@ -83,6 +138,12 @@ impl From<SocketAddr> for Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // `@name`, as ss(8) and /proc/net/unix show abstract names.
+            Address::Unix(_) if self.is_abstract() => write!(
+                f,
+                "@{}",
+                String::from_utf8_lossy(self.abstract_name().unwrap_or_default())
+            ),
             Address::Unix(p) => write!(f, "{}", p.display()),
             Address::Tcp(a) => write!(f, "{a}"),
         }
@@ -277,7 +338,14 @@ impl Listener {
         address: impl Into<Address>,
         authkey: Option<AuthKey>,
     ) -> crate::Result<Listener> {
-        let (socket, address) = match address.into() {
+        let address = address.into();
+        let (socket, address) = match address {
+            Address::Unix(_) if address.is_abstract() => {
+                let addr = address
+                    .abstract_socket_addr()
+                    .expect("an abstract address")?;
+                (Socket::Unix(UnixListener::bind_addr(&addr)?), address)
+            }
             Address::Unix(path) => (
                 Socket::Unix(UnixListener::bind(&path)?),
                 Address::Unix(path),
@@ -560,7 +628,9 @@ impl Handshake {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Address::Unix(path) = &self.address {
+        if let Address::Unix(path) = &self.address
+            && !self.address.is_abstract()
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -623,6 +693,12 @@ pub fn client_with_authkey(
     authkey: Option<&AuthKey>,
 ) -> Result<Connection, ConnectError> {
     let fd: OwnedFd = match address {
+        Address::Unix(_) if address.is_abstract() => {
+            let addr = address
+                .abstract_socket_addr()
+                .expect("an abstract address")?;
+            UnixStream::connect_addr(&addr)?.into()
+        }
         Address::Unix(path) => UnixStream::connect(path)?.into(),
         Address::Tcp(addr) => {
             let s = TcpStream::connect(addr)?;
