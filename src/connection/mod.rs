@@ -19,7 +19,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 
 pub use crate::error::{DecodeError, EncodeError, RecvError, SendError};
 use crate::sys;
-use crate::wire::{self, DeFd, HEADER, SerFd};
+use crate::wire::share::{PassFd, TakeFd};
+use crate::wire::{self, HEADER};
 
 mod listener;
 mod wait;
@@ -104,7 +105,10 @@ pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
 ///
 /// A connection can be moved into a child process: captured by the target under `fork`, or
 /// passed as a start argument under start methods that begin a fresh program (its descriptors
-/// travel beside the arguments). It cannot be sent over another connection or queue.
+/// travel beside the arguments). It can also be sent inside a message, over a
+/// [`Queue`](crate::Queue) or another connection (see the `Serialize` impl for what that
+/// implies), and [`try_clone`](Connection::try_clone)d, so that several threads and processes
+/// share one end.
 ///
 /// Writing to a connection whose reader is gone fails with [`SendError::Disconnected`]; this
 /// relies on `SIGPIPE` being ignored, which Rust programs do by default.
@@ -136,8 +140,11 @@ pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
 pub struct Connection {
     reader: Option<OwnedFd>,
     writer: Option<OwnedFd>,
-    inbox: Mutex<Inbox>,
-    outbox: Mutex<Vec<u8>>,
+    /// Shared with this connection's [`try_clone`](Connection::try_clone)s: bytes read from
+    /// the stream belong to whichever clone reads next, and one receive at a time.
+    inbox: Arc<Mutex<Inbox>>,
+    /// Shared with the clones too, so that their sends take turns.
+    outbox: Arc<Mutex<Vec<u8>>>,
     /// Whether the pipe was already asked for a larger buffer (done on the first large send,
     /// so that pipes carrying only small messages keep the default and the per-user budget).
     grown: AtomicBool,
@@ -196,8 +203,8 @@ impl Connection {
         Connection {
             reader,
             writer,
-            inbox: Mutex::new(Inbox::default()),
-            outbox: Mutex::new(Vec::new()),
+            inbox: Arc::default(),
+            outbox: Arc::default(),
             grown: AtomicBool::new(false),
         }
     }
@@ -421,7 +428,58 @@ impl Connection {
     pub fn close(&mut self) {
         self.reader = None;
         self.writer = None;
-        *lock(&self.inbox) = Inbox::default();
+        // Clones keep the buffered bytes; this end just lets go of them.
+        self.inbox = Arc::default();
+        self.outbox = Arc::default();
+    }
+
+    /// Another handle on this connection: a duplicate of its descriptors (`dup`), which can
+    /// be used from another thread, moved into a child process, sent over a [`Queue`] or a
+    /// connection, and closed independently. The peer sees end of file only once every copy
+    /// is closed.
+    ///
+    /// Clones in one process take turns exactly as threads on one `Connection` do: each send
+    /// and each receive is whole. Between processes (a clone sent to a child, or a child
+    /// that inherited one), what the kernel guarantees is what holds, as in Python:
+    /// - sends: on a [`pipe`] connection, a message of at most 4092 bytes (a frame of at most
+    ///   `PIPE_BUF`, 4096 bytes, header included) is written in one `write`, which the kernel
+    ///   never interleaves with another process's, so several processes may send small
+    ///   messages at once. Larger messages, and any message on a socket connection
+    ///   ([`Listener`], [`client`]), may interleave with another process's
+    ///   and corrupt both: senders in different processes must hold a
+    ///   [`Lock`](crate::Lock) around `send` for those.
+    /// - receives: readers in different processes must take turns (a [`Lock`](crate::Lock)
+    ///   around `recv`, as the module docs say): a receive reads exactly one message, but two
+    ///   at once may each take part of the same one.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiproc::pipe(true)?;
+    /// let a2 = a.try_clone()?;
+    /// let t = std::thread::spawn(move || a2.send(&"from a clone").unwrap());
+    /// a.send(&"from the original")?;
+    /// t.join().unwrap();
+    /// let mut got = vec![b.recv::<String>()?, b.recv::<String>()?];
+    /// got.sort();
+    /// assert_eq!(got, ["from a clone", "from the original"]);
+    /// drop(a); // the clone was dropped by its thread: every copy is closed
+    /// assert!(b.recv::<String>().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The OS error if the descriptors cannot be duplicated (out of descriptors).
+    ///
+    /// [`Queue`]: crate::Queue
+    pub fn try_clone(&self) -> crate::Result<Connection> {
+        let dup = |fd: &Option<OwnedFd>| fd.as_ref().map(OwnedFd::try_clone).transpose();
+        Ok(Connection {
+            reader: dup(&self.reader)?,
+            writer: dup(&self.writer)?,
+            inbox: Arc::clone(&self.inbox),
+            outbox: Arc::clone(&self.outbox),
+            grown: AtomicBool::new(self.grown.load(Ordering::Relaxed)),
+        })
     }
 
     /// Whether the connection was closed with [`close`](Connection::close) (Python's
@@ -567,14 +625,28 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// A connection serializes only as a start argument for a child process: its descriptors
-/// travel beside the arguments, and bytes it already read travel inside them.
+/// A connection serializes as a start argument for a child process (its descriptors travel
+/// beside the arguments) and inside any message: over a [`Queue`](crate::Queue) or another
+/// connection, as Python pickles connections. Bytes it already read travel inside it.
+///
+/// Inside a message, serializing keeps a duplicate of the descriptors in this process and
+/// writes a ticket for them; the receiving process fetches its own duplicate from this one
+/// (over a Unix socket in the abstract namespace, with SCM_RIGHTS) while decoding, as
+/// Python's `resource_sharer` does. So:
+/// - the sending process must still be running when the message is received, or the
+///   receive fails with a decode error that says so;
+/// - sending does not close this end (as with [`try_clone`](Connection::try_clone), both
+///   ends are then open; drop this one if it should not be used here), and until the
+///   message is received this process holds one more copy, so for a sending end, the peer
+///   sees end of file only after that;
+/// - a message never received keeps its copy open here until this process exits;
+/// - each message can be received once.
 impl Serialize for Connection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let inbox = lock(&self.inbox);
         (
-            self.reader.as_ref().map(|fd| SerFd(fd.as_fd())),
-            self.writer.as_ref().map(|fd| SerFd(fd.as_fd())),
+            self.reader.as_ref().map(|fd| PassFd(fd.as_fd())),
+            self.writer.as_ref().map(|fd| PassFd(fd.as_fd())),
             inbox.unread(),
             inbox.eof,
             inbox.keyless_client,
@@ -586,8 +658,8 @@ impl Serialize for Connection {
 impl<'de> serde::Deserialize<'de> for Connection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (reader, writer, unread, eof, keyless_client): (
-            Option<DeFd>,
-            Option<DeFd>,
+            Option<TakeFd>,
+            Option<TakeFd>,
             Vec<u8>,
             bool,
             bool,
