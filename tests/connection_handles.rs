@@ -7,7 +7,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use multiproc::connection::RecvError;
+use std::io::{Read, Seek, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use multiproc::connection::{RecvError, SendError, socket_pipe};
 use multiproc::{Connection, Process, Queue, pipe};
 
 use common::WAIT;
@@ -59,6 +63,47 @@ fn child_via_connection(carrier: Connection) {
 fn put_and_exit(handles: Queue<Connection>) {
     let (a, _b) = pipe(true).unwrap();
     handles.put(a).unwrap();
+}
+
+/// A file with `bytes` in it, its name already removed, its offset at the start.
+fn anonymous_file(bytes: &[u8]) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!(
+        "multiproc-test-handles-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.rewind().unwrap();
+    f
+}
+
+/// Reads the file whose descriptor arrives, sends back its text; then writes to the socket
+/// whose descriptor arrives next; then reports how a non-handle message is refused.
+fn handle_child(conn: Connection) {
+    let mut file = std::fs::File::from(conn.recv_handle().unwrap());
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    conn.send(&text).unwrap();
+
+    let mut stream = UnixStream::from(conn.recv_handle().unwrap());
+    stream.write_all(b"written by the child").unwrap();
+    drop(stream);
+
+    let refused = conn.recv_handle().unwrap_err();
+    conn.send(&refused.to_string()).unwrap();
+    // The stream is still in step after the refusal.
+    let mut file = std::fs::File::from(conn.recv_handle().unwrap());
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    conn.send(&text).unwrap();
 }
 
 fn got_it(conn: Connection) {
@@ -147,6 +192,126 @@ start_method_matrix! {
         );
         assert!(message.contains("must still be running"), "{message}");
     }
+
+    /// Python's `send_handle`/`recv_handle` (`test_fd_transfer`): a child receives a file's
+    /// descriptor and reads it, then a socket's and writes to it; an ordinary message where
+    /// a handle is expected is a clear error, and the connection stays in step.
+    #[test]
+    fn a_child_receives_a_file_and_a_socket_over_send_handle() {
+        let _r = common::Reaper::new();
+        let (mine, theirs) = socket_pipe().unwrap();
+        let mut p = Process::with_args(handle_child, theirs);
+        p.start().unwrap();
+
+        let file = anonymous_file(b"a file's contents");
+        mine.send_handle(&file).unwrap();
+        assert_eq!(mine.recv_timeout::<String>(WAIT).unwrap(), "a file's contents");
+
+        let (mut near, far) = UnixStream::pair().unwrap();
+        mine.send_handle(&far).unwrap();
+        drop(far);
+        near.set_read_timeout(Some(WAIT)).unwrap();
+        let mut text = String::new();
+        near.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "written by the child");
+
+        mine.send(&"not a handle").unwrap();
+        let refused = mine.recv_timeout::<String>(WAIT).unwrap();
+        assert!(refused.contains("expected a descriptor sent with send_handle"), "{refused}");
+
+        mine.send_handle(anonymous_file(b"second")).unwrap();
+        assert_eq!(mine.recv_timeout::<String>(WAIT).unwrap(), "second");
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+    }
+}
+
+/// Pipes and TCP sockets cannot carry descriptors: both ends say so, and nothing is sent
+/// or consumed.
+#[test]
+fn handles_over_a_pipe_or_tcp_are_refused_clearly() {
+    let (a, b) = pipe(true).unwrap();
+    let file = anonymous_file(b"x");
+    let err = a.send_handle(&file).unwrap_err();
+    assert!(matches!(err, SendError::HandlesUnsupported), "{err:?}");
+    assert!(err.to_string().contains("needs a Unix socket"), "{err}");
+    let err = b.recv_handle().unwrap_err();
+    assert!(matches!(err, RecvError::HandlesUnsupported), "{err:?}");
+    // Nothing was sent or consumed.
+    assert!(!b.poll(Some(std::time::Duration::ZERO)).unwrap());
+    a.send(&1u8).unwrap();
+    assert_eq!(b.recv_timeout::<u8>(WAIT).unwrap(), 1);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let client = Connection::from_fd(OwnedFd::from(client)).unwrap();
+    let server = Connection::from_fd(OwnedFd::from(server)).unwrap();
+    assert!(matches!(
+        client.send_handle(&file),
+        Err(SendError::HandlesUnsupported)
+    ));
+    assert!(matches!(
+        server.recv_handle(),
+        Err(RecvError::HandlesUnsupported)
+    ));
+    client.send(&"tcp").unwrap();
+    assert_eq!(server.recv_timeout::<String>(WAIT).unwrap(), "tcp");
+}
+
+/// Garbage, or a handle message without its descriptor, is an error, never a panic. (A
+/// descriptor attached to an ordinary message: the unit test in `src/connection/mod.rs`.)
+#[test]
+fn garbage_where_a_handle_is_expected_is_an_error() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let conn = Connection::try_from(OwnedFd::from(ours)).unwrap();
+    // The handle message's payload, but no descriptor with it (written with a plain write).
+    let mut frame = vec![0u8; 64];
+    let payload = b"#MULTIPROC-HANDLE#";
+    frame[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame[4..4 + payload.len()].copy_from_slice(payload);
+    theirs.write_all(&frame).unwrap();
+    let err = conn.recv_handle().unwrap_err();
+    assert!(matches!(err, RecvError::Decode(_)), "{err:?}");
+    assert!(err.to_string().contains("without its descriptor"), "{err}");
+
+    // A real handle, then an ordinary message: the first is taken, the second refused, and
+    // no descriptor is left open.
+    let theirs_conn = Connection::from_fd(OwnedFd::from(theirs)).unwrap();
+    let before = common::open_fds().len();
+    let file = anonymous_file(b"x");
+    theirs_conn.send_handle(&file).unwrap();
+    drop(file);
+    theirs_conn.send(&"not a handle").unwrap();
+    drop(conn.recv_handle().unwrap());
+    let err = conn.recv_handle().unwrap_err();
+    assert!(err.to_string().contains("ordinary"), "{err}");
+    assert_eq!(common::open_fds().len(), before, "a descriptor leaked");
+
+    // Random bytes announcing a huge frame: an error, not a panic or an allocation.
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let conn = Connection::from_fd(OwnedFd::from(ours)).unwrap();
+    theirs.write_all(&[0xff; 64]).unwrap();
+    assert!(matches!(conn.recv_handle(), Err(RecvError::Decode(_))));
+    drop(theirs);
+    assert!(conn.recv_handle().is_err());
+}
+
+/// `from_fd` takes the directions from the descriptor's access mode: a pipe's read end only
+/// receives, its write end only sends.
+#[test]
+fn from_fd_of_pipe_ends_follows_their_direction() {
+    let (r, w) = std::io::pipe().unwrap();
+    let r = Connection::from_fd(OwnedFd::from(r)).unwrap();
+    let w = Connection::from_fd(OwnedFd::from(w)).unwrap();
+    assert!(r.readable() && !r.writable());
+    assert!(w.writable() && !w.readable());
+    w.send(&vec![1u32, 2, 3]).unwrap();
+    assert_eq!(r.recv_timeout::<Vec<u32>>(WAIT).unwrap(), [1, 2, 3]);
+    drop(w);
+    assert!(matches!(
+        r.recv_timeout::<u8>(WAIT),
+        Err(RecvError::Disconnected)
+    ));
 }
 
 /// Clones in one process: sends from clones take turns, closing one leaves the other open,
