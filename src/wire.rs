@@ -13,6 +13,7 @@ use serde::de::{Deserialize, DeserializeOwned};
 use crate::error::{DecodeError, EncodeError, Error, ErrorKind, Result};
 
 mod depth;
+pub(crate) mod share;
 
 /// How deeply a received value may be nested: a message whose value goes further down
 /// (counting one level for each sequence, tuple, struct, map, enum variant, `Some` and newtype
@@ -35,6 +36,8 @@ pub const MAX_DECODE_DEPTH: usize = 1024;
 enum Failure {
     TooDeep(depth::Limit),
     Postcard(postcard::Error),
+    /// A handle's descriptor could not be fetched from its sender ([`share`]).
+    Handle(String, postcard::Error),
 }
 
 impl Failure {
@@ -52,13 +55,14 @@ impl Failure {
             Failure::Postcard(_) => {
                 "message bytes are not a valid value of the expected type".to_owned()
             }
+            Failure::Handle(why, _) => why.clone(),
         }
     }
 
     fn into_source(self) -> Option<Box<dyn std::error::Error + Send + Sync>> {
         match self {
             Failure::TooDeep(_) => None,
-            Failure::Postcard(e) => Some(Box::new(e)),
+            Failure::Postcard(e) | Failure::Handle(_, e) => Some(Box::new(e)),
         }
     }
 }
@@ -78,7 +82,10 @@ fn take_bounded<'a, T: Deserialize<'a>>(
         Ok(value) => Ok((value, de.finalize().map_err(Failure::Postcard)?)),
         Err(e) => Err(match hit.get() {
             Some(limit) => Failure::TooDeep(limit),
-            None => Failure::Postcard(e),
+            None => match share::take_failure() {
+                Some(why) => Failure::Handle(why, e),
+                None => Failure::Postcard(e),
+            },
         }),
     }
 }
@@ -91,6 +98,7 @@ pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         Ok((value, _)) => Ok(value),
         Err(f) => Err(match f {
             Failure::Postcard(e) => Error::with_source(ErrorKind::Decode, e),
+            Failure::Handle(why, e) => Error::with_message_and_source(ErrorKind::Decode, why, e),
             f @ Failure::TooDeep(_) => Error::with_message(ErrorKind::Decode, f.describe()),
         }),
     }
@@ -157,7 +165,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         Ok(buf) => buf,
         Err(e) => {
             return Err(EncodeError::new(
-                "could not serialize the message",
+                share::take_failure().unwrap_or_else(|| "could not serialize the message".into()),
                 Some(Box::new(e)),
             ));
         }

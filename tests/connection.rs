@@ -636,12 +636,48 @@ fn a_client_with_a_key_times_out_clearly_against_a_keyless_listener_that_waits()
     assert!(matches!(gone, Err(RecvError::Disconnected)), "{gone:?}");
     let (result, took) = client.join().unwrap();
     let err = result.unwrap_err();
-    assert!(matches!(err, ConnectError::Timeout), "{err:?}");
+    assert!(
+        matches!(err, ConnectError::Unanswered { waited } if waited == multiproc::connection::HANDSHAKE_TIMEOUT),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("authkey"), "{err}");
     assert!(
         took >= multiproc::connection::HANDSHAKE_TIMEOUT,
         "took {took:?}"
     );
+}
+
+/// Python's `Listener` does not authenticate by default, ours does, and the handshake runs
+/// inside `accept`: a client of a listener nobody accepts on gets, after the handshake
+/// timeout, an error that says so (not a hang, not a bare "timed out").
+#[test]
+fn a_client_of_a_listener_nobody_accepts_on_is_told_why_it_waited() {
+    let listener = Listener::bind(unix_address("never-accepts")).unwrap();
+    let started = Instant::now();
+    let err = multiproc::connection::client(listener.address()).unwrap_err();
+    let took = started.elapsed();
+    let timeout = multiproc::connection::HANDSHAKE_TIMEOUT;
+    assert!(
+        matches!(err, ConnectError::Unanswered { waited } if waited == timeout),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("did not answer the authentication handshake within 10s"),
+        "{message}"
+    );
+    assert!(message.contains("`accept()` is running"), "{message}");
+    assert!(took >= timeout && took < timeout + WAIT, "took {took:?}");
+    // The listener still works for a client that connects while `accept` runs (the peer
+    // that gave up is still in its queue, and fails first).
+    let address = listener.address().clone();
+    let late = std::thread::spawn(move || multiproc::connection::client(&address).map(drop));
+    let mut failed = 0;
+    while let Err(e) = listener.accept() {
+        failed += 1;
+        assert!(failed <= 1, "{e:?}");
+    }
+    late.join().unwrap().unwrap();
 }
 
 fn first_receive_wants_a_key(conn: multiproc::Connection) {
@@ -763,7 +799,54 @@ fn echo_plus_one(conn: multiproc::Connection) {
     }
 }
 
+/// A child's side of the abstract-namespace test: connect with the inherited authkey and
+/// echo one number plus one.
+fn abstract_client(name: Vec<u8>) {
+    let conn = multiproc::connection::client(&Address::abstract_unix(name)).unwrap();
+    let n: u64 = conn.recv().unwrap();
+    conn.send(&(n + 1)).unwrap();
+}
+
+fn abstract_name(tag: &str) -> Vec<u8> {
+    format!("multiproc-test-{}-{tag}", std::process::id()).into_bytes()
+}
+
 start_method_matrix! {
+    /// Python accepts Unix addresses beginning with a NUL byte (Linux's abstract namespace):
+    /// bind, connect from a child, authenticate with the inherited key, talk; no file is
+    /// made, and the name is free again once the listener is dropped.
+    #[test]
+    fn listener_and_client_over_an_abstract_unix_address() {
+        let _r = common::Reaper::new();
+        let name = abstract_name(&module_path!().replace("::", "-"));
+        let address = Address::abstract_unix(&name);
+        let Address::Unix(path) = &address else { unreachable!() };
+        assert_eq!(path.as_os_str().as_encoded_bytes()[0], 0);
+        let listener = Listener::bind(address.clone()).unwrap();
+        assert_eq!(listener.address(), &address);
+        // The name is taken while the listener lives.
+        assert!(Listener::bind(address.clone()).is_err());
+        let mut p = Process::with_args(abstract_client, name.clone());
+        p.start().unwrap();
+        let conn = listener.accept().unwrap();
+        conn.send(&41u64).unwrap();
+        assert_eq!(conn.recv_timeout::<u64>(WAIT).unwrap(), 42);
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
+
+        // A client with another key is refused over an abstract address too.
+        let other = address.clone();
+        let intruder = std::thread::spawn(move || {
+            client_with_authkey(&other, Some(&AuthKey::from(b"guess".to_vec()))).map(drop)
+        });
+        assert!(matches!(listener.accept(), Err(ConnectError::Refused)));
+        assert!(matches!(intruder.join().unwrap(), Err(ConnectError::Refused)));
+
+        drop(listener);
+        assert!(!std::path::Path::new(&String::from_utf8(name.clone()).unwrap()).exists());
+        let again = Listener::bind(address).unwrap();
+        drop(again);
+    }
+
     #[test]
     fn a_connection_passed_as_a_start_argument() {
         let _r = common::Reaper::new();

@@ -17,6 +17,8 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -46,6 +48,13 @@ const NONCE_LEN: usize = 32;
 
 /// Where a [`Listener`] listens: a Unix socket path, or a TCP address.
 ///
+/// A Unix path that begins with a NUL byte names a socket in Linux's abstract namespace, as
+/// in Python (`"\0name"`): no file is created, nothing is left behind if the program dies,
+/// and the name is gone when the listener is closed. [`Address::abstract_unix`] builds one.
+/// Abstract sockets are reachable by any process in the same network namespace whatever
+/// its user (there is no file whose permissions could restrict them), so keep the default
+/// authkey check on for them.
+///
 /// # Examples
 /// ```
 /// use multiproc::connection::Address;
@@ -56,10 +65,56 @@ const NONCE_LEN: usize = 32;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    /// A Unix-domain stream socket at this path (Python's `AF_UNIX`).
+    /// A Unix-domain stream socket at this path (Python's `AF_UNIX`); a path beginning
+    /// with a NUL byte is an abstract name ([`Address::abstract_unix`]).
     Unix(PathBuf),
     /// A TCP address (Python's `AF_INET`); port 0 picks a free port.
     Tcp(SocketAddr),
+}
+
+impl Address {
+    /// A Unix socket in Linux's abstract namespace: `name` without the leading NUL byte,
+    /// which this adds (Python spells the address `"\0" + name`).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::connection::{Address, Listener, client};
+    ///
+    /// let name = format!("multiproc-doc-{}", std::process::id());
+    /// let address = Address::abstract_unix(name.as_bytes());
+    /// assert!(address.is_abstract());
+    /// assert_eq!(address.to_string(), format!("@{name}"));
+    ///
+    /// let listener = Listener::bind(address.clone())?;
+    /// let peer = std::thread::spawn(move || client(&address).unwrap().send(&"hi").unwrap());
+    /// assert_eq!(listener.accept()?.recv::<String>()?, "hi");
+    /// peer.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn abstract_unix(name: impl AsRef<[u8]>) -> Address {
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(name.as_ref());
+        Address::Unix(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
+    /// Whether this is a Unix socket in the abstract namespace (a path beginning with NUL).
+    pub fn is_abstract(&self) -> bool {
+        self.abstract_name().is_some()
+    }
+
+    /// The abstract name (after the NUL byte), for an abstract Unix address.
+    fn abstract_name(&self) -> Option<&[u8]> {
+        match self {
+            Address::Unix(path) => path.as_os_str().as_bytes().strip_prefix(b"\0"),
+            Address::Tcp(_) => None,
+        }
+    }
+
+    /// The socket address of an abstract Unix address.
+    fn abstract_socket_addr(&self) -> Option<io::Result<std::os::unix::net::SocketAddr>> {
+        self.abstract_name()
+            .map(std::os::unix::net::SocketAddr::from_abstract_name)
+    }
 }
 
 impl From<PathBuf> for Address {
@@ -83,6 +138,12 @@ impl From<SocketAddr> for Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // `@name`, as ss(8) and /proc/net/unix show abstract names.
+            Address::Unix(_) if self.is_abstract() => write!(
+                f,
+                "@{}",
+                String::from_utf8_lossy(self.abstract_name().unwrap_or_default())
+            ),
             Address::Unix(p) => write!(f, "{}", p.display()),
             Address::Tcp(a) => write!(f, "{a}"),
         }
@@ -101,13 +162,28 @@ pub enum ConnectError {
     /// The peer did not follow the handshake (garbage, an oversized message, or it closed).
     #[error("authentication failed: {0}")]
     Protocol(String),
-    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. Also what a client with a
-    /// key gets from a listener without one that waits for the client to speak first.
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. A client that got no
+    /// challenge at all gets [`Unanswered`](ConnectError::Unanswered) instead.
     #[error(
         "authentication timed out: the peer did not finish the handshake in time \
          (does it use an authkey too?)"
     )]
     Timeout,
+    /// A client with a key connected, but the listener sent no authentication challenge
+    /// within [`HANDSHAKE_TIMEOUT`] (`waited`).
+    ///
+    /// A listener's handshakes progress only while [`Listener::accept`] runs on it: the
+    /// kernel completes the connection at once, but nothing answers until `accept` is called,
+    /// so a client of a listener that nobody accepts on waits the whole timeout and then gets
+    /// this error. The other cause is a listener without an authkey that waits for the client
+    /// to speak first. (Python's `Client` has no timeout: it would wait forever.)
+    #[error(
+        "the listener did not answer the authentication handshake within {waited:?}: a listener          answers only while `accept()` is running on it (or it has no authkey and waits for          the client to speak first)"
+    )]
+    Unanswered {
+        /// How long the client waited for the listener's challenge.
+        waited: Duration,
+    },
     /// A client with a key connected to a listener without one: the listener sent a message
     /// of its own where the authentication challenge should have been.
     #[error(
@@ -143,7 +219,10 @@ impl From<RecvError> for ConnectError {
 ///
 /// Peers must prove they hold the same [`AuthKey`]: by default this process's own key
 /// ([`current_process().authkey()`](crate::process::CurrentProcess::authkey)), which children
-/// inherit. A Unix socket's file is removed when the listener is dropped.
+/// inherit. (Python's `Listener` does not authenticate unless given a key.) The handshake
+/// runs inside [`accept`](Listener::accept): a [`client`] that connects while nobody calls
+/// `accept` waits up to [`HANDSHAKE_TIMEOUT`] and then fails with
+/// [`ConnectError::Unanswered`]. A Unix socket's file is removed when the listener is dropped.
 ///
 /// Handshakes with different peers run side by side, each within its own
 /// [`HANDSHAKE_TIMEOUT`], so a peer that connects and then says nothing (or speaks slowly)
@@ -259,7 +338,14 @@ impl Listener {
         address: impl Into<Address>,
         authkey: Option<AuthKey>,
     ) -> crate::Result<Listener> {
-        let (socket, address) = match address.into() {
+        let address = address.into();
+        let (socket, address) = match address {
+            Address::Unix(_) if address.is_abstract() => {
+                let addr = address
+                    .abstract_socket_addr()
+                    .expect("an abstract address")?;
+                (Socket::Unix(UnixListener::bind_addr(&addr)?), address)
+            }
             Address::Unix(path) => (
                 Socket::Unix(UnixListener::bind(&path)?),
                 Address::Unix(path),
@@ -542,7 +628,9 @@ impl Handshake {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Address::Unix(path) = &self.address {
+        if let Address::Unix(path) = &self.address
+            && !self.address.is_abstract()
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -559,6 +647,10 @@ impl fmt::Debug for Listener {
 
 /// Connects to a [`Listener`] at `address`, authenticating with this process's authkey:
 /// Python's `multiprocessing.connection.Client`.
+///
+/// Returns once the listener's [`accept`](Listener::accept) has run the handshake; a
+/// listener that nobody accepts on makes this wait [`HANDSHAKE_TIMEOUT`] and fail with
+/// [`ConnectError::Unanswered`] (see [`client_with_authkey`]).
 ///
 /// # Errors
 /// As [`client_with_authkey`].
@@ -578,11 +670,21 @@ pub fn client(address: &Address) -> Result<Connection, ConnectError> {
 ///   [`RecvError::AuthenticationRequired`]. Sends before that may succeed; the listener
 ///   discards them when it refuses the peer.
 /// - with a key, against a listener without one: [`ConnectError::NoChallenge`] as soon as
-///   the listener sends its first message, or [`ConnectError::Timeout`] after
+///   the listener sends its first message, or [`ConnectError::Unanswered`] after
 ///   [`HANDSHAKE_TIMEOUT`] if it waits for the client to speak first.
+///
+/// Unlike Python's, connections authenticate by default ([`client`] and [`Listener::bind`]
+/// use this process's authkey), and the listener's side of the handshake runs inside
+/// [`Listener::accept`]. So connecting to a listener that nobody calls `accept` on neither
+/// returns at once (as Python's keyless `Client` does: the kernel completes the connection)
+/// nor hangs forever (as Python's `Client` with an authkey does): it waits
+/// [`HANDSHAKE_TIMEOUT`] (10 s) for the listener's challenge and then fails with
+/// [`ConnectError::Unanswered`]. Have `accept` running before, or while, clients connect.
 ///
 /// # Errors
 /// [`ConnectError::Refused`] when the listener holds a different key,
+/// [`ConnectError::Unanswered`] when no challenge came within [`HANDSHAKE_TIMEOUT`] (nobody
+/// is running `accept`, or the listener holds no key and waits),
 /// [`ConnectError::NoChallenge`] when it holds none (above),
 /// [`ConnectError::Protocol`] or [`ConnectError::Timeout`] when it does not follow the
 /// handshake, [`ConnectError::Io`] when connecting fails.
@@ -591,6 +693,12 @@ pub fn client_with_authkey(
     authkey: Option<&AuthKey>,
 ) -> Result<Connection, ConnectError> {
     let fd: OwnedFd = match address {
+        Address::Unix(_) if address.is_abstract() => {
+            let addr = address
+                .abstract_socket_addr()
+                .expect("an abstract address")?;
+            UnixStream::connect_addr(&addr)?.into()
+        }
         Address::Unix(path) => UnixStream::connect(path)?.into(),
         Address::Tcp(addr) => {
             let s = TcpStream::connect(addr)?;
@@ -709,6 +817,11 @@ fn answer_challenge(
         // The listener spoke first, and not to challenge us (a message of its own, perhaps
         // too long for a handshake): it does not authenticate.
         Ok(_) | Err(RecvError::Decode(_)) => return Err(ConnectError::NoChallenge),
+        Err(RecvError::Timeout) => {
+            return Err(ConnectError::Unanswered {
+                waited: HANDSHAKE_TIMEOUT,
+            });
+        }
         Err(e) => return Err(e.into()),
     };
     conn.send_bytes(&answer_for(key, &challenge)?)?;

@@ -19,7 +19,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 
 pub use crate::error::{DecodeError, EncodeError, RecvError, SendError};
 use crate::sys;
-use crate::wire::{self, DeFd, HEADER, SerFd};
+use crate::wire::share::{PassFd, TakeFd};
+use crate::wire::{self, HEADER};
 
 mod listener;
 mod wait;
@@ -54,6 +55,53 @@ const GROW_STEP: usize = 64 * 1024;
 
 /// Receive buffers larger than this are freed after use rather than kept for the next message.
 const KEEP_BUFFER: usize = 64 << 20;
+
+/// Creates a pair of connected duplex [`Connection`]s over a Unix socket pair, which, unlike
+/// [`pipe`]'s, can also carry descriptors ([`send_handle`](Connection::send_handle)).
+///
+/// This is what Python's `Pipe(duplex=True)` is on Unix. [`pipe`] uses two pipes instead:
+/// faster for large messages (a pipe buffer can be grown to 1 MiB) and, between processes,
+/// whole for messages up to 4092 bytes from several senders at once (see
+/// [`Connection::try_clone`]); sockets give neither. Use this pair when descriptors must
+/// travel.
+///
+/// # Examples
+/// ```
+/// use std::io::{Read, Seek, Write};
+///
+/// let (a, b) = multiproc::connection::socket_pipe()?;
+/// let mut file = tempfile_with(b"through the socket")?;
+/// a.send_handle(&file)?;
+/// let mut received = std::fs::File::from(b.recv_handle()?);
+/// let mut text = String::new();
+/// received.read_to_string(&mut text)?; // the same open file: shared offset
+/// assert_eq!(text, "through the socket");
+/// # fn tempfile_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+/// #     let path = std::env::temp_dir().join(format!("multiproc-doc-{}", std::process::id()));
+/// #     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+/// #     std::fs::remove_file(&path)?;
+/// #     f.write_all(bytes)?;
+/// #     f.rewind()?;
+/// #     Ok(f)
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// The OS error if sockets cannot be created (out of descriptors).
+#[doc(alias = "socketpair")]
+pub fn socket_pipe() -> crate::Result<(Connection, Connection)> {
+    let (a, b) = sys::socketpair()?;
+    let (a2, b2) = (a.try_clone()?, b.try_clone()?);
+    Ok((
+        Connection::from_fds(Some(a), Some(a2)),
+        Connection::from_fds(Some(b), Some(b2)),
+    ))
+}
+
+/// The payload of a message sent by [`Connection::send_handle`]: recognisable, so that
+/// `recv_handle` refuses an ordinary message rather than taking it for one.
+const HANDLE_MESSAGE: &[u8] = b"#MULTIPROC-HANDLE#";
 
 /// Creates a pair of connected [`Connection`]s, Python's `Pipe(duplex)`.
 ///
@@ -104,7 +152,10 @@ pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
 ///
 /// A connection can be moved into a child process: captured by the target under `fork`, or
 /// passed as a start argument under start methods that begin a fresh program (its descriptors
-/// travel beside the arguments). It cannot be sent over another connection or queue.
+/// travel beside the arguments). It can also be sent inside a message, over a
+/// [`Queue`](crate::Queue) or another connection (see the `Serialize` impl for what that
+/// implies), and [`try_clone`](Connection::try_clone)d, so that several threads and processes
+/// share one end.
 ///
 /// Writing to a connection whose reader is gone fails with [`SendError::Disconnected`]; this
 /// relies on `SIGPIPE` being ignored, which Rust programs do by default.
@@ -136,8 +187,11 @@ pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
 pub struct Connection {
     reader: Option<OwnedFd>,
     writer: Option<OwnedFd>,
-    inbox: Mutex<Inbox>,
-    outbox: Mutex<Vec<u8>>,
+    /// Shared with this connection's [`try_clone`](Connection::try_clone)s: bytes read from
+    /// the stream belong to whichever clone reads next, and one receive at a time.
+    inbox: Arc<Mutex<Inbox>>,
+    /// Shared with the clones too, so that their sends take turns.
+    outbox: Arc<Mutex<Vec<u8>>>,
     /// Whether the pipe was already asked for a larger buffer (done on the first large send,
     /// so that pipes carrying only small messages keep the default and the per-user budget).
     grown: AtomicBool,
@@ -192,12 +246,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Connection {
+    /// A connection over a descriptor made elsewhere: a Unix or TCP socket, a pipe end, a
+    /// FIFO, a descriptor received with [`recv_handle`](Connection::recv_handle) or inherited.
+    /// Its access mode decides the directions: a read-only descriptor (a pipe's read end)
+    /// only receives, a write-only one only sends, a read-write one (a socket) does both.
+    /// The descriptor should be blocking, as sockets and pipes are when made.
+    ///
+    /// The peer must speak this crate's framing: each message is a little-endian `u32`
+    /// payload length, then the payload, the whole frame padded with zeros to at least 64
+    /// bytes (the padding is not part of the payload); [`send`](Connection::send) and
+    /// [`recv`](Connection::recv) payloads are postcard encodings of the value, while
+    /// [`send_bytes`](Connection::send_bytes)/[`recv_bytes`](Connection::recv_bytes) payloads
+    /// are the bytes themselves. (This is not Python's framing, which has no padding and a
+    /// big-endian signed length.) No authentication is done.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::OwnedFd;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let (ours, mut theirs) = UnixStream::pair()?;
+    /// let conn = multiproc::Connection::from_fd(OwnedFd::from(ours))?;
+    /// // A peer writing the framing by hand: length 2, "hi", zeros up to 64 bytes.
+    /// let mut frame = vec![0u8; 64];
+    /// frame[..4].copy_from_slice(&2u32.to_le_bytes());
+    /// frame[4..6].copy_from_slice(b"hi");
+    /// theirs.write_all(&frame)?;
+    /// assert_eq!(conn.recv_bytes()?, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The OS error if `fd` is not open, or (for a read-write descriptor) cannot be
+    /// duplicated for the sending side.
+    pub fn from_fd(fd: OwnedFd) -> crate::Result<Connection> {
+        Ok(match sys::access_mode(fd.as_fd())? {
+            (true, false) => Connection::from_fds(Some(fd), None),
+            (false, true) => Connection::from_fds(None, Some(fd)),
+            _ => {
+                let writer = fd.try_clone()?;
+                Connection::from_fds(Some(fd), Some(writer))
+            }
+        })
+    }
+
     pub(crate) fn from_fds(reader: Option<OwnedFd>, writer: Option<OwnedFd>) -> Self {
         Connection {
             reader,
             writer,
-            inbox: Mutex::new(Inbox::default()),
-            outbox: Mutex::new(Vec::new()),
+            inbox: Arc::default(),
+            outbox: Arc::default(),
             grown: AtomicBool::new(false),
         }
     }
@@ -250,6 +349,102 @@ impl Connection {
             sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
         }
         Ok(())
+    }
+
+    /// Sends an open descriptor (a file, a socket, a pipe end: anything [`AsFd`]) to the
+    /// peer, which receives its own copy with [`recv_handle`](Connection::recv_handle):
+    /// Python's `multiprocessing.reduction.send_handle`. The copy refers to the same open
+    /// file (shared offset and flags); this end's descriptor stays open.
+    ///
+    /// Descriptors travel only over Unix sockets (SCM_RIGHTS): connections made by
+    /// [`socket_pipe`], by [`Listener`]/[`client`] over a Unix address, or by
+    /// [`Connection::from_fd`] of a Unix socket. [`pipe`]'s connections are pipes and cannot.
+    ///
+    /// The message is one frame like any other, with the descriptor attached: the peer must
+    /// take it with `recv_handle` (an ordinary receive discards the descriptor and fails to
+    /// decode the message).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Process, connection::socket_pipe};
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// fn child(conn: multiproc::Connection) {
+    ///     let mut stream = UnixStream::from(conn.recv_handle().unwrap());
+    ///     stream.write_all(b"hello from the child").unwrap();
+    /// }
+    ///
+    /// let (mine, theirs) = socket_pipe()?;
+    /// let mut p = Process::with_args(child, theirs);
+    /// p.start()?;
+    /// let (mut near, far) = UnixStream::pair()?;
+    /// mine.send_handle(&far)?;
+    /// drop(far);
+    /// let mut text = String::new();
+    /// std::io::Read::read_to_string(&mut near, &mut text)?;
+    /// assert_eq!(text, "hello from the child");
+    /// p.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendError::HandlesUnsupported`] on a connection that is not a Unix socket (nothing is
+    /// sent); otherwise as [`send_bytes`](Connection::send_bytes).
+    pub fn send_handle(&self, fd: impl AsFd) -> Result<(), SendError> {
+        let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
+        if !sys::is_unix_socket(writer.as_fd())? {
+            return Err(SendError::HandlesUnsupported);
+        }
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&wire::header_for(HANDLE_MESSAGE.len())?);
+        frame[HEADER..HEADER + HANDLE_MESSAGE.len()].copy_from_slice(HANDLE_MESSAGE);
+        let _serialise = lock(&self.outbox);
+        sys::send_with_fds(writer.as_fd(), &frame, &[fd.as_fd()])?;
+        Ok(())
+    }
+
+    /// Receives a descriptor sent with [`send_handle`](Connection::send_handle), blocking
+    /// until the message arrives: Python's `multiprocessing.reduction.recv_handle`. The
+    /// descriptor is close-on-exec.
+    ///
+    /// # Errors
+    /// [`RecvError::HandlesUnsupported`] on a connection that is not a Unix socket (nothing
+    /// is read); [`RecvError::Decode`] when the next message is not a handle, or arrived
+    /// without its descriptor (the message is consumed and any descriptors with it closed);
+    /// otherwise as [`recv`](Connection::recv).
+    pub fn recv_handle(&self) -> Result<OwnedFd, RecvError> {
+        let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
+        if !sys::is_unix_socket(reader.as_fd())? {
+            return Err(RecvError::HandlesUnsupported);
+        }
+        let mut fds = Vec::new();
+        let mut inbox = lock(&self.inbox);
+        let (start, len) = next_frame_with(
+            reader.as_fd(),
+            &mut inbox,
+            None,
+            wire::MAX_FRAME,
+            &mut |fd, buf| sys::recv_exact_with_fds(fd, buf, &mut fds),
+        )?;
+        inbox.check_first(start, len)?;
+        let is_handle = &inbox.buf[start..start + len] == HANDLE_MESSAGE;
+        inbox.consume();
+        let why = match (is_handle, fds.len()) {
+            (true, 1) => return Ok(fds.pop().expect("one descriptor")),
+            (true, 0) => "a handle message arrived without its descriptor (was it sent over a \
+                          connection that drops descriptors?)"
+                .to_owned(),
+            (true, n) => format!("a handle message carried {n} descriptors, not one (closed here)"),
+            (false, 0) => "expected a descriptor sent with send_handle, but the message is an \
+                           ordinary one (it is consumed)"
+                .to_owned(),
+            (false, n) => format!(
+                "expected a message sent with send_handle, but an ordinary message arrived \
+                 with {n} descriptor(s) attached (closed here)"
+            ),
+        };
+        Err(DecodeError::new(why, None).into())
     }
 
     /// Before a large message, asks once for a 1 MiB pipe buffer: fewer wake-ups per message.
@@ -421,7 +616,58 @@ impl Connection {
     pub fn close(&mut self) {
         self.reader = None;
         self.writer = None;
-        *lock(&self.inbox) = Inbox::default();
+        // Clones keep the buffered bytes; this end just lets go of them.
+        self.inbox = Arc::default();
+        self.outbox = Arc::default();
+    }
+
+    /// Another handle on this connection: a duplicate of its descriptors (`dup`), which can
+    /// be used from another thread, moved into a child process, sent over a [`Queue`] or a
+    /// connection, and closed independently. The peer sees end of file only once every copy
+    /// is closed.
+    ///
+    /// Clones in one process take turns exactly as threads on one `Connection` do: each send
+    /// and each receive is whole. Between processes (a clone sent to a child, or a child
+    /// that inherited one), what the kernel guarantees is what holds, as in Python:
+    /// - sends: on a [`pipe`] connection, a message of at most 4092 bytes (a frame of at most
+    ///   `PIPE_BUF`, 4096 bytes, header included) is written in one `write`, which the kernel
+    ///   never interleaves with another process's, so several processes may send small
+    ///   messages at once. Larger messages, and any message on a socket connection
+    ///   ([`Listener`], [`client`], [`socket_pipe`]), may interleave with another process's
+    ///   and corrupt both: senders in different processes must hold a
+    ///   [`Lock`](crate::Lock) around `send` for those.
+    /// - receives: readers in different processes must take turns (a [`Lock`](crate::Lock)
+    ///   around `recv`, as the module docs say): a receive reads exactly one message, but two
+    ///   at once may each take part of the same one.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiproc::pipe(true)?;
+    /// let a2 = a.try_clone()?;
+    /// let t = std::thread::spawn(move || a2.send(&"from a clone").unwrap());
+    /// a.send(&"from the original")?;
+    /// t.join().unwrap();
+    /// let mut got = vec![b.recv::<String>()?, b.recv::<String>()?];
+    /// got.sort();
+    /// assert_eq!(got, ["from a clone", "from the original"]);
+    /// drop(a); // the clone was dropped by its thread: every copy is closed
+    /// assert!(b.recv::<String>().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The OS error if the descriptors cannot be duplicated (out of descriptors).
+    ///
+    /// [`Queue`]: crate::Queue
+    pub fn try_clone(&self) -> crate::Result<Connection> {
+        let dup = |fd: &Option<OwnedFd>| fd.as_ref().map(OwnedFd::try_clone).transpose();
+        Ok(Connection {
+            reader: dup(&self.reader)?,
+            writer: dup(&self.writer)?,
+            inbox: Arc::clone(&self.inbox),
+            outbox: Arc::clone(&self.outbox),
+            grown: AtomicBool::new(self.grown.load(Ordering::Relaxed)),
+        })
     }
 
     /// Whether the connection was closed with [`close`](Connection::close) (Python's
@@ -494,6 +740,17 @@ fn next_frame(
     deadline: Option<Instant>,
     max_len: usize,
 ) -> Result<(usize, usize), RecvError> {
+    next_frame_with(reader, inbox, deadline, max_len, &mut sys::read)
+}
+
+/// As [`next_frame`], reading with `read` (which must read at most the slice it is given).
+fn next_frame_with(
+    reader: BorrowedFd<'_>,
+    inbox: &mut Inbox,
+    deadline: Option<Instant>,
+    max_len: usize,
+    read: &mut dyn FnMut(BorrowedFd<'_>, &mut [u8]) -> std::io::Result<usize>,
+) -> Result<(usize, usize), RecvError> {
     if inbox.broken {
         return Err(broken());
     }
@@ -544,7 +801,7 @@ fn next_frame(
             return Err(RecvError::Timeout);
         }
         let filled = inbox.filled;
-        let n = sys::read(reader, &mut inbox.buf[filled..end])?;
+        let n = read(reader, &mut inbox.buf[filled..end])?;
         if n == 0 {
             inbox.eof = true;
         }
@@ -558,6 +815,15 @@ fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
 }
 
+/// [`Connection::from_fd`].
+impl TryFrom<OwnedFd> for Connection {
+    type Error = crate::Error;
+
+    fn try_from(fd: OwnedFd) -> crate::Result<Connection> {
+        Connection::from_fd(fd)
+    }
+}
+
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
@@ -567,14 +833,28 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// A connection serializes only as a start argument for a child process: its descriptors
-/// travel beside the arguments, and bytes it already read travel inside them.
+/// A connection serializes as a start argument for a child process (its descriptors travel
+/// beside the arguments) and inside any message: over a [`Queue`](crate::Queue) or another
+/// connection, as Python pickles connections. Bytes it already read travel inside it.
+///
+/// Inside a message, serializing keeps a duplicate of the descriptors in this process and
+/// writes a ticket for them; the receiving process fetches its own duplicate from this one
+/// (over a Unix socket in the abstract namespace, with SCM_RIGHTS) while decoding, as
+/// Python's `resource_sharer` does. So:
+/// - the sending process must still be running when the message is received, or the
+///   receive fails with a decode error that says so;
+/// - sending does not close this end (as with [`try_clone`](Connection::try_clone), both
+///   ends are then open; drop this one if it should not be used here), and until the
+///   message is received this process holds one more copy, so for a sending end, the peer
+///   sees end of file only after that;
+/// - a message never received keeps its copy open here until this process exits;
+/// - each message can be received once.
 impl Serialize for Connection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let inbox = lock(&self.inbox);
         (
-            self.reader.as_ref().map(|fd| SerFd(fd.as_fd())),
-            self.writer.as_ref().map(|fd| SerFd(fd.as_fd())),
+            self.reader.as_ref().map(|fd| PassFd(fd.as_fd())),
+            self.writer.as_ref().map(|fd| PassFd(fd.as_fd())),
             inbox.unread(),
             inbox.eof,
             inbox.keyless_client,
@@ -586,8 +866,8 @@ impl Serialize for Connection {
 impl<'de> serde::Deserialize<'de> for Connection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (reader, writer, unread, eof, keyless_client): (
-            Option<DeFd>,
-            Option<DeFd>,
+            Option<TakeFd>,
+            Option<TakeFd>,
             Vec<u8>,
             bool,
             bool,
@@ -601,5 +881,42 @@ impl<'de> serde::Deserialize<'de> for Connection {
             inbox.keyless_client = keyless_client;
         }
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A descriptor attached to an ordinary message (which `send_handle` never sends, but a
+    /// peer speaking the framing by hand may): `recv_handle` refuses the message and closes
+    /// the descriptor. It is a pipe's write end, so its reader seeing end of file proves it.
+    #[test]
+    fn recv_handle_closes_descriptors_attached_to_an_ordinary_message() {
+        let (a, b) = socket_pipe().unwrap();
+        let (pipe_r, pipe_w) = sys::pipe().unwrap();
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&wire::header_for(3).unwrap());
+        frame[HEADER..HEADER + 3].copy_from_slice(b"abc");
+        sys::send_with_fds(
+            a.writer.as_ref().unwrap().as_fd(),
+            &frame,
+            &[pipe_w.as_fd()],
+        )
+        .unwrap();
+        drop(pipe_w);
+        let err = b.recv_handle().unwrap_err();
+        assert!(
+            err.to_string().contains("1 descriptor(s) attached"),
+            "{err}"
+        );
+        // Bounded: a descriptor left open would leave the pipe unreadable, not hang the test.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(sys::wait_readable(&[pipe_r.as_fd()], Some(deadline)).unwrap()[0]);
+        let mut byte = [0u8; 1];
+        assert_eq!(sys::read(pipe_r.as_fd(), &mut byte).unwrap(), 0);
+        // The stream is in step: the next message is received whole.
+        a.send(&7u8).unwrap();
+        assert_eq!(b.recv::<u8>().unwrap(), 7);
     }
 }

@@ -84,6 +84,14 @@ pub enum SendError {
     /// The operating system refused the write.
     #[error("connection write failed")]
     Io(#[source] io::Error),
+    /// [`send_handle`](crate::Connection::send_handle) on a connection that cannot carry
+    /// descriptors: only Unix sockets can (not pipes, not TCP).
+    #[error(
+        "this connection cannot carry descriptors: send_handle needs a Unix socket connection \
+         (connection::socket_pipe, Listener/client over a Unix address, or Connection::from_fd \
+         of a Unix socket), not a pipe or TCP"
+    )]
+    HandlesUnsupported,
 }
 
 impl From<io::Error> for SendError {
@@ -147,6 +155,14 @@ pub enum RecvError {
          client connected without an authkey"
     )]
     AuthenticationRequired,
+    /// [`recv_handle`](crate::Connection::recv_handle) on a connection that cannot carry
+    /// descriptors: only Unix sockets can (not pipes, not TCP). Nothing was read.
+    #[error(
+        "this connection cannot carry descriptors: recv_handle needs a Unix socket connection \
+         (connection::socket_pipe, Listener/client over a Unix address, or Connection::from_fd \
+         of a Unix socket), not a pipe or TCP"
+    )]
+    HandlesUnsupported,
 }
 
 impl From<io::Error> for RecvError {

@@ -306,7 +306,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Closed(item));
         }
-        let size = match postcard::experimental::serialized_size(&item) {
+        // Measuring issues no tickets for handles in the item (`wire::share`).
+        let size = match wire::share::measuring(|| postcard::experimental::serialized_size(&item)) {
             Ok(size) => size,
             Err(e) => {
                 let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));

@@ -42,3 +42,19 @@ pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Res
     }
     Ok(())
 }
+
+/// Whether `fd` was opened for reading and for writing (its access mode).
+///
+/// # References
+/// fcntl(2) (`F_GETFL`).
+pub(crate) fn access_mode(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    use rustix::fs::OFlags;
+    let mode = rustix::fs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    Ok(if mode == OFlags::RDONLY {
+        (true, false)
+    } else if mode == OFlags::WRONLY {
+        (false, true)
+    } else {
+        (true, true)
+    })
+}

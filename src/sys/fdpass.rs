@@ -106,3 +106,50 @@ pub(crate) fn recv_with_fds(
         return Ok(received.bytes);
     }
 }
+
+/// Reads from `sock` into `buf` (at most `buf.len()` bytes, so a caller that asks for exactly
+/// one frame never takes bytes of the next), collecting descriptors that arrive into `fds`.
+///
+/// Returns the number of bytes read; `0` is end of stream. Received descriptors are
+/// close-on-exec.
+pub(crate) fn recv_exact_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = match rustix::net::recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(incoming) = message {
+                fds.extend(incoming);
+            }
+        }
+        if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(io::Error::other("descriptors were truncated in transit"));
+        }
+        return Ok(received.bytes);
+    }
+}
+
+/// Whether `fd` is a Unix-domain socket, the only kind that carries descriptors.
+///
+/// # References
+/// getsockopt(2) (`SO_DOMAIN`).
+pub(crate) fn is_unix_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match rustix::net::sockopt::socket_domain(fd) {
+        Ok(domain) => Ok(domain == AddressFamily::UNIX),
+        Err(rustix::io::Errno::NOTSOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
