@@ -6,7 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use multiproc::{JoinableQueue, Process, Queue, SimpleQueue, queue::GetError, queue::PutError};
+use multiproc::queue::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
+};
+use multiproc::{JoinableQueue, Process, Queue, SimpleQueue};
 
 use common::WAIT;
 
@@ -19,13 +22,13 @@ fn put_get_in_one_process() {
     assert_eq!(q.qsize(), 2);
     assert_eq!(q.get().unwrap(), "a");
     assert_eq!(q.get_nowait().unwrap(), "b");
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
     // With no other handle a blocking get would be Disconnected; another handle may put.
     let _other = q.clone();
     let start = Instant::now();
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
 }
@@ -36,12 +39,12 @@ fn bounded_queue_reports_full_and_times_out() {
     q.put(1).unwrap();
     q.put_nowait(2).unwrap();
     assert!(q.full());
-    assert!(matches!(q.put_nowait(3), Err(PutError::Full(3))));
+    assert!(matches!(q.put_nowait(3), Err(TryPutError::Full(3))));
     // With no other handle a blocking put would be Disconnected; another handle may get.
     let _other = q.clone();
     let start = Instant::now();
     let err = q.put_timeout(4, Duration::from_millis(100)).unwrap_err();
-    assert!(matches!(err, PutError::Timeout(4)));
+    assert!(matches!(err, PutTimeoutError::Timeout(4)));
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert_eq!(err.into_inner(), 4);
     assert_eq!(q.get().unwrap(), 1);
@@ -57,7 +60,7 @@ fn put_into_a_full_queue_nobody_else_holds_is_disconnected() {
     assert!(matches!(err, PutError::Disconnected(2)), "{err:?}");
     assert!(matches!(
         q.put_timeout(3, Duration::from_secs(5)),
-        Err(PutError::Disconnected(3))
+        Err(PutTimeoutError::Disconnected(3))
     ));
     // Fails at once instead of sleeping for ever (or for the whole timeout).
     assert!(
@@ -107,7 +110,7 @@ fn blocked_put_turns_disconnected_when_the_last_consumer_exits() {
     let start = Instant::now();
     // Full again; the consumer exits after its get, so this put can never complete.
     let err = q.put_timeout(3, WAIT).unwrap_err();
-    assert!(matches!(err, PutError::Disconnected(3)), "{err:?}");
+    assert!(matches!(err, PutTimeoutError::Disconnected(3)), "{err:?}");
     assert!(start.elapsed() < WAIT, "waited the whole timeout");
     assert_eq!(h.join_timeout(WAIT).unwrap(), 1);
 }
@@ -150,7 +153,7 @@ fn get_on_a_lone_empty_handle_is_disconnected() {
     let other = q.clone();
     assert!(matches!(
         q.get_timeout(Duration::from_millis(60)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     other.close();
     assert!(matches!(q.get(), Err(GetError::Disconnected)));
@@ -174,7 +177,10 @@ fn items_put_right_before_exit_are_delivered() {
     for i in 0..1000u64 {
         assert_eq!(q.get_timeout(WAIT).unwrap(), vec![i; 10]);
     }
-    assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::Disconnected)
+    ));
 }
 
 /// Exits at once, skipping destructors (as a crash would, short of a signal).
@@ -546,7 +552,7 @@ fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
     // it rather than skipping or duplicating it.
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     victim.kill().unwrap();
     victim.join_timeout(WAIT).unwrap().expect("victim reaped");
@@ -555,9 +561,9 @@ fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
     // Not `get_nowait` only: it too waits for the lock, so a wedged lock would hang it.
     assert!(matches!(
         q.get_timeout(Duration::from_millis(50)),
-        Err(GetError::Timeout | GetError::Disconnected)
+        Err(GetTimeoutError::Timeout | GetTimeoutError::Disconnected)
     ));
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
 }
 
 /// A child's item as the crash tests put it: `(producer, number, bytes)` with bytes that
@@ -669,7 +675,7 @@ start_method_matrix! {
         }
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
         // The child's handle went with it: nobody else can put.
-        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
     }
 
     #[test]
@@ -703,7 +709,7 @@ start_method_matrix! {
         p.kill().unwrap();
         p.join_timeout(WAIT).unwrap();
         let start = Instant::now();
-        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
@@ -917,24 +923,24 @@ start_method_matrix! {
         assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
         assert!(matches!(
             q.get_timeout(Duration::from_millis(50)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         assert!(matches!(
             q.put_timeout(Stuck::new(3, 10), Duration::from_millis(50)),
-            Err(PutError::Timeout(_))
+            Err(PutTimeoutError::Timeout(_))
         ));
         victim.kill().unwrap();
         victim.join_timeout(WAIT).unwrap().expect("victim reaped");
         // Half an item is never seen, and its space is free again.
         assert!(matches!(
             q.get_timeout(Duration::from_millis(50)),
-            Err(GetError::Timeout | GetError::Disconnected)
+            Err(GetTimeoutError::Timeout | GetTimeoutError::Disconnected)
         ));
         q.put_timeout(Stuck::new(4, 1 << 20), WAIT).unwrap();
         q.put_timeout(Stuck::new(5, 10), WAIT).unwrap();
         assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(4, 1 << 20));
         assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(5, 10));
-        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+        assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
     }
 
     /// Issue 10 item 5: the unfinished count went up before the item was written, so a
@@ -1046,7 +1052,7 @@ start_method_matrix! {
             loop {
                 match q.get_timeout(WAIT) {
                     Ok(item) => ledger.deliver(item),
-                    Err(GetError::Disconnected) => break,
+                    Err(GetTimeoutError::Disconnected) => break,
                     Err(e) => panic!("round {round}: draining the queue: {e}"),
                 }
             }

@@ -9,8 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Queue;
-use super::wake::{RECHECK, Wait, deadline_after};
-use crate::error::{GetError, PutError};
+use super::wake::{RECHECK, deadline_after};
+use crate::error::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
+};
 
 /// A [`Queue`] that counts unfinished tasks, Python's `JoinableQueue`: each `put` adds one,
 /// each [`task_done`](JoinableQueue::task_done) removes one, and
@@ -174,23 +176,23 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put`].
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Forever)
+        self.0.put(item)
     }
 
     /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
     ///
     /// # Errors
     /// As [`Queue::put_timeout`].
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Until(deadline_after(timeout)))
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.0.put_timeout(item, timeout)
     }
 
     /// As [`put`](JoinableQueue::put), only if there is room now.
     ///
     /// # Errors
     /// As [`Queue::put_nowait`].
-    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::No)
+    pub fn put_nowait(&self, item: T) -> Result<(), TryPutError<T>> {
+        self.0.put_nowait(item)
     }
 
     /// See [`Queue::get`].
@@ -205,7 +207,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     /// As [`Queue::get_timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.0.get_timeout(timeout)
     }
 
@@ -213,7 +215,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     /// As [`Queue::get_nowait`].
-    pub fn get_nowait(&self) -> Result<T, GetError> {
+    pub fn get_nowait(&self) -> Result<T, TryGetError> {
         self.0.get_nowait()
     }
 }

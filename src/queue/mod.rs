@@ -16,6 +16,8 @@
 //! start method; until then even `put_nowait` and `get_nowait` wait for it, as they do for a
 //! live holder's copy.
 //!
+//! # When a get gives up
+//!
 //! Every handle (the original, each clone, each copy a child received) is registered with the
 //! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
 //! ends (killed included); when a `get` finds the queue empty and no other unclosed handle is
@@ -31,6 +33,17 @@
 //! *full* bounded queue that no other handle holds any more: that returns
 //! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
 //! [`GetError::Disconnected`].
+//!
+//! # Errors
+//!
+//! Each operation has its own error type, as crossbeam's channels have, holding only the
+//! outcomes that operation can have: [`put`](Queue::put) → [`PutError`],
+//! [`put_timeout`](Queue::put_timeout) → [`PutTimeoutError`] (adds `Timeout`, Python's
+//! `queue.Full`), [`put_nowait`](Queue::put_nowait) → [`TryPutError`] (`Full`); and
+//! [`get`](Queue::get) → [`GetError`], [`get_timeout`](Queue::get_timeout) →
+//! [`GetTimeoutError`] (adds `Timeout`, Python's `queue.Empty`),
+//! [`get_nowait`](Queue::get_nowait) → [`TryGetError`] (`Empty`). Every put error hands the
+//! item back (`into_inner`).
 //!
 //! Files: `ring.rs` the ring, `wake.rs` how a blocked call sleeps and is woken, `simple.rs` and
 //! `joinable.rs` the two wrappers; this file the put and get loops and handle registration.
@@ -48,7 +61,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::Waitable;
-pub use crate::error::{DecodeError, EncodeError, GetError, PutError};
+pub use crate::error::{
+    DecodeError, EncodeError, GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError,
+    TryPutError,
+};
 use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
 
@@ -255,62 +271,121 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// process exits at once.
     ///
     /// # Errors
-    /// [`PutError::Closed`] after [`close`](Queue::close), [`PutError::Encode`] when the item
-    /// cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
+    /// [`PutError::Closed`] after [`close`](Queue::close); [`PutError::Disconnected`] when
+    /// the queue is full and no other handle is left to make room; [`PutError::Encode`] when
+    /// the item cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
         self.put_until(item, Wait::Forever)
+            .map_err(|(fail, item)| fail.into_put(item))
     }
 
-    /// As [`put`](Queue::put), waiting at most `timeout` for room.
+    /// As [`put`](Queue::put), waiting at most `timeout` for room (Python's
+    /// `put(item, timeout=...)`).
     ///
     /// # Errors
-    /// As `put`, plus [`PutError::Timeout`].
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+    /// As `put`, plus [`PutTimeoutError::Timeout`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Queue, queue::PutTimeoutError};
+    ///
+    /// let q: Queue<u8> = Queue::with_maxsize(1)?;
+    /// let _consumer = q.clone(); // someone who could make room
+    /// q.put(1)?;
+    /// match q.put_timeout(2, Duration::from_millis(10)) {
+    ///     Err(PutTimeoutError::Timeout(item)) => assert_eq!(item, 2), // Python's queue.Full
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
         self.put_until(item, Wait::Until(deadline_after(timeout)))
+            .map_err(|(fail, item)| fail.into_put_timeout(item))
     }
 
     /// Puts `item` only if there is room now, Python's `put_nowait`.
     ///
     /// # Errors
-    /// As `put`, plus [`PutError::Full`].
-    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+    /// [`TryPutError::Full`] when there is no room, [`TryPutError::Closed`] and
+    /// [`TryPutError::Encode`] as for `put`.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::TryPutError};
+    ///
+    /// let q: Queue<String> = Queue::with_maxsize(1)?;
+    /// q.put_nowait("first".to_string())?;
+    /// let err = q.put_nowait("second".to_string()).unwrap_err();
+    /// assert!(matches!(err, TryPutError::Full(_)));
+    /// assert_eq!(err.into_inner(), "second"); // nothing is lost
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_nowait(&self, item: T) -> Result<(), TryPutError<T>> {
         self.put_until(item, Wait::No)
+            .map_err(|(fail, item)| fail.into_try_put(item))
     }
 
     /// Takes the item at the front of the queue, blocking while it is empty.
     ///
     /// # Errors
-    /// [`GetError::Disconnected`] when the queue is empty and no other handle that may put
-    /// is left; [`GetError::Decode`] when the item's bytes are not a `T` (it is consumed).
+    /// [`GetError::Disconnected`] when the queue is empty and no item can come (the rule is
+    /// in the [module documentation](self#when-a-get-gives-up)); [`GetError::Decode`] when
+    /// the item's bytes are not a `T` (it is consumed).
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_until(Wait::Forever)
+        self.get_until(Wait::Forever).map_err(GetFail::into_get)
     }
 
-    /// As [`get`](Queue::get), waiting at most `timeout`.
+    /// As [`get`](Queue::get), waiting at most `timeout` (Python's `get(timeout=...)`).
     ///
     /// # Errors
-    /// As `get`, plus [`GetError::Timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+    /// As `get`, plus [`GetTimeoutError::Timeout`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Queue, queue::GetTimeoutError};
+    ///
+    /// let q: Queue<u8> = Queue::new()?;
+    /// let _producer = q.clone(); // someone who could put
+    /// let err = q.get_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, GetTimeoutError::Timeout)); // Python's queue.Empty
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.get_until(Wait::Until(deadline_after(timeout)))
+            .map_err(GetFail::into_get_timeout)
     }
 
     /// Takes an item only if one is there now, Python's `get_nowait`.
     ///
     /// # Errors
-    /// As `get`, plus [`GetError::Empty`].
-    pub fn get_nowait(&self) -> Result<T, GetError> {
-        self.get_until(Wait::No)
+    /// [`TryGetError::Empty`] when there is none (whoever still holds the queue: a
+    /// non-blocking call does not ask), [`TryGetError::Decode`] as for `get`.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::TryGetError};
+    ///
+    /// let q: Queue<u8> = Queue::new()?;
+    /// assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
+    /// q.put(7)?;
+    /// assert_eq!(q.get_nowait()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_nowait(&self) -> Result<T, TryGetError> {
+        self.get_until(Wait::No).map_err(GetFail::into_try_get)
     }
 
-    fn put_until(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+    fn put_until(&self, item: T, wait: Wait) -> Result<(), (PutFail, T)> {
         if self.is_closed() {
-            return Err(PutError::Closed(item));
+            return Err((PutFail::Closed, item));
         }
         let size = match postcard::experimental::serialized_size(&item) {
             Ok(size) => size,
             Err(e) => {
                 let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));
-                return Err(PutError::Encode(item, e));
+                return Err((PutFail::Encode(e), item));
             }
         };
         let header = match wire::header_for(size) {
@@ -320,25 +395,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     format!("item of {size} bytes does not fit in the queue"),
                     None,
                 );
-                return Err(PutError::Encode(item, e));
+                return Err((PutFail::Encode(e), item));
             }
-            Err(e) => return Err(PutError::Encode(item, e)),
+            Err(e) => return Err((PutFail::Encode(e), item)),
         };
         if HEADER + size <= IN_PLACE {
             // Small: encode into a scratch buffer outside the lock, copy in under it.
             SCRATCH.with_borrow_mut(|frame| {
                 frame.clear();
                 if let Err(e) = wire::encode_into(&item, frame) {
-                    return Err(PutError::Encode(item, e));
+                    return Err((PutFail::Encode(e), item));
                 }
                 if frame.len() != HEADER + size {
                     let e = EncodeError::new("the item serialized to different sizes twice", None);
-                    return Err(PutError::Encode(item, e));
+                    return Err((PutFail::Encode(e), item));
                 }
-                self.put_frame(item, HEADER + size, wait, |buf| {
+                self.put_frame(HEADER + size, wait, |buf| {
                     buf.copy_from_slice(frame);
                     Ok(())
                 })
+                .map_err(|fail| (fail, item))
             })
         } else {
             // Large: serialize straight into shared memory, one copy in all.
@@ -356,27 +432,24 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     )),
                 }
             };
-            match self.put_frame((), HEADER + size, wait, fill) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.map_item(item)),
-            }
+            self.put_frame(HEADER + size, wait, fill)
+                .map_err(|fail| (fail, item))
         }
     }
 
     /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
-    fn put_frame<I>(
+    fn put_frame(
         &self,
-        item: I,
         n: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut [u8]) -> Result<(), EncodeError>,
-    ) -> Result<(), PutError<I>> {
+    ) -> Result<(), PutFail> {
         let words = self.shm.words();
         loop {
             let mut guard = match self.shm.lock_put(wait.deadline()) {
                 Ok(Some(g)) => g,
-                Ok(None) => return Err(PutError::Timeout(item)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(None) => return Err(PutFail::Timeout),
+                Err(e) => return Err(PutFail::Io(e)),
             };
             // A `JoinableQueue` counts the item as unfinished with the store that publishes
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
@@ -391,21 +464,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     return Ok(());
                 }
                 Ok(Ok(Pushed::NoRoom { gets })) => gets,
-                Ok(Err(e)) => return Err(PutError::Encode(item, e)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(Err(e)) => return Err(PutFail::Encode(e)),
+                Err(e) => return Err(PutFail::Io(e)),
             };
             let seen = words.not_full.load(Ordering::Acquire);
             let nap = match wait.nap() {
                 Some(nap) => nap,
-                None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
-                None => return Err(PutError::Timeout(item)),
+                None if matches!(wait, Wait::No) => return Err(PutFail::Full),
+                None => return Err(PutFail::Timeout),
             };
             // Full, and no other handle is left (closed ones still count, as they may get): no
             // get can ever make room, so sleeping would never end.
             match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
                 Ok(true) => {}
-                Ok(false) => return Err(PutError::Disconnected(item)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(false) => return Err(PutFail::Disconnected),
+                Err(e) => return Err(PutFail::Io(e)),
             }
             drop(guard);
             if await_briefly(|| self.shm.gets() != gets) {
@@ -423,27 +496,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    fn get_until(&self, wait: Wait) -> Result<T, GetError> {
+    fn get_until(&self, wait: Wait) -> Result<T, GetFail> {
         let words = self.shm.words();
         loop {
             let mut guard = match self.shm.lock_get(wait.deadline()) {
                 Ok(Some(g)) => g,
-                Ok(None) => return Err(GetError::Timeout),
-                Err(e) => return Err(GetError::Io(e)),
+                Ok(None) => return Err(GetFail::Timeout),
+                Err(e) => return Err(GetFail::Io(e)),
             };
             let popped = guard
                 .pop_with(wire::decode_payload::<T>)
-                .map_err(GetError::Io)?;
+                .map_err(GetFail::Io)?;
             if let Some(decoded) = popped {
                 drop(guard);
                 std::sync::atomic::fence(Ordering::SeqCst);
                 Sleepers::for_room(words).wake_one(&self.shm, || true);
                 // Items left for other sleeping consumers? Pass the baton on.
                 Sleepers::for_items(words).wake_one(&self.shm, || self.shm.len() > 0);
-                return Ok(decoded?);
+                return decoded.map_err(GetFail::Decode);
             }
             if matches!(wait, Wait::No) {
-                return Err(GetError::Empty);
+                return Err(GetFail::Empty);
             }
             drop(guard);
             if await_briefly(|| self.shm.len() > 0) {
@@ -466,12 +539,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
-    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetError> {
-        if !self.others_may_put().map_err(GetError::Io)? {
+    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetFail> {
+        if !self.others_may_put().map_err(GetFail::Io)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue (a put is one store): look once more before giving up.
             return if self.shm.len() == 0 {
-                Err(GetError::Disconnected)
+                Err(GetFail::Disconnected)
             } else {
                 Ok(())
             };
@@ -481,7 +554,101 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 self.shm.sleep(&words.not_empty, seen, nap);
                 Ok(())
             }
-            None => Err(GetError::Timeout),
+            None => Err(GetFail::Timeout),
+        }
+    }
+}
+
+/// Why the put loop gave up, before the item is handed back in the error type of the calling
+/// operation. Each operation maps only the outcomes it can have: a blocking put never sees
+/// `Full` or `Timeout` (it waits with no deadline), a non-blocking one never `Timeout` (it
+/// waits only for the lock, with no deadline) nor `Disconnected` (it does not ask who holds
+/// the queue).
+enum PutFail {
+    Full,
+    Timeout,
+    Closed,
+    Disconnected,
+    Encode(EncodeError),
+    Io(io::Error),
+}
+
+impl PutFail {
+    fn into_put<T>(self, item: T) -> PutError<T> {
+        match self {
+            PutFail::Closed => PutError::Closed(item),
+            PutFail::Disconnected => PutError::Disconnected(item),
+            PutFail::Encode(e) => PutError::Encode(item, e),
+            PutFail::Io(e) => PutError::Io(item, e),
+            PutFail::Full | PutFail::Timeout => unreachable!("a blocking put waits for room"),
+        }
+    }
+
+    fn into_put_timeout<T>(self, item: T) -> PutTimeoutError<T> {
+        match self {
+            PutFail::Timeout => PutTimeoutError::Timeout(item),
+            PutFail::Closed => PutTimeoutError::Closed(item),
+            PutFail::Disconnected => PutTimeoutError::Disconnected(item),
+            PutFail::Encode(e) => PutTimeoutError::Encode(item, e),
+            PutFail::Io(e) => PutTimeoutError::Io(item, e),
+            PutFail::Full => unreachable!("a timed put waits for room until its deadline"),
+        }
+    }
+
+    fn into_try_put<T>(self, item: T) -> TryPutError<T> {
+        match self {
+            PutFail::Full => TryPutError::Full(item),
+            PutFail::Closed => TryPutError::Closed(item),
+            PutFail::Encode(e) => TryPutError::Encode(item, e),
+            PutFail::Io(e) => TryPutError::Io(item, e),
+            PutFail::Timeout | PutFail::Disconnected => {
+                unreachable!(
+                    "a non-blocking put has no deadline and does not ask who holds the queue"
+                )
+            }
+        }
+    }
+}
+
+/// Why the get loop gave up; mapped as [`PutFail`] is.
+enum GetFail {
+    Empty,
+    Timeout,
+    Disconnected,
+    Decode(DecodeError),
+    Io(io::Error),
+}
+
+impl GetFail {
+    fn into_get(self) -> GetError {
+        match self {
+            GetFail::Disconnected => GetError::Disconnected,
+            GetFail::Decode(e) => GetError::Decode(e),
+            GetFail::Io(e) => GetError::Io(e),
+            GetFail::Empty | GetFail::Timeout => unreachable!("a blocking get waits for an item"),
+        }
+    }
+
+    fn into_get_timeout(self) -> GetTimeoutError {
+        match self {
+            GetFail::Timeout => GetTimeoutError::Timeout,
+            GetFail::Disconnected => GetTimeoutError::Disconnected,
+            GetFail::Decode(e) => GetTimeoutError::Decode(e),
+            GetFail::Io(e) => GetTimeoutError::Io(e),
+            GetFail::Empty => unreachable!("a timed get waits for an item until its deadline"),
+        }
+    }
+
+    fn into_try_get(self) -> TryGetError {
+        match self {
+            GetFail::Empty => TryGetError::Empty,
+            GetFail::Decode(e) => TryGetError::Decode(e),
+            GetFail::Io(e) => TryGetError::Io(e),
+            GetFail::Timeout | GetFail::Disconnected => {
+                unreachable!(
+                    "a non-blocking get has no deadline and does not ask who holds the queue"
+                )
+            }
         }
     }
 }
@@ -605,7 +772,7 @@ mod tests {
         // The received handle is a holder: the original does not see Disconnected yet.
         assert!(matches!(
             q.get_timeout(Duration::from_millis(60)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         drop(received);
         assert!(matches!(q.get(), Err(GetError::Disconnected)));
@@ -651,7 +818,7 @@ mod tests {
         q.put_timeout(5, Duration::from_secs(10)).unwrap();
         assert!(matches!(
             q.get_timeout(Duration::from_millis(100)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         p.0.kill().unwrap();
         p.0.join_timeout(Duration::from_secs(10)).unwrap();
@@ -667,7 +834,7 @@ mod tests {
         assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 4);
         assert!(matches!(
             q.put_timeout(5, Duration::from_millis(100)),
-            Err(PutError::Timeout(5))
+            Err(PutTimeoutError::Timeout(5))
         ));
         p.0.kill().unwrap();
         p.0.join_timeout(Duration::from_secs(10)).unwrap();
