@@ -1089,4 +1089,194 @@ start_method_matrix! {
         assert!(lost <= consumer_kills, "{lost} items lost to {consumer_kills} consumer kills");
         assert!(delivered > u64::from(ROUNDS), "the children never got going: nothing tested");
     }
+
+    /// Issue 12 (Python 3.13's `Queue.shutdown`): a getter blocked in a child is released by
+    /// a shutdown in the parent, with `ShutDown` (not `Disconnected`: the parent still holds
+    /// the queue, and says it is done).
+    #[test]
+    fn a_getter_blocked_in_a_child_is_released_by_a_shutdown_in_the_parent() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::new().unwrap();
+        let waiting = Event::new().unwrap();
+        let mut getter =
+            multiproc::spawn_with_args(get_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(false).unwrap();
+        assert_eq!(getter.join_timeout(WAIT).unwrap(), "shut down");
+    }
+
+    /// And the other way round: a shutdown in a child releases a getter blocked here.
+    #[test]
+    fn a_getter_blocked_in_the_parent_is_released_by_a_shutdown_in_a_child() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::new().unwrap();
+        let done = Event::new().unwrap();
+        let mut child = Process::with_args(shut_down_later, (q.clone(), done.clone()));
+        child.start().unwrap();
+        let start = Instant::now();
+        let got = q.get();
+        assert!(matches!(got, Err(GetError::ShutDown)), "{got:?}");
+        assert!(start.elapsed() < WAIT);
+        done.set();
+        assert_eq!(child.join_timeout(WAIT).unwrap(), Some(0));
+        assert!(q.is_shut_down());
+    }
+
+    /// A putter blocked in a child on a full bounded queue is released with its item; what
+    /// was in the queue is still delivered, then gets say `ShutDown`.
+    #[test]
+    fn a_putter_blocked_on_a_full_queue_is_released_by_a_shutdown() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+        q.put(1).unwrap();
+        let waiting = Event::new().unwrap();
+        let mut putter =
+            multiproc::spawn_with_args(put_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(false).unwrap();
+        assert_eq!(putter.join_timeout(WAIT).unwrap(), "shut down, item 2 back");
+        assert_eq!(q.get_timeout(WAIT).unwrap(), 1);
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::ShutDown)));
+    }
+
+    /// An immediate shutdown drains the queue and releases a `join` waiting in a child.
+    #[test]
+    fn an_immediate_shutdown_releases_join_in_a_child() {
+        let _r = Reaper::new();
+        let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+        let waiting = Event::new().unwrap();
+        let mut joiner =
+            multiproc::spawn_with_args(join_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(true).unwrap();
+        assert!(joiner.join_timeout(WAIT).unwrap(), "join did not return");
+        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.unfinished_tasks(), 0);
+        assert!(q.get().unwrap_err().is_shut_down());
+    }
+}
+
+fn get_and_report((q, waiting): (Queue<u32>, Event)) -> String {
+    waiting.set();
+    match q.get() {
+        Err(GetError::ShutDown) => "shut down".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn put_and_report((q, waiting): (Queue<u32>, Event)) -> String {
+    waiting.set();
+    match q.put(2) {
+        Err(PutError::ShutDown(item)) => format!("shut down, item {item} back"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn join_and_report((q, waiting): (JoinableQueue<u32>, Event)) -> bool {
+    waiting.set();
+    q.join_timeout(WAIT)
+}
+
+/// Shuts the queue down after a while, then stays (holding the queue) until told to go.
+fn shut_down_later((q, done): (Queue<u32>, Event)) {
+    std::thread::sleep(Duration::from_millis(200));
+    q.shutdown(false).unwrap();
+    assert!(done.wait_timeout(WAIT));
+}
+
+#[test]
+fn shutdown_refuses_puts_and_delivers_what_is_left() {
+    let q: Queue<u32> = Queue::new().unwrap();
+    let other = q.clone();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(!other.is_shut_down());
+    q.shutdown(false).unwrap();
+    assert!(other.is_shut_down());
+    let err = other.put(3).unwrap_err();
+    assert!(err.is_shut_down(), "{err:?}");
+    assert_eq!(err.into_inner(), 3);
+    assert!(matches!(
+        other.put_timeout(4, WAIT),
+        Err(PutTimeoutError::ShutDown(4))
+    ));
+    assert!(matches!(other.put_nowait(5), Err(TryPutError::ShutDown(5))));
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get_nowait().unwrap(), 2);
+    // Empty now: every get says so at once, whatever it would have waited for.
+    let start = Instant::now();
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::ShutDown)
+    ));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::ShutDown)));
+    assert!(start.elapsed() < WAIT);
+    assert_eq!(
+        q.get().unwrap_err().to_string(),
+        "queue is shut down and empty"
+    );
+    // Twice is fine, and an immediate one later drains.
+    q.shutdown(false).unwrap();
+    q.shutdown(true).unwrap();
+}
+
+/// An item whose decoding panics: one that an immediate shutdown dropped was never decoded.
+#[derive(Debug, serde::Serialize)]
+struct Undecodable(u8);
+
+impl<'de> serde::Deserialize<'de> for Undecodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("an item dropped by an immediate shutdown was decoded");
+    }
+}
+
+#[test]
+fn an_immediate_shutdown_drops_items_without_decoding_them() {
+    let q: Queue<Undecodable> = Queue::new().unwrap();
+    for i in 0..3 {
+        q.put(Undecodable(i)).unwrap();
+    }
+    q.put(Undecodable(9)).unwrap();
+    assert_eq!(q.qsize(), 4);
+    q.shutdown(true).unwrap();
+    assert_eq!(q.qsize(), 0);
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert!(matches!(q.put(Undecodable(4)), Err(PutError::ShutDown(_))));
+}
+
+#[test]
+fn an_immediate_shutdown_lowers_the_unfinished_count_as_python_does() {
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    for i in 0..3 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(q.get().unwrap(), 0); // taken, not yet done
+    q.shutdown(true).unwrap();
+    // The two dropped items are no longer unfinished; the taken one still is.
+    assert_eq!(q.unfinished_tasks(), 1);
+    assert!(!q.join_timeout(Duration::from_millis(60)));
+    q.task_done().unwrap();
+    assert!(q.join_timeout(WAIT));
+    assert!(q.task_done().is_err());
+}
+
+#[test]
+fn a_shut_down_queue_is_ready_for_wait() {
+    use multiproc::connection::{Waitable, wait};
+    let q: Queue<u8> = Queue::new().unwrap();
+    let _other = q.clone();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable], Some(Duration::from_millis(20))).unwrap(),
+        Vec::<usize>::new()
+    );
+    q.shutdown(false).unwrap();
+    assert_eq!(wait(&[&q as &dyn Waitable], Some(WAIT)).unwrap(), vec![0]);
+    assert!(matches!(q.get_nowait(), Err(TryGetError::ShutDown)));
 }

@@ -228,6 +228,8 @@ put_error! {
     /// back inside the error ([`into_inner`](PutError::into_inner)). A blocking put has no
     /// `Full` and no `Timeout`: it waits for room.
     PutError {
+        /// The queue was [shut down](crate::Queue::shutdown) (Python 3.13's `queue.ShutDown`).
+        ShutDown => "queue is shut down",
         /// This handle was [closed](crate::Queue::close) for putting.
         Closed => "queue handle is closed for putting",
         /// The queue is full and no other handle is left to take an item out: waiting for
@@ -243,6 +245,8 @@ put_error! {
     PutTimeoutError {
         /// The queue stayed full until the timeout (Python's `queue.Full`).
         Timeout => "timed out waiting for room in the queue",
+        /// The queue was [shut down](crate::Queue::shutdown).
+        ShutDown => "queue is shut down",
         /// This handle was [closed](crate::Queue::close) for putting.
         Closed => "queue handle is closed for putting",
         /// The queue is full and no other handle is left to take an item out: it returns
@@ -259,12 +263,19 @@ put_error! {
     TryPutError {
         /// The queue is full (Python's `queue.Full`).
         Full => "queue is full",
+        /// The queue was [shut down](crate::Queue::shutdown).
+        ShutDown => "queue is shut down",
         /// This handle was [closed](crate::Queue::close) for putting.
         Closed => "queue handle is closed for putting",
     }
 }
 
 impl<T> PutError<T> {
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, PutError::ShutDown(_))
+    }
+
     /// Whether no other handle is left to make room.
     pub fn is_disconnected(&self) -> bool {
         matches!(self, PutError::Disconnected(_))
@@ -275,6 +286,11 @@ impl<T> PutTimeoutError<T> {
     /// Whether the queue stayed full until the timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, PutTimeoutError::Timeout(_))
+    }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, PutTimeoutError::ShutDown(_))
     }
 
     /// Whether no other handle is left to make room.
@@ -288,6 +304,11 @@ impl<T> TryPutError<T> {
     pub fn is_full(&self) -> bool {
         matches!(self, TryPutError::Full(_))
     }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, TryPutError::ShutDown(_))
+    }
 }
 
 /// Every outcome of a blocking put is one of a timed put (one that had all the time it
@@ -295,6 +316,7 @@ impl<T> TryPutError<T> {
 impl<T> From<PutError<T>> for PutTimeoutError<T> {
     fn from(e: PutError<T>) -> Self {
         match e {
+            PutError::ShutDown(t) => PutTimeoutError::ShutDown(t),
             PutError::Closed(t) => PutTimeoutError::Closed(t),
             PutError::Disconnected(t) => PutTimeoutError::Disconnected(t),
             PutError::Encode(t, e) => PutTimeoutError::Encode(t, e),
@@ -308,6 +330,10 @@ impl<T> From<PutError<T>> for PutTimeoutError<T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken
+    /// (Python 3.13's `queue.ShutDown`).
+    #[error("queue is shut down and empty")]
+    ShutDown,
     /// The queue is empty and no item can come: see the rule in the [`queue`](crate::queue)
     /// module's documentation, "When a get gives up".
     #[error("queue is empty and every other handle that could put is gone")]
@@ -329,6 +355,9 @@ pub enum GetTimeoutError {
     /// The queue stayed empty until the timeout (Python's `queue.Empty`).
     #[error("timed out waiting for an item")]
     Timeout,
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken.
+    #[error("queue is shut down and empty")]
+    ShutDown,
     /// The queue is empty and no item can come (see [`GetError::Disconnected`]): returned as
     /// soon as that is seen, without waiting out the timeout.
     #[error("queue is empty and every other handle that could put is gone")]
@@ -350,6 +379,9 @@ pub enum TryGetError {
     /// The queue is empty (Python's `queue.Empty`).
     #[error("queue is empty")]
     Empty,
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken.
+    #[error("queue is shut down and empty")]
+    ShutDown,
     /// The item's bytes are not a valid value of the queue's type; the item was consumed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -359,6 +391,11 @@ pub enum TryGetError {
 }
 
 impl GetError {
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, GetError::ShutDown)
+    }
+
     /// Whether no item can come.
     pub fn is_disconnected(&self) -> bool {
         matches!(self, GetError::Disconnected)
@@ -369,6 +406,11 @@ impl GetTimeoutError {
     /// Whether the queue stayed empty until the timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, GetTimeoutError::Timeout)
+    }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, GetTimeoutError::ShutDown)
     }
 
     /// Whether no item can come.
@@ -382,6 +424,11 @@ impl TryGetError {
     pub fn is_empty(&self) -> bool {
         matches!(self, TryGetError::Empty)
     }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, TryGetError::ShutDown)
+    }
 }
 
 /// Every outcome of a blocking get is one of a timed get, so `?` turns the first into the
@@ -389,6 +436,7 @@ impl TryGetError {
 impl From<GetError> for GetTimeoutError {
     fn from(e: GetError) -> Self {
         match e {
+            GetError::ShutDown => GetTimeoutError::ShutDown,
             GetError::Disconnected => GetTimeoutError::Disconnected,
             GetError::Decode(e) => GetTimeoutError::Decode(e),
             GetError::Io(e) => GetTimeoutError::Io(e),

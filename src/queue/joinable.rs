@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Queue;
+use super::ring::ShmQueue;
 use super::wake::{RECHECK, deadline_after};
 use crate::error::{
     GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
@@ -73,32 +74,7 @@ impl<T> JoinableQueue<T> {
     /// # Errors
     /// [`TaskDoneError`] if there is no unfinished item.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let shm = &self.0.shm;
-        let words = shm.words();
-        let mut done = words.tasks_done.load(Ordering::SeqCst);
-        loop {
-            // Puts only grow: one seen now stays counted.
-            if shm.puts() == done {
-                return Err(TaskDoneError);
-            }
-            match words.tasks_done.compare_exchange_weak(
-                done,
-                done.wrapping_add(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(now) => done = now,
-            }
-        }
-        // Either a `join` that registered as a sleeper before our increment is seen here, or
-        // it sees the increment (its futex wait fails at once).
-        if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0
-            && shm.puts() == done.wrapping_add(1)
-        {
-            shm.wake(&words.tasks_done, u32::MAX);
-        }
-        Ok(())
+        mark_done(&self.0.shm)
     }
 
     /// Blocks until every item put was marked done with
@@ -168,6 +144,32 @@ impl<T> JoinableQueue<T> {
     pub fn close(&self) {
         self.0.close();
     }
+
+    /// Shuts the queue down (see [`Queue::shutdown`]). With `immediate`, the items left are
+    /// dropped undecoded and no longer counted as unfinished, so [`join`](Self::join)
+    /// returns once the items already taken are marked done.
+    ///
+    /// # Errors
+    /// As [`Queue::shutdown`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q: multiproc::JoinableQueue<u8> = multiproc::JoinableQueue::new()?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// q.shutdown(true)?; // both dropped: nothing left to wait for
+    /// assert!(q.join_timeout(std::time::Duration::from_secs(5)));
+    /// assert!(q.get().unwrap_err().is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> crate::Result<()> {
+        self.0.shutdown(immediate)
+    }
+
+    /// See [`Queue::is_shut_down`].
+    pub fn is_shut_down(&self) -> bool {
+        self.0.is_shut_down()
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
@@ -218,6 +220,34 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn get_nowait(&self) -> Result<T, TryGetError> {
         self.0.get_nowait()
     }
+}
+
+/// Counts one unfinished task of the queue behind `shm` as done, waking `join` callers if it
+/// was the last.
+pub(super) fn mark_done(shm: &ShmQueue) -> Result<(), TaskDoneError> {
+    let words = shm.words();
+    let mut done = words.tasks_done.load(Ordering::SeqCst);
+    loop {
+        // Puts only grow: one seen now stays counted.
+        if shm.puts() == done {
+            return Err(TaskDoneError);
+        }
+        match words.tasks_done.compare_exchange_weak(
+            done,
+            done.wrapping_add(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => break,
+            Err(now) => done = now,
+        }
+    }
+    // Either a `join` that registered as a sleeper before our increment is seen here, or
+    // it sees the increment (its futex wait fails at once).
+    if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0 && shm.puts() == done.wrapping_add(1) {
+        shm.wake(&words.tasks_done, u32::MAX);
+    }
+    Ok(())
 }
 
 handle_around_a_queue!(JoinableQueue);

@@ -253,6 +253,56 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Shuts the queue down for every handle in every process, Python 3.13's
+    /// `Queue.shutdown(immediate)`.
+    ///
+    /// Afterwards every put fails with `ShutDown` (the item handed back), and gets return the
+    /// items left in the queue, then `ShutDown` once it is empty (not `Disconnected`, and
+    /// `get_nowait` too, not `Empty`). Getters and putters blocked in any process are woken
+    /// and return. With `immediate`, the items left are removed first and dropped as bytes,
+    /// never decoded (so none of their `Drop`s runs, in any process); a
+    /// [`JoinableQueue`]'s unfinished count goes down by as many, as in Python, and its
+    /// `join` callers return once it is zero (items already taken still wait for their
+    /// `task_done`). An item being taken by a `get` at that moment is delivered to it.
+    /// Shutting down twice is fine; a later `immediate` shutdown drains what is left.
+    ///
+    /// A queue that is shut down stays so: it cannot be reopened.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if draining finds the queue's memory corrupted
+    /// (another process wrote garbage into it); the queue is shut down all the same.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::{GetError, PutError}};
+    ///
+    /// let q: Queue<u32> = Queue::new()?;
+    /// q.put(1)?;
+    /// q.shutdown(false)?;
+    /// assert!(matches!(q.put(2), Err(PutError::ShutDown(2))));
+    /// assert_eq!(q.get()?, 1); // what was put before is still delivered
+    /// assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> crate::Result<()> {
+        self.shm.shut_down()?;
+        if immediate {
+            let drained = self.shm.discard_all()?;
+            for _ in 0..drained {
+                // Python lowers the count only while it is above zero: so does this.
+                if joinable::mark_done(&self.shm).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the queue was [shut down](Queue::shutdown), by any handle.
+    pub fn is_shut_down(&self) -> bool {
+        self.shm.is_shut_down()
+    }
+
     /// Whether [`close`](Queue::close) was called on this handle.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -271,7 +321,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// process exits at once.
     ///
     /// # Errors
-    /// [`PutError::Closed`] after [`close`](Queue::close); [`PutError::Disconnected`] when
+    /// [`PutError::ShutDown`] after a [`shutdown`](Queue::shutdown) (also one that happens
+    /// while this waits for room); [`PutError::Closed`] after [`close`](Queue::close);
+    /// [`PutError::Disconnected`] when
     /// the queue is full and no other handle is left to make room; [`PutError::Encode`] when
     /// the item cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
@@ -307,8 +359,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Puts `item` only if there is room now, Python's `put_nowait`.
     ///
     /// # Errors
-    /// [`TryPutError::Full`] when there is no room, [`TryPutError::Closed`] and
-    /// [`TryPutError::Encode`] as for `put`.
+    /// [`TryPutError::Full`] when there is no room; [`TryPutError::ShutDown`],
+    /// [`TryPutError::Closed`] and [`TryPutError::Encode`] as for `put`.
     ///
     /// # Examples
     /// ```
@@ -329,9 +381,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes the item at the front of the queue, blocking while it is empty.
     ///
     /// # Errors
-    /// [`GetError::Disconnected`] when the queue is empty and no item can come (the rule is
-    /// in the [module documentation](self#when-a-get-gives-up)); [`GetError::Decode`] when
-    /// the item's bytes are not a `T` (it is consumed).
+    /// [`GetError::ShutDown`] when the queue was [shut down](Queue::shutdown) and is empty
+    /// (also when that happens while this waits); [`GetError::Disconnected`] when the queue
+    /// is empty and no item can come (the rule is in the
+    /// [module documentation](self#when-a-get-gives-up)); [`GetError::Decode`] when the
+    /// item's bytes are not a `T` (it is consumed).
     pub fn get(&self) -> Result<T, GetError> {
         self.get_until(Wait::Forever).map_err(GetFail::into_get)
     }
@@ -361,7 +415,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// [`TryGetError::Empty`] when there is none (whoever still holds the queue: a
-    /// non-blocking call does not ask), [`TryGetError::Decode`] as for `get`.
+    /// non-blocking call does not ask); [`TryGetError::ShutDown`] and [`TryGetError::Decode`]
+    /// as for `get`.
     ///
     /// # Examples
     /// ```
@@ -378,6 +433,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_until(&self, item: T, wait: Wait) -> Result<(), (PutFail, T)> {
+        // Looked at again under the lock: this early look only spares the serializing.
+        if self.shm.is_shut_down() {
+            return Err((PutFail::ShutDown, item));
+        }
         if self.is_closed() {
             return Err((PutFail::Closed, item));
         }
@@ -451,6 +510,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(None) => return Err(PutFail::Timeout),
                 Err(e) => return Err(PutFail::Io(e)),
             };
+            // Set under this lock: once seen clear here, no shutdown can pass this put.
+            if self.shm.is_shut_down() {
+                return Err(PutFail::ShutDown);
+            }
             // A `JoinableQueue` counts the item as unfinished with the store that publishes
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
             // producer killed before that store leaves neither item nor count.
@@ -515,11 +578,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Sleepers::for_items(words).wake_one(&self.shm, || self.shm.len() > 0);
                 return decoded.map_err(GetFail::Decode);
             }
+            drop(guard);
+            if self.shm.is_shut_down() {
+                // Every item was published before the mark, which was seen (`Acquire`): a
+                // fresh look shows whether any is left for another round.
+                if self.shm.len() == 0 {
+                    return Err(GetFail::ShutDown);
+                }
+                continue;
+            }
             if matches!(wait, Wait::No) {
                 return Err(GetFail::Empty);
             }
-            drop(guard);
-            if await_briefly(|| self.shm.len() > 0) {
+            if await_briefly(|| self.shm.len() > 0 || self.shm.is_shut_down()) {
                 continue;
             }
             let seen = words.not_empty.load(Ordering::Acquire);
@@ -527,7 +598,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // Either a putter that published after our look sees us counted (and wakes us),
             // or we see its item here and look again.
             std::sync::atomic::fence(Ordering::SeqCst);
-            let result = if self.shm.len() == 0 {
+            // A shutdown sets its mark before it bumps the word: seen here, or it wakes us.
+            let result = if self.shm.len() == 0 && !self.shm.is_shut_down() {
                 self.sleep_for_item(&wait, words, seen)
             } else {
                 Ok(())
@@ -543,7 +615,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if !self.others_may_put().map_err(GetFail::Io)? {
             // Nobody else can put. An item put just before the last producer left is still
             // in the queue (a put is one store): look once more before giving up.
-            return if self.shm.len() == 0 {
+            // A shutdown by the last producer on its way out is reported as such.
+            return if self.shm.len() == 0 && !self.shm.is_shut_down() {
                 Err(GetFail::Disconnected)
             } else {
                 Ok(())
@@ -567,6 +640,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 enum PutFail {
     Full,
     Timeout,
+    ShutDown,
     Closed,
     Disconnected,
     Encode(EncodeError),
@@ -576,6 +650,7 @@ enum PutFail {
 impl PutFail {
     fn into_put<T>(self, item: T) -> PutError<T> {
         match self {
+            PutFail::ShutDown => PutError::ShutDown(item),
             PutFail::Closed => PutError::Closed(item),
             PutFail::Disconnected => PutError::Disconnected(item),
             PutFail::Encode(e) => PutError::Encode(item, e),
@@ -587,6 +662,7 @@ impl PutFail {
     fn into_put_timeout<T>(self, item: T) -> PutTimeoutError<T> {
         match self {
             PutFail::Timeout => PutTimeoutError::Timeout(item),
+            PutFail::ShutDown => PutTimeoutError::ShutDown(item),
             PutFail::Closed => PutTimeoutError::Closed(item),
             PutFail::Disconnected => PutTimeoutError::Disconnected(item),
             PutFail::Encode(e) => PutTimeoutError::Encode(item, e),
@@ -598,6 +674,7 @@ impl PutFail {
     fn into_try_put<T>(self, item: T) -> TryPutError<T> {
         match self {
             PutFail::Full => TryPutError::Full(item),
+            PutFail::ShutDown => TryPutError::ShutDown(item),
             PutFail::Closed => TryPutError::Closed(item),
             PutFail::Encode(e) => TryPutError::Encode(item, e),
             PutFail::Io(e) => TryPutError::Io(item, e),
@@ -614,6 +691,7 @@ impl PutFail {
 enum GetFail {
     Empty,
     Timeout,
+    ShutDown,
     Disconnected,
     Decode(DecodeError),
     Io(io::Error),
@@ -622,6 +700,7 @@ enum GetFail {
 impl GetFail {
     fn into_get(self) -> GetError {
         match self {
+            GetFail::ShutDown => GetError::ShutDown,
             GetFail::Disconnected => GetError::Disconnected,
             GetFail::Decode(e) => GetError::Decode(e),
             GetFail::Io(e) => GetError::Io(e),
@@ -632,6 +711,7 @@ impl GetFail {
     fn into_get_timeout(self) -> GetTimeoutError {
         match self {
             GetFail::Timeout => GetTimeoutError::Timeout,
+            GetFail::ShutDown => GetTimeoutError::ShutDown,
             GetFail::Disconnected => GetTimeoutError::Disconnected,
             GetFail::Decode(e) => GetTimeoutError::Decode(e),
             GetFail::Io(e) => GetTimeoutError::Io(e),
@@ -642,6 +722,7 @@ impl GetFail {
     fn into_try_get(self) -> TryGetError {
         match self {
             GetFail::Empty => TryGetError::Empty,
+            GetFail::ShutDown => TryGetError::ShutDown,
             GetFail::Decode(e) => TryGetError::Decode(e),
             GetFail::Io(e) => TryGetError::Io(e),
             GetFail::Timeout | GetFail::Disconnected => {
@@ -733,6 +814,11 @@ impl<T> Queue<T> {
                 |n| n.checked_sub(1),
             );
             return false;
+        }
+        if self.shm.is_shut_down() {
+            // Ready: the caller's next get returns an item or `ShutDown` at once.
+            self.shm.words().fd_waiters.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
         // Registering takes the producers' lock so that no put can slip between the check
         // and the registration; it is held only for copies, so a short bound suffices.
