@@ -58,6 +58,16 @@ fn put_into_a_full_queue_nobody_else_holds_is_disconnected() {
     let start = Instant::now();
     let err = q.put(2).unwrap_err();
     assert!(matches!(err, PutError::Disconnected(2)), "{err:?}");
+    // Never shared: a timed put waits, as a consumer may yet be handed a clone.
+    let short = Duration::from_millis(100);
+    assert!(matches!(
+        q.put_timeout(3, short),
+        Err(PutTimeoutError::Timeout(3))
+    ));
+    assert!(start.elapsed() >= short);
+    // Shared, and the other handle gone: a timed put fails at once too.
+    drop(q.clone());
+    let start = Instant::now();
     assert!(matches!(
         q.put_timeout(3, Duration::from_secs(5)),
         Err(PutTimeoutError::Disconnected(3))
@@ -157,6 +167,35 @@ fn get_on_a_lone_empty_handle_is_disconnected() {
     ));
     other.close();
     assert!(matches!(q.get(), Err(GetError::Disconnected)));
+}
+
+/// Issue 12: a timed get on a queue no other handle ever held returned `Disconnected` at
+/// once; Python's waits out its timeout, and so does this one now. Once the queue was shared
+/// and the other handles are gone, a timed get fails at once as before (the rule is in the
+/// `queue` module's docs).
+#[test]
+fn a_timed_get_on_a_queue_never_shared_waits_out_its_timeout() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    let start = Instant::now();
+    let short = Duration::from_millis(100);
+    assert!(matches!(
+        q.get_timeout(short),
+        Err(GetTimeoutError::Timeout)
+    ));
+    assert!(start.elapsed() >= short);
+    // A blocking get cannot wait for ever on a speculation: it still says so at once.
+    assert!(matches!(q.get(), Err(GetError::Disconnected)));
+    drop(q.clone());
+    let start = Instant::now();
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::Disconnected)
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -1159,6 +1198,30 @@ start_method_matrix! {
         assert_eq!(q.qsize(), 0);
         assert_eq!(q.unfinished_tasks(), 0);
         assert!(q.get().unwrap_err().is_shut_down());
+    }
+
+    /// Issue 12: a timed get on a queue nobody else holds yet receives from a producer
+    /// started after the get began (here by another thread, with a clone), as in Python.
+    /// Then, the producer gone, the next timed get fails at once.
+    #[test]
+    fn a_timed_get_receives_from_a_producer_started_after_it_began() {
+        let _r = Reaper::new();
+        let q: Queue<u64> = Queue::new().unwrap();
+        let (got, mut producer) = std::thread::scope(|s| {
+            let starter = s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut p = Process::with_args(put_numbers, (q.clone(), 1));
+                p.start().unwrap();
+                p
+            });
+            let got = q.get_timeout(WAIT);
+            (got, starter.join().unwrap())
+        });
+        assert_eq!(got.unwrap(), 0);
+        assert_eq!(producer.join_timeout(WAIT).unwrap(), Some(0));
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
     }
 }
 

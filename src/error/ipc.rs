@@ -233,7 +233,8 @@ put_error! {
         /// This handle was [closed](crate::Queue::close) for putting.
         Closed => "queue handle is closed for putting",
         /// The queue is full and no other handle is left to take an item out: waiting for
-        /// room would never end.
+        /// room would never end (the rule is in the [`queue`](crate::queue) module's
+        /// documentation, "When a get gives up").
         Disconnected => "queue is full and no other handle is left to take items out",
     }
 }
@@ -249,8 +250,9 @@ put_error! {
         ShutDown => "queue is shut down",
         /// This handle was [closed](crate::Queue::close) for putting.
         Closed => "queue handle is closed for putting",
-        /// The queue is full and no other handle is left to take an item out: it returns
-        /// this as soon as it sees so, without waiting out the timeout.
+        /// The queue is full and no other handle is left to take an item out: returned as
+        /// soon as that is seen, without waiting out the timeout, once the queue has been
+        /// shared (see [`PutError::Disconnected`]).
         Disconnected => "queue is full and no other handle is left to take items out",
     }
 }
@@ -359,7 +361,8 @@ pub enum GetTimeoutError {
     #[error("queue is shut down and empty")]
     ShutDown,
     /// The queue is empty and no item can come (see [`GetError::Disconnected`]): returned as
-    /// soon as that is seen, without waiting out the timeout.
+    /// soon as that is seen, without waiting out the timeout, once the queue has been shared
+    /// (a timed get on a queue never shared waits, for a producer not started yet).
     #[error("queue is empty and every other handle that could put is gone")]
     Disconnected,
     /// The item's bytes are not a valid value of the queue's type; the item was consumed.

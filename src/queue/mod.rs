@@ -18,21 +18,40 @@
 //!
 //! # When a get gives up
 //!
-//! Every handle (the original, each clone, each copy a child received) is registered with the
-//! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
-//! ends (killed included); when a `get` finds the queue empty and no other unclosed handle is
-//! left, it returns [`GetError::Disconnected`] within 50 ms instead of blocking forever.
-//! Handles that only get should therefore be closed, so that they do not count as possible
-//! producers for each other. A handle inherited through `fork` counts as held by every
-//! process that inherited it (a child also inherits its parent's handles, as it inherits
-//! every descriptor), so a child does not see its parent's own handle go away.
+//! This is the one rule for when a blocked `get` (or `put`) stops waiting with
+//! `Disconnected`; the error types and the methods refer here.
 //!
-//! Because every handle can also get, `put` into a queue with room never fails for want of
-//! readers: the putting process can always get the item back itself, and a queue filled
-//! before its consumers start is a common pattern. What would hang is a blocking `put` into a
-//! *full* bounded queue that no other handle holds any more: that returns
-//! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
-//! [`GetError::Disconnected`].
+//! Every handle (the original, each clone, each copy a child received) is registered with the
+//! kernel as a holder of the queue until it is dropped or its process ends (killed
+//! included), and as a possible producer until it is also [closed](Queue::close). A `get`
+//! that finds the queue empty returns `Disconnected` (within 50 ms, instead of blocking
+//! forever) when no *other* handle may put, and
+//!
+//! - the queue has been shared (a second handle was made, by [`clone`](Queue::clone) or
+//!   [`try_clone`](Queue::try_clone), whether or not it is still there): its other handles
+//!   are all gone, so no item can come. This holds for [`get`](Queue::get) and
+//!   [`get_timeout`](Queue::get_timeout) alike: a consumer whose last producer exited, was
+//!   killed or closed its handle hears so at once, not at the end of its timeout;
+//! - or the call is a blocking [`get`](Queue::get) on a queue never shared: only this
+//!   process could ever put (another of its threads, or a clone it has not made yet), and a
+//!   program with one thread would hang for ever, as Python's does.
+//!
+//! A [`get_timeout`](Queue::get_timeout) on a queue never shared waits out its timeout, as
+//! in Python: a producer started after the get began (by another thread, with a clone)
+//! delivers to it. [`get_nowait`](Queue::get_nowait) never says `Disconnected`: it asks
+//! nobody, and an empty queue is `Empty`. A queue that is [shut down](Queue::shutdown) says
+//! `ShutDown` instead, once empty.
+//!
+//! Handles that only get should be closed, so that they do not count as possible producers
+//! for each other. A handle inherited through `fork` counts as held by every process that
+//! inherited it (a child also inherits its parent's handles, as it inherits every
+//! descriptor), so a child does not see its parent's own handle go away.
+//!
+//! Puts follow the same rule with the sides swapped, for a *full* bounded queue and handles
+//! that may get (closing a handle does not end its getting; dropping it does). Because every
+//! handle can also get, `put` into a queue with room never fails for want of readers: the
+//! putting process can always get the item back itself, and a queue filled before its
+//! consumers start is a common pattern.
 //!
 //! # Errors
 //!
@@ -225,7 +244,9 @@ impl<T> Queue<T> {
     /// # Errors
     /// The OS error if a descriptor cannot be opened.
     pub fn try_clone(&self) -> crate::Result<Queue<T>> {
-        Queue::handle(Arc::clone(&self.shm))
+        let handle = Queue::handle(Arc::clone(&self.shm))?;
+        self.shm.mark_shared();
+        Ok(handle)
     }
 
     /// The approximate number of items in the queue, Python's `qsize()`.
@@ -245,8 +266,9 @@ impl<T> Queue<T> {
     }
 
     /// Says that this handle will put no more items, Python's `close()`. Getting still
-    /// works. Once every handle that could put is closed or gone, a `get` on an empty queue
-    /// returns [`GetError::Disconnected`]. Closing twice is fine.
+    /// works. Once every other handle that could put is closed or gone, a `get` on an empty
+    /// queue returns [`GetError::Disconnected`] (the rule is in the
+    /// [module documentation](self#when-a-get-gives-up)). Closing twice is fine.
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = sys::ofd_release(self.ofd.as_fd(), PRODUCER);
@@ -537,10 +559,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 None => return Err(PutFail::Timeout),
             };
             // Full, and no other handle is left (closed ones still count, as they may get): no
-            // get can ever make room, so sleeping would never end.
+            // get can ever make room (the rule is in the module docs, "When a get gives up").
+            let shared = self.shm.was_shared();
             match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
                 Ok(true) => {}
-                Ok(false) => return Err(PutFail::Disconnected),
+                Ok(false) if shared || matches!(wait, Wait::Forever) => {
+                    return Err(PutFail::Disconnected);
+                }
+                // Never shared, timed: a thread of this process may yet hand a clone to a
+                // consumer, and the wait is bounded.
+                Ok(false) => {}
                 Err(e) => return Err(PutFail::Io(e)),
             }
             drop(guard);
@@ -612,15 +640,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
     fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetFail> {
+        // Before asking who holds the queue (see `ShmQueue::mark_shared`).
+        let shared = self.shm.was_shared();
         if !self.others_may_put().map_err(GetFail::Io)? {
             // Nobody else can put. An item put just before the last producer left is still
-            // in the queue (a put is one store): look once more before giving up.
-            // A shutdown by the last producer on its way out is reported as such.
-            return if self.shm.len() == 0 && !self.shm.is_shut_down() {
-                Err(GetFail::Disconnected)
-            } else {
-                Ok(())
-            };
+            // in the queue (a put is one store): look once more before giving up. A
+            // shutdown by the last producer on its way out is reported as such.
+            if self.shm.len() != 0 || self.shm.is_shut_down() {
+                return Ok(());
+            }
+            // The rule of the module docs, "When a get gives up": a timed get on a queue
+            // never shared waits on, since a thread of this process may yet hand a clone to
+            // a producer, and the wait is bounded.
+            if shared || matches!(wait, Wait::Forever) {
+                return Err(GetFail::Disconnected);
+            }
         }
         match wait.nap() {
             Some(nap) => {

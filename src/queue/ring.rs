@@ -67,6 +67,10 @@ struct Flags {
     /// Set (never cleared) by `Queue::shutdown`, under `put_lock`: every put that takes
     /// the lock after sees it, so no item is added once it is set.
     shut_down: AtomicU32,
+    /// Set (never cleared) once a second handle of the queue has been made: from then on, a
+    /// blocked call whose other side is gone gives up at once (see `Queue`'s module docs,
+    /// "When a get gives up").
+    shared: AtomicU32,
 }
 
 #[repr(C)]
@@ -257,6 +261,21 @@ impl ShmQueue {
     /// hold was published before (with `Acquire`, a fresh look at `prod` sees them all).
     pub(crate) fn is_shut_down(&self) -> bool {
         self.header().flags.0.shut_down.load(Ordering::Acquire) != 0
+    }
+
+    /// Records that a second handle exists. Called after that handle registered as a holder,
+    /// so that whoever sees the mark and then no other holder knows that handle is gone.
+    pub(crate) fn mark_shared(&self) {
+        let shared = &self.header().flags.0.shared;
+        if shared.load(Ordering::Relaxed) == 0 {
+            shared.store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a second handle of the queue was ever made. Read before asking who holds the
+    /// queue (see [`mark_shared`](Self::mark_shared)).
+    pub(crate) fn was_shared(&self) -> bool {
+        self.header().flags.0.shared.load(Ordering::SeqCst) != 0
     }
 
     /// Marks the queue shut down, under the producers' lock (so that a put either published
