@@ -242,7 +242,7 @@ put_error! {
 put_error! {
     /// Why [`Queue::put_timeout`](crate::Queue::put_timeout) did not enqueue the item, which
     /// comes back inside the error. Python raises `queue.Full` where this says `Timeout`.
-    #[doc(alias = "Full")]
+    #[doc(alias("Full", "queue.Full"))]
     PutTimeoutError {
         /// The queue stayed full until the timeout (Python's `queue.Full`).
         Timeout => "timed out waiting for room in the queue",
@@ -261,7 +261,7 @@ put_error! {
     /// Why [`Queue::put_nowait`](crate::Queue::put_nowait) did not enqueue the item, which
     /// comes back inside the error. A full queue is `Full` whoever still holds it: a
     /// non-blocking call does not ask who else could make room.
-    #[doc(alias = "Full")]
+    #[doc(alias("Full", "queue.Full"))]
     TryPutError {
         /// The queue is full (Python's `queue.Full`).
         Full => "queue is full",
@@ -334,6 +334,7 @@ impl<T> From<PutError<T>> for PutTimeoutError<T> {
 pub enum GetError {
     /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken
     /// (Python 3.13's `queue.ShutDown`).
+    #[doc(alias = "queue.ShutDown")]
     #[error("queue is shut down and empty")]
     ShutDown,
     /// The queue is empty and no item can come: see the rule in the [`queue`](crate::queue)
@@ -350,7 +351,7 @@ pub enum GetError {
 
 /// Why [`Queue::get_timeout`](crate::Queue::get_timeout) returned no item. Python raises
 /// `queue.Empty` where this says `Timeout`.
-#[doc(alias = "Empty")]
+#[doc(alias("Empty", "queue.Empty"))]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetTimeoutError {
@@ -375,7 +376,7 @@ pub enum GetTimeoutError {
 
 /// Why [`Queue::get_nowait`](crate::Queue::get_nowait) returned no item. An empty queue is
 /// `Empty` whoever still holds it: a non-blocking call does not ask who else could put.
-#[doc(alias = "Empty")]
+#[doc(alias("Empty", "queue.Empty"))]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TryGetError {
