@@ -121,10 +121,16 @@ impl RawLock {
     /// Takes the lock without waiting: if it is free, or if its owner is dead (proven as a
     /// waiter proves it, by reading `/proc`, so a busy lock costs a few system calls here).
     /// `None` when a live owner holds it.
+    #[inline]
     pub(crate) fn try_lock_or_take_over(&self) -> Option<Acquired> {
         if self.try_lock() {
             return Some(Acquired::Clean);
         }
+        self.take_over_if_dead()
+    }
+
+    #[cold]
+    fn take_over_if_dead(&self) -> Option<Acquired> {
         let s = self.state.load(Ordering::Relaxed);
         if s == 0 {
             // Released since the first look: one more try, no waiting.
