@@ -219,4 +219,7 @@ impl JoinError {
 }
 
 mod ipc;
-pub use ipc::{DecodeError, EncodeError, GetError, PutError, RecvError, SendError};
+pub use ipc::{
+    DecodeError, EncodeError, GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError,
+    SendError, TryGetError, TryPutError,
+};

@@ -187,7 +187,7 @@ start_method_matrix! {
         let err = handles.get_timeout(WAIT).unwrap_err();
         let message = err.to_string();
         assert!(
-            matches!(err, multiproc::queue::GetError::Decode(_)),
+            matches!(err, multiproc::queue::GetTimeoutError::Decode(_)),
             "{err:?}"
         );
         assert!(message.contains("must still be running"), "{message}");

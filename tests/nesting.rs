@@ -7,8 +7,13 @@
 mod common;
 
 use multiproc::{
-    Connection, Queue, connection::Listener, connection::MAX_DECODE_DEPTH, connection::RecvError,
-    connection::client_with_authkey, process::AuthKey, queue::GetError,
+    Connection, Queue,
+    connection::Listener,
+    connection::MAX_DECODE_DEPTH,
+    connection::RecvError,
+    connection::client_with_authkey,
+    process::AuthKey,
+    queue::{GetTimeoutError, TryGetError},
 };
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Serialize, Serializer};
@@ -108,7 +113,7 @@ fn receive_nests(conn: &Connection) {
 fn consume_one(q: Queue<Nest>) -> String {
     match q.get_timeout(WAIT) {
         Ok(n) => format!("got {n:?}"),
-        Err(GetError::Decode(e)) => format!("decode error: {e}"),
+        Err(GetTimeoutError::Decode(e)) => format!("decode error: {e}"),
         Err(e) => format!("other error: {e}"),
     }
 }
@@ -147,13 +152,13 @@ start_method_matrix! {
         for stack in STACKS {
             q.put(Nest::Deep(HOSTILE)).unwrap();
             on_stack(stack, || match q.get_timeout(WAIT) {
-                Err(GetError::Decode(e)) => assert_nesting_error(&e.to_string()),
+                Err(GetTimeoutError::Decode(e)) => assert_nesting_error(&e.to_string()),
                 other => panic!("expected a decode error, got {other:?}"),
             });
         }
         // Every poisonous item was consumed.
         let rest = q.get_nowait();
-        assert!(matches!(rest, Err(GetError::Empty | GetError::Disconnected)), "{rest:?}");
+        assert!(matches!(rest, Err(TryGetError::Empty)), "{rest:?}");
     }
 
     #[test]

@@ -6,7 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use multiproc::{JoinableQueue, Process, Queue, SimpleQueue, queue::GetError, queue::PutError};
+use multiproc::queue::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
+};
+use multiproc::{JoinableQueue, Process, Queue, SimpleQueue};
 
 use common::WAIT;
 
@@ -19,13 +22,13 @@ fn put_get_in_one_process() {
     assert_eq!(q.qsize(), 2);
     assert_eq!(q.get().unwrap(), "a");
     assert_eq!(q.get_nowait().unwrap(), "b");
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
     // With no other handle a blocking get would be Disconnected; another handle may put.
     let _other = q.clone();
     let start = Instant::now();
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
 }
@@ -36,12 +39,12 @@ fn bounded_queue_reports_full_and_times_out() {
     q.put(1).unwrap();
     q.put_nowait(2).unwrap();
     assert!(q.full());
-    assert!(matches!(q.put_nowait(3), Err(PutError::Full(3))));
+    assert!(matches!(q.put_nowait(3), Err(TryPutError::Full(3))));
     // With no other handle a blocking put would be Disconnected; another handle may get.
     let _other = q.clone();
     let start = Instant::now();
     let err = q.put_timeout(4, Duration::from_millis(100)).unwrap_err();
-    assert!(matches!(err, PutError::Timeout(4)));
+    assert!(matches!(err, PutTimeoutError::Timeout(4)));
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert_eq!(err.into_inner(), 4);
     assert_eq!(q.get().unwrap(), 1);
@@ -55,9 +58,19 @@ fn put_into_a_full_queue_nobody_else_holds_is_disconnected() {
     let start = Instant::now();
     let err = q.put(2).unwrap_err();
     assert!(matches!(err, PutError::Disconnected(2)), "{err:?}");
+    // Never shared: a timed put waits, as a consumer may yet be handed a clone.
+    let short = Duration::from_millis(100);
+    assert!(matches!(
+        q.put_timeout(3, short),
+        Err(PutTimeoutError::Timeout(3))
+    ));
+    assert!(start.elapsed() >= short);
+    // Shared, and the other handle gone: a timed put fails at once too.
+    drop(q.clone());
+    let start = Instant::now();
     assert!(matches!(
         q.put_timeout(3, Duration::from_secs(5)),
-        Err(PutError::Disconnected(3))
+        Err(PutTimeoutError::Disconnected(3))
     ));
     // Fails at once instead of sleeping for ever (or for the whole timeout).
     assert!(
@@ -107,7 +120,7 @@ fn blocked_put_turns_disconnected_when_the_last_consumer_exits() {
     let start = Instant::now();
     // Full again; the consumer exits after its get, so this put can never complete.
     let err = q.put_timeout(3, WAIT).unwrap_err();
-    assert!(matches!(err, PutError::Disconnected(3)), "{err:?}");
+    assert!(matches!(err, PutTimeoutError::Disconnected(3)), "{err:?}");
     assert!(start.elapsed() < WAIT, "waited the whole timeout");
     assert_eq!(h.join_timeout(WAIT).unwrap(), 1);
 }
@@ -150,10 +163,39 @@ fn get_on_a_lone_empty_handle_is_disconnected() {
     let other = q.clone();
     assert!(matches!(
         q.get_timeout(Duration::from_millis(60)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     other.close();
     assert!(matches!(q.get(), Err(GetError::Disconnected)));
+}
+
+/// Issue 12: a timed get on a queue no other handle ever held returned `Disconnected` at
+/// once; Python's waits out its timeout, and so does this one now. Once the queue was shared
+/// and the other handles are gone, a timed get fails at once as before (the rule is in the
+/// `queue` module's docs).
+#[test]
+fn a_timed_get_on_a_queue_never_shared_waits_out_its_timeout() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    let start = Instant::now();
+    let short = Duration::from_millis(100);
+    assert!(matches!(
+        q.get_timeout(short),
+        Err(GetTimeoutError::Timeout)
+    ));
+    assert!(start.elapsed() >= short);
+    // A blocking get cannot wait for ever on a speculation: it still says so at once.
+    assert!(matches!(q.get(), Err(GetError::Disconnected)));
+    drop(q.clone());
+    let start = Instant::now();
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::Disconnected)
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -174,7 +216,10 @@ fn items_put_right_before_exit_are_delivered() {
     for i in 0..1000u64 {
         assert_eq!(q.get_timeout(WAIT).unwrap(), vec![i; 10]);
     }
-    assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::Disconnected)
+    ));
 }
 
 /// Exits at once, skipping destructors (as a crash would, short of a signal).
@@ -546,7 +591,7 @@ fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
     // it rather than skipping or duplicating it.
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
-        Err(GetError::Timeout)
+        Err(GetTimeoutError::Timeout)
     ));
     victim.kill().unwrap();
     victim.join_timeout(WAIT).unwrap().expect("victim reaped");
@@ -555,9 +600,9 @@ fn consumer_killed_while_taking_leaves_it_to_the_next(size: usize) {
     // Not `get_nowait` only: it too waits for the lock, so a wedged lock would hang it.
     assert!(matches!(
         q.get_timeout(Duration::from_millis(50)),
-        Err(GetError::Timeout | GetError::Disconnected)
+        Err(GetTimeoutError::Timeout | GetTimeoutError::Disconnected)
     ));
-    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
 }
 
 /// A child's item as the crash tests put it: `(producer, number, bytes)` with bytes that
@@ -669,7 +714,7 @@ start_method_matrix! {
         }
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
         // The child's handle went with it: nobody else can put.
-        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
     }
 
     #[test]
@@ -703,7 +748,7 @@ start_method_matrix! {
         p.kill().unwrap();
         p.join_timeout(WAIT).unwrap();
         let start = Instant::now();
-        assert!(matches!(q.get_timeout(WAIT), Err(GetError::Disconnected)));
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
@@ -917,24 +962,24 @@ start_method_matrix! {
         assert_eq!(q.get_timeout(WAIT).unwrap().0.len(), 10);
         assert!(matches!(
             q.get_timeout(Duration::from_millis(50)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         assert!(matches!(
             q.put_timeout(Stuck::new(3, 10), Duration::from_millis(50)),
-            Err(PutError::Timeout(_))
+            Err(PutTimeoutError::Timeout(_))
         ));
         victim.kill().unwrap();
         victim.join_timeout(WAIT).unwrap().expect("victim reaped");
         // Half an item is never seen, and its space is free again.
         assert!(matches!(
             q.get_timeout(Duration::from_millis(50)),
-            Err(GetError::Timeout | GetError::Disconnected)
+            Err(GetTimeoutError::Timeout | GetTimeoutError::Disconnected)
         ));
         q.put_timeout(Stuck::new(4, 1 << 20), WAIT).unwrap();
         q.put_timeout(Stuck::new(5, 10), WAIT).unwrap();
         assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(4, 1 << 20));
         assert_eq!(q.get_timeout(WAIT).unwrap(), Stuck::new(5, 10));
-        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+        assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
     }
 
     /// Issue 10 item 5: the unfinished count went up before the item was written, so a
@@ -1046,7 +1091,7 @@ start_method_matrix! {
             loop {
                 match q.get_timeout(WAIT) {
                     Ok(item) => ledger.deliver(item),
-                    Err(GetError::Disconnected) => break,
+                    Err(GetTimeoutError::Disconnected) => break,
                     Err(e) => panic!("round {round}: draining the queue: {e}"),
                 }
             }
@@ -1083,4 +1128,218 @@ start_method_matrix! {
         assert!(lost <= consumer_kills, "{lost} items lost to {consumer_kills} consumer kills");
         assert!(delivered > u64::from(ROUNDS), "the children never got going: nothing tested");
     }
+
+    /// Issue 12 (Python 3.13's `Queue.shutdown`): a getter blocked in a child is released by
+    /// a shutdown in the parent, with `ShutDown` (not `Disconnected`: the parent still holds
+    /// the queue, and says it is done).
+    #[test]
+    fn a_getter_blocked_in_a_child_is_released_by_a_shutdown_in_the_parent() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::new().unwrap();
+        let waiting = Event::new().unwrap();
+        let mut getter =
+            multiproc::spawn_with_args(get_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(false).unwrap();
+        assert_eq!(getter.join_timeout(WAIT).unwrap(), "shut down");
+    }
+
+    /// And the other way round: a shutdown in a child releases a getter blocked here.
+    #[test]
+    fn a_getter_blocked_in_the_parent_is_released_by_a_shutdown_in_a_child() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::new().unwrap();
+        let done = Event::new().unwrap();
+        let mut child = Process::with_args(shut_down_later, (q.clone(), done.clone()));
+        child.start().unwrap();
+        let start = Instant::now();
+        let got = q.get();
+        assert!(matches!(got, Err(GetError::ShutDown)), "{got:?}");
+        assert!(start.elapsed() < WAIT);
+        done.set();
+        assert_eq!(child.join_timeout(WAIT).unwrap(), Some(0));
+        assert!(q.is_shut_down());
+    }
+
+    /// A putter blocked in a child on a full bounded queue is released with its item; what
+    /// was in the queue is still delivered, then gets say `ShutDown`.
+    #[test]
+    fn a_putter_blocked_on_a_full_queue_is_released_by_a_shutdown() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+        q.put(1).unwrap();
+        let waiting = Event::new().unwrap();
+        let mut putter =
+            multiproc::spawn_with_args(put_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(false).unwrap();
+        assert_eq!(putter.join_timeout(WAIT).unwrap(), "shut down, item 2 back");
+        assert_eq!(q.get_timeout(WAIT).unwrap(), 1);
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::ShutDown)));
+    }
+
+    /// An immediate shutdown drains the queue and releases a `join` waiting in a child.
+    #[test]
+    fn an_immediate_shutdown_releases_join_in_a_child() {
+        let _r = Reaper::new();
+        let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+        let waiting = Event::new().unwrap();
+        let mut joiner =
+            multiproc::spawn_with_args(join_and_report, (q.clone(), waiting.clone())).unwrap();
+        assert!(waiting.wait_timeout(WAIT));
+        std::thread::sleep(Duration::from_millis(100)); // into its sleep
+        q.shutdown(true).unwrap();
+        assert!(joiner.join_timeout(WAIT).unwrap(), "join did not return");
+        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.unfinished_tasks(), 0);
+        assert!(q.get().unwrap_err().is_shut_down());
+    }
+
+    /// Issue 12: a timed get on a queue nobody else holds yet receives from a producer
+    /// started after the get began (here by another thread, with a clone), as in Python.
+    /// Then, the producer gone, the next timed get fails at once.
+    #[test]
+    fn a_timed_get_receives_from_a_producer_started_after_it_began() {
+        let _r = Reaper::new();
+        let q: Queue<u64> = Queue::new().unwrap();
+        let (got, mut producer) = std::thread::scope(|s| {
+            let starter = s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut p = Process::with_args(put_numbers, (q.clone(), 1));
+                p.start().unwrap();
+                p
+            });
+            let got = q.get_timeout(WAIT);
+            (got, starter.join().unwrap())
+        });
+        assert_eq!(got.unwrap(), 0);
+        assert_eq!(producer.join_timeout(WAIT).unwrap(), Some(0));
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    }
+}
+
+fn get_and_report((q, waiting): (Queue<u32>, Event)) -> String {
+    waiting.set();
+    match q.get() {
+        Err(GetError::ShutDown) => "shut down".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn put_and_report((q, waiting): (Queue<u32>, Event)) -> String {
+    waiting.set();
+    match q.put(2) {
+        Err(PutError::ShutDown(item)) => format!("shut down, item {item} back"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn join_and_report((q, waiting): (JoinableQueue<u32>, Event)) -> bool {
+    waiting.set();
+    q.join_timeout(WAIT)
+}
+
+/// Shuts the queue down after a while, then stays (holding the queue) until told to go.
+fn shut_down_later((q, done): (Queue<u32>, Event)) {
+    std::thread::sleep(Duration::from_millis(200));
+    q.shutdown(false).unwrap();
+    assert!(done.wait_timeout(WAIT));
+}
+
+#[test]
+fn shutdown_refuses_puts_and_delivers_what_is_left() {
+    let q: Queue<u32> = Queue::new().unwrap();
+    let other = q.clone();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(!other.is_shut_down());
+    q.shutdown(false).unwrap();
+    assert!(other.is_shut_down());
+    let err = other.put(3).unwrap_err();
+    assert!(err.is_shut_down(), "{err:?}");
+    assert_eq!(err.into_inner(), 3);
+    assert!(matches!(
+        other.put_timeout(4, WAIT),
+        Err(PutTimeoutError::ShutDown(4))
+    ));
+    assert!(matches!(other.put_nowait(5), Err(TryPutError::ShutDown(5))));
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get_nowait().unwrap(), 2);
+    // Empty now: every get says so at once, whatever it would have waited for.
+    let start = Instant::now();
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert!(matches!(
+        q.get_timeout(WAIT),
+        Err(GetTimeoutError::ShutDown)
+    ));
+    assert!(matches!(q.get_nowait(), Err(TryGetError::ShutDown)));
+    assert!(start.elapsed() < WAIT);
+    assert_eq!(
+        q.get().unwrap_err().to_string(),
+        "queue is shut down and empty"
+    );
+    // Twice is fine, and an immediate one later drains.
+    q.shutdown(false).unwrap();
+    q.shutdown(true).unwrap();
+}
+
+/// An item whose decoding panics: one that an immediate shutdown dropped was never decoded.
+#[derive(Debug, serde::Serialize)]
+struct Undecodable(u8);
+
+impl<'de> serde::Deserialize<'de> for Undecodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("an item dropped by an immediate shutdown was decoded");
+    }
+}
+
+#[test]
+fn an_immediate_shutdown_drops_items_without_decoding_them() {
+    let q: Queue<Undecodable> = Queue::new().unwrap();
+    for i in 0..3 {
+        q.put(Undecodable(i)).unwrap();
+    }
+    q.put(Undecodable(9)).unwrap();
+    assert_eq!(q.qsize(), 4);
+    q.shutdown(true).unwrap();
+    assert_eq!(q.qsize(), 0);
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert!(matches!(q.put(Undecodable(4)), Err(PutError::ShutDown(_))));
+}
+
+#[test]
+fn an_immediate_shutdown_lowers_the_unfinished_count_as_python_does() {
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    for i in 0..3 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(q.get().unwrap(), 0); // taken, not yet done
+    q.shutdown(true).unwrap();
+    // The two dropped items are no longer unfinished; the taken one still is.
+    assert_eq!(q.unfinished_tasks(), 1);
+    assert!(!q.join_timeout(Duration::from_millis(60)));
+    q.task_done().unwrap();
+    assert!(q.join_timeout(WAIT));
+    assert!(q.task_done().is_err());
+}
+
+#[test]
+fn a_shut_down_queue_is_ready_for_wait() {
+    use multiproc::connection::{Waitable, wait};
+    let q: Queue<u8> = Queue::new().unwrap();
+    let _other = q.clone();
+    assert_eq!(
+        wait(&[&q as &dyn Waitable], Some(Duration::from_millis(20))).unwrap(),
+        Vec::<usize>::new()
+    );
+    q.shutdown(false).unwrap();
+    assert_eq!(wait(&[&q as &dyn Waitable], Some(WAIT)).unwrap(), vec![0]);
+    assert!(matches!(q.get_nowait(), Err(TryGetError::ShutDown)));
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::{Reaper, WAIT};
 use multiproc::{
     Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, Value,
-    shared::SharedMemory, spawn_with_args, sync::AcquireError,
+    shared::SharedMemory,
+    spawn_with_args,
+    sync::{AcquireError, TryAcquireError},
 };
 
 /// Scratch shared atomics for invariant checks; the name is unlinked at once, the segment
@@ -92,7 +94,10 @@ fn lock_timeout_and_try() {
     )
     .unwrap();
     assert!(held.wait_timeout(WAIT));
-    assert!(matches!(lock.try_acquire(), Err(AcquireError::Timeout)));
+    assert!(matches!(
+        lock.try_acquire(),
+        Err(TryAcquireError::WouldBlock)
+    ));
     let t = Instant::now();
     assert!(
         lock.acquire_timeout(Duration::from_millis(100))
@@ -649,6 +654,14 @@ fn hold_rlock((r, held, release): (RLock, Event, Event)) -> bool {
     release.wait_timeout(WAIT)
 }
 
+/// Takes the lock (and the recursive one), says so, and waits to be killed.
+fn hold_both_until_killed((lock, rlock, holding): (Lock, RLock, Event)) {
+    let _g = lock.acquire().unwrap();
+    let _r = rlock.acquire().unwrap();
+    holding.set();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
 start_method_matrix! {
     /// CPython's `_TestBarrier.test_action`, in children of every start method: the action
     /// set in the parent (a fn item) travels with the barrier, runs once per round, and in the
@@ -750,6 +763,41 @@ start_method_matrix! {
         assert!(!waiter.join_timeout(WAIT).unwrap(), "the waiter was not told");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(barrier.is_broken());
+    }
+
+    /// Issue 11: a busy `try_acquire` says `WouldBlock` while the holder lives, and takes the
+    /// lock of a holder that was killed over at once, with the guard in `OwnerDied` (it was
+    /// reported as a timeout, and a dead holder's lock stayed busy for `try_acquire` for ever).
+    #[test]
+    fn try_acquire_tells_a_live_holder_from_a_dead_one() {
+        let _r = Reaper::new();
+        let lock = Lock::new().unwrap();
+        let rlock = RLock::new().unwrap();
+        let holding = Event::new().unwrap();
+        let mut holder = multiproc::Process::with_args(
+            hold_both_until_killed,
+            (lock.clone(), rlock.clone(), holding.clone()),
+        );
+        holder.start().unwrap();
+        assert!(holding.wait_timeout(WAIT));
+        assert!(matches!(lock.try_acquire(), Err(TryAcquireError::WouldBlock)));
+        assert!(rlock.try_acquire().unwrap_err().is_would_block());
+        holder.kill().unwrap();
+        holder.join_timeout(WAIT).unwrap();
+        match lock.try_acquire() {
+            Err(TryAcquireError::OwnerDied(died)) => drop(died.into_inner()),
+            other => panic!("expected OwnerDied, got {other:?}"),
+        }
+        match rlock.try_acquire() {
+            Err(TryAcquireError::OwnerDied(died)) => {
+                assert_eq!(rlock.depth(), 1);
+                drop(died.into_inner());
+            }
+            other => panic!("expected OwnerDied, got {other:?}"),
+        }
+        // Usable again, with nothing special to report.
+        assert!(lock.try_acquire().is_ok());
+        assert!(rlock.try_acquire().is_ok());
     }
 
     /// Issue 10 item 2: a waiter that cannot read `/proc` (here: out of descriptors) took the

@@ -2,7 +2,9 @@
 //!
 //! Each names the outcomes a caller branches on (`Disconnected`, `Empty`, `Full`, `Timeout`),
 //! as crossbeam's channel errors do, plus the two this crate adds because values travel as
-//! bytes: [`EncodeError`] and [`DecodeError`].
+//! bytes: [`EncodeError`] and [`DecodeError`]. The queue's have one type per operation
+//! (`PutError`, `PutTimeoutError`, `TryPutError`; `GetError`, `GetTimeoutError`,
+//! `TryGetError`), each with only the outcomes that operation can have.
 
 use std::fmt;
 use std::io;
@@ -175,107 +177,185 @@ impl From<io::Error> for RecvError {
     }
 }
 
-/// Why a [`Queue::put`](crate::Queue::put) (or one of its variants) did not enqueue the item,
-/// which comes back inside the error.
-#[non_exhaustive]
-pub enum PutError<T> {
-    /// The queue is full (`put_nowait` only).
-    Full(T),
-    /// The queue stayed full until the timeout (`put_timeout` only).
-    Timeout(T),
-    /// This handle was [closed](crate::Queue::close) for putting.
-    Closed(T),
-    /// The queue is full and no other handle is left to take an item out: a blocking `put`
-    /// would never return.
-    Disconnected(T),
-    /// The item could not be serialized or is larger than the message limit.
-    Encode(T, EncodeError),
-    /// The operating system refused (for instance, a lock or mapping failed).
-    Io(T, io::Error),
+// The queue's errors: one type per operation, as crossbeam's channels have, so that a `match`
+// names only what that operation can return. Every put error hands the item back.
+
+/// Defines a put error type: the item comes back in every variant.
+macro_rules! put_error {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $message:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[non_exhaustive]
+        pub enum $name<T> {
+            $( $(#[$vmeta])* $variant(T), )*
+            /// The item could not be serialized or is larger than the message limit.
+            Encode(T, EncodeError),
+            /// The operating system refused (for instance, a lock or mapping failed).
+            Io(T, io::Error),
+        }
+
+        impl<T> $name<T> {
+            /// The item that was not enqueued.
+            pub fn into_inner(self) -> T {
+                match self {
+                    $( $name::$variant(t) )|* | $name::Encode(t, _) | $name::Io(t, _) => t,
+                }
+            }
+        }
+
+        impl<T> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $( $name::$variant(_) => f.write_str(concat!(stringify!($variant), "(..)")), )*
+                    $name::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
+                    $name::Io(_, e) => f.debug_tuple("Io").field(&"..").field(e).finish(),
+                }
+            }
+        }
+
+        impl<T> fmt::Display for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $( $name::$variant(_) => f.write_str($message), )*
+                    $name::Encode(_, e) => fmt::Display::fmt(e, f),
+                    $name::Io(..) => f.write_str("queue operation failed"),
+                }
+            }
+        }
+
+        impl<T> std::error::Error for $name<T> {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    $name::Encode(_, e) => e.source(),
+                    $name::Io(_, e) => Some(e),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+put_error! {
+    /// Why a blocking [`Queue::put`](crate::Queue::put) did not enqueue the item, which comes
+    /// back inside the error ([`into_inner`](PutError::into_inner)). A blocking put has no
+    /// `Full` and no `Timeout`: it waits for room.
+    PutError {
+        /// The queue was [shut down](crate::Queue::shutdown) (Python 3.13's `queue.ShutDown`).
+        ShutDown => "queue is shut down",
+        /// This handle was [closed](crate::Queue::close) for putting.
+        Closed => "queue handle is closed for putting",
+        /// The queue is full and no other handle is left to take an item out: waiting for
+        /// room would never end (the rule is in the [`queue`](crate::queue) module's
+        /// documentation, "When a get gives up").
+        Disconnected => "queue is full and no other handle is left to take items out",
+    }
+}
+
+put_error! {
+    /// Why [`Queue::put_timeout`](crate::Queue::put_timeout) did not enqueue the item, which
+    /// comes back inside the error. Python raises `queue.Full` where this says `Timeout`.
+    #[doc(alias("Full", "queue.Full"))]
+    PutTimeoutError {
+        /// The queue stayed full until the timeout (Python's `queue.Full`).
+        Timeout => "timed out waiting for room in the queue",
+        /// The queue was [shut down](crate::Queue::shutdown).
+        ShutDown => "queue is shut down",
+        /// This handle was [closed](crate::Queue::close) for putting.
+        Closed => "queue handle is closed for putting",
+        /// The queue is full and no other handle is left to take an item out: returned as
+        /// soon as that is seen, without waiting out the timeout, once the queue has been
+        /// shared (see [`PutError::Disconnected`]).
+        Disconnected => "queue is full and no other handle is left to take items out",
+    }
+}
+
+put_error! {
+    /// Why [`Queue::put_nowait`](crate::Queue::put_nowait) did not enqueue the item, which
+    /// comes back inside the error. A full queue is `Full` whoever still holds it: a
+    /// non-blocking call does not ask who else could make room.
+    #[doc(alias("Full", "queue.Full"))]
+    TryPutError {
+        /// The queue is full (Python's `queue.Full`).
+        Full => "queue is full",
+        /// The queue was [shut down](crate::Queue::shutdown).
+        ShutDown => "queue is shut down",
+        /// This handle was [closed](crate::Queue::close) for putting.
+        Closed => "queue handle is closed for putting",
+    }
 }
 
 impl<T> PutError<T> {
-    /// The item that was not enqueued.
-    pub fn into_inner(self) -> T {
-        match self {
-            PutError::Full(t)
-            | PutError::Timeout(t)
-            | PutError::Closed(t)
-            | PutError::Disconnected(t)
-            | PutError::Encode(t, _)
-            | PutError::Io(t, _) => t,
-        }
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, PutError::ShutDown(_))
     }
 
-    /// The same error carrying `item` instead.
-    pub(crate) fn map_item<U>(self, item: U) -> PutError<U> {
-        match self {
-            PutError::Full(_) => PutError::Full(item),
-            PutError::Timeout(_) => PutError::Timeout(item),
-            PutError::Closed(_) => PutError::Closed(item),
-            PutError::Disconnected(_) => PutError::Disconnected(item),
-            PutError::Encode(_, e) => PutError::Encode(item, e),
-            PutError::Io(_, e) => PutError::Io(item, e),
-        }
+    /// Whether no other handle is left to make room.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, PutError::Disconnected(_))
+    }
+}
+
+impl<T> PutTimeoutError<T> {
+    /// Whether the queue stayed full until the timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PutTimeoutError::Timeout(_))
     }
 
-    /// Whether the queue was full (`Full` or `Timeout`).
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, PutTimeoutError::ShutDown(_))
+    }
+
+    /// Whether no other handle is left to make room.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, PutTimeoutError::Disconnected(_))
+    }
+}
+
+impl<T> TryPutError<T> {
+    /// Whether the queue was full.
     pub fn is_full(&self) -> bool {
-        matches!(self, PutError::Full(_) | PutError::Timeout(_))
+        matches!(self, TryPutError::Full(_))
+    }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, TryPutError::ShutDown(_))
     }
 }
 
-impl<T> fmt::Debug for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PutError::Full(_) => f.write_str("Full(..)"),
-            PutError::Timeout(_) => f.write_str("Timeout(..)"),
-            PutError::Closed(_) => f.write_str("Closed(..)"),
-            PutError::Disconnected(_) => f.write_str("Disconnected(..)"),
-            PutError::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
-            PutError::Io(_, e) => f.debug_tuple("Io").field(&"..").field(e).finish(),
+/// Every outcome of a blocking put is one of a timed put (one that had all the time it
+/// needed), so `?` turns the first into the second.
+impl<T> From<PutError<T>> for PutTimeoutError<T> {
+    fn from(e: PutError<T>) -> Self {
+        match e {
+            PutError::ShutDown(t) => PutTimeoutError::ShutDown(t),
+            PutError::Closed(t) => PutTimeoutError::Closed(t),
+            PutError::Disconnected(t) => PutTimeoutError::Disconnected(t),
+            PutError::Encode(t, e) => PutTimeoutError::Encode(t, e),
+            PutError::Io(t, e) => PutTimeoutError::Io(t, e),
         }
     }
 }
 
-impl<T> fmt::Display for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PutError::Full(_) => f.write_str("queue is full"),
-            PutError::Timeout(_) => f.write_str("timed out waiting for room in the queue"),
-            PutError::Closed(_) => f.write_str("queue handle is closed for putting"),
-            PutError::Disconnected(_) => {
-                f.write_str("queue is full and no other handle is left to take items out")
-            }
-            PutError::Encode(_, e) => fmt::Display::fmt(e, f),
-            PutError::Io(..) => f.write_str("queue operation failed"),
-        }
-    }
-}
-
-impl<T> std::error::Error for PutError<T> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            PutError::Encode(_, e) => e.source(),
-            PutError::Io(_, e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Why a [`Queue::get`](crate::Queue::get) (or one of its variants) returned no item.
+/// Why a blocking [`Queue::get`](crate::Queue::get) returned no item. A blocking get has no
+/// `Empty` and no `Timeout`: it waits for an item.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
-    /// The queue is empty (`get_nowait` only).
-    #[error("queue is empty")]
-    Empty,
-    /// The queue stayed empty until the timeout (`get_timeout` only).
-    #[error("timed out waiting for an item")]
-    Timeout,
-    /// The queue is empty and no other handle that could put is left: every other process
-    /// holding the queue has exited or closed it.
-    #[error("queue is empty and every other handle is gone")]
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken
+    /// (Python 3.13's `queue.ShutDown`).
+    #[doc(alias = "queue.ShutDown")]
+    #[error("queue is shut down and empty")]
+    ShutDown,
+    /// The queue is empty and no item can come: see the rule in the [`queue`](crate::queue)
+    /// module's documentation, "When a get gives up".
+    #[error("queue is empty and every other handle that could put is gone")]
     Disconnected,
     /// The item's bytes are not a valid value of the queue's type; the item was consumed.
     #[error(transparent)]
@@ -283,4 +363,103 @@ pub enum GetError {
     /// The operating system refused (for instance, a lock or mapping failed).
     #[error("queue operation failed")]
     Io(#[source] io::Error),
+}
+
+/// Why [`Queue::get_timeout`](crate::Queue::get_timeout) returned no item. Python raises
+/// `queue.Empty` where this says `Timeout`.
+#[doc(alias("Empty", "queue.Empty"))]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetTimeoutError {
+    /// The queue stayed empty until the timeout (Python's `queue.Empty`).
+    #[error("timed out waiting for an item")]
+    Timeout,
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken.
+    #[error("queue is shut down and empty")]
+    ShutDown,
+    /// The queue is empty and no item can come (see [`GetError::Disconnected`]): returned as
+    /// soon as that is seen, without waiting out the timeout, once the queue has been shared
+    /// (a timed get on a queue never shared waits, for a producer not started yet).
+    #[error("queue is empty and every other handle that could put is gone")]
+    Disconnected,
+    /// The item's bytes are not a valid value of the queue's type; the item was consumed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The operating system refused (for instance, a lock or mapping failed).
+    #[error("queue operation failed")]
+    Io(#[source] io::Error),
+}
+
+/// Why [`Queue::get_nowait`](crate::Queue::get_nowait) returned no item. An empty queue is
+/// `Empty` whoever still holds it: a non-blocking call does not ask who else could put.
+#[doc(alias("Empty", "queue.Empty"))]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryGetError {
+    /// The queue is empty (Python's `queue.Empty`).
+    #[error("queue is empty")]
+    Empty,
+    /// The queue was [shut down](crate::Queue::shutdown) and every item left in it was taken.
+    #[error("queue is shut down and empty")]
+    ShutDown,
+    /// The item's bytes are not a valid value of the queue's type; the item was consumed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The operating system refused (for instance, a lock or mapping failed).
+    #[error("queue operation failed")]
+    Io(#[source] io::Error),
+}
+
+impl GetError {
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, GetError::ShutDown)
+    }
+
+    /// Whether no item can come.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, GetError::Disconnected)
+    }
+}
+
+impl GetTimeoutError {
+    /// Whether the queue stayed empty until the timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, GetTimeoutError::Timeout)
+    }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, GetTimeoutError::ShutDown)
+    }
+
+    /// Whether no item can come.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, GetTimeoutError::Disconnected)
+    }
+}
+
+impl TryGetError {
+    /// Whether the queue was empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryGetError::Empty)
+    }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, TryGetError::ShutDown)
+    }
+}
+
+/// Every outcome of a blocking get is one of a timed get, so `?` turns the first into the
+/// second.
+impl From<GetError> for GetTimeoutError {
+    fn from(e: GetError) -> Self {
+        match e {
+            GetError::ShutDown => GetTimeoutError::ShutDown,
+            GetError::Disconnected => GetTimeoutError::Disconnected,
+            GetError::Decode(e) => GetTimeoutError::Decode(e),
+            GetError::Io(e) => GetTimeoutError::Io(e),
+        }
+    }
 }

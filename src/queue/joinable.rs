@@ -9,8 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Queue;
-use super::wake::{RECHECK, Wait, deadline_after};
-use crate::error::{GetError, PutError};
+use super::ring::ShmQueue;
+use super::wake::{RECHECK, deadline_after};
+use crate::error::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
+};
 
 /// A [`Queue`] that counts unfinished tasks, Python's `JoinableQueue`: each `put` adds one,
 /// each [`task_done`](JoinableQueue::task_done) removes one, and
@@ -71,32 +74,7 @@ impl<T> JoinableQueue<T> {
     /// # Errors
     /// [`TaskDoneError`] if there is no unfinished item.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let shm = &self.0.shm;
-        let words = shm.words();
-        let mut done = words.tasks_done.load(Ordering::SeqCst);
-        loop {
-            // Puts only grow: one seen now stays counted.
-            if shm.puts() == done {
-                return Err(TaskDoneError);
-            }
-            match words.tasks_done.compare_exchange_weak(
-                done,
-                done.wrapping_add(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(now) => done = now,
-            }
-        }
-        // Either a `join` that registered as a sleeper before our increment is seen here, or
-        // it sees the increment (its futex wait fails at once).
-        if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0
-            && shm.puts() == done.wrapping_add(1)
-        {
-            shm.wake(&words.tasks_done, u32::MAX);
-        }
-        Ok(())
+        mark_done(&self.0.shm)
     }
 
     /// Blocks until every item put was marked done with
@@ -166,6 +144,32 @@ impl<T> JoinableQueue<T> {
     pub fn close(&self) {
         self.0.close();
     }
+
+    /// Shuts the queue down (see [`Queue::shutdown`]). With `immediate`, the items left are
+    /// dropped undecoded and no longer counted as unfinished, so [`join`](Self::join)
+    /// returns once the items already taken are marked done.
+    ///
+    /// # Errors
+    /// As [`Queue::shutdown`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q: multiproc::JoinableQueue<u8> = multiproc::JoinableQueue::new()?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// q.shutdown(true)?; // both dropped: nothing left to wait for
+    /// assert!(q.join_timeout(std::time::Duration::from_secs(5)));
+    /// assert!(q.get().unwrap_err().is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> crate::Result<()> {
+        self.0.shutdown(immediate)
+    }
+
+    /// See [`Queue::is_shut_down`].
+    pub fn is_shut_down(&self) -> bool {
+        self.0.is_shut_down()
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
@@ -174,23 +178,23 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put`].
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Forever)
+        self.0.put(item)
     }
 
     /// As [`put`](JoinableQueue::put), waiting at most `timeout` for room.
     ///
     /// # Errors
     /// As [`Queue::put_timeout`].
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::Until(deadline_after(timeout)))
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.0.put_timeout(item, timeout)
     }
 
     /// As [`put`](JoinableQueue::put), only if there is room now.
     ///
     /// # Errors
     /// As [`Queue::put_nowait`].
-    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
-        self.0.put_until(item, Wait::No)
+    pub fn put_nowait(&self, item: T) -> Result<(), TryPutError<T>> {
+        self.0.put_nowait(item)
     }
 
     /// See [`Queue::get`].
@@ -205,7 +209,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     /// As [`Queue::get_timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.0.get_timeout(timeout)
     }
 
@@ -213,9 +217,37 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     /// As [`Queue::get_nowait`].
-    pub fn get_nowait(&self) -> Result<T, GetError> {
+    pub fn get_nowait(&self) -> Result<T, TryGetError> {
         self.0.get_nowait()
     }
+}
+
+/// Counts one unfinished task of the queue behind `shm` as done, waking `join` callers if it
+/// was the last.
+pub(super) fn mark_done(shm: &ShmQueue) -> Result<(), TaskDoneError> {
+    let words = shm.words();
+    let mut done = words.tasks_done.load(Ordering::SeqCst);
+    loop {
+        // Puts only grow: one seen now stays counted.
+        if shm.puts() == done {
+            return Err(TaskDoneError);
+        }
+        match words.tasks_done.compare_exchange_weak(
+            done,
+            done.wrapping_add(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => break,
+            Err(now) => done = now,
+        }
+    }
+    // Either a `join` that registered as a sleeper before our increment is seen here, or
+    // it sees the increment (its futex wait fails at once).
+    if words.tasks_done_sleepers.load(Ordering::SeqCst) > 0 && shm.puts() == done.wrapping_add(1) {
+        shm.wake(&words.tasks_done, u32::MAX);
+    }
+    Ok(())
 }
 
 handle_around_a_queue!(JoinableQueue);

@@ -16,21 +16,53 @@
 //! start method; until then even `put_nowait` and `get_nowait` wait for it, as they do for a
 //! live holder's copy.
 //!
-//! Every handle (the original, each clone, each copy a child received) is registered with the
-//! kernel as a holder of the queue until it is dropped, [closed](Queue::close) or its process
-//! ends (killed included); when a `get` finds the queue empty and no other unclosed handle is
-//! left, it returns [`GetError::Disconnected`] within 50 ms instead of blocking forever.
-//! Handles that only get should therefore be closed, so that they do not count as possible
-//! producers for each other. A handle inherited through `fork` counts as held by every
-//! process that inherited it (a child also inherits its parent's handles, as it inherits
-//! every descriptor), so a child does not see its parent's own handle go away.
+//! # When a get gives up
 //!
-//! Because every handle can also get, `put` into a queue with room never fails for want of
-//! readers: the putting process can always get the item back itself, and a queue filled
-//! before its consumers start is a common pattern. What would hang is a blocking `put` into a
-//! *full* bounded queue that no other handle holds any more: that returns
-//! [`PutError::Disconnected`] with the item, as a `get` on an empty queue returns
-//! [`GetError::Disconnected`].
+//! This is the one rule for when a blocked `get` (or `put`) stops waiting with
+//! `Disconnected`; the error types and the methods refer here.
+//!
+//! Every handle (the original, each clone, each copy a child received) is registered with the
+//! kernel as a holder of the queue until it is dropped or its process ends (killed
+//! included), and as a possible producer until it is also [closed](Queue::close). A `get`
+//! that finds the queue empty returns `Disconnected` (within 50 ms, instead of blocking
+//! forever) when no *other* handle may put, and
+//!
+//! - the queue has been shared (a second handle was made, by [`clone`](Queue::clone) or
+//!   [`try_clone`](Queue::try_clone), whether or not it is still there): its other handles
+//!   are all gone, so no item can come. This holds for [`get`](Queue::get) and
+//!   [`get_timeout`](Queue::get_timeout) alike: a consumer whose last producer exited, was
+//!   killed or closed its handle hears so at once, not at the end of its timeout;
+//! - or the call is a blocking [`get`](Queue::get) on a queue never shared: only this
+//!   process could ever put (another of its threads, or a clone it has not made yet), and a
+//!   program with one thread would hang for ever, as Python's does.
+//!
+//! A [`get_timeout`](Queue::get_timeout) on a queue never shared waits out its timeout, as
+//! in Python: a producer started after the get began (by another thread, with a clone)
+//! delivers to it. [`get_nowait`](Queue::get_nowait) never says `Disconnected`: it asks
+//! nobody, and an empty queue is `Empty`. A queue that is [shut down](Queue::shutdown) says
+//! `ShutDown` instead, once empty.
+//!
+//! Handles that only get should be closed, so that they do not count as possible producers
+//! for each other. A handle inherited through `fork` counts as held by every process that
+//! inherited it (a child also inherits its parent's handles, as it inherits every
+//! descriptor), so a child does not see its parent's own handle go away.
+//!
+//! Puts follow the same rule with the sides swapped, for a *full* bounded queue and handles
+//! that may get (closing a handle does not end its getting; dropping it does). Because every
+//! handle can also get, `put` into a queue with room never fails for want of readers: the
+//! putting process can always get the item back itself, and a queue filled before its
+//! consumers start is a common pattern.
+//!
+//! # Errors
+//!
+//! Each operation has its own error type, as crossbeam's channels have, holding only the
+//! outcomes that operation can have: [`put`](Queue::put) → [`PutError`],
+//! [`put_timeout`](Queue::put_timeout) → [`PutTimeoutError`] (adds `Timeout`, Python's
+//! `queue.Full`), [`put_nowait`](Queue::put_nowait) → [`TryPutError`] (`Full`); and
+//! [`get`](Queue::get) → [`GetError`], [`get_timeout`](Queue::get_timeout) →
+//! [`GetTimeoutError`] (adds `Timeout`, Python's `queue.Empty`),
+//! [`get_nowait`](Queue::get_nowait) → [`TryGetError`] (`Empty`). Every put error hands the
+//! item back (`into_inner`).
 //!
 //! Files: `ring.rs` the ring, `wake.rs` how a blocked call sleeps and is woken, `simple.rs` and
 //! `joinable.rs` the two wrappers; this file the put and get loops and handle registration.
@@ -48,7 +80,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::Waitable;
-pub use crate::error::{DecodeError, EncodeError, GetError, PutError};
+pub use crate::error::{
+    DecodeError, EncodeError, GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError,
+    TryPutError,
+};
 use crate::sys;
 use crate::wire::{self, DeFd, HEADER, SerFd};
 
@@ -209,7 +244,9 @@ impl<T> Queue<T> {
     /// # Errors
     /// The OS error if a descriptor cannot be opened.
     pub fn try_clone(&self) -> crate::Result<Queue<T>> {
-        Queue::handle(Arc::clone(&self.shm))
+        let handle = Queue::handle(Arc::clone(&self.shm))?;
+        self.shm.mark_shared();
+        Ok(handle)
     }
 
     /// The approximate number of items in the queue, Python's `qsize()`.
@@ -229,12 +266,63 @@ impl<T> Queue<T> {
     }
 
     /// Says that this handle will put no more items, Python's `close()`. Getting still
-    /// works. Once every handle that could put is closed or gone, a `get` on an empty queue
-    /// returns [`GetError::Disconnected`]. Closing twice is fine.
+    /// works. Once every other handle that could put is closed or gone, a `get` on an empty
+    /// queue returns [`GetError::Disconnected`] (the rule is in the
+    /// [module documentation](self#when-a-get-gives-up)). Closing twice is fine.
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = sys::ofd_release(self.ofd.as_fd(), PRODUCER);
         }
+    }
+
+    /// Shuts the queue down for every handle in every process, Python 3.13's
+    /// `Queue.shutdown(immediate)`.
+    ///
+    /// Afterwards every put fails with `ShutDown` (the item handed back), and gets return the
+    /// items left in the queue, then `ShutDown` once it is empty (not `Disconnected`, and
+    /// `get_nowait` too, not `Empty`). Getters and putters blocked in any process are woken
+    /// and return. With `immediate`, the items left are removed first and dropped as bytes,
+    /// never decoded (so none of their `Drop`s runs, in any process); a
+    /// [`JoinableQueue`]'s unfinished count goes down by as many, as in Python, and its
+    /// `join` callers return once it is zero (items already taken still wait for their
+    /// `task_done`). An item being taken by a `get` at that moment is delivered to it.
+    /// Shutting down twice is fine; a later `immediate` shutdown drains what is left.
+    ///
+    /// A queue that is shut down stays so: it cannot be reopened.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if draining finds the queue's memory corrupted
+    /// (another process wrote garbage into it); the queue is shut down all the same.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::{GetError, PutError}};
+    ///
+    /// let q: Queue<u32> = Queue::new()?;
+    /// q.put(1)?;
+    /// q.shutdown(false)?;
+    /// assert!(matches!(q.put(2), Err(PutError::ShutDown(2))));
+    /// assert_eq!(q.get()?, 1); // what was put before is still delivered
+    /// assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> crate::Result<()> {
+        self.shm.shut_down()?;
+        if immediate {
+            let drained = self.shm.discard_all()?;
+            for _ in 0..drained {
+                // Python lowers the count only while it is above zero: so does this.
+                if joinable::mark_done(&self.shm).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the queue was [shut down](Queue::shutdown), by any handle.
+    pub fn is_shut_down(&self) -> bool {
+        self.shm.is_shut_down()
     }
 
     /// Whether [`close`](Queue::close) was called on this handle.
@@ -255,63 +343,131 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// process exits at once.
     ///
     /// # Errors
-    /// [`PutError::Closed`] after [`close`](Queue::close), [`PutError::Encode`] when the item
-    /// cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
+    /// [`PutError::ShutDown`] after a [`shutdown`](Queue::shutdown) (also one that happens
+    /// while this waits for room); [`PutError::Closed`] after [`close`](Queue::close);
+    /// [`PutError::Disconnected`] when
+    /// the queue is full and no other handle is left to make room; [`PutError::Encode`] when
+    /// the item cannot be serialized or exceeds 1 GiB. The item comes back inside the error.
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
         self.put_until(item, Wait::Forever)
+            .map_err(|(fail, item)| fail.into_put(item))
     }
 
-    /// As [`put`](Queue::put), waiting at most `timeout` for room.
+    /// As [`put`](Queue::put), waiting at most `timeout` for room (Python's
+    /// `put(item, timeout=...)`).
     ///
     /// # Errors
-    /// As `put`, plus [`PutError::Timeout`].
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+    /// As `put`, plus [`PutTimeoutError::Timeout`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Queue, queue::PutTimeoutError};
+    ///
+    /// let q: Queue<u8> = Queue::with_maxsize(1)?;
+    /// let _consumer = q.clone(); // someone who could make room
+    /// q.put(1)?;
+    /// match q.put_timeout(2, Duration::from_millis(10)) {
+    ///     Err(PutTimeoutError::Timeout(item)) => assert_eq!(item, 2), // Python's queue.Full
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
         self.put_until(item, Wait::Until(deadline_after(timeout)))
+            .map_err(|(fail, item)| fail.into_put_timeout(item))
     }
 
     /// Puts `item` only if there is room now, Python's `put_nowait`.
     ///
     /// # Errors
-    /// As `put`, plus [`PutError::Full`].
-    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+    /// [`TryPutError::Full`] when there is no room; [`TryPutError::ShutDown`],
+    /// [`TryPutError::Closed`] and [`TryPutError::Encode`] as for `put`.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::TryPutError};
+    ///
+    /// let q: Queue<String> = Queue::with_maxsize(1)?;
+    /// q.put_nowait("first".to_string())?;
+    /// let err = q.put_nowait("second".to_string()).unwrap_err();
+    /// assert!(matches!(err, TryPutError::Full(_)));
+    /// assert_eq!(err.into_inner(), "second"); // nothing is lost
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_nowait(&self, item: T) -> Result<(), TryPutError<T>> {
         self.put_until(item, Wait::No)
+            .map_err(|(fail, item)| fail.into_try_put(item))
     }
 
     /// Takes the item at the front of the queue, blocking while it is empty.
     ///
     /// # Errors
-    /// [`GetError::Disconnected`] when the queue is empty and no other handle that may put
-    /// is left; [`GetError::Decode`] when the item's bytes are not a `T` (it is consumed).
+    /// [`GetError::ShutDown`] when the queue was [shut down](Queue::shutdown) and is empty
+    /// (also when that happens while this waits); [`GetError::Disconnected`] when the queue
+    /// is empty and no item can come (the rule is in the
+    /// [module documentation](self#when-a-get-gives-up)); [`GetError::Decode`] when the
+    /// item's bytes are not a `T` (it is consumed).
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_until(Wait::Forever)
+        self.get_until(Wait::Forever).map_err(GetFail::into_get)
     }
 
-    /// As [`get`](Queue::get), waiting at most `timeout`.
+    /// As [`get`](Queue::get), waiting at most `timeout` (Python's `get(timeout=...)`).
     ///
     /// # Errors
-    /// As `get`, plus [`GetError::Timeout`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+    /// As `get`, plus [`GetTimeoutError::Timeout`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Queue, queue::GetTimeoutError};
+    ///
+    /// let q: Queue<u8> = Queue::new()?;
+    /// let _producer = q.clone(); // someone who could put
+    /// let err = q.get_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, GetTimeoutError::Timeout)); // Python's queue.Empty
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         self.get_until(Wait::Until(deadline_after(timeout)))
+            .map_err(GetFail::into_get_timeout)
     }
 
     /// Takes an item only if one is there now, Python's `get_nowait`.
     ///
     /// # Errors
-    /// As `get`, plus [`GetError::Empty`].
-    pub fn get_nowait(&self) -> Result<T, GetError> {
-        self.get_until(Wait::No)
+    /// [`TryGetError::Empty`] when there is none (whoever still holds the queue: a
+    /// non-blocking call does not ask); [`TryGetError::ShutDown`] and [`TryGetError::Decode`]
+    /// as for `get`.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Queue, queue::TryGetError};
+    ///
+    /// let q: Queue<u8> = Queue::new()?;
+    /// assert!(matches!(q.get_nowait(), Err(TryGetError::Empty)));
+    /// q.put(7)?;
+    /// assert_eq!(q.get_nowait()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_nowait(&self) -> Result<T, TryGetError> {
+        self.get_until(Wait::No).map_err(GetFail::into_try_get)
     }
 
-    fn put_until(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+    fn put_until(&self, item: T, wait: Wait) -> Result<(), (PutFail, T)> {
+        // Looked at again under the lock: this early look only spares the serializing.
+        if self.shm.is_shut_down() {
+            return Err((PutFail::ShutDown, item));
+        }
         if self.is_closed() {
-            return Err(PutError::Closed(item));
+            return Err((PutFail::Closed, item));
         }
         // Measuring issues no tickets for handles in the item (`wire::share`).
         let size = match wire::share::measuring(|| postcard::experimental::serialized_size(&item)) {
             Ok(size) => size,
             Err(e) => {
                 let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));
-                return Err(PutError::Encode(item, e));
+                return Err((PutFail::Encode(e), item));
             }
         };
         let header = match wire::header_for(size) {
@@ -321,25 +477,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     format!("item of {size} bytes does not fit in the queue"),
                     None,
                 );
-                return Err(PutError::Encode(item, e));
+                return Err((PutFail::Encode(e), item));
             }
-            Err(e) => return Err(PutError::Encode(item, e)),
+            Err(e) => return Err((PutFail::Encode(e), item)),
         };
         if HEADER + size <= IN_PLACE {
             // Small: encode into a scratch buffer outside the lock, copy in under it.
             SCRATCH.with_borrow_mut(|frame| {
                 frame.clear();
                 if let Err(e) = wire::encode_into(&item, frame) {
-                    return Err(PutError::Encode(item, e));
+                    return Err((PutFail::Encode(e), item));
                 }
                 if frame.len() != HEADER + size {
                     let e = EncodeError::new("the item serialized to different sizes twice", None);
-                    return Err(PutError::Encode(item, e));
+                    return Err((PutFail::Encode(e), item));
                 }
-                self.put_frame(item, HEADER + size, wait, |buf| {
+                self.put_frame(HEADER + size, wait, |buf| {
                     buf.copy_from_slice(frame);
                     Ok(())
                 })
+                .map_err(|fail| (fail, item))
             })
         } else {
             // Large: serialize straight into shared memory, one copy in all.
@@ -357,28 +514,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     )),
                 }
             };
-            match self.put_frame((), HEADER + size, wait, fill) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.map_item(item)),
-            }
+            self.put_frame(HEADER + size, wait, fill)
+                .map_err(|fail| (fail, item))
         }
     }
 
     /// Appends an `n`-byte frame written by `fill`, waiting for room as `wait` allows.
-    fn put_frame<I>(
+    fn put_frame(
         &self,
-        item: I,
         n: usize,
         wait: Wait,
         mut fill: impl FnMut(&mut [u8]) -> Result<(), EncodeError>,
-    ) -> Result<(), PutError<I>> {
+    ) -> Result<(), PutFail> {
         let words = self.shm.words();
         loop {
             let mut guard = match self.shm.lock_put(wait.deadline()) {
                 Ok(Some(g)) => g,
-                Ok(None) => return Err(PutError::Timeout(item)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(None) => return Err(PutFail::Timeout),
+                Err(e) => return Err(PutFail::Io(e)),
             };
+            // Set under this lock: once seen clear here, no shutdown can pass this put.
+            if self.shm.is_shut_down() {
+                return Err(PutFail::ShutDown);
+            }
             // A `JoinableQueue` counts the item as unfinished with the store that publishes
             // it (the number of puts): a getter's `task_done` always finds it counted, and a
             // producer killed before that store leaves neither item nor count.
@@ -392,21 +550,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     return Ok(());
                 }
                 Ok(Ok(Pushed::NoRoom { gets })) => gets,
-                Ok(Err(e)) => return Err(PutError::Encode(item, e)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(Err(e)) => return Err(PutFail::Encode(e)),
+                Err(e) => return Err(PutFail::Io(e)),
             };
             let seen = words.not_full.load(Ordering::Acquire);
             let nap = match wait.nap() {
                 Some(nap) => nap,
-                None if matches!(wait, Wait::No) => return Err(PutError::Full(item)),
-                None => return Err(PutError::Timeout(item)),
+                None if matches!(wait, Wait::No) => return Err(PutFail::Full),
+                None => return Err(PutFail::Timeout),
             };
             // Full, and no other handle is left (closed ones still count, as they may get): no
-            // get can ever make room, so sleeping would never end.
+            // get can ever make room (the rule is in the module docs, "When a get gives up").
+            let shared = self.shm.was_shared();
             match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
                 Ok(true) => {}
-                Ok(false) => return Err(PutError::Disconnected(item)),
-                Err(e) => return Err(PutError::Io(item, e)),
+                Ok(false) if shared || matches!(wait, Wait::Forever) => {
+                    return Err(PutFail::Disconnected);
+                }
+                // Never shared, timed: a thread of this process may yet hand a clone to a
+                // consumer, and the wait is bounded.
+                Ok(false) => {}
+                Err(e) => return Err(PutFail::Io(e)),
             }
             drop(guard);
             if await_briefly(|| self.shm.gets() != gets) {
@@ -424,30 +588,38 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    fn get_until(&self, wait: Wait) -> Result<T, GetError> {
+    fn get_until(&self, wait: Wait) -> Result<T, GetFail> {
         let words = self.shm.words();
         loop {
             let mut guard = match self.shm.lock_get(wait.deadline()) {
                 Ok(Some(g)) => g,
-                Ok(None) => return Err(GetError::Timeout),
-                Err(e) => return Err(GetError::Io(e)),
+                Ok(None) => return Err(GetFail::Timeout),
+                Err(e) => return Err(GetFail::Io(e)),
             };
             let popped = guard
                 .pop_with(wire::decode_payload::<T>)
-                .map_err(GetError::Io)?;
+                .map_err(GetFail::Io)?;
             if let Some(decoded) = popped {
                 drop(guard);
                 std::sync::atomic::fence(Ordering::SeqCst);
                 Sleepers::for_room(words).wake_one(&self.shm, || true);
                 // Items left for other sleeping consumers? Pass the baton on.
                 Sleepers::for_items(words).wake_one(&self.shm, || self.shm.len() > 0);
-                return Ok(decoded?);
-            }
-            if matches!(wait, Wait::No) {
-                return Err(GetError::Empty);
+                return decoded.map_err(GetFail::Decode);
             }
             drop(guard);
-            if await_briefly(|| self.shm.len() > 0) {
+            if self.shm.is_shut_down() {
+                // Every item was published before the mark, which was seen (`Acquire`): a
+                // fresh look shows whether any is left for another round.
+                if self.shm.len() == 0 {
+                    return Err(GetFail::ShutDown);
+                }
+                continue;
+            }
+            if matches!(wait, Wait::No) {
+                return Err(GetFail::Empty);
+            }
+            if await_briefly(|| self.shm.len() > 0 || self.shm.is_shut_down()) {
                 continue;
             }
             let seen = words.not_empty.load(Ordering::Acquire);
@@ -455,7 +627,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // Either a putter that published after our look sees us counted (and wakes us),
             // or we see its item here and look again.
             std::sync::atomic::fence(Ordering::SeqCst);
-            let result = if self.shm.len() == 0 {
+            // A shutdown sets its mark before it bumps the word: seen here, or it wakes us.
+            let result = if self.shm.len() == 0 && !self.shm.is_shut_down() {
                 self.sleep_for_item(&wait, words, seen)
             } else {
                 Ok(())
@@ -467,22 +640,131 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Sleeps until an item may have arrived; errors when none can come or time ran out.
-    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetError> {
-        if !self.others_may_put().map_err(GetError::Io)? {
+    fn sleep_for_item(&self, wait: &Wait, words: &Words, seen: u32) -> Result<(), GetFail> {
+        // Before asking who holds the queue (see `ShmQueue::mark_shared`).
+        let shared = self.shm.was_shared();
+        if !self.others_may_put().map_err(GetFail::Io)? {
             // Nobody else can put. An item put just before the last producer left is still
-            // in the queue (a put is one store): look once more before giving up.
-            return if self.shm.len() == 0 {
-                Err(GetError::Disconnected)
-            } else {
-                Ok(())
-            };
+            // in the queue (a put is one store): look once more before giving up. A
+            // shutdown by the last producer on its way out is reported as such.
+            if self.shm.len() != 0 || self.shm.is_shut_down() {
+                return Ok(());
+            }
+            // The rule of the module docs, "When a get gives up": a timed get on a queue
+            // never shared waits on, since a thread of this process may yet hand a clone to
+            // a producer, and the wait is bounded.
+            if shared || matches!(wait, Wait::Forever) {
+                return Err(GetFail::Disconnected);
+            }
         }
         match wait.nap() {
             Some(nap) => {
                 self.shm.sleep(&words.not_empty, seen, nap);
                 Ok(())
             }
-            None => Err(GetError::Timeout),
+            None => Err(GetFail::Timeout),
+        }
+    }
+}
+
+/// Why the put loop gave up, before the item is handed back in the error type of the calling
+/// operation. Each operation maps only the outcomes it can have: a blocking put never sees
+/// `Full` or `Timeout` (it waits with no deadline), a non-blocking one never `Timeout` (it
+/// waits only for the lock, with no deadline) nor `Disconnected` (it does not ask who holds
+/// the queue).
+enum PutFail {
+    Full,
+    Timeout,
+    ShutDown,
+    Closed,
+    Disconnected,
+    Encode(EncodeError),
+    Io(io::Error),
+}
+
+impl PutFail {
+    fn into_put<T>(self, item: T) -> PutError<T> {
+        match self {
+            PutFail::ShutDown => PutError::ShutDown(item),
+            PutFail::Closed => PutError::Closed(item),
+            PutFail::Disconnected => PutError::Disconnected(item),
+            PutFail::Encode(e) => PutError::Encode(item, e),
+            PutFail::Io(e) => PutError::Io(item, e),
+            PutFail::Full | PutFail::Timeout => unreachable!("a blocking put waits for room"),
+        }
+    }
+
+    fn into_put_timeout<T>(self, item: T) -> PutTimeoutError<T> {
+        match self {
+            PutFail::Timeout => PutTimeoutError::Timeout(item),
+            PutFail::ShutDown => PutTimeoutError::ShutDown(item),
+            PutFail::Closed => PutTimeoutError::Closed(item),
+            PutFail::Disconnected => PutTimeoutError::Disconnected(item),
+            PutFail::Encode(e) => PutTimeoutError::Encode(item, e),
+            PutFail::Io(e) => PutTimeoutError::Io(item, e),
+            PutFail::Full => unreachable!("a timed put waits for room until its deadline"),
+        }
+    }
+
+    fn into_try_put<T>(self, item: T) -> TryPutError<T> {
+        match self {
+            PutFail::Full => TryPutError::Full(item),
+            PutFail::ShutDown => TryPutError::ShutDown(item),
+            PutFail::Closed => TryPutError::Closed(item),
+            PutFail::Encode(e) => TryPutError::Encode(item, e),
+            PutFail::Io(e) => TryPutError::Io(item, e),
+            PutFail::Timeout | PutFail::Disconnected => {
+                unreachable!(
+                    "a non-blocking put has no deadline and does not ask who holds the queue"
+                )
+            }
+        }
+    }
+}
+
+/// Why the get loop gave up; mapped as [`PutFail`] is.
+enum GetFail {
+    Empty,
+    Timeout,
+    ShutDown,
+    Disconnected,
+    Decode(DecodeError),
+    Io(io::Error),
+}
+
+impl GetFail {
+    fn into_get(self) -> GetError {
+        match self {
+            GetFail::ShutDown => GetError::ShutDown,
+            GetFail::Disconnected => GetError::Disconnected,
+            GetFail::Decode(e) => GetError::Decode(e),
+            GetFail::Io(e) => GetError::Io(e),
+            GetFail::Empty | GetFail::Timeout => unreachable!("a blocking get waits for an item"),
+        }
+    }
+
+    fn into_get_timeout(self) -> GetTimeoutError {
+        match self {
+            GetFail::Timeout => GetTimeoutError::Timeout,
+            GetFail::ShutDown => GetTimeoutError::ShutDown,
+            GetFail::Disconnected => GetTimeoutError::Disconnected,
+            GetFail::Decode(e) => GetTimeoutError::Decode(e),
+            GetFail::Io(e) => GetTimeoutError::Io(e),
+            GetFail::Empty => unreachable!("a timed get waits for an item until its deadline"),
+        }
+    }
+
+    fn into_try_get(self) -> TryGetError {
+        match self {
+            GetFail::Empty => TryGetError::Empty,
+            GetFail::ShutDown => TryGetError::ShutDown,
+            GetFail::Decode(e) => TryGetError::Decode(e),
+            GetFail::Io(e) => TryGetError::Io(e),
+            GetFail::Timeout | GetFail::Disconnected => {
+                unreachable!(
+                    "a non-blocking get has no deadline and does not ask who holds the queue"
+                )
+            }
         }
     }
 }
@@ -568,6 +850,11 @@ impl<T> Queue<T> {
             );
             return false;
         }
+        if self.shm.is_shut_down() {
+            // Ready: the caller's next get returns an item or `ShutDown` at once.
+            self.shm.words().fd_waiters.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         // Registering takes the producers' lock so that no put can slip between the check
         // and the registration; it is held only for copies, so a short bound suffices.
         match self
@@ -606,7 +893,7 @@ mod tests {
         // The received handle is a holder: the original does not see Disconnected yet.
         assert!(matches!(
             q.get_timeout(Duration::from_millis(60)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         drop(received);
         assert!(matches!(q.get(), Err(GetError::Disconnected)));
@@ -652,7 +939,7 @@ mod tests {
         q.put_timeout(5, Duration::from_secs(10)).unwrap();
         assert!(matches!(
             q.get_timeout(Duration::from_millis(100)),
-            Err(GetError::Timeout)
+            Err(GetTimeoutError::Timeout)
         ));
         p.0.kill().unwrap();
         p.0.join_timeout(Duration::from_secs(10)).unwrap();
@@ -668,7 +955,7 @@ mod tests {
         assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 4);
         assert!(matches!(
             q.put_timeout(5, Duration::from_millis(100)),
-            Err(PutError::Timeout(5))
+            Err(PutTimeoutError::Timeout(5))
         ));
         p.0.kill().unwrap();
         p.0.join_timeout(Duration::from_secs(10)).unwrap();

@@ -22,10 +22,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sync::raw::{Acquired, RawLock};
+use crate::sync::raw::{Acquired, RawLock, WAKE_ALL};
 use crate::sys::{self, Mapping};
 
-const MAGIC: u64 = 0x6d70_7175_6575_6535; // "mpqueue5"
+const MAGIC: u64 = 0x6d70_7175_6575_6536; // "mpqueue6"
 const PAGE: usize = 4096;
 /// A frame whose length word is this is a wrap marker: the next frame is at offset 0.
 const WRAP: u32 = u32::MAX;
@@ -57,6 +57,20 @@ struct Header {
     /// Futex words: bumped when an item arrives / room appears / tasks finish, with counts
     /// of sleepers so that nobody makes a system call when nobody sleeps.
     words: Line<Words>,
+    /// Marks written once and read often (on a line of their own, so reading them costs
+    /// nobody a cache miss).
+    flags: Line<Flags>,
+}
+
+#[repr(C)]
+struct Flags {
+    /// Set (never cleared) by `Queue::shutdown`, under `put_lock`: every put that takes
+    /// the lock after sees it, so no item is added once it is set.
+    shut_down: AtomicU32,
+    /// Set (never cleared) once a second handle of the queue has been made: from then on, a
+    /// blocked call whose other side is gone gives up at once (see `Queue`'s module docs,
+    /// "When a get gives up").
+    shared: AtomicU32,
 }
 
 #[repr(C)]
@@ -241,6 +255,54 @@ impl ShmQueue {
     pub(crate) fn has_room_hint(&self) -> bool {
         let max = self.maxsize();
         max == 0 || self.len() < max
+    }
+
+    /// Whether the queue was shut down. Once this is seen, every item the queue will ever
+    /// hold was published before (with `Acquire`, a fresh look at `prod` sees them all).
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.header().flags.0.shut_down.load(Ordering::Acquire) != 0
+    }
+
+    /// Records that a second handle exists. Called after that handle registered as a holder,
+    /// so that whoever sees the mark and then no other holder knows that handle is gone.
+    pub(crate) fn mark_shared(&self) {
+        let shared = &self.header().flags.0.shared;
+        if shared.load(Ordering::Relaxed) == 0 {
+            shared.store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a second handle of the queue was ever made. Read before asking who holds the
+    /// queue (see [`mark_shared`](Self::mark_shared)).
+    pub(crate) fn was_shared(&self) -> bool {
+        self.header().flags.0.shared.load(Ordering::SeqCst) != 0
+    }
+
+    /// Marks the queue shut down, under the producers' lock (so that a put either published
+    /// before or sees the mark), then wakes every sleeping getter and putter, in every
+    /// process, to see it.
+    pub(crate) fn shut_down(&self) -> io::Result<()> {
+        let guard = self.lock_put(None)?;
+        self.header().flags.0.shut_down.store(1, Ordering::SeqCst);
+        drop(guard);
+        let words = self.words();
+        for word in [&words.not_empty, &words.not_full] {
+            word.fetch_add(1, Ordering::SeqCst);
+            self.wake(word, WAKE_ALL);
+        }
+        Ok(())
+    }
+
+    /// Takes every item out without decoding it (`Queue::shutdown(true)`); how many.
+    pub(crate) fn discard_all(&self) -> io::Result<u32> {
+        let Some(mut guard) = self.lock_get(None)? else {
+            return Ok(0);
+        };
+        let mut n = 0u32;
+        while guard.pop_with(|_| ())?.is_some() {
+            n = n.wrapping_add(1);
+        }
+        Ok(n)
     }
 
     /// Takes the producers' lock, waiting until `deadline` (`None`: no limit). `Ok(None)`

@@ -7,7 +7,7 @@ use super::Queue;
 use crate::error::{GetError, PutError};
 
 /// A simpler queue, Python's `SimpleQueue`: unbounded, with only `put`, `get`, `empty` and
-/// `close`. Same guarantees as [`Queue`].
+/// `close` (and `shutdown`, which Python's lacks). Same guarantees as [`Queue`].
 ///
 /// # Examples
 /// ```
@@ -39,6 +39,15 @@ impl<T> SimpleQueue<T> {
     /// Says that this handle will put no more items (see [`Queue::close`]).
     pub fn close(&self) {
         self.0.close();
+    }
+
+    /// Shuts the queue down (see [`Queue::shutdown`]). Python's `SimpleQueue` has no
+    /// `shutdown`; this one has, so that its gets and puts report what a `Queue`'s do.
+    ///
+    /// # Errors
+    /// As [`Queue::shutdown`].
+    pub fn shutdown(&self, immediate: bool) -> crate::Result<()> {
+        self.0.shutdown(immediate)
     }
 }
 

@@ -61,9 +61,9 @@ impl<T: Pod> Clone for Value<T> {
 impl<T: Pod + std::fmt::Debug> std::fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("Value");
-        match self.lock.try_acquire() {
-            Ok(g) => d.field("value", &self.get_with(&g)),
-            Err(_) => d.field("value", &"<locked>"),
+        match self.lock.try_acquire_free() {
+            Some(g) => d.field("value", &self.get_with(&g)),
+            None => d.field("value", &"<locked>"),
         };
         d.finish()
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::raw::{self, Acquired, RawLock};
-use super::{AcquireError, OwnerDied};
+use super::{AcquireError, OwnerDied, TryAcquireError};
 use crate::error::Result;
 use crate::shared::segment::Shm;
 
@@ -122,14 +122,29 @@ impl Lock {
 
     /// Acquires the lock if it is free, without waiting (Python's `acquire(block=False)`).
     ///
+    /// A lock held by a process that died is taken over here too, as a waiting acquire
+    /// would: finding that out reads `/proc`, so a busy lock costs a few system calls.
+    ///
     /// # Errors
-    /// [`AcquireError::Timeout`] if it is held.
+    /// [`TryAcquireError::WouldBlock`] if a live process holds it;
+    /// [`TryAcquireError::OwnerDied`] (holding the guard) if its holder had died.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Lock, sync::TryAcquireError};
+    ///
+    /// let lock = Lock::new()?;
+    /// let held = lock.try_acquire().map_err(|e| e.to_string())?;
+    /// assert!(matches!(lock.try_acquire(), Err(TryAcquireError::WouldBlock)));
+    /// drop(held);
+    /// assert!(lock.try_acquire().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
-    pub fn try_acquire(&self) -> Result<LockGuard<'_>, AcquireError<LockGuard<'_>>> {
-        if self.raw.try_lock() {
-            Ok(LockGuard { lock: self })
-        } else {
-            Err(AcquireError::Timeout)
+    pub fn try_acquire(&self) -> Result<LockGuard<'_>, TryAcquireError<LockGuard<'_>>> {
+        match self.raw.try_lock_or_take_over() {
+            Some(how) => self.guard(how).map_err(TryAcquireError::OwnerDied),
+            None => Err(TryAcquireError::WouldBlock),
         }
     }
 
@@ -155,6 +170,12 @@ impl Lock {
             Err(()) => Err(AcquireError::Timeout),
             Ok(how) => self.guard(how).map_err(AcquireError::OwnerDied),
         }
+    }
+
+    /// The lock if it is free now; never takes over a dead holder's lock, so that a look
+    /// (a `Debug` print) cannot swallow the [`OwnerDied`] notice the next acquirer is owed.
+    pub(crate) fn try_acquire_free(&self) -> Option<LockGuard<'_>> {
+        self.raw.try_lock().then_some(LockGuard { lock: self })
     }
 
     /// Whether some process holds the lock right now (a snapshot).

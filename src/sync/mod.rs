@@ -84,9 +84,9 @@ impl<G> fmt::Display for OwnerDied<G> {
 
 impl<G> std::error::Error for OwnerDied<G> {}
 
-/// Why a timed or non-blocking acquire did not return a clean guard.
+/// Why a timed acquire did not return a clean guard.
 pub enum AcquireError<G> {
-    /// Not acquired within the timeout (at once, for `try_acquire`).
+    /// Not acquired within the timeout.
     Timeout,
     /// Acquired, from an owner that died holding the lock; the guard is inside.
     OwnerDied(OwnerDied<G>),
@@ -133,6 +133,49 @@ impl<G> fmt::Display for AcquireError<G> {
 }
 
 impl<G> std::error::Error for AcquireError<G> {}
+
+/// Why a non-blocking acquire ([`Lock::try_acquire`], [`RLock::try_acquire`]) did not
+/// return a clean guard. Python's `acquire(block=False)` returns `False` where this says
+/// `WouldBlock`.
+pub enum TryAcquireError<G> {
+    /// A live process (or another thread) holds the lock.
+    WouldBlock,
+    /// The holder had died holding the lock: it was taken over, and the guard is inside.
+    OwnerDied(OwnerDied<G>),
+}
+
+impl<G> TryAcquireError<G> {
+    /// Whether the lock is held by someone else.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, TryAcquireError::WouldBlock)
+    }
+}
+
+impl<G> From<OwnerDied<G>> for TryAcquireError<G> {
+    fn from(e: OwnerDied<G>) -> Self {
+        TryAcquireError::OwnerDied(e)
+    }
+}
+
+impl<G> fmt::Debug for TryAcquireError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryAcquireError::WouldBlock => f.write_str("WouldBlock"),
+            TryAcquireError::OwnerDied(e) => fmt::Debug::fmt(e, f),
+        }
+    }
+}
+
+impl<G> fmt::Display for TryAcquireError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryAcquireError::WouldBlock => f.write_str("the lock is held"),
+            TryAcquireError::OwnerDied(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<G> std::error::Error for TryAcquireError<G> {}
 
 /// A [`Barrier`] was broken: by [`abort`](Barrier::abort), [`reset`](Barrier::reset), a timeout,
 /// a panicking action, or the death of a party. Python's `BrokenBarrierError`.

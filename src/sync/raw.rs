@@ -118,6 +118,41 @@ impl RawLock {
             .is_ok()
     }
 
+    /// Takes the lock without waiting: if it is free, or if its owner is dead (proven as a
+    /// waiter proves it, by reading `/proc`, so a busy lock costs a few system calls here).
+    /// `None` when a live owner holds it.
+    #[inline]
+    pub(crate) fn try_lock_or_take_over(&self) -> Option<Acquired> {
+        if self.try_lock() {
+            return Some(Acquired::Clean);
+        }
+        self.take_over_if_dead()
+    }
+
+    #[cold]
+    fn take_over_if_dead(&self) -> Option<Acquired> {
+        let s = self.state.load(Ordering::Relaxed);
+        if s == 0 {
+            // Released since the first look: one more try, no waiting.
+            return self.try_lock().then_some(Acquired::Clean);
+        }
+        if owner_alive(s, &mut None) {
+            return None;
+        }
+        // One compare-and-swap of the whole state, as `lock_slow` takes over: if another
+        // process took over first, or the owner was replaced, this fails. The waiters bit
+        // stays, as others may sleep.
+        self.state
+            .compare_exchange(
+                s,
+                owner_value() | (s & WAITERS64),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+            .then_some(Acquired::OwnerDied)
+    }
+
     /// Takes the lock, waiting until `deadline` (`None`: forever). `Err(())` on timeout.
     #[inline]
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> Result<Acquired, ()> {
@@ -405,6 +440,30 @@ mod tests {
         never_robbed(&lock);
         lock.state.store(held_by(1, 0), Ordering::Relaxed);
         never_robbed(&lock);
+    }
+
+    /// The non-blocking acquire takes a dead owner's lock over at once (keeping the waiters
+    /// bit, as others may sleep) and leaves a live owner's alone.
+    #[test]
+    fn a_try_takes_a_dead_owners_lock_over_and_leaves_a_live_ones() {
+        let lock: Shm<RawLock> = Shm::zeroed().unwrap();
+        assert_eq!(lock.try_lock_or_take_over(), Some(Acquired::Clean));
+        assert_eq!(
+            lock.try_lock_or_take_over(),
+            None,
+            "held by this live process"
+        );
+        lock.unlock();
+        lock.state
+            .store(held_by(0x3FFF_FFFF, 5) | WAITERS64, Ordering::Relaxed);
+        assert_eq!(lock.try_lock_or_take_over(), Some(Acquired::OwnerDied));
+        assert!(lock.held_by_me());
+        assert_ne!(lock.state.load(Ordering::Relaxed) & WAITERS64, 0);
+        lock.state
+            .store(held_by(1, start_time_of(1)), Ordering::Relaxed);
+        assert_eq!(lock.try_lock_or_take_over(), None, "pid 1 runs");
+        lock.state.store(held_by(1, 0), Ordering::Relaxed);
+        assert_eq!(lock.try_lock_or_take_over(), None, "no start time: alive");
     }
 
     /// Pid reuse, made deterministic: the lock names a pid that a live process has now, with

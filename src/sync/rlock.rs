@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::owner;
 use super::raw::{self, Acquired, RLockState};
-use super::{AcquireError, OwnerDied};
+use super::{AcquireError, OwnerDied, TryAcquireError};
 use crate::error::Result;
 use crate::shared::segment::Shm;
 
@@ -106,19 +106,19 @@ impl RLock {
         self.enter(Some(how))
     }
 
-    /// Acquires without waiting.
+    /// Acquires without waiting; at once if this thread already holds it. A lock whose
+    /// holder died is taken over, as [`Lock::try_acquire`](crate::Lock::try_acquire) does.
     ///
     /// # Errors
-    /// [`AcquireError::Timeout`] if another thread or process holds it.
-    pub fn try_acquire(&self) -> Result<RLockGuard<'_>, AcquireError<RLockGuard<'_>>> {
+    /// [`TryAcquireError::WouldBlock`] if another thread or a live process holds it;
+    /// [`TryAcquireError::OwnerDied`] (holding the guard) if its holder had died.
+    pub fn try_acquire(&self) -> Result<RLockGuard<'_>, TryAcquireError<RLockGuard<'_>>> {
         if self.mine() {
-            return self.enter(None).map_err(AcquireError::OwnerDied);
+            return self.enter(None).map_err(TryAcquireError::OwnerDied);
         }
-        if self.state.lock.try_lock() {
-            self.enter(Some(Acquired::Clean))
-                .map_err(AcquireError::OwnerDied)
-        } else {
-            Err(AcquireError::Timeout)
+        match self.state.lock.try_lock_or_take_over() {
+            Some(how) => self.enter(Some(how)).map_err(TryAcquireError::OwnerDied),
+            None => Err(TryAcquireError::WouldBlock),
         }
     }
 
