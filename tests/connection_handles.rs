@@ -384,3 +384,50 @@ fn a_connection_sent_to_this_process_over_a_queue() {
     c.send(&6u8).unwrap();
     assert_eq!(d2.recv_timeout::<u8>(WAIT).unwrap(), 6);
 }
+
+/// A forked child sends a fresh connection back (its own sharer starts in the child), then
+/// waits for the parent to have taken it.
+fn send_a_connection_back(back: Connection) {
+    let (a, _b) = pipe(true).unwrap();
+    back.send(&a).unwrap();
+    let _taken: bool = back.recv().unwrap();
+}
+
+/// The hazard exists only under fork: a thread of the parent shares connections in a loop
+/// (taking the sharer's lock again and again) while the main thread forks children that each
+/// share one. A child forked while the other thread held the lock would hang at its first
+/// share if the fork did not hold the lock itself.
+#[test]
+fn a_forked_child_shares_connections_while_a_parent_thread_does() {
+    let _r = common::Reaper::new();
+    let fork = multiproc::get_context(multiproc::StartMethod::Fork);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sharing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let loopback: Queue<Connection> = Queue::new().unwrap();
+            let mut shared = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, _b) = pipe(true).unwrap();
+                loopback.put(a).unwrap();
+                let _a = loopback.get_timeout(WAIT).unwrap();
+                shared += 1;
+            }
+            shared
+        })
+    };
+    for round in 0..300 {
+        let (here, there) = pipe(true).unwrap();
+        let mut child = fork.spawn_with_args(send_a_connection_back, there).unwrap();
+        assert!(
+            here.poll(Some(WAIT)).unwrap(),
+            "round {round}: the forked child never sent its connection (hung sharing it?)"
+        );
+        let got: Connection = here.recv().unwrap();
+        here.send(&true).unwrap();
+        drop(got);
+        child.join_timeout(WAIT).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(sharing.join().unwrap() > 0);
+}

@@ -29,6 +29,8 @@ fn fork(plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
     // (the target's prints, the flush at its exit), are taken here first: then the only
     // holder the child knows of is its own thread, which releases them before anything
     // else. Flushing under the locks also means nothing buffered is printed twice.
+    // The same holds for the descriptor sharer's lock (a Connection sent in a message).
+    let sharer = crate::wire::share::hold_for_fork();
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let _ = out.flush();
@@ -40,6 +42,7 @@ fn fork(plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
     let pid = sys::fork_child(move || {
         drop(err);
         drop(out);
+        drop(sharer);
         if let Some(method) = plan.start_method {
             context::force_start_method(method);
         }

@@ -55,6 +55,17 @@ struct Sharer {
 
 static SHARER: Mutex<Option<Sharer>> = Mutex::new(None);
 
+/// The sharer's lock, held by a thread about to `fork`: a lock that another thread holds at
+/// the fork stays held for ever in the child, which would then hang at its first shared
+/// handle. Held across the fork, its only holder in the child is the forking thread itself,
+/// which releases it (an atomic store and at most a futex wake, async-signal-safe).
+pub(crate) struct ForkGuard(#[allow(dead_code)] std::sync::MutexGuard<'static, Option<Sharer>>);
+
+/// Takes the sharer's lock for the duration of a `fork` (see [`ForkGuard`]).
+pub(crate) fn hold_for_fork() -> ForkGuard {
+    ForkGuard(SHARER.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
 /// Keeps a duplicate of `fd` for another process to take; returns the sharer's socket name
 /// and the ticket.
 fn share(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Token)> {
