@@ -14,47 +14,20 @@
 //! `ofd.rs` new open file descriptions, OFD locks and eventfds.
 
 #[cfg(target_os = "linux")]
-mod clone;
-#[cfg(target_os = "linux")]
-mod exec;
-mod fdpass;
-#[cfg(target_os = "linux")]
-mod image;
-#[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-pub(crate) use clone::*;
-#[cfg(target_os = "linux")]
-pub(crate) use exec::*;
-pub(crate) use fdpass::*;
-#[cfg(target_os = "linux")]
-pub(crate) use image::*;
-#[cfg(target_os = "linux")]
 pub(crate) use linux::*;
-#[cfg(target_os = "linux")]
-mod conn;
-#[cfg(target_os = "linux")]
-pub(crate) use conn::*;
-#[cfg(target_os = "linux")]
-mod ofd;
-#[cfg(target_os = "linux")]
-pub(crate) use ofd::*;
 
+mod conn;
+mod fdpass;
 mod poll;
 mod signal;
-mod stack;
+pub(crate) use conn::*;
+pub(crate) use fdpass::*;
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
-pub(crate) use stack::{stack_bounds, stack_pointer};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
 );
-
-mod futex;
-mod proc;
-mod shm;
-pub(crate) use futex::*;
-pub(crate) use proc::*;
-pub(crate) use shm::*;
