@@ -17,9 +17,6 @@ mod process;
 mod shm;
 mod stack;
 
-// `clone.rs` reaches the fork guard by the path it had when this layer was one file.
-use process as linux;
-
 pub(crate) use clone::*;
 pub(crate) use exec::*;
 pub(crate) use futex::*;
