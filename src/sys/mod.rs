@@ -36,7 +36,7 @@ mod poll;
 mod signal;
 pub(crate) use conn::*;
 pub(crate) use fdpass::*;
-pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
+pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
 
 #[cfg(not(target_os = "linux"))]

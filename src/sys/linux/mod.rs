@@ -8,6 +8,7 @@
 //! comment.
 
 mod clone;
+mod daemon;
 mod exec;
 mod futex;
 mod image;
@@ -18,6 +19,7 @@ mod shm;
 mod stack;
 
 pub(crate) use clone::*;
+pub(crate) use daemon::*;
 pub(crate) use exec::*;
 pub(crate) use futex::*;
 pub(crate) use image::*;
