@@ -211,10 +211,7 @@ pub(crate) fn confirm(name: &str, id: (u64, u64)) -> io::Result<()> {
     {
         o.id = Some(id);
     }
-    st.send(
-        &tracker_record(TrackerOp::Confirm, pid, id, name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Confirm, pid, id, name), false)
 }
 
 /// Withdraws this process's unconfirmed registration of `name` (its create failed: the name
@@ -232,10 +229,7 @@ pub(crate) fn forget(name: &str) -> io::Result<()> {
     if st.tracker.is_none() {
         return Ok(());
     }
-    st.send(
-        &tracker_record(TrackerOp::Forget, pid, (0, 0), name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Forget, pid, (0, 0), name), false)
 }
 
 /// Tells the tracker that the segment `id`, called `name`, was unlinked: every registration of
@@ -247,10 +241,7 @@ pub(crate) fn unregister(name: &str, id: (u64, u64)) -> io::Result<()> {
         // Never registered anything from this process tree: nothing to tell.
         return Ok(());
     }
-    st.send(
-        &tracker_record(TrackerOp::Unregister, 0, id, name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Unregister, 0, id, name), false)
 }
 
 /// The pid of the resource tracker this process uses, if it has started or inherited one
