@@ -111,7 +111,7 @@ impl Mapping {
     /// The atomic 32-bit word at `offset`, shared with every process that maps the same file;
     /// `None` if it would not lie inside the mapping or is not 4-byte aligned.
     pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset % std::mem::align_of::<AtomicU32>() != 0
+        if !offset.is_multiple_of(std::mem::align_of::<AtomicU32>())
             || offset.checked_add(4).is_none_or(|end| end > self.len)
         {
             return None;
