@@ -177,3 +177,30 @@ impl PollSet {
         self.fds[i].revents != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn poll_set_reports_the_readable_place_and_ignores_empty_ones() {
+        let (r, w) = crate::sys::pipe().unwrap();
+        let (quiet_r, _quiet_w) = crate::sys::pipe().unwrap();
+        let mut set = PollSet::new(3);
+        set.set(0, Some(quiet_r.as_fd()));
+        set.set(1, None);
+        set.set(2, Some(r.as_fd()));
+        crate::sys::write_all(w.as_fd(), &[1]).unwrap();
+        assert_eq!(set.wait(3).unwrap(), 1);
+        assert!(!set.ready(0) && !set.ready(1) && set.ready(2));
+    }
+
+    #[test]
+    fn pipe_reader_gone_once_the_read_end_closes() {
+        let (r, w) = crate::sys::pipe().unwrap();
+        assert!(!pipe_reader_gone(w.as_fd()));
+        drop(r);
+        assert!(pipe_reader_gone(w.as_fd()));
+    }
+}

@@ -257,3 +257,45 @@ pub(crate) fn shm_remove(name: &[u8]) {
         let _ = rustix::fs::unlink(c);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn atomic_u32_is_given_only_in_bounds_and_aligned() {
+        let fd = memfd(4096).unwrap();
+        let map = Mapping::new(fd.as_fd(), 4096).unwrap();
+        assert!(map.atomic_u32(0).is_some());
+        assert!(map.atomic_u32(4092).is_some());
+        assert!(map.atomic_u32(4093).is_none(), "past the end");
+        assert!(map.atomic_u32(4096).is_none(), "past the end");
+        assert!(map.atomic_u32(usize::MAX).is_none(), "overflow");
+        assert!(map.atomic_u32(2).is_none(), "misaligned");
+        map.atomic_u32(8)
+            .unwrap()
+            .store(7, std::sync::atomic::Ordering::SeqCst);
+        let other = Mapping::new(fd.as_fd(), 4096).unwrap();
+        assert_eq!(
+            other
+                .atomic_u32(8)
+                .unwrap()
+                .load(std::sync::atomic::Ordering::SeqCst),
+            7,
+            "two mappings of one file share the word"
+        );
+    }
+
+    #[test]
+    fn shm_identity_and_remove_see_the_named_file() {
+        let name = format!("mpsys-{}-identity", std::process::id());
+        let fd = shm_create(&name, 64).unwrap();
+        let (_, id) = fd_len_and_id(fd.as_fd()).unwrap();
+        let seen = shm_identity(name.as_bytes());
+        shm_remove(name.as_bytes());
+        assert_eq!(seen, Some(id));
+        assert_eq!(shm_identity(name.as_bytes()), None, "removed");
+        assert_eq!(shm_identity(&[b'a'; MAX_NAME + 1]), None, "too long");
+    }
+}
