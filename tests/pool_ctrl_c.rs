@@ -3,7 +3,9 @@
 //! program handles SIGINT, the workers still die of it and `map` returns an error at once.
 //!
 //! The program under test is this test binary, re-run as the ignored `ctrl_c_helper` test in
-//! a process group of its own (the shape of a terminal's foreground job).
+//! a process group of its own (the shape of a terminal's foreground job). Each test runs once
+//! per start method: the helper's pool uses the method the test was stamped with, passed to it
+//! as `MULTIPROC_START_METHOD`.
 
 mod common;
 
@@ -46,6 +48,9 @@ fn ctrl_c_helper() {
         return;
     }
     let pool = Pool::new(2).unwrap();
+    if let Some(server) = multiproc::forkserver_pid() {
+        println!("server {server}");
+    }
     let pids: Vec<String> = multiproc::active_children()
         .iter()
         .map(|c| c.pid().to_string())
@@ -80,6 +85,10 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
             "--test-threads=1",
         ])
         .env("MULTIPROC_CTRL_C", mode)
+        .env(
+            "MULTIPROC_START_METHOD",
+            multiproc::get_start_method().name(),
+        )
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -92,10 +101,15 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
             let _ = tx.send(line);
         }
     });
+    let mut server = None;
     let pids: Vec<u32> = loop {
         let line = rx
             .recv_timeout(common::WAIT)
             .expect("the helper reports its workers");
+        if let Some(at) = line.find("server ") {
+            server = Some(line[at + 7..].trim().parse::<u32>().unwrap());
+            continue;
+        }
         // libtest prints "test ctrl_c_helper ... " before the helper's own output.
         if let Some(at) = line.find("workers ") {
             break line[at + 8..]
@@ -126,6 +140,15 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
             pids.iter().filter(|&&p| !is_dead(p)).collect::<Vec<_>>()
         );
     }
+    // The forkserver ignores SIGINT and ends when its owner (the helper) is gone.
+    if let Some(server) = server
+        && !common::eventually(common::WAIT, || is_dead(server))
+    {
+        let _ = Command::new("kill")
+            .args(["-KILL", &server.to_string()])
+            .status();
+        panic!("the helper's forkserver {server} outlived it");
+    }
     let rest: Vec<String> = rx.try_iter().collect();
     (exit.unwrap(), rest, pids, took)
 }
@@ -149,83 +172,86 @@ fn is_dead(pid: u32) -> bool {
     }
 }
 
-#[test]
-fn ctrl_c_with_default_action_ends_everything() {
-    let _r = common::Reaper::new();
-    let (status, _, _, took) = interrupt_helper("default");
-    assert_eq!(
-        status.signal(),
-        Some(2),
-        "the program died of SIGINT: {status:?}"
-    );
-    eprintln!("everything gone {took:?} after SIGINT");
-}
-
-#[test]
-fn ctrl_c_handled_by_the_program_makes_map_return() {
-    let _r = common::Reaper::new();
-    let (status, out, _, took) = interrupt_helper("handled");
-    assert!(status.success(), "{status:?}");
-    let line = out
-        .iter()
-        .find(|l| l.starts_with("map returned"))
-        .expect("map returned");
-    assert!(
-        line.contains("Err(WorkerDied { how: Signal(2) })"),
-        "{line}"
-    );
-    assert!(line.contains("flag true"), "{line}");
-    eprintln!("map returned and everything was gone {took:?} after SIGINT");
-}
-
-#[test]
-fn a_forgotten_pool_does_not_hold_up_exit() {
-    let _r = common::Reaper::new();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ctrl_c_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_CTRL_C", "forgotten")
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut status = None;
-    let ended = common::eventually(common::WAIT, || {
-        status = status.or_else(|| child.try_wait().unwrap());
-        status.is_some()
-    });
-    if !ended {
-        kill_group(&mut child);
-        panic!("the program did not exit: its pool's workers held it up");
+start_method_matrix! {
+    #[test]
+    fn ctrl_c_with_default_action_ends_everything() {
+        let _r = common::Reaper::new();
+        let (status, _, _, took) = interrupt_helper("default");
+        assert_eq!(
+            status.signal(),
+            Some(2),
+            "the program died of SIGINT: {status:?}"
+        );
+        eprintln!("everything gone {took:?} after SIGINT");
     }
-    assert!(status.unwrap().success(), "{status:?}");
-    let pids: Vec<u32> = rx
-        .try_iter()
-        .find_map(|line| {
-            let at = line.find("workers ")?;
-            Some(
-                line[at + 8..]
-                    .split(' ')
-                    .map(|p| p.parse().unwrap())
-                    .collect(),
-            )
-        })
-        .expect("the helper reported its workers");
-    assert_eq!(pids.len(), 2);
-    assert!(common::eventually(Duration::from_secs(1), || pids
-        .iter()
-        .all(|&p| is_dead(p))));
+
+    #[test]
+    fn ctrl_c_handled_by_the_program_makes_map_return() {
+        let _r = common::Reaper::new();
+        let (status, out, _, took) = interrupt_helper("handled");
+        assert!(status.success(), "{status:?}");
+        let line = out
+            .iter()
+            .find(|l| l.starts_with("map returned"))
+            .expect("map returned");
+        assert!(
+            line.contains("Err(WorkerDied { how: Signal(2) })"),
+            "{line}"
+        );
+        assert!(line.contains("flag true"), "{line}");
+        eprintln!("map returned and everything was gone {took:?} after SIGINT");
+    }
+
+    #[test]
+    fn a_forgotten_pool_does_not_hold_up_exit() {
+        let _r = common::Reaper::new();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ctrl_c_helper",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MULTIPROC_CTRL_C", "forgotten")
+            .env("MULTIPROC_START_METHOD", multiproc::get_start_method().name())
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut status = None;
+        let ended = common::eventually(common::WAIT, || {
+            status = status.or_else(|| child.try_wait().unwrap());
+            status.is_some()
+        });
+        if !ended {
+            kill_group(&mut child);
+            panic!("the program did not exit: its pool's workers held it up");
+        }
+        assert!(status.unwrap().success(), "{status:?}");
+        let pids: Vec<u32> = rx
+            .try_iter()
+            .find_map(|line| {
+                let at = line.find("workers ")?;
+                Some(
+                    line[at + 8..]
+                        .split(' ')
+                        .map(|p| p.parse().unwrap())
+                        .collect(),
+                )
+            })
+            .expect("the helper reported its workers");
+        assert_eq!(pids.len(), 2);
+        assert!(common::eventually(Duration::from_secs(1), || pids
+            .iter()
+            .all(|&p| is_dead(p))));
+    }
 }

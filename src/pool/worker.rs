@@ -108,7 +108,7 @@ pub(crate) fn run(args: WorkerArgs) {
         };
         if let Some(message) = failure {
             // Short enough to never block on the empty pipe: the pool reads an idle worker's
-            // pipe only once it has died (`supervisor.rs`).
+            // pipe only once it has died (`supervisor/event_loop.rs`).
             transport::encode_init_failed(&mut out, truncate(&message, INIT_FAILED_MAX));
             let _ = sys::write_all(replies.as_fd(), &out);
             return;

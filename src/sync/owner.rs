@@ -4,7 +4,7 @@
 //! that a pid reused by a later process is not mistaken for the owner that died. A waiter
 //! takes a lock over only on proof that its owner is dead (see `README.md` beside this file,
 //! "Owner death"). The kernel's answers this is built on (`/proc/<pid>/stat`, `kill(pid, 0)`)
-//! are thin wrappers in `sys::proc`.
+//! are thin wrappers in `sys/linux/proc.rs`.
 
 use std::cell::Cell;
 use std::sync::Once;

@@ -1,60 +1,46 @@
 //! Platform layer: the only place that talks to the OS directly.
 //!
-//! Everything above this module sees plain Rust types (`OwnedFd`, `io::Error`, `ExitCode`
-//! values as `i32`). Linux is complete; other Unixes (kqueue instead of pidfd, no parent-death
-//! signal) and Windows (spawn only) slot in as sibling files with the same functions.
+//! Everything above this module sees plain Rust types (`OwnedFd`, `io::Error`, `RawPid`, exit
+//! codes as `i32`) and reaches every wrapper as `crate::sys::NAME`, never through a platform
+//! path: this module is the seam, as rustix's backends are. It selects one platform layer, a
+//! directory that provides the full set of names listed in `src/sys/README.md` (processes
+//! and child handles, parent death, descriptors, the forkserver's sibling clone, re-executing
+//! the program, its image and pre-main hook, waits on shared words, other processes'
+//! liveness, open file descriptions, shared memory, stack bounds), and re-exports it beside
+//! the portable POSIX files every layer shares (`conn.rs`, `fdpass.rs`, `poll.rs`,
+//! `signal.rs`).
+//!
+//! Linux (`linux/`) is the one layer today. A second one (a portable POSIX layer, selected by
+//! `--cfg multiproc_portable` on Linux and on other Unix targets) goes beside it as a sibling
+//! directory with the same names and signatures, documenting per name where its promise
+//! differs; selecting it changes only the `cfg`s below.
 //!
 //! # Safety
-//! Each `unsafe` block in the platform files carries a `// SAFETY:` note. The post-fork child
-//! path is [`fork_child`]: it runs no allocation and takes no lock before handing control to
-//! the caller's closure, and it leaves through [`exit_now`], never through the parent's
-//! destructors or `atexit` handlers. The forkserver's [`SiblingCloner::clone_sibling`] is its
-//! sibling for a single-threaded server (`clone.rs`); [`spawn_self`] re-executes the program (`exec.rs`);
-//! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
-//! `ofd.rs` new open file descriptions, OFD locks and eventfds.
+//! Each `unsafe` block in the platform files carries a `// SAFETY:` note, and each file a
+//! module `# Safety` note. The post-fork child path is [`fork_child`]: it runs no allocation
+//! and takes no lock before handing control to the caller's closure, and it leaves through
+//! [`exit_now`], never through the parent's destructors or `atexit` handlers. The forkserver's
+//! [`SiblingCloner::clone_sibling`] is its sibling for a single-threaded server
+//! (`linux/clone.rs`); [`spawn_self`] re-executes the program (`linux/exec.rs`);
+//! `linux/image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
+//! `linux/ofd.rs` new open file descriptions, OFD locks and eventfds.
 
-#[cfg(target_os = "linux")]
-mod clone;
-#[cfg(target_os = "linux")]
-mod exec;
-mod fdpass;
-#[cfg(target_os = "linux")]
-mod image;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-pub(crate) use clone::*;
-#[cfg(target_os = "linux")]
-pub(crate) use exec::*;
-pub(crate) use fdpass::*;
-#[cfg(target_os = "linux")]
-pub(crate) use image::*;
-#[cfg(target_os = "linux")]
 pub(crate) use linux::*;
-#[cfg(target_os = "linux")]
-mod conn;
-#[cfg(target_os = "linux")]
-pub(crate) use conn::*;
-#[cfg(target_os = "linux")]
-mod ofd;
-#[cfg(target_os = "linux")]
-pub(crate) use ofd::*;
 
+mod conn;
+mod fdpass;
 mod poll;
 mod signal;
-mod stack;
-pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
+pub(crate) use conn::*;
+pub(crate) use fdpass::*;
+pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
-pub(crate) use stack::{stack_bounds, stack_pointer};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "multiproc supports Linux today; macOS (kqueue) and Windows (spawn) are planned, see src/sys/mod.rs"
+    "multiproc supports Linux today; a portable POSIX layer for other Unixes is planned, see \
+     src/sys/README.md"
 );
-
-mod futex;
-mod proc;
-mod shm;
-pub(crate) use futex::*;
-pub(crate) use proc::*;
-pub(crate) use shm::*;

@@ -1,10 +1,12 @@
-//! Waiting on many descriptors at once, for reading and for writing: the pool's event loop.
+//! Waiting on many descriptors at once, for reading and for writing: the pool's event loop,
+//! and the resource tracker's wait on its request pipe and the processes it watches.
 //!
 //! # Safety
-//! No `unsafe` here: `poll(2)` goes through rustix's safe wrapper.
+//! `poll(2)` goes through rustix's safe wrapper, except in [`PollSet::wait`], which passes
+//! its own array of plain `pollfd`s, valid and writable for the whole call.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -104,4 +106,101 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
 pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
+}
+
+/// Whether nobody holds the read end of the pipe whose write end is `fd` any more (a pipe's
+/// write end polls as an error then). Never blocks.
+///
+/// # References
+/// poll(2) (`POLLERR` on a pipe's write end).
+pub(crate) fn pipe_reader_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut pfd, Some(&now)), Ok(n) if n > 0)
+        && pfd[0].revents().contains(PollFlags::ERR)
+}
+
+/// A fixed number of places, each watching one descriptor for reading or nothing, polled
+/// together. Made before a `fork` so that a child that must not allocate (the resource
+/// tracker) can poll as many descriptors as it likes.
+///
+/// A place holds a descriptor's number, not a borrow of it: the caller keeps each descriptor
+/// open while it is in a place (polling a closed number is harmless, it reports `POLLNVAL`).
+#[derive(Debug)]
+pub(crate) struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// `len` places, all empty.
+    pub(crate) fn new(len: usize) -> PollSet {
+        let empty = libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        };
+        PollSet {
+            fds: vec![empty; len],
+        }
+    }
+
+    /// Watches `fd` for reading in place `i`, or nothing if `None`. Allocates nothing.
+    pub(crate) fn set(&mut self, i: usize, fd: Option<BorrowedFd<'_>>) {
+        self.fds[i] = libc::pollfd {
+            fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+    }
+
+    /// Waits, with no deadline, until a descriptor in the first `n` places is readable (or
+    /// hung up, or in error); returns how many are. Allocates nothing.
+    ///
+    /// # References
+    /// poll(2).
+    pub(crate) fn wait(&mut self, n: usize) -> io::Result<usize> {
+        let fds = &mut self.fds[..n];
+        // SAFETY: `fds` is a valid, writable array of exactly `fds.len()` `pollfd`s for the
+        // whole call; negative descriptors are ignored by poll.
+        let got = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(got as usize)
+    }
+
+    /// Whether the last [`wait`](PollSet::wait) found place `i` ready.
+    pub(crate) fn ready(&self, i: usize) -> bool {
+        self.fds[i].revents != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn poll_set_reports_the_readable_place_and_ignores_empty_ones() {
+        let (r, w) = crate::sys::pipe().unwrap();
+        let (quiet_r, _quiet_w) = crate::sys::pipe().unwrap();
+        let mut set = PollSet::new(3);
+        set.set(0, Some(quiet_r.as_fd()));
+        set.set(1, None);
+        set.set(2, Some(r.as_fd()));
+        crate::sys::write_all(w.as_fd(), &[1]).unwrap();
+        assert_eq!(set.wait(3).unwrap(), 1);
+        assert!(!set.ready(0) && !set.ready(1) && set.ready(2));
+    }
+
+    #[test]
+    fn pipe_reader_gone_once_the_read_end_closes() {
+        let (r, w) = crate::sys::pipe().unwrap();
+        assert!(!pipe_reader_gone(w.as_fd()));
+        drop(r);
+        assert!(pipe_reader_gone(w.as_fd()));
+    }
 }

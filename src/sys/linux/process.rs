@@ -282,3 +282,32 @@ pub(crate) fn kill_and_reap(pid: RawPid) {
         let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
     }
 }
+
+/// As [`pidfd_open`], for any process: `Ok(None)` if no process `pid` exists (any more).
+/// Async-signal-safe.
+pub(crate) fn pidfd_open_if_alive(pid: RawPid) -> io::Result<Option<OwnedFd>> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits for the child `pid`, which we hold no pidfd for, to end and reaps it; returns
+/// Python's `exitcode` (the exit status, or `-N` when signal N ended it). Interrupted waits
+/// are resumed.
+pub(crate) fn wait_child(pid: RawPid) -> io::Result<i32> {
+    let p = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let status = loop {
+        match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let (_, status) = status.ok_or_else(|| io::Error::other("waitpid reported no child"))?;
+    Ok(status
+        .exit_status()
+        .or_else(|| status.terminating_signal().map(|sig| -sig))
+        .unwrap_or(-1))
+}

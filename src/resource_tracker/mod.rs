@@ -1,5 +1,8 @@
-//! The client side of the resource tracker: the process that unlinks named shared-memory
-//! segments whose creator died without unlinking them (Python's `resource_tracker`).
+//! The resource tracker: the process that unlinks named shared-memory segments whose creator
+//! died without unlinking them (Python's `resource_tracker`). This file is the client side
+//! (registration, restarting a dead tracker); `protocol.rs` holds the request record and the
+//! shared registration counter, `server.rs` the tracker process itself; `README.md` beside
+//! them says how cleanup is guaranteed when processes are killed.
 //!
 //! The tracker is started on first use, as a detached grandchild that holds no descriptor of
 //! ours but the read end of a pipe; the starter returns only once the tracker has left our
@@ -27,7 +30,7 @@
 //! tracker (one started under spawn or the forkserver).
 //!
 //! # Limit
-//! A tracker watches at most [`TRACKER_SLOTS`](crate::sys::TRACKER_SLOTS) (4096) names at a
+//! A tracker watches at most [`TRACKER_SLOTS`](protocol::TRACKER_SLOTS) (4096) names at a
 //! time for its whole `fork` tree. Clients reserve a place in a counter shared with the
 //! tracker before registering, so a creation beyond the limit fails with an error to its
 //! creator instead of going unprotected.
@@ -50,7 +53,11 @@ use std::io;
 use std::sync::Mutex;
 
 use crate::sync::owner;
-use crate::sys::{self, TrackerHandle, TrackerOp};
+mod protocol;
+mod server;
+
+use protocol::{RECORD, TRACKER_SLOTS, TrackerOp, tracker_record};
+use server::{TrackerHandle, start_tracker, tracker_gone, tracker_send};
 
 /// A segment this process (or, after a `fork`, its parent: see `pid`) created and has not
 /// unlinked.
@@ -88,7 +95,7 @@ fn limit_error() -> io::Error {
         format!(
             "the resource tracker already watches {} named segments; unlink some before \
              creating more",
-            sys::TRACKER_SLOTS
+            TRACKER_SLOTS
         ),
     )
 }
@@ -99,7 +106,7 @@ impl State {
     fn live(&mut self) -> io::Result<&TrackerHandle> {
         let dead = match &self.tracker {
             None => false,
-            Some(t) => sys::tracker_gone(&t.pipe),
+            Some(t) => tracker_gone(&t.pipe),
         };
         if dead {
             self.lost = true;
@@ -113,7 +120,7 @@ impl State {
         if self.tracker.is_none() {
             // Kept even if re-registering fails below: dropping its pipe would make the new
             // tracker unlink the names already re-registered, which are still in use.
-            let t = self.tracker.insert(sys::start_tracker()?);
+            let t = self.tracker.insert(start_tracker()?);
             let lost = std::mem::take(&mut self.lost);
             if lost && let Err(e) = reregister(&self.owned, t) {
                 tracing::warn!(
@@ -134,14 +141,14 @@ fn reregister(owned: &[Owned], t: &TrackerHandle) -> io::Result<()> {
         if !t.count.reserve(1) {
             return Err(limit_error());
         }
-        sys::tracker_send(
+        tracker_send(
             &t.pipe,
-            &sys::tracker_record(TrackerOp::Register, me, (0, 0), &o.name),
+            &tracker_record(TrackerOp::Register, me, (0, 0), &o.name),
         )?;
         if let Some(id) = o.id {
-            sys::tracker_send(
+            tracker_send(
                 &t.pipe,
-                &sys::tracker_record(TrackerOp::Confirm, me, id, &o.name),
+                &tracker_record(TrackerOp::Confirm, me, id, &o.name),
             )?;
         }
     }
@@ -150,13 +157,13 @@ fn reregister(owned: &[Owned], t: &TrackerHandle) -> io::Result<()> {
 
 impl State {
     /// Sends `rec`, restarting the tracker once if it turns out dead.
-    fn send(&mut self, rec: &[u8; sys::RECORD], reserve: bool) -> io::Result<()> {
+    fn send(&mut self, rec: &[u8; RECORD], reserve: bool) -> io::Result<()> {
         for attempt in 0..2 {
             let t = self.live()?;
             if reserve && !t.count.reserve(1) {
                 return Err(limit_error());
             }
-            match sys::tracker_send(&t.pipe, rec) {
+            match tracker_send(&t.pipe, rec) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     if reserve {
@@ -182,7 +189,7 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
     let pid = my_pid();
     let mut st = state();
     st.send(
-        &sys::tracker_record(TrackerOp::Register, pid, (0, 0), name),
+        &tracker_record(TrackerOp::Register, pid, (0, 0), name),
         true,
     )?;
     st.owned.push(Owned {
@@ -204,10 +211,7 @@ pub(crate) fn confirm(name: &str, id: (u64, u64)) -> io::Result<()> {
     {
         o.id = Some(id);
     }
-    st.send(
-        &sys::tracker_record(TrackerOp::Confirm, pid, id, name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Confirm, pid, id, name), false)
 }
 
 /// Withdraws this process's unconfirmed registration of `name` (its create failed: the name
@@ -225,10 +229,7 @@ pub(crate) fn forget(name: &str) -> io::Result<()> {
     if st.tracker.is_none() {
         return Ok(());
     }
-    st.send(
-        &sys::tracker_record(TrackerOp::Forget, pid, (0, 0), name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Forget, pid, (0, 0), name), false)
 }
 
 /// Tells the tracker that the segment `id`, called `name`, was unlinked: every registration of
@@ -240,10 +241,7 @@ pub(crate) fn unregister(name: &str, id: (u64, u64)) -> io::Result<()> {
         // Never registered anything from this process tree: nothing to tell.
         return Ok(());
     }
-    st.send(
-        &sys::tracker_record(TrackerOp::Unregister, 0, id, name),
-        false,
-    )
+    st.send(&tracker_record(TrackerOp::Unregister, 0, id, name), false)
 }
 
 /// The pid of the resource tracker this process uses, if it has started or inherited one

@@ -224,7 +224,7 @@ impl SiblingCloner {
                     unsafe { libc::close(fd) };
                 }
                 restore_default_signals();
-                let guard = super::linux::AbortOnUnwind;
+                let guard = super::process::AbortOnUnwind;
                 let code = child();
                 std::mem::forget(guard);
                 super::exit_now(code)

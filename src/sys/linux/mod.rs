@@ -1,0 +1,30 @@
+//! The Linux layer: everything in `sys` that uses a Linux-only interface.
+//!
+//! See `src/sys/README.md` for what each file provides and what another platform must
+//! provide in its place.
+//!
+//! # Safety
+//! Each file states its own `# Safety` note; every `unsafe` block carries a `// SAFETY:`
+//! comment.
+
+mod clone;
+mod daemon;
+mod exec;
+mod futex;
+mod image;
+mod ofd;
+mod proc;
+mod process;
+mod shm;
+mod stack;
+
+pub(crate) use clone::*;
+pub(crate) use daemon::*;
+pub(crate) use exec::*;
+pub(crate) use futex::*;
+pub(crate) use image::*;
+pub(crate) use ofd::*;
+pub(crate) use proc::*;
+pub(crate) use process::*;
+pub(crate) use shm::*;
+pub(crate) use stack::{stack_bounds, stack_pointer};
