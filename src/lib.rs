@@ -128,6 +128,7 @@ struct ReadmeDoctests;
 pub mod connection;
 mod context;
 mod error;
+pub mod manager;
 pub mod pool;
 pub mod process;
 pub mod queue;
@@ -148,6 +149,7 @@ pub use context::{
     set_start_method,
 };
 pub use error::{Error, ErrorKind, JoinError, Result};
+pub use manager::Manager;
 pub use pool::{Pool, ProcessPoolExecutor};
 pub use process::{
     JoinHandle, Process, active_children, cpu_count, current_process, parent_process, spawn,

@@ -23,6 +23,7 @@
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::manager::ModifyEntry;
 use crate::pool::PoolEntry;
 use crate::process::target::Entry;
 
@@ -62,7 +63,8 @@ fn in_text(addr: usize) -> bool {
 }
 
 /// Function pointer types that may be named across processes by their distance from the
-/// anchor: a start method's [`Entry`] and a pool task's [`PoolEntry`].
+/// anchor: a start method's [`Entry`], a pool task's [`PoolEntry`] and a manager's
+/// [`ModifyEntry`].
 pub(crate) trait CodeFn: Copy + sealed::Sealed {
     /// The function's code address.
     fn address(self) -> usize;
@@ -93,7 +95,7 @@ macro_rules! code_fns {
     )*};
 }
 
-code_fns!(Entry, PoolEntry);
+code_fns!(Entry, PoolEntry, ModifyEntry);
 
 fn anchor_address() -> usize {
     anchor as fn() -> u32 as usize
