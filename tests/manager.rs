@@ -15,7 +15,7 @@ use common::{Reaper, WAIT};
 use multiproc::connection::{Address, ConnectError};
 use multiproc::manager::{
     DictProxy, EventProxy, ListProxy, LockProxy, Manager, ManagerError, QueueProxy, RemoteError,
-    ValueProxy,
+    SemaphoreProxy, ValueProxy,
 };
 use multiproc::process::AuthKey;
 use multiproc::{JoinHandle, spawn_with_args};
@@ -261,6 +261,38 @@ start_method_matrix! {
         assert!(matches!(lock.release(), Err(ManagerError::Remote(RemoteError::NotHeld))));
         event.clear().unwrap();
         assert!(!event.wait_timeout(Duration::from_millis(20)).unwrap());
+    }
+
+    #[test]
+    fn semaphore_counts_across_processes() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let sem = m.semaphore(0).unwrap();
+        let bounded = m.bounded_semaphore(2).unwrap();
+        let child = spawn_with_args(
+            |(sem, bounded): (SemaphoreProxy, SemaphoreProxy)| {
+                bounded.acquire().unwrap();
+                bounded.acquire().unwrap();
+                let third = bounded.acquire_timeout(Duration::from_millis(20)).unwrap();
+                sem.release().unwrap();
+                sem.release().unwrap();
+                third
+            },
+            (sem.clone(), bounded.clone()),
+        )
+        .unwrap();
+        assert!(sem.acquire_timeout(WAIT).unwrap());
+        assert!(sem.acquire_timeout(WAIT).unwrap());
+        assert_eq!(join_all(vec![child]), [false]);
+        assert_eq!(sem.value().unwrap(), 0);
+        assert_eq!(bounded.value().unwrap(), 0);
+        bounded.release().unwrap();
+        bounded.release().unwrap();
+        assert!(matches!(
+            bounded.release(),
+            Err(ManagerError::Remote(RemoteError::TooManyReleases))
+        ));
+        assert_eq!(bounded.value().unwrap(), 2);
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub enum RemoteError {
     /// A lock released by a client that does not hold it.
     #[error("release of a lock that is not held (by this thread, for an RLock)")]
     NotHeld,
+    /// A bounded semaphore released more times than it was acquired.
+    #[error("semaphore released too many times")]
+    TooManyReleases,
     /// A function sent with `modify` panicked in the server; the object is unchanged.
     #[error("the modify function panicked in the server: {0}")]
     Panicked(String),

@@ -6,7 +6,9 @@
 //! returns a handle that makes objects in it: [`dict`](Manager::dict) ([`DictProxy`]),
 //! [`list`](Manager::list) ([`ListProxy`]), [`value`](Manager::value) and
 //! [`namespace`](Manager::namespace) ([`ValueProxy`], [`Namespace`]), [`lock`](Manager::lock)
-//! and [`rlock`](Manager::rlock) ([`LockProxy`]), [`event`](Manager::event) ([`EventProxy`]),
+//! and [`rlock`](Manager::rlock) ([`LockProxy`]), [`semaphore`](Manager::semaphore) and
+//! [`bounded_semaphore`](Manager::bounded_semaphore) ([`SemaphoreProxy`]),
+//! [`event`](Manager::event) ([`EventProxy`]),
 //! [`queue`](Manager::queue) ([`QueueProxy`]). A proxy is a small handle: clone it, pass it to
 //! a child as a start argument, send it through a queue, capture it under fork; every process
 //! and thread opens its own connection to the server on first use, so a fork never shares a
@@ -70,7 +72,7 @@ pub use list::ListProxy;
 pub(crate) use modify::ModifyEntry;
 pub use queue::QueueProxy;
 pub use server::Server;
-pub use sync::{EventProxy, LockProxy, LockProxyGuard};
+pub use sync::{EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy};
 pub use value::{Namespace, ValueProxy};
 
 use crate::connection::{Address, Connection};
@@ -437,6 +439,30 @@ impl Manager {
     #[doc(alias = "RLock")]
     pub fn rlock(&self) -> Result<LockProxy, ManagerError> {
         self.create(Kind::RLock).map(LockProxy::from_handle)
+    }
+
+    /// A semaphore in the server starting at `value` (Python's `Manager().Semaphore(value)`).
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    #[doc(alias = "Semaphore")]
+    pub fn semaphore(&self, value: usize) -> Result<SemaphoreProxy, ManagerError> {
+        let value = value as u64;
+        self.create(Kind::Semaphore { value, bound: None })
+            .map(SemaphoreProxy::from_handle)
+    }
+
+    /// A semaphore in the server starting at `value` whose `release` fails beyond `value`
+    /// (Python's `Manager().BoundedSemaphore(value)`).
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    #[doc(alias = "BoundedSemaphore")]
+    pub fn bounded_semaphore(&self, value: usize) -> Result<SemaphoreProxy, ManagerError> {
+        let value = value as u64;
+        let bound = Some(value);
+        self.create(Kind::Semaphore { value, bound })
+            .map(SemaphoreProxy::from_handle)
     }
 
     /// An event in the server (Python's `Manager().Event()`).

@@ -39,6 +39,7 @@ pub(crate) enum Kind {
     Value(Bytes),
     Lock,
     RLock,
+    Semaphore { value: u64, bound: Option<u64> },
     Event,
     Queue { maxsize: Option<u64> },
 }

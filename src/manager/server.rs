@@ -81,6 +81,10 @@ enum Object {
         count: u32,
         reentrant: bool,
     },
+    Semaphore {
+        value: u64,
+        bound: Option<u64>,
+    },
     Event(bool),
     Queue {
         items: VecDeque<Bytes>,
@@ -98,6 +102,7 @@ impl Object {
                 reentrant: false, ..
             } => "lock",
             Object::Lock { .. } => "rlock",
+            Object::Semaphore { .. } => "semaphore",
             Object::Event(_) => "event",
             Object::Queue { .. } => "queue",
         }
@@ -265,6 +270,7 @@ impl Shared {
                 count: 0,
                 reentrant: true,
             },
+            Kind::Semaphore { value, bound } => Object::Semaphore { value, bound },
             Kind::Event => Object::Event(false),
             Kind::Queue { maxsize } => Object::Queue {
                 items: VecDeque::new(),
@@ -354,6 +360,25 @@ impl Shared {
                     } if owner.is_none() || (*reentrant && *owner == Some(client)) => {
                         *owner = Some(client);
                         *count += 1;
+                        true
+                    }
+                    _ => false,
+                })?;
+                return Ok(Reply::Bool(done));
+            }
+            (Object::Semaphore { value, .. }, Op::Len) => Reply::Len(*value),
+            (Object::Semaphore { value, bound }, Op::Release) => {
+                if bound.is_some_and(|b| *value >= b) {
+                    return Err(RemoteError::TooManyReleases);
+                }
+                *value += 1;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (Object::Semaphore { .. }, Op::Acquire { timeout_ms }) => {
+                let done = self.wait(objects, id, deadline(timeout_ms), conn, |o| match o {
+                    Object::Semaphore { value, .. } if *value > 0 => {
+                        *value -= 1;
                         true
                     }
                     _ => false,

@@ -93,6 +93,66 @@ impl Drop for LockProxyGuard<'_> {
     }
 }
 
+/// A semaphore in the manager's server: `Manager::semaphore(n)` (Python's
+/// `Manager().Semaphore(n)`) or `Manager::bounded_semaphore(n)` (`BoundedSemaphore`, whose
+/// `release` fails beyond its initial value).
+///
+/// # Examples
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let sem = manager.bounded_semaphore(1)?;
+/// sem.acquire()?;
+/// assert!(!sem.acquire_timeout(std::time::Duration::ZERO)?);
+/// sem.release()?;
+/// assert!(sem.release().is_err()); // beyond the bound
+/// assert_eq!(sem.value()?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SemaphoreProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(SemaphoreProxy);
+
+impl SemaphoreProxy {
+    /// Blocks until the counter is positive, then decrements it.
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+    }
+
+    /// As [`acquire`](SemaphoreProxy::acquire), waiting at most `timeout`; whether it
+    /// decremented.
+    ///
+    /// # Errors
+    /// As [`acquire`](SemaphoreProxy::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::Acquire {
+            timeout_ms: millis(timeout),
+        })
+    }
+
+    /// Increments the counter, waking a waiter.
+    ///
+    /// # Errors
+    /// [`RemoteError::TooManyReleases`](super::RemoteError::TooManyReleases) for a bounded
+    /// semaphore at its bound; as [`acquire`](SemaphoreProxy::acquire).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Release)
+    }
+
+    /// The counter's current value (Python's `get_value`).
+    ///
+    /// # Errors
+    /// As [`acquire`](SemaphoreProxy::acquire).
+    #[doc(alias = "get_value")]
+    pub fn value(&self) -> Result<usize, ManagerError> {
+        self.handle.len()
+    }
+}
+
 /// An event in the manager's server, Python's `Manager().Event()`.
 ///
 /// # Examples
