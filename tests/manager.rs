@@ -42,7 +42,72 @@ struct Settings {
     retries: u32,
 }
 
+/// A user's type served by the manager (Python's `BaseManager.register`).
+#[multiproc::remote]
+trait Tally {
+    fn add(&mut self, by: u64) -> u64;
+    fn total(&self) -> u64;
+    fn label(&self) -> String;
+    fn fail(&self);
+}
+
+struct Counts {
+    label: String,
+    n: u64,
+}
+
+impl Tally for Counts {
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+    fn total(&self) -> u64 {
+        self.n
+    }
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+    fn fail(&self) {
+        panic!("failing on purpose")
+    }
+}
+
+fn new_counts(label: String) -> Counts {
+    Counts { label, n: 0 }
+}
+
 start_method_matrix! {
+    #[test]
+    fn remote_trait_objects_from_children() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let t = TallyProxy::new(&m, new_counts, "visits".to_string()).unwrap();
+        assert_eq!(t.label().unwrap(), "visits");
+        const PROCS: u64 = 4;
+        const ITERS: u64 = 200;
+        let children = (0..PROCS)
+            .map(|_| {
+                spawn_with_args(
+                    |t: TallyProxy| {
+                        for _ in 0..ITERS {
+                            t.add(1).unwrap();
+                        }
+                    },
+                    t.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        join_all(children);
+        assert_eq!(t.total().unwrap(), PROCS * ITERS);
+        let err = t.fail().unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::Remote(RemoteError::Panicked(m)) if m == "failing on purpose"),
+            "{err}"
+        );
+        assert_eq!(t.total().unwrap(), PROCS * ITERS);
+    }
+
     #[test]
     fn dict_every_method_and_from_children() {
         let _r = Reaper::new();

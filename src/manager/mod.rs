@@ -22,6 +22,7 @@
 //!   [`ManagerError::Disconnected`], never hangs.
 //! - Values travel as serde + postcard, never code; a lock held by a process that dies is
 //!   released by the server.
+//! - Your own types, with [`#[multiproc::remote]`](crate::remote) on a trait.
 //!
 //! See `README.md` beside this file for the protocol and why no update is lost.
 //!
@@ -54,6 +55,8 @@ mod list;
 mod modify;
 mod protocol;
 mod queue;
+#[doc(hidden)]
+pub mod remote;
 mod server;
 mod sync;
 mod value;
@@ -360,7 +363,7 @@ impl Manager {
         self.process.as_ref()
     }
 
-    fn create(&self, kind: Kind) -> Result<Handle, ManagerError> {
+    pub(crate) fn create(&self, kind: Kind) -> Result<Handle, ManagerError> {
         let address = Addr::from(&self.address);
         let request = Request::Create(kind);
         match client::call_server(&address, &self.authkey, Some(self.server), &request)? {

@@ -39,9 +39,19 @@ pub(crate) enum Kind {
     Value(Bytes),
     Lock,
     RLock,
-    Semaphore { value: u64, bound: Option<u64> },
+    Semaphore {
+        value: u64,
+        bound: Option<u64>,
+    },
     Event,
-    Queue { maxsize: Option<u64> },
+    /// A user's type, made by a constructor named by its code offset.
+    Custom {
+        ctor: i64,
+        arg: Bytes,
+    },
+    Queue {
+        maxsize: Option<u64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +121,12 @@ pub(crate) enum Op {
     },
     Take {
         timeout_ms: Option<u64>,
+    },
+    // A user's type
+    Method {
+        dispatch: i64,
+        method: u32,
+        args: Bytes,
     },
 }
 

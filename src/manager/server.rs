@@ -86,6 +86,7 @@ enum Object {
         bound: Option<u64>,
     },
     Event(bool),
+    Custom(Box<dyn std::any::Any + Send>),
     Queue {
         items: VecDeque<Bytes>,
         maxsize: Option<u64>,
@@ -104,6 +105,7 @@ impl Object {
             Object::Lock { .. } => "rlock",
             Object::Semaphore { .. } => "semaphore",
             Object::Event(_) => "event",
+            Object::Custom(_) => "remote object",
             Object::Queue { .. } => "queue",
         }
     }
@@ -224,7 +226,7 @@ fn serve_client(shared: &Shared, conn: &Connection, wake: &(Address, AuthKey)) {
         while let Ok(bytes) = conn.recv_bytes() {
             let response: Response = match crate::wire::decode_payload::<Request>(&bytes) {
                 Err(e) => Err(RemoteError::BadRequest(e.to_string())),
-                Ok(Request::Create(kind)) => Ok(shared.create(kind)),
+                Ok(Request::Create(kind)) => shared.create(kind, same_build),
                 Ok(Request::Call { id, op }) => shared.call(client, id, op, same_build, conn),
                 Ok(Request::Shutdown) => {
                     shared.stopping.store(true, Ordering::SeqCst);
@@ -255,7 +257,7 @@ fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
 }
 
 impl Shared {
-    fn create(&self, kind: Kind) -> Reply {
+    fn create(&self, kind: Kind, same_build: bool) -> Response {
         let object = match kind {
             Kind::Dict => Object::Dict(Dict::default()),
             Kind::List => Object::List(Vec::new()),
@@ -272,6 +274,10 @@ impl Shared {
             },
             Kind::Semaphore { value, bound } => Object::Semaphore { value, bound },
             Kind::Event => Object::Event(false),
+            // Runs the user's constructor before taking the table's lock.
+            Kind::Custom { ctor, arg } => {
+                Object::Custom(super::remote::construct(ctor, &arg, same_build)?)
+            }
             Kind::Queue { maxsize } => Object::Queue {
                 items: VecDeque::new(),
                 maxsize,
@@ -281,7 +287,7 @@ impl Shared {
         objects.next_id += 1;
         let id = objects.next_id;
         objects.map.insert(id, object);
-        Reply::Id(id)
+        Ok(Reply::Id(id))
     }
 
     /// Releases every lock `client` holds: its connection closed.
@@ -385,6 +391,20 @@ impl Shared {
                 })?;
                 return Ok(Reply::Bool(done));
             }
+            (
+                Object::Custom(object),
+                Op::Method {
+                    dispatch,
+                    method,
+                    args,
+                },
+            ) => Reply::Modified(super::remote::dispatch(
+                &mut **object,
+                dispatch,
+                method,
+                &args,
+                same_build,
+            )?),
             (Object::Event(flag), Op::SetFlag) => {
                 *flag = true;
                 self.changed.notify_all();

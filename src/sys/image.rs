@@ -24,6 +24,7 @@ use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::manager::ModifyEntry;
+use crate::manager::remote::{CtorEntry, DispatchEntry};
 use crate::pool::PoolEntry;
 use crate::process::target::Entry;
 
@@ -95,7 +96,7 @@ macro_rules! code_fns {
     )*};
 }
 
-code_fns!(Entry, PoolEntry, ModifyEntry);
+code_fns!(Entry, PoolEntry, ModifyEntry, CtorEntry, DispatchEntry);
 
 fn anchor_address() -> usize {
     anchor as fn() -> u32 as usize
