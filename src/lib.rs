@@ -128,6 +128,7 @@ struct ReadmeDoctests;
 pub mod connection;
 mod context;
 mod error;
+pub mod manager;
 pub mod pool;
 pub mod process;
 pub mod queue;
@@ -148,6 +149,47 @@ pub use context::{
     set_start_method, set_start_method_force,
 };
 pub use error::{Error, ErrorKind, JoinError, Result};
+pub use manager::Manager;
+/// Objects of your own types in a manager's server (Python's `BaseManager.register`): on a
+/// trait, generates `<Trait>Proxy`, whose `new(&manager, ctor, arg)` makes an object in the
+/// server by running `ctor(arg)` there, and whose methods call the object's methods in the
+/// server, returning `Result<_, ManagerError>`. The proxy serializes as a handle, like every
+/// manager proxy.
+///
+/// Methods take `&self` or `&mut self`; their arguments and results are serde types. The
+/// constructor, like `modify`'s functions, must capture nothing, and it and the methods run
+/// only for clients of the server's own binary. Every call runs under the server's lock, so
+/// calls are serialized (`&self` methods too); a panic in a method fails the call with
+/// [`RemoteError::Panicked`](manager::RemoteError::Panicked).
+///
+/// # Examples
+/// ```
+/// #[multiproc::remote]
+/// trait Counter {
+///     fn add(&mut self, by: i64) -> i64;
+///     fn get(&self) -> i64;
+/// }
+///
+/// struct Simple(i64);
+///
+/// impl Counter for Simple {
+///     fn add(&mut self, by: i64) -> i64 {
+///         self.0 += by;
+///         self.0
+///     }
+///     fn get(&self) -> i64 {
+///         self.0
+///     }
+/// }
+///
+/// let manager = multiproc::Manager::start()?;
+/// let counter = CounterProxy::new(&manager, Simple, 10)?;
+/// let child = multiproc::spawn_with_args(|c: CounterProxy| c.add(5).unwrap(), counter.clone())?;
+/// assert_eq!(child.join()?, 15);
+/// assert_eq!(counter.get()?, 15);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub use multiproc_macros::remote;
 pub use pool::{Pool, ProcessPoolExecutor};
 pub use process::{
     JoinHandle, Process, active_children, cpu_count, current_process, parent_process, spawn,

@@ -4,6 +4,7 @@ use crate::harness::Case;
 
 mod ipc;
 mod lifecycle;
+mod manager;
 mod pool;
 pub mod start_methods;
 mod sync;
@@ -16,5 +17,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(sync::cases());
     cases.extend(ipc::cases());
     cases.extend(pool::cases());
+    cases.extend(manager::cases());
     cases
 }

@@ -23,6 +23,8 @@
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::manager::ModifyEntry;
+use crate::manager::remote::{CtorEntry, DispatchEntry};
 use crate::pool::PoolEntry;
 use crate::process::target::Entry;
 
@@ -62,8 +64,8 @@ fn in_text(addr: usize) -> bool {
 }
 
 /// Function pointer types that may be named across processes by their distance from the
-/// anchor: a start method's [`Entry`], a pool task's [`PoolEntry`], and a barrier's action
-/// (`fn()`).
+/// anchor: a start method's [`Entry`], a pool task's [`PoolEntry`], a barrier's action
+/// (`fn()`) and a manager's [`ModifyEntry`].
 pub(crate) trait CodeFn: Copy + sealed::Sealed {
     /// The function's code address.
     fn address(self) -> usize;
@@ -94,7 +96,7 @@ macro_rules! code_fns {
     )*};
 }
 
-code_fns!(Entry, PoolEntry, fn());
+code_fns!(Entry, PoolEntry, fn(), ModifyEntry, CtorEntry, DispatchEntry);
 
 fn anchor_address() -> usize {
     anchor as fn() -> u32 as usize

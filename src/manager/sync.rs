@@ -1,0 +1,218 @@
+//! [`LockProxy`] and [`EventProxy`]: synchronization served by the manager, for processes
+//! that share no memory with each other (other programs, other machines).
+
+use std::time::Duration;
+
+use super::client::Handle;
+use super::error::ManagerError;
+use super::protocol::Op;
+
+fn millis(d: Duration) -> Option<u64> {
+    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A lock in the manager's server: `Manager::lock()` (Python's `Manager().Lock()`) or
+/// `Manager::rlock()` (`RLock`), Python's `AcquirerProxy`.
+///
+/// A lock is owned by the connection that acquired it, that is by one thread of one process
+/// (each has its own connection). An `RLock` may be acquired again by its owner and must be
+/// released by it, as many times; a plain lock may be released by anyone, as Python's. Beyond
+/// Python: when the owner's connection closes (its thread ended, or its process exited or was
+/// killed), the server releases the lock, so a dead holder never blocks the others forever.
+///
+/// # Examples
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let lock = manager.lock()?;
+/// {
+///     let _guard = lock.lock()?;
+///     assert!(!lock.acquire_timeout(std::time::Duration::from_millis(10))?);
+/// }
+/// assert!(lock.acquire_timeout(std::time::Duration::ZERO)?);
+/// lock.release()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[doc(alias = "AcquirerProxy")]
+pub struct LockProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(LockProxy);
+
+impl LockProxy {
+    /// Blocks until the lock is acquired.
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+    }
+
+    /// Waits at most `timeout` for the lock; whether it was acquired (`Duration::ZERO`
+    /// tries once).
+    ///
+    /// # Errors
+    /// As [`acquire`](LockProxy::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::Acquire {
+            timeout_ms: millis(timeout),
+        })
+    }
+
+    /// Releases the lock.
+    ///
+    /// # Errors
+    /// [`RemoteError::NotHeld`](super::RemoteError::NotHeld) when it is not held (by this
+    /// thread, for an `RLock`); as [`acquire`](LockProxy::acquire).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Release)
+    }
+
+    /// Acquires the lock and returns a guard that releases it when dropped (Python's
+    /// `with lock:`).
+    ///
+    /// # Errors
+    /// As [`acquire`](LockProxy::acquire).
+    pub fn lock(&self) -> Result<LockProxyGuard<'_>, ManagerError> {
+        self.acquire()?;
+        Ok(LockProxyGuard { lock: self })
+    }
+}
+
+/// Holds a [`LockProxy`] until dropped. A release that fails on drop (the server is gone) is
+/// ignored: the lock went with the server.
+#[derive(Debug)]
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockProxyGuard<'a> {
+    lock: &'a LockProxy,
+}
+
+impl Drop for LockProxyGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+/// A semaphore in the manager's server: `Manager::semaphore(n)` (Python's
+/// `Manager().Semaphore(n)`) or `Manager::bounded_semaphore(n)` (`BoundedSemaphore`, whose
+/// `release` fails beyond its initial value).
+///
+/// # Examples
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let sem = manager.bounded_semaphore(1)?;
+/// sem.acquire()?;
+/// assert!(!sem.acquire_timeout(std::time::Duration::ZERO)?);
+/// sem.release()?;
+/// assert!(sem.release().is_err()); // beyond the bound
+/// assert_eq!(sem.value()?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SemaphoreProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(SemaphoreProxy);
+
+impl SemaphoreProxy {
+    /// Blocks until the counter is positive, then decrements it.
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+    }
+
+    /// As [`acquire`](SemaphoreProxy::acquire), waiting at most `timeout`; whether it
+    /// decremented.
+    ///
+    /// # Errors
+    /// As [`acquire`](SemaphoreProxy::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::Acquire {
+            timeout_ms: millis(timeout),
+        })
+    }
+
+    /// Increments the counter, waking a waiter.
+    ///
+    /// # Errors
+    /// [`RemoteError::TooManyReleases`](super::RemoteError::TooManyReleases) for a bounded
+    /// semaphore at its bound; as [`acquire`](SemaphoreProxy::acquire).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Release)
+    }
+
+    /// The counter's current value (Python's `get_value`).
+    ///
+    /// # Errors
+    /// As [`acquire`](SemaphoreProxy::acquire).
+    #[doc(alias = "get_value")]
+    pub fn value(&self) -> Result<usize, ManagerError> {
+        self.handle.len()
+    }
+}
+
+/// An event in the manager's server, Python's `Manager().Event()`.
+///
+/// # Examples
+/// ```
+/// let manager = multiproc::Manager::start()?;
+/// let event = manager.event()?;
+/// let child = multiproc::spawn_with_args(
+///     |e: multiproc::manager::EventProxy| e.set().unwrap(),
+///     event.clone(),
+/// )?;
+/// assert!(event.wait_timeout(std::time::Duration::from_secs(10))?);
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(EventProxy);
+
+impl EventProxy {
+    /// Sets the flag, waking every waiter.
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone; the other [`ManagerError`]s.
+    pub fn set(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::SetFlag)
+    }
+
+    /// Clears the flag.
+    ///
+    /// # Errors
+    /// As [`set`](EventProxy::set).
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::ClearFlag)
+    }
+
+    /// Whether the flag is set.
+    ///
+    /// # Errors
+    /// As [`set`](EventProxy::set).
+    pub fn is_set(&self) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::IsSet)
+    }
+
+    /// Blocks until the flag is set.
+    ///
+    /// # Errors
+    /// As [`set`](EventProxy::set), also while waiting.
+    pub fn wait(&self) -> Result<(), ManagerError> {
+        self.handle.bool(Op::Wait { timeout_ms: None }).map(drop)
+    }
+
+    /// Waits at most `timeout` for the flag; whether it is set.
+    ///
+    /// # Errors
+    /// As [`set`](EventProxy::set).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::Wait {
+            timeout_ms: millis(timeout),
+        })
+    }
+}
