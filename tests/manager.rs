@@ -429,7 +429,8 @@ start_method_matrix! {
         let err = q.qsize().unwrap_err();
         assert!(is_disconnected(&err), "{err:?}");
         assert!(err.to_string().contains("start a new manager"), "{err}");
-        assert!(is_disconnected(&m.dict::<u8, u8>().unwrap_err()));
+        let err = m.dict::<u8, u8>().unwrap_err();
+        assert!(is_disconnected(&err), "{err:?}");
         assert!(started.elapsed() < WAIT);
         // Reaps the dead server; a second call does nothing.
         m.shutdown().unwrap();

@@ -159,7 +159,9 @@ pub enum ConnectError {
     /// not share the authkey (Python's `AuthenticationError`).
     #[error("authentication failed: the peer does not have the same authkey")]
     Refused,
-    /// The peer did not follow the handshake (garbage, an oversized message, or it closed).
+    /// The peer did not follow the handshake (garbage or an oversized message). A peer that
+    /// closed the connection mid-handshake is [`Io`](ConnectError::Io) (`UnexpectedEof` or
+    /// `BrokenPipe`), as a connection refused is.
     #[error("authentication failed: {0}")]
     Protocol(String),
     /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`]. A client that got no
@@ -178,7 +180,9 @@ pub enum ConnectError {
     /// this error. The other cause is a listener without an authkey that waits for the client
     /// to speak first. (Python's `Client` has no timeout: it would wait forever.)
     #[error(
-        "the listener did not answer the authentication handshake within {waited:?}: a listener          answers only while `accept()` is running on it (or it has no authkey and waits for          the client to speak first)"
+        "the listener did not answer the authentication handshake within {waited:?}: a listener \
+         answers only while `accept()` is running on it (or it has no authkey and waits for \
+         the client to speak first)"
     )]
     Unanswered {
         /// How long the client waited for the listener's challenge.
@@ -200,6 +204,10 @@ impl From<SendError> for ConnectError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::Io(e) => ConnectError::Io(e),
+            SendError::Disconnected => ConnectError::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer closed the connection during the handshake",
+            )),
             other => ConnectError::Protocol(other.to_string()),
         }
     }
@@ -210,6 +218,10 @@ impl From<RecvError> for ConnectError {
         match e {
             RecvError::Timeout => ConnectError::Timeout,
             RecvError::Io(e) => ConnectError::Io(e),
+            RecvError::Disconnected => ConnectError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the handshake",
+            )),
             other => ConnectError::Protocol(other.to_string()),
         }
     }
