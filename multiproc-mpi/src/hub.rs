@@ -162,12 +162,11 @@ impl Hub {
                 }
             }
             Some(Msg::Launched { slot, pid }) => {
-                if let Some(tx) = st.launches.remove(&slot) {
-                    if tx.send(Ok(pid)).is_err() {
-                        // The launch gave up waiting: this worker is nobody's.
-                        st.links.remove(&slot);
-                        st.outbox.push_back((rank, Msg::Kill { slot }.encode()));
-                    }
+                let waiting = st.launches.remove(&slot);
+                if waiting.is_none_or(|tx| tx.send(Ok(pid)).is_err()) {
+                    // The launch gave up waiting: this worker is nobody's.
+                    st.links.remove(&slot);
+                    st.outbox.push_back((rank, Msg::Kill { slot }.encode()));
                 }
             }
             Some(Msg::LaunchFailed { slot, why }) => {
@@ -179,7 +178,11 @@ impl Hub {
                     let _ = tx.send(Err(why));
                 }
             }
-            other => tracing::warn!(rank, ?other, "unexpected message from a serving rank; ignored"),
+            other => tracing::warn!(
+                rank,
+                ?other,
+                "unexpected message from a serving rank; ignored"
+            ),
         }
     }
 }
@@ -381,7 +384,8 @@ impl WorkerLink for MpiLink {
 
     fn kill(&self) {
         if self.shared.inbox().died.is_none() {
-            self.hub.send(self.rank, Msg::Kill { slot: self.slot }.encode());
+            self.hub
+                .send(self.rank, Msg::Kill { slot: self.slot }.encode());
         }
     }
 }

@@ -44,10 +44,10 @@ use std::io::{self, Read};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use multiproc::Pool;
-use multiproc::pool::{ExecutorBuilder, PoolBuilder};
 use mpi::Threading;
 use mpi::traits::*;
+use multiproc::Pool;
+use multiproc::pool::{ExecutorBuilder, PoolBuilder};
 use sha2::{Digest, Sha256};
 
 mod hub;
@@ -229,7 +229,9 @@ fn mpi_thread(
             pid: std::process::id(),
             host,
         };
-        net.world.process_at_rank(0).send_with_tag(&hello.encode()[..], proto::TAG);
+        net.world
+            .process_at_rank(0)
+            .send_with_tag(&hello.encode()[..], proto::TAG);
         match Msg::decode(net.recv_from(0)) {
             Some(Msg::Verdict(Ok(()))) => {
                 serve::serve(&net);

@@ -29,7 +29,10 @@ impl Net {
                 .world
                 .process_at_rank(rank)
                 .immediate_matched_probe_with_tag(TAG),
-            None => self.world.any_process().immediate_matched_probe_with_tag(TAG),
+            None => self
+                .world
+                .any_process()
+                .immediate_matched_probe_with_tag(TAG),
         };
         // The message is matched, so this receive only waits for its bytes, which the sender
         // (also never blocked for long) is pushing.

@@ -129,8 +129,10 @@ impl Msg {
     /// code: the handshake refuses those before anything else is sent).
     pub(crate) fn decode(mut bytes: Vec<u8>) -> Option<Msg> {
         let kind = *bytes.first()?;
-        let slot = || -> Option<u64> { Some(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?)) };
-        let text = |from: usize| String::from_utf8_lossy(bytes.get(from..).unwrap_or(&[])).into_owned();
+        let slot =
+            || -> Option<u64> { Some(u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?)) };
+        let text =
+            |from: usize| String::from_utf8_lossy(bytes.get(from..).unwrap_or(&[])).into_owned();
         Some(match kind {
             HELLO => Msg::Hello {
                 hash: bytes.get(1..33)?.try_into().ok()?,

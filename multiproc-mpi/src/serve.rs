@@ -6,8 +6,10 @@
 //! code, so MPI never sees a process die.
 
 use std::collections::HashMap;
+use std::io;
 use std::time::{Duration, Instant};
 
+use multiproc::StartMethod;
 use multiproc::pool::remote::{self, WorkerLink, WorkerStart};
 use rustix::event::{PollFd, PollFlags};
 
@@ -99,7 +101,20 @@ pub(crate) fn serve(net: &Net) -> i32 {
 
 /// Starts the worker for `slot`; the answer for rank 0.
 fn launch(slot: u64, start: &[u8], locals: &mut HashMap<u64, Local>) -> Vec<u8> {
-    let started = WorkerStart::from_bytes(start).and_then(|s| remote::launch_local(&s));
+    let started = WorkerStart::from_bytes(start).and_then(|s| {
+        let method = s.start_method().unwrap_or_else(multiproc::get_start_method);
+        if method == StartMethod::Fork {
+            // A forked worker would be a copy of this MPI process after MPI_Init, with Open
+            // MPI's signal handlers (a SIGSEGV in a task then does not end the worker).
+            return Err(io::Error::other(
+                "the fork start method is not available on MPI ranks (a copy of a process \
+                 after MPI_Init, with Open MPI's signal handlers); use forkserver (the \
+                 default) or spawn",
+            )
+            .into());
+        }
+        remote::launch_local(&s)
+    });
     match started {
         Ok(link) => {
             let pid = link.pid();
@@ -112,7 +127,7 @@ fn launch(slot: u64, start: &[u8], locals: &mut HashMap<u64, Local>) -> Vec<u8> 
         }
         Err(e) => Msg::LaunchFailed {
             slot,
-            why: e.to_string(),
+            why: with_sources(&e),
         }
         .encode(),
     }
@@ -186,4 +201,17 @@ fn shut_down(mut locals: HashMap<u64, Local>) {
             let _ = rustix::event::poll(&mut fds, Some(&ts));
         }
     }
+}
+
+/// An error's message followed by its sources' (`Display` of `multiproc::Error` leaves them
+/// out, and rank 0 receives only this text).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Pool;
+use super::remote::{RemoteLauncher, WorkerLauncher};
 use super::supervisor::{Config, Core};
 use super::task::{Payload, TaskFn};
-use super::remote::{RemoteLauncher, WorkerLauncher};
 use super::transport::{InitSpec, Launcher, PipeLauncher, WorkerSpec};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};

@@ -64,8 +64,8 @@ pub trait WorkerLauncher: Send + fmt::Debug {
 }
 
 /// The pool's end of one worker started by a [`WorkerLauncher`]: bytes each way, the worker's
-/// death, a kill. The pool's thread calls it and waits with `poll(2)` on [`poll_set`]
-/// (`WorkerLink::poll_set`), so no method may block.
+/// death, a kill. The pool's thread calls it and waits with `poll(2)` on
+/// [`poll_set`](WorkerLink::poll_set), so no method may block.
 pub trait WorkerLink: Send + fmt::Debug {
     /// The worker's process id (on its own machine; for logs and [`Pool::worker_pids`]).
     ///
@@ -120,6 +120,12 @@ impl WorkerStart {
         &self.name
     }
 
+    /// The start method the pool asked for (`None`: the default of the process that starts
+    /// the worker).
+    pub fn start_method(&self) -> Option<crate::StartMethod> {
+        self.method.as_deref().and_then(|m| m.parse().ok())
+    }
+
     /// This start as bytes, for [`from_bytes`](WorkerStart::from_bytes) on another machine.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Strings, numbers and bytes always encode.
@@ -131,9 +137,8 @@ impl WorkerStart {
     /// # Errors
     /// [`ErrorKind::Decode`] for bytes that are not one.
     pub fn from_bytes(bytes: &[u8]) -> Result<WorkerStart> {
-        postcard::from_bytes(bytes).map_err(|e| {
-            Error::with_message(ErrorKind::Decode, format!("not a worker start: {e}"))
-        })
+        postcard::from_bytes(bytes)
+            .map_err(|e| Error::with_message(ErrorKind::Decode, format!("not a worker start: {e}")))
     }
 
     fn from_spec(spec: &WorkerSpec) -> WorkerStart {
@@ -152,7 +157,7 @@ impl WorkerStart {
         WorkerSpec {
             name: self.name.clone(),
             // A name this build does not know (impossible with the same build) is the default.
-            method: self.method.as_deref().and_then(|m| m.parse().ok()),
+            method: self.start_method(),
             initializer: self.initializer.as_ref().map(|(entry, payload)| {
                 Arc::new(InitSpec {
                     entry: *entry,

@@ -35,14 +35,18 @@ fn whoami(_: ()) -> (u32, Option<String>) {
 /// Ends the worker as `how` says, or returns `x`.
 fn crash(how: (u8, u64)) -> u64 {
     match how.0 {
-        // The signal a segfault raises (a real invalid access would need `unsafe`).
+        // The signal a segfault raises (a real invalid access would need `unsafe`). Rust's
+        // runtime catches the first SIGSEGV (to tell stack overflows apart) and restores the
+        // default action, so it is sent until it ends the worker.
         1 => {
-            let _ = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::SEGV,
-            );
-            std::thread::sleep(Duration::from_secs(5));
-            unreachable!("SIGSEGV is fatal")
+            for _ in 0..100 {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::SEGV,
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            unreachable!("SIGSEGV did not end the worker")
         }
         2 => std::process::abort(),
         3 => std::process::exit(3),
@@ -87,7 +91,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Where tasks run: processes that are not rank 0, on every serving rank.
     let me = std::process::id();
     let mut ranks = BTreeSet::new();
-    for r in (0..40).map(|_| pool.apply_async(whoami, ())).collect::<Vec<_>>() {
+    for r in (0..40)
+        .map(|_| pool.apply_async(whoami, ()))
+        .collect::<Vec<_>>()
+    {
         let (pid, rank) = r.get()?;
         check(pid != me, "a task ran in rank 0's process")?;
         let rank: usize = rank.ok_or("worker without OMPI_COMM_WORLD_RANK")?.parse()?;
@@ -103,7 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "map_chunked",
     )?;
     check(
-        pool.starmap(add, (0..100).map(|i| (i, 2 * i)))? == (0..100).map(|i| 3 * i).collect::<Vec<_>>(),
+        pool.starmap(add, (0..100).map(|i| (i, 2 * i)))?
+            == (0..100).map(|i| 3 * i).collect::<Vec<_>>(),
         "starmap",
     )?;
     let got: Vec<u64> = pool.imap(square, 0..300).collect::<Result<_, _>>()?;
@@ -116,7 +124,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Large arguments and values, several in flight (above every eager limit).
     let big: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 4 << 20]).collect();
     let lens = pool.map_chunked(|v: Vec<u8>| v.len() as u64 + u64::from(v[0]), big, 1)?;
-    check(lens == (0..6).map(|i| (4 << 20) + i).collect::<Vec<u64>>(), "4 MiB payloads")?;
+    check(
+        lens == (0..6).map(|i| (4 << 20) + i).collect::<Vec<u64>>(),
+        "4 MiB payloads",
+    )?;
 
     // apply and apply_async.
     let results: Vec<_> = (0..200).map(|i| pool.apply_async(square, i)).collect();
@@ -144,7 +155,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let results: Vec<_> = (0..tasks)
         .map(|i| {
-            let kind = if i % 10 == 5 { (i / 10 % 3) as u8 + 1 } else { 0 };
+            let kind = if i % 10 == 5 {
+                (i / 10 % 3) as u8 + 1
+            } else {
+                0
+            };
             (kind, pool.apply_async(crash, (kind, i)))
         })
         .collect();
@@ -154,13 +169,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (0, Ok(v)) => check(v == i as u64, "a surviving task's value")?,
             (k, Err(TaskError::WorkerDied { how })) if k != 0 => {
                 let want = kinds[usize::from(k) - 1].1;
-                check(how == want, &format!("task {i} died of {how}, expected {want}"))?;
+                check(
+                    how == want,
+                    &format!("task {i} died of {how}, expected {want}"),
+                )?;
                 died += 1;
             }
             (k, other) => return Err(format!("task {i} (crash kind {k}): {other:?}").into()),
         }
     }
-    check(pool.map(square, 0..1000)? == expect, "map after the crashes")?;
+    check(
+        pool.map(square, 0..1000)? == expect,
+        "map after the crashes",
+    )?;
 
     // The executor face.
     let ex = cluster.executor_builder().max_workers(workers).build()?;
