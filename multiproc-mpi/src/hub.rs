@@ -21,6 +21,9 @@ use rustix::pipe::PipeFlags;
 use crate::net::{self, Inbound, Net};
 use crate::proto::{Msg, encode_relay};
 
+/// A round trip between rank 0 and a worker when both ends had gone idle (`net::backoff`).
+const ROUND_TRIP: Duration = Duration::from_millis(2);
+
 /// How long a launch waits for its rank's answer.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -245,6 +248,11 @@ pub struct MpiLauncher {
 }
 
 impl WorkerLauncher for MpiLauncher {
+    fn round_trip(&self) -> Duration {
+        // An idle rank polls MPI at most a millisecond apart (`net::backoff`), at each end.
+        ROUND_TRIP
+    }
+
     fn launch(&self, start: &WorkerStart) -> multiproc::Result<Box<dyn WorkerLink>> {
         let hub = &self.hub;
         if hub.servers < 1 {

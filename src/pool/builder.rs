@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Pool;
 use super::remote::{RemoteLauncher, WorkerLauncher};
-use super::supervisor::{Config, Core};
+use super::supervisor::{Config, Core, QUEUE_AHEAD};
 use super::task::{Payload, TaskFn};
 use super::transport::{InitSpec, Launcher, PipeLauncher, WorkerSpec};
 use crate::context::StartMethod;
@@ -197,6 +197,7 @@ impl PoolBuilder {
                     max_tasks: self.max_tasks,
                 },
                 task_timeout: self.task_timeout,
+                queue_ahead: QUEUE_AHEAD,
             },
             self.progress,
         ))
@@ -210,11 +211,12 @@ impl PoolBuilder {
     /// [`ErrorKind::Io`] when the workers cannot be started (none is left running).
     pub fn build(mut self) -> Result<Pool> {
         let remote = self.launcher.take();
-        let (config, progress) = self.config()?;
+        let (mut config, progress) = self.config()?;
         let processes = config.processes;
         let launcher: Box<dyn Launcher> = match remote {
             Some(launcher) => {
                 RemoteLauncher::check(&config.spec)?;
+                config.queue_ahead += launcher.round_trip();
                 Box::new(RemoteLauncher(launcher))
             }
             None => Box::new(PipeLauncher),

@@ -61,6 +61,13 @@ pub trait WorkerLauncher: Send + fmt::Debug {
     /// # Errors
     /// Why the worker could not be started; the pool retries, as after a failed local start.
     fn launch(&self, start: &WorkerStart) -> Result<Box<dyn WorkerLink>>;
+
+    /// About how long a task's frame and its reply take to travel, on top of the task's own
+    /// time (zero by default). The pool gives each worker that much more work ahead, so that a
+    /// far worker is not sent tiny tasks one round trip at a time.
+    fn round_trip(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// The pool's end of one worker started by a [`WorkerLauncher`]: bytes each way, the worker's

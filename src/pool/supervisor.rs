@@ -69,6 +69,10 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) spec: WorkerSpec,
     pub(crate) task_timeout: Option<Duration>,
+    /// How much work a worker is given ahead ([`QUEUE_AHEAD`], plus a remote link's round
+    /// trip: a task that looks slow only because its reply travels far is no reason to send
+    /// tasks one at a time).
+    pub(crate) queue_ahead: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +146,7 @@ impl Core {
         });
         let (started_tx, started_rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
+        let initial_avg = 2 * config.queue_ahead;
         // Workers are forked by this long-lived thread: a daemonic child is killed when the
         // thread that forked it ends, so they must not be forked by a caller's thread.
         let thread = std::thread::Builder::new()
@@ -159,7 +164,7 @@ impl Core {
                     state: RunState::Running,
                     broken: None,
                     // Pessimistic until measured: tasks are queued ahead only once they prove short.
-                    avg_task: 2 * QUEUE_AHEAD,
+                    avg_task: initial_avg,
                     init_deaths: 0,
                     idle_deaths: 0,
                     retry_launch_at: None,
@@ -391,7 +396,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// How much queued work (in task time) a worker is given beyond the task it runs.
-const QUEUE_AHEAD: Duration = Duration::from_millis(1);
+pub(crate) const QUEUE_AHEAD: Duration = Duration::from_millis(1);
 
 impl Supervisor {
     fn launch_one(&mut self) -> Result<()> {
@@ -566,7 +571,7 @@ impl Supervisor {
     /// How many tasks a worker may hold, from the average task duration.
     fn depth(&self) -> usize {
         let avg = self.avg_task.as_nanos().max(1);
-        let ahead = (QUEUE_AHEAD.as_nanos() / avg) as usize;
+        let ahead = (self.config.queue_ahead.as_nanos() / avg) as usize;
         if ahead == 0 {
             // Slow tasks: one at a time, so that no task waits behind a slow one while another
             // worker is idle.
@@ -584,6 +589,7 @@ impl Supervisor {
             return;
         }
         let depth = self.depth();
+        let queue_ahead = self.config.queue_ahead;
         let now = Instant::now();
         // Fill the emptiest workers first, a task at a time, so that a short burst spreads.
         // Nothing is queued behind a task that has already run long: it may run much longer.
@@ -593,7 +599,7 @@ impl Supervisor {
                 .iter_mut()
                 .filter(|w| {
                     let slow_head = !w.inflight.is_empty()
-                        && now.saturating_duration_since(w.head_started) > QUEUE_AHEAD;
+                        && now.saturating_duration_since(w.head_started) > queue_ahead;
                     !w.leaving
                         && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
@@ -638,7 +644,7 @@ impl Supervisor {
             if w.revoking
                 || w.leaving
                 || w.inflight.len() < 2
-                || now.saturating_duration_since(w.head_started) < QUEUE_AHEAD
+                || now.saturating_duration_since(w.head_started) < self.config.queue_ahead
             {
                 continue;
             }
@@ -702,7 +708,7 @@ impl Supervisor {
             // Wake when a queue behind a running task becomes worth taking back.
             for w in &self.workers {
                 if !w.revoking && !w.leaving && w.inflight.len() >= 2 {
-                    let d = w.head_started + QUEUE_AHEAD + Duration::from_micros(100);
+                    let d = w.head_started + self.config.queue_ahead + Duration::from_micros(100);
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
             }
@@ -1265,6 +1271,7 @@ mod tests {
 
     fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
         let config = Config {
+            queue_ahead: QUEUE_AHEAD,
             processes: 1,
             spec: WorkerSpec {
                 name: "Mock".to_owned(),
