@@ -12,6 +12,11 @@ use std::time::Instant;
 use multiproc::Pool;
 use multiproc_mpi::Cluster;
 
+type Error = Box<dyn std::error::Error>;
+
+/// A case's name, unit and rates (best first).
+type Case = (&'static str, &'static str, Vec<f64>);
+
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -21,9 +26,7 @@ fn len(v: Vec<u8>) -> u64 {
 }
 
 /// Runs `f` (returning how many units it did) three times; units per second, best first.
-fn measure(
-    mut f: impl FnMut() -> Result<f64, Box<dyn std::error::Error>>,
-) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+fn measure(mut f: impl FnMut() -> Result<f64, Error>) -> Result<Vec<f64>, Error> {
     let mut rates = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -34,10 +37,7 @@ fn measure(
     Ok(rates)
 }
 
-fn cases(
-    pool: &Pool,
-    scale: u64,
-) -> Result<Vec<(&'static str, &'static str, Vec<f64>)>, Box<dyn std::error::Error>> {
+fn cases(pool: &Pool, scale: u64) -> Result<Vec<Case>, Error> {
     let n = 20_000 / scale;
     let apply = measure(|| {
         let rs: Vec<_> = (0..n).map(|i| pool.apply_async(square, i)).collect();
@@ -86,7 +86,7 @@ fn fmt(rate: f64) -> String {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Error> {
     let cluster = Cluster::init()?;
     let scale = if std::env::args().any(|a| a == "--quick") {
         10
