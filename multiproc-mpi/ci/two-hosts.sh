@@ -20,4 +20,4 @@ env="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yiel
 out=$("$rsh" 10.99.0.1 "$env mpirun --timeout 150 --mca plm_rsh_agent $rsh \
   --mca oob_tcp_if_include 10.99.0.0/24 --mca btl_tcp_if_include 10.99.0.0/24 \
   --host 10.99.0.1:1,10.99.0.2:2 -n 3 $bin $*" 2>&1) || { echo "$out"; exit 1; }
-echo "$out" | grep 'cluster-selftest: ok' | grep -F '["h1", "h2", "h2"]' || { echo "$out"; exit 1; }
+echo "$out" | grep "cluster-selftest: ok" | grep -F "hosts [\"h1\", \"h2\", \"h2\"]" || { echo "$out"; exit 1; }

@@ -3,7 +3,9 @@
 //!
 //! Start the program with `mpirun -n N`: every rank calls [`Cluster::init`] first thing in
 //! `main`; on rank 0 it returns the [`Cluster`] and the program goes on, on the other ranks it
-//! serves rank 0's pools and then ends the process (mpi4py.futures' static mode). A pool built
+//! serves rank 0's pools and then ends the process (mpi4py.futures' static mode);
+//! [`Cluster::spawn`] starts the servers from a plainly started program instead (dynamic
+//! mode). A pool built
 //! from [`Cluster::pool_builder`] is an ordinary [`Pool`]: the same methods, errors and
 //! guarantees, with its workers on the serving ranks.
 //!
@@ -45,6 +47,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use mpi::Threading;
+use mpi::topology::MergeOrder;
 use mpi::traits::*;
 use multiproc::Pool;
 use multiproc::pool::{ExecutorBuilder, PoolBuilder};
@@ -93,6 +96,29 @@ impl Cluster {
     /// build of the program (the message names the ranks and their hosts; the serving ranks
     /// are then told to stop).
     pub fn init() -> multiproc::Result<Cluster> {
+        Cluster::start(None)
+    }
+
+    /// Dynamic mode (mpi4py.futures' `MPIPoolExecutor` started plainly): in a program started
+    /// without `mpirun` (an MPI singleton), starts `servers` more copies of this executable
+    /// with `MPI_Comm_spawn` to serve it, and returns; in a program started by `mpirun -n N`
+    /// with N > 1, the same as [`init`](Cluster::init) (static mode, the `N - 1` other ranks
+    /// serve). The spawned copies run `main` and stay in this call (or in `init`), serving,
+    /// until this `Cluster` is dropped.
+    ///
+    /// Open MPI refuses more processes than cores unless
+    /// `OMPI_MCA_rmaps_base_oversubscribe=1` is set, and spawned processes talk over TCP even on
+    /// one machine. Spawning is not available under every launcher (`srun`, MPICH): see the
+    /// crate's README.
+    ///
+    /// # Errors
+    /// As [`init`](Cluster::init), and [`ErrorKind::Io`](multiproc::ErrorKind::Io) when the
+    /// spawn fails (with MPI's message).
+    pub fn spawn(servers: usize) -> multiproc::Result<Cluster> {
+        Cluster::start(Some(servers))
+    }
+
+    fn start(spawn: Option<usize>) -> multiproc::Result<Cluster> {
         let hash = build_hash()?;
         let (tx, rx) = mpsc::channel();
         // Every MPI call of this process is made by this one thread (Open MPI's `Funneled`):
@@ -101,7 +127,7 @@ impl Cluster {
         let theirs = Arc::clone(&hub_slot);
         let thread = std::thread::Builder::new()
             .name("multiproc-mpi".into())
-            .spawn(move || mpi_thread(hash, &tx, &theirs))?;
+            .spawn(move || mpi_thread(hash, spawn, &tx, &theirs))?;
         match rx.recv() {
             Ok(Started::Ready { size, hosts }) => {
                 let hub = hub_slot
@@ -203,6 +229,7 @@ fn hex(hash: &[u8]) -> String {
 /// then finalize (when `universe` drops).
 fn mpi_thread(
     hash: [u8; 32],
+    spawn: Option<usize>,
     tx: &mpsc::Sender<Started>,
     hub_slot: &std::sync::Mutex<Option<Arc<Hub>>>,
 ) {
@@ -220,7 +247,35 @@ fn mpi_thread(
         return;
     }
     let world = universe.world();
-    let net = Net { world };
+    // The job's communicator, with the program as rank 0 and its servers as the others.
+    let comm = if let Some(parent) = world.parent() {
+        // Spawned by a program in dynamic mode: it is rank 0 of the merged communicator.
+        parent.merge(MergeOrder::High)
+    } else if let Some(n) = spawn.filter(|_| world.size() == 1) {
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                let _ = tx.send(Started::Failed(format!("cannot find this program: {e}")));
+                return;
+            }
+        };
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        match world
+            .process_at_rank(0)
+            .spawn(&std::process::Command::new(exe), n)
+        {
+            Ok(children) => children.merge(MergeOrder::Low),
+            Err(e) => {
+                let _ = tx.send(Started::Failed(format!(
+                    "MPI_Comm_spawn of {n} serving processes failed: {e:?}"
+                )));
+                return;
+            }
+        }
+    } else {
+        world
+    };
+    let net = Net { world: comm };
     let rank = net.world.rank();
     let host = mpi::environment::processor_name().unwrap_or_else(|_| "?".into());
     if rank != 0 {

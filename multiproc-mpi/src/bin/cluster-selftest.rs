@@ -3,9 +3,9 @@
 //! that crash their worker (SIGSEGV, abort, `exit`) fail alone while every other task
 //! completes.
 //!
-//! `mpirun -n 3 cluster-selftest [fork|spawn|forkserver] [--tasks N]`: the workers' start
-//! method on the serving ranks (default: forkserver) and the number of tasks in the fault
-//! injection run (default 300). Prints `cluster-selftest: ok ...` and exits 0 when every check
+//! `mpirun -n 3 cluster-selftest [fork|spawn|forkserver] [--tasks N] [--spawn N]`: the workers'
+//! start method on the serving ranks (default: forkserver), the number of tasks in the fault
+//! injection run (default 300), and dynamic mode (started without `mpirun`, spawn N servers). Prints `cluster-selftest: ok ...` and exits 0 when every check
 //! passed; any failed check is an error naming it.
 
 use std::collections::BTreeSet;
@@ -23,12 +23,17 @@ fn add((a, b): (u64, u64)) -> u64 {
     a + b
 }
 
-/// Which rank's worker ran the task, and in which process: the worker inherits its rank's
-/// environment.
-fn whoami(_: ()) -> (u32, Option<String>) {
+/// Which process ran the task, and under which serving rank (a worker is its rank's child
+/// under every start method allowed there).
+fn whoami(_: ()) -> (u32, u32, String) {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     (
         std::process::id(),
-        std::env::var("OMPI_COMM_WORLD_RANK").ok(),
+        std::os::unix::process::parent_id(),
+        host,
     )
 }
 
@@ -69,16 +74,21 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = Cluster::init()?;
     let mut method = StartMethod::ForkServer;
     let mut tasks = 300u64;
+    let mut spawn = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tasks" => tasks = args.next().ok_or("--tasks needs a number")?.parse()?,
+            "--spawn" => spawn = Some(args.next().ok_or("--spawn needs a number")?.parse()?),
             m => method = m.parse()?,
         }
     }
+    let cluster = match spawn {
+        Some(n) => Cluster::spawn(n)?,
+        None => Cluster::init()?,
+    };
     let servers = cluster.servers();
     let workers = servers.max(2);
     let pool = cluster
@@ -88,19 +98,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     check(pool.processes() == workers, "pool size")?;
 
-    // Where tasks run: processes that are not rank 0, on every serving rank.
+    // Where tasks run: not in rank 0's process nor in its children, and under every serving rank.
     let me = std::process::id();
+    let here = whoami(()).2;
     let mut ranks = BTreeSet::new();
     for r in (0..40)
         .map(|_| pool.apply_async(whoami, ()))
         .collect::<Vec<_>>()
     {
-        let (pid, rank) = r.get()?;
-        check(pid != me, "a task ran in rank 0's process")?;
-        let rank: usize = rank.ok_or("worker without OMPI_COMM_WORLD_RANK")?.parse()?;
-        check(rank != 0, "a task ran on rank 0")?;
-        ranks.insert(rank);
+        let (pid, parent, host) = r.get()?;
+        check(
+            host != here || (pid != me && parent != me),
+            "a task ran on rank 0",
+        )?;
+        ranks.insert((host, parent));
     }
+    check(ranks.len() == servers, "tasks ran under every serving rank")?;
 
     // map, map_chunked, starmap, imap, imap_unordered.
     let expect: Vec<u64> = (0..1000).map(square).collect();
@@ -197,7 +210,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pool.join()?;
     check(pool.worker_pids().is_empty(), "no worker left after join")?;
     println!(
-        "cluster-selftest: ok ({method}, {servers} serving ranks {ranks:?} on {:?}, {tasks} tasks of which {died} killed their worker)",
+        "cluster-selftest: ok ({method}, {servers} serving ranks, hosts {:?}, {tasks} tasks of which {died} killed their worker)",
         cluster.hosts()
     );
     Ok(())
