@@ -581,7 +581,10 @@ impl Supervisor {
             // A queued task's clock starts only when the one before it replies: keep it short.
             return ahead.clamp(1, 8);
         }
-        ahead.clamp(1, 32) + 1
+        // A far worker (a remote link's round trip widens the window) may hold more: its
+        // replies come back in batches a round trip apart.
+        let windows = (self.config.queue_ahead.as_nanos() / QUEUE_AHEAD.as_nanos()).max(1);
+        ahead.clamp(1, 32 * windows as usize) + 1
     }
 
     fn dispatch(&mut self) {
