@@ -96,7 +96,14 @@ macro_rules! code_fns {
     )*};
 }
 
-code_fns!(Entry, PoolEntry, fn(), ModifyEntry, CtorEntry, DispatchEntry);
+code_fns!(
+    Entry,
+    PoolEntry,
+    fn(),
+    ModifyEntry,
+    CtorEntry,
+    DispatchEntry
+);
 
 fn anchor_address() -> usize {
     anchor as fn() -> u32 as usize
