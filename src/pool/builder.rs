@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Pool;
-use super::supervisor::{Config, Core};
+use super::remote::{RemoteLauncher, WorkerLauncher};
+use super::supervisor::{Config, Core, QUEUE_AHEAD};
 use super::task::{Payload, TaskFn};
-use super::transport::{InitSpec, PipeLauncher, WorkerSpec};
+use super::transport::{InitSpec, Launcher, PipeLauncher, WorkerSpec};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::target;
@@ -42,6 +43,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     progress: bool,
     name: Option<String>,
+    launcher: Option<Box<dyn WorkerLauncher>>,
 }
 
 impl PoolBuilder {
@@ -154,6 +156,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Starts the workers through `launcher` instead of as local child processes: on other
+    /// machines, for instance (`multiproc-mpi` runs them on the ranks of an MPI job). The pool
+    /// is otherwise the same. Its initializer's arguments cannot hold handles that own a file
+    /// descriptor then (`build` fails with [`ErrorKind::InvalidInput`]). See
+    /// [`remote`](crate::pool::remote) for an example.
+    pub fn launcher(mut self, launcher: impl WorkerLauncher + 'static) -> Self {
+        self.launcher = Some(Box::new(launcher));
+        self
+    }
+
     fn config(self) -> Result<(Config, bool)> {
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
@@ -185,6 +197,7 @@ impl PoolBuilder {
                     max_tasks: self.max_tasks,
                 },
                 task_timeout: self.task_timeout,
+                queue_ahead: QUEUE_AHEAD,
             },
             self.progress,
         ))
@@ -193,13 +206,22 @@ impl PoolBuilder {
     /// Starts the workers.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild` or a zero
-    /// time limit; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
+    /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild`, a zero
+    /// time limit, or handles among a [`launcher`](PoolBuilder::launcher)'s initializer arguments; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
     /// [`ErrorKind::Io`] when the workers cannot be started (none is left running).
-    pub fn build(self) -> Result<Pool> {
-        let (config, progress) = self.config()?;
+    pub fn build(mut self) -> Result<Pool> {
+        let remote = self.launcher.take();
+        let (mut config, progress) = self.config()?;
         let processes = config.processes;
-        let core = Core::start(config, Box::new(PipeLauncher))?;
+        let launcher: Box<dyn Launcher> = match remote {
+            Some(launcher) => {
+                RemoteLauncher::check(&config.spec)?;
+                config.queue_ahead += launcher.round_trip();
+                Box::new(RemoteLauncher(launcher))
+            }
+            None => Box::new(PipeLauncher),
+        };
+        let core = Core::start(config, launcher)?;
         Ok(Pool {
             core,
             processes,

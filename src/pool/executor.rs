@@ -109,6 +109,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Starts the workers through `launcher`, on other machines for instance; see
+    /// [`PoolBuilder::launcher`].
+    pub fn launcher(mut self, launcher: impl super::remote::WorkerLauncher + 'static) -> Self {
+        self.inner = self.inner.launcher(launcher);
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors

@@ -16,8 +16,10 @@
 //! Layout: `mod.rs` ([`Pool`] and its methods), `builder.rs` ([`PoolBuilder`]), `task.rs` (what a
 //! task is, [`TaskFn`] and [`Payload`], and how one is submitted), `map.rs` (`map`'s chunks and
 //! their sinks), `imap.rs` ([`Imap`]), `supervisor/` (the pool's thread: workers, dispatch,
-//! deaths, time limits; one file each), `transport.rs` (the link to one worker, behind a trait), `worker.rs` (the
-//! worker's loop), `codec.rs` (how chunks of values are laid out), `async_result.rs`,
+//! deaths, time limits; one file each), `transport.rs` (the link to one worker, behind a
+//! trait), `worker.rs` (the worker's loop), `remote.rs` (the transport as a public extension
+//! point, for workers on other machines), `codec.rs` (how chunks of values are laid out),
+//! `async_result.rs`,
 //! `executor.rs`, `error.rs`, `progress.rs`; `README.md` explains why nothing hangs.
 
 use std::sync::Arc;
@@ -37,6 +39,7 @@ mod executor;
 mod imap;
 mod map;
 mod progress;
+pub mod remote;
 mod supervisor;
 mod task;
 mod transport;

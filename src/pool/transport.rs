@@ -404,6 +404,13 @@ pub(crate) struct PipeLauncher;
 
 impl Launcher for PipeLauncher {
     fn launch(&self, spec: &WorkerSpec) -> Result<Box<dyn Link>> {
+        Ok(Box::new(launch_pipe(spec)?))
+    }
+}
+
+/// Starts a local worker process with a pipe each way.
+pub(crate) fn launch_pipe(spec: &WorkerSpec) -> Result<PipeLink> {
+    {
         // The pool's ends do not block; the worker's do.
         let (task_rx, task_tx) = sys::pipe_nonblocking(false, true)?;
         let (reply_rx, reply_tx) = sys::pipe_nonblocking(true, false)?;
@@ -427,7 +434,7 @@ impl Launcher for PipeLauncher {
         // start is done.
         let mut process = builder.target_with_args(super::worker::run, args);
         process.start()?;
-        Ok(Box::new(PipeLink {
+        Ok(PipeLink {
             process,
             task_tx,
             reply_rx,
@@ -436,12 +443,12 @@ impl Launcher for PipeLauncher {
             inbuf: Vec::new(),
             eof: false,
             grown: false,
-        }))
+        })
     }
 }
 
 #[derive(Debug)]
-struct PipeLink {
+pub(crate) struct PipeLink {
     process: Process,
     task_tx: OwnedFd,
     reply_rx: OwnedFd,
@@ -506,32 +513,33 @@ impl Link for PipeLink {
     }
 
     fn receive(&mut self, out: &mut Vec<FromWorker>) -> Result<bool> {
-        if !self.eof {
-            loop {
-                // Straight into the buffer's spare room: a zeroed scratch array would touch (and,
-                // just after a fork, copy) 16 pages to receive a few bytes.
-                let want = read_size(&self.inbuf);
-                match sys::read_append(self.reply_rx.as_fd(), &mut self.inbuf, want) {
-                    Ok(0) => {
-                        self.eof = true;
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        let read = self.read_into(&mut inbuf);
+        let mut used = 0;
+        let mut parsed = Ok(());
+        loop {
+            match split_frame(&inbuf[used..]) {
+                Ok(Some((body, n))) => match decode_from_worker(body) {
+                    Ok(message) => {
+                        out.push(message);
+                        used += n;
+                    }
+                    Err(e) => {
+                        parsed = Err(e);
                         break;
                     }
-                    Ok(n) => {
-                        if n < want {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e.into()),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    parsed = Err(e);
+                    break;
                 }
             }
         }
-        let mut used = 0;
-        while let Some((body, n)) = split_frame(&self.inbuf[used..])? {
-            out.push(decode_from_worker(body)?);
-            used += n;
-        }
-        self.inbuf.drain(..used);
+        inbuf.drain(..used);
+        self.inbuf = inbuf;
+        read?;
+        parsed?;
         Ok(self.eof)
     }
 
@@ -541,6 +549,62 @@ impl Link for PipeLink {
 
     fn kill(&self) {
         let _ = self.process.kill();
+    }
+}
+
+impl PipeLink {
+    /// Reads everything the worker wrote so far onto `buf`, noting the end of the stream.
+    fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        while !self.eof {
+            // Straight into the buffer's spare room: a zeroed scratch array would touch (and,
+            // just after a fork, copy) 16 pages to receive a few bytes.
+            let want = read_size(buf);
+            match sys::read_append(self.reply_rx.as_fd(), buf, want) {
+                Ok(0) => self.eof = true,
+                Ok(n) if n < want => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The byte-level face of a local worker, which a remote backend's far side relays
+/// (`remote::launch_local`).
+impl super::remote::WorkerLink for PipeLink {
+    fn pid(&self) -> u32 {
+        Link::pid(self)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Link::flush(self)
+    }
+
+    fn wants_write(&self) -> bool {
+        Link::wants_write(self)
+    }
+
+    fn poll_set(&self) -> [BorrowedFd<'_>; 3] {
+        Link::poll_set(self)
+    }
+
+    fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        self.read_into(buf)?;
+        Ok(self.eof)
+    }
+
+    fn exitcode(&mut self) -> io::Result<Option<i32>> {
+        Link::exitcode(self)
+    }
+
+    fn kill(&self) {
+        Link::kill(self);
     }
 }
 

@@ -6,7 +6,6 @@ use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use super::tasks::QUEUE_AHEAD;
 use super::workers::LAUNCH_GIVE_UP;
 use super::{RunState, Supervisor, finish};
 use crate::error::{Error, ErrorKind, Result};
@@ -134,7 +133,7 @@ impl Supervisor {
             // Wake when a queue behind a running task becomes worth taking back.
             for w in &self.workers {
                 if !w.revoking && !w.leaving && w.inflight.len() >= 2 {
-                    let d = w.head_started + QUEUE_AHEAD + Duration::from_micros(100);
+                    let d = w.head_started + self.config.queue_ahead + Duration::from_micros(100);
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
             }

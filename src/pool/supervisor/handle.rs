@@ -6,7 +6,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use super::tasks::QUEUE_AHEAD;
 use super::{Config, Inbox, Job, RunState, Shared, Supervisor};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::transport::Launcher;
@@ -45,6 +44,7 @@ impl Core {
         });
         let (started_tx, started_rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
+        let initial_avg = 2 * config.queue_ahead;
         // Workers are forked by this long-lived thread: a daemonic child is killed when the
         // thread that forked it ends, so they must not be forked by a caller's thread.
         let thread = std::thread::Builder::new()
@@ -62,7 +62,7 @@ impl Core {
                     state: RunState::Running,
                     broken: None,
                     // Pessimistic until measured: tasks are queued ahead only once they prove short.
-                    avg_task: 2 * QUEUE_AHEAD,
+                    avg_task: initial_avg,
                     init_deaths: 0,
                     idle_deaths: 0,
                     retry_launch_at: None,

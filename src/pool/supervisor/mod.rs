@@ -44,6 +44,7 @@ mod event_loop;
 mod handle;
 mod shutdown;
 mod tasks;
+pub(crate) use tasks::QUEUE_AHEAD;
 #[cfg(test)]
 mod tests;
 mod time_limits;
@@ -96,6 +97,10 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) spec: WorkerSpec,
     pub(crate) task_timeout: Option<Duration>,
+    /// How much work a worker is given ahead ([`QUEUE_AHEAD`], plus a remote link's round
+    /// trip: a task that looks slow only because its reply travels far is no reason to send
+    /// tasks one at a time).
+    pub(crate) queue_ahead: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

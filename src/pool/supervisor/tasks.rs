@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use super::Supervisor;
 
 /// How much queued work (in task time) a worker is given beyond the task it runs.
-pub(super) const QUEUE_AHEAD: Duration = Duration::from_millis(1);
+pub(crate) const QUEUE_AHEAD: Duration = Duration::from_millis(1);
 
 impl Supervisor {
     /// How many tasks a worker may hold, from the average task duration.
     pub(super) fn depth(&self) -> usize {
         let avg = self.avg_task.as_nanos().max(1);
-        let ahead = (QUEUE_AHEAD.as_nanos() / avg) as usize;
+        let ahead = (self.config.queue_ahead.as_nanos() / avg) as usize;
         if ahead == 0 {
             // Slow tasks: one at a time, so that no task waits behind a slow one while another
             // worker is idle.
@@ -23,7 +23,10 @@ impl Supervisor {
             // A queued task's clock starts only when the one before it replies: keep it short.
             return ahead.clamp(1, 8);
         }
-        ahead.clamp(1, 32) + 1
+        // A far worker (a remote link's round trip widens the window) may hold more: its
+        // replies come back in batches a round trip apart.
+        let windows = (self.config.queue_ahead.as_nanos() / QUEUE_AHEAD.as_nanos()).max(1);
+        ahead.clamp(1, 32 * windows as usize) + 1
     }
 
     pub(super) fn dispatch(&mut self) {
@@ -31,6 +34,7 @@ impl Supervisor {
             return;
         }
         let depth = self.depth();
+        let queue_ahead = self.config.queue_ahead;
         let now = Instant::now();
         // Fill the emptiest workers first, a task at a time, so that a short burst spreads.
         // Nothing is queued behind a task that has already run long: it may run much longer.
@@ -40,7 +44,7 @@ impl Supervisor {
                 .iter_mut()
                 .filter(|w| {
                     let slow_head = !w.inflight.is_empty()
-                        && now.saturating_duration_since(w.head_started) > QUEUE_AHEAD;
+                        && now.saturating_duration_since(w.head_started) > queue_ahead;
                     !w.leaving
                         && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
@@ -85,7 +89,7 @@ impl Supervisor {
             if w.revoking
                 || w.leaving
                 || w.inflight.len() < 2
-                || now.saturating_duration_since(w.head_started) < QUEUE_AHEAD
+                || now.saturating_duration_since(w.head_started) < self.config.queue_ahead
             {
                 continue;
             }

@@ -204,6 +204,7 @@ fn job(kind: u8, tag: u8, tx: &mpsc::Sender<Outcome>) -> Job {
 
 fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
     let config = Config {
+        queue_ahead: super::tasks::QUEUE_AHEAD,
         processes: 1,
         spec: WorkerSpec {
             name: "Mock".to_owned(),
