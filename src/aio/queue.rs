@@ -30,7 +30,9 @@ async fn get<T: Serialize + DeserializeOwned>(q: &Queue<T>) -> Result<T, GetErro
         return done;
     }
     let _interest = Interest::new(q);
-    let fd = q.wait_fd().expect("a queue always has its event descriptor");
+    let fd = q
+        .wait_fd()
+        .expect("a queue always has its event descriptor");
     let watch = Watch::read(fd).map_err(get_io)?;
     loop {
         if let Err(done) = get_would_block(q.get_nowait()) {
@@ -123,10 +125,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     /// let q: Queue<u32> = Queue::with_maxsize(1)?;
+    /// // A consumer's handle (a put into a full queue that no other handle could ever get
+    /// // from is `Disconnected`, as the blocking put).
+    /// let consumer = q.clone();
     /// rt.block_on(async {
     ///     q.put_async(1).await?;
     ///     // Full: the second put waits until the get below makes room.
-    ///     let (put, got) = tokio::join!(q.put_async(2), q.get_async());
+    ///     let (put, got) = tokio::join!(q.put_async(2), consumer.get_async());
     ///     put?;
     ///     assert_eq!(got?, 1);
     ///     assert_eq!(q.get_async().await?, 2);
@@ -153,9 +158,9 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// ```
     /// # #[cfg(feature = "tokio")] {
     /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    /// let q: multiproc::SimpleQueue<&str> = multiproc::SimpleQueue::new()?;
+    /// let q: multiproc::SimpleQueue<String> = multiproc::SimpleQueue::new()?;
     /// rt.block_on(async {
-    ///     q.put_async("x").await?;
+    ///     q.put_async("x".to_owned()).await?;
     ///     assert_eq!(q.get_async().await?, "x");
     ///     Ok::<(), Box<dyn std::error::Error>>(())
     /// })?;

@@ -366,11 +366,16 @@ impl Listener {
                     .iter()
                     .map(|h| (h.fd.as_fd(), h.interest())),
             );
-            let deadline = backlog.handshakes.iter().map(|h| h.deadline).chain(limit).min();
+            let deadline = backlog
+                .handshakes
+                .iter()
+                .map(|h| h.deadline)
+                .chain(limit)
+                .min();
             sys::poll_fds(&fds, deadline)?
         };
         let now = Instant::now();
-                let handshakes = std::mem::take(&mut backlog.handshakes);
+        let handshakes = std::mem::take(&mut backlog.handshakes);
         for (mut h, r) in handshakes.into_iter().zip(&ready[1..]) {
             let progress = if r.read || r.write {
                 h.advance()

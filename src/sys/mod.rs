@@ -43,17 +43,17 @@ pub(crate) use ofd::*;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 mod nowait;
 mod poll;
-#[cfg(feature = "tokio")]
-mod tokio_fd;
 mod signal;
 mod stack;
+#[cfg(feature = "tokio")]
+mod tokio_fd;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub(crate) use nowait::write_nowait;
-#[cfg(feature = "tokio")]
-pub(crate) use tokio_fd::tokio_async_fd;
 pub(crate) use poll::{Interest, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
 pub(crate) use stack::{stack_bounds, stack_pointer};
+#[cfg(feature = "tokio")]
+pub(crate) use tokio_fd::tokio_async_fd;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
