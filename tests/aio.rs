@@ -227,6 +227,25 @@ fn connect_and_send((path, i): (PathBuf, u32)) -> bool {
     conn.send(&i).is_ok()
 }
 
+fn set_later(ev: multiproc::Event) {
+    std::thread::sleep(Duration::from_millis(30));
+    ev.set();
+}
+
+fn release_later(sem: multiproc::Semaphore) {
+    std::thread::sleep(Duration::from_millis(30));
+    sem.release();
+}
+
+/// Takes `n` items, marking each done.
+fn work_through((q, n): (multiproc::JoinableQueue<u32>, u32)) {
+    for _ in 0..n {
+        q.get_timeout(WAIT).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        q.task_done().unwrap();
+    }
+}
+
 fn hold_queue(_q: Queue<u32>) {
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -255,6 +274,36 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 start_method_matrix! {
+    #[test]
+    fn event_semaphore_and_joinable_join_wait_for_a_child() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let ev = multiproc::Event::new().unwrap();
+            let mut p = Process::with_args(set_later, ev.clone());
+            p.start().unwrap();
+            bounded(rt, ev.wait_async()).await.unwrap();
+            assert!(ev.is_set());
+            bounded(rt, p.join_async()).await.unwrap();
+
+            let sem = multiproc::Semaphore::new(0).unwrap();
+            let mut p = Process::with_args(release_later, sem.clone());
+            p.start().unwrap();
+            bounded(rt, sem.acquire_async()).await.unwrap();
+            assert_eq!(sem.value(), 0);
+            bounded(rt, p.join_async()).await.unwrap();
+
+            let q: multiproc::JoinableQueue<u32> = multiproc::JoinableQueue::new().unwrap();
+            for i in 0..20 {
+                q.put_async(i).await.unwrap();
+            }
+            let mut p = Process::with_args(work_through, (q.clone(), 20));
+            p.start().unwrap();
+            bounded(rt, q.join_async()).await.unwrap();
+            assert_eq!(q.unfinished_tasks(), 0);
+            bounded(rt, p.join_async()).await.unwrap();
+        });
+    }
+
     #[test]
     fn join_async_returns_values_exit_codes_and_large_values() {
         let _r = common::Reaper::new();
@@ -642,5 +691,53 @@ fn a_receive_dropped_mid_message_leaves_the_part_for_the_next_receive() {
             bounded(rt, a.recv_async::<u8>()).await,
             Err(RecvError::Disconnected)
         ));
+    });
+}
+
+#[test]
+fn acquires_dropped_at_random_points_keep_no_unit() {
+    let mut rng = Rng::seeded("acquires_dropped_at_random_points_keep_no_unit");
+    for &rt in RUNTIMES {
+        let mut rng = Rng::from_seed(seed_of(&mut rng));
+        rt.run(async move {
+            let sem = multiproc::Semaphore::new(0).unwrap();
+            let mut acquired = 0u32;
+            let mut released = 0u32;
+            for _ in 0..30 {
+                let releaser = sem.clone();
+                let delay = Duration::from_micros(rng.below(4000));
+                let patience = Duration::from_micros(rng.below(4000));
+                let release = async move {
+                    rt.sleep(delay).await;
+                    releaser.release();
+                };
+                let (got, ()) =
+                    tokio::join!(race(sem.acquire_async(), rt.sleep(patience)), release);
+                released += 1;
+                if let Either::Left(r) = got {
+                    r.unwrap();
+                    acquired += 1;
+                }
+            }
+            // Helper threads of dropped acquires finish their round (at most 50 ms) and give
+            // back what they took; then every unit is either ours or in the semaphore.
+            rt.sleep(Duration::from_millis(200)).await;
+            eprintln!("{acquired} of {released} acquires finished before being dropped");
+            assert_eq!(acquired + sem.value(), released);
+        });
+    }
+}
+
+#[test]
+fn a_dropped_event_wait_changes_nothing() {
+    on_each_runtime(|rt| async move {
+        let ev = multiproc::Event::new().unwrap();
+        match race(ev.wait_async(), rt.sleep(Duration::from_millis(20))).await {
+            Either::Left(r) => panic!("an unset event's wait finished: {r:?}"),
+            Either::Right(()) => {}
+        }
+        assert!(!ev.is_set());
+        ev.set();
+        bounded(rt, ev.wait_async()).await.unwrap();
     });
 }

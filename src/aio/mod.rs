@@ -8,7 +8,9 @@
 //! zero-timeout `join`...) and the reactor's readiness on a duplicate of that descriptor, so
 //! no thread waits per future. Where no descriptor exists, and only there, a short-lived
 //! helper thread sleeps on the crate's futex for at most 50 ms at a time (a `put` into a full
-//! bounded queue); each method's docs say which.
+//! bounded queue, [`Event::wait_async`](crate::Event::wait_async), semaphore acquisition,
+//! [`JoinableQueue::join_async`](crate::JoinableQueue::join_async)); each method's docs say
+//! which.
 //!
 //! The runtime is found at the first poll: with the `tokio` feature, inside a tokio runtime,
 //! tokio's reactor and timer are used (the runtime needs IO and time enabled, as
@@ -57,6 +59,7 @@ mod connection;
 mod errors;
 mod process;
 mod queue;
+mod sync;
 
 pub use connection::wait_ready;
 
@@ -263,4 +266,73 @@ async fn on_helper_thread(work: impl FnOnce() + Send + 'static) -> io::Result<()
     })
     .await;
     Ok(())
+}
+
+/// A round of a wait that takes something, on a short-lived helper thread (for objects with
+/// no descriptor): `take` runs there and must return within a bounded time, `true` if it took
+/// what it waits for. If the future was dropped by then, `undo` gives it back on that thread,
+/// so a cancelled wait never keeps what it took; otherwise the future returns `true` and the
+/// caller owns it.
+async fn take_on_helper_thread(
+    take: impl FnOnce() -> bool + Send + 'static,
+    undo: impl FnOnce() + Send + 'static,
+) -> io::Result<bool> {
+    struct Handoff {
+        taken: Option<bool>,
+        abandoned: bool,
+        waker: Option<Waker>,
+        undo: Option<Box<dyn FnOnce() + Send>>,
+    }
+    /// Marks the handoff abandoned when the future is dropped before it returned, and gives
+    /// back what was taken if the thread already finished.
+    struct Abandon(Arc<Mutex<Handoff>>);
+    impl Drop for Abandon {
+        fn drop(&mut self) {
+            let mut h = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            h.abandoned = true;
+            if h.taken.take() == Some(true)
+                && let Some(undo) = h.undo.take()
+            {
+                undo();
+            }
+        }
+    }
+    let handoff = Arc::new(Mutex::new(Handoff {
+        taken: None,
+        abandoned: false,
+        waker: None,
+        undo: Some(Box::new(undo)),
+    }));
+    let theirs = Arc::clone(&handoff);
+    std::thread::Builder::new()
+        .name("multiproc-aio".into())
+        .spawn(move || {
+            let took = take();
+            let mut h = theirs.lock().unwrap_or_else(PoisonError::into_inner);
+            if h.abandoned {
+                if took && let Some(undo) = h.undo.take() {
+                    undo();
+                }
+                return;
+            }
+            h.taken = Some(took);
+            if let Some(w) = h.waker.take() {
+                w.wake();
+            }
+        })?;
+    let abandon = Abandon(Arc::clone(&handoff));
+    let took = poll_fn(|cx| {
+        let mut h = handoff.lock().unwrap_or_else(PoisonError::into_inner);
+        match h.taken.take() {
+            Some(took) => Poll::Ready(took),
+            None => {
+                h.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    // Returned: the caller owns what was taken.
+    std::mem::forget(abandon);
+    Ok(took)
 }
