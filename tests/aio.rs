@@ -246,6 +246,11 @@ fn work_through((q, n): (multiproc::JoinableQueue<u32>, u32)) {
     }
 }
 
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 fn hold_queue(_q: Queue<u32>) {
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -274,6 +279,42 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 start_method_matrix! {
+    #[test]
+    fn pool_results_and_executor_futures_complete_as_futures_and_a_stream() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let pool = multiproc::Pool::new(2).unwrap();
+            let mut r = pool.apply_async(nap_ms, 40);
+            // Dropped while the task runs: the value stays for the next get.
+            match race(r.get_async(), rt.sleep(Duration::from_millis(5))).await {
+                Either::Left(v) => panic!("a 40 ms task finished in 5 ms: {v:?}"),
+                Either::Right(()) => {}
+            }
+            assert_eq!(bounded(rt, r.get_async()).await.unwrap(), 40);
+            pool.close();
+            pool.join().unwrap();
+
+            let ex = multiproc::ProcessPoolExecutor::new(2).unwrap();
+            let futures = vec![ex.submit(nap_ms, 300), ex.submit(nap_ms, 1), ex.submit(nap_ms, 100)];
+            let mut stream = multiproc::aio::as_completed(futures);
+            let mut order = Vec::new();
+            while let Some((i, v)) = bounded(rt, poll_fn(|cx| {
+                futures_core::Stream::poll_next(Pin::new(&mut stream), cx)
+            }))
+            .await
+            {
+                order.push((i, v.unwrap()));
+            }
+            // Each outcome with its index; the 1 ms task (index 1) before the 300 ms one.
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![(0, 300), (1, 1), (2, 100)]);
+            let place = |i| order.iter().position(|&(j, _)| j == i).unwrap();
+            assert!(place(1) < place(0), "{order:?}");
+            ex.shutdown(true, false);
+        });
+    }
+
     #[test]
     fn event_semaphore_and_joinable_join_wait_for_a_child() {
         let _r = common::Reaper::new();

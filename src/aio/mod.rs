@@ -57,11 +57,13 @@ use std::time::Duration;
 
 mod connection;
 mod errors;
+mod pool;
 mod process;
 mod queue;
 mod sync;
 
 pub use connection::wait_ready;
+pub use pool::{AsCompleted, as_completed};
 
 /// How long a wait trusts its descriptor alone before it looks again (for a peer that went
 /// away, which no descriptor reports): as the blocking calls' `RECHECK`.
