@@ -782,3 +782,103 @@ fn a_dropped_event_wait_changes_nothing() {
         bounded(rt, ev.wait_async()).await.unwrap();
     });
 }
+
+/// Builds an async example (they need the features this test binary was built with) and
+/// returns its path.
+fn async_example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            name,
+            "--features",
+            FEATURES,
+        ])
+        .arg("--manifest-path")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir.join("examples").join(name)
+}
+
+const FEATURES: &str = if cfg!(all(feature = "tokio", feature = "async-io")) {
+    "tokio,async-io"
+} else if cfg!(feature = "tokio") {
+    "tokio"
+} else {
+    "async-io"
+};
+
+/// Kills the example if the test fails before it exited.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_tcp_server_example_serves_clients_concurrently_from_child_processes() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let child = std::process::Command::new(async_example("async_tcp_server"))
+        .args(["0", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(child);
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap().to_owned();
+    // Three clients connected at once: answered together, so served by three processes.
+    let mut clients: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            let msg = format!("hello from client {i} round {round}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(String::from_utf8(buf).unwrap(), msg.to_uppercase());
+        }
+    }
+    drop(clients);
+    let addresses: Vec<String> = lines.by_ref().take(3).map(|l| l.unwrap()).collect();
+    assert_eq!(addresses.len(), 3);
+    assert!(
+        common::eventually(WAIT, || server.0.try_wait().unwrap().is_some()),
+        "server did not exit"
+    );
+    assert!(server.0.wait().unwrap().success());
+}
+
+#[cfg(feature = "async-io")]
+#[test]
+fn async_io_pipeline_example_runs() {
+    let mut run = KillOnDrop(
+        std::process::Command::new(async_example("async_io_pipeline"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        common::eventually(WAIT, || run.0.try_wait().unwrap().is_some()),
+        "example did not exit"
+    );
+    assert!(run.0.wait().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(run.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains("sum of squares below 1000: 332833500"),
+        "{out}"
+    );
+}
