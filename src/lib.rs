@@ -125,6 +125,10 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// Async support: awaitable joins, queues, connections and listeners, under tokio (feature
+/// `tokio`) or any async-io executor such as smol (feature `async-io`).
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+pub mod aio;
 pub mod connection;
 mod context;
 mod error;

@@ -408,56 +408,100 @@ impl Listener {
             if let Some(result) = backlog.take() {
                 return result;
             }
-            let take_peers = backlog.has_room();
-            let ready = {
-                let mut fds = Vec::with_capacity(1 + backlog.handshakes.len());
-                fds.push((
-                    self.socket.as_fd(),
-                    Interest {
-                        read: take_peers,
-                        write: false,
-                    },
-                ));
-                fds.extend(
-                    backlog
-                        .handshakes
-                        .iter()
-                        .map(|h| (h.fd.as_fd(), h.interest())),
-                );
-                let deadline = backlog.handshakes.iter().map(|h| h.deadline).min();
-                sys::poll_fds(&fds, deadline)?
+            self.turn(&mut backlog, None)?;
+        }
+    }
+
+    /// For `crate::aio`: `accept` without blocking. Hands out a finished handshake, or takes
+    /// the peers waiting now and advances every handshake as far as it goes without waiting;
+    /// `None` when nothing finished (or another thread is inside `accept`).
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn accept_nowait(&self) -> Option<Result<Connection, ConnectError>> {
+        let mut backlog = match self.backlog.try_lock() {
+            Ok(b) => b,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if let Some(result) = backlog.take() {
+            return Some(result);
+        }
+        if let Err(e) = self.turn(&mut backlog, Some(Instant::now())) {
+            return Some(Err(e.into()));
+        }
+        backlog.take()
+    }
+
+    /// For `crate::aio`: the listening socket (readable when a peer connects), and whether
+    /// handshakes are under way (which only progress when `accept_nowait` is called).
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn accept_state(&self) -> (BorrowedFd<'_>, bool) {
+        let handshaking = match self.backlog.try_lock() {
+            Ok(b) => !b.handshakes.is_empty(),
+            Err(std::sync::TryLockError::Poisoned(p)) => !p.into_inner().handshakes.is_empty(),
+            // Another thread is inside `accept`: look again soon.
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        };
+        (self.socket.as_fd(), handshaking)
+    }
+
+    /// One turn of `accept`: waits until the socket or a handshake is ready, a handshake's
+    /// deadline passes, or `limit` passes (`None`: no limit), then takes waiting peers and
+    /// advances the handshakes that are ready.
+    fn turn(&self, backlog: &mut Backlog, limit: Option<Instant>) -> io::Result<()> {
+        let take_peers = backlog.has_room();
+        let ready = {
+            let mut fds = Vec::with_capacity(1 + backlog.handshakes.len());
+            fds.push((
+                self.socket.as_fd(),
+                Interest {
+                    read: take_peers,
+                    write: false,
+                },
+            ));
+            fds.extend(
+                backlog
+                    .handshakes
+                    .iter()
+                    .map(|h| (h.fd.as_fd(), h.interest())),
+            );
+            let deadline = backlog
+                .handshakes
+                .iter()
+                .map(|h| h.deadline)
+                .chain(limit)
+                .min();
+            sys::poll_fds(&fds, deadline)?
+        };
+        let now = Instant::now();
+        let handshakes = std::mem::take(&mut backlog.handshakes);
+        for (mut h, r) in handshakes.into_iter().zip(&ready[1..]) {
+            let progress = if r.read || r.write {
+                h.advance()
+            } else {
+                Ok(false)
             };
-            let now = Instant::now();
-            let backlog = &mut *backlog;
-            let handshakes = std::mem::take(&mut backlog.handshakes);
-            for (mut h, r) in handshakes.into_iter().zip(&ready[1..]) {
-                let progress = if r.read || r.write {
-                    h.advance()
-                } else {
-                    Ok(false)
-                };
-                match progress {
-                    Ok(true) => backlog.done.push_back(h.finish()),
-                    Ok(false) if now >= h.deadline => {
-                        backlog.done.push_back(Err(ConnectError::Timeout))
-                    }
-                    Ok(false) => backlog.handshakes.push(h),
-                    Err(e) => backlog.done.push_back(Err(e)),
+            match progress {
+                Ok(true) => backlog.done.push_back(h.finish()),
+                Ok(false) if now >= h.deadline => {
+                    backlog.done.push_back(Err(ConnectError::Timeout))
                 }
+                Ok(false) => backlog.handshakes.push(h),
+                Err(e) => backlog.done.push_back(Err(e)),
             }
-            if ready[0].read {
-                while backlog.has_room() {
-                    match self.socket.try_accept() {
-                        Ok(Some(fd)) => self.start(fd, backlog),
-                        Ok(None) => break,
-                        Err(e) => {
-                            backlog.done.push_back(Err(e.into()));
-                            break;
-                        }
+        }
+        if ready[0].read {
+            while backlog.has_room() {
+                match self.socket.try_accept() {
+                    Ok(Some(fd)) => self.start(fd, backlog),
+                    Ok(None) => break,
+                    Err(e) => {
+                        backlog.done.push_back(Err(e.into()));
+                        break;
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Begins the handshake with a peer just accepted, going as far as it can without

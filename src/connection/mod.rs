@@ -447,6 +447,41 @@ impl Connection {
         Err(DecodeError::new(why, None).into())
     }
 
+    /// For `crate::aio`: the sending descriptor and `value` framed as `send` frames it, for
+    /// writing without blocking.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn frame_for_send<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(BorrowedFd<'_>, Vec<u8>), SendError> {
+        let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
+        let mut out = Vec::new();
+        wire::encode_into(value, &mut out)?;
+        if out.len() < MIN_FRAME {
+            out.resize(MIN_FRAME, 0);
+        }
+        self.grow_for(writer.as_fd(), out.len());
+        Ok((writer.as_fd(), out))
+    }
+
+    /// For `crate::aio`: as [`frame_for_send`](Connection::frame_for_send), for `send_bytes`.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn frame_for_send_bytes(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(BorrowedFd<'_>, Vec<u8>), SendError> {
+        let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
+        let header = wire::header_for(bytes.len())?;
+        let mut out = Vec::with_capacity((HEADER + bytes.len()).max(MIN_FRAME));
+        out.extend_from_slice(&header);
+        out.extend_from_slice(bytes);
+        if out.len() < MIN_FRAME {
+            out.resize(MIN_FRAME, 0);
+        }
+        self.grow_for(writer.as_fd(), out.len());
+        Ok((writer.as_fd(), out))
+    }
+
     /// Before a large message, asks once for a 1 MiB pipe buffer: fewer wake-ups per message.
     fn grow_for(&self, writer: BorrowedFd<'_>, len: usize) {
         if len >= LARGE_MESSAGE && !self.grown.swap(true, Ordering::Relaxed) {

@@ -373,6 +373,20 @@ impl<T> AsyncResult<T> {
         }
     }
 
+    /// For `crate::aio`: the outcome if the task is done (taken, in this call), else
+    /// `Pending` with `cx`'s waker registered for its completion.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn poll_outcome(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T, TaskError>> {
+        if self.slot.register(cx.waker()) {
+            std::task::Poll::Ready(self.slot.take().unwrap_or(Err(TaskError::AlreadyTaken)))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
     /// A result that failed before it was submitted.
     pub(crate) fn failed(error: TaskError) -> Self {
         let slot = Slot::new();

@@ -213,6 +213,14 @@ impl<T: DeserializeOwned> JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
+    /// The read end of the pipe the child's value comes through, while it is open: a value
+    /// larger than the pipe's buffer keeps the child alive until it is read, so an async join
+    /// (`crate::aio`) waits on this beside the pidfd.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn result_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.reader.as_ref().map(std::os::fd::AsFd::as_fd)
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.process

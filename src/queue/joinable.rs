@@ -53,6 +53,12 @@ pub struct JoinableQueue<T>(Queue<T>);
 pub struct TaskDoneError;
 
 impl<T> JoinableQueue<T> {
+    /// The queue inside, for `crate::aio`.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn inner(&self) -> &Queue<T> {
+        &self.0
+    }
+
     /// An unbounded joinable queue.
     ///
     /// # Errors

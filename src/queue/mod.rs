@@ -331,8 +331,38 @@ impl<T> Queue<T> {
     }
 
     /// Whether another handle (in this or another process) may still put.
-    fn others_may_put(&self) -> io::Result<bool> {
+    pub(crate) fn others_may_put(&self) -> io::Result<bool> {
         sys::ofd_others_hold(self.ofd.as_fd(), PRODUCER)
+    }
+}
+
+/// For `crate::aio`, which waits with the non-blocking calls above plus readiness: a full
+/// queue has no descriptor that signals room, so an async `put` sleeps for room on a helper
+/// thread, through this.
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl<T> Queue<T> {
+    /// Whether another handle (in this or another process) may still get.
+    pub(crate) fn others_may_get(&self) -> io::Result<bool> {
+        sys::ofd_others_hold(self.ofd.as_fd(), GETTER)
+    }
+
+    /// A sleep, for another thread, that ends once a get may have made room since this call
+    /// (counted as a sleeping producer, so the getter wakes it), or after `nap`.
+    pub(crate) fn room_sleeper(&self) -> impl FnOnce(Duration) + Send + 'static {
+        let shm = Arc::clone(&self.shm);
+        let gets = shm.gets();
+        move |nap| {
+            let words = shm.words();
+            let seen = words.not_full.load(Ordering::Acquire);
+            words.not_full_sleepers.fetch_add(1, Ordering::SeqCst);
+            // As in `put_frame`: either the getter sees us counted, or we see its get here.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if shm.gets() == gets && !shm.has_room_hint() {
+                shm.sleep(&words.not_full, seen, nap);
+            }
+            words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
+            words.not_full_pending.store(0, Ordering::Release);
+        }
     }
 }
 

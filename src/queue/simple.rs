@@ -23,6 +23,12 @@ use crate::error::{GetError, PutError};
 pub struct SimpleQueue<T>(Queue<T>);
 
 impl<T> SimpleQueue<T> {
+    /// The queue inside, for `crate::aio`.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn inner(&self) -> &Queue<T> {
+        &self.0
+    }
+
     /// A new, empty queue.
     ///
     /// # Errors

@@ -32,12 +32,20 @@ pub(crate) use linux::*;
 
 mod conn;
 mod fdpass;
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+mod nowait;
 mod poll;
 mod signal;
+#[cfg(feature = "tokio")]
+mod tokio_fd;
 pub(crate) use conn::*;
 pub(crate) use fdpass::*;
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+pub(crate) use nowait::write_nowait;
 pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
 pub(crate) use signal::restore_default_stop_signals;
+#[cfg(feature = "tokio")]
+pub(crate) use tokio_fd::tokio_async_fd;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

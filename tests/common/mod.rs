@@ -261,6 +261,12 @@ impl Rng {
         Rng(seed | 1)
     }
 
+    /// A generator replaying `seed` (for instance one drawn from a seeded one and handed to
+    /// a child process, which then makes the same draws).
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
