@@ -657,7 +657,10 @@ fn a_dropped_put_into_a_full_queue_puts_nothing() {
         }
         assert_eq!(q.qsize(), 1);
         assert_eq!(q.get_nowait().unwrap(), 1);
-        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+        assert!(matches!(
+            q.get_nowait(),
+            Err(multiproc::queue::TryGetError::Empty)
+        ));
     });
 }
 

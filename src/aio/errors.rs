@@ -4,13 +4,17 @@
 use std::io;
 
 use crate::connection::{ConnectError, RecvError};
-use crate::queue::{GetError, PutError};
+use crate::queue::{GetError, PutError, TryGetError, TryPutError};
 
-/// `Ok(())` when a `get_nowait` found the queue empty (wait and try again), else its result.
-pub(super) fn get_would_block<T>(r: Result<T, GetError>) -> Result<(), Result<T, GetError>> {
+/// `Ok(())` when a `get_nowait` found the queue empty (wait and try again), else its result
+/// as the blocking `get` would give it.
+pub(super) fn get_would_block<T>(r: Result<T, TryGetError>) -> Result<(), Result<T, GetError>> {
     match r {
-        Err(GetError::Empty) => Ok(()),
-        r => Err(r),
+        Err(TryGetError::Empty) => Ok(()),
+        Ok(item) => Err(Ok(item)),
+        Err(TryGetError::ShutDown) => Err(Err(GetError::ShutDown)),
+        Err(TryGetError::Decode(e)) => Err(Err(GetError::Decode(e))),
+        Err(TryGetError::Io(e)) => Err(Err(GetError::Io(e))),
     }
 }
 
@@ -23,11 +27,17 @@ pub(super) fn get_disconnected() -> GetError {
 }
 
 /// `Ok(item)` when a `put_nowait` found the queue full (wait and try again with the item),
-/// else its result.
-pub(super) fn put_would_block<T>(r: Result<(), PutError<T>>) -> Result<T, Result<(), PutError<T>>> {
+/// else its result as the blocking `put` would give it.
+pub(super) fn put_would_block<T>(
+    r: Result<(), TryPutError<T>>,
+) -> Result<T, Result<(), PutError<T>>> {
     match r {
-        Err(PutError::Full(item)) => Ok(item),
-        r => Err(r),
+        Err(TryPutError::Full(item)) => Ok(item),
+        Ok(()) => Err(Ok(())),
+        Err(TryPutError::ShutDown(item)) => Err(Err(PutError::ShutDown(item))),
+        Err(TryPutError::Closed(item)) => Err(Err(PutError::Closed(item))),
+        Err(TryPutError::Encode(item, e)) => Err(Err(PutError::Encode(item, e))),
+        Err(TryPutError::Io(item, e)) => Err(Err(PutError::Io(item, e))),
     }
 }
 
