@@ -201,7 +201,7 @@ pub use process::{
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use resource_tracker::resource_tracker_pid;
-pub use shared::{Array, Value};
+pub use shared::{Array, RawArray, RawValue, Value};
 pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Hands control to multiproc if this program was started as a child process or forkserver;
