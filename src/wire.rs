@@ -112,17 +112,72 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 
 /// Serializes `value` into one frame.
 pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    let mut out = vec![0u8; HEADER];
-    out = postcard::to_extend(value, out).map_err(|e| Error::with_source(ErrorKind::Encode, e))?;
+    let out = vec![0u8; HEADER];
+    let mut out =
+        match postcard::serialize_with_flavor(value, Bounded::new(out, HEADER + MAX_FRAME)) {
+            Ok(out) => out,
+            Err(postcard::Error::SerializeBufferFull) => {
+                return Err(Error::with_message(ErrorKind::Encode, over_the_limit()));
+            }
+            Err(e) => return Err(Error::with_source(ErrorKind::Encode, e)),
+        };
     let len = out.len() - HEADER;
-    if len > MAX_FRAME {
-        return Err(Error::with_message(
-            ErrorKind::Encode,
-            format!("message of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
-        ));
-    }
     out[..HEADER].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
+}
+
+/// Serializes `value` as a payload (no header) that fits in one frame, refusing a larger one
+/// as soon as it crosses the limit.
+pub(crate) fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    match postcard::serialize_with_flavor(value, Bounded::new(Vec::new(), MAX_FRAME)) {
+        Ok(out) => Ok(out),
+        Err(postcard::Error::SerializeBufferFull) => {
+            Err(Error::with_message(ErrorKind::Encode, over_the_limit()))
+        }
+        Err(e) => Err(Error::with_source(ErrorKind::Encode, e)),
+    }
+}
+
+/// A `Vec` that refuses to grow past one frame, so that a value too large to send fails as
+/// soon as it crosses the limit, before its bytes are copied (a 1 GiB result used to be
+/// copied whole, with the `Vec`'s regrowths, only to be refused).
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl Bounded {
+    fn new(out: Vec<u8>, limit: usize) -> Self {
+        Bounded { out, limit }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Bounded {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() > self.limit - self.out.len() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.out.len() >= self.limit {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.push(byte);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.out)
+    }
+}
+
+fn over_the_limit() -> String {
+    format!("message exceeds the {MAX_FRAME}-byte limit")
 }
 
 /// If `buf` starts with a whole frame, decodes it and returns the value and the bytes used.
@@ -161,8 +216,12 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     let buf = std::mem::take(out);
-    *out = match postcard::to_extend(value, buf) {
+    let limit = start + HEADER + MAX_FRAME;
+    *out = match postcard::serialize_with_flavor(value, Bounded::new(buf, limit)) {
         Ok(buf) => buf,
+        Err(postcard::Error::SerializeBufferFull) => {
+            return Err(EncodeError::new(over_the_limit(), None));
+        }
         Err(e) => {
             return Err(EncodeError::new(
                 share::take_failure().unwrap_or_else(|| "could not serialize the message".into()),

@@ -77,7 +77,7 @@ pub(crate) trait Task: Send {
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| Error::with_source(ErrorKind::Encode, e))
+    crate::wire::encode_payload(value)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
