@@ -19,7 +19,10 @@
 //! through a pidfd; when one exits, however it exits, it unlinks each of its names that still
 //! refers to the file that pid made (a stat just before the unlink), so a name re-created by
 //! someone else since is left alone. A creator that died between register and confirm has its
-//! name unlinked if the file exists and no other registration could own it. When every holder
+//! name unlinked if the file exists and no other registration could own it: the tracker stats
+//! the name and then reads every request already in its pipe before it decides, since a live
+//! creator of that file registered before creating it, but its request may still be unread
+//! when the death is noticed (deciding without it unlinked a live holder's segment). When every holder
 //! of the pipe's write end is gone, the tracker unlinks what is left in the same way and
 //! exits.
 //!

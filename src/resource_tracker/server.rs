@@ -60,6 +60,11 @@ struct Tracker<'a> {
     watches: &'a mut [Watch],
     poll: &'a mut PollSet,
     count: &'a AtomicU32,
+    /// Every client is gone: a read found end of file.
+    eof: bool,
+    /// How many requests have been handled (so that `settle` knows whether a pass changed
+    /// the tables).
+    handled: u64,
 }
 
 /// The identity of the file now called `slot.name`, if there is one.
@@ -93,51 +98,88 @@ impl Tracker<'_> {
         self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Reads and handles every request already in the pipe, without blocking. A name a
+    /// process created since our last read was registered before it was created, so after a
+    /// stat followed by this drain, every creator of the file the stat saw is in the tables
+    /// (or has withdrawn, unlinked or been reclaimed since).
+    fn drain(&mut self, read: BorrowedFd<'_>) {
+        let mut rec = [0u8; RECORD];
+        while !self.eof {
+            match sys::read(read, &mut rec) {
+                Ok(n) if n == RECORD => self.handle(&rec),
+                // Every client is gone.
+                Ok(0) => self.eof = true,
+                // Empty (`WouldBlock`), or a short record, which atomic writes never make.
+                Ok(_) | Err(_) => return,
+            }
+        }
+    }
+
     /// The creator of slot `i` is gone: unlinks its name if the name still refers to the file
     /// it made, and frees the slot. An unconfirmed slot (the creator died between registering
-    /// and confirming) is unlinked if the name exists and no live registration could own the
-    /// file; while a live creator's unconfirmed registration of the same name is pending, that
-    /// cannot be told, so the slot is kept as an orphan and decided once it is no longer
-    /// pending ([`settle`](Self::settle)).
-    fn reclaim(&mut self, i: usize) {
+    /// and confirming) is unlinked if the name exists and no registration could own the file:
+    /// the name is stat'ed, then the pipe is drained, so that a live creator that registered
+    /// the name before creating it is seen even if its requests were still unread when the
+    /// death was noticed. While a live creator's unconfirmed registration of the same name is
+    /// pending, that cannot be told, so the slot is kept as an orphan and decided once it is
+    /// no longer pending ([`settle`](Self::settle)).
+    fn reclaim(&mut self, i: usize, read: BorrowedFd<'_>) {
+        if !self.slots[i].orphan {
+            self.release_watch(self.slots[i].pid);
+            self.slots[i].orphan = true;
+        }
         let s = self.slots[i];
-        let now = stat_slot(&s);
-        let pending = |slots: &[Slot]| {
-            slots.iter().enumerate().any(|(j, o)| {
-                j != i
-                    && o.used
-                    && !o.orphan
-                    && o.id.is_none()
-                    && o.name[..o.len] == s.name[..s.len]
-            })
+        let Some(now) = stat_slot(&s) else {
+            self.free(i);
+            return;
         };
-        if s.id.is_none() && now.is_some() && pending(self.slots) {
-            if !s.orphan {
-                self.release_watch(s.pid);
-                self.slots[i].orphan = true;
-            }
+        if s.id.is_none() {
+            self.drain(read);
+        }
+        let pending = self.slots.iter().enumerate().any(|(j, o)| {
+            j != i && o.used && !o.orphan && o.id.is_none() && o.name[..o.len] == s.name[..s.len]
+        });
+        if s.id.is_none() && pending {
             return;
         }
-        let mine = match (s.id, now) {
-            (_, None) => false,
-            (Some(id), Some(now)) => id == now,
-            (None, Some(now)) => !self
+        let mine = match s.id {
+            Some(id) => id == now,
+            None => !self
                 .slots
                 .iter()
                 .enumerate()
                 .any(|(j, o)| j != i && o.used && o.id == Some(now)),
         };
-        if mine {
+        // The name may have changed hands during the drain: unlink only the file seen.
+        if mine && stat_slot(&s) == Some(now) {
             unlink_slot(&s);
         }
         self.free(i);
     }
 
-    /// Decides the orphans whose name is no longer pending.
-    fn settle(&mut self) {
+    /// Decides the orphans whose name is no longer pending. The drains inside may make new
+    /// orphans (a registration from a process already gone), so passes repeat until one
+    /// handles no request.
+    fn settle(&mut self, read: BorrowedFd<'_>) {
+        loop {
+            let before = self.handled;
+            for i in 0..self.slots.len() {
+                if self.slots[i].used && self.slots[i].orphan {
+                    self.reclaim(i, read);
+                }
+            }
+            if self.handled == before {
+                return;
+            }
+        }
+    }
+
+    /// The watched process `pid` is gone: its slots become orphans, decided by `settle`.
+    fn bury(&mut self, pid: u32) {
         for i in 0..self.slots.len() {
-            if self.slots[i].used && self.slots[i].orphan {
-                self.reclaim(i);
+            if self.slots[i].used && !self.slots[i].orphan && self.slots[i].pid == pid {
+                self.release_watch(pid);
+                self.slots[i].orphan = true;
             }
         }
     }
@@ -162,9 +204,8 @@ impl Tracker<'_> {
         let pidfd = match sys::pidfd_open_if_alive(pid as RawPid) {
             Ok(Some(fd)) => Some(fd),
             Ok(None) => {
-                // The creator is already gone.
+                // The creator is already gone: `settle` decides the slot.
                 self.slots[i].orphan = true;
-                self.reclaim(i);
                 return;
             }
             // Out of descriptors, the slot stays unwatched (never ready): its name is still
@@ -180,7 +221,21 @@ impl Tracker<'_> {
         }
     }
 
+    /// The unconfirmed slot of `pid` for `name`: a live one first, else an orphan.
+    fn own_pending(&self, pid: u32, name: &[u8]) -> Option<usize> {
+        let matches = |s: &Slot, orphan: bool| {
+            s.used
+                && s.orphan == orphan
+                && s.pid == pid
+                && s.id.is_none()
+                && &s.name[..s.len] == name
+        };
+        (self.slots.iter().position(|s| matches(s, false)))
+            .or_else(|| self.slots.iter().position(|s| matches(s, true)))
+    }
+
     fn handle(&mut self, rec: &[u8; RECORD]) {
+        self.handled = self.handled.wrapping_add(1);
         let len = (rec[1] as usize).min(MAX_NAME);
         let pid = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
         let word = |at: usize| {
@@ -192,25 +247,16 @@ impl Tracker<'_> {
         let name = &rec[24..24 + len];
         match rec[0] {
             b'R' => self.register(pid, name),
+            // A confirm or forget may come from a process already buried (its last requests
+            // were unread when its death was seen): its orphan slot is matched if no live slot
+            // is (a live one would be a later process given the same pid).
             b'C' => {
-                if let Some(s) = self.slots.iter_mut().find(|s| {
-                    s.used
-                        && !s.orphan
-                        && s.pid == pid
-                        && s.id.is_none()
-                        && &s.name[..s.len] == name
-                }) {
-                    s.id = Some(id);
+                if let Some(i) = self.own_pending(pid, name) {
+                    self.slots[i].id = Some(id);
                 }
             }
             b'F' => {
-                if let Some(i) = self.slots.iter().position(|s| {
-                    s.used
-                        && !s.orphan
-                        && s.pid == pid
-                        && s.id.is_none()
-                        && &s.name[..s.len] == name
-                }) {
+                if let Some(i) = self.own_pending(pid, name) {
                     self.free(i);
                 }
             }
@@ -225,8 +271,9 @@ impl Tracker<'_> {
         }
     }
 
+    /// Serves requests from `read`, the request pipe (non-blocking), until every client is
+    /// gone.
     fn run(&mut self, read: BorrowedFd<'_>) -> i32 {
-        let mut rec = [0u8; RECORD];
         loop {
             self.poll.set(0, Some(read));
             // Poll only up to the last watch in use.
@@ -243,37 +290,24 @@ impl Tracker<'_> {
                 continue; // EINTR
             }
             for w in 0..hi {
-                if !self.poll.ready(w + 1) || self.watches[w].refs == 0 {
-                    continue;
-                }
-                let pid = self.watches[w].pid;
-                for i in 0..self.slots.len() {
-                    let s = &self.slots[i];
-                    if s.used && !s.orphan && s.pid == pid {
-                        self.reclaim(i);
-                    }
+                if self.poll.ready(w + 1) && self.watches[w].refs > 0 {
+                    let pid = self.watches[w].pid;
+                    self.bury(pid);
                 }
             }
-            self.settle();
-            if !self.poll.ready(0) {
-                continue;
-            }
-            let got = sys::read(read, &mut rec);
-            if matches!(got, Ok(0) | Err(_)) {
+            self.drain(read);
+            self.settle(read);
+            if self.eof {
                 // Every client is gone: nothing can attach by name any more. All creators
                 // are dead now, so none is pending.
                 for i in 0..self.slots.len() {
                     if self.slots[i].used && !self.slots[i].orphan {
-                        self.release_watch(self.slots[i].pid);
-                        self.slots[i].orphan = true;
+                        let pid = self.slots[i].pid;
+                        self.bury(pid);
                     }
                 }
-                self.settle();
+                self.settle(read);
                 return 0;
-            }
-            if got.is_ok_and(|n| n == RECORD) {
-                self.handle(&rec);
-                self.settle();
             }
         }
     }
@@ -321,6 +355,8 @@ pub(crate) fn start_tracker() -> io::Result<TrackerHandle> {
                 watches: &mut tables.watches,
                 poll: &mut tables.poll,
                 count: counter,
+                eof: false,
+                handled: 0,
             };
             tracker_main(read.as_fd(), ready_w.as_fd(), &mut t)
         }) {
@@ -374,6 +410,10 @@ fn tracker_main(read: BorrowedFd<'_>, ready: BorrowedFd<'_>, t: &mut Tracker<'_>
     let Some(requests) = sys::detach_daemon(ready, read) else {
         return 1;
     };
+    // Non-blocking, so that the pipe can be drained without waiting.
+    if sys::set_nonblocking(requests.as_fd()).is_err() {
+        return 1;
+    }
     t.run(requests.as_fd())
 }
 

@@ -12,7 +12,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pool::error::{TaskError, WorkerExit};
 use crate::pool::worker::with_source;
 
-/// Workers in a row that may die during initialization before the pool gives up.
+/// Workers in a row that may die during initialization before the pool gives up (deaths by
+/// SIGKILL, which come from outside, do not count).
 pub(super) const MAX_INIT_DEATHS: u32 = 3;
 
 /// How long worker starts may keep failing, with no worker alive, before the queued tasks
@@ -159,12 +160,18 @@ impl Supervisor {
         }
         let how = WorkerExit::from_exitcode(code.unwrap_or(-9));
         tracing::info!(pid = w.link.pid(), %how, unanswered = w.inflight.len(), "pool worker ended");
-        let idle = w.ready && !w.leaving && !w.answered && w.inflight.is_empty();
+        // SIGKILL is never a worker's own failure to start (a panic exits, an abort or a
+        // crash is another signal): it comes from outside (a user, the OOM killer). A worker
+        // killed while starting says nothing about the setup, so it is not counted towards
+        // giving up, only towards slowing replacements down (as an idle death).
+        let killed_starting = !w.ready && how == WorkerExit::Signal(9);
+        let idle =
+            (w.ready && !w.answered || killed_starting) && !w.leaving && w.inflight.is_empty();
         if w.timed_out.is_some() {
             settle_timed_out(&mut w, how);
         } else if !w.ready {
             // It died in its initializer: nothing it held had started.
-            if !w.leaving && self.broken.is_none() {
+            if !w.leaving && !killed_starting && self.broken.is_none() {
                 self.init_deaths += 1;
                 if self.init_deaths >= MAX_INIT_DEATHS {
                     self.broken = Some(format!(
