@@ -46,7 +46,7 @@ fn selftest(method: &str) {
     let line = format!("cluster-selftest: ok ({method}, 2 serving ranks,");
     assert!(out.contains(&line), "{out}");
     assert!(
-        out.contains("300 tasks of which 30 killed their worker"),
+        out.contains("300 tasks of which 30 killed their worker, retries ok"),
         "{out}"
     );
 }
@@ -107,7 +107,7 @@ fn pool_on_two_spawned_servers() {
         "{out}"
     );
     assert!(
-        out.contains("300 tasks of which 30 killed their worker"),
+        out.contains("300 tasks of which 30 killed their worker, retries ok"),
         "{out}"
     );
 }
