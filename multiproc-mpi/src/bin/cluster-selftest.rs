@@ -6,7 +6,8 @@
 //!
 //! `mpirun -n 3 cluster-selftest [fork|spawn|forkserver] [--tasks N] [--spawn N]`: the workers'
 //! start method on the serving ranks (default: forkserver), the number of tasks in the fault
-//! injection run (default 300), and dynamic mode (started without `mpirun`, spawn N servers). Prints `cluster-selftest: ok ...` and exits 0 when every check
+//! injection run (default 300), `--busy-marker PATH` (keep the workers busy, write rank 0's pid
+//! to PATH, and wait to be killed: for the lost-rank tests), and dynamic mode (started without `mpirun`, spawn N servers). Prints `cluster-selftest: ok ...` and exits 0 when every check
 //! passed; any failed check is an error naming it.
 
 use std::collections::BTreeSet;
@@ -101,11 +102,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut method = StartMethod::ForkServer;
     let mut tasks = 300u64;
     let mut spawn = None;
+    let mut busy_marker: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tasks" => tasks = args.next().ok_or("--tasks needs a number")?.parse()?,
             "--spawn" => spawn = Some(args.next().ok_or("--spawn needs a number")?.parse()?),
+            "--busy-marker" => {
+                busy_marker = Some(args.next().ok_or("--busy-marker needs a path")?.into())
+            }
             m => method = m.parse()?,
         }
     }
@@ -121,6 +126,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start_method(method)
         .build()?;
     check(pool.processes() == workers, "pool size")?;
+    if let Some(marker) = busy_marker {
+        // For the lost-rank tests: keep every worker busy, say so (with this process's pid),
+        // and wait to be killed; finishing is a failure.
+        let naps: Vec<_> = (0..600).map(|_| pool.apply_async(nap, 200)).collect();
+        for r in naps.iter().take(workers) {
+            r.wait();
+        }
+        std::fs::write(&marker, std::process::id().to_string())?;
+        for r in naps {
+            r.get()?;
+        }
+        return Err("the busy run finished: no rank was lost".into());
+    }
 
     // Where tasks run: not in rank 0's process nor in its children, and under every serving rank.
     let me = std::process::id();
