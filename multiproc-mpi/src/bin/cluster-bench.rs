@@ -5,7 +5,9 @@
 //! - `cluster_map_small`: `map(x*x)` over 1,000,000 `u64`s, default chunks (items/s);
 //! - `cluster_bytes_1m`: 200 tasks each taking 1 MiB of arguments, 4 in flight (MB/s).
 //!
-//! Each case runs three times; the best run is printed, with the others.
+//! Each case runs three times; the best run is printed, with the others. With `--json`, one
+//! JSON line instead, with each case's median and runs on either pool: what the benchmark
+//! harness (`bench/`, cases `cluster_*`) reads.
 
 use std::time::Instant;
 
@@ -103,6 +105,30 @@ fn main() -> Result<(), Error> {
     let here = cases(&local, scale)?;
     local.close();
     local.join()?;
+    if std::env::args().any(|a| a == "--json") {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let fields: Vec<String> = over_mpi
+            .iter()
+            .zip(&here)
+            .map(|((name, _, a), (_, _, b))| {
+                format!(
+                    "\"{name}\": {{\"median\": {}, \"runs\": {a:?}, \"local_median\": {}}}",
+                    median(a),
+                    median(b)
+                )
+            })
+            .collect();
+        println!(
+            "{{\"workers\": {workers}, \"ranks\": {}, {}}}",
+            cluster.size(),
+            fields.join(", ")
+        );
+        return Ok(());
+    }
     println!(
         "{} ranks on {:?}; {workers} workers either way; best of 3 (all runs)",
         cluster.size(),
