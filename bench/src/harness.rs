@@ -150,6 +150,18 @@ impl Ctx {
         self.save();
         value
     }
+
+    /// The JSON line of another baseline command (an `mpirun` job, for instance), run once
+    /// per harness run under `key`, as the Python scripts are.
+    pub fn external(&mut self, key: &str, cmd: &mut Command) -> Value {
+        if let Some(v) = self.python.get(key) {
+            return v.clone();
+        }
+        let value = run_json(cmd).unwrap_or(Value::Null);
+        self.python.insert(key.to_owned(), value.clone());
+        self.save();
+        value
+    }
 }
 
 /// Runs a command and parses the last line of its stdout as JSON.

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::pool::remote::{WorkerLauncher, WorkerLink, WorkerStart};
 use rustix::event::{PollFd, PollFlags};
@@ -111,8 +111,17 @@ impl Hub {
     pub(crate) fn run(&self, net: &Net) {
         let mut inbound = Inbound::new();
         let mut idle = 0u32;
+        let mut last_beat = Instant::now();
         loop {
             let mut busy = false;
+            net.check_peers();
+            if last_beat.elapsed() >= net::HEARTBEAT {
+                last_beat = Instant::now();
+                let alive = Msg::Alive.encode();
+                for rank in 1..=self.servers {
+                    net.send(rank, &alive, None, &mut inbound);
+                }
+            }
             while let Some((rank, bytes)) = inbound.pop_front().or_else(|| net.try_recv(None)) {
                 busy = true;
                 self.handle(rank, bytes);
@@ -181,6 +190,7 @@ impl Hub {
                     let _ = tx.send(Err(why));
                 }
             }
+            Some(Msg::Alive) => {}
             other => tracing::warn!(
                 rank,
                 ?other,

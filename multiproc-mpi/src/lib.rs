@@ -14,8 +14,12 @@
 //! task that segfaults, aborts, calls `exit` or is killed by the OOM killer ends one worker
 //! process, not an MPI rank: it fails alone with [`TaskError::WorkerDied`] saying how, the
 //! rank starts a replacement, and the MPI job goes on (where mpi4py.futures loses the job).
-//! Losing a whole rank or host is different: Open MPI without ULFM aborts the job, and every
-//! process of it is killed by `mpirun`.
+//! Losing a whole rank or host is different: Open MPI without ULFM cannot go on without a
+//! rank, so the job ends, promptly and with a non-zero status, never a hang: under `mpirun`,
+//! `mpirun` kills every process of the job within about a second and names the rank and how
+//! it died; where nothing does (a spawned server in dynamic mode, a host that goes silent),
+//! every rank hears from its peers at least once a second and a rank silent for 10 s makes
+//! its peer print which one and call `MPI_Abort`. See the crate's README ("Losing a rank").
 //!
 //! Tasks name their code by its offset in the executable, so every rank must run the identical
 //! build: [`Cluster::init`] compares a hash of each rank's executable and refuses a mismatch.
@@ -275,7 +279,7 @@ fn mpi_thread(
     } else {
         world
     };
-    let net = Net { world: comm };
+    let net = Net::new(comm);
     let rank = net.world.rank();
     let host = mpi::environment::processor_name().unwrap_or_else(|_| "?".into());
     if rank != 0 {
@@ -289,6 +293,7 @@ fn mpi_thread(
             .send_with_tag(&hello.encode()[..], proto::TAG);
         match Msg::decode(net.recv_from(0)) {
             Some(Msg::Verdict(Ok(()))) => {
+                net.watch([(0, "rank 0 (the program)".to_owned())]);
                 serve::serve(&net);
             }
             Some(Msg::Verdict(Err(why))) => {
@@ -302,6 +307,7 @@ fn mpi_thread(
     let size = net.world.size();
     let mut hosts = vec![host];
     let mut mismatched = Vec::new();
+    let mut names = Vec::new();
     for r in 1..size {
         match Msg::decode(net.recv_from(r)) {
             Some(Msg::Hello {
@@ -315,6 +321,7 @@ fn mpi_thread(
                         hex(&theirs)
                     ));
                 }
+                names.push((r, format!("serving rank {r} (pid {pid} on {host})")));
                 hosts.push(host);
             }
             _ => {
@@ -357,5 +364,6 @@ fn mpi_thread(
     if tx.send(Started::Ready { size, hosts }).is_err() {
         hub.close();
     }
+    net.watch(names);
     hub.run(&net);
 }

@@ -14,6 +14,7 @@
 //! | died | server to 0 | slot `u64`, exit code `i32` (`-N` for signal N) |
 //! | kill | 0 to server | slot `u64` |
 //! | shutdown | 0 to server | (nothing) |
+//! | alive | both ways | (nothing): a heartbeat, `net::HEARTBEAT` apart |
 
 /// The one tag every message uses, so that messages between two ranks stay in order.
 pub(crate) const TAG: i32 = 0x6d70;
@@ -55,6 +56,7 @@ pub(crate) enum Msg {
         slot: u64,
     },
     Shutdown,
+    Alive,
 }
 
 const HELLO: u8 = 1;
@@ -67,6 +69,7 @@ const FROM_WORKER: u8 = 7;
 const DIED: u8 = 8;
 const KILL: u8 = 9;
 const SHUTDOWN: u8 = 10;
+const ALIVE: u8 = 11;
 
 /// Appends a "to worker" or "from worker" message for `slot` with `bytes`, without an
 /// intermediate copy (the common message).
@@ -121,6 +124,7 @@ impl Msg {
             }
             Msg::Kill { slot } => slot_msg(&mut out, KILL, *slot),
             Msg::Shutdown => out.push(SHUTDOWN),
+            Msg::Alive => out.push(ALIVE),
         }
         out
     }
@@ -171,6 +175,7 @@ impl Msg {
             },
             KILL => Msg::Kill { slot: slot()? },
             SHUTDOWN => Msg::Shutdown,
+            ALIVE => Msg::Alive,
             _ => return None,
         })
     }
@@ -210,6 +215,7 @@ mod tests {
             Msg::Died { slot: 5, code: -11 },
             Msg::Kill { slot: 6 },
             Msg::Shutdown,
+            Msg::Alive,
         ];
         for m in all {
             assert_eq!(Msg::decode(m.encode()), Some(m));

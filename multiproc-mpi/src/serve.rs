@@ -30,8 +30,14 @@ pub(crate) fn serve(net: &Net) -> i32 {
     let mut buf = Vec::new();
     let mut idle = 0u32;
     let mut stop = false;
+    let mut last_beat = Instant::now();
     while !stop {
         let mut busy = false;
+        net.check_peers();
+        if last_beat.elapsed() >= net::HEARTBEAT {
+            last_beat = Instant::now();
+            outbox.push(Msg::Alive.encode());
+        }
         // What rank 0 sent.
         while let Some((_, bytes)) = inbound.pop_front().or_else(|| net.try_recv(Some(0))) {
             busy = true;
@@ -53,6 +59,7 @@ pub(crate) fn serve(net: &Net) -> i32 {
                     stop = true;
                     break;
                 }
+                Some(Msg::Alive) => {}
                 other => tracing::warn!(?other, "unexpected message from rank 0; ignored"),
             }
         }

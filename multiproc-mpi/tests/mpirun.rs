@@ -46,7 +46,7 @@ fn selftest(method: &str) {
     let line = format!("cluster-selftest: ok ({method}, 2 serving ranks,");
     assert!(out.contains(&line), "{out}");
     assert!(
-        out.contains("300 tasks of which 30 killed their worker"),
+        out.contains("300 tasks of which 30 killed their worker, retries ok"),
         "{out}"
     );
 }
@@ -107,7 +107,7 @@ fn pool_on_two_spawned_servers() {
         "{out}"
     );
     assert!(
-        out.contains("300 tasks of which 30 killed their worker"),
+        out.contains("300 tasks of which 30 killed their worker, retries ok"),
         "{out}"
     );
 }
@@ -160,4 +160,192 @@ fn a_rank_running_another_build_is_refused() {
     assert!(out.contains("rank 2 (pid"), "{out}");
     assert!(!out.contains("rank 1 (pid"), "{out}");
     assert!(!out.contains("cluster-selftest: ok"), "{out}");
+}
+
+/// The parent pid of `pid`, from /proc (None once it is gone).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (in parentheses) may hold spaces: the fields after it are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Processes running the self-test's executable (ranks and their workers) below `root`.
+fn selftests_below(root: u32) -> Vec<u32> {
+    let me = std::fs::canonicalize(SELFTEST).unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&me) {
+            continue;
+        }
+        let mut p = pid;
+        while let Some(parent) = parent_of(p) {
+            if parent == root {
+                found.push(pid);
+                break;
+            }
+            if parent <= 1 {
+                break;
+            }
+            p = parent;
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Starts `cmd` (the self-test with `--busy-marker`), waits until rank 0 has its workers busy,
+/// SIGKILLs one serving rank, and returns the job's exit status, its output, how long it took
+/// to end after the kill, and the self-test processes (ranks, workers) that were running then
+/// and are still alive 5 s after the job ended.
+fn kill_a_serving_rank(mut cmd: Command, marker: &Path) -> (Option<i32>, String, f64, Vec<u32>) {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("the job starts");
+    let group = child.id();
+    let kill_group = || {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .status();
+    };
+    let started = Instant::now();
+    let rank0: u32 = loop {
+        if let Ok(text) = std::fs::read_to_string(marker)
+            && let Ok(pid) = text.trim().parse()
+        {
+            break pid;
+        }
+        if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            kill_group();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the job never got busy: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ours = selftests_below(group);
+    // A serving rank: a child of the launcher (mpirun, or Open MPI's orted in dynamic mode).
+    let rank = ours.iter().copied().find(|&p| {
+        p != rank0
+            && parent_of(p).is_some_and(|q| ["mpirun", "orted"].contains(&command_name(q).as_str()))
+    });
+    let Some(rank) = rank else {
+        kill_group();
+        let _ = child.wait();
+        panic!("no serving rank among {ours:?} (rank 0: {rank0})");
+    };
+    assert!(ours.len() >= 4, "ranks and workers running: {ours:?}");
+    let killed = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(rank as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = killed + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed.elapsed().as_secs_f64();
+    let timed_out = child.try_wait().unwrap().is_none();
+    if timed_out {
+        kill_group();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !timed_out,
+        "the job still ran 60 s after a rank was killed:\n{text}"
+    );
+    let gone_by = Instant::now() + Duration::from_secs(5);
+    let mut left: Vec<u32> = ours.clone();
+    while !left.is_empty() && Instant::now() < gone_by {
+        left.retain(|&p| alive(p));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in &left {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    (out.status.code(), text, took, left)
+}
+
+/// Static mode: `mpirun` notices the lost rank and aborts the job at once.
+#[test]
+fn a_killed_serving_rank_ends_the_job_promptly_under_mpirun() {
+    let dir = std::env::temp_dir().join(format!("multiproc-mpi-lost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("busy");
+    let mut cmd = mpirun();
+    cmd.args(["-n", "3", SELFTEST, "--busy-marker"])
+        .arg(&marker);
+    let (code, out, took, left) = kill_a_serving_rank(cmd, &marker);
+    std::fs::remove_dir_all(&dir).ok();
+    eprintln!("the job ended {took:.1} s after the kill, status {code:?}:\n{out}");
+    assert!(left.is_empty(), "processes left behind: {left:?}\n{out}");
+    assert!(code.is_some_and(|c| c != 0), "status {code:?}\n{out}");
+    assert!(out.contains("exited on signal 9 (Killed)"), "{out}");
+    assert!(!out.contains("the busy run finished"), "{out}");
+    // mpirun's --timeout (150 s) did not end it: status 110 would say so.
+    assert_ne!(code, Some(110), "{out}");
+}
+
+/// Dynamic mode: no `mpirun` watches the spawned servers, and Open MPI aborts only their
+/// job; rank 0 notices the silence (`net::LOST_AFTER`, 10 s) and aborts with a clear message.
+#[test]
+fn a_killed_spawned_server_ends_the_job_promptly_in_dynamic_mode() {
+    let dir = std::env::temp_dir().join(format!("multiproc-mpi-lost-dyn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("busy");
+    let mut cmd = Command::new(SELFTEST);
+    cmd.args(["--spawn", "2", "--busy-marker"])
+        .arg(&marker)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RUST_BACKTRACE", "0");
+    let (code, out, took, left) = kill_a_serving_rank(cmd, &marker);
+    std::fs::remove_dir_all(&dir).ok();
+    eprintln!("the job ended {took:.1} s after the kill, status {code:?}:\n{out}");
+    assert!(left.is_empty(), "processes left behind: {left:?}\n{out}");
+    assert!(code.is_some_and(|c| c != 0), "status {code:?}\n{out}");
+    assert!(
+        out.contains("multiproc-mpi: rank 0: serving rank")
+            && out.contains("has sent nothing for 10s"),
+        "{out}"
+    );
 }

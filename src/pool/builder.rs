@@ -44,6 +44,9 @@ pub struct PoolBuilder {
     progress: bool,
     name: Option<String>,
     launcher: Option<Box<dyn WorkerLauncher>>,
+    retries: u32,
+    max_deaths: Option<u32>,
+    retry_panics: bool,
 }
 
 impl PoolBuilder {
@@ -143,6 +146,102 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs a task again, up to `n` more times, when its worker died while running it
+    /// (a segfault, an abort, `exit`, the OOM killer: anything that ends the worker process),
+    /// and, with [`retry_panics`](PoolBuilder::retry_panics), when it panicked. Dask's
+    /// `retries`; Python's `Pool` has none. The default, 0, fails a task at its first failure.
+    ///
+    /// - **What is retried**: a worker's death, always; a panic, only if you opt in (a panic
+    ///   is usually a bug that fails the same way every time). A task returning `Err(..)` is
+    ///   a value to the pool, which cannot look inside it: make the task panic (`unwrap`) and
+    ///   opt in to have it retried. Not retried: a [time limit](PoolBuilder::task_timeout)
+    ///   (the pool killed the worker on purpose), a task whose worker the pool killed for the
+    ///   time limit of the task before it, a worker ended by SIGINT (Ctrl-C terminates the
+    ///   pool), a failed initializer, and tasks failed by `terminate`.
+    /// - **Where**: the task goes back to the front of the queue and runs on the next worker
+    ///   free to take it, often the replacement of the worker it killed, maybe another; on an
+    ///   MPI pool maybe on the same rank (no attempt is made to avoid a host).
+    /// - **Results**: a task that succeeds on a retry delivers its value as if it had
+    ///   succeeded at once: `map` returns every value in input order, `imap` yields in input
+    ///   order (waiting for the retried task), `imap_unordered` yields it when it finishes. For
+    ///   `map` and `imap`, a task is a chunk: the whole chunk runs again, its items before
+    ///   the one that crashed included.
+    /// - **At least once**: a retried task may have run in part (written a file, sent a
+    ///   message) before its worker died: with retries, tasks should be idempotent.
+    /// - **When retries run out**: a task that ran more than once and still failed gets
+    ///   [`TaskError::RetriesExhausted`](crate::pool::TaskError::RetriesExhausted) with how
+    ///   many times it ran and the last cause (`WorkerDied { how }`, `Panic { .. }`); one that
+    ///   ran once gets the cause itself, as without retries.
+    /// - [`max_worker_deaths_per_task`](PoolBuilder::max_worker_deaths_per_task) caps the
+    ///   workers one task may kill, below its retries.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Pool, pool::TaskError};
+    ///
+    /// // Crashes its worker on its first two runs (counted in a file), then succeeds.
+    /// fn flaky(counter: std::path::PathBuf) -> u32 {
+    ///     let runs = std::fs::read(&counter).map_or(0, |b| b.len()) + 1;
+    ///     std::fs::write(&counter, vec![0u8; runs]).unwrap();
+    ///     if runs <= 2 {
+    ///         std::process::abort();
+    ///     }
+    ///     runs as u32
+    /// }
+    /// fn always_crashes(_: ()) -> u32 { std::process::exit(3) }
+    ///
+    /// let counter = std::env::temp_dir().join(format!("flaky-doc-{}", std::process::id()));
+    /// let _ = std::fs::remove_file(&counter);
+    /// let pool = Pool::builder().processes(2).retries(2).build()?;
+    /// assert_eq!(pool.apply(flaky, counter.clone())?, 3); // the third run succeeds
+    /// match pool.apply(always_crashes, ()) {
+    ///     Err(TaskError::RetriesExhausted { attempts, last }) => {
+    ///         assert_eq!(attempts, 3);
+    ///         assert!(matches!(*last, TaskError::WorkerDied { .. }));
+    ///     }
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// std::fs::remove_file(counter)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "allowed-failures")]
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Also retries a task that panicked (see [`retries`](PoolBuilder::retries)); off by
+    /// default.
+    pub fn retry_panics(mut self, on: bool) -> Self {
+        self.retry_panics = on;
+        self
+    }
+
+    /// A task whose runs have killed `n` workers fails for good, even with
+    /// [`retries`](PoolBuilder::retries) left: a task that crashes every worker it meets
+    /// should not take down a worker per retry (Dask's `allowed-failures`, which counts
+    /// the deaths allowed before the last: Dask's 3 is `n = 4` here). Without it, only
+    /// `retries` bounds the deaths. A panic does not count (its worker survives).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Pool, pool::TaskError};
+    ///
+    /// fn always_crashes(_: ()) -> u32 { std::process::abort() }
+    ///
+    /// let pool = Pool::builder().processes(1).retries(10).max_worker_deaths_per_task(2).build()?;
+    /// match pool.apply(always_crashes, ()) {
+    ///     Err(TaskError::RetriesExhausted { attempts, .. }) => assert_eq!(attempts, 2),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "allowed-failures")]
+    pub fn max_worker_deaths_per_task(mut self, n: u32) -> Self {
+        self.max_deaths = Some(n);
+        self
+    }
+
     /// Shows a progress bar on stderr during `map` and `imap` calls. Needs the cargo feature
     /// `progress`; without it the bar is silently absent.
     pub fn progress(mut self, show: bool) -> Self {
@@ -180,6 +279,12 @@ impl PoolBuilder {
                 "max_tasks_per_child (maxtasksperchild) must be at least 1",
             ));
         }
+        if self.max_deaths == Some(0) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "max_worker_deaths_per_task must be at least 1",
+            ));
+        }
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(Error::with_message(
                 ErrorKind::InvalidInput,
@@ -198,6 +303,9 @@ impl PoolBuilder {
                 },
                 task_timeout: self.task_timeout,
                 queue_ahead: QUEUE_AHEAD,
+                retries: self.retries,
+                max_deaths: self.max_deaths,
+                retry_panics: self.retry_panics,
             },
             self.progress,
         ))
@@ -207,7 +315,7 @@ impl PoolBuilder {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for zero processes, a zero `maxtasksperchild`, a zero
-    /// time limit, or handles among a [`launcher`](PoolBuilder::launcher)'s initializer arguments; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
+    /// time limit, a zero `max_worker_deaths_per_task`, or handles among a [`launcher`](PoolBuilder::launcher)'s initializer arguments; [`ErrorKind::Encode`] if the initializer's arguments cannot be serialized;
     /// [`ErrorKind::Io`] when the workers cannot be started (none is left running).
     pub fn build(mut self) -> Result<Pool> {
         let remote = self.launcher.take();

@@ -105,6 +105,17 @@ pub enum TaskError {
     /// The task was cancelled before it started.
     #[error("task was cancelled")]
     Cancelled,
+    /// The task was [retried](crate::pool::PoolBuilder::retries) and failed every time: it ran
+    /// `attempts` times; `last` is why the last run failed (`WorkerDied`, or `Panic` with
+    /// [`retry_panics`](crate::pool::PoolBuilder::retry_panics)).
+    #[error("task failed {attempts} times; the last time: {last}")]
+    RetriesExhausted {
+        /// How many times the task ran.
+        attempts: u32,
+        /// Why its last run failed.
+        #[source]
+        last: Box<TaskError>,
+    },
     /// The pool was terminated (explicitly, by being dropped, or by Ctrl-C reaching its
     /// workers) before the task finished.
     #[error("pool was terminated before the task finished")]
@@ -134,14 +145,25 @@ impl TaskError {
         matches!(self, TaskError::Timeout)
     }
 
-    /// Whether the task panicked.
+    /// Whether the task panicked (on its last run, if it was
+    /// [retried](crate::pool::PoolBuilder::retries)).
     pub fn is_panic(&self) -> bool {
-        matches!(self, TaskError::Panic { .. })
+        matches!(self.last_cause(), TaskError::Panic { .. })
     }
 
-    /// Whether the task's worker process died under it.
+    /// Whether the task's worker process died under it (on its last run, if it was
+    /// [retried](crate::pool::PoolBuilder::retries)).
     pub fn is_worker_died(&self) -> bool {
-        matches!(self, TaskError::WorkerDied { .. })
+        matches!(self.last_cause(), TaskError::WorkerDied { .. })
+    }
+
+    /// Why the task's last run failed: the error itself, or for
+    /// [`RetriesExhausted`](TaskError::RetriesExhausted) its `last`.
+    pub fn last_cause(&self) -> &TaskError {
+        match self {
+            TaskError::RetriesExhausted { last, .. } => last,
+            other => other,
+        }
     }
 
     /// An error to hand to a second waiter of the same failure (callbacks see the original).
@@ -161,6 +183,10 @@ impl TaskError {
                 message: message.clone(),
             },
             TaskError::AlreadyTaken => TaskError::AlreadyTaken,
+            TaskError::RetriesExhausted { attempts, last } => TaskError::RetriesExhausted {
+                attempts: *attempts,
+                last: Box::new(last.duplicate()),
+            },
             TaskError::Process(e) => {
                 TaskError::Process(Error::with_message(e.kind(), e.to_string()))
             }

@@ -109,6 +109,27 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Runs a task again, up to `n` more times, when its worker died; see
+    /// [`PoolBuilder::retries`].
+    pub fn retries(mut self, n: u32) -> Self {
+        self.inner = self.inner.retries(n);
+        self
+    }
+
+    /// Also retries a task that panicked; see [`PoolBuilder::retry_panics`].
+    pub fn retry_panics(mut self, on: bool) -> Self {
+        self.inner = self.inner.retry_panics(on);
+        self
+    }
+
+    /// A task whose runs have killed `n` workers fails for good; see
+    /// [`PoolBuilder::max_worker_deaths_per_task`].
+    #[doc(alias = "allowed-failures")]
+    pub fn max_worker_deaths_per_task(mut self, n: u32) -> Self {
+        self.inner = self.inner.max_worker_deaths_per_task(n);
+        self
+    }
+
     /// Starts the workers through `launcher`, on other machines for instance; see
     /// [`PoolBuilder::launcher`].
     pub fn launcher(mut self, launcher: impl super::remote::WorkerLauncher + 'static) -> Self {

@@ -129,6 +129,8 @@ impl Pool {
                     payload,
                     sink,
                     limit: None,
+                    failed_runs: 0,
+                    deaths: 0,
                 }),
                 Err(e) => {
                     sink.finish(Err(e.into()));

@@ -154,6 +154,8 @@ pub(super) fn submit_limited(
         payload,
         sink,
         limit,
+        failed_runs: 0,
+        deaths: 0,
     }) {
         job.sink.finish(Err(TaskError::PoolClosed));
     }

@@ -3,9 +3,12 @@
 //!
 //! - `cluster_apply_async`: 20,000 tiny tasks submitted with `apply_async`, then awaited (tasks/s);
 //! - `cluster_map_small`: `map(x*x)` over 1,000,000 `u64`s, default chunks (items/s);
-//! - `cluster_bytes_1m`: 200 tasks each taking 1 MiB of arguments, 4 in flight (MB/s).
+//! - `cluster_bytes_1m`: 200 tasks each taking 1 MiB of arguments (a `serde_bytes::ByteBuf`),
+//!   4 in flight (MB/s).
 //!
-//! Each case runs three times; the best run is printed, with the others.
+//! Each case runs three times; the best run is printed, with the others. With `--json`, one
+//! JSON line instead, with each case's median and runs on either pool: what the benchmark
+//! harness (`bench/`, cases `cluster_*`) reads.
 
 use std::time::Instant;
 
@@ -21,7 +24,9 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-fn len(v: Vec<u8>) -> u64 {
+/// A byte string (`serde_bytes::ByteBuf`), as Python's `bytes`: a `Vec<u8>` would be encoded
+/// as a sequence of a million integers, one serde call each.
+fn len(v: serde_bytes::ByteBuf) -> u64 {
     v.len() as u64
 }
 
@@ -53,7 +58,7 @@ fn cases(pool: &Pool, scale: u64) -> Result<Vec<Case>, Error> {
         Ok(m as f64)
     })?;
     let k = 200 / scale;
-    let mib = vec![7u8; 1 << 20];
+    let mib = serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]);
     let bytes = measure(|| {
         let mut inflight = std::collections::VecDeque::new();
         for _ in 0..k {
@@ -103,6 +108,30 @@ fn main() -> Result<(), Error> {
     let here = cases(&local, scale)?;
     local.close();
     local.join()?;
+    if std::env::args().any(|a| a == "--json") {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let fields: Vec<String> = over_mpi
+            .iter()
+            .zip(&here)
+            .map(|((name, _, a), (_, _, b))| {
+                format!(
+                    "\"{name}\": {{\"median\": {}, \"runs\": {a:?}, \"local_median\": {}}}",
+                    median(a),
+                    median(b)
+                )
+            })
+            .collect();
+        println!(
+            "{{\"workers\": {workers}, \"ranks\": {}, {}}}",
+            cluster.size(),
+            fields.join(", ")
+        );
+        return Ok(());
+    }
     println!(
         "{} ranks on {:?}; {workers} workers either way; best of 3 (all runs)",
         cluster.size(),

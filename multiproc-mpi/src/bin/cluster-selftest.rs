@@ -1,11 +1,13 @@
 //! The checks that `tests/mpirun.rs` and `.ci/run` launch under `mpirun`: a pool on the serving
 //! ranks runs `map`, `imap`, `apply_async`, the executor and time limits correctly, and tasks
 //! that crash their worker (SIGSEGV, abort, `exit`) fail alone while every other task
-//! completes.
+//! completes; with `retries(2)`, a task that crashes its worker twice succeeds and one that
+//! always crashes fails after the cap.
 //!
 //! `mpirun -n 3 cluster-selftest [fork|spawn|forkserver] [--tasks N] [--spawn N]`: the workers'
 //! start method on the serving ranks (default: forkserver), the number of tasks in the fault
-//! injection run (default 300), and dynamic mode (started without `mpirun`, spawn N servers). Prints `cluster-selftest: ok ...` and exits 0 when every check
+//! injection run (default 300), `--busy-marker PATH` (keep the workers busy, write rank 0's pid
+//! to PATH, and wait to be killed: for the lost-rank tests), and dynamic mode (started without `mpirun`, spawn N servers). Prints `cluster-selftest: ok ...` and exits 0 when every check
 //! passed; any failed check is an error naming it.
 
 use std::collections::BTreeSet;
@@ -60,6 +62,29 @@ fn crash(how: (u8, u64)) -> u64 {
     }
 }
 
+/// Counts a run in `path` (one byte per run; the serving ranks' hosts must share the
+/// directory, as localhost and the namespace hosts do) and returns which run this is, from 1.
+fn count_run(path: &std::path::Path) -> usize {
+    let runs = std::fs::read(path).map_or(0, |b| b.len()) + 1;
+    std::fs::write(path, vec![0u8; runs]).expect("write the run counter");
+    runs
+}
+
+/// Ends its worker with `exit(3)` on its first `crashes` runs, then returns which run it was.
+fn crashes_then_succeeds((path, crashes): (std::path::PathBuf, usize)) -> usize {
+    let run = count_run(&path);
+    if run <= crashes {
+        std::process::exit(3);
+    }
+    run
+}
+
+/// Ends its worker by SIGABRT on every run.
+fn always_crashes(path: std::path::PathBuf) -> usize {
+    count_run(&path);
+    std::process::abort();
+}
+
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -77,11 +102,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut method = StartMethod::ForkServer;
     let mut tasks = 300u64;
     let mut spawn = None;
+    let mut busy_marker: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tasks" => tasks = args.next().ok_or("--tasks needs a number")?.parse()?,
             "--spawn" => spawn = Some(args.next().ok_or("--spawn needs a number")?.parse()?),
+            "--busy-marker" => {
+                busy_marker = Some(args.next().ok_or("--busy-marker needs a path")?.into())
+            }
             m => method = m.parse()?,
         }
     }
@@ -97,6 +126,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start_method(method)
         .build()?;
     check(pool.processes() == workers, "pool size")?;
+    if let Some(marker) = busy_marker {
+        // For the lost-rank tests: keep every worker busy, say so (with this process's pid),
+        // and wait to be killed; finishing is a failure.
+        let naps: Vec<_> = (0..600).map(|_| pool.apply_async(nap, 200)).collect();
+        for r in naps.iter().take(workers) {
+            r.wait();
+        }
+        std::fs::write(&marker, std::process::id().to_string())?;
+        for r in naps {
+            r.get()?;
+        }
+        return Err("the busy run finished: no rank was lost".into());
+    }
 
     // Where tasks run: not in rank 0's process nor in its children, and under every serving rank.
     let me = std::process::id();
@@ -196,6 +238,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "map after the crashes",
     )?;
 
+    // Retries: a task that crashes its worker twice succeeds on its third run; one that always
+    // crashes fails after the cap with its cause; the others are unaffected.
+    let dir = std::env::temp_dir().join(format!("cluster-selftest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let retrying = cluster
+        .pool_builder()
+        .processes(workers)
+        .start_method(method)
+        .retries(2)
+        .max_worker_deaths_per_task(3)
+        .build()?;
+    let flaky = retrying.apply_async(crashes_then_succeeds, (dir.join("flaky"), 2));
+    let doomed = retrying.apply_async(always_crashes, dir.join("doomed"));
+    let others: Vec<_> = (0..100).map(|i| retrying.apply_async(square, i)).collect();
+    let flaky = flaky.get();
+    let doomed = doomed.get();
+    let doomed_runs = std::fs::read(dir.join("doomed")).map_or(0, |b| b.len());
+    std::fs::remove_dir_all(&dir).ok();
+    check(
+        matches!(flaky, Ok(3)),
+        &format!("a task crashing twice succeeds with retries(2): {flaky:?}"),
+    )?;
+    match doomed {
+        Err(TaskError::RetriesExhausted { attempts: 3, last })
+            if matches!(
+                *last,
+                TaskError::WorkerDied {
+                    how: WorkerExit::Signal(6)
+                }
+            ) => {}
+        other => return Err(format!("a task that always crashes: {other:?}").into()),
+    }
+    check(doomed_runs == 3, "a task that always crashes ran 3 times")?;
+    for (i, r) in others.into_iter().enumerate() {
+        check(
+            r.get()? == square(i as u64),
+            "tasks beside the retried ones",
+        )?;
+    }
+    retrying.close();
+    retrying.join()?;
+
     // The executor face.
     let ex = cluster.executor_builder().max_workers(workers).build()?;
     let futures: Vec<_> = (0..50u64).map(|i| ex.submit(square, i)).collect();
@@ -210,7 +294,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pool.join()?;
     check(pool.worker_pids().is_empty(), "no worker left after join")?;
     println!(
-        "cluster-selftest: ok ({method}, {servers} serving ranks, hosts {:?}, {tasks} tasks of which {died} killed their worker)",
+        "cluster-selftest: ok ({method}, {servers} serving ranks, hosts {:?}, {tasks} tasks of which {died} killed their worker, retries ok)",
         cluster.hosts()
     );
     Ok(())

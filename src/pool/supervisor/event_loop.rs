@@ -217,6 +217,11 @@ impl Supervisor {
                     }
                     let outcome = match reply {
                         Reply::Value(bytes) => Ok(bytes),
+                        Reply::Panic { message, location } if self.config.retry_panics => {
+                            let error = TaskError::Panic { message, location };
+                            self.retry_or_fail(job, error, false);
+                            continue;
+                        }
                         Reply::Panic { message, location } => {
                             Err(TaskError::Panic { message, location })
                         }

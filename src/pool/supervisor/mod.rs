@@ -14,7 +14,9 @@
 //! idle it.
 //! Workers run tasks in order and reply to each before starting the next, so when a worker
 //! dies the oldest unanswered task is the one it was running: that task fails with how the
-//! worker died, and the tasks behind it, which never started, go back to the queue.
+//! worker died (or, with `PoolBuilder::retries` left, goes back to the front of the queue:
+//! `Supervisor::retry_or_fail` in `workers.rs`), and the tasks behind it, which never
+//! started, go back to the queue.
 //!
 //! # Files
 //! One `impl Supervisor` per concern, all on the same value:
@@ -76,6 +78,10 @@ pub(crate) struct Job {
     pub(crate) sink: Box<dyn Sink>,
     /// This task's time limit, over the pool's.
     pub(crate) limit: Option<Duration>,
+    /// Runs of this task that failed and were retried ([`Config::retries`]).
+    pub(crate) failed_runs: u32,
+    /// Workers that died while running this task ([`Config::max_deaths`]).
+    pub(crate) deaths: u32,
 }
 
 impl Job {
@@ -101,6 +107,12 @@ pub(crate) struct Config {
     /// trip: a task that looks slow only because its reply travels far is no reason to send
     /// tasks one at a time).
     pub(crate) queue_ahead: Duration,
+    /// How many times a failed task runs again (`PoolBuilder::retries`).
+    pub(crate) retries: u32,
+    /// A task that has killed this many workers fails for good, retries left or not.
+    pub(crate) max_deaths: Option<u32>,
+    /// Whether a task that panicked is retried too (only worker deaths otherwise).
+    pub(crate) retry_panics: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +194,8 @@ struct Supervisor {
     broken: Option<String>,
     /// Running average of a task's duration, which sets how many tasks a worker is given.
     avg_task: Duration,
-    /// Workers in a row that died before finishing their initializer.
+    /// Workers in a row that died before finishing their initializer (a SIGKILL from outside
+    /// does not count: it says nothing about the setup).
     init_deaths: u32,
     /// Workers in a row that died after their initializer without having answered or held a
     /// task: each is replaced, so they would otherwise be started in a tight loop.

@@ -199,12 +199,17 @@ fn job(kind: u8, tag: u8, tx: &mpsc::Sender<Outcome>) -> Job {
             tx: tx.clone(),
         }),
         limit: None,
+        failed_runs: 0,
+        deaths: 0,
     }
 }
 
 fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
     let config = Config {
         queue_ahead: super::tasks::QUEUE_AHEAD,
+        retries: 0,
+        max_deaths: None,
+        retry_panics: false,
         processes: 1,
         spec: WorkerSpec {
             name: "Mock".to_owned(),

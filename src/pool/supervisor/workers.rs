@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::shutdown::libc_sigint;
 use super::time_limits::settle_timed_out;
-use super::{RunState, Supervisor, Worker};
+use super::{Job, RunState, Supervisor, Worker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::error::{TaskError, WorkerExit};
 use crate::pool::worker::with_source;
@@ -167,6 +167,7 @@ impl Supervisor {
         let killed_starting = !w.ready && how == WorkerExit::Signal(9);
         let idle =
             (w.ready && !w.answered || killed_starting) && !w.leaving && w.inflight.is_empty();
+        let mut died = None;
         if w.timed_out.is_some() {
             settle_timed_out(&mut w, how);
         } else if !w.ready {
@@ -188,14 +189,50 @@ impl Supervisor {
                 self.state = RunState::Terminating;
                 self.interrupted = true;
             } else {
-                job.fail(TaskError::WorkerDied { how });
+                died = Some(job);
             }
         }
         // The rest never started: the worker runs its tasks in order, answering each first.
         for (_, job) in w.inflight.drain(..).rev() {
             self.pending.push_front(job);
         }
+        // After them, so that a retried task goes first: it is the oldest.
+        if let Some(job) = died {
+            self.retry_or_fail(job, TaskError::WorkerDied { how }, true);
+        }
         self.count_idle_death(idle, how);
+    }
+
+    /// A run of `job` failed with `error` (`died`: its worker died): queues it to run again
+    /// if it has retries left and has not killed too many workers, else fails it, with
+    /// [`TaskError::RetriesExhausted`] if it ran more than once.
+    pub(super) fn retry_or_fail(&mut self, mut job: Job, error: TaskError, died: bool) {
+        job.failed_runs += 1;
+        if died {
+            job.deaths += 1;
+        }
+        let deaths_left = self.config.max_deaths.is_none_or(|max| job.deaths < max);
+        if job.failed_runs <= self.config.retries
+            && deaths_left
+            && self.state != RunState::Terminating
+            && self.broken.is_none()
+        {
+            tracing::info!(
+                failed_runs = job.failed_runs,
+                deaths = job.deaths,
+                cause = %error,
+                "retrying a pool task"
+            );
+            self.pending.push_front(job);
+        } else if job.failed_runs > 1 {
+            let attempts = job.failed_runs;
+            job.fail(TaskError::RetriesExhausted {
+                attempts,
+                last: Box::new(error),
+            });
+        } else {
+            job.fail(error);
+        }
     }
 
     /// Delays replacements while workers keep dying with nothing to show for it (after their
