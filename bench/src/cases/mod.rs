@@ -2,6 +2,7 @@
 
 use crate::harness::Case;
 
+mod aio;
 mod ipc;
 mod lifecycle;
 mod manager;
@@ -18,5 +19,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(ipc::cases());
     cases.extend(pool::cases());
     cases.extend(manager::cases());
+    cases.extend(aio::cases());
     cases
 }
