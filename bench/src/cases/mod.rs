@@ -2,6 +2,7 @@
 
 use crate::harness::Case;
 
+mod aio;
 mod cluster;
 mod ipc;
 mod lifecycle;
@@ -20,5 +21,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(pool::cases());
     cases.extend(manager::cases());
     cases.extend(cluster::cases());
+    cases.extend(aio::cases());
     cases
 }
