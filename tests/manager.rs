@@ -76,7 +76,102 @@ fn new_counts(label: String) -> Counts {
     Counts { label, n: 0 }
 }
 
+/// A user's type whose `&self` calls wait for each other and whose `&mut self` calls count
+/// how many of them are inside at once: per-object concurrency, as the server sees it.
+#[multiproc::remote]
+trait Gate {
+    /// Waits up to `ms` for `open`; whether it was opened.
+    fn wait_open(&self, ms: u64) -> bool;
+    /// How many `wait_open` calls have started.
+    fn waiters(&self) -> u32;
+    fn open(&self);
+    /// Stays inside for `ms`.
+    fn exclusive(&mut self, ms: u64);
+    /// The most `exclusive` calls ever inside at once.
+    fn most_inside(&self) -> u32;
+}
+
+#[derive(Default)]
+struct Turnstile {
+    opened: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    waiters: std::sync::atomic::AtomicU32,
+    // Atomics, not plain fields: `&mut self` would let the compiler assume no overlap, and
+    // overlap is what this counts.
+    inside: std::sync::atomic::AtomicU32,
+    most: std::sync::atomic::AtomicU32,
+}
+
+impl Gate for Turnstile {
+    fn wait_open(&self, ms: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiters.fetch_add(1, SeqCst);
+        let opened = self.opened.lock().unwrap();
+        let (opened, _) = self
+            .cv
+            .wait_timeout_while(opened, Duration::from_millis(ms), |o| !*o)
+            .unwrap();
+        *opened
+    }
+    fn waiters(&self) -> u32 {
+        self.waiters.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn open(&self) {
+        *self.opened.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn exclusive(&mut self, ms: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.inside.fetch_sub(1, SeqCst);
+    }
+    fn most_inside(&self) -> u32 {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn new_turnstile(_: ()) -> Turnstile {
+    Turnstile::default()
+}
+
 start_method_matrix! {
+    #[test]
+    fn remote_shared_methods_overlap_and_mut_ones_do_not() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let g = GateProxy::new(&m, new_turnstile, ()).unwrap();
+        // A child's `wait_open` blocks in the server until `open`: with `&self` calls
+        // serialized, `waiters` and `open` would wait behind it and it would time out (false).
+        let waiter = spawn_with_args(|g: GateProxy| g.wait_open(20_000).unwrap(), g.clone())
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while g.waiters().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "wait_open never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        g.open().unwrap();
+        assert_eq!(join_all(vec![waiter]), vec![true], "a &self call waited behind another");
+
+        // `&mut self` calls from several processes at once never overlap on the object.
+        let children = (0..4)
+            .map(|_| {
+                spawn_with_args(
+                    |g: GateProxy| {
+                        for _ in 0..10 {
+                            g.exclusive(3).unwrap();
+                        }
+                    },
+                    g.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        join_all(children);
+        assert_eq!(g.most_inside().unwrap(), 1, "two &mut self calls overlapped");
+    }
+
     #[test]
     fn remote_trait_objects_from_children() {
         let _r = Reaper::new();

@@ -127,6 +127,8 @@ pub(crate) enum Op {
         dispatch: i64,
         method: u32,
         args: Bytes,
+        /// The method takes `&self`: it may run beside other such calls on the object.
+        shared: bool,
     },
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::error::{ManagerError, RemoteError};
@@ -86,7 +86,8 @@ enum Object {
         bound: Option<u64>,
     },
     Event(bool),
-    Custom(Box<dyn std::any::Any + Send>),
+    /// A user's object, with a lock of its own: see [`Shared::method`].
+    Custom(Arc<RwLock<Box<dyn std::any::Any + Send + Sync>>>),
     Queue {
         items: VecDeque<Bytes>,
         maxsize: Option<u64>,
@@ -276,7 +277,9 @@ impl Shared {
             Kind::Event => Object::Event(false),
             // Runs the user's constructor before taking the table's lock.
             Kind::Custom { ctor, arg } => {
-                Object::Custom(super::remote::construct(ctor, &arg, same_build)?)
+                Object::Custom(Arc::new(RwLock::new(super::remote::construct(
+                    ctor, &arg, same_build,
+                )?)))
             }
             Kind::Queue { maxsize } => Object::Queue {
                 items: VecDeque::new(),
@@ -397,14 +400,15 @@ impl Shared {
                     dispatch,
                     method,
                     args,
+                    shared,
                 },
-            ) => Reply::Modified(super::remote::dispatch(
-                &mut **object,
-                dispatch,
-                method,
-                &args,
-                same_build,
-            )?),
+            ) => {
+                let object = Arc::clone(object);
+                drop(objects);
+                return Ok(Reply::Modified(Self::method(
+                    &object, dispatch, method, &args, shared, same_build,
+                )?));
+            }
             (Object::Event(flag), Op::SetFlag) => {
                 *flag = true;
                 self.changed.notify_all();
@@ -454,6 +458,35 @@ impl Shared {
             (object, op) => return Err(unsupported(id, object.kind(), &op)),
         };
         Ok(reply)
+    }
+
+    /// Runs a method of a user's object outside the table's lock, under the object's own:
+    /// its read side for a `&self` method (such calls run side by side, and beside calls on
+    /// other objects), its write side for a `&mut self` one (alone on this object). A method
+    /// that panics is caught inside the dispatch, so the lock is never poisoned by one; a
+    /// poisoned lock is used anyway, as the table's is.
+    fn method(
+        object: &RwLock<Box<dyn std::any::Any + Send + Sync>>,
+        dispatch: i64,
+        method: u32,
+        args: &[u8],
+        shared: bool,
+        same_build: bool,
+    ) -> Result<Bytes, RemoteError> {
+        use super::remote::Target;
+        if shared {
+            let guard = object.read().unwrap_or_else(PoisonError::into_inner);
+            super::remote::dispatch(Target::Shared(&**guard), dispatch, method, args, same_build)
+        } else {
+            let mut guard = object.write().unwrap_or_else(PoisonError::into_inner);
+            super::remote::dispatch(
+                Target::Exclusive(&mut **guard),
+                dispatch,
+                method,
+                args,
+                same_build,
+            )
+        }
     }
 
     /// Waits until `ready` (run under the table's lock) returns `true` for object `id`, or
