@@ -338,6 +338,31 @@ start_method_matrix! {
     }
 
     #[test]
+    fn modify_from_a_hundred_processes_is_exact() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let d = m.dict::<String, u64>().unwrap();
+        const PROCS: u64 = 100;
+        const ITERS: u64 = 50;
+        // All started before any joins, so the server has a hundred clients at once.
+        let children: Vec<_> = (0..PROCS)
+            .map(|_| {
+                spawn_with_args(
+                    |d: DictProxy<String, u64>| {
+                        for _ in 0..ITERS {
+                            d.modify(&"k".into(), bump, 1).unwrap();
+                        }
+                    },
+                    d.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        join_all(children);
+        assert_eq!(d.get(&"k".into()).unwrap(), Some(PROCS * ITERS));
+    }
+
+    #[test]
     fn modify_panic_leaves_value_and_server_intact() {
         let _r = Reaper::new();
         let m = Manager::start().unwrap();
