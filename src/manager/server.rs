@@ -276,11 +276,9 @@ impl Shared {
             Kind::Semaphore { value, bound } => Object::Semaphore { value, bound },
             Kind::Event => Object::Event(false),
             // Runs the user's constructor before taking the table's lock.
-            Kind::Custom { ctor, arg } => {
-                Object::Custom(Arc::new(RwLock::new(super::remote::construct(
-                    ctor, &arg, same_build,
-                )?)))
-            }
+            Kind::Custom { ctor, arg } => Object::Custom(Arc::new(RwLock::new(
+                super::remote::construct(ctor, &arg, same_build)?,
+            ))),
             Kind::Queue { maxsize } => Object::Queue {
                 items: VecDeque::new(),
                 maxsize,
