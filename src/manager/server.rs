@@ -1,14 +1,16 @@
 //! The server: objects in one table behind one lock, a thread per client connection.
 //!
-//! Every call runs under the table's lock, from reading the object to storing its new value,
-//! so calls on one object are atomic with respect to each other; `modify` runs the client's
-//! function inside that same section, which is why no read-modify-write done with it loses an
-//! update. Users' objects (`#[remote]`) are the exception: each has a read-write lock of its
-//! own, and their methods run outside the table's lock (see `Shared::method`). Blocking calls (a lock's acquire, a queue's get, an event's wait) wait on one
-//! condition variable, woken by every change to a blocking object, and every 50 ms look
-//! whether their client is still there, so a client that died while waiting neither takes a
-//! queue item nor acquires a lock that then nobody releases. Locks held by a client whose
-//! connection closes (its thread or process ended, or it was killed) are released.
+//! Every call on a built-in object runs under the table's lock, from reading the object to
+//! storing its new value, so calls on one object are atomic with respect to each other;
+//! `modify` runs the client's function inside that same section, which is why no
+//! read-modify-write done with it loses an update. Users' objects (`#[remote]`) are the
+//! exception: each has a read-write lock of its own, and their methods run outside the
+//! table's lock (see `Shared::method`). Blocking calls (a lock's acquire, a queue's get, an
+//! event's wait) wait on one condition variable, woken by every change to a blocking object,
+//! and every 50 ms look whether their client is still there, so a client that died while
+//! waiting neither takes a queue item nor acquires a lock that then nobody releases. Locks
+//! held by a client whose connection closes (its thread or process ended, or it was killed)
+//! are released.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
