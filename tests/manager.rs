@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Reaper, WAIT};
 use multiproc::connection::{Address, ConnectError};
 use multiproc::manager::{
-    DictProxy, EventProxy, ListProxy, LockProxy, Manager, ManagerError, QueueProxy, RemoteError,
-    SemaphoreProxy, ValueProxy,
+    BarrierProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager, ManagerError, QueueProxy,
+    RemoteError, SemaphoreProxy, ValueProxy,
 };
 use multiproc::process::AuthKey;
 use multiproc::{JoinHandle, spawn_with_args};
@@ -554,6 +554,78 @@ start_method_matrix! {
         assert!(started.elapsed() < WAIT);
         // Reaps the dead server; a second call does nothing.
         m.shutdown().unwrap();
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn barrier_across_processes_breaks_and_resets() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let b = m.barrier(3).unwrap();
+        assert_eq!(b.parties().unwrap(), 3);
+        const ROUNDS: usize = 5;
+        let children = (0..2)
+            .map(|_| {
+                spawn_with_args(
+                    |b: BarrierProxy| (0..ROUNDS).map(|_| b.wait_timeout(WAIT).unwrap()).sum::<usize>(),
+                    b.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mine: usize = (0..ROUNDS).map(|_| b.wait_timeout(WAIT).unwrap()).sum();
+        // Each round hands out the arrival indices 0, 1 and 2 once.
+        let theirs: usize = join_all(children).into_iter().sum();
+        assert_eq!(mine + theirs, ROUNDS * 3);
+        assert_eq!(b.n_waiting().unwrap(), 0);
+        assert!(!b.broken().unwrap());
+
+        // A wait that times out breaks the barrier, for later waits too, until a reset.
+        let err = b.wait_timeout(Duration::from_millis(20)).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::BrokenBarrier)), "{err:?}");
+        assert!(b.broken().unwrap());
+        let err = b.wait_timeout(WAIT).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::BrokenBarrier)), "{err:?}");
+        b.reset().unwrap();
+        assert!(!b.broken().unwrap());
+
+        // A reset fails the waits under way.
+        let waiter = spawn_with_args(
+            |b: BarrierProxy| matches!(b.wait_timeout(WAIT), Err(ManagerError::Remote(RemoteError::BrokenBarrier))),
+            b.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.n_waiting().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the child never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b.reset().unwrap();
+        assert_eq!(join_all(vec![waiter]), [true]);
+        assert!(matches!(m.barrier(0), Err(ManagerError::Remote(RemoteError::BadRequest(_)))));
+    }
+
+    #[test]
+    fn server_killed_releases_barrier_waiters() {
+        let _r = Reaper::new();
+        let mut m = Manager::start().unwrap();
+        let b = m.barrier(2).unwrap();
+        let child = spawn_with_args(
+            |b: BarrierProxy| match b.wait() {
+                Err(ManagerError::Disconnected { .. }) => "disconnected".to_string(),
+                other => format!("{other:?}"),
+            },
+            b.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.n_waiting().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the child never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        m.server_process().unwrap().kill().unwrap();
+        assert_eq!(join_all(vec![child]), ["disconnected"]);
+        assert!(is_disconnected(&b.wait().unwrap_err()));
         m.shutdown().unwrap();
     }
 

@@ -52,6 +52,9 @@ pub(crate) enum Kind {
     Queue {
         maxsize: Option<u64>,
     },
+    Barrier {
+        parties: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,6 +125,15 @@ pub(crate) enum Op {
     Take {
         timeout_ms: Option<u64>,
     },
+    // Barrier
+    BarrierWait {
+        timeout_ms: Option<u64>,
+    },
+    Abort,
+    Reset,
+    Parties,
+    Waiting,
+    IsBroken,
     // A user's type
     Method {
         dispatch: i64,

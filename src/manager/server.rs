@@ -95,6 +95,16 @@ enum Object {
         items: VecDeque<Bytes>,
         maxsize: Option<u64>,
     },
+    Barrier {
+        parties: u64,
+        /// How many wait in the current generation.
+        count: u64,
+        /// Bumped each time the barrier trips, which is what releases waiters.
+        generation: u64,
+        /// Bumped by each reset, which breaks the waits under way.
+        resets: u64,
+        broken: bool,
+    },
 }
 
 impl Object {
@@ -111,6 +121,7 @@ impl Object {
             Object::Event(_) => "event",
             Object::Custom(_) => "remote object",
             Object::Queue { .. } => "queue",
+            Object::Barrier { .. } => "barrier",
         }
     }
 }
@@ -286,6 +297,18 @@ impl Shared {
                 items: VecDeque::new(),
                 maxsize,
             },
+            Kind::Barrier { parties: 0 } => {
+                return Err(RemoteError::BadRequest(
+                    "a barrier needs at least one party".into(),
+                ));
+            }
+            Kind::Barrier { parties } => Object::Barrier {
+                parties,
+                count: 0,
+                generation: 0,
+                resets: 0,
+                broken: false,
+            },
         };
         let mut objects = lock(&self.objects);
         objects.next_id += 1;
@@ -455,6 +478,80 @@ impl Shared {
                     self.changed.notify_all();
                 }
                 return Ok(Reply::Value(taken));
+            }
+            (Object::Barrier { parties, .. }, Op::Parties) => Reply::Len(*parties),
+            (Object::Barrier { count, .. }, Op::Waiting) => Reply::Len(*count),
+            (Object::Barrier { broken, .. }, Op::IsBroken) => Reply::Bool(*broken),
+            (Object::Barrier { broken, count, .. }, Op::Abort) => {
+                *broken = true;
+                *count = 0;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Barrier {
+                    broken,
+                    count,
+                    resets,
+                    ..
+                },
+                Op::Reset,
+            ) => {
+                // The waits under way fail (Python's reset); later ones use a fresh barrier.
+                *resets += 1;
+                *count = 0;
+                *broken = false;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Barrier {
+                    parties,
+                    count,
+                    generation,
+                    resets,
+                    broken,
+                },
+                Op::BarrierWait { timeout_ms },
+            ) => {
+                if *broken {
+                    return Err(RemoteError::BrokenBarrier);
+                }
+                let index = *count;
+                *count += 1;
+                if *count == *parties {
+                    *count = 0;
+                    *generation += 1;
+                    self.changed.notify_all();
+                    return Ok(Reply::Len(index));
+                }
+                let (mine, my_resets) = (*generation, *resets);
+                let mut outcome = None;
+                let done = self.wait(objects, id, deadline(timeout_ms), conn, |o| match o {
+                    Object::Barrier { generation, .. } if *generation != mine => {
+                        outcome = Some(true);
+                        true
+                    }
+                    Object::Barrier { resets, broken, .. } if *broken || *resets != my_resets => {
+                        outcome = Some(false);
+                        true
+                    }
+                    _ => false,
+                })?;
+                if done && outcome == Some(true) {
+                    return Ok(Reply::Len(index));
+                }
+                if !done {
+                    // Timed out, or the waiter's client hung up: the others would wait for
+                    // a party that never comes, so the barrier breaks (Python's timeout does).
+                    let mut objects = lock(&self.objects);
+                    if let Some(Object::Barrier { broken, count, .. }) = objects.map.get_mut(&id) {
+                        *broken = true;
+                        *count = 0;
+                    }
+                    self.changed.notify_all();
+                }
+                return Err(RemoteError::BrokenBarrier);
             }
             (object, op) => return Err(unsupported(id, object.kind(), &op)),
         };

@@ -216,3 +216,105 @@ impl EventProxy {
         })
     }
 }
+
+/// A barrier in the manager's server for `parties` processes or threads, Python's
+/// `Manager().Barrier(parties)`: each [`wait`](BarrierProxy::wait) blocks until `parties`
+/// calls wait, then all return.
+///
+/// A wait that times out, or whose caller dies while waiting, breaks the barrier (otherwise
+/// the others would wait for it forever); so does [`abort`](BarrierProxy::abort). Waits on a
+/// broken barrier fail with [`RemoteError::BrokenBarrier`](super::RemoteError::BrokenBarrier)
+/// until [`reset`](BarrierProxy::reset).
+///
+/// # Examples
+/// ```
+/// use multiproc::manager::BarrierProxy;
+///
+/// let manager = multiproc::Manager::start()?;
+/// let barrier = manager.barrier(2)?;
+/// let child = multiproc::spawn_with_args(|b: BarrierProxy| b.wait().unwrap(), barrier.clone())?;
+/// let mine = barrier.wait()?;
+/// let theirs = child.join()?;
+/// assert_eq!(mine + theirs, 1); // arrival indices 0 and 1
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BarrierProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(BarrierProxy);
+
+impl BarrierProxy {
+    fn arrive(&self, timeout_ms: Option<u64>) -> Result<usize, ManagerError> {
+        match self.handle.op(Op::BarrierWait { timeout_ms })? {
+            super::protocol::Reply::Len(i) => Ok(i as usize),
+            r => Err(super::client::unexpected(r)),
+        }
+    }
+
+    /// Blocks until `parties` calls wait; this caller's arrival index, `0..parties`.
+    ///
+    /// # Errors
+    /// [`RemoteError::BrokenBarrier`](super::RemoteError::BrokenBarrier) when the barrier is
+    /// or becomes broken; [`ManagerError::Disconnected`] when the server is gone, also while
+    /// waiting.
+    pub fn wait(&self) -> Result<usize, ManagerError> {
+        self.arrive(None)
+    }
+
+    /// As [`wait`](BarrierProxy::wait), for at most `timeout`; a timeout breaks the barrier
+    /// and fails with `BrokenBarrier`, as Python's does.
+    ///
+    /// # Errors
+    /// As [`wait`](BarrierProxy::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
+        self.arrive(millis(timeout))
+    }
+
+    /// Breaks the barrier: current and later waits fail until [`reset`](BarrierProxy::reset).
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone.
+    pub fn abort(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Abort)
+    }
+
+    /// Makes the barrier whole and empty again; waits under way fail with `BrokenBarrier`.
+    ///
+    /// # Errors
+    /// As [`abort`](BarrierProxy::abort).
+    pub fn reset(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Reset)
+    }
+
+    /// How many must wait for it to trip.
+    ///
+    /// # Errors
+    /// As [`abort`](BarrierProxy::abort).
+    pub fn parties(&self) -> Result<usize, ManagerError> {
+        self.count(Op::Parties)
+    }
+
+    /// How many wait now (Python's `n_waiting`).
+    ///
+    /// # Errors
+    /// As [`abort`](BarrierProxy::abort).
+    pub fn n_waiting(&self) -> Result<usize, ManagerError> {
+        self.count(Op::Waiting)
+    }
+
+    /// Whether the barrier is broken.
+    ///
+    /// # Errors
+    /// As [`abort`](BarrierProxy::abort).
+    pub fn broken(&self) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::IsBroken)
+    }
+
+    fn count(&self, op: Op) -> Result<usize, ManagerError> {
+        match self.handle.op(op)? {
+            super::protocol::Reply::Len(n) => Ok(n as usize),
+            r => Err(super::client::unexpected(r)),
+        }
+    }
+}
