@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Reaper, WAIT};
 use multiproc::connection::{Address, ConnectError};
 use multiproc::manager::{
-    BarrierProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager, ManagerError, QueueProxy,
-    RemoteError, SemaphoreProxy, ValueProxy,
+    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    ManagerError, QueueProxy, RemoteError, SemaphoreProxy, ValueProxy,
 };
 use multiproc::process::AuthKey;
 use multiproc::{JoinHandle, spawn_with_args};
@@ -603,6 +603,72 @@ start_method_matrix! {
         b.reset().unwrap();
         assert_eq!(join_all(vec![waiter]), [true]);
         assert!(matches!(m.barrier(0), Err(ManagerError::Remote(RemoteError::BadRequest(_)))));
+    }
+
+    #[test]
+    fn condition_wait_releases_the_lock_and_notify_wakes() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let (cond, ready) = (m.condition().unwrap(), m.value(0u32).unwrap());
+        // Not held: wait and notify fail, as Python's RuntimeError.
+        let err = cond.wait_timeout(Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::NotHeld)), "{err:?}");
+        assert!(matches!(cond.notify(1), Err(ManagerError::Remote(RemoteError::NotHeld))));
+        // Held twice (reentrant): the wait must release both, or the children never get in.
+        cond.acquire().unwrap();
+        cond.acquire().unwrap();
+        let children = (0..2)
+            .map(|_| {
+                spawn_with_args(
+                    |(cond, ready): (ConditionProxy, ValueProxy<u32>)| {
+                        assert!(cond.acquire_timeout(WAIT).unwrap());
+                        ready.modify(|n: &mut u32, by: u32| *n += by, 1).unwrap();
+                        cond.notify(1).unwrap();
+                        cond.release().unwrap();
+                    },
+                    (cond.clone(), ready.clone()),
+                )
+                .unwrap()
+            })
+            .collect();
+        while ready.get().unwrap() < 2 {
+            assert!(cond.wait_timeout(WAIT).unwrap(), "no notify came");
+        }
+        join_all(children);
+        // The wait took the lock back twice: two releases, then it is free.
+        cond.release().unwrap();
+        cond.release().unwrap();
+        assert!(matches!(cond.release(), Err(ManagerError::Remote(RemoteError::NotHeld))));
+        // A timed-out wait reports false and still holds the lock.
+        cond.acquire().unwrap();
+        assert!(!cond.wait_timeout(Duration::from_millis(20)).unwrap());
+        cond.release().unwrap();
+    }
+
+    #[test]
+    fn server_killed_releases_condition_waiters() {
+        let _r = Reaper::new();
+        let mut m = Manager::start().unwrap();
+        let (cond, waiting) = (m.condition().unwrap(), m.event().unwrap());
+        let child = spawn_with_args(
+            |(cond, waiting): (ConditionProxy, EventProxy)| {
+                cond.acquire().unwrap();
+                waiting.set().unwrap();
+                match cond.wait() {
+                    Err(ManagerError::Disconnected { .. }) => "disconnected".to_string(),
+                    other => format!("{other:?}"),
+                }
+            },
+            (cond.clone(), waiting.clone()),
+        )
+        .unwrap();
+        assert!(waiting.wait_timeout(WAIT).unwrap());
+        // Free only once the child's wait released it: the child is waiting now.
+        assert!(cond.acquire_timeout(WAIT).unwrap());
+        cond.release().unwrap();
+        m.server_process().unwrap().kill().unwrap();
+        assert_eq!(join_all(vec![child]), ["disconnected"]);
+        m.shutdown().unwrap();
     }
 
     #[test]

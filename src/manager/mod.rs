@@ -75,7 +75,9 @@ pub use list::ListProxy;
 pub(crate) use modify::ModifyEntry;
 pub use queue::QueueProxy;
 pub use server::Server;
-pub use sync::{BarrierProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy};
+pub use sync::{
+    BarrierProxy, ConditionProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+};
 pub use value::{Namespace, ValueProxy};
 
 use crate::connection::{Address, Connection};
@@ -475,6 +477,17 @@ impl Manager {
     #[doc(alias = "Event")]
     pub fn event(&self) -> Result<EventProxy, ManagerError> {
         self.create(Kind::Event).map(EventProxy::from_handle)
+    }
+
+    /// A condition variable in the server with its own reentrant lock (Python's
+    /// `Manager().Condition()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    #[doc(alias = "Condition")]
+    pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
+        self.create(Kind::Condition)
+            .map(ConditionProxy::from_handle)
     }
 
     /// A barrier in the server for `parties` callers (Python's `Manager().Barrier(parties)`).

@@ -55,6 +55,7 @@ pub(crate) enum Kind {
     Barrier {
         parties: u64,
     },
+    Condition,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +126,11 @@ pub(crate) enum Op {
     Take {
         timeout_ms: Option<u64>,
     },
+    // Condition (plus Acquire and Release)
+    CondWait {
+        timeout_ms: Option<u64>,
+    },
+    Notify(Option<u64>),
     // Barrier
     BarrierWait {
         timeout_ms: Option<u64>,

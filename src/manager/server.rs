@@ -95,6 +95,15 @@ enum Object {
         items: VecDeque<Bytes>,
         maxsize: Option<u64>,
     },
+    /// A condition variable with its own reentrant lock (Python's default, an `RLock`).
+    Condition {
+        owner: Option<u64>,
+        count: u32,
+        /// Tickets of the waits under way, oldest first; `notify` moves them to `woken`.
+        waiters: VecDeque<u64>,
+        woken: Vec<u64>,
+        next_ticket: u64,
+    },
     Barrier {
         parties: u64,
         /// How many wait in the current generation.
@@ -122,6 +131,7 @@ impl Object {
             Object::Custom(_) => "remote object",
             Object::Queue { .. } => "queue",
             Object::Barrier { .. } => "barrier",
+            Object::Condition { .. } => "condition",
         }
     }
 }
@@ -297,6 +307,13 @@ impl Shared {
                 items: VecDeque::new(),
                 maxsize,
             },
+            Kind::Condition => Object::Condition {
+                owner: None,
+                count: 0,
+                waiters: VecDeque::new(),
+                woken: Vec::new(),
+                next_ticket: 0,
+            },
             Kind::Barrier { parties: 0 } => {
                 return Err(RemoteError::BadRequest(
                     "a barrier needs at least one party".into(),
@@ -322,7 +339,8 @@ impl Shared {
         let mut objects = lock(&self.objects);
         let mut any = false;
         for object in objects.map.values_mut() {
-            if let Object::Lock { owner, count, .. } = object
+            if let Object::Lock { owner, count, .. } | Object::Condition { owner, count, .. } =
+                object
                 && *owner == Some(client)
             {
                 *owner = None;
@@ -479,6 +497,93 @@ impl Shared {
                 }
                 return Ok(Reply::Value(taken));
             }
+            (Object::Condition { owner, count, .. }, Op::Release) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                *count -= 1;
+                if *count == 0 {
+                    *owner = None;
+                    self.changed.notify_all();
+                }
+                Reply::Unit
+            }
+            (Object::Condition { .. }, Op::Acquire { timeout_ms }) => {
+                let done = self.wait(objects, id, deadline(timeout_ms), conn, |o| {
+                    take_condition(o, client, None)
+                })?;
+                return Ok(Reply::Bool(done));
+            }
+            (
+                Object::Condition {
+                    owner,
+                    waiters,
+                    woken,
+                    ..
+                },
+                Op::Notify(n),
+            ) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                let n = n.map_or(waiters.len(), |n| (n as usize).min(waiters.len()));
+                woken.extend(waiters.drain(..n));
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Condition {
+                    owner,
+                    count,
+                    waiters,
+                    next_ticket,
+                    ..
+                },
+                Op::CondWait { timeout_ms },
+            ) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                // Release the lock entirely (however many times it was taken), wait for a
+                // notify, then take it again as many times: Python's `Condition.wait`.
+                let saved = *count;
+                *owner = None;
+                *count = 0;
+                *next_ticket += 1;
+                let ticket = *next_ticket;
+                waiters.push_back(ticket);
+                self.changed.notify_all();
+                let mut notified =
+                    self.wait(objects, id, deadline(timeout_ms), conn, |o| match o {
+                        Object::Condition { woken, .. } => {
+                            match woken.iter().position(|t| *t == ticket) {
+                                Some(i) => {
+                                    woken.swap_remove(i);
+                                    true
+                                }
+                                None => false,
+                            }
+                        }
+                        _ => false,
+                    })?;
+                let mut objects = lock(&self.objects);
+                if !notified
+                    && let Some(Object::Condition { waiters, woken, .. }) = objects.map.get_mut(&id)
+                {
+                    waiters.retain(|t| *t != ticket);
+                    // A notify that came between the timeout and this lock counts.
+                    if let Some(i) = woken.iter().position(|t| *t == ticket) {
+                        woken.swap_remove(i);
+                        notified = true;
+                    }
+                }
+                // Taken again even after a timeout, as Python does; not for a client that
+                // hung up (its lock would be released at once anyway).
+                self.wait(objects, id, None, conn, |o| {
+                    take_condition(o, client, Some(saved))
+                })?;
+                return Ok(Reply::Bool(notified));
+            }
             (Object::Barrier { parties, .. }, Op::Parties) => Reply::Len(*parties),
             (Object::Barrier { count, .. }, Op::Waiting) => Reply::Len(*count),
             (Object::Barrier { broken, .. }, Op::IsBroken) => Reply::Bool(*broken),
@@ -622,6 +727,22 @@ impl Shared {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// Takes a condition's lock for `client` if it is free or already its own: once more, or
+/// `restore` times (after a wait).
+fn take_condition(o: &mut Object, client: u64, restore: Option<u32>) -> bool {
+    match o {
+        Object::Condition { owner, count, .. } if owner.is_none() || *owner == Some(client) => {
+            *owner = Some(client);
+            match restore {
+                Some(n) => *count = n,
+                None => *count += 1,
+            }
+            true
+        }
+        _ => false,
     }
 }
 

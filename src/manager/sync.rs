@@ -318,3 +318,108 @@ impl BarrierProxy {
         }
     }
 }
+
+/// A condition variable in the manager's server with a reentrant lock of its own, Python's
+/// `Manager().Condition()`: hold it (acquire) to [`wait`](ConditionProxy::wait) or
+/// [`notify`](ConditionProxy::notify).
+///
+/// The lock is owned by the calling thread (its connection), as an `RLock`'s; when the owner's
+/// connection closes, the server releases it.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use multiproc::manager::{ConditionProxy, ValueProxy};
+///
+/// let manager = multiproc::Manager::start()?;
+/// let (cond, ready) = (manager.condition()?, manager.value(false)?);
+/// cond.acquire()?;
+/// let child = multiproc::spawn_with_args(
+///     |(cond, ready): (ConditionProxy, ValueProxy<bool>)| {
+///         cond.acquire().unwrap(); // free once the parent waits
+///         ready.set(&true).unwrap();
+///         cond.notify_all().unwrap();
+///         cond.release().unwrap();
+///     },
+///     (cond.clone(), ready.clone()),
+/// )?;
+/// while !ready.get()? {
+///     assert!(cond.wait_timeout(Duration::from_secs(10))?);
+/// }
+/// cond.release()?;
+/// child.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ConditionProxy {
+    pub(crate) handle: Handle,
+}
+
+super::proxy_impls!(ConditionProxy);
+
+impl ConditionProxy {
+    /// Blocks until this thread holds the lock (again, if it already does).
+    ///
+    /// # Errors
+    /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+    }
+
+    /// Waits at most `timeout` for the lock; whether it was acquired.
+    ///
+    /// # Errors
+    /// As [`acquire`](ConditionProxy::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::Acquire {
+            timeout_ms: millis(timeout),
+        })
+    }
+
+    /// Releases the lock once.
+    ///
+    /// # Errors
+    /// [`RemoteError::NotHeld`](super::RemoteError::NotHeld) when this thread does not hold
+    /// it; as [`acquire`](ConditionProxy::acquire).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Release)
+    }
+
+    /// Releases the lock, blocks until notified, and takes the lock again.
+    ///
+    /// # Errors
+    /// `NotHeld` when this thread does not hold the lock; as
+    /// [`acquire`](ConditionProxy::acquire), also while waiting.
+    pub fn wait(&self) -> Result<(), ManagerError> {
+        self.handle
+            .bool(Op::CondWait { timeout_ms: None })
+            .map(drop)
+    }
+
+    /// As [`wait`](ConditionProxy::wait), waiting at most `timeout` for a notify; whether one
+    /// came (the lock is taken again either way, as Python's).
+    ///
+    /// # Errors
+    /// As [`wait`](ConditionProxy::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.handle.bool(Op::CondWait {
+            timeout_ms: millis(timeout),
+        })
+    }
+
+    /// Wakes up to `n` waiters, oldest first. The caller must hold the lock.
+    ///
+    /// # Errors
+    /// `NotHeld` when this thread does not hold the lock; as
+    /// [`acquire`](ConditionProxy::acquire).
+    pub fn notify(&self, n: usize) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Notify(Some(n as u64)))
+    }
+
+    /// Wakes every waiter. The caller must hold the lock.
+    ///
+    /// # Errors
+    /// As [`notify`](ConditionProxy::notify).
+    pub fn notify_all(&self) -> Result<(), ManagerError> {
+        self.handle.unit(Op::Notify(None))
+    }
+}
