@@ -162,8 +162,9 @@ pub use manager::Manager;
 ///
 /// Methods take `&self` or `&mut self`; their arguments and results are serde types. The
 /// constructor, like `modify`'s functions, must capture nothing, and it and the methods run
-/// only for clients of the server's own binary. Every call runs under the server's lock, so
-/// calls are serialized (`&self` methods too); a panic in a method fails the call with
+/// only for clients of the server's own binary. Each object has a read-write lock of its own:
+/// `&self` methods may run at the same time (so the type must be `Sync`), `&mut self` ones
+/// run alone on their object; a panic in a method fails the call with
 /// [`RemoteError::Panicked`](manager::RemoteError::Panicked).
 ///
 /// # Examples

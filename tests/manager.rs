@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Reaper, WAIT};
 use multiproc::connection::{Address, ConnectError};
 use multiproc::manager::{
-    DictProxy, EventProxy, ListProxy, LockProxy, Manager, ManagerError, QueueProxy, RemoteError,
-    SemaphoreProxy, ValueProxy,
+    BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    ManagerError, QueueProxy, RemoteError, SemaphoreProxy, ValueProxy,
 };
 use multiproc::process::AuthKey;
 use multiproc::{JoinHandle, spawn_with_args};
@@ -76,7 +76,102 @@ fn new_counts(label: String) -> Counts {
     Counts { label, n: 0 }
 }
 
+/// A user's type whose `&self` calls wait for each other and whose `&mut self` calls count
+/// how many of them are inside at once: per-object concurrency, as the server sees it.
+#[multiproc::remote]
+trait Gate {
+    /// Waits up to `ms` for `open`; whether it was opened.
+    fn wait_open(&self, ms: u64) -> bool;
+    /// How many `wait_open` calls have started.
+    fn waiters(&self) -> u32;
+    fn open(&self);
+    /// Stays inside for `ms`.
+    fn exclusive(&mut self, ms: u64);
+    /// The most `exclusive` calls ever inside at once.
+    fn most_inside(&self) -> u32;
+}
+
+#[derive(Default)]
+struct Turnstile {
+    opened: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    waiters: std::sync::atomic::AtomicU32,
+    // Atomics, not plain fields: `&mut self` would let the compiler assume no overlap, and
+    // overlap is what this counts.
+    inside: std::sync::atomic::AtomicU32,
+    most: std::sync::atomic::AtomicU32,
+}
+
+impl Gate for Turnstile {
+    fn wait_open(&self, ms: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiters.fetch_add(1, SeqCst);
+        let opened = self.opened.lock().unwrap();
+        let (opened, _) = self
+            .cv
+            .wait_timeout_while(opened, Duration::from_millis(ms), |o| !*o)
+            .unwrap();
+        *opened
+    }
+    fn waiters(&self) -> u32 {
+        self.waiters.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn open(&self) {
+        *self.opened.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn exclusive(&mut self, ms: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.inside.fetch_sub(1, SeqCst);
+    }
+    fn most_inside(&self) -> u32 {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn new_turnstile(_: ()) -> Turnstile {
+    Turnstile::default()
+}
+
 start_method_matrix! {
+    #[test]
+    fn remote_shared_methods_overlap_and_mut_ones_do_not() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let g = GateProxy::new(&m, new_turnstile, ()).unwrap();
+        // A child's `wait_open` blocks in the server until `open`: with `&self` calls
+        // serialized, `waiters` and `open` would wait behind it and it would time out (false).
+        let waiter = spawn_with_args(|g: GateProxy| g.wait_open(20_000).unwrap(), g.clone())
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while g.waiters().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "wait_open never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        g.open().unwrap();
+        assert_eq!(join_all(vec![waiter]), vec![true], "a &self call waited behind another");
+
+        // `&mut self` calls from several processes at once never overlap on the object.
+        let children = (0..4)
+            .map(|_| {
+                spawn_with_args(
+                    |g: GateProxy| {
+                        for _ in 0..10 {
+                            g.exclusive(3).unwrap();
+                        }
+                    },
+                    g.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        join_all(children);
+        assert_eq!(g.most_inside().unwrap(), 1, "two &mut self calls overlapped");
+    }
+
     #[test]
     fn remote_trait_objects_from_children() {
         let _r = Reaper::new();
@@ -240,6 +335,31 @@ start_method_matrix! {
         assert_eq!(d.get(&"k".into()).unwrap(), Some(PROCS * ITERS));
         assert_eq!(l.get(0).unwrap(), PROCS * ITERS);
         assert_eq!(v.get().unwrap(), PROCS * ITERS);
+    }
+
+    #[test]
+    fn modify_from_a_hundred_processes_is_exact() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let d = m.dict::<String, u64>().unwrap();
+        const PROCS: u64 = 100;
+        const ITERS: u64 = 50;
+        // All started before any joins, so the server has a hundred clients at once.
+        let children: Vec<_> = (0..PROCS)
+            .map(|_| {
+                spawn_with_args(
+                    |d: DictProxy<String, u64>| {
+                        for _ in 0..ITERS {
+                            d.modify(&"k".into(), bump, 1).unwrap();
+                        }
+                    },
+                    d.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        join_all(children);
+        assert_eq!(d.get(&"k".into()).unwrap(), Some(PROCS * ITERS));
     }
 
     #[test]
@@ -434,6 +554,144 @@ start_method_matrix! {
         assert!(started.elapsed() < WAIT);
         // Reaps the dead server; a second call does nothing.
         m.shutdown().unwrap();
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn barrier_across_processes_breaks_and_resets() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let b = m.barrier(3).unwrap();
+        assert_eq!(b.parties().unwrap(), 3);
+        const ROUNDS: usize = 5;
+        let children = (0..2)
+            .map(|_| {
+                spawn_with_args(
+                    |b: BarrierProxy| (0..ROUNDS).map(|_| b.wait_timeout(WAIT).unwrap()).sum::<usize>(),
+                    b.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mine: usize = (0..ROUNDS).map(|_| b.wait_timeout(WAIT).unwrap()).sum();
+        // Each round hands out the arrival indices 0, 1 and 2 once.
+        let theirs: usize = join_all(children).into_iter().sum();
+        assert_eq!(mine + theirs, ROUNDS * 3);
+        assert_eq!(b.n_waiting().unwrap(), 0);
+        assert!(!b.broken().unwrap());
+
+        // A wait that times out breaks the barrier, for later waits too, until a reset.
+        let err = b.wait_timeout(Duration::from_millis(20)).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::BrokenBarrier)), "{err:?}");
+        assert!(b.broken().unwrap());
+        let err = b.wait_timeout(WAIT).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::BrokenBarrier)), "{err:?}");
+        b.reset().unwrap();
+        assert!(!b.broken().unwrap());
+
+        // A reset fails the waits under way.
+        let waiter = spawn_with_args(
+            |b: BarrierProxy| matches!(b.wait_timeout(WAIT), Err(ManagerError::Remote(RemoteError::BrokenBarrier))),
+            b.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.n_waiting().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the child never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b.reset().unwrap();
+        assert_eq!(join_all(vec![waiter]), [true]);
+        assert!(matches!(m.barrier(0), Err(ManagerError::Remote(RemoteError::BadRequest(_)))));
+    }
+
+    #[test]
+    fn condition_wait_releases_the_lock_and_notify_wakes() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let (cond, ready) = (m.condition().unwrap(), m.value(0u32).unwrap());
+        // Not held: wait and notify fail, as Python's RuntimeError.
+        let err = cond.wait_timeout(Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ManagerError::Remote(RemoteError::NotHeld)), "{err:?}");
+        assert!(matches!(cond.notify(1), Err(ManagerError::Remote(RemoteError::NotHeld))));
+        // Held twice (reentrant): the wait must release both, or the children never get in.
+        cond.acquire().unwrap();
+        cond.acquire().unwrap();
+        let children = (0..2)
+            .map(|_| {
+                spawn_with_args(
+                    |(cond, ready): (ConditionProxy, ValueProxy<u32>)| {
+                        assert!(cond.acquire_timeout(WAIT).unwrap());
+                        ready.modify(|n: &mut u32, by: u32| *n += by, 1).unwrap();
+                        cond.notify(1).unwrap();
+                        cond.release().unwrap();
+                    },
+                    (cond.clone(), ready.clone()),
+                )
+                .unwrap()
+            })
+            .collect();
+        while ready.get().unwrap() < 2 {
+            assert!(cond.wait_timeout(WAIT).unwrap(), "no notify came");
+        }
+        join_all(children);
+        // The wait took the lock back twice: two releases, then it is free.
+        cond.release().unwrap();
+        cond.release().unwrap();
+        assert!(matches!(cond.release(), Err(ManagerError::Remote(RemoteError::NotHeld))));
+        // A timed-out wait reports false and still holds the lock.
+        cond.acquire().unwrap();
+        assert!(!cond.wait_timeout(Duration::from_millis(20)).unwrap());
+        cond.release().unwrap();
+    }
+
+    #[test]
+    fn server_killed_releases_condition_waiters() {
+        let _r = Reaper::new();
+        let mut m = Manager::start().unwrap();
+        let (cond, waiting) = (m.condition().unwrap(), m.event().unwrap());
+        let child = spawn_with_args(
+            |(cond, waiting): (ConditionProxy, EventProxy)| {
+                cond.acquire().unwrap();
+                waiting.set().unwrap();
+                match cond.wait() {
+                    Err(ManagerError::Disconnected { .. }) => "disconnected".to_string(),
+                    other => format!("{other:?}"),
+                }
+            },
+            (cond.clone(), waiting.clone()),
+        )
+        .unwrap();
+        assert!(waiting.wait_timeout(WAIT).unwrap());
+        // Free only once the child's wait released it: the child is waiting now.
+        assert!(cond.acquire_timeout(WAIT).unwrap());
+        cond.release().unwrap();
+        m.server_process().unwrap().kill().unwrap();
+        assert_eq!(join_all(vec![child]), ["disconnected"]);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn server_killed_releases_barrier_waiters() {
+        let _r = Reaper::new();
+        let mut m = Manager::start().unwrap();
+        let b = m.barrier(2).unwrap();
+        let child = spawn_with_args(
+            |b: BarrierProxy| match b.wait() {
+                Err(ManagerError::Disconnected { .. }) => "disconnected".to_string(),
+                other => format!("{other:?}"),
+            },
+            b.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.n_waiting().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the child never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        m.server_process().unwrap().kill().unwrap();
+        assert_eq!(join_all(vec![child]), ["disconnected"]);
+        assert!(is_disconnected(&b.wait().unwrap_err()));
         m.shutdown().unwrap();
     }
 

@@ -40,19 +40,20 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
     let rt = quote!(::multiproc::manager::remote);
     let mut methods = Vec::new();
     let mut arms = Vec::new();
+    let mut shared_arms = Vec::new();
     let mut index = 0u32;
     for item in &tr.items {
         let TraitItem::Fn(f) = item else { continue };
         let sig = &f.sig;
-        match sig.inputs.first() {
-            Some(FnArg::Receiver(r)) if r.reference.is_some() => {}
+        let shared = match sig.inputs.first() {
+            Some(FnArg::Receiver(r)) if r.reference.is_some() => r.mutability.is_none(),
             _ => {
                 return Err(syn::Error::new_spanned(
                     sig,
                     "#[remote] methods take &self or &mut self",
                 ));
             }
-        }
+        };
         if !sig.generics.params.is_empty() || sig.asyncness.is_some() {
             return Err(syn::Error::new_spanned(
                 sig,
@@ -86,15 +87,24 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
             /// # Errors
             /// The `ManagerError`s of any manager call.
             pub fn #m(&self, #(#names: #types),*) -> ::std::result::Result<#ret, ::multiproc::manager::ManagerError> {
-                self.0.call(#dispatch, #index, &(#(#names,)*))
+                self.0.call(#dispatch, #index, #shared, &(#(#names,)*))
             }
         });
-        arms.push(quote! {
+        let arm = quote! {
             #index => {
                 let (#(#names,)*): (#(#types,)*) = #rt::decode_args(args)?;
                 #rt::encode_result(&object.#m(#(#names),*))
             }
-        });
+        };
+        if shared {
+            shared_arms.push(arm.clone());
+        } else {
+            // Through a shared reference only `&self` methods can be called.
+            shared_arms.push(quote! {
+                #index => ::std::result::Result::Err(#rt::bad_dispatch("a &mut self method called as &self")),
+            });
+        }
+        arms.push(arm);
         index += 1;
     }
     let proxy_doc = format!(
@@ -123,16 +133,27 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
         #[doc(hidden)]
         #[allow(non_snake_case)]
         fn #dispatch(
-            object: &mut (dyn ::std::any::Any + ::std::marker::Send),
+            target: #rt::Target<'_>,
             method: u32,
             args: &[u8],
         ) -> ::std::result::Result<::std::vec::Vec<u8>, ::multiproc::manager::RemoteError> {
-            let object = object
-                .downcast_mut::<::std::boxed::Box<dyn #name + ::std::marker::Send>>()
-                .ok_or_else(|| #rt::bad_dispatch(concat!("not a ", stringify!(#name))))?;
-            match method {
-                #(#arms)*
-                _ => ::std::result::Result::Err(#rt::bad_dispatch("no such method")),
+            type Stored = ::std::boxed::Box<dyn #name + ::std::marker::Send + ::std::marker::Sync>;
+            let not_ours = || #rt::bad_dispatch(concat!("not a ", stringify!(#name)));
+            match target {
+                #rt::Target::Shared(object) => {
+                    let object = object.downcast_ref::<Stored>().ok_or_else(not_ours)?;
+                    match method {
+                        #(#shared_arms)*
+                        _ => ::std::result::Result::Err(#rt::bad_dispatch("no such method")),
+                    }
+                }
+                #rt::Target::Exclusive(object) => {
+                    let object = object.downcast_mut::<Stored>().ok_or_else(not_ours)?;
+                    match method {
+                        #(#arms)*
+                        _ => ::std::result::Result::Err(#rt::bad_dispatch("no such method")),
+                    }
+                }
             }
         }
 
@@ -140,14 +161,14 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
         #[allow(non_snake_case)]
         fn #ctor<F, A, T>(
             arg: &[u8],
-        ) -> ::std::result::Result<::std::boxed::Box<dyn ::std::any::Any + ::std::marker::Send>, ::multiproc::manager::RemoteError>
+        ) -> ::std::result::Result<::std::boxed::Box<dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync>, ::multiproc::manager::RemoteError>
         where
             F: Fn(A) -> T,
             A: #rt::serde::de::DeserializeOwned,
-            T: #name + ::std::marker::Send + 'static,
+            T: #name + ::std::marker::Send + ::std::marker::Sync + 'static,
         {
             let arg: A = #rt::decode_args(arg)?;
-            let object: ::std::boxed::Box<dyn #name + ::std::marker::Send> =
+            let object: ::std::boxed::Box<dyn #name + ::std::marker::Send + ::std::marker::Sync> =
                 ::std::boxed::Box::new(#rt::conjure::<F>()(arg));
             ::std::result::Result::Ok(::std::boxed::Box::new(object))
         }
@@ -156,7 +177,8 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
             /// Makes an object in `manager`'s server by running `ctor(arg)` there (Python's
             /// `BaseManager.register(typeid, callable)` then `manager.typeid(arg)`). `ctor`
             /// must capture nothing (checked at compile time): it runs in the server, which
-            /// makes it afresh from its type.
+            /// makes it afresh from its type. The object must be `Sync`: its `&self` methods
+            /// may run on several of the server's threads at once.
             ///
             /// # Errors
             /// The `ManagerError`s of any manager call.
@@ -168,7 +190,7 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
             where
                 F: Fn(A) -> T + ::std::marker::Send + ::std::marker::Sync + 'static,
                 A: #rt::serde::Serialize + #rt::serde::de::DeserializeOwned,
-                T: #name + ::std::marker::Send + 'static,
+                T: #name + ::std::marker::Send + ::std::marker::Sync + 'static,
             {
                 let _ = ctor;
                 #rt::require_stateless::<F>();

@@ -91,6 +91,11 @@ pub enum RemoteError {
     /// A bounded semaphore released more times than it was acquired.
     #[error("semaphore released too many times")]
     TooManyReleases,
+    /// A barrier that was aborted, reset while this call waited, or broken by a waiter's
+    /// timeout or departure (Python's `BrokenBarrierError`).
+    #[doc(alias = "BrokenBarrierError")]
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// A function sent with `modify` panicked in the server; the object is unchanged.
     #[error("the modify function panicked in the server: {0}")]
     Panicked(String),

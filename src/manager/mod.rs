@@ -75,7 +75,9 @@ pub use list::ListProxy;
 pub(crate) use modify::ModifyEntry;
 pub use queue::QueueProxy;
 pub use server::Server;
-pub use sync::{EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy};
+pub use sync::{
+    BarrierProxy, ConditionProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+};
 pub use value::{Namespace, ValueProxy};
 
 use crate::connection::{Address, Connection};
@@ -475,6 +477,35 @@ impl Manager {
     #[doc(alias = "Event")]
     pub fn event(&self) -> Result<EventProxy, ManagerError> {
         self.create(Kind::Event).map(EventProxy::from_handle)
+    }
+
+    /// A condition variable in the server with its own reentrant lock (Python's
+    /// `Manager().Condition()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Manager::dict).
+    #[doc(alias = "Condition")]
+    pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
+        self.create(Kind::Condition)
+            .map(ConditionProxy::from_handle)
+    }
+
+    /// A barrier in the server for `parties` callers (Python's `Manager().Barrier(parties)`).
+    ///
+    /// # Errors
+    /// [`ManagerError::Remote`] with [`RemoteError::BadRequest`] for `parties == 0`; as
+    /// [`dict`](Manager::dict).
+    #[doc(alias = "Barrier")]
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, ManagerError> {
+        if parties == 0 {
+            return Err(ManagerError::Remote(RemoteError::BadRequest(
+                "a barrier needs at least one party".into(),
+            )));
+        }
+        self.create(Kind::Barrier {
+            parties: parties as u64,
+        })
+        .map(BarrierProxy::from_handle)
     }
 
     /// A FIFO queue in the server, holding at most `maxsize` items (`None`: unbounded);

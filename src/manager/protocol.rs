@@ -52,6 +52,10 @@ pub(crate) enum Kind {
     Queue {
         maxsize: Option<u64>,
     },
+    Barrier {
+        parties: u64,
+    },
+    Condition,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,11 +126,27 @@ pub(crate) enum Op {
     Take {
         timeout_ms: Option<u64>,
     },
+    // Condition (plus Acquire and Release)
+    CondWait {
+        timeout_ms: Option<u64>,
+    },
+    Notify(Option<u64>),
+    // Barrier
+    BarrierWait {
+        timeout_ms: Option<u64>,
+    },
+    Abort,
+    Reset,
+    Parties,
+    Waiting,
+    IsBroken,
     // A user's type
     Method {
         dispatch: i64,
         method: u32,
         args: Bytes,
+        /// The method takes `&self`: it may run beside other such calls on the object.
+        shared: bool,
     },
 }
 

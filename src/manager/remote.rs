@@ -4,10 +4,13 @@
 //!
 //! An object of a user's type is made in the server by a constructor that captures nothing,
 //! named by its code offset as `modify`'s functions are ([`CtorEntry`]), and stored as a
-//! `Box<dyn Trait + Send>` inside a `Box<dyn Any + Send>`; each method call names the trait's
-//! dispatch function ([`DispatchEntry`]), a method index and the encoded arguments. Both run
-//! only for a client of the server's own binary, under the server's lock, so `&self` and
-//! `&mut self` methods alike are serialized per server (not only per object).
+//! `Box<dyn Trait + Send + Sync>` inside a `Box<dyn Any + Send + Sync>`; each method call names
+//! the trait's dispatch function ([`DispatchEntry`]), a method index, whether the method takes
+//! `&self`, and the encoded arguments. Both run only for a client of the server's own binary.
+//! Each object has a read-write lock of its own: `&self` methods run under its read side, so
+//! they may run at the same time, and `&mut self` ones under its write side, alone. A client
+//! that claims `&self` for a `&mut self` method gets [`Target::Shared`], through which the
+//! dispatch cannot call it (it fails the call): the claim only chooses the lock.
 
 use std::any::Any;
 use std::fmt;
@@ -23,10 +26,20 @@ use super::protocol::{Kind, Op, Reply};
 pub use serde;
 
 /// Makes an object in the server from its encoded argument.
-pub type CtorEntry = fn(&[u8]) -> Result<Box<dyn Any + Send>, RemoteError>;
+pub type CtorEntry = fn(&[u8]) -> Result<Box<dyn Any + Send + Sync>, RemoteError>;
 
 /// Runs method number `method` of an object with encoded arguments; the encoded result.
-pub type DispatchEntry = fn(&mut (dyn Any + Send), u32, &[u8]) -> Result<Vec<u8>, RemoteError>;
+pub type DispatchEntry = fn(Target<'_>, u32, &[u8]) -> Result<Vec<u8>, RemoteError>;
+
+/// The object a dispatch runs a method on: shared (under the object's read lock, where only
+/// `&self` methods can run) or exclusive (under its write lock, where any can).
+#[derive(Debug)]
+pub enum Target<'a> {
+    /// Under the object's read lock.
+    Shared(&'a (dyn Any + Send + Sync)),
+    /// Under the object's write lock.
+    Exclusive(&'a mut (dyn Any + Send + Sync)),
+}
 
 /// The handle a generated proxy wraps.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +81,8 @@ pub fn create<A: Serialize>(
 }
 
 impl RawProxy {
-    /// Calls method number `method` through `dispatch` with arguments `args`.
+    /// Calls method number `method` through `dispatch` with arguments `args`; `shared` when
+    /// the method takes `&self`.
     ///
     /// # Errors
     /// The [`ManagerError`]s of any call.
@@ -76,6 +90,7 @@ impl RawProxy {
         &self,
         dispatch: DispatchEntry,
         method: u32,
+        shared: bool,
         args: &A,
     ) -> Result<R, ManagerError> {
         let dispatch = crate::sys::entry_offset(dispatch)
@@ -84,6 +99,7 @@ impl RawProxy {
             dispatch,
             method,
             args: encode(args)?,
+            shared,
         })? {
             Reply::Modified(bytes) => decode(&bytes),
             r => Err(unexpected(r)),
@@ -117,7 +133,7 @@ pub(crate) fn construct(
     ctor: i64,
     arg: &[u8],
     same_build: bool,
-) -> Result<Box<dyn Any + Send>, RemoteError> {
+) -> Result<Box<dyn Any + Send + Sync>, RemoteError> {
     if !same_build {
         return Err(RemoteError::ForeignBuild);
     }
@@ -128,7 +144,7 @@ pub(crate) fn construct(
 
 /// Runs a method in the server.
 pub(crate) fn dispatch(
-    object: &mut (dyn Any + Send),
+    object: Target<'_>,
     entry: i64,
     method: u32,
     args: &[u8],

@@ -1,17 +1,20 @@
 //! The server: objects in one table behind one lock, a thread per client connection.
 //!
-//! Every call runs under the table's lock, from reading the object to storing its new value,
-//! so calls on one object are atomic with respect to each other; `modify` runs the client's
-//! function inside that same section, which is why no read-modify-write done with it loses an
-//! update. Blocking calls (a lock's acquire, a queue's get, an event's wait) wait on one
-//! condition variable, woken by every change to a blocking object, and every 50 ms look
-//! whether their client is still there, so a client that died while waiting neither takes a
-//! queue item nor acquires a lock that then nobody releases. Locks held by a client whose
-//! connection closes (its thread or process ended, or it was killed) are released.
+//! Every call on a built-in object runs under the table's lock, from reading the object to
+//! storing its new value, so calls on one object are atomic with respect to each other;
+//! `modify` runs the client's function inside that same section, which is why no
+//! read-modify-write done with it loses an update. Users' objects (`#[remote]`) are the
+//! exception: each has a read-write lock of its own, and their methods run outside the
+//! table's lock (see `Shared::method`). Blocking calls (a lock's acquire, a queue's get, an
+//! event's wait) wait on one condition variable, woken by every change to a blocking object,
+//! and every 50 ms look whether their client is still there, so a client that died while
+//! waiting neither takes a queue item nor acquires a lock that then nobody releases. Locks
+//! held by a client whose connection closes (its thread or process ended, or it was killed)
+//! are released.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::error::{ManagerError, RemoteError};
@@ -86,10 +89,30 @@ enum Object {
         bound: Option<u64>,
     },
     Event(bool),
-    Custom(Box<dyn std::any::Any + Send>),
+    /// A user's object, with a lock of its own: see [`Shared::method`].
+    Custom(Arc<RwLock<Box<dyn std::any::Any + Send + Sync>>>),
     Queue {
         items: VecDeque<Bytes>,
         maxsize: Option<u64>,
+    },
+    /// A condition variable with its own reentrant lock (Python's default, an `RLock`).
+    Condition {
+        owner: Option<u64>,
+        count: u32,
+        /// Tickets of the waits under way, oldest first; `notify` moves them to `woken`.
+        waiters: VecDeque<u64>,
+        woken: Vec<u64>,
+        next_ticket: u64,
+    },
+    Barrier {
+        parties: u64,
+        /// How many wait in the current generation.
+        count: u64,
+        /// Bumped each time the barrier trips, which is what releases waiters.
+        generation: u64,
+        /// Bumped by each reset, which breaks the waits under way.
+        resets: u64,
+        broken: bool,
     },
 }
 
@@ -107,6 +130,8 @@ impl Object {
             Object::Event(_) => "event",
             Object::Custom(_) => "remote object",
             Object::Queue { .. } => "queue",
+            Object::Barrier { .. } => "barrier",
+            Object::Condition { .. } => "condition",
         }
     }
 }
@@ -275,12 +300,31 @@ impl Shared {
             Kind::Semaphore { value, bound } => Object::Semaphore { value, bound },
             Kind::Event => Object::Event(false),
             // Runs the user's constructor before taking the table's lock.
-            Kind::Custom { ctor, arg } => {
-                Object::Custom(super::remote::construct(ctor, &arg, same_build)?)
-            }
+            Kind::Custom { ctor, arg } => Object::Custom(Arc::new(RwLock::new(
+                super::remote::construct(ctor, &arg, same_build)?,
+            ))),
             Kind::Queue { maxsize } => Object::Queue {
                 items: VecDeque::new(),
                 maxsize,
+            },
+            Kind::Condition => Object::Condition {
+                owner: None,
+                count: 0,
+                waiters: VecDeque::new(),
+                woken: Vec::new(),
+                next_ticket: 0,
+            },
+            Kind::Barrier { parties: 0 } => {
+                return Err(RemoteError::BadRequest(
+                    "a barrier needs at least one party".into(),
+                ));
+            }
+            Kind::Barrier { parties } => Object::Barrier {
+                parties,
+                count: 0,
+                generation: 0,
+                resets: 0,
+                broken: false,
             },
         };
         let mut objects = lock(&self.objects);
@@ -295,7 +339,8 @@ impl Shared {
         let mut objects = lock(&self.objects);
         let mut any = false;
         for object in objects.map.values_mut() {
-            if let Object::Lock { owner, count, .. } = object
+            if let Object::Lock { owner, count, .. } | Object::Condition { owner, count, .. } =
+                object
                 && *owner == Some(client)
             {
                 *owner = None;
@@ -397,14 +442,15 @@ impl Shared {
                     dispatch,
                     method,
                     args,
+                    shared,
                 },
-            ) => Reply::Modified(super::remote::dispatch(
-                &mut **object,
-                dispatch,
-                method,
-                &args,
-                same_build,
-            )?),
+            ) => {
+                let object = Arc::clone(object);
+                drop(objects);
+                return Ok(Reply::Modified(Self::method(
+                    &object, dispatch, method, &args, shared, same_build,
+                )?));
+            }
             (Object::Event(flag), Op::SetFlag) => {
                 *flag = true;
                 self.changed.notify_all();
@@ -451,9 +497,199 @@ impl Shared {
                 }
                 return Ok(Reply::Value(taken));
             }
+            (Object::Condition { owner, count, .. }, Op::Release) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                *count -= 1;
+                if *count == 0 {
+                    *owner = None;
+                    self.changed.notify_all();
+                }
+                Reply::Unit
+            }
+            (Object::Condition { .. }, Op::Acquire { timeout_ms }) => {
+                let done = self.wait(objects, id, deadline(timeout_ms), conn, |o| {
+                    take_condition(o, client, None)
+                })?;
+                return Ok(Reply::Bool(done));
+            }
+            (
+                Object::Condition {
+                    owner,
+                    waiters,
+                    woken,
+                    ..
+                },
+                Op::Notify(n),
+            ) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                let n = n.map_or(waiters.len(), |n| (n as usize).min(waiters.len()));
+                woken.extend(waiters.drain(..n));
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Condition {
+                    owner,
+                    count,
+                    waiters,
+                    next_ticket,
+                    ..
+                },
+                Op::CondWait { timeout_ms },
+            ) => {
+                if *owner != Some(client) {
+                    return Err(RemoteError::NotHeld);
+                }
+                // Release the lock entirely (however many times it was taken), wait for a
+                // notify, then take it again as many times: Python's `Condition.wait`.
+                let saved = *count;
+                *owner = None;
+                *count = 0;
+                *next_ticket += 1;
+                let ticket = *next_ticket;
+                waiters.push_back(ticket);
+                self.changed.notify_all();
+                let mut notified =
+                    self.wait(objects, id, deadline(timeout_ms), conn, |o| match o {
+                        Object::Condition { woken, .. } => {
+                            match woken.iter().position(|t| *t == ticket) {
+                                Some(i) => {
+                                    woken.swap_remove(i);
+                                    true
+                                }
+                                None => false,
+                            }
+                        }
+                        _ => false,
+                    })?;
+                let mut objects = lock(&self.objects);
+                if !notified
+                    && let Some(Object::Condition { waiters, woken, .. }) = objects.map.get_mut(&id)
+                {
+                    waiters.retain(|t| *t != ticket);
+                    // A notify that came between the timeout and this lock counts.
+                    if let Some(i) = woken.iter().position(|t| *t == ticket) {
+                        woken.swap_remove(i);
+                        notified = true;
+                    }
+                }
+                // Taken again even after a timeout, as Python does; not for a client that
+                // hung up (its lock would be released at once anyway).
+                self.wait(objects, id, None, conn, |o| {
+                    take_condition(o, client, Some(saved))
+                })?;
+                return Ok(Reply::Bool(notified));
+            }
+            (Object::Barrier { parties, .. }, Op::Parties) => Reply::Len(*parties),
+            (Object::Barrier { count, .. }, Op::Waiting) => Reply::Len(*count),
+            (Object::Barrier { broken, .. }, Op::IsBroken) => Reply::Bool(*broken),
+            (Object::Barrier { broken, count, .. }, Op::Abort) => {
+                *broken = true;
+                *count = 0;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Barrier {
+                    broken,
+                    count,
+                    resets,
+                    ..
+                },
+                Op::Reset,
+            ) => {
+                // The waits under way fail (Python's reset); later ones use a fresh barrier.
+                *resets += 1;
+                *count = 0;
+                *broken = false;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            (
+                Object::Barrier {
+                    parties,
+                    count,
+                    generation,
+                    resets,
+                    broken,
+                },
+                Op::BarrierWait { timeout_ms },
+            ) => {
+                if *broken {
+                    return Err(RemoteError::BrokenBarrier);
+                }
+                let index = *count;
+                *count += 1;
+                if *count == *parties {
+                    *count = 0;
+                    *generation += 1;
+                    self.changed.notify_all();
+                    return Ok(Reply::Len(index));
+                }
+                let (mine, my_resets) = (*generation, *resets);
+                let mut outcome = None;
+                let done = self.wait(objects, id, deadline(timeout_ms), conn, |o| match o {
+                    Object::Barrier { generation, .. } if *generation != mine => {
+                        outcome = Some(true);
+                        true
+                    }
+                    Object::Barrier { resets, broken, .. } if *broken || *resets != my_resets => {
+                        outcome = Some(false);
+                        true
+                    }
+                    _ => false,
+                })?;
+                if done && outcome == Some(true) {
+                    return Ok(Reply::Len(index));
+                }
+                if !done {
+                    // Timed out, or the waiter's client hung up: the others would wait for
+                    // a party that never comes, so the barrier breaks (Python's timeout does).
+                    let mut objects = lock(&self.objects);
+                    if let Some(Object::Barrier { broken, count, .. }) = objects.map.get_mut(&id) {
+                        *broken = true;
+                        *count = 0;
+                    }
+                    self.changed.notify_all();
+                }
+                return Err(RemoteError::BrokenBarrier);
+            }
             (object, op) => return Err(unsupported(id, object.kind(), &op)),
         };
         Ok(reply)
+    }
+
+    /// Runs a method of a user's object outside the table's lock, under the object's own:
+    /// its read side for a `&self` method (such calls run side by side, and beside calls on
+    /// other objects), its write side for a `&mut self` one (alone on this object). A method
+    /// that panics is caught inside the dispatch, so the lock is never poisoned by one; a
+    /// poisoned lock is used anyway, as the table's is.
+    fn method(
+        object: &RwLock<Box<dyn std::any::Any + Send + Sync>>,
+        dispatch: i64,
+        method: u32,
+        args: &[u8],
+        shared: bool,
+        same_build: bool,
+    ) -> Result<Bytes, RemoteError> {
+        use super::remote::Target;
+        if shared {
+            let guard = object.read().unwrap_or_else(PoisonError::into_inner);
+            super::remote::dispatch(Target::Shared(&**guard), dispatch, method, args, same_build)
+        } else {
+            let mut guard = object.write().unwrap_or_else(PoisonError::into_inner);
+            super::remote::dispatch(
+                Target::Exclusive(&mut **guard),
+                dispatch,
+                method,
+                args,
+                same_build,
+            )
+        }
     }
 
     /// Waits until `ready` (run under the table's lock) returns `true` for object `id`, or
@@ -491,6 +727,22 @@ impl Shared {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// Takes a condition's lock for `client` if it is free or already its own: once more, or
+/// `restore` times (after a wait).
+fn take_condition(o: &mut Object, client: u64, restore: Option<u32>) -> bool {
+    match o {
+        Object::Condition { owner, count, .. } if owner.is_none() || *owner == Some(client) => {
+            *owner = Some(client);
+            match restore {
+                Some(n) => *count = n,
+                None => *count += 1,
+            }
+            true
+        }
+        _ => false,
     }
 }
 

@@ -57,6 +57,9 @@ fn manager_dict_ops(ctx: &mut Ctx) -> Row {
         "ours_us_per_get".into(),
         median(ctx.rounds(), || gets.next().unwrap_or(f64::NAN)),
     );
+    // Each get or set is one request and one reply: a round trip between two processes is
+    // the kernel's floor for it, whatever the protocol.
+    row.limit = ctx.limit("pipe_roundtrip_us");
     let py = ctx.python("bench_manager.py", &[]);
     row.python = get(&py, "us_per_op");
     for k in ["us_per_set", "us_per_get"] {
