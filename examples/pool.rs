@@ -3,7 +3,10 @@
 use multiproc::{Pool, pool::TaskError};
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn add((a, b): (u64, u64)) -> u64 {
