@@ -75,6 +75,8 @@
 //! [`connection`] (`Listener`, `client`, `wait`, per-operation errors), [`queue`] (get and put
 //! errors), [`sync`] (guards and acquire errors), [`shared`] (`SharedMemory`, guards, `Pod`)
 //! and [`pool`] (futures, iterators, task errors).
+//! Porting a Python program? [`coming_from_python`] puts each name of Python's
+//! `multiprocessing` beside its counterpart here.
 //!
 //! # What is here
 //! - [`Process`] with Python's surface: start, join (with timeout), is_alive, terminate,
@@ -129,6 +131,8 @@ struct ReadmeDoctests;
 /// `tokio`) or any async-io executor such as smol (feature `async-io`).
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub mod aio;
+#[doc = include_str!("coming_from_python.md")]
+pub mod coming_from_python {}
 pub mod connection;
 mod context;
 mod error;

@@ -107,6 +107,17 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs an example that must succeed and returns its stdout.
+fn ok_text(name: &str) -> String {
+    let (out, _) = run(name, &[]);
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out)
+}
+
 fn position(haystack: &str, needle: &str) -> usize {
     haystack
         .find(needle)
@@ -261,6 +272,73 @@ start_method_matrix! {
         assert!(
             err.contains("panicked at examples/tour.rs") && err.contains("something broke"),
             "{err}"
+        );
+    }
+
+    // The examples per concept (queue, pipe, locks, shared_memory, pool, executor, manager).
+
+    #[test]
+    fn queue_example_passes_every_item() {
+        let s = ok_text("queue");
+        // Two producers of 10 + 20 + .. + 50 each.
+        assert!(s.contains("consumed 10 items, sum 300"), "{s}");
+        assert!(s.contains("empty afterwards: "), "{s}");
+    }
+
+    #[test]
+    fn pipe_example_round_trips_and_reports_disconnection() {
+        let s = ok_text("pipe");
+        for line in ["fork has 4 letters", "spawn has 5 letters", "forkserver has 10 letters"] {
+            assert!(s.contains(line), "{s}");
+        }
+        assert!(s.contains("child done; recv() -> Disconnected"), "{s}");
+    }
+
+    #[test]
+    fn locks_example_loses_no_update_and_survives_a_dead_holder() {
+        let s = ok_text("locks");
+        assert!(s.contains("total after 4 x 100 locked increments: 400"), "{s}");
+        assert!(s.contains("holder ended: "), "{s}");
+        assert!(s.contains("acquire() -> OwnerDied"), "{s}");
+    }
+
+    #[test]
+    fn shared_memory_example_sees_the_childrens_writes() {
+        let s = ok_text("shared_memory");
+        assert!(s.contains("squared in place: [1, 4, 9, 16, 25, 36] by 2 children"), "{s}");
+        assert!(s.contains("says: hello from a child"), "{s}");
+    }
+
+    #[test]
+    fn pool_example_maps_and_survives_a_crash() {
+        let s = ok_text("pool");
+        assert!(s.contains("map: primes below 20: [2, 3, 5, 7, 11, 13, 17, 19]"), "{s}");
+        assert!(s.contains("starmap: [3, 7]"), "{s}");
+        // 1_000_003, 1_000_033, 1_000_037, 1_000_039, 1_000_081, 1_000_099.
+        assert!(s.contains("imap: 6 primes in 1_000_000..1_000_100"), "{s}");
+        assert!(s.contains("apply_async: 42"), "{s}");
+        assert!(s.contains("crashed task: "), "{s}");
+        assert!(s.contains("the pool goes on: 2"), "{s}");
+    }
+
+    #[test]
+    fn executor_example_yields_in_completion_order() {
+        let s = ok_text("executor");
+        assert!(s.contains("submit(nap, 10).result() = 10"), "{s}");
+        assert!(s.contains("as_completed order: [1, 400]"), "{s}");
+        assert!(s.contains("map: [3, 2, 1]"), "{s}");
+    }
+
+    #[test]
+    fn manager_example_counts_without_losing_updates() {
+        let s = ok_text("manager");
+        assert!(
+            s.contains(r#"counts: [("a", 4), ("is", 2), ("rose", 4)]"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#"log: ["worker 0 counted 5 words", "worker 1 counted 5 words"]"#),
+            "{s}"
         );
     }
 }
