@@ -706,10 +706,13 @@ fn wait_ready_reports_a_queue_with_an_item_and_a_connection_with_a_message() {
 
 #[test]
 fn a_receive_dropped_mid_message_leaves_the_part_for_the_next_receive() {
-    const LEN: usize = 16 << 20;
+    // 128 MiB: a pipe moves a few GB/s here, so a whole message takes tens of milliseconds,
+    // far beyond the 2 ms after which the receive is dropped (16 MiB arrived whole in 5 ms
+    // on an idle machine).
+    const LEN: usize = 128 << 20;
     on_each_runtime(|rt| async move {
         // A message far larger than the pipe: its writer blocks once the pipe is full, and
-        // the receive, dropped 5 ms after it began, has read part of it. A fast machine could
+        // the receive, dropped 2 ms after it began, has read part of it. A fast machine could
         // take it whole in that time; then the round proves nothing, and another is run.
         let mut dropped_mid_message = 0;
         for round in 0..5u8 {
@@ -722,7 +725,7 @@ fn a_receive_dropped_mid_message_leaves_the_part_for_the_next_receive() {
             rt.sleep(Duration::from_millis(20)).await;
             let whole = match race(
                 a.recv_async::<(u8, ByteBuf)>(),
-                rt.sleep(Duration::from_millis(5)),
+                rt.sleep(Duration::from_millis(2)),
             )
             .await
             {
