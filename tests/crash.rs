@@ -293,23 +293,23 @@ fn kill_creators(test: &str, warm_tracker: bool) {
         let prefix = format!("mpcrash-{me}-{k}-");
         let mut c = creator(prefix.clone(), 4);
         sleep_us(rng.below(3000));
-        created += shm_names(&prefix).len();
+        created += common::shm_names(&prefix).len();
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         if !warm_tracker {
             // Each creator started its own tracker, which exits once the creator is gone.
             assert!(
-                common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+                common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
                 "leaked: {:?}",
-                shm_names(&prefix)
+                common::shm_names(&prefix)
             );
         }
     }
     let all = format!("mpcrash-{me}-");
     assert!(
-        common::eventually(WAIT, || shm_names(&all).is_empty()),
+        common::eventually(WAIT, || common::shm_names(&all).is_empty()),
         "leaked after SIGKILL of their creators: {:?}",
-        shm_names(&all)
+        common::shm_names(&all)
     );
     eprintln!("{KILLS} creators killed, {created} names seen before the kill, none left");
     assert!(
@@ -341,27 +341,14 @@ fn failed_duplicate_create_keeps_the_first_creator_tracked() {
     let name = format!("mpcrash-{}-dup-", std::process::id());
     let mut c = creator(name.clone(), 1);
     let full = format!("{name}0");
-    assert!(common::eventually(WAIT, || shm_names(&name).len() == 1));
+    assert!(common::eventually(WAIT, || common::shm_names(&name).len() == 1));
     let e = SharedMemory::create_named(&full, 64).unwrap_err();
     assert_eq!(e.kind(), multiproc::ErrorKind::Io);
     c.kill().unwrap();
     let _ = c.join_timeout(WAIT);
     assert!(
-        common::eventually(WAIT, || shm_names(&name).is_empty()),
+        common::eventually(WAIT, || common::shm_names(&name).is_empty()),
         "the first creator's name leaked: {:?}",
-        shm_names(&name)
+        common::shm_names(&name)
     );
-}
-
-/// Named shared-memory segments in `/dev/shm` whose names start with `prefix`.
-fn shm_names(prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }

@@ -13,19 +13,6 @@ use std::time::Duration;
 use common::{Reaper, Rng, WAIT};
 use multiproc::{JoinError, StartMethod, shared::SharedMemory};
 
-/// Named segments in `/dev/shm` whose names start with `prefix`.
-fn shm_names(prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// Whether a create failed because the name exists.
 fn already_exists(e: &multiproc::Error) -> bool {
     std::error::Error::source(e)
@@ -64,7 +51,7 @@ struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for n in shm_names(&self.0) {
+        for n in common::shm_names(&self.0) {
             let _ = std::fs::remove_file(format!("/dev/shm/{n}"));
         }
     }
@@ -106,13 +93,13 @@ start_method_matrix! {
         // A creator (sharing the new tracker under fork, with its own otherwise) is killed:
         // its names go.
         let mut c = holder(prefix.clone(), 3);
-        assert!(common::eventually(WAIT, || shm_names(&prefix).len() == 3));
+        assert!(common::eventually(WAIT, || common::shm_names(&prefix).len() == 3));
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         assert!(
-            common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+            common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
             "leaked after the tracker restart: {:?}",
-            shm_names(&prefix)
+            common::shm_names(&prefix)
         );
     }
 
@@ -145,9 +132,9 @@ start_method_matrix! {
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         assert!(
-            common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+            common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
             "left behind by the killed creator: {:?}",
-            shm_names(&prefix)
+            common::shm_names(&prefix)
         );
     }
 
@@ -253,9 +240,9 @@ start_method_matrix! {
         let _c = Cleanup(prefix.clone());
         let mut c = holder(prefix.clone(), 300);
         assert!(
-            common::eventually(WAIT, || shm_names(&prefix).len() == 300),
+            common::eventually(WAIT, || common::shm_names(&prefix).len() == 300),
             "the creator made {} of 300",
-            shm_names(&prefix).len()
+            common::shm_names(&prefix).len()
         );
         // Give the tracker time to read all 300 registrations before the kill (a tracker
         // that lags behind would see the creator dead already and unlink at once, which
@@ -264,9 +251,9 @@ start_method_matrix! {
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         assert!(
-            common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+            common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
             "{} of 300 names leaked after the creator's SIGKILL",
-            shm_names(&prefix).len()
+            common::shm_names(&prefix).len()
         );
     }
 }
@@ -360,10 +347,10 @@ fn unlink_does_not_erase_a_new_creators_registration() {
         let _ = c.join_timeout(WAIT);
     }
     assert!(
-        common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+        common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
         "{} of {NAMES} names of killed creators leaked: {:?}",
-        shm_names(&prefix).len(),
-        shm_names(&prefix)
+        common::shm_names(&prefix).len(),
+        common::shm_names(&prefix)
     );
 }
 

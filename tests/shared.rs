@@ -105,7 +105,7 @@ fn shared_memory_create_attach_unlink() {
     let shm = SharedMemory::create_named(&name, 10_000).unwrap();
     assert_eq!(shm.name(), name);
     assert_eq!(shm.size(), 10_000);
-    assert_eq!(shm_names(&name), std::slice::from_ref(&name));
+    assert_eq!(common::shm_names(&name), std::slice::from_ref(&name));
     shm.write(9_995, b"tail!").unwrap();
     let child = multiproc::spawn_with_args(
         |name: String| {
@@ -126,7 +126,7 @@ fn shared_memory_create_attach_unlink() {
     let e = SharedMemory::create_named(&name, 10).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
     shm.unlink().unwrap();
-    assert!(shm_names(&name).is_empty());
+    assert!(common::shm_names(&name).is_empty());
     assert!(
         SharedMemory::open(&name).is_err(),
         "unlinked names cannot be opened"
@@ -153,7 +153,10 @@ fn shared_memory_bad_input_is_an_error() {
         SharedMemory::create_named(&name, 0).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
-    assert!(shm_names(&name).is_empty(), "a failed create left its name");
+    assert!(
+        common::shm_names(&name).is_empty(),
+        "a failed create left its name"
+    );
     let e = SharedMemory::open(&format!("mptest-{}-missing", std::process::id())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
     let shm = SharedMemory::create(16).unwrap();
@@ -184,9 +187,9 @@ fn shared_memory_of_an_exited_creator_is_unlinked() {
     .unwrap();
     child.join().unwrap();
     assert!(
-        common::eventually(WAIT, || shm_names(&prefix).is_empty()),
+        common::eventually(WAIT, || common::shm_names(&prefix).is_empty()),
         "{:?}",
-        shm_names(&prefix)
+        common::shm_names(&prefix)
     );
 }
 
@@ -205,19 +208,6 @@ fn shared_memory_read_write_at_every_alignment() {
     let mut tail = [0u8; 5];
     shm.read(95, &mut tail).unwrap();
     assert_eq!(tail, [9; 5]);
-}
-
-/// Named shared-memory segments in `/dev/shm` whose names start with `prefix`.
-fn shm_names(prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 type RawArgs = (

@@ -81,30 +81,9 @@ pub(crate) fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
     let mut chunk = [0u8; 64 * 1024];
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = match rustix::net::recvmsg(
-            sock,
-            &mut [io::IoSliceMut::new(&mut chunk)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(r) => r,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(incoming) = message {
-                fds.extend(incoming);
-            }
-        }
-        if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-            return Err(io::Error::other("descriptors were truncated in transit"));
-        }
-        buf.extend_from_slice(&chunk[..received.bytes]);
-        return Ok(received.bytes);
-    }
+    let received = recv_exact_with_fds(sock, &mut chunk, fds)?;
+    buf.extend_from_slice(&chunk[..received]);
+    Ok(received)
 }
 
 /// Reads from `sock` into `buf` (at most `buf.len()` bytes, so a caller that asks for exactly

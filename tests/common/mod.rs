@@ -279,3 +279,16 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Named shared-memory segments in `/dev/shm` whose names start with `prefix`.
+pub fn shm_names(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
