@@ -63,9 +63,9 @@ impl Memory {
 ///   give handles to parts of the same memory: a pool `map` over the chunks of one big buffer
 ///   copies none of it.
 ///
-/// Inside a message or a pool task, the descriptor travels as a [`Connection`]'s does
-/// (Python's `resource_sharer`): the sending process keeps a copy until the receiver asks for
-/// it while decoding. So **the sending process must still be running when the message is
+/// Inside a message or a pool task, the descriptor travels as a
+/// [`Connection`](crate::Connection)'s does (Python's `resource_sharer`): the sending process
+/// keeps a copy until the receiver asks for it while decoding. So **the sending process must still be running when the message is
 /// received** (the pool's caller while its task starts; a worker while its value is decoded,
 /// which `map` and `apply` do as soon as they return); otherwise the receive fails with a
 /// decode error that says so. A message never received keeps its copy in the sender until the
