@@ -433,9 +433,10 @@ pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<O
     INCOMING
         .with_borrow_mut(|table| table.as_mut().and_then(|fds| fds.get_mut(index)?.take()))
         .ok_or_else(|| {
-            serde::de::Error::custom(format!(
+            // Kept for the codec too: postcard drops a custom error's text.
+            serde::de::Error::custom(share::failed(format!(
                 "descriptor {index} missing from the start arguments"
-            ))
+            )))
         })
 }
 

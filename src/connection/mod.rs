@@ -309,7 +309,10 @@ impl Connection {
 
     /// Sends `value` as one message.
     ///
-    /// Blocks while the channel is full (the peer is not reading).
+    /// Blocks while the channel is full (the peer is not reading). The bytes of `value` go
+    /// through the channel, however large; to hand over a large buffer without copying it,
+    /// send a [`SharedBuffer`](crate::shared::SharedBuffer) or
+    /// [`SharedSlice`](crate::shared::SharedSlice), which travels as a handle.
     ///
     /// # Errors
     /// [`SendError::Disconnected`] when the peer's end is closed, [`SendError::Closed`] on a

@@ -118,9 +118,11 @@ fn offset_of<F>(entry: worker::PoolEntry) -> i64 {
 
 /// Encodes a task's arguments (`encode`), refusing handles that own a file descriptor: a
 /// task travels to a running worker over a pipe, which carries bytes only. Handles reach
-/// workers as start arguments, through the initializer.
+/// workers as start arguments, through the initializer. Shared buffers
+/// ([`SharedSlice`](crate::shared::SharedSlice)) are the exception: their descriptor goes
+/// through this process's descriptor sharer (`wire::share`), which the worker asks for it.
 pub(super) fn encode_args(encode: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-    let (bytes, fds) = crate::wire::collect_fds(encode);
+    let (bytes, fds) = crate::wire::collect_fds(|| crate::wire::share::through_sharer(encode));
     if !fds.is_empty() {
         return Err(Error::with_message(
             ErrorKind::Encode,

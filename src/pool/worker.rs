@@ -368,8 +368,9 @@ pub(crate) fn with_source(e: &crate::error::Error) -> String {
 
 /// Encodes a task's value (`encode`), refusing one that holds a handle owning a descriptor:
 /// the pool's pipes carry bytes only, so the handle would arrive without its descriptor.
+/// Shared buffers go through this worker's descriptor sharer, as in `task::encode_args`.
 fn encode_value(encode: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-    let (bytes, fds) = wire::collect_fds(encode);
+    let (bytes, fds) = wire::collect_fds(|| wire::share::through_sharer(encode));
     if !fds.is_empty() {
         return Err(Error::with_message(
             ErrorKind::Encode,

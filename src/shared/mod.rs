@@ -5,14 +5,24 @@
 //! `Value` and `Array` live in anonymous memory (a memfd): nothing to clean up, the kernel
 //! frees it when the last process holding it exits, however it exits. Named segments are
 //! tracked by a small resource-tracker process that unlinks a name when its creator dies.
+//!
+//! For large data handed from one process to another, [`SharedSlice`] (and [`SharedBuffer`]
+//! for bytes) is filled in place by its creator and then sent, as a handle of a few dozen
+//! bytes, through a [`Connection`](crate::Connection), a [`Queue`](crate::Queue), a
+//! [`Pool`](crate::Pool) task's arguments or value, or a start argument; the receiver reads
+//! it in place. The memory is written once and read-only from its first send (sealed
+//! against new writers); it lives in its own memfd, freed when its last holder drops it or
+//! dies; [`SharedSlice::slice`] and [`SharedSlice::chunks`] split it without a copy.
 
 mod array;
+mod buffer;
 mod raw;
 pub(crate) mod segment;
 mod shared_memory;
 mod value;
 
 pub use array::{Array, ArrayGuard};
+pub use buffer::{SharedBuffer, SharedSlice};
 pub use raw::{AtomicPod, RawArray, RawValue};
 pub use shared_memory::{SharedAtomic, SharedMemory};
 pub use value::{Value, ValueGuard};

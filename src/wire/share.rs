@@ -168,6 +168,8 @@ thread_local! {
     /// Why the last hand-over on this thread failed: serde formats such as postcard keep no
     /// text for custom errors, so the codec picks it up here ([`take_failure`]).
     static FAILURE: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Inside [`through_sharer`]: [`PassFdToWorkers`] handles use the sharer.
+    static BY_SHARER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Inside [`measuring`]: serialize handles at their size, without sharing anything.
     static MEASURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -197,7 +199,8 @@ pub(crate) fn take_failure() -> Option<String> {
     FAILURE.take()
 }
 
-fn failed(message: String) -> String {
+/// Keeps `message` for the codec ([`take_failure`]) and returns it, for `serde`'s error.
+pub(crate) fn failed(message: String) -> String {
     FAILURE.set(Some(message.clone()));
     message
 }
@@ -217,22 +220,49 @@ pub(crate) struct PassFd<'a>(pub(crate) BorrowedFd<'a>);
 
 impl Serialize for PassFd<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if OUTGOING.with_borrow(Option::is_some) {
-            return s.serialize_newtype_variant("FdRef", 0, "Index", &SerFd(self.0));
-        }
-        let shared = if MEASURING.get() {
-            // The same length as the real thing: the name is this process's, a ticket 16 bytes.
-            sharer_name().map(|name| (name, Token::default()))
-        } else {
-            share(self.0)
-        };
-        let (name, token) = shared.map_err(|e| {
-            serde::ser::Error::custom(failed(format!(
-                "could not share a descriptor with the receiving process: {e}"
-            )))
-        })?;
-        s.serialize_newtype_variant("FdRef", 1, "Shared", &(name, token))
+        pass(self.0, s, true)
     }
+}
+
+/// As [`PassFd`], for a handle that may also travel in a pool task's arguments or value
+/// (a [`SharedSlice`](crate::shared::SharedSlice)): inside [`through_sharer`] it goes through
+/// the sharer even though the pool collects descriptors (to refuse every other handle), since
+/// the pool's pipes cannot carry the descriptor itself.
+pub(crate) struct PassFdToWorkers<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for PassFdToWorkers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        pass(self.0, s, !BY_SHARER.get())
+    }
+}
+
+/// Runs `encode` (a pool task's arguments or value, encoded inside `wire::collect_fds`) so
+/// that [`PassFdToWorkers`] handles go through the sharer.
+pub(crate) fn through_sharer<R>(encode: impl FnOnce() -> R) -> R {
+    let previous = BY_SHARER.replace(true);
+    let result = encode();
+    BY_SHARER.set(previous);
+    result
+}
+
+/// Serializes `fd` into the start method's side table if one is collecting and `table_ok`,
+/// through the sharer otherwise.
+fn pass<S: serde::Serializer>(fd: BorrowedFd<'_>, s: S, table_ok: bool) -> Result<S::Ok, S::Error> {
+    if table_ok && OUTGOING.with_borrow(Option::is_some) {
+        return s.serialize_newtype_variant("FdRef", 0, "Index", &SerFd(fd));
+    }
+    let shared = if MEASURING.get() {
+        // The same length as the real thing: the name is this process's, a ticket 16 bytes.
+        sharer_name().map(|name| (name, Token::default()))
+    } else {
+        share(fd)
+    };
+    let (name, token) = shared.map_err(|e| {
+        serde::ser::Error::custom(failed(format!(
+            "could not share a descriptor with the receiving process: {e}"
+        )))
+    })?;
+    s.serialize_newtype_variant("FdRef", 1, "Shared", &(name, token))
 }
 
 /// A descriptor deserialized from a [`PassFd`].

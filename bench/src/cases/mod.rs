@@ -5,6 +5,7 @@ use crate::harness::Case;
 mod aio;
 mod cluster;
 mod ipc;
+mod large;
 mod lifecycle;
 mod manager;
 mod pool;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(start_methods::cases());
     cases.extend(sync::cases());
     cases.extend(ipc::cases());
+    cases.extend(large::cases());
     cases.extend(pool::cases());
     cases.extend(manager::cases());
     cases.extend(cluster::cases());

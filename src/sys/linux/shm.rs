@@ -30,6 +30,47 @@ pub(crate) fn memfd_named(name: &CStr, len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new anonymous shared-memory file of `len` zero bytes whose size is sealed: it can never
+/// shrink or grow, so a mapping of it, in any process, can never fault past the file's end
+/// (`SIGBUS`), whatever another holder does. A seal cannot be removed.
+///
+/// # References
+/// memfd_create(2) `MFD_ALLOW_SEALING`, fcntl(2) `F_ADD_SEALS`.
+pub(crate) fn memfd_fixed_size(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+    )?;
+    Ok(fd)
+}
+
+/// Seals the memfd behind `fd` against new writers: no process can map it writable or
+/// `write(2)` to it any more (mappings made before keep their protection; see
+/// [`Mapping::make_read_only`]), and no seal can be added or removed. Best effort: kernels
+/// before 5.1 lack `F_SEAL_FUTURE_WRITE`, and then nothing changes.
+///
+/// # References
+/// fcntl(2) `F_ADD_SEALS`, `F_SEAL_FUTURE_WRITE`, `F_SEAL_SEAL`.
+pub(crate) fn seal_future_writes(fd: BorrowedFd<'_>) {
+    let _ = rustix::fs::fcntl_add_seals(
+        fd,
+        rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::SEAL,
+    );
+}
+
+/// Whether the file behind `fd` is a memfd whose size is sealed as [`memfd_fixed_size`]
+/// seals it. `false` for any other kind of file (which has no seals).
+pub(crate) fn has_fixed_size(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| {
+        seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW)
+    })
+}
+
 /// Gives the pages of `[start, start + len)` of the file behind `fd` back to the OS; they
 /// read as zeros afterwards and the file keeps its size. Best effort: errors are ignored
 /// (the memory is then merely kept).
@@ -55,7 +96,8 @@ pub(crate) fn fd_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64)
     Ok((len, (st.st_dev as u64, st.st_ino as u64)))
 }
 
-/// A `MAP_SHARED`, read-write mapping of a whole file; unmapped on drop.
+/// A `MAP_SHARED` mapping of a whole file (read-write unless made read-only); unmapped on
+/// drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
@@ -75,6 +117,20 @@ impl Mapping {
     /// # References
     /// mmap(2).
     pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        Self::map(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    /// Maps the first `len` bytes of `fd` shared and read-only: a write through the mapping
+    /// faults, so this process cannot change what other processes read. `len` must be
+    /// non-zero.
+    ///
+    /// # References
+    /// mmap(2).
+    pub(crate) fn new_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        Self::map(fd, len, ProtFlags::READ)
+    }
+
+    fn map(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -83,19 +139,30 @@ impl Mapping {
         }
         // SAFETY: a fresh mapping chosen by the kernel (null hint) overlaps nothing we own;
         // the returned region is owned by the `Mapping` and unmapped exactly once in `drop`.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Mapping { ptr, len })
+    }
+
+    /// Makes this mapping read-only in place (addresses and existing borrows stay valid);
+    /// a later write through it faults.
+    ///
+    /// # References
+    /// mprotect(2).
+    pub(crate) fn make_read_only(&self) -> io::Result<()> {
+        // SAFETY: `ptr`/`len` describe exactly this mapping, which stays mapped; dropping
+        // write permission changes no byte, and no `&mut` into it exists when the typed layer
+        // calls this (it holds the only handle, or only shared borrows remain).
+        unsafe {
+            rustix::mm::mprotect(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::MprotectFlags::READ,
+            )?;
+        }
+        Ok(())
     }
 
     /// The base address (page aligned).
