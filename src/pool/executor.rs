@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::async_result::{ApplySink, Phase, Slot};
+use super::supervisor::CancelHandle;
 use super::task::{Payload, TaskFn, apply_entry, encode_args, submit_limited};
 use super::{Pool, PoolBuilder, TaskError};
 use crate::context::StartMethod;
@@ -207,7 +208,10 @@ impl ProcessPoolExecutor {
             Ok(payload) => submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
-        TaskFuture { slot }
+        TaskFuture {
+            slot,
+            pool: Some(self.pool.core.cancel_handle()),
+        }
     }
 
     /// Submits `f` for every item at once and returns their values in order, Python's
@@ -291,6 +295,8 @@ impl Drop for ProcessPoolExecutor {
 #[doc(alias = "Future")]
 pub struct TaskFuture<T> {
     slot: Arc<Slot<T>>,
+    /// How to ask the executor to stop the task while it runs ([`TaskFuture::cancel_running`]).
+    pool: Option<CancelHandle>,
 }
 
 impl<T> std::fmt::Debug for TaskFuture<T> {
@@ -318,9 +324,47 @@ impl<T> TaskFuture<T> {
         self.slot.get(Some(Instant::now() + timeout))
     }
 
-    /// Cancels the task if it has not started; returns whether it is cancelled.
+    /// Cancels the task if it has not started; returns whether it is cancelled. A running
+    /// task goes on (and this returns `false`), as in Python: code written for
+    /// `concurrent.futures` calls `cancel` freely (on every future after a first failure,
+    /// say) and expects it never to stop work under way. To stop a running task too, use
+    /// [`cancel_running`](TaskFuture::cancel_running).
     pub fn cancel(&self) -> bool {
         self.slot.cancel()
+    }
+
+    /// Cancels the task whether it is queued or running; returns whether it took effect,
+    /// that is whether its outcome is now [`TaskError::Cancelled`].
+    ///
+    /// A queued task never runs. A running task's worker is killed (SIGKILL) and replaced;
+    /// the task fails with `Cancelled`, is not retried, and its worker's death is not counted
+    /// against [`max_worker_deaths_per_task`](ExecutorBuilder::max_worker_deaths_per_task).
+    /// The executor's thread decides, so there is no race: a task that finished before the
+    /// cancel keeps its value (and this returns `false`), and no other task is harmed. It is
+    /// a separate method, not [`cancel`](TaskFuture::cancel), because Python's `cancel` never
+    /// stops a running task and code ported from Python relies on that; this is pebble's
+    /// `ProcessFuture.cancel`. See [`AsyncResult::cancel`](crate::pool::AsyncResult::cancel)
+    /// for the details, which are the same.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{ProcessPoolExecutor, pool::TaskError};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let ex = ProcessPoolExecutor::new(1)?;
+    /// let long = ex.submit(nap, 60_000);
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// assert!(!long.cancel() || long.cancelled()); // Python's cancel: only if not started
+    /// assert!(long.cancel_running());
+    /// assert!(matches!(long.result(), Err(TaskError::Cancelled)));
+    /// assert_eq!(ex.submit(nap, 1).result()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "terminate")]
+    pub fn cancel_running(&self) -> bool {
+        self.slot.cancel_via(self.pool.as_ref())
     }
 
     /// Whether the task was cancelled.

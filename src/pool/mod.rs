@@ -218,7 +218,7 @@ impl Pool {
             ),
             Err(e) => sink.finish(Err(e.into())),
         }
-        AsyncResult::new(slot)
+        AsyncResult::cancellable(slot, self.core.cancel_handle())
     }
 
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
@@ -275,7 +275,7 @@ impl Pool {
             Ok(payload) => submit(&self.core, entry, payload, Box::new(sink)),
             Err(e) => Box::new(sink).finish(Err(e.into())),
         }
-        AsyncResult::new(slot)
+        AsyncResult::cancellable(slot, self.core.cancel_handle())
     }
 
     /// Applies `f` to every item and returns the values in order, Python's `map`. The input
