@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::async_result::{ApplySink, Phase, Slot};
+use super::progress::Tracker;
 use super::supervisor::CancelHandle;
 use super::task::{Payload, TaskFn, apply_entry, encode_args, submit_limited};
 use super::{Pool, PoolBuilder, TaskError};
@@ -131,6 +132,42 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Shows a progress bar on stderr during [`map`](ProcessPoolExecutor::map), as the
+    /// values are taken; see [`PoolBuilder::progress`].
+    pub fn progress(mut self, show: bool) -> Self {
+        self.inner = self.inner.progress(show);
+        self
+    }
+
+    /// Calls `callback` with a [`Progress`](crate::pool::Progress) as the values of a
+    /// [`map`](ProcessPoolExecutor::map) are taken, on the thread taking them; see
+    /// [`PoolBuilder::progress_with`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use multiproc::{ProcessPoolExecutor, pool::Progress};
+    ///
+    /// static DONE: AtomicU64 = AtomicU64::new(0);
+    /// fn neg(x: i32) -> i32 { -x }
+    ///
+    /// let ex = ProcessPoolExecutor::builder()
+    ///     .max_workers(2)
+    ///     .progress_with(|p: Progress| DONE.store(p.done, Ordering::Relaxed))
+    ///     .build()?;
+    /// let out: Vec<i32> = ex.map(neg, 0..5, None).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, vec![0, -1, -2, -3, -4]);
+    /// assert_eq!(DONE.load(Ordering::Relaxed), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress_with(
+        mut self,
+        callback: impl Fn(crate::pool::Progress) + Send + Sync + 'static,
+    ) -> Self {
+        self.inner = self.inner.progress_with(callback);
+        self
+    }
+
     /// Starts the workers through `launcher`, on other machines for instance; see
     /// [`PoolBuilder::launcher`].
     pub fn launcher(mut self, launcher: impl super::remote::WorkerLauncher + 'static) -> Self {
@@ -225,11 +262,12 @@ impl ProcessPoolExecutor {
         I: IntoIterator<Item = A>,
     {
         let entry = apply_entry::<F, A, T>(&f);
-        let futures = iterable
+        let futures: VecDeque<_> = iterable
             .into_iter()
             .map(|a| self.submit_entry(entry, &a))
             .collect();
         ExecutorMap {
+            progress: Tracker::new(&self.pool.progress, Some(futures.len() as u64)),
             futures,
             deadline: timeout.map(|t| Instant::now() + t),
         }
@@ -431,23 +469,37 @@ impl<T> std::future::Future for TaskFuture<T> {
 }
 
 /// The iterator of [`ProcessPoolExecutor::map`].
-#[derive(Debug)]
 pub struct ExecutorMap<T> {
     futures: VecDeque<TaskFuture<T>>,
     deadline: Option<Instant>,
+    progress: Tracker,
+}
+
+impl<T> std::fmt::Debug for ExecutorMap<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorMap")
+            .field("futures", &self.futures)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Iterator for ExecutorMap<T> {
     type Item = Result<T, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let f = self.futures.pop_front()?;
+        let Some(f) = self.futures.pop_front() else {
+            self.progress.finish();
+            return None;
+        };
         let out = f.slot.get(self.deadline);
         if matches!(out, Err(TaskError::Timeout)) {
             f.cancel();
             for rest in self.futures.drain(..) {
                 rest.cancel();
             }
+        } else {
+            self.progress.advance(1);
         }
         Some(out)
     }

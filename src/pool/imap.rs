@@ -12,7 +12,7 @@ use super::async_result::Slot;
 use super::codec;
 use super::error::TaskError;
 use super::map::{BytesSink, decode_chunk};
-use super::progress::Progress;
+use super::progress::Tracker;
 use super::supervisor::{Sink, new_key};
 use super::task::{encode_args, submit};
 use crate::error::Result;
@@ -45,7 +45,7 @@ pub struct Imap<'a, T> {
     ready: VecDeque<Result<T, TaskError>>,
     /// The pool stopped accepting tasks before the input ended.
     refused: bool,
-    progress: Progress,
+    progress: Tracker,
 }
 
 impl<T> std::fmt::Debug for Imap<'_, T> {
@@ -119,7 +119,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             in_flight: 0,
             ready: VecDeque::new(),
             refused: false,
-            progress: Progress::new(pool.progress, total),
+            progress: Tracker::new(&pool.progress, total),
         }
     }
 

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::async_result::{AsyncResult, Callbacks, Slot, decode_caught};
 use super::error::TaskError;
-use super::progress::Progress;
+use super::progress::Tracker;
 use super::supervisor::{Job, Sink, new_key};
 use super::task::{encode_args, submit};
 use super::{Pool, codec, transport};
@@ -47,7 +47,7 @@ impl Pool {
             Some(n) => n,
             None => default_chunksize(items.len(), self.processes),
         };
-        let progress = Progress::new(self.progress, Some(items.len() as u64));
+        let progress = Tracker::new(&self.progress, Some(items.len() as u64));
         let mut pending = VecDeque::with_capacity(items.len().div_ceil(chunksize));
         for chunk in items.chunks(chunksize) {
             let slot = Slot::new();
@@ -111,7 +111,7 @@ impl Pool {
             remaining: chunks,
             slot: Arc::clone(&slot),
             callbacks,
-            progress: Progress::new(self.progress, Some(items.len() as u64)),
+            progress: Tracker::new(&self.progress, Some(items.len() as u64)),
         }));
         let mut jobs = Vec::with_capacity(chunks);
         let mut keys = Vec::with_capacity(chunks);
@@ -183,7 +183,7 @@ struct MapState<T> {
     remaining: usize,
     slot: Arc<Slot<Vec<T>>>,
     callbacks: Option<Callbacks<Vec<T>>>,
-    progress: Progress,
+    progress: Tracker,
 }
 
 struct ChunkSink<T> {

@@ -54,6 +54,7 @@ pub use executor::{
     AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
 };
 pub use imap::Imap;
+pub use progress::Progress;
 pub use task::{Payload, TaskFn};
 
 use async_result::{ApplySink, Callbacks, Slot};
@@ -104,7 +105,7 @@ use task::{apply_entry, chunk_entry, encode_args, submit, submit_limited};
 pub struct Pool {
     core: Core,
     processes: usize,
-    progress: bool,
+    progress: progress::ProgressSetup,
 }
 
 impl Pool {
