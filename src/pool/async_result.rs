@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::TaskError;
-use super::supervisor::Sink;
+use super::supervisor::{CancelHandle, Sink, new_key};
 use crate::error::{Error, ErrorKind};
 use crate::process::{bootstrap, target};
 
@@ -48,6 +48,8 @@ struct SlotState<T> {
 pub(crate) struct Slot<T> {
     state: Mutex<SlotState<T>>,
     cond: Condvar,
+    /// What the pool knows its task by when asked to cancel it.
+    pub(crate) key: u64,
 }
 
 impl<T> Slot<T> {
@@ -64,6 +66,7 @@ impl<T> Slot<T> {
                 lending: false,
             }),
             cond: Condvar::new(),
+            key: new_key(),
         })
     }
 
@@ -106,8 +109,9 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Cancels a task that the pool took back unstarted (`shutdown(cancel_futures)`): also one
-    /// marked running because it was requeued after its worker died. Does nothing once done.
+    /// Cancels a task for the pool: one it took back unstarted (`shutdown(cancel_futures)`,
+    /// also one marked running because it was requeued after its worker died), or one whose
+    /// worker it killed on a caller's request. Does nothing once done.
     pub(crate) fn cancel_unstarted(&self) {
         let s = self.lock();
         if s.phase != Phase::Done {
@@ -130,6 +134,8 @@ impl<T> Slot<T> {
         }
         s.phase = Phase::Done;
         s.ok = outcome.is_ok();
+        // A part of a `map_async` cancelled by the pool completes it as cancelled.
+        s.cancelled = matches!(outcome, Err(TaskError::Cancelled));
         self.settle(s, Some(outcome));
     }
 
@@ -244,6 +250,46 @@ impl<T> Slot<T> {
         false
     }
 
+    /// Cancels the task: at once if it has not started; if it is running and `pool` is
+    /// given, by asking the pool, which kills its worker unless it finished first, and
+    /// waiting for its outcome. Returns whether the task ended cancelled (`false` for one
+    /// that finished first, and, on the pool's own thread, which cannot wait for itself,
+    /// for a running one, whose cancel is then only requested).
+    pub(crate) fn cancel_via(&self, pool: Option<&CancelHandle>) -> bool {
+        if self.cancel() {
+            return true;
+        }
+        if self.phase() != Phase::Running {
+            return self.cancelled();
+        }
+        let Some(pool) = pool else {
+            return false;
+        };
+        pool.request([self.key], true);
+        if pool.on_pool_thread() {
+            return false;
+        }
+        // The pool settles the task soon: cancelled, or finished before the request was seen
+        // (or failed otherwise, or terminated); every path completes the slot.
+        self.wait(None);
+        self.cancelled()
+    }
+
+    /// Cancels the tasks with keys `parts`, whose outcomes complete this slot together (a
+    /// `map_async`): the first chunk cancelled completes it as cancelled. Returns whether it
+    /// ended cancelled.
+    pub(crate) fn cancel_parts(&self, pool: &CancelHandle, parts: &[u64]) -> bool {
+        if self.phase() == Phase::Done {
+            return self.cancelled();
+        }
+        pool.request(parts.iter().copied(), true);
+        if pool.on_pool_thread() {
+            return false;
+        }
+        self.wait(None);
+        self.cancelled()
+    }
+
     /// Waits like [`wait`](Slot::wait), then takes the outcome; `Timeout` if time ran out.
     pub(crate) fn get(&self, deadline: Option<Instant>) -> Outcome<T> {
         if !self.wait(deadline) {
@@ -301,6 +347,10 @@ impl<T: DeserializeOwned + Send + 'static> Sink for ApplySink<T> {
         self.slot.try_start()
     }
 
+    fn key(&self) -> Option<u64> {
+        Some(self.slot.key)
+    }
+
     fn cancel(mut self: Box<Self>) {
         if let Some(cb) = self.callbacks.take() {
             cb.run(&Err(TaskError::Cancelled));
@@ -354,6 +404,11 @@ impl<T> Drop for ApplySink<T> {
 /// ```
 pub struct AsyncResult<T> {
     slot: Arc<Slot<T>>,
+    /// How to ask the pool to cancel the task; `None` for results that cannot be cancelled
+    /// once running (`map_async`'s, one result over many tasks).
+    pool: Option<CancelHandle>,
+    /// For a `map_async` result: the keys of its chunks, cancelled together.
+    parts: Option<Vec<u64>>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -369,6 +424,28 @@ impl<T> AsyncResult<T> {
     pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
         AsyncResult {
             slot,
+            pool: None,
+            parts: None,
+            _value: PhantomData,
+        }
+    }
+
+    /// A result whose task [`cancel`](AsyncResult::cancel) can stop while it runs.
+    pub(crate) fn cancellable(slot: Arc<Slot<T>>, pool: CancelHandle) -> Self {
+        AsyncResult {
+            slot,
+            pool: Some(pool),
+            parts: None,
+            _value: PhantomData,
+        }
+    }
+
+    /// A result over many tasks (`map_async`'s chunks, by their keys), cancelled together.
+    pub(crate) fn over_parts(slot: Arc<Slot<T>>, pool: CancelHandle, parts: Vec<u64>) -> Self {
+        AsyncResult {
+            slot,
+            pool: Some(pool),
+            parts: Some(parts),
             _value: PhantomData,
         }
     }
@@ -432,6 +509,59 @@ impl<T> AsyncResult<T> {
     /// raises `ValueError`).
     pub fn successful(&self) -> Option<bool> {
         self.slot.successful()
+    }
+
+    /// Cancels the task, queued or running; returns whether it took effect, that is whether
+    /// the task's outcome is now [`TaskError::Cancelled`].
+    ///
+    /// A task still queued never runs. A running task's worker is killed (SIGKILL) and
+    /// replaced, and the task fails with `Cancelled`: not retried, and not counted as a
+    /// worker death against [`max_worker_deaths_per_task`](crate::pool::PoolBuilder::max_worker_deaths_per_task).
+    /// The pool's thread decides, so there is no race: a task whose value arrived before
+    /// the cancel keeps it (and this returns `false`), and no other task is ever harmed (a
+    /// worker is killed only while it holds the cancelled task alone; tasks queued behind it
+    /// are first taken back). For a running task this waits until the pool has settled it,
+    /// normally a few milliseconds. Python's `AsyncResult` has no `cancel`; this is what
+    /// pebble's `future.cancel()` does and what loky users have asked for (joblib/loky#176).
+    ///
+    /// Called on the pool's own thread (in a callback) a cancel cannot wait for that thread:
+    /// it cancels a queued task as usual, and for a running one only asks, returning
+    /// `false`. A [`map_async`](crate::Pool::map_async) result cancels all its tasks (chunks)
+    /// the same way, and is cancelled unless every chunk finished first.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Pool, pool::TaskError};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let long = pool.apply_async(nap, 60_000);
+    /// let queued = pool.apply_async(nap, 1);
+    /// assert!(queued.cancel()); // never runs
+    /// std::thread::sleep(Duration::from_millis(50)); // let `long` start
+    /// assert!(long.cancel()); // its worker is killed and replaced
+    /// assert!(matches!(long.get(), Err(TaskError::Cancelled)));
+    /// assert_eq!(pool.apply(nap, 2)?, 2); // the pool goes on
+    ///
+    /// let done = pool.apply_async(nap, 3);
+    /// done.wait();
+    /// assert!(!done.cancel()); // finished first: it keeps its value
+    /// assert_eq!(done.get()?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "terminate")]
+    pub fn cancel(&self) -> bool {
+        match (&self.parts, &self.pool) {
+            (Some(parts), Some(pool)) => self.slot.cancel_parts(pool, parts),
+            _ => self.slot.cancel_via(self.pool.as_ref()),
+        }
+    }
+
+    /// Whether the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.slot.cancelled()
     }
 }
 

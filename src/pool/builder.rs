@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Pool;
+use super::progress::{Progress, ProgressSetup};
 use super::remote::{RemoteLauncher, WorkerLauncher};
 use super::supervisor::{Config, Core, QUEUE_AHEAD};
 use super::task::{Payload, TaskFn};
@@ -41,7 +42,7 @@ pub struct PoolBuilder {
     max_tasks: Option<usize>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
-    progress: bool,
+    progress: ProgressSetup,
     name: Option<String>,
     launcher: Option<Box<dyn WorkerLauncher>>,
     retries: u32,
@@ -242,10 +243,42 @@ impl PoolBuilder {
         self
     }
 
-    /// Shows a progress bar on stderr during `map` and `imap` calls. Needs the cargo feature
-    /// `progress`; without it the bar is silently absent.
+    /// Shows a progress bar on stderr, with throughput and time left, during `map`,
+    /// `starmap`, `imap`, `imap_unordered` (and their `_async` and `_chunked` forms) and the
+    /// executor's `map`. Needs the cargo feature `progress`; without it the bar is silently
+    /// absent (a callback, [`progress_with`](PoolBuilder::progress_with), needs no feature).
     pub fn progress(mut self, show: bool) -> Self {
-        self.progress = show;
+        self.progress.bar = show;
+        self
+    }
+
+    /// Calls `callback` with a [`Progress`](crate::pool::Progress) (items done, total,
+    /// elapsed, time left) each time items of a map are done, for programs that draw their
+    /// own progress: the same calls as [`progress`](PoolBuilder::progress), with or without
+    /// the bar. Within a call, `done` grows with every report and the last report's `done`
+    /// is the total. It runs on the thread that takes the values (the caller's), except for
+    /// `map_async` and `starmap_async`, where it runs on the pool's thread: keep it short
+    /// there. A callback that panics is reported (a `tracing` warning) and the map goes on.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Pool, pool::Progress};
+    ///
+    /// fn double(x: u32) -> u32 { 2 * x }
+    ///
+    /// let pool = Pool::builder()
+    ///     .progress_with(|p: Progress| {
+    ///         if let (Some(total), Some(eta)) = (p.total, p.eta) {
+    ///             eprint!("\r{}/{total}, {:.0}/s, {eta:.1?} left", p.done, p.per_sec());
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let out: Vec<u32> = pool.imap_unordered(double, 0..10).collect::<Result<_, _>>()?;
+    /// assert_eq!(out.len(), 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress_with(mut self, callback: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        self.progress.callback = Some(Arc::new(callback));
         self
     }
 
@@ -265,7 +298,7 @@ impl PoolBuilder {
         self
     }
 
-    fn config(self) -> Result<(Config, bool)> {
+    fn config(self) -> Result<(Config, ProgressSetup)> {
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
             return Err(Error::with_message(

@@ -102,7 +102,11 @@ pub enum TaskError {
     /// on and can be waited for again.
     #[error("timed out waiting for the task")]
     Timeout,
-    /// The task was cancelled before it started.
+    /// The task was cancelled: before it started, or while it ran, with its worker killed and
+    /// replaced ([`AsyncResult::cancel`](crate::pool::AsyncResult::cancel),
+    /// [`TaskFuture::cancel_running`](crate::pool::TaskFuture::cancel_running),
+    /// [`Imap::cancel`](crate::pool::Imap::cancel)). Never retried, and distinct from
+    /// [`WorkerDied`](TaskError::WorkerDied): the pool killed the worker on request.
     #[error("task was cancelled")]
     Cancelled,
     /// The task was [retried](crate::pool::PoolBuilder::retries) and failed every time: it ran

@@ -14,6 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::async_result::{ApplySink, Phase, Slot};
+use super::progress::Tracker;
+use super::supervisor::CancelHandle;
 use super::task::{Payload, TaskFn, apply_entry, encode_args, submit_limited};
 use super::{Pool, PoolBuilder, TaskError};
 use crate::context::StartMethod;
@@ -130,6 +132,42 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Shows a progress bar on stderr during [`map`](ProcessPoolExecutor::map), as the
+    /// values are taken; see [`PoolBuilder::progress`].
+    pub fn progress(mut self, show: bool) -> Self {
+        self.inner = self.inner.progress(show);
+        self
+    }
+
+    /// Calls `callback` with a [`Progress`](crate::pool::Progress) as the values of a
+    /// [`map`](ProcessPoolExecutor::map) are taken, on the thread taking them; see
+    /// [`PoolBuilder::progress_with`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use multiproc::{ProcessPoolExecutor, pool::Progress};
+    ///
+    /// static DONE: AtomicU64 = AtomicU64::new(0);
+    /// fn neg(x: i32) -> i32 { -x }
+    ///
+    /// let ex = ProcessPoolExecutor::builder()
+    ///     .max_workers(2)
+    ///     .progress_with(|p: Progress| DONE.store(p.done, Ordering::Relaxed))
+    ///     .build()?;
+    /// let out: Vec<i32> = ex.map(neg, 0..5, None).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, vec![0, -1, -2, -3, -4]);
+    /// assert_eq!(DONE.load(Ordering::Relaxed), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn progress_with(
+        mut self,
+        callback: impl Fn(crate::pool::Progress) + Send + Sync + 'static,
+    ) -> Self {
+        self.inner = self.inner.progress_with(callback);
+        self
+    }
+
     /// Starts the workers through `launcher`, on other machines for instance; see
     /// [`PoolBuilder::launcher`].
     pub fn launcher(mut self, launcher: impl super::remote::WorkerLauncher + 'static) -> Self {
@@ -207,7 +245,10 @@ impl ProcessPoolExecutor {
             Ok(payload) => submit_limited(&self.pool.core, entry, payload, sink, limit),
             Err(e) => super::supervisor::Sink::finish(sink, Err(e.into())),
         }
-        TaskFuture { slot }
+        TaskFuture {
+            slot,
+            pool: Some(self.pool.core.cancel_handle()),
+        }
     }
 
     /// Submits `f` for every item at once and returns their values in order, Python's
@@ -221,11 +262,12 @@ impl ProcessPoolExecutor {
         I: IntoIterator<Item = A>,
     {
         let entry = apply_entry::<F, A, T>(&f);
-        let futures = iterable
+        let futures: VecDeque<_> = iterable
             .into_iter()
             .map(|a| self.submit_entry(entry, &a))
             .collect();
         ExecutorMap {
+            progress: Tracker::new(&self.pool.progress, Some(futures.len() as u64)),
             futures,
             deadline: timeout.map(|t| Instant::now() + t),
         }
@@ -291,6 +333,8 @@ impl Drop for ProcessPoolExecutor {
 #[doc(alias = "Future")]
 pub struct TaskFuture<T> {
     slot: Arc<Slot<T>>,
+    /// How to ask the executor to stop the task while it runs ([`TaskFuture::cancel_running`]).
+    pool: Option<CancelHandle>,
 }
 
 impl<T> std::fmt::Debug for TaskFuture<T> {
@@ -318,9 +362,47 @@ impl<T> TaskFuture<T> {
         self.slot.get(Some(Instant::now() + timeout))
     }
 
-    /// Cancels the task if it has not started; returns whether it is cancelled.
+    /// Cancels the task if it has not started; returns whether it is cancelled. A running
+    /// task goes on (and this returns `false`), as in Python: code written for
+    /// `concurrent.futures` calls `cancel` freely (on every future after a first failure,
+    /// say) and expects it never to stop work under way. To stop a running task too, use
+    /// [`cancel_running`](TaskFuture::cancel_running).
     pub fn cancel(&self) -> bool {
         self.slot.cancel()
+    }
+
+    /// Cancels the task whether it is queued or running; returns whether it took effect,
+    /// that is whether its outcome is now [`TaskError::Cancelled`].
+    ///
+    /// A queued task never runs. A running task's worker is killed (SIGKILL) and replaced;
+    /// the task fails with `Cancelled`, is not retried, and its worker's death is not counted
+    /// against [`max_worker_deaths_per_task`](ExecutorBuilder::max_worker_deaths_per_task).
+    /// The executor's thread decides, so there is no race: a task that finished before the
+    /// cancel keeps its value (and this returns `false`), and no other task is harmed. It is
+    /// a separate method, not [`cancel`](TaskFuture::cancel), because Python's `cancel` never
+    /// stops a running task and code ported from Python relies on that; this is pebble's
+    /// `ProcessFuture.cancel`. See [`AsyncResult::cancel`](crate::pool::AsyncResult::cancel)
+    /// for the details, which are the same.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{ProcessPoolExecutor, pool::TaskError};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let ex = ProcessPoolExecutor::new(1)?;
+    /// let long = ex.submit(nap, 60_000);
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// assert!(!long.cancel() || long.cancelled()); // Python's cancel: only if not started
+    /// assert!(long.cancel_running());
+    /// assert!(matches!(long.result(), Err(TaskError::Cancelled)));
+    /// assert_eq!(ex.submit(nap, 1).result()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "terminate")]
+    pub fn cancel_running(&self) -> bool {
+        self.slot.cancel_via(self.pool.as_ref())
     }
 
     /// Whether the task was cancelled.
@@ -387,23 +469,37 @@ impl<T> std::future::Future for TaskFuture<T> {
 }
 
 /// The iterator of [`ProcessPoolExecutor::map`].
-#[derive(Debug)]
 pub struct ExecutorMap<T> {
     futures: VecDeque<TaskFuture<T>>,
     deadline: Option<Instant>,
+    progress: Tracker,
+}
+
+impl<T> std::fmt::Debug for ExecutorMap<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorMap")
+            .field("futures", &self.futures)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Iterator for ExecutorMap<T> {
     type Item = Result<T, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let f = self.futures.pop_front()?;
+        let Some(f) = self.futures.pop_front() else {
+            self.progress.finish();
+            return None;
+        };
         let out = f.slot.get(self.deadline);
         if matches!(out, Err(TaskError::Timeout)) {
             f.cancel();
             for rest in self.futures.drain(..) {
                 rest.cancel();
             }
+        } else {
+            self.progress.advance(1);
         }
         Some(out)
     }

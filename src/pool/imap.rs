@@ -1,7 +1,7 @@
 //! `imap` and `imap_unordered`: a window of chunks in flight, fed from the input as results
 //! are taken.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, mpsc};
 
 use serde::Serialize;
@@ -12,15 +12,15 @@ use super::async_result::Slot;
 use super::codec;
 use super::error::TaskError;
 use super::map::{BytesSink, decode_chunk};
-use super::progress::Progress;
-use super::supervisor::Sink;
+use super::progress::Tracker;
+use super::supervisor::{Sink, new_key};
 use super::task::{encode_args, submit};
 use crate::error::Result;
 
 type Feed<'a> = Box<dyn FnMut() -> Option<(usize, Result<Vec<u8>>)> + 'a>;
 type ChunkOutcome<T> = (usize, std::result::Result<Vec<T>, TaskError>);
-/// A chunk's length and its encoded values.
-type RawChunk = (usize, std::result::Result<Vec<u8>, TaskError>);
+/// A chunk's key, its length and its encoded values.
+type RawChunk = (u64, usize, std::result::Result<Vec<u8>, TaskError>);
 /// A chunk in flight: its length and where its encoded values land.
 type PendingChunk = (usize, Arc<Slot<Vec<u8>>>);
 
@@ -39,11 +39,13 @@ pub struct Imap<'a, T> {
     ordered: Option<VecDeque<PendingChunk>>,
     /// Out of order: outcomes as they come.
     unordered: (mpsc::Sender<RawChunk>, mpsc::Receiver<RawChunk>),
+    /// Out of order: the keys of the chunks in flight, for a cancel.
+    unordered_keys: HashSet<u64>,
     in_flight: usize,
     ready: VecDeque<Result<T, TaskError>>,
     /// The pool stopped accepting tasks before the input ended.
     refused: bool,
-    progress: Progress,
+    progress: Tracker,
 }
 
 impl<T> std::fmt::Debug for Imap<'_, T> {
@@ -56,14 +58,19 @@ impl<T> std::fmt::Debug for Imap<'_, T> {
 }
 
 struct ChannelSink {
+    key: u64,
     len: usize,
     tx: Option<mpsc::Sender<RawChunk>>,
 }
 
 impl Sink for ChannelSink {
+    fn key(&self) -> Option<u64> {
+        Some(self.key)
+    }
+
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.len, outcome));
+            let _ = tx.send((self.key, self.len, outcome));
         }
     }
 }
@@ -71,7 +78,7 @@ impl Sink for ChannelSink {
 impl Drop for ChannelSink {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.len, Err(TaskError::Terminated)));
+            let _ = tx.send((self.key, self.len, Err(TaskError::Terminated)));
         }
     }
 }
@@ -108,10 +115,11 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             window: (pool.processes * 32).max(64),
             ordered: ordered.then(VecDeque::new),
             unordered: mpsc::channel(),
+            unordered_keys: HashSet::new(),
             in_flight: 0,
             ready: VecDeque::new(),
             refused: false,
-            progress: Progress::new(pool.progress, total),
+            progress: Tracker::new(&pool.progress, total),
         }
     }
 
@@ -135,10 +143,15 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
                     queue.push_back((len, Arc::clone(&slot)));
                     Box::new(BytesSink { slot })
                 }
-                None => Box::new(ChannelSink {
-                    len,
-                    tx: Some(self.unordered.0.clone()),
-                }),
+                None => {
+                    let key = new_key();
+                    self.unordered_keys.insert(key);
+                    Box::new(ChannelSink {
+                        key,
+                        len,
+                        tx: Some(self.unordered.0.clone()),
+                    })
+                }
             };
             match payload {
                 Ok(payload) => submit(&self.pool.core, self.entry, payload, sink),
@@ -162,9 +175,63 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             }
             // Every submitted chunk sends exactly one outcome (on finish or on drop).
             None => {
-                let (len, raw) = self.unordered.1.recv().ok()?;
+                let (key, len, raw) = self.unordered.1.recv().ok()?;
+                self.unordered_keys.remove(&key);
                 Some((len, raw.and_then(|bytes| decode_chunk::<T>(&bytes, len))))
             }
+        }
+    }
+}
+
+impl<T> Imap<'_, T> {
+    /// The keys of the chunks submitted and not yet taken by the iterator.
+    fn keys_in_flight(&self) -> Vec<u64> {
+        match &self.ordered {
+            Some(queue) => queue.iter().map(|(_, slot)| slot.key).collect(),
+            None => self.unordered_keys.iter().copied().collect(),
+        }
+    }
+
+    /// Cancels every task of this `imap` not yet delivered, and stops pulling the input.
+    /// Tasks still queued never run; running ones have their worker killed and replaced
+    /// (see [`AsyncResult::cancel`](crate::pool::AsyncResult::cancel): no race, no other
+    /// task harmed). Returns at once: the iterator then yields what is left, each item as
+    /// its value if its task finished first, else [`TaskError::Cancelled`], and ends.
+    ///
+    /// Dropping an `Imap` cancels only its tasks that no worker has started, which costs
+    /// nothing; it does not kill workers, since `pool.imap(f, xs).take(3)` drops the iterator
+    /// with tasks running, and a kill and a new worker for each would cost more than letting
+    /// them finish.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Pool, pool::TaskError};
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let mut it = pool.imap(nap, [1, 60_000, 60_000, 5]);
+    /// assert_eq!(it.next().unwrap()?, 1);
+    /// it.cancel();
+    /// let rest: Vec<_> = it.collect();
+    /// assert_eq!(rest.len(), 3); // all four were submitted: the window is wider
+    /// // The two long naps were running and are cancelled; the last may have finished.
+    /// assert!(rest.iter().filter(|r| matches!(r, Err(TaskError::Cancelled))).count() >= 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&mut self) {
+        self.input_done = true;
+        let keys = self.keys_in_flight();
+        self.pool.core.cancel_handle().request(keys, true);
+    }
+}
+
+impl<T> Drop for Imap<'_, T> {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            let keys = self.keys_in_flight();
+            self.pool.core.cancel_handle().request(keys, false);
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::async_result::{AsyncResult, Callbacks, Slot, decode_caught};
 use super::error::TaskError;
-use super::progress::Progress;
-use super::supervisor::{Job, Sink};
+use super::progress::Tracker;
+use super::supervisor::{Job, Sink, new_key};
 use super::task::{encode_args, submit};
 use super::{Pool, codec, transport};
 use crate::error::{Error, ErrorKind, Result};
@@ -47,7 +47,7 @@ impl Pool {
             Some(n) => n,
             None => default_chunksize(items.len(), self.processes),
         };
-        let progress = Progress::new(self.progress, Some(items.len() as u64));
+        let progress = Tracker::new(&self.progress, Some(items.len() as u64));
         let mut pending = VecDeque::with_capacity(items.len().div_ceil(chunksize));
         for chunk in items.chunks(chunksize) {
             let slot = Slot::new();
@@ -111,11 +111,15 @@ impl Pool {
             remaining: chunks,
             slot: Arc::clone(&slot),
             callbacks,
-            progress: Progress::new(self.progress, Some(items.len() as u64)),
+            progress: Tracker::new(&self.progress, Some(items.len() as u64)),
         }));
         let mut jobs = Vec::with_capacity(chunks);
+        let mut keys = Vec::with_capacity(chunks);
         for (index, chunk) in items.chunks(chunksize).enumerate() {
+            let key = new_key();
+            keys.push(key);
             let sink = Box::new(ChunkSink {
+                key,
                 index,
                 len: chunk.len(),
                 state: Arc::clone(&state),
@@ -143,7 +147,7 @@ impl Pool {
                 job.sink.finish(Err(TaskError::PoolClosed));
             }
         }
-        AsyncResult::new(slot)
+        AsyncResult::over_parts(slot, self.core.cancel_handle(), keys)
     }
 }
 
@@ -153,6 +157,15 @@ pub(super) struct BytesSink {
 }
 
 impl Sink for BytesSink {
+    fn start(&self) -> bool {
+        // A chunk of an `imap` cancelled while queued completed its slot already.
+        self.slot.try_start()
+    }
+
+    fn key(&self) -> Option<u64> {
+        Some(self.slot.key)
+    }
+
     fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
         self.slot.complete(outcome);
     }
@@ -170,10 +183,12 @@ struct MapState<T> {
     remaining: usize,
     slot: Arc<Slot<Vec<T>>>,
     callbacks: Option<Callbacks<Vec<T>>>,
-    progress: Progress,
+    progress: Tracker,
 }
 
 struct ChunkSink<T> {
+    /// What the pool knows this chunk by when the result is cancelled.
+    key: u64,
     index: usize,
     len: usize,
     state: Arc<Mutex<MapState<T>>>,
@@ -181,6 +196,10 @@ struct ChunkSink<T> {
 }
 
 impl<T: DeserializeOwned + Send + 'static> Sink for ChunkSink<T> {
+    fn key(&self) -> Option<u64> {
+        Some(self.key)
+    }
+
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
         let decoded =
             outcome.and_then(|bytes| decode_caught(|| decode_chunk::<T>(&bytes, self.len)));

@@ -54,6 +54,7 @@ pub use executor::{
     AsCompleted, ExecutorBuilder, ExecutorMap, ProcessPoolExecutor, TaskFuture, as_completed,
 };
 pub use imap::Imap;
+pub use progress::Progress;
 pub use task::{Payload, TaskFn};
 
 use async_result::{ApplySink, Callbacks, Slot};
@@ -104,7 +105,7 @@ use task::{apply_entry, chunk_entry, encode_args, submit, submit_limited};
 pub struct Pool {
     core: Core,
     processes: usize,
-    progress: bool,
+    progress: progress::ProgressSetup,
 }
 
 impl Pool {
@@ -218,7 +219,7 @@ impl Pool {
             ),
             Err(e) => sink.finish(Err(e.into())),
         }
-        AsyncResult::new(slot)
+        AsyncResult::cancellable(slot, self.core.cancel_handle())
     }
 
     /// [`apply_async`](Pool::apply_async) with Python's `callback` and `error_callback`,
@@ -275,7 +276,7 @@ impl Pool {
             Ok(payload) => submit(&self.core, entry, payload, Box::new(sink)),
             Err(e) => Box::new(sink).finish(Err(e.into())),
         }
-        AsyncResult::new(slot)
+        AsyncResult::cancellable(slot, self.core.cancel_handle())
     }
 
     /// Applies `f` to every item and returns the values in order, Python's `map`. The input

@@ -24,6 +24,10 @@ pub fn cases() -> Vec<Case> {
             name: "pool_apply_async",
             run: pool_apply_async,
         },
+        Case {
+            name: "pool_cancel_latency",
+            run: pool_cancel_latency,
+        },
     ]
 }
 
@@ -135,5 +139,87 @@ fn pool_startup(ctx: &mut Ctx) -> Row {
         t.elapsed().as_secs_f64() * 1e3 / n as f64
     }));
     row.python = get(&python(ctx), "pool_create_close_join_ms");
+    row
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine, so a worker's
+/// reading and the parent's can be subtracted.
+fn monotonic_ns(_: ()) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+
+/// Milliseconds from cancelling a running task (`AsyncResult::cancel`) on a pool of one
+/// worker to the replacement worker having started the next task, which was queued behind
+/// it: the task reads the machine's monotonic clock as it starts. Medians over rounds of `n`.
+/// Python's pools cannot cancel a running task (there is no Python figure); the peers are
+/// `pool_startup` (a pool of 2 created, one task, closed and joined, as in that case),
+/// the same cancel latency under forkserver, and how long the `cancel` call itself took.
+fn pool_cancel_latency(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("pool_cancel_latency", "ms");
+    let n = ctx.scale(20, 5);
+    let measure = |method: StartMethod, call: &mut Vec<f64>| {
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(method)
+            .build()
+            .expect("pool");
+        pool.apply(square, 1).expect("warm-up");
+        let mut total = 0.0;
+        for _ in 0..n {
+            let before = pool.worker_pids();
+            let long = pool.apply_async(nap_ms, 60_000);
+            // Let it start (the worker is idle and ready): a queued task would be cancelled
+            // without a kill, which the pid check below would notice.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let next = pool.apply_async(monotonic_ns, ());
+            let t0 = monotonic_ns(());
+            assert!(long.cancel(), "the long task ran on");
+            call.push((monotonic_ns(()) - t0) as f64 / 1e6);
+            let started = next.get().expect("next task");
+            assert_ne!(
+                pool.worker_pids(),
+                before,
+                "the cancelled task was not running"
+            );
+            total += started.saturating_sub(t0) as f64 / 1e6;
+        }
+        pool.close();
+        pool.join().expect("join");
+        total / n as f64
+    };
+    let mut call = Vec::new();
+    row.ours = Some(median(ctx.rounds(), || {
+        measure(StartMethod::Fork, &mut call)
+    }));
+    let mut ignored = Vec::new();
+    let forkserver = median(ctx.rounds(), || {
+        measure(StartMethod::ForkServer, &mut ignored)
+    });
+    call.sort_by(f64::total_cmp);
+    row.peer
+        .insert("cancel_call_ms".into(), call[call.len() / 2]);
+    row.peer.insert("ours_forkserver".into(), forkserver);
+    let startup = median(ctx.rounds(), || {
+        let t = Instant::now();
+        for _ in 0..n {
+            let pool = pool();
+            assert_eq!(pool.apply(square, 1).expect("task"), 1);
+            pool.close();
+            pool.join().expect("join");
+        }
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    });
+    row.peer.insert("pool_startup".into(), startup);
     row
 }

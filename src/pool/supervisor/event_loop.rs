@@ -21,6 +21,8 @@ impl Supervisor {
                 self.shut_down();
                 return;
             }
+            // Before `dispatch`: a task being cancelled must not be handed out again.
+            self.advance_cancels();
             if let Some(reason) = &self.broken {
                 let reason = reason.clone();
                 for job in self.pending.drain(..) {
@@ -67,6 +69,7 @@ impl Supervisor {
             self.state = inbox.state;
         }
         let cancel = std::mem::take(&mut inbox.cancel_queued);
+        self.cancels.append(&mut inbox.cancels);
         inbox.sleeping = true;
         drop(inbox);
         if cancel {

@@ -38,9 +38,11 @@ impl Core {
                 state: RunState::Running,
                 cancel_queued: false,
                 sleeping: false,
+                cancels: Vec::new(),
             }),
             wake_tx,
             pids: Mutex::new(Vec::new()),
+            thread: std::sync::OnceLock::new(),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -50,6 +52,7 @@ impl Core {
         let thread = std::thread::Builder::new()
             .name("multiproc-pool".into())
             .spawn(move || {
+                let _ = thread_shared.thread.set(std::thread::current().id());
                 let mut sup = Supervisor {
                     shared: thread_shared,
                     wake_rx,
@@ -70,6 +73,7 @@ impl Core {
                     launch_failing_since: None,
                     launch_error: None,
                     interrupted: false,
+                    cancels: Vec::new(),
                 };
                 match sup.fill() {
                     Ok(()) => {
@@ -136,6 +140,11 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A handle for cancelling this pool's tasks ([`CancelHandle`](super::CancelHandle)).
+    pub(crate) fn cancel_handle(&self) -> super::CancelHandle {
+        super::CancelHandle::new(Arc::downgrade(&self.shared))
     }
 
     /// Whether the pool still accepts tasks.

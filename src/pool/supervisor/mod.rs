@@ -29,6 +29,7 @@
 //! - `workers.rs`: starting workers, replacing those that end (with backoff), burying them.
 //! - `tasks.rs`: how many tasks a worker holds, handing them out, taking them back.
 //! - `time_limits.rs`: killing a worker whose task ran out of time, settling its tasks.
+//! - `cancel.rs`: cancelling a queued or running task on a caller's request.
 //! - `shutdown.rs`: terminating: killing every worker and failing what is unfinished.
 //! - `tests.rs`: the thread against scripted workers.
 
@@ -42,6 +43,7 @@ use super::error::TaskError;
 use super::transport::{Launcher, Link, WorkerSpec};
 use crate::sys;
 
+mod cancel;
 mod event_loop;
 mod handle;
 mod shutdown;
@@ -52,6 +54,7 @@ mod tests;
 mod time_limits;
 mod workers;
 
+pub(crate) use cancel::{CancelHandle, new_key};
 pub(crate) use handle::Core;
 use time_limits::TimedOut;
 
@@ -68,6 +71,11 @@ pub(crate) trait Sink: Send {
     /// (`shutdown(cancel_futures)`): fails it as cancelled.
     fn cancel(self: Box<Self>) {
         self.finish(Err(TaskError::Cancelled));
+    }
+    /// The key a caller cancels this task by ([`cancel::new_key`]); `None`: it cannot be
+    /// cancelled once queued.
+    fn key(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -93,6 +101,14 @@ impl Job {
 fn finish(sink: Box<dyn Sink>, outcome: std::result::Result<Vec<u8>, TaskError>) {
     // Sinks run user callbacks; a panic there must not take the pool down.
     if catch_unwind(AssertUnwindSafe(|| sink.finish(outcome))).is_err() {
+        tracing::warn!("a pool callback panicked; the pool carries on");
+    }
+}
+
+/// Fails a task as cancelled (never started, or killed running on a caller's request).
+fn finish_cancelled(sink: Box<dyn Sink>) {
+    // Sinks run user callbacks; a panic there must not take the pool down.
+    if catch_unwind(AssertUnwindSafe(|| sink.cancel())).is_err() {
         tracing::warn!("a pool callback panicked; the pool carries on");
     }
 }
@@ -131,6 +147,8 @@ struct Inbox {
     cancel_queued: bool,
     /// The supervisor is (about to be) asleep in `poll` and needs a wake-up byte.
     sleeping: bool,
+    /// Tasks callers asked to cancel (`cancel.rs`).
+    cancels: Vec<cancel::CancelRequest>,
 }
 
 struct Shared {
@@ -138,6 +156,9 @@ struct Shared {
     wake_tx: OwnedFd,
     /// The workers' pids, as of the supervisor's last change to its workers.
     pids: Mutex<Vec<u32>>,
+    /// The supervisor thread, so that a cancel made from it (in a callback) does not wait
+    /// for it.
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 impl Shared {
@@ -178,6 +199,8 @@ struct Worker {
     /// pipe on its main thread, and starts the reader thread that answers revokes during a
     /// task only for its second task (`worker.rs`).
     answered: bool,
+    /// One of its tasks is being cancelled: it gets no new task meanwhile (`cancel.rs`).
+    cancel: Option<cancel::Cancelling>,
 }
 
 struct Supervisor {
@@ -210,4 +233,6 @@ struct Supervisor {
     launch_error: Option<String>,
     /// Ctrl-C reached the workers (one died of SIGINT).
     interrupted: bool,
+    /// Cancels taken from the inbox and not settled yet (`cancel.rs`).
+    cancels: Vec<cancel::CancelRequest>,
 }

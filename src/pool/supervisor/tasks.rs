@@ -46,6 +46,7 @@ impl Supervisor {
                     let slow_head = !w.inflight.is_empty()
                         && now.saturating_duration_since(w.head_started) > queue_ahead;
                     !w.leaving
+                        && w.cancel.is_none()
                         && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
                 })

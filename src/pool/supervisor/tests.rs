@@ -93,7 +93,18 @@ impl Link for MockLink {
         self.advance(&mut s);
     }
     fn send_exit(&mut self) {}
-    fn send_revoke(&mut self, _ids: &[u64]) {}
+    fn send_revoke(&mut self, ids: &[u64]) {
+        // As a worker's reader thread: give back those not started, answering at once.
+        let mut s = self.lock();
+        let back: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| s.queue.iter().any(|(x, _)| x == id))
+            .collect();
+        s.queue.retain(|(x, _)| !back.contains(x));
+        s.out.push(FromWorker::Revoked(back));
+        let _ = sys::write_some(self.reply.1.as_fd(), &[1]);
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -182,9 +193,14 @@ type Outcome = (u8, std::result::Result<Vec<u8>, TaskError>);
 struct Probe {
     tag: u8,
     tx: mpsc::Sender<Outcome>,
+    key: Option<u64>,
 }
 
 impl Sink for Probe {
+    fn key(&self) -> Option<u64> {
+        self.key
+    }
+
     fn finish(self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
         let _ = self.tx.send((self.tag, outcome));
     }
@@ -197,6 +213,7 @@ fn job(kind: u8, tag: u8, tx: &mpsc::Sender<Outcome>) -> Job {
         sink: Box::new(Probe {
             tag,
             tx: tx.clone(),
+            key: None,
         }),
         limit: None,
         failed_runs: 0,
@@ -355,4 +372,95 @@ fn workers_that_die_idle_are_replaced_ever_more_slowly() {
         "{got:?}"
     );
     drop(core);
+}
+
+/// A job a caller can cancel by `key`.
+fn keyed(kind: u8, tag: u8, key: u64, tx: &mpsc::Sender<Outcome>) -> Job {
+    let mut job = job(kind, tag, tx);
+    job.sink = Box::new(Probe {
+        tag,
+        tx: tx.clone(),
+        key: Some(key),
+    });
+    job
+}
+
+fn wait_started(world: &Arc<Mutex<World>>, tag: u8) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !world.lock().unwrap().started.contains(&tag) {
+        assert!(Instant::now() < deadline, "task {tag} never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_reply_that_beats_the_cancel_kill_keeps_its_value_and_harms_no_other_task() {
+    let world = Arc::new(Mutex::new(World::default()));
+    let core = start(&world, None);
+    let (tx, rx) = mpsc::channel();
+    warm_up(&core, &tx, &rx);
+    let key = super::new_key();
+    // Quick tasks are queued behind it on the worker: they are taken back before the kill,
+    // so the worker cannot go on to one of them when the reply races the kill.
+    let batch = vec![
+        keyed(RACES_THE_KILL, 100, key, &tx),
+        job(QUICK, 101, &tx),
+        job(QUICK, 102, &tx),
+    ];
+    assert!(core.submit_all(batch).is_ok());
+    wait_started(&world, 100);
+    core.cancel_handle().request([key], true);
+    let got = outcomes(&rx, 3);
+    started_once(&world, &[100, 101, 102]);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        matches!(&got[0], (100, Ok(v)) if v == &[RACES_THE_KILL, 100]),
+        "{got:?}"
+    );
+    assert!(matches!(got[1], (101, Ok(_))), "{got:?}");
+    assert!(matches!(got[2], (102, Ok(_))), "{got:?}");
+    assert_eq!(
+        world.lock().unwrap().launches,
+        2,
+        "the worker was replaced once"
+    );
+}
+
+#[test]
+fn cancels_of_a_queued_and_a_running_task_on_one_worker_spare_the_others() {
+    let world = Arc::new(Mutex::new(World::default()));
+    let core = start(&world, None);
+    let (tx, rx) = mpsc::channel();
+    warm_up(&core, &tx, &rx);
+    let (slow, queued) = (super::new_key(), super::new_key());
+    let batch = vec![
+        keyed(SLOW, 100, slow, &tx),
+        keyed(QUICK, 101, queued, &tx),
+        job(QUICK, 102, &tx),
+    ];
+    assert!(core.submit_all(batch).is_ok());
+    wait_started(&world, 100);
+    // Queued behind the slow task on its worker: taken back and cancelled, never started.
+    core.cancel_handle().request([queued], true);
+    let got = outcomes(&rx, 1);
+    assert!(
+        matches!(got[..], [(101, Err(TaskError::Cancelled))]),
+        "{got:?}"
+    );
+    // The running one: its worker is killed, the task behind it runs on the replacement.
+    core.cancel_handle().request([slow], true);
+    let got = outcomes(&rx, 2);
+    assert!(
+        matches!(got[0], (100, Err(TaskError::Cancelled))),
+        "{got:?}"
+    );
+    assert!(matches!(got[1], (102, Ok(_))), "{got:?}");
+    let started = world.lock().unwrap().started.clone();
+    assert!(!started.contains(&101), "{started:?}");
+    started_once(&world, &[100, 102]);
+    // A stale request (the task is gone) changes nothing.
+    core.cancel_handle().request([slow, queued], true);
+    assert!(core.submit(job(QUICK, 103, &tx)).is_ok());
+    assert!(matches!(outcomes(&rx, 1)[..], [(103, Ok(_))]));
+    assert_eq!(world.lock().unwrap().launches, 2);
 }

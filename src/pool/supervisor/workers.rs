@@ -58,6 +58,7 @@ impl Supervisor {
             eof: false,
             revoking: false,
             answered: false,
+            cancel: None,
         });
         self.publish_pids();
         Ok(())
@@ -167,9 +168,14 @@ impl Supervisor {
         let killed_starting = !w.ready && how == WorkerExit::Signal(9);
         let idle =
             (w.ready && !w.answered || killed_starting) && !w.leaving && w.inflight.is_empty();
+        // A task being cancelled fails with `Cancelled`; if it was the one running, the death
+        // is the cancel's and no other task's.
+        let cancelled_running = super::cancel::settle_cancelled(&mut w);
         let mut died = None;
         if w.timed_out.is_some() {
             settle_timed_out(&mut w, how);
+        } else if cancelled_running {
+            // Nothing behind it had started: the cancel killed it holding that task alone.
         } else if !w.ready {
             // It died in its initializer: nothing it held had started.
             if !w.leaving && !killed_starting && self.broken.is_none() {
