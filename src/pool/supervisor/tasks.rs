@@ -46,6 +46,7 @@ impl Supervisor {
                     let slow_head = !w.inflight.is_empty()
                         && now.saturating_duration_since(w.head_started) > queue_ahead;
                     !w.leaving
+                        && !w.over_memory
                         && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
                 })
@@ -72,9 +73,12 @@ impl Supervisor {
 
     /// Whether a worker could take a task now.
     pub(super) fn has_idle_worker(&self) -> bool {
-        self.workers
-            .iter()
-            .any(|w| !w.leaving && w.inflight.is_empty() && w.tasks_left.is_none_or(|n| n > 0))
+        self.workers.iter().any(|w| {
+            !w.leaving
+                && !w.over_memory
+                && w.inflight.is_empty()
+                && w.tasks_left.is_none_or(|n| n > 0)
+        })
     }
 
     /// When nothing is queued but a worker is idle, takes back the tasks waiting behind a task
