@@ -520,6 +520,13 @@ impl PoolBuilder {
         let launcher: Box<dyn Launcher> = match remote {
             Some(launcher) => {
                 RemoteLauncher::check(&config.spec)?;
+                if config.max_memory.is_some() {
+                    // Resident sizes are read from this machine's /proc.
+                    return Err(Error::with_message(
+                        ErrorKind::InvalidInput,
+                        "max_memory_per_child applies to local workers only",
+                    ));
+                }
                 config.queue_ahead += launcher.round_trip();
                 Box::new(RemoteLauncher(launcher))
             }

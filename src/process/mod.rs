@@ -2,7 +2,23 @@
 //! one file per concept: `join_handle.rs` ([`JoinHandle`]), `current.rs` (who this process is:
 //! `current_process`, `parent_process`), `children.rs` (the parent's side of each child:
 //! `active_children`), `bootstrap.rs` (the child's side of a start), `target.rs` (what a child
-//! runs), `authkey.rs`.
+//! runs), `authkey.rs`, `placement.rs` (CPU affinity, niceness, limits).
+//!
+//! # Placement and memory limits
+//!
+//! [`Builder::cpu_affinity`], [`Builder::nice`], [`Builder::rlimit`] and
+//! [`Builder::memory_limit`] are checked by `start()` (a CPU this process may not use, a
+//! soft limit above the hard one, a hard limit above this process's without privilege, a
+//! niceness it may not set: [`ErrorKind::InvalidInput`]) and applied in the child before the
+//! target, or its arguments, are touched: in a forked child as system calls on data prepared
+//! before the fork (nothing allocates), in a spawned or forkserver child at the start of its
+//! bootstrap. `memory_limit` is an address-space limit (`RLIMIT_AS`): it counts reserved
+//! virtual memory, not resident memory, so leave room for thread stacks and malloc arenas.
+//! cgroup v2 memory limits, which count resident memory, are not used yet (they need a
+//! delegated, writable cgroup, which this crate does not set up). A child that dies of
+//! SIGABRT under a memory limit is reported as over it
+//! ([`Process::memory_limit_exceeded`]): that is how a Rust program ends when an
+//! allocation fails, and the only signal there is; an explicit `abort()` reads the same.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -548,8 +564,9 @@ impl Builder {
     /// # Examples
     /// ```
     /// use multiproc::process::Builder;
-    /// fn hog() { let v = vec![1u8; 1 << 30]; std::hint::black_box(v); }
-    /// let mut p = Builder::new().memory_limit(256 << 20).target(hog);
+    /// // Reserves 4 GiB without touching it: fine without a limit (overcommit), not under one.
+    /// fn hog() { std::hint::black_box(Vec::<u8>::with_capacity(4 << 30)); }
+    /// let mut p = Builder::new().memory_limit(1 << 30).target(hog);
     /// p.start()?;
     /// p.join()?;
     /// assert!(p.memory_limit_exceeded());
