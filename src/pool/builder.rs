@@ -152,7 +152,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::Pool;
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(2).worker_cpu_affinity([0]).build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -171,7 +171,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::Pool;
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(2).pin_workers().build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -189,7 +189,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::Pool;
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(2).worker_cpu_sets(vec![vec![0], vec![0]]).build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -205,7 +205,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::Pool;
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(1).worker_nice(10).build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -221,7 +221,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::{Pool, process::Resource};
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(1).worker_rlimit(Resource::Core, 0, 0).build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -240,8 +240,8 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::{Pool, pool::TaskError};
-    /// fn hog() -> usize { Vec::<u8>::with_capacity(2 << 30).capacity() }
-    /// fn one() -> u8 { 1 }
+    /// fn hog(_: ()) -> usize { Vec::<u8>::with_capacity(4 << 30).capacity() }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(1).memory_limit(1 << 30).build()?;
     /// assert!(matches!(pool.apply(hog, ()), Err(TaskError::MemoryLimitExceeded { .. })));
     /// assert_eq!(pool.apply(one, ())?, 1);
@@ -264,7 +264,7 @@ impl PoolBuilder {
     /// # Examples
     /// ```
     /// use multiproc::Pool;
-    /// fn one() -> u8 { 1 }
+    /// fn one(_: ()) -> u8 { 1 }
     /// let pool = Pool::builder().processes(1).max_memory_per_child(512 << 20).build()?;
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
