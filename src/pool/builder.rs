@@ -11,6 +11,8 @@ use super::task::{Payload, TaskFn};
 use super::transport::{InitSpec, Launcher, PipeLauncher, WorkerSpec};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::process::Resource;
+use crate::process::placement::{PlacementSpec, cpu_mask};
 use crate::process::target;
 use crate::sys;
 
@@ -48,6 +50,22 @@ pub struct PoolBuilder {
     retries: u32,
     max_deaths: Option<u32>,
     retry_panics: bool,
+    /// Niceness, limits and a common CPU set for every worker.
+    placement: PlacementSpec,
+    cpu_plan: CpuPlan,
+    max_memory: Option<u64>,
+}
+
+/// How workers are spread over CPUs.
+#[derive(Debug, Default)]
+enum CpuPlan {
+    /// Anywhere (or the common set in `PlacementSpec::cpus`).
+    #[default]
+    Inherit,
+    /// Worker `i` on the `i mod n`-th of the `n` CPUs this process may use.
+    Pin,
+    /// Worker `i` on set `i mod len`.
+    Sets(Vec<Vec<usize>>),
 }
 
 impl PoolBuilder {
@@ -124,6 +142,136 @@ impl PoolBuilder {
     #[doc(alias = "maxtasksperchild")]
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
         self.max_tasks = Some(n);
+        self
+    }
+
+    /// Every worker runs on these CPUs (see
+    /// [`process::Builder::cpu_affinity`](crate::process::Builder::cpu_affinity)); replaces
+    /// [`pin_workers`](PoolBuilder::pin_workers) and
+    /// [`worker_cpu_sets`](PoolBuilder::worker_cpu_sets).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(2).worker_cpu_affinity([0]).build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "sched_setaffinity")]
+    pub fn worker_cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.placement.cpus = Some(cpus.into_iter().collect());
+        self.cpu_plan = CpuPlan::Inherit;
+        self
+    }
+
+    /// Pins worker `i` to one CPU: the `i mod n`-th of the `n` CPUs this process may run on
+    /// (`os.sched_getaffinity(0)`). A replacement takes the place, and the CPU, of the worker
+    /// it replaces.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(2).pin_workers().build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pin_workers(mut self) -> Self {
+        self.placement.cpus = None;
+        self.cpu_plan = CpuPlan::Pin;
+        self
+    }
+
+    /// Worker `i` runs on `sets[i mod sets.len()]` (replacements take the place of the worker
+    /// they replace). Each CPU must be one this process may run on; `build` fails with
+    /// [`ErrorKind::InvalidInput`] otherwise, or for no sets or an empty one.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(2).worker_cpu_sets(vec![vec![0], vec![0]]).build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_cpu_sets(mut self, sets: Vec<Vec<usize>>) -> Self {
+        self.placement.cpus = None;
+        self.cpu_plan = CpuPlan::Sets(sets);
+        self
+    }
+
+    /// The workers' niceness (see [`process::Builder::nice`](crate::process::Builder::nice)).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(1).worker_nice(10).build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_nice(mut self, nice: i32) -> Self {
+        self.placement.nice = Some(nice);
+        self
+    }
+
+    /// A resource limit for every worker (see
+    /// [`process::Builder::rlimit`](crate::process::Builder::rlimit)).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Pool, process::Resource};
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(1).worker_rlimit(Resource::Core, 0, 0).build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_rlimit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.placement.limits.push((resource, soft, hard));
+        self
+    }
+
+    /// A hard cap on each worker's memory, in bytes, as its address space (`RLIMIT_AS`; see
+    /// [`process::Builder::memory_limit`](crate::process::Builder::memory_limit) for what it
+    /// counts). A task whose allocation fails past it aborts its worker and fails with
+    /// [`TaskError::MemoryLimitExceeded`](crate::pool::TaskError::MemoryLimitExceeded); the
+    /// worker is replaced and the pool goes on.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::{Pool, pool::TaskError};
+    /// fn hog(_: ()) -> usize { Vec::<u8>::with_capacity(4 << 30).capacity() }
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(1).memory_limit(1 << 30).build()?;
+    /// assert!(matches!(pool.apply(hog, ()), Err(TaskError::MemoryLimitExceeded { .. })));
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.placement.memory_limit = Some(bytes);
+        self
+    }
+
+    /// After each task, a worker whose resident memory (RSS, `/proc/<pid>/statm`) is above
+    /// `bytes` is replaced before its next task (billiard's `max_memory_per_child`, in bytes
+    /// rather than KiB). Tasks queued on it go back to the pool's queue unstarted.
+    ///
+    /// A worker that is already above the limit when it starts (under `fork`, a copy of a
+    /// parent that is itself larger: celery#4125) is measured against its size at start
+    /// instead, so that it is not replaced after every task; under spawn and forkserver a
+    /// worker starts from a fresh program and never inherits the parent's heap.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Pool;
+    /// fn one(_: ()) -> u8 { 1 }
+    /// let pool = Pool::builder().processes(1).max_memory_per_child(512 << 20).build()?;
+    /// assert_eq!(pool.apply(one, ())?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 
@@ -324,7 +472,15 @@ impl PoolBuilder {
                 "a task time limit must be longer than zero",
             ));
         }
+        let placements = self.placements()?;
         let initializer = self.initializer.transpose()?.map(Arc::new);
+        if self.max_memory == Some(0) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "max_memory_per_child must be above 0",
+            ));
+        }
+        let memory_limit = self.placement.memory_limit;
         Ok((
             Config {
                 processes,
@@ -333,7 +489,11 @@ impl PoolBuilder {
                     method: self.method,
                     initializer,
                     max_tasks: self.max_tasks,
+                    placements,
+                    slot: 0,
                 },
+                max_memory: self.max_memory,
+                memory_limit,
                 task_timeout: self.task_timeout,
                 queue_ahead: QUEUE_AHEAD,
                 retries: self.retries,
@@ -342,6 +502,42 @@ impl PoolBuilder {
             },
             self.progress,
         ))
+    }
+
+    /// The workers' placements, one per slot pattern (empty: nothing to apply).
+    fn placements(&self) -> Result<Vec<crate::process::placement::Placement>> {
+        let cpu_sets: Vec<Option<Vec<usize>>> = match &self.cpu_plan {
+            CpuPlan::Inherit => vec![self.placement.cpus.clone()],
+            CpuPlan::Pin => sys::allowed_cpus()?
+                .into_iter()
+                .map(|cpu| Some(vec![cpu]))
+                .collect(),
+            CpuPlan::Sets(sets) => {
+                if sets.is_empty() {
+                    return Err(Error::with_message(
+                        ErrorKind::InvalidInput,
+                        "worker_cpu_sets needs at least one set",
+                    ));
+                }
+                for set in sets {
+                    cpu_mask(set)?;
+                }
+                sets.iter().cloned().map(Some).collect()
+            }
+        };
+        if cpu_sets.len() == 1 && cpu_sets[0].is_none() && self.placement.is_empty() {
+            return Ok(Vec::new());
+        }
+        cpu_sets
+            .into_iter()
+            .map(|cpus| {
+                PlacementSpec {
+                    cpus,
+                    ..self.placement.clone()
+                }
+                .resolve()
+            })
+            .collect()
     }
 
     /// Starts the workers.
@@ -357,6 +553,13 @@ impl PoolBuilder {
         let launcher: Box<dyn Launcher> = match remote {
             Some(launcher) => {
                 RemoteLauncher::check(&config.spec)?;
+                if config.max_memory.is_some() {
+                    // Resident sizes are read from this machine's /proc.
+                    return Err(Error::with_message(
+                        ErrorKind::InvalidInput,
+                        "max_memory_per_child applies to local workers only",
+                    ));
+                }
                 config.queue_ahead += launcher.round_trip();
                 Box::new(RemoteLauncher(launcher))
             }

@@ -22,6 +22,16 @@ impl WorkerExit {
             WorkerExit::Exit(code)
         }
     }
+
+    /// The death a failed allocation causes (SIGABRT): under a memory limit, read as the
+    /// limit reached (`process/placement.rs`, `died_of_memory_limit`).
+    pub(crate) fn is_memory_abort(self) -> bool {
+        let code = match self {
+            WorkerExit::Signal(n) => -n,
+            WorkerExit::Exit(n) => n,
+        };
+        crate::process::placement::died_of_memory_limit(Some(0), code)
+    }
 }
 
 impl fmt::Display for WorkerExit {
@@ -120,6 +130,15 @@ pub enum TaskError {
         #[source]
         last: Box<TaskError>,
     },
+    /// The task's worker died of an allocation failure under the pool's
+    /// [`memory_limit`](crate::pool::PoolBuilder::memory_limit) (it aborted with SIGABRT, as
+    /// a Rust program does when an allocation fails; an explicit `abort()` in a task under a
+    /// memory limit reads the same). The worker was replaced; the pool goes on.
+    #[error("task exceeded the worker memory limit of {limit} bytes; its worker was replaced")]
+    MemoryLimitExceeded {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The pool was terminated (explicitly, by being dropped, or by Ctrl-C reaching its
     /// workers) before the task finished.
     #[error("pool was terminated before the task finished")]
@@ -179,6 +198,9 @@ impl TaskError {
             },
             TaskError::WorkerDied { how } => TaskError::WorkerDied { how: *how },
             TaskError::TimeLimit { limit } => TaskError::TimeLimit { limit: *limit },
+            TaskError::MemoryLimitExceeded { limit } => {
+                TaskError::MemoryLimitExceeded { limit: *limit }
+            }
             TaskError::Timeout => TaskError::Timeout,
             TaskError::Cancelled => TaskError::Cancelled,
             TaskError::Terminated => TaskError::Terminated,

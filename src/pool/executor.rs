@@ -105,6 +105,53 @@ impl ExecutorBuilder {
         self
     }
 
+    /// See [`PoolBuilder::worker_cpu_affinity`].
+    pub fn worker_cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.inner = self.inner.worker_cpu_affinity(cpus);
+        self
+    }
+
+    /// See [`PoolBuilder::pin_workers`].
+    pub fn pin_workers(mut self) -> Self {
+        self.inner = self.inner.pin_workers();
+        self
+    }
+
+    /// See [`PoolBuilder::worker_cpu_sets`].
+    pub fn worker_cpu_sets(mut self, sets: Vec<Vec<usize>>) -> Self {
+        self.inner = self.inner.worker_cpu_sets(sets);
+        self
+    }
+
+    /// See [`PoolBuilder::worker_nice`].
+    pub fn worker_nice(mut self, nice: i32) -> Self {
+        self.inner = self.inner.worker_nice(nice);
+        self
+    }
+
+    /// See [`PoolBuilder::worker_rlimit`].
+    pub fn worker_rlimit(
+        mut self,
+        resource: crate::process::Resource,
+        soft: u64,
+        hard: u64,
+    ) -> Self {
+        self.inner = self.inner.worker_rlimit(resource, soft, hard);
+        self
+    }
+
+    /// See [`PoolBuilder::memory_limit`].
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.inner = self.inner.memory_limit(bytes);
+        self
+    }
+
+    /// See [`PoolBuilder::max_memory_per_child`].
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.inner = self.inner.max_memory_per_child(bytes);
+        self
+    }
+
     /// A time limit for each task; see [`PoolBuilder::task_timeout`].
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.inner = self.inner.task_timeout(limit);

@@ -173,6 +173,8 @@ impl WorkerStart {
                 })
             }),
             max_tasks: self.max_tasks,
+            placements: Vec::new(),
+            slot: 0,
         }
     }
 }
@@ -199,6 +201,12 @@ impl RemoteLauncher {
                 ErrorKind::InvalidInput,
                 "the initializer's arguments hold a handle that owns a file descriptor (a \
                  Lock, Value, Queue...), which cannot reach workers on other machines",
+            ));
+        }
+        if !spec.placements.is_empty() {
+            return Err(Error::with_message(
+                ErrorKind::InvalidInput,
+                "CPU placement, niceness and limits apply to local workers only",
             ));
         }
         Ok(())

@@ -41,6 +41,11 @@ pub(crate) struct WorkerSpec {
     pub(crate) initializer: Option<Arc<InitSpec>>,
     /// Tasks after which the worker exits (Python's `maxtasksperchild`).
     pub(crate) max_tasks: Option<usize>,
+    /// CPU affinity, niceness and limits: worker slot `i` gets `placements[i % len]`
+    /// (empty: none).
+    pub(crate) placements: Vec<crate::process::placement::Placement>,
+    /// The slot of the worker this spec launches (replacements take a freed slot).
+    pub(crate) slot: usize,
 }
 
 /// The pool's initializer, as the builder encoded it once: a start method's `Entry` (which
@@ -427,6 +432,10 @@ pub(crate) fn launch_pipe(spec: &WorkerSpec) -> Result<PipeLink> {
         let mut builder = Builder::new().name(spec.name.clone()).daemon(true);
         if let Some(method) = spec.method {
             builder = builder.start_method(method);
+        }
+        if !spec.placements.is_empty() {
+            builder =
+                builder.resolved_placement(spec.placements[spec.slot % spec.placements.len()]);
         }
         // A fn item with serializable arguments, so that it runs under every start method: a
         // forked worker gets the arguments moved, a fresh program gets them serialized with

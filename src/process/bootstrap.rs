@@ -28,6 +28,8 @@ pub(crate) struct ChildPlan {
     /// The default start method the child adopts: the one its process chose, else the
     /// parent's chosen default (`None`: no choice to pass on). See `context::get_start_method`.
     pub(crate) start_method: Option<crate::context::StartMethod>,
+    /// CPU affinity, niceness and limits, applied before the target runs.
+    pub(crate) placement: super::placement::Placement,
 }
 
 /// How the target ended, sent from child to parent for typed results.
@@ -56,6 +58,9 @@ pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
         && let Some((parent, _)) = &plan.env.identity.parent
         && !sys::die_with_parent(*parent)
     {
+        return PANIC_EXIT_CODE;
+    }
+    if !plan.placement.apply_or_report() {
         return PANIC_EXIT_CODE;
     }
     current::install(plan.env);

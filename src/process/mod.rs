@@ -2,7 +2,23 @@
 //! one file per concept: `join_handle.rs` ([`JoinHandle`]), `current.rs` (who this process is:
 //! `current_process`, `parent_process`), `children.rs` (the parent's side of each child:
 //! `active_children`), `bootstrap.rs` (the child's side of a start), `target.rs` (what a child
-//! runs), `authkey.rs`.
+//! runs), `authkey.rs`, `placement.rs` (CPU affinity, niceness, limits).
+//!
+//! # Placement and memory limits
+//!
+//! [`Builder::cpu_affinity`], [`Builder::nice`], [`Builder::rlimit`] and
+//! [`Builder::memory_limit`] are checked by `start()` (a CPU this process may not use, a
+//! soft limit above the hard one, a hard limit above this process's without privilege, a
+//! niceness it may not set: [`ErrorKind::InvalidInput`]) and applied in the child before the
+//! target, or its arguments, are touched: in a forked child as system calls on data prepared
+//! before the fork (nothing allocates), in a spawned or forkserver child at the start of its
+//! bootstrap. `memory_limit` is an address-space limit (`RLIMIT_AS`): it counts reserved
+//! virtual memory, not resident memory, so leave room for thread stacks and malloc arenas.
+//! cgroup v2 memory limits, which count resident memory, are not used yet (they need a
+//! delegated, writable cgroup, which this crate does not set up). A child that dies of
+//! SIGABRT under a memory limit is reported as over it
+//! ([`Process::memory_limit_exceeded`]): that is how a Rust program ends when an
+//! allocation fails, and the only signal there is; an explicit `abort()` reads the same.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -21,6 +37,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod children;
 pub(crate) mod current;
 mod join_handle;
+pub(crate) mod placement;
 pub(crate) mod target;
 
 pub use crate::error::JoinError;
@@ -28,6 +45,7 @@ pub use authkey::AuthKey;
 pub use children::{ActiveChild, active_children};
 pub use current::{CurrentProcess, ParentProcess, at_exit, current_process, parent_process};
 pub use join_handle::JoinHandle;
+pub use placement::{Resource, UNLIMITED};
 pub use target::Run;
 
 use bootstrap::ChildPlan;
@@ -66,6 +84,12 @@ pub struct Process {
     captures: bool,
     target: Option<Box<dyn Task>>,
     state: State,
+    /// CPU affinity, niceness and limits, checked at start.
+    placement: placement::PlacementSpec,
+    /// Already resolved (by a pool, which checked them at build).
+    resolved: Option<placement::Placement>,
+    /// The memory cap the started child runs under.
+    memory_limit: Option<u64>,
 }
 
 enum State {
@@ -154,6 +178,9 @@ impl Process {
             captures: task.captures(),
             target: Some(task),
             state: State::New,
+            placement: builder.placement,
+            resolved: builder.resolved,
+            memory_limit: None,
         }
     }
 
@@ -202,6 +229,15 @@ impl Process {
             .unwrap_or_else(|| context::default_for(self.captures))
     }
 
+    /// Whether the child ended because it exceeded its
+    /// [`memory_limit`](Builder::memory_limit), as far as can be told: it had a limit and died
+    /// of SIGABRT, which is how a Rust program ends when an allocation fails. An explicit
+    /// `abort()` under a limit reads as `true` too. `false` while it runs.
+    pub fn memory_limit_exceeded(&self) -> bool {
+        self.exitcode()
+            .is_some_and(|code| placement::died_of_memory_limit(self.memory_limit, code))
+    }
+
     /// Starts the child, which runs the target.
     ///
     /// # Errors
@@ -227,6 +263,10 @@ impl Process {
             .target
             .take()
             .ok_or_else(|| Error::new(ErrorKind::TargetConsumed))?;
+        let placement = match self.resolved {
+            Some(p) => p,
+            None => self.placement.resolve()?,
+        };
         bootstrap::install_panic_hook();
         let mut identity = self.identity.clone();
         identity.parent = Some((sys::current_pid(), parent.identity.name.clone()));
@@ -235,9 +275,11 @@ impl Process {
             result,
             // As Python's concrete contexts do (`BaseProcess._bootstrap`).
             start_method: self.method.or_else(context::chosen_start_method),
+            placement,
         };
         let method = self.start_method();
         let launched = start::popen(method).launch(plan, task)?;
+        self.memory_limit = placement.memory_limit();
         let child = Arc::new(Child::new(
             launched.pid,
             launched.pidfd,
@@ -423,6 +465,8 @@ pub struct Builder {
     daemon: bool,
     authkey: Option<AuthKey>,
     method: Option<StartMethod>,
+    placement: placement::PlacementSpec,
+    resolved: Option<placement::Placement>,
 }
 
 impl Builder {
@@ -454,6 +498,88 @@ impl Builder {
     /// [`StartMethod::ForkServer`] a target that captures variables is refused at `start()`.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
+        self
+    }
+
+    /// The CPUs the child may run on (Python's `os.sched_setaffinity(pid, cpus)`, done
+    /// before the target runs). Each must be one this process may run on.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::Builder;
+    /// fn cpu() -> u32 { 0 }
+    /// let handle = Builder::new().cpu_affinity([0]).spawn(cpu)?;
+    /// handle.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// `start()` fails with [`ErrorKind::InvalidInput`] for a CPU this process may not use.
+    #[doc(alias = "sched_setaffinity")]
+    pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.placement.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+
+    /// The child's niceness, -20 (favoured) to 19 (Python's `os.setpriority`, or `os.nice`
+    /// in the child). Below this process's own needs privilege: `start()` fails with
+    /// [`ErrorKind::InvalidInput`] otherwise.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::Builder;
+    /// fn work() {}
+    /// Builder::new().nice(19).spawn(work)?.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "setpriority")]
+    pub fn nice(mut self, nice: i32) -> Self {
+        self.placement.nice = Some(nice);
+        self
+    }
+
+    /// A resource limit for the child (Python's `resource.setrlimit` in the child); at most
+    /// ten. [`UNLIMITED`] is `RLIM_INFINITY`. `start()` fails with
+    /// [`ErrorKind::InvalidInput`] when `soft > hard`, or when `hard` is above this process's
+    /// hard limit and it is not privileged.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::{Builder, Resource};
+    /// fn work() {}
+    /// Builder::new().rlimit(Resource::Core, 0, 0).spawn(work)?.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "setrlimit")]
+    pub fn rlimit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.placement.limits.push((resource, soft, hard));
+        self
+    }
+
+    /// A hard cap on the child's memory, in bytes: its address space (`RLIMIT_AS`, virtual
+    /// memory, which is larger than resident memory: every thread's stack and each malloc
+    /// arena count in full). An allocation past it fails, which aborts a Rust program;
+    /// [`Process::memory_limit_exceeded`] then says so. cgroup v2 memory limits (resident
+    /// memory) are not used yet.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::Builder;
+    /// // Reserves 4 GiB without touching it: fine without a limit (overcommit), not under one.
+    /// fn hog() { std::hint::black_box(Vec::<u8>::with_capacity(4 << 30)); }
+    /// let mut p = Builder::new().memory_limit(1 << 30).target(hog);
+    /// p.start()?;
+    /// p.join()?;
+    /// assert!(p.memory_limit_exceeded());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.placement.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Settings a pool resolved already.
+    pub(crate) fn resolved_placement(mut self, placement: placement::Placement) -> Self {
+        self.resolved = Some(placement);
         self
     }
 

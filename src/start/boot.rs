@@ -47,6 +47,8 @@ struct Boot {
     has_result: bool,
     /// The default start method the child adopts, by name (`ChildPlan::start_method`).
     start_method: Option<String>,
+    /// CPU affinity, niceness and limits (`ChildPlan::placement`).
+    placement: crate::process::placement::Placement,
 }
 
 /// A boot message ready to send.
@@ -90,6 +92,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
     })?;
     let has_result = plan.result.is_some();
     let start_method = plan.start_method;
+    let placement = plan.placement;
     let mut fds: Vec<OwnedFd> = plan.result.into_iter().collect();
     fds.extend(payload_fds);
     if fds.len() > sys::MAX_FDS {
@@ -110,6 +113,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
         payload: remote.payload,
         has_result,
         start_method: start_method.map(|m| m.name().to_owned()),
+        placement,
     };
     Ok(Prepared {
         frame: wire::encode_frame(&boot)?,
@@ -200,6 +204,10 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
         && let Some((parent, _)) = &boot.identity.parent
         && !sys::die_with_parent(*parent)
     {
+        return Ok(PANIC_EXIT_CODE);
+    }
+    // Before the target's arguments are decoded: that is user code (`Deserialize`).
+    if !boot.placement.apply_or_report() {
         return Ok(PANIC_EXIT_CODE);
     }
     if let Some(method) = boot.start_method {

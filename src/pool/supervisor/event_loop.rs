@@ -49,6 +49,14 @@ impl Supervisor {
                 }
             }
             for w in &mut self.workers {
+                // Grown past `max_memory_per_child` and now without tasks: let it go; the
+                // next round replaces it.
+                if w.over_memory && w.inflight.is_empty() && !w.leaving {
+                    w.leaving = true;
+                    w.link.send_exit();
+                }
+            }
+            for w in &mut self.workers {
                 if let Err(e) = w.link.flush() {
                     tracing::warn!(pid = w.link.pid(), error = %e, "writing to a pool worker failed");
                     w.link.kill();
@@ -174,6 +182,9 @@ impl Supervisor {
                 FromWorker::Ready => {
                     w.ready = true;
                     self.init_deaths = 0;
+                    if let Some(max) = self.config.max_memory {
+                        w.memory_floor = Some(memory_floor(w.link.pid(), max));
+                    }
                     // A task handed over during the initializer starts only now.
                     w.head_started = now;
                 }
@@ -238,8 +249,55 @@ impl Supervisor {
                         }
                     };
                     finish(job.sink, outcome);
+                    check_memory(w);
                 }
             }
         }
+    }
+}
+
+/// What a worker's resident size is compared with after each task: the limit, or its size
+/// after starting if that is higher (a forked copy of a large parent, celery#4125), so that it
+/// is not replaced after every task for what it inherited.
+fn memory_floor(pid: u32, max: u64) -> u64 {
+    match sys::resident_bytes(pid) {
+        Ok(rss) if rss > max => {
+            tracing::warn!(
+                pid,
+                rss,
+                max_memory_per_child = max,
+                "a pool worker starts above max_memory_per_child (a forked copy of a large \
+                 parent?); it is replaced only once it grows past its starting size"
+            );
+            rss
+        }
+        _ => max,
+    }
+}
+
+/// After a task: a worker grown past `max_memory_per_child` takes no more tasks, and the tasks
+/// queued on it that have not started come back (a revoke); it exits once it holds none.
+fn check_memory(w: &mut super::Worker) {
+    let Some(floor) = w.memory_floor else { return };
+    if w.over_memory || w.leaving {
+        return;
+    }
+    let Ok(rss) = sys::resident_bytes(w.link.pid()) else {
+        return;
+    };
+    if rss <= floor {
+        return;
+    }
+    tracing::info!(
+        pid = w.link.pid(),
+        rss,
+        limit = floor,
+        "pool worker over max_memory_per_child; replacing it"
+    );
+    w.over_memory = true;
+    if !w.inflight.is_empty() && !w.revoking {
+        let ids: Vec<u64> = w.inflight.iter().map(|(id, _)| *id).collect();
+        w.link.send_revoke(&ids);
+        w.revoking = true;
     }
 }

@@ -129,6 +129,10 @@ pub(crate) struct Config {
     pub(crate) max_deaths: Option<u32>,
     /// Whether a task that panicked is retried too (only worker deaths otherwise).
     pub(crate) retry_panics: bool,
+    /// A worker above this resident size after a task is replaced (`max_memory_per_child`).
+    pub(crate) max_memory: Option<u64>,
+    /// The workers' hard memory cap, to tell a death by it from others (`memory_limit`).
+    pub(crate) memory_limit: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +205,12 @@ struct Worker {
     answered: bool,
     /// One of its tasks is being cancelled: it gets no new task meanwhile (`cancel.rs`).
     cancel: Option<cancel::Cancelling>,
+    /// Its place among the pool's workers, which sets its CPU placement.
+    slot: usize,
+    /// It grew past `max_memory_per_child`: no more tasks; it exits once its tasks are settled.
+    over_memory: bool,
+    /// Its resident size after its initializer, the limit when that is higher (`Config::max_memory`).
+    memory_floor: Option<u64>,
 }
 
 struct Supervisor {

@@ -47,6 +47,7 @@ impl Supervisor {
                         && now.saturating_duration_since(w.head_started) > queue_ahead;
                     !w.leaving
                         && w.cancel.is_none()
+                        && !w.over_memory
                         && w.inflight.len() < if slow_head || !w.answered { 1 } else { depth }
                         && w.tasks_left.is_none_or(|n| n > 0)
                 })
@@ -73,9 +74,12 @@ impl Supervisor {
 
     /// Whether a worker could take a task now.
     pub(super) fn has_idle_worker(&self) -> bool {
-        self.workers
-            .iter()
-            .any(|w| !w.leaving && w.inflight.is_empty() && w.tasks_left.is_none_or(|n| n > 0))
+        self.workers.iter().any(|w| {
+            !w.leaving
+                && !w.over_memory
+                && w.inflight.is_empty()
+                && w.tasks_left.is_none_or(|n| n > 0)
+        })
     }
 
     /// When nothing is queued but a worker is idle, takes back the tasks waiting behind a task

@@ -233,7 +233,11 @@ fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
             method: None,
             initializer: None,
             max_tasks: None,
+            placements: Vec::new(),
+            slot: 0,
         },
+        max_memory: None,
+        memory_limit: None,
         task_timeout: limit,
     };
     Core::start(config, Box::new(MockLauncher(Arc::clone(world)))).unwrap()

@@ -41,6 +41,11 @@ pub(super) fn backoff(failures: u32) -> Duration {
 impl Supervisor {
     pub(super) fn launch_one(&mut self) -> Result<()> {
         let mut spec = self.config.spec.clone();
+        // The lowest slot no running worker holds: a replacement takes its predecessor's.
+        let slot = (0..)
+            .find(|i| !self.workers.iter().any(|w| w.slot == *i && !w.leaving))
+            .expect("some slot is free");
+        spec.slot = slot;
         spec.name = format!("{}-{}", spec.name, self.next_name);
         self.next_name += 1;
         let link = self.launcher.launch(&spec)?;
@@ -59,6 +64,9 @@ impl Supervisor {
             revoking: false,
             answered: false,
             cancel: None,
+            slot,
+            over_memory: false,
+            memory_floor: None,
         });
         self.publish_pids();
         Ok(())
@@ -204,7 +212,11 @@ impl Supervisor {
         }
         // After them, so that a retried task goes first: it is the oldest.
         if let Some(job) = died {
-            self.retry_or_fail(job, TaskError::WorkerDied { how }, true);
+            let error = match self.config.memory_limit {
+                Some(limit) if how.is_memory_abort() => TaskError::MemoryLimitExceeded { limit },
+                _ => TaskError::WorkerDied { how },
+            };
+            self.retry_or_fail(job, error, true);
         }
         self.count_idle_death(idle, how);
     }
