@@ -783,6 +783,77 @@ start_method_matrix! {
         let child = spawn_with_args(|d: DictProxy<u8, u8>| d.get(&1).unwrap(), d.clone()).unwrap();
         assert_eq!(join_all(vec![child]), [Some(1)]);
     }
+
+    /// A client holding the authkey and claiming the server's build sends `modify` requests
+    /// whose function offsets are arbitrary (the anchor itself, a byte into it, far away):
+    /// every one is refused with an error reply, nothing is called, and the server keeps
+    /// serving with the value unchanged.
+    #[test]
+    fn forged_function_offsets_are_refused() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let v = m.value(7u64).unwrap(); // the server's first object: id 1
+        let conn =
+            multiproc::connection::client_with_authkey(m.address(), Some(m.authkey())).unwrap();
+        conn.send_bytes(&forged_hello()).unwrap();
+        assert!(conn.recv_bytes().is_ok(), "no welcome");
+        // `Request::Call { id: 1, op: Op::Load }` first: it succeeds (Ok is variant 0), which
+        // shows the hand-made frames are well formed and name the value.
+        let mut load = Vec::new();
+        for n in [1, 1, OP_LOAD] {
+            varint(&mut load, n);
+        }
+        conn.send_bytes(&load).unwrap();
+        assert_eq!(conn.recv_bytes().unwrap().first(), Some(&0), "Load failed");
+        for offset in [0i64, 1, 2, 64, -64, 4096, -4096, 1 << 20, i64::MAX, i64::MIN] {
+            // `Request::Call { id: 1, op: Op::Modify(Func { entry: offset, arg: [1] }) }`.
+            let mut frame = Vec::new();
+            for n in [1, 1, OP_MODIFY] {
+                varint(&mut frame, n);
+            }
+            varint(&mut frame, ((offset << 1) ^ (offset >> 63)) as u64); // zigzag
+            frame.extend([1, 1]); // one byte of argument
+            conn.send_bytes(&frame).unwrap();
+            let reply = conn.recv_bytes().expect("the server died on a forged offset");
+            assert_eq!(reply.first(), Some(&1), "offset {offset} was not refused");
+            let text = String::from_utf8_lossy(&reply);
+            assert!(text.contains("refused"), "offset {offset}: {text}");
+        }
+        assert_eq!(v.get().unwrap(), 7);
+        v.modify(|v: &mut u64, by: u64| *v += by, 1).unwrap();
+        assert_eq!(v.get().unwrap(), 8);
+        let child = spawn_with_args(|v: ValueProxy<u64>| v.get().unwrap(), v.clone()).unwrap();
+        assert_eq!(join_all(vec![child]), [8]);
+    }
+}
+
+/// Variant indices of `Op` (`src/manager/protocol.rs`) the forged frames use.
+const OP_LOAD: u64 = 21;
+const OP_MODIFY: u64 = 23;
+
+/// Postcard's unsigned varint.
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A `Hello` naming this test binary, as a client of the server's own build sends it.
+fn forged_hello() -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::metadata("/proc/self/exe").unwrap();
+    let mut out = vec![1]; // Some
+    varint(&mut out, st.dev());
+    varint(&mut out, st.ino());
+    for signed in [
+        st.size() as i64,
+        st.mtime() * 1_000_000_000 + st.mtime_nsec(),
+    ] {
+        varint(&mut out, ((signed << 1) ^ (signed >> 63)) as u64);
+    }
+    out
 }
 
 fn tcp_port(address: &Address) -> u16 {

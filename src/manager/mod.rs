@@ -58,6 +58,7 @@ mod queue;
 #[doc(hidden)]
 pub mod remote;
 mod server;
+mod shared_memory;
 mod sync;
 mod value;
 
@@ -75,6 +76,7 @@ pub use list::ListProxy;
 pub(crate) use modify::ModifyEntry;
 pub use queue::QueueProxy;
 pub use server::Server;
+pub use shared_memory::SharedMemoryManager;
 pub use sync::{
     BarrierProxy, ConditionProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
 };

@@ -6,8 +6,9 @@
 //! value afresh, and the monomorphised [`entry`] that does so is named by its distance from a
 //! fixed function of the program (`sys::entry_offset`). That distance means something only in
 //! the same binary, so the server runs an offset only from a client whose greeting named the
-//! server's own executable (`RemoteError::ForeignBuild` otherwise), and only if it points into
-//! the program's code.
+//! server's own executable (`RemoteError::ForeignBuild` otherwise), and only if the symbol
+//! table says an instance of [`entry`] starts there (`sys::linux::entries`): a client that
+//! lies about its build still cannot make the server call anything else.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -66,6 +67,7 @@ pub(crate) fn run(
     if !same_build {
         return Err(RemoteError::ForeignBuild);
     }
+    super::remote::check_entry(crate::sys::EntryKind::Modify, f.entry, "modify function")?;
     let entry = crate::sys::entry_at::<ModifyEntry>(f.entry).ok_or_else(|| {
         RemoteError::BadRequest("modify: the function offset is outside the program".into())
     })?;

@@ -137,6 +137,7 @@ pub(crate) fn construct(
     if !same_build {
         return Err(RemoteError::ForeignBuild);
     }
+    check_entry(crate::sys::EntryKind::Ctor, ctor, "constructor")?;
     let entry = crate::sys::entry_at::<CtorEntry>(ctor)
         .ok_or_else(|| RemoteError::BadRequest("constructor offset outside the program".into()))?;
     std::panic::catch_unwind(|| entry(arg)).unwrap_or_else(|p| Err(panicked(p)))
@@ -153,6 +154,7 @@ pub(crate) fn dispatch(
     if !same_build {
         return Err(RemoteError::ForeignBuild);
     }
+    check_entry(crate::sys::EntryKind::Dispatch, entry, "dispatch function")?;
     let entry = crate::sys::entry_at::<DispatchEntry>(entry)
         .ok_or_else(|| RemoteError::BadRequest("dispatch offset outside the program".into()))?;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(object, method, args)))
@@ -166,4 +168,23 @@ pub(crate) fn panicked(panic: Box<dyn Any + Send>) -> RemoteError {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic".to_owned());
     RemoteError::Panicked(message)
+}
+
+/// Refuses an offset that is not the start of a function of `kind` in this program (see
+/// `sys::linux::entries`): a client holding the authkey cannot make the server call anything
+/// else, whatever it sends.
+pub(crate) fn check_entry(
+    kind: crate::sys::EntryKind,
+    offset: i64,
+    what: &str,
+) -> Result<(), RemoteError> {
+    match crate::sys::is_entry(kind, offset) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(RemoteError::BadRequest(format!(
+            "no {what} of this program at offset {offset}: refused"
+        ))),
+        Err(why) => Err(RemoteError::BadRequest(format!(
+            "cannot check the {what} offset, so it is refused: {why}"
+        ))),
+    }
 }

@@ -9,6 +9,7 @@
 
 mod clone;
 mod daemon;
+mod entries;
 mod exec;
 mod futex;
 mod image;
@@ -21,6 +22,7 @@ mod stack;
 
 pub(crate) use clone::*;
 pub(crate) use daemon::*;
+pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 pub(crate) use futex::*;
 pub(crate) use image::*;
