@@ -41,6 +41,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) initializer: Option<Arc<InitSpec>>,
     /// Tasks after which the worker exits (Python's `maxtasksperchild`).
     pub(crate) max_tasks: Option<usize>,
+    /// The workers' stdout and stderr (`PoolBuilder::output`).
+    pub(crate) output: crate::process::Output,
+    /// Their `tracing` events go to the pool's process (`PoolBuilder::forward_tracing`).
+    pub(crate) forward_tracing: bool,
 }
 
 /// The pool's initializer, as the builder encoded it once: a start method's `Entry` (which
@@ -424,7 +428,11 @@ pub(crate) fn launch_pipe(spec: &WorkerSpec) -> Result<PipeLink> {
             initializer,
             max_tasks: spec.max_tasks,
         };
-        let mut builder = Builder::new().name(spec.name.clone()).daemon(true);
+        let mut builder = Builder::new()
+            .name(spec.name.clone())
+            .daemon(true)
+            .output(spec.output.clone())
+            .forward_tracing(spec.forward_tracing);
         if let Some(method) = spec.method {
             builder = builder.start_method(method);
         }

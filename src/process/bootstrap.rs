@@ -28,6 +28,8 @@ pub(crate) struct ChildPlan {
     /// The default start method the child adopts: the one its process chose, else the
     /// parent's chosen default (`None`: no choice to pass on). See `context::get_start_method`.
     pub(crate) start_method: Option<crate::context::StartMethod>,
+    /// Captured stdout and stderr, and the `tracing` channel (see `process::output`).
+    pub(crate) stdio: super::output::ChildStdio,
 }
 
 /// How the target ended, sent from child to parent for typed results.
@@ -58,9 +60,11 @@ pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
     {
         return PANIC_EXIT_CODE;
     }
+    let tracing = plan.stdio.redirect();
     current::install(plan.env);
     // User code from here on.
     run_target(plan.result, move || {
+        let _tracing = super::log_forward::install(tracing);
         task.run_here()
             .map_err(|e| Outcome::Unencodable(error_chain(&e)))
     })

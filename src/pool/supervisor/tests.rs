@@ -216,6 +216,8 @@ fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
             method: None,
             initializer: None,
             max_tasks: None,
+            output: crate::process::Output::Inherit,
+            forward_tracing: false,
         },
         task_timeout: limit,
     };
