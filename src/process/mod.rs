@@ -2,7 +2,9 @@
 //! one file per concept: `join_handle.rs` ([`JoinHandle`]), `current.rs` (who this process is:
 //! `current_process`, `parent_process`), `children.rs` (the parent's side of each child:
 //! `active_children`), `bootstrap.rs` (the child's side of a start), `target.rs` (what a child
-//! runs), `authkey.rs`.
+//! runs), `authkey.rs`, `output.rs` (a child's stdout and stderr captured and forwarded line
+//! by line: [`Output`], [`Builder::output`]) and `log_forward.rs` (its `tracing` events
+//! re-emitted here: [`Builder::forward_tracing`]).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
