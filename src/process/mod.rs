@@ -498,6 +498,11 @@ impl Builder {
     /// or C's stdio, which buffers a pipe by the block and loses the buffer at `_exit`)
     /// behave as when piped. Rust's `println!` writes each line at once either way.
     ///
+    /// Under `fork`, a process that another thread forks while this one is starting gets a
+    /// copy of the pipes (as any inherited descriptor); what the child writes is still
+    /// delivered when it ends, but an unterminated last line only once that other process
+    /// has ended too. A grandchild that inherits the child's stdout holds it likewise.
+    ///
     /// # Examples
     /// ```
     /// use multiproc::process::{Builder, Output};

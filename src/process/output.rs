@@ -331,7 +331,7 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Done = Arc<(Mutex<bool>, Condvar)>;
 
-struct Shared {
+pub(crate) struct Shared {
     /// The process whose thread this is (a forked child inherits the value, not the thread).
     owner: RawPid,
     inbox: Mutex<Inbox>,
@@ -362,6 +362,13 @@ struct Source {
 }
 
 static FORWARDER: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
+
+/// Taken by the `fork` start method around the fork, as stdout's lock is: a forked child
+/// that found it held by a thread that does not exist there would block at its first start
+/// with captured output, or at its exit (which flushes).
+pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, Option<Arc<Shared>>> {
+    FORWARDER.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 thread_local! {
     static IS_FORWARDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
