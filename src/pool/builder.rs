@@ -54,6 +54,8 @@ pub struct PoolBuilder {
     placement: PlacementSpec,
     cpu_plan: CpuPlan,
     max_memory: Option<u64>,
+    output: crate::process::Output,
+    forward_tracing: bool,
 }
 
 /// How workers are spread over CPUs.
@@ -430,6 +432,60 @@ impl PoolBuilder {
         self
     }
 
+    /// What the workers do with their stdout and stderr (see
+    /// [`process::Builder::output`](crate::process::Builder::output)):
+    /// [`Output::Forward`](crate::process::Output::Forward) prints each line a worker writes
+    /// on this process's stdout or stderr as `[PoolWorker-3] text`, whole, even when workers
+    /// write long lines at once, and including what a worker wrote just before it was killed;
+    /// [`Output::Callback`](crate::process::Output::Callback) hands the lines to a function.
+    /// [`Pool::join`] returns once the workers' output has been delivered.
+    ///
+    /// The default is [`Output::Inherit`](crate::process::Output::Inherit): workers write to
+    /// this process's stdout and stderr themselves, as Python's pool workers do. Forwarding is
+    /// not the default because it changes what a worker's output is: a pipe instead of the
+    /// terminal, so libraries that colour their output or draw progress bars when they see a
+    /// terminal stop doing so, and C code's `printf` becomes block-buffered (and its buffer
+    /// is lost when the worker exits by `_exit`). Interleaving, the other reason to forward,
+    /// is rarer here than in Python: Rust's `println!` writes each line with one `write`,
+    /// which a pipe keeps whole up to 4 KiB. Forwarding costs two pipes per worker and one
+    /// thread per process, and a copy of each line; nothing per task (the `forwarding_on`
+    /// peer of the `pool_apply_async` benchmark, in `BENCHMARKS.md`).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use multiproc::{Pool, process::Output};
+    ///
+    /// fn shout(x: u32) -> u32 { println!("got {x}"); x }
+    ///
+    /// let lines = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&lines);
+    /// let pool = Pool::builder()
+    ///     .processes(2)
+    ///     .output(Output::callback(move |l| seen.lock().unwrap().push(l.text().into_owned())))
+    ///     .build()?;
+    /// pool.map(shout, 0..3)?;
+    /// pool.close();
+    /// pool.join()?;
+    /// let mut got = lines.lock().unwrap().clone();
+    /// got.sort();
+    /// assert_eq!(got, ["got 0", "got 1", "got 2"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn output(mut self, output: crate::process::Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// Re-emits the workers' `tracing` events in this process with the fields `process.name`
+    /// and `process.pid` (see
+    /// [`process::Builder::forward_tracing`](crate::process::Builder::forward_tracing) for
+    /// the details and limits). Off by default.
+    pub fn forward_tracing(mut self, on: bool) -> Self {
+        self.forward_tracing = on;
+        self
+    }
+
     /// The workers' name prefix (`PoolWorker` by default: `PoolWorker-1`, ...).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -491,6 +547,8 @@ impl PoolBuilder {
                     max_tasks: self.max_tasks,
                     placements,
                     slot: 0,
+                    output: self.output,
+                    forward_tracing: self.forward_tracing,
                 },
                 max_memory: self.max_memory,
                 memory_limit,

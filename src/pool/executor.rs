@@ -215,6 +215,18 @@ impl ExecutorBuilder {
         self
     }
 
+    /// What the workers do with their stdout and stderr; see [`PoolBuilder::output`].
+    pub fn output(mut self, output: crate::process::Output) -> Self {
+        self.inner = self.inner.output(output);
+        self
+    }
+
+    /// Re-emits the workers' `tracing` events here; see [`PoolBuilder::forward_tracing`].
+    pub fn forward_tracing(mut self, on: bool) -> Self {
+        self.inner = self.inner.forward_tracing(on);
+        self
+    }
+
     /// Starts the workers through `launcher`, on other machines for instance; see
     /// [`PoolBuilder::launcher`].
     pub fn launcher(mut self, launcher: impl super::remote::WorkerLauncher + 'static) -> Self {

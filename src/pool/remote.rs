@@ -175,6 +175,10 @@ impl WorkerStart {
             max_tasks: self.max_tasks,
             placements: Vec::new(),
             slot: 0,
+            // Output forwarding is local to one machine: a remote worker's output stays on
+            // its own (what the far side's stdout is).
+            output: crate::process::Output::Inherit,
+            forward_tracing: false,
         }
     }
 }

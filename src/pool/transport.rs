@@ -46,6 +46,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) placements: Vec<crate::process::placement::Placement>,
     /// The slot of the worker this spec launches (replacements take a freed slot).
     pub(crate) slot: usize,
+    /// The workers' stdout and stderr (`PoolBuilder::output`).
+    pub(crate) output: crate::process::Output,
+    /// Their `tracing` events go to the pool's process (`PoolBuilder::forward_tracing`).
+    pub(crate) forward_tracing: bool,
 }
 
 /// The pool's initializer, as the builder encoded it once: a start method's `Entry` (which
@@ -429,7 +433,11 @@ pub(crate) fn launch_pipe(spec: &WorkerSpec) -> Result<PipeLink> {
             initializer,
             max_tasks: spec.max_tasks,
         };
-        let mut builder = Builder::new().name(spec.name.clone()).daemon(true);
+        let mut builder = Builder::new()
+            .name(spec.name.clone())
+            .daemon(true)
+            .output(spec.output.clone())
+            .forward_tracing(spec.forward_tracing);
         if let Some(method) = spec.method {
             builder = builder.start_method(method);
         }

@@ -30,6 +30,8 @@ pub(crate) struct ChildPlan {
     pub(crate) start_method: Option<crate::context::StartMethod>,
     /// CPU affinity, niceness and limits, applied before the target runs.
     pub(crate) placement: super::placement::Placement,
+    /// Captured stdout and stderr, and the `tracing` channel (see `process::output`).
+    pub(crate) stdio: super::output::ChildStdio,
 }
 
 /// How the target ended, sent from child to parent for typed results.
@@ -63,9 +65,11 @@ pub(crate) fn run_forked(plan: ChildPlan, task: Box<dyn Task>) -> i32 {
     if !plan.placement.apply_or_report() {
         return PANIC_EXIT_CODE;
     }
+    let tracing = plan.stdio.redirect();
     current::install(plan.env);
     // User code from here on.
     run_target(plan.result, move || {
+        let _tracing = super::log_forward::install(tracing);
         task.run_here()
             .map_err(|e| Outcome::Unencodable(error_chain(&e)))
     })

@@ -114,6 +114,8 @@ pub(crate) fn shutdown() {
         let _ = child.wait(None);
     }
     current::current().children().clear();
+    // What captured children wrote before they ended is printed before this process ends.
+    super::output::flush(super::output::FLUSH_TIMEOUT);
 }
 
 extern "C" fn shutdown_at_exit() {

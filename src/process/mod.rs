@@ -2,7 +2,10 @@
 //! one file per concept: `join_handle.rs` ([`JoinHandle`]), `current.rs` (who this process is:
 //! `current_process`, `parent_process`), `children.rs` (the parent's side of each child:
 //! `active_children`), `bootstrap.rs` (the child's side of a start), `target.rs` (what a child
-//! runs), `authkey.rs`, `placement.rs` (CPU affinity, niceness, limits).
+//! runs), `authkey.rs`, `placement.rs` (CPU affinity, niceness, limits), `output.rs` (a
+//! child's stdout and stderr captured and forwarded line by line: [`Output`],
+//! [`Builder::output`]) and `log_forward.rs` (its `tracing` events re-emitted here:
+//! [`Builder::forward_tracing`]).
 //!
 //! # Placement and memory limits
 //!
@@ -37,6 +40,8 @@ pub(crate) mod bootstrap;
 pub(crate) mod children;
 pub(crate) mod current;
 mod join_handle;
+pub(crate) mod log_forward;
+pub(crate) mod output;
 pub(crate) mod placement;
 pub(crate) mod target;
 
@@ -45,6 +50,7 @@ pub use authkey::AuthKey;
 pub use children::{ActiveChild, active_children};
 pub use current::{CurrentProcess, ParentProcess, at_exit, current_process, parent_process};
 pub use join_handle::JoinHandle;
+pub use output::{MAX_LINE, Output, OutputLine, Stream};
 pub use placement::{Resource, UNLIMITED};
 pub use target::Run;
 
@@ -90,6 +96,10 @@ pub struct Process {
     resolved: Option<placement::Placement>,
     /// The memory cap the started child runs under.
     memory_limit: Option<u64>,
+    output: Output,
+    forward_tracing: bool,
+    /// The child's output is captured: joining waits until it has been delivered.
+    captured: bool,
 }
 
 enum State {
@@ -181,6 +191,9 @@ impl Process {
             placement: builder.placement,
             resolved: builder.resolved,
             memory_limit: None,
+            output: builder.output,
+            forward_tracing: builder.forward_tracing,
+            captured: false,
         }
     }
 
@@ -270,9 +283,11 @@ impl Process {
         bootstrap::install_panic_hook();
         let mut identity = self.identity.clone();
         identity.parent = Some((sys::current_pid(), parent.identity.name.clone()));
+        let (stdio, pending) = output::prepare(&self.output, self.forward_tracing)?;
         let plan = ChildPlan {
             env: Box::new(ProcessEnv::new(identity)),
             result,
+            stdio,
             // As Python's concrete contexts do (`BaseProcess._bootstrap`).
             start_method: self.method.or_else(context::chosen_start_method),
             placement,
@@ -287,6 +302,10 @@ impl Process {
             self.identity.daemon,
         ));
         children::register(&child);
+        if let Some(pending) = pending {
+            output::register(pending, &self.identity.name, launched.pid);
+            self.captured = true;
+        }
         tracing::info!(pid = child.pid, name = %child.name, method = %method, "process started");
         self.state = State::Started(child);
         Ok(())
@@ -322,6 +341,7 @@ impl Process {
             .wait(None)?
             .expect("an untimed wait returns only when the child ended");
         children::forget(child);
+        self.flush_output();
         Ok(code)
     }
 
@@ -336,8 +356,16 @@ impl Process {
         let code = child.wait(Some(Instant::now() + timeout))?;
         if code.is_some() {
             children::forget(child);
+            self.flush_output();
         }
         Ok(code)
+    }
+
+    /// Once the child ended: waits until what it wrote on captured streams was delivered.
+    fn flush_output(&mut self) {
+        if std::mem::take(&mut self.captured) {
+            output::flush(output::FLUSH_TIMEOUT);
+        }
     }
 
     /// Whether the child was started and has not ended. Reaps it if it has ended.
@@ -467,6 +495,8 @@ pub struct Builder {
     method: Option<StartMethod>,
     placement: placement::PlacementSpec,
     resolved: Option<placement::Placement>,
+    output: Output,
+    forward_tracing: bool,
 }
 
 impl Builder {
@@ -580,6 +610,70 @@ impl Builder {
     /// Settings a pool resolved already.
     pub(crate) fn resolved_placement(mut self, placement: placement::Placement) -> Self {
         self.resolved = Some(placement);
+        self
+    }
+
+    /// What the child does with its stdout and stderr: write to this process's
+    /// ([`Output::Inherit`], the default, as in Python), or have them captured and forwarded
+    /// line by line with its name as a prefix ([`Output::Forward`]) or handed to a function
+    /// ([`Output::Callback`]). Captured streams are pipes installed as the child's descriptors
+    /// 1 and 2 before its target runs (so what it executes writes there too), and read by one
+    /// thread in this process for all children; everything the child wrote is delivered,
+    /// also when it is killed, and [`Process::join`] returns once it has been.
+    ///
+    /// The child's stdout is then a pipe, not a terminal: programs that check (for colours,
+    /// or C's stdio, which buffers a pipe by the block and loses the buffer at `_exit`)
+    /// behave as when piped. Rust's `println!` writes each line at once either way.
+    ///
+    /// Under `fork`, a process that another thread forks while this one is starting gets a
+    /// copy of the pipes (as any inherited descriptor); what the child writes is still
+    /// delivered when it ends, but an unterminated last line only once that other process
+    /// has ended too. A grandchild that inherits the child's stdout holds it likewise.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::{Builder, Output};
+    ///
+    /// // Prints "[sayer] hi" on this process's stdout.
+    /// let mut p = Builder::new().name("sayer").output(Output::Forward).target(|| println!("hi"));
+    /// p.start()?;
+    /// p.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// Sends the `tracing` events the child emits to this process, where they are emitted
+    /// again (target `multiproc::child`) with the fields `process.name` and `process.pid`,
+    /// and the child's own target, fields, file and line as the text fields `child.target`,
+    /// `child.fields`, `child.file` and `child.line`; the message stays the message.
+    ///
+    /// The child installs a subscriber for this before its target runs: the global default
+    /// when none is set (spawn and forkserver children, which start without the parent's),
+    /// otherwise (a forked child of a program that set one) for the target's thread only.
+    /// Limits: spans are not forwarded (events inside spans arrive without them), field
+    /// values arrive as text, events more verbose than the level this process's subscriber
+    /// enabled at the child's start are not sent, and a child that installs its own global
+    /// subscriber fails to (`try_init` returns an error) when this one is global.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::process::Builder;
+    ///
+    /// // With a subscriber installed here (tracing_subscriber::fmt::init(), say), this prints
+    /// // "... multiproc::child: working process.name="logger" process.pid=..."
+    /// let mut p = Builder::new()
+    ///     .name("logger")
+    ///     .forward_tracing(true)
+    ///     .target(|| tracing::info!(step = 1, "working"));
+    /// p.start()?;
+    /// p.join()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn forward_tracing(mut self, on: bool) -> Self {
+        self.forward_tracing = on;
         self
     }
 

@@ -19,6 +19,8 @@ use crate::context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::bootstrap::{self, ChildPlan, Outcome, PANIC_EXIT_CODE};
 use crate::process::current::{self, Identity, ProcessEnv};
+use crate::process::log_forward;
+use crate::process::output::ChildStdio;
 use crate::process::target::{Entry, Task};
 use crate::sys;
 use crate::wire;
@@ -28,7 +30,7 @@ use crate::wire;
 pub(crate) const MARKER: &str = "__MULTIPROC_CHILD";
 
 /// Bumped whenever [`Boot`] changes shape.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// The running binary, as (device, inode, size, mtime).
 type ExeId = (u64, u64, i64, i64);
@@ -49,6 +51,9 @@ struct Boot {
     start_method: Option<String>,
     /// CPU affinity, niceness and limits (`ChildPlan::placement`).
     placement: crate::process::placement::Placement,
+    /// Captured stdout, stderr and the `tracing` level: their descriptors follow the result
+    /// pipe's (`ChildStdio::flags`).
+    stdio: (bool, bool, Option<u8>),
 }
 
 /// A boot message ready to send.
@@ -93,7 +98,9 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
     let has_result = plan.result.is_some();
     let start_method = plan.start_method;
     let placement = plan.placement;
+    let stdio = plan.stdio.flags();
     let mut fds: Vec<OwnedFd> = plan.result.into_iter().collect();
+    fds.extend(plan.stdio.into_fds());
     fds.extend(payload_fds);
     if fds.len() > sys::MAX_FDS {
         return Err(Error::with_message(
@@ -114,6 +121,7 @@ pub(crate) fn prepare(plan: ChildPlan, task: Box<dyn Task>) -> Result<Prepared> 
         has_result,
         start_method: start_method.map(|m| m.name().to_owned()),
         placement,
+        stdio,
     };
     Ok(Prepared {
         frame: wire::encode_frame(&boot)?,
@@ -200,6 +208,10 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
     } else {
         None
     };
+    let stdio = ChildStdio::from_fds(boot.stdio, &mut fds).ok_or_else(|| {
+        Error::with_message(ErrorKind::Decode, "captured stdio descriptors missing")
+    })?;
+    let tracing = stdio.redirect();
     if boot.identity.daemon
         && let Some((parent, _)) = &boot.identity.parent
         && !sys::die_with_parent(*parent)
@@ -218,6 +230,7 @@ fn start_child(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<i32> {
     let payload = boot.payload;
     // User code from here on.
     Ok(bootstrap::run_target(result, move || {
+        let _tracing = log_forward::install(tracing);
         let task = wire::with_received_fds(fds, || entry(&payload))
             .map_err(|e| Outcome::BadArguments(bootstrap::error_chain(&e)))?;
         task.run_here()

@@ -31,6 +31,7 @@ fn fork(plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
     // else. Flushing under the locks also means nothing buffered is printed twice.
     // The same holds for the descriptor sharer's lock (a Connection sent in a message).
     let sharer = crate::wire::share::hold_for_fork();
+    let forwarder = crate::process::output::hold_for_fork();
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let _ = out.flush();
@@ -43,6 +44,7 @@ fn fork(plan: ChildPlan, task: Box<dyn Task>) -> Result<Launched> {
         drop(err);
         drop(out);
         drop(sharer);
+        drop(forwarder);
         if let Some(method) = plan.start_method {
             context::force_start_method(method);
         }

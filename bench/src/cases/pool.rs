@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use multiproc::process::Output;
 use multiproc::{Pool, ProcessPoolExecutor, StartMethod};
 use rayon::prelude::*;
 
@@ -88,17 +89,41 @@ fn pool_map_small(ctx: &mut Ctx) -> Row {
 fn pool_apply_async(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("pool_apply_async", "tasks_per_s");
     let n = ctx.scale(20_000, 5_000) as u64;
-    let pool = pool();
-    pool.map(square, 0..1000).expect("warm-up");
-    row.ours = Some(median(ctx.rounds(), || {
+    let round = |pool: &Pool| {
         let t = Instant::now();
         let results: Vec<_> = (0..n).map(|i| pool.apply_async(square, i)).collect();
         for (i, r) in results.into_iter().enumerate() {
             assert_eq!(r.get().expect("task"), (i * i) as u64);
         }
         n as f64 / t.elapsed().as_secs_f64()
-    }));
-    drop(pool);
+    };
+    // Issue 16's peer `forwarding_on`: the same with the workers' output captured and
+    // forwarded (they print nothing here: what is measured is what forwarding adds to every
+    // task). The two pools take turns round by round, so that load from elsewhere on the
+    // machine falls on both alike.
+    let off_pool = pool();
+    let on_pool = Pool::builder()
+        .processes(WORKERS)
+        .start_method(StartMethod::Fork)
+        .output(Output::Forward)
+        .build()
+        .expect("pool");
+    off_pool.map(square, 0..1000).expect("warm-up");
+    on_pool.map(square, 0..1000).expect("warm-up");
+    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    for _ in 0..ctx.rounds() {
+        offs.push(round(&off_pool));
+        ons.push(round(&on_pool));
+    }
+    drop((off_pool, on_pool));
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (middle(offs), middle(ons));
+    row.ours = Some(off);
+    row.peer.insert("forwarding_on".into(), on);
+    row.peer.insert("forwarding_on_vs_off".into(), on / off);
     let ex = ProcessPoolExecutor::builder()
         .max_workers(WORKERS)
         .start_method(StartMethod::Fork)

@@ -193,6 +193,9 @@ impl Core {
                 return Ok(());
             }
             let _ = thread.join();
+            // The workers have exited: what they wrote on captured streams is delivered
+            // before `join` returns (nothing to do when no output is captured).
+            crate::process::output::flush(crate::process::output::FLUSH_TIMEOUT);
         }
         Ok(())
     }

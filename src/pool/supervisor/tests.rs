@@ -235,6 +235,8 @@ fn start(world: &Arc<Mutex<World>>, limit: Option<Duration>) -> Core {
             max_tasks: None,
             placements: Vec::new(),
             slot: 0,
+            output: crate::process::Output::Inherit,
+            forward_tracing: false,
         },
         max_memory: None,
         memory_limit: None,

@@ -311,3 +311,36 @@ pub(crate) fn wait_child(pid: RawPid) -> io::Result<i32> {
         .or_else(|| status.terminating_signal().map(|sig| -sig))
         .unwrap_or(-1))
 }
+
+/// Which standard stream [`redirect_stdio`] replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StdStream {
+    Stdout,
+    Stderr,
+}
+
+/// Makes the calling process's stdout or stderr a copy of `fd` (a pipe's write end), without
+/// close-on-exec, so that what the process writes there, and what it executes, goes into
+/// the pipe. Async-signal-safe (one `dup2`): called in a forked child before user code.
+///
+/// # References
+/// dup2(2).
+pub(crate) fn redirect_stdio(fd: BorrowedFd<'_>, stream: StdStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let target = match stream {
+        StdStream::Stdout => libc::STDOUT_FILENO,
+        StdStream::Stderr => libc::STDERR_FILENO,
+    };
+    loop {
+        // SAFETY: `fd` is an open descriptor for the duration of the borrow; `dup2` onto 1 or 2
+        // closes whatever was there and makes it a copy, which no Rust owner holds as an
+        // `OwnedFd` (the standard streams are borrowed by std, never closed).
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
