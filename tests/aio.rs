@@ -11,7 +11,7 @@ use std::future::{Future, poll_fn};
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::connection::{Address, Listener, RecvError};
 use multiproc::queue::{GetError, PutError};
@@ -267,6 +267,85 @@ fn kill9(pid: i32) {
     assert!(status.success());
 }
 
+/// Echoes each number from `ping` to `pong` with blocking calls until `u32::MAX`, pausing
+/// now and then for a random few microseconds so that the other side's waits begin at varied
+/// points (before, during and after this side's put).
+fn echo_numbers((ping, pong, seed): (Queue<u32>, Queue<u32>, u64)) {
+    let mut rng = Rng::from_seed(seed);
+    loop {
+        let i = ping.get().unwrap();
+        if i == u32::MAX {
+            break;
+        }
+        if rng.below(3) == 0 {
+            let pause = Instant::now() + Duration::from_micros(rng.below(150));
+            while Instant::now() < pause {
+                std::hint::spin_loop();
+            }
+        }
+        pong.put(i).unwrap();
+    }
+}
+
+/// The fallback recheck of queue waits, in the copy of the test that
+/// [`with_long_recheck`] starts: far longer than any round trip may take.
+const LONG_RECHECK_MS: u64 = 30_000;
+
+/// A round trip taking this long waited for the recheck: a wake-up was lost.
+const LOST: Duration = Duration::from_secs(8);
+
+/// Unless this process already runs with it, runs the test `module::name` again in a fresh
+/// copy of this binary with the queue waits' fallback recheck set to [`LONG_RECHECK_MS`]
+/// (`MULTIPROC_TEST_RECHECK_MS`, inherited by the children it starts), waits for it (at
+/// most five minutes) and fails if it failed or did not run; returns `true` then, and the
+/// caller returns at once.
+fn with_long_recheck(module: &str, name: &str) -> bool {
+    const VAR: &str = "MULTIPROC_TEST_RECHECK_MS";
+    if std::env::var_os(VAR).is_some() {
+        return false;
+    }
+    let path = match module.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{name}"),
+        None => name.to_owned(),
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([path.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(VAR, LONG_RECHECK_MS.to_string())
+        .env("MULTIPROC_TEST_ALONE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{path} with a long recheck did not finish in five minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = out.join().unwrap();
+    print!("{out}");
+    assert!(
+        status.success(),
+        "{path} with a long recheck failed: {status}"
+    );
+    assert!(
+        out.contains("1 passed"),
+        "{path} did not run in the copy:\n{out}"
+    );
+    true
+}
+
 fn seed_of(rng: &mut Rng) -> u64 {
     rng.next() | 1
 }
@@ -279,6 +358,40 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 start_method_matrix! {
+    /// The defect of `async_queue_roundtrip` (BENCHMARKS.md): a wake-up lost between a put
+    /// and a waiting get cost that get the 50 ms recheck. With a recheck of 30 s, any lost
+    /// wake-up shows as a round trip of seconds: the parent awaits each reply, the child
+    /// gets and puts with blocking calls (so both the event descriptor and the futex path
+    /// are crossed), at varied timings.
+    #[test]
+    fn round_trips_never_wait_for_the_recheck() {
+        if with_long_recheck(module_path!(), "round_trips_never_wait_for_the_recheck") {
+            return;
+        }
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| {
+            let seed = 0x1057_3a4e;
+            async move {
+                let ping: Queue<u32> = Queue::new().unwrap();
+                let pong: Queue<u32> = Queue::new().unwrap();
+                let mut p =
+                    Process::with_args(echo_numbers, (ping.clone(), pong.clone(), seed));
+                p.start().unwrap();
+                for i in 0..1500 {
+                    let t = Instant::now();
+                    ping.put_async(i).await.unwrap();
+                    match race(pong.get_async(), rt.sleep(LOST)).await {
+                        Either::Left(got) => assert_eq!(got.unwrap(), i),
+                        Either::Right(()) => panic!("round trip {i} lost its wake-up"),
+                    }
+                    assert!(t.elapsed() < LOST, "round trip {i} took {:?}", t.elapsed());
+                }
+                ping.put_async(u32::MAX).await.unwrap();
+                bounded(rt, p.join_async()).await.unwrap();
+            }
+        });
+    }
+
     #[test]
     fn pool_results_and_executor_futures_complete_as_futures_and_a_stream() {
         let _r = common::Reaper::new();

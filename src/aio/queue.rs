@@ -4,8 +4,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::errors::{get_disconnected, get_io, get_would_block, put_disconnected, put_io};
-use super::{RECHECK, Watch, errors, on_helper_thread};
+use super::{Watch, errors, on_helper_thread};
 use crate::connection::Waitable;
+use crate::queue::recheck;
 use crate::queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue};
 
 /// Asks for the queue's event descriptor to be signalled while it holds items, for as long
@@ -34,9 +35,20 @@ async fn get<T: Serialize + DeserializeOwned>(q: &Queue<T>) -> Result<T, GetErro
         .wait_fd()
         .expect("a queue always has its event descriptor");
     let watch = Watch::read(fd).map_err(get_io)?;
+    let mut woken = false;
     loop {
         if let Err(done) = get_would_block(q.get_nowait()) {
             return done;
+        }
+        if woken {
+            // Told of the event, yet empty: the put that raised it may not have published
+            // yet, and tokio's edge-triggered readiness would not tell us again when it
+            // does. Wait for that put, have the event raised afresh if items are there, and
+            // look again (see `ShmQueue::resync_event`).
+            q.resync_event().map_err(get_io)?;
+            if let Err(done) = get_would_block(q.get_nowait()) {
+                return done;
+            }
         }
         if !q.others_may_put().map_err(get_io)? {
             // As the blocking `get`: an item put just before the last producer left is still
@@ -48,7 +60,7 @@ async fn get<T: Serialize + DeserializeOwned>(q: &Queue<T>) -> Result<T, GetErro
         }
         // The descriptor is signalled for every item; the timer notices a producer that went
         // away (or one killed between its two signalling steps, see the queue's README).
-        watch.readable_within(RECHECK).await.map_err(get_io)?;
+        woken = watch.readable_within(recheck()).await.map_err(get_io)?;
     }
 }
 
@@ -66,7 +78,7 @@ async fn put<T: Serialize + DeserializeOwned>(q: &Queue<T>, item: T) -> Result<(
         }
         // No descriptor signals room: a helper thread sleeps on the queue's futex for it.
         let sleep = q.room_sleeper();
-        if let Err(e) = on_helper_thread(move || sleep(RECHECK)).await {
+        if let Err(e) = on_helper_thread(move || sleep(recheck())).await {
             return Err(put_io(item, e));
         }
     }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::Queue;
 use super::ring::ShmQueue;
-use super::wake::{RECHECK, deadline_after};
+use super::wake::{deadline_after, recheck};
 use crate::error::{
     GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
 };
@@ -109,13 +109,13 @@ impl<T> JoinableQueue<T> {
                 return true;
             }
             let nap = match deadline {
-                None => RECHECK,
+                None => recheck(),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return false;
                     }
-                    left.min(RECHECK)
+                    left.min(recheck())
                 }
             };
             words.tasks_done_sleepers.fetch_add(1, Ordering::SeqCst);

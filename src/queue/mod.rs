@@ -140,6 +140,8 @@ mod wake;
 
 pub use joinable::{JoinableQueue, TaskDoneError};
 pub use simple::SimpleQueue;
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+pub(crate) use wake::recheck;
 use wake::{Sleepers, Wait, await_briefly, deadline_after};
 
 /// Ring size: room for one message of the largest size the crate allows. Memory is only used
@@ -341,6 +343,16 @@ impl<T> Queue<T> {
 /// thread, through this.
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 impl<T> Queue<T> {
+    /// After the event descriptor was reported readable and a get found the queue empty:
+    /// waits for a put between raising the event and publishing its item, and raises the
+    /// event afresh if the queue holds items (`ShmQueue::resync_event`).
+    pub(crate) fn resync_event(&self) -> io::Result<()> {
+        // The lock is held only for copies; a dead holder's is taken over in milliseconds.
+        self.shm
+            .resync_event(Some(Instant::now() + Duration::from_millis(100)))
+            .map(drop)
+    }
+
     /// Whether another handle (in this or another process) may still get.
     pub(crate) fn others_may_get(&self) -> io::Result<bool> {
         sys::ofd_others_hold(self.ofd.as_fd(), GETTER)
@@ -354,14 +366,13 @@ impl<T> Queue<T> {
         move |nap| {
             let words = shm.words();
             let seen = words.not_full.load(Ordering::Acquire);
-            words.not_full_sleepers.fetch_add(1, Ordering::SeqCst);
+            Sleepers::for_room(words).enter();
             // As in `put_frame`: either the getter sees us counted, or we see its get here.
             std::sync::atomic::fence(Ordering::SeqCst);
             if shm.gets() == gets && !shm.has_room_hint() {
                 shm.sleep(&words.not_full, seen, nap);
             }
-            words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
-            words.not_full_pending.store(0, Ordering::Release);
+            Sleepers::for_room(words).leave();
         }
     }
 }
@@ -606,15 +617,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             if await_briefly(|| self.shm.gets() != gets) {
                 continue;
             }
-            words.not_full_sleepers.fetch_add(1, Ordering::SeqCst);
+            Sleepers::for_room(words).enter();
             // Either a getter that made room after our look sees us counted (and wakes us),
             // or we see its get here and look again.
             std::sync::atomic::fence(Ordering::SeqCst);
             if self.shm.gets() == gets {
                 self.shm.sleep(&words.not_full, seen, nap);
             }
-            words.not_full_sleepers.fetch_sub(1, Ordering::AcqRel);
-            words.not_full_pending.store(0, Ordering::Release);
+            Sleepers::for_room(words).leave();
         }
     }
 
@@ -653,7 +663,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 continue;
             }
             let seen = words.not_empty.load(Ordering::Acquire);
-            words.not_empty_sleepers.fetch_add(1, Ordering::SeqCst);
+            Sleepers::for_items(words).enter();
             // Either a putter that published after our look sees us counted (and wakes us),
             // or we see its item here and look again.
             std::sync::atomic::fence(Ordering::SeqCst);
@@ -663,8 +673,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             } else {
                 Ok(())
             };
-            words.not_empty_sleepers.fetch_sub(1, Ordering::AcqRel);
-            words.not_empty_pending.store(0, Ordering::Release);
+            Sleepers::for_items(words).leave();
             result?;
         }
     }

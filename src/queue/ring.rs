@@ -151,6 +151,9 @@ impl ShmQueue {
     /// Creates a queue whose ring holds `cap` bytes (rounded up to a page) and at most
     /// `maxsize` items (0: no item limit). Memory is only used as frames are written.
     pub(crate) fn create(cap: usize, maxsize: u32) -> io::Result<ShmQueue> {
+        // Read the environment now, not first in a blocked call, which may run in a child
+        // forked while another thread held the environment's lock.
+        let _ = super::wake::recheck();
         let cap = cap.div_ceil(PAGE) * PAGE;
         let cap32 = u32::try_from(cap).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = sys::memfd_named(c"multiproc-queue", PAGE + cap)?;
@@ -167,6 +170,7 @@ impl ShmQueue {
 
     /// Maps the queue behind `fd` (a descriptor of a memfd made by [`create`](Self::create)).
     pub(crate) fn open(fd: OwnedFd, event: OwnedFd) -> io::Result<ShmQueue> {
+        let _ = super::wake::recheck();
         let (len, _) = sys::fd_len_and_id(fd.as_fd())?;
         if len < 2 * PAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a queue"));
@@ -351,6 +355,24 @@ impl ShmQueue {
         Ok(Some(items))
     }
 
+    /// For a watcher of the event descriptor that was told it is readable and then found
+    /// the queue empty. A put raises the event *before* it publishes its item (see
+    /// `README.md`), so such a watcher may have looked in between; the descriptor then stays
+    /// readable with no new write to come (the flag is up, so the publish writes nothing),
+    /// and an edge-triggered reactor (tokio's) reports nothing more: the wake-up would be
+    /// lost until the next recheck. Taking the producers' lock waits for that publish (a
+    /// put raises and publishes under it), and the event is then set from the queue's state,
+    /// with a fresh write if it holds items, so the watcher is told again. `Ok(false)` if
+    /// the lock was not had by `deadline`.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn resync_event(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let Some(guard) = self.lock_put(deadline)? else {
+            return Ok(false);
+        };
+        guard.reset_event();
+        Ok(true)
+    }
+
     /// Sleeps while `word` still holds `seen`, at most `max`. Spurious returns are fine.
     pub(crate) fn sleep(&self, word: &AtomicU32, seen: u32, max: Duration) {
         // A shared (not private) futex: waiters and wakers are in different processes.
@@ -481,6 +503,13 @@ impl PutGuard<'_> {
     /// safe to leave half-done (see `README.md`). All changes to the flag are made under
     /// this lock, and no put can happen while it is held.
     fn after_owner_died(&self) {
+        self.reset_event();
+    }
+
+    /// Sets the `wait()` event flag and descriptor from the queue's state: both cleared,
+    /// then raised again (a fresh write, so a fresh edge for edge-triggered watchers) if the
+    /// queue holds items and someone waits.
+    fn reset_event(&self) {
         let words = &self.h().words.0;
         words.event_set.store(0, Ordering::Relaxed);
         sys::eventfd_drain(self.q.event_fd());

@@ -10,7 +10,22 @@ use super::ring::{ShmQueue, Words};
 
 /// The longest a blocked call sleeps before checking again whether the other handles are
 /// still there (how quickly a dead peer is noticed).
-pub(super) const RECHECK: Duration = Duration::from_millis(50);
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// [`RECHECK`], unless the environment variable `MULTIPROC_TEST_RECHECK_MS` (read once per
+/// process) sets another. For tests only: with a recheck of many seconds, a wake-up that
+/// the futex or the event descriptor loses shows as a wait of that long instead of hiding
+/// inside a 50 ms slice (`tests/aio.rs`, `round_trips_never_wait_for_the_recheck`). Also
+/// used by `crate::aio`'s queue futures.
+pub(crate) fn recheck() -> Duration {
+    static RECHECK_NOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *RECHECK_NOW.get_or_init(|| {
+        std::env::var("MULTIPROC_TEST_RECHECK_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(RECHECK, Duration::from_millis)
+    })
+}
 
 /// The processes sleeping for one thing (an item, or room): the futex word they sleep on,
 /// how many sleep, and whether one was woken and has not run yet.
@@ -39,6 +54,28 @@ impl<'a> Sleepers<'a> {
         }
     }
 
+    /// Counts the caller as a sleeper, before it looks a last time and sleeps; undone by
+    /// [`leave`](Self::leave).
+    ///
+    /// Also takes back a turn left claimed: a waker that saw the count of an earlier sleeper
+    /// which then found its item without sleeping (and left, clearing the flag) can claim
+    /// the turn *after* that clearing, and its wake-up reached no one. Left set, the flag
+    /// would make every later waker skip its wake-up, and the next sleeper would sleep a
+    /// whole [`recheck`] slice. Clearing it here, once counted and before the last look,
+    /// keeps no wake-up from being lost: a waker that claims the turn after this bumps the
+    /// word after the caller read it, so the caller's sleep returns at once. (At worst two
+    /// sleepers are woken where one was due.)
+    pub(super) fn enter(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.pending.store(0, Ordering::SeqCst);
+    }
+
+    /// Uncounts the caller, after its sleep (or its last look found what it waits for).
+    pub(super) fn leave(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.pending.store(0, Ordering::Release);
+    }
+
     /// Wakes one of these sleepers if one sleeps, `also` holds, and no process woken before has yet to
     /// run (it passes the baton on itself). A woken process that dies before running leaves
     /// the turn taken; sleepers then look again within [`RECHECK`].
@@ -50,7 +87,7 @@ impl<'a> Sleepers<'a> {
             && also()
             && self
                 .pending
-                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         {
             self.word.fetch_add(1, Ordering::Release);
@@ -116,10 +153,10 @@ impl Wait {
     pub(super) fn nap(&self) -> Option<Duration> {
         match self {
             Wait::No => None,
-            Wait::Forever => Some(RECHECK),
+            Wait::Forever => Some(recheck()),
             Wait::Until(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(RECHECK))
+                (!left.is_zero()).then(|| left.min(recheck()))
             }
         }
     }

@@ -113,8 +113,7 @@ fn queue_roundtrip_us(n: usize, asynchronous: bool) -> f64 {
 /// `blocking`: the same with `put`/`get`. Goal: within 1.5x of it.
 fn async_queue_roundtrip(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("async_queue_roundtrip", "us_per_roundtrip");
-    // Fewer than the pipe's: some async gets wait out the 50 ms recheck (BENCHMARKS.md).
-    let n = ctx.scale(2_000, 300);
+    let n = ctx.scale(20_000, 2_000);
     let m = alternate(
         ctx.rounds(),
         &mut [&mut || queue_roundtrip_us(n, true), &mut || {
