@@ -825,6 +825,135 @@ start_method_matrix! {
         let child = spawn_with_args(|v: ValueProxy<u64>| v.get().unwrap(), v.clone()).unwrap();
         assert_eq!(join_all(vec![child]), [8]);
     }
+
+    /// Python's `register`: the parent names a dict; children that know only the server's
+    /// address and authkey `connect`, look it up by name and update it, losing no update;
+    /// an unknown name and a wrong proxy type are errors, in the child as in the parent.
+    #[test]
+    fn registered_dict_by_name_from_children() {
+        let _r = Reaper::new();
+        let m = Manager::start().unwrap();
+        let d = m.dict::<String, i64>().unwrap();
+        d.insert(&"seed".into(), &1).unwrap();
+        m.register("counts", &d).unwrap();
+        const PROCS: i64 = 3;
+        const ITERS: i64 = 50;
+        let children = (0..PROCS)
+            .map(|_| {
+                spawn_with_args(
+                    |(path, key): (std::path::PathBuf, AuthKey)| {
+                        let m = Manager::connect(&Address::Unix(path), key).unwrap();
+                        let d: DictProxy<String, i64> = m.get("counts").unwrap();
+                        for _ in 0..ITERS {
+                            d.modify(&"hits".into(), |v: &mut i64, by: i64| *v += by, 1)
+                                .unwrap();
+                        }
+                        let unknown = m.get::<DictProxy<String, i64>>("count");
+                        let wrong = m.get::<DictProxy<String, u64>>("counts");
+                        (
+                            d.get(&"seed".into()).unwrap(),
+                            matches!(unknown, Err(ManagerError::Remote(RemoteError::NotRegistered(n))) if n == "count"),
+                            matches!(wrong, Err(ManagerError::Remote(RemoteError::WrongType { .. }))),
+                        )
+                    },
+                    (unix_path(m.address()), m.authkey().clone()),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(join_all(children), vec![(Some(1), true, true); PROCS as usize]);
+        assert_eq!(d.get(&"hits".into()).unwrap(), Some(PROCS * ITERS));
+        // The looked-up proxy is the registered object, not a copy.
+        let again: DictProxy<String, i64> = m.get("counts").unwrap();
+        assert_eq!(again, d);
+
+        let err = m.get::<ListProxy<i64>>("counts").unwrap_err();
+        match &err {
+            ManagerError::Remote(RemoteError::WrongType {
+                name,
+                registered,
+                requested,
+            }) => {
+                assert_eq!(name, "counts");
+                assert!(registered.contains("DictProxy<alloc::string::String, i64>"), "{err}");
+                assert!(requested.contains("ListProxy<i64>"), "{err}");
+            }
+            other => panic!("expected WrongType, got {other:?}"),
+        }
+        // A name is registered once: a second registration fails and keeps the first.
+        let other = m.dict::<String, i64>().unwrap();
+        assert!(matches!(
+            m.register("counts", &other),
+            Err(ManagerError::Remote(RemoteError::NameTaken(n))) if n == "counts"
+        ));
+        assert_eq!(m.get::<DictProxy<String, i64>>("counts").unwrap(), d);
+        // A proxy of another manager's server cannot be registered here.
+        let m2 = Manager::start().unwrap();
+        let foreign = m2.dict::<String, i64>().unwrap();
+        assert!(matches!(
+            m.register("foreign", &foreign),
+            Err(ManagerError::Remote(RemoteError::BadRequest(_)))
+        ));
+        assert!(matches!(
+            m.get::<DictProxy<String, i64>>("foreign"),
+            Err(ManagerError::Remote(RemoteError::NotRegistered(_)))
+        ));
+    }
+
+    /// A server on loopback TCP with a dict and a user's object registered by name; a child
+    /// that knows only the port and the key connects over TCP, finds both and updates them,
+    /// and registers an object of its own that the parent then finds.
+    #[test]
+    fn registered_by_name_over_tcp() {
+        let _r = Reaper::new();
+        let key = AuthKey::from(b"by-name".to_vec());
+        let m = Manager::builder()
+            .address("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+            .authkey(key.clone())
+            .start()
+            .unwrap();
+        let d = m.dict::<String, String>().unwrap();
+        m.register("config", &d).unwrap();
+        let t = TallyProxy::new(&m, new_counts, "by name".to_string()).unwrap();
+        m.register("tally", &t).unwrap();
+        let child = spawn_with_args(
+            |(port, key): (u16, AuthKey)| {
+                let address = Address::Tcp(([127, 0, 0, 1], port).into());
+                let m = Manager::connect(&address, key).unwrap();
+                let d: DictProxy<String, String> = m.get("config").unwrap();
+                d.insert(&"mode".into(), &"fast".into()).unwrap();
+                let t: TallyProxy = m.get("tally").unwrap();
+                t.add(5).unwrap();
+                let q = m.queue::<u32>(None).unwrap();
+                q.put(&42).unwrap();
+                m.register("from-child", &q).unwrap();
+                (
+                    t.label().unwrap(),
+                    matches!(
+                        m.get::<GateProxy>("tally"),
+                        Err(ManagerError::Remote(RemoteError::WrongType { .. }))
+                    ),
+                    matches!(
+                        m.get::<TallyProxy>("nobody"),
+                        Err(ManagerError::Remote(RemoteError::NotRegistered(_)))
+                    ),
+                )
+            },
+            (tcp_port(m.address()), key.clone()),
+        )
+        .unwrap();
+        assert_eq!(join_all(vec![child]), [("by name".to_string(), true, true)]);
+        assert_eq!(d.get(&"mode".into()).unwrap().as_deref(), Some("fast"));
+        assert_eq!(t.total().unwrap(), 5);
+        // An unrelated client over TCP finds what the child registered.
+        let remote = Manager::connect(m.address(), key).unwrap();
+        let q: QueueProxy<u32> = remote.get("from-child").unwrap();
+        assert_eq!(q.get_timeout(WAIT).unwrap(), Some(42));
+        assert!(matches!(
+            remote.get::<QueueProxy<i32>>("from-child"),
+            Err(ManagerError::Remote(RemoteError::WrongType { .. }))
+        ));
+    }
 }
 
 /// Variant indices of `Op` (`src/manager/protocol.rs`) the forged frames use.
@@ -854,6 +983,13 @@ fn forged_hello() -> Vec<u8> {
         varint(&mut out, ((signed << 1) ^ (signed >> 63)) as u64);
     }
     out
+}
+
+fn unix_path(address: &Address) -> std::path::PathBuf {
+    match address {
+        Address::Unix(p) => p.clone(),
+        other => panic!("expected a Unix socket address, got {other:?}"),
+    }
 }
 
 fn tcp_port(address: &Address) -> u16 {

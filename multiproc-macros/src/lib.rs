@@ -130,6 +130,15 @@ fn expand(tr: &ItemTrait) -> syn::Result<proc_macro2::TokenStream> {
             }
         }
 
+        impl ::multiproc::manager::Proxy for #proxy {
+            fn __raw(&self) -> #rt::RawProxy {
+                ::std::clone::Clone::clone(&self.0)
+            }
+            fn __from_raw(raw: #rt::RawProxy) -> Self {
+                #proxy(raw)
+            }
+        }
+
         #[doc(hidden)]
         #[allow(non_snake_case)]
         fn #dispatch(

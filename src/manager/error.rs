@@ -113,4 +113,22 @@ pub enum RemoteError {
     /// The request could not be decoded (garbage, or a client of another version).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// [`Manager::get`](super::Manager::get): no object is registered under this name.
+    #[error("no object is registered with the manager under the name {0:?}")]
+    NotRegistered(String),
+    /// [`Manager::register`](super::Manager::register): the name is already taken (a name is
+    /// registered once; it is never replaced).
+    #[error("the name {0:?} is already registered with the manager")]
+    NameTaken(String),
+    /// [`Manager::get`](super::Manager::get) asked for another proxy type than the object was
+    /// registered with.
+    #[error("{name:?} was registered as a {registered}, not a {requested}")]
+    WrongType {
+        /// The name looked up.
+        name: String,
+        /// The proxy type it was registered through.
+        registered: String,
+        /// The proxy type asked for.
+        requested: String,
+    },
 }

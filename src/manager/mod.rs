@@ -23,6 +23,8 @@
 //! - Values travel as serde + postcard, never code; a lock held by a process that dies is
 //!   released by the server.
 //! - Your own types, with [`#[multiproc::remote]`](crate::remote) on a trait.
+//! - Objects by name: [`Manager::register`] names one, [`Manager::get`] returns a typed proxy
+//!   to it in any client (a wrong type is an error, not a misread).
 //!
 //! See `README.md` beside this file for the protocol and why no update is lost.
 //!
@@ -55,6 +57,7 @@ mod list;
 mod modify;
 mod protocol;
 mod queue;
+mod registry;
 #[doc(hidden)]
 pub mod remote;
 mod server;
@@ -75,6 +78,7 @@ pub use error::{ManagerError, RemoteError};
 pub use list::ListProxy;
 pub(crate) use modify::ModifyEntry;
 pub use queue::QueueProxy;
+pub use registry::Proxy;
 pub use server::Server;
 pub use shared_memory::SharedMemoryManager;
 pub use sync::{
@@ -123,6 +127,14 @@ macro_rules! proxy_impls {
             }
         }
         impl<$($t),*> Eq for $name<$($t),*> {}
+        impl<$($t),*> $crate::manager::Proxy for $name<$($t),*> {
+            fn __raw(&self) -> $crate::manager::remote::RawProxy {
+                $crate::manager::remote::RawProxy::from_handle(self.handle.clone())
+            }
+            fn __from_raw(raw: $crate::manager::remote::RawProxy) -> Self {
+                Self::from_handle(raw.into_handle())
+            }
+        }
         impl<$($t),*> ::std::fmt::Debug for $name<$($t),*> {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.debug_tuple(stringify!($name)).field(&self.handle).finish()

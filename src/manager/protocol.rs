@@ -67,6 +67,18 @@ pub(crate) enum Request {
     },
     /// Stop serving (the server's process then exits, if a manager started it).
     Shutdown,
+    /// Name object `id` (Python's `register(typeid, ...)`); `type_name` is the proxy type it
+    /// was registered through, checked by every `Lookup`.
+    Register {
+        name: String,
+        id: u64,
+        type_name: String,
+    },
+    /// The id of the object registered as `name`, if its proxy type is `type_name`.
+    Lookup {
+        name: String,
+        type_name: String,
+    },
 }
 
 /// A function sent by `modify`: its entry offset, and its encoded argument.

@@ -81,6 +81,18 @@ pub fn create<A: Serialize>(
 }
 
 impl RawProxy {
+    pub(crate) fn from_handle(handle: Handle) -> Self {
+        RawProxy(handle)
+    }
+
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.0
+    }
+
+    pub(crate) fn into_handle(self) -> Handle {
+        self.0
+    }
+
     /// Calls method number `method` through `dispatch` with arguments `args`; `shared` when
     /// the method takes `&self`.
     ///

@@ -72,6 +72,8 @@ struct Shared {
 struct Objects {
     next_id: u64,
     map: HashMap<u64, Object>,
+    /// Registered names: the object's id and the proxy type it was registered through.
+    names: HashMap<String, (u64, String)>,
 }
 
 #[derive(Debug)]
@@ -253,6 +255,12 @@ fn serve_client(shared: &Shared, conn: &Connection, wake: &(Address, AuthKey)) {
                 Err(e) => Err(RemoteError::BadRequest(e.to_string())),
                 Ok(Request::Create(kind)) => shared.create(kind, same_build),
                 Ok(Request::Call { id, op }) => shared.call(client, id, op, same_build, conn),
+                Ok(Request::Register {
+                    name,
+                    id,
+                    type_name,
+                }) => shared.register(name, id, type_name),
+                Ok(Request::Lookup { name, type_name }) => shared.lookup(name, type_name),
                 Ok(Request::Shutdown) => {
                     shared.stopping.store(true, Ordering::SeqCst);
                     let _ = conn.send(&Response::Ok(Reply::Unit));
@@ -332,6 +340,35 @@ impl Shared {
         let id = objects.next_id;
         objects.map.insert(id, object);
         Ok(Reply::Id(id))
+    }
+
+    fn register(&self, name: String, id: u64, type_name: String) -> Response {
+        let mut objects = lock(&self.objects);
+        if !objects.map.contains_key(&id) {
+            return Err(RemoteError::NoSuchObject(id));
+        }
+        match objects.names.entry(name) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                Err(RemoteError::NameTaken(e.key().clone()))
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((id, type_name));
+                Ok(Reply::Unit)
+            }
+        }
+    }
+
+    fn lookup(&self, name: String, type_name: String) -> Response {
+        let objects = lock(&self.objects);
+        match objects.names.get(&name) {
+            None => Err(RemoteError::NotRegistered(name)),
+            Some((id, registered)) if *registered == type_name => Ok(Reply::Id(*id)),
+            Some((_, registered)) => Err(RemoteError::WrongType {
+                name,
+                registered: registered.clone(),
+                requested: type_name,
+            }),
+        }
     }
 
     /// Releases every lock `client` holds: its connection closed.
