@@ -10,10 +10,9 @@
 //! the portable POSIX files every layer shares (`conn.rs`, `fdpass.rs`, `poll.rs`,
 //! `signal.rs`).
 //!
-//! Linux (`linux/`) is the one layer today. A second one (a portable POSIX layer, selected by
-//! `--cfg multiproc_portable` on Linux and on other Unix targets) goes beside it as a sibling
-//! directory with the same names and signatures, documenting per name where its promise
-//! differs; selecting it changes only the `cfg`s below.
+//! Linux (`linux/`) is the default layer. The portable POSIX layer (`posix/`, issue 18) is
+//! selected by `--cfg multiproc_portable`; it has the same names and signatures, documents per
+//! name where its promise differs, and still borrows some Linux files (see `posix/mod.rs`).
 //!
 //! # Safety
 //! Each `unsafe` block in the platform files carries a `// SAFETY:` note, and each file a
