@@ -10,10 +10,9 @@
 //! the portable POSIX files every layer shares (`conn.rs`, `fdpass.rs`, `poll.rs`,
 //! `signal.rs`).
 //!
-//! Linux (`linux/`) is the one layer today. A second one (a portable POSIX layer, selected by
-//! `--cfg multiproc_portable` on Linux and on other Unix targets) goes beside it as a sibling
-//! directory with the same names and signatures, documenting per name where its promise
-//! differs; selecting it changes only the `cfg`s below.
+//! Linux (`linux/`) is the default layer. The portable POSIX layer (`posix/`, issue 18) is
+//! selected by `--cfg multiproc_portable`; it has the same names and signatures, documents per
+//! name where its promise differs, and still borrows some Linux files (see `posix/mod.rs`).
 //!
 //! # Safety
 //! Each `unsafe` block in the platform files carries a `// SAFETY:` note, and each file a
@@ -25,10 +24,14 @@
 //! `linux/image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
 //! `linux/ofd.rs` new open file descriptions, OFD locks and eventfds.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(multiproc_portable)))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(multiproc_portable)))]
 pub(crate) use linux::*;
+#[cfg(any(multiproc_portable, not(target_os = "linux")))]
+mod posix;
+#[cfg(any(multiproc_portable, not(target_os = "linux")))]
+pub(crate) use posix::*;
 
 mod conn;
 mod fdpass;
@@ -47,8 +50,10 @@ pub(crate) use signal::restore_default_stop_signals;
 #[cfg(feature = "tokio")]
 pub(crate) use tokio_fd::tokio_async_fd;
 
+// The portable layer still borrows the Linux layer's files for the concerns it has not
+// replaced yet (see `posix/mod.rs`), so it builds on Linux only for now.
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "multiproc supports Linux today; a portable POSIX layer for other Unixes is planned, see \
-     src/sys/README.md"
+    "multiproc supports Linux today; the portable POSIX layer (src/sys/posix/) does not yet \
+     replace every Linux-only call, see src/sys/README.md"
 );
