@@ -10,6 +10,7 @@
 //! | `futex.rs` | portable: polling with exponential backoff, no futex |
 //! | `proc.rs` | portable: no `/proc`, liveness by `kill(pid, 0)` alone |
 //! | `process.rs`, `clone.rs`, `daemon.rs`, `exec.rs`, `image.rs`, `ofd.rs`, `shm.rs`, `stack.rs` | still the Linux files (pidfd, `clone(CLONE_PARENT)`, `PR_SET_PDEATHSIG`, memfd, `/proc/self/exe`, OFD locks, eventfd) |
+//! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
 //! Until every row reads "portable", `sys/mod.rs` keeps its `compile_error!` on non-Linux
 //! targets.
@@ -22,6 +23,8 @@
 mod clone;
 #[path = "../linux/daemon.rs"]
 mod daemon;
+#[path = "../linux/entries.rs"]
+mod entries;
 #[path = "../linux/exec.rs"]
 mod exec;
 mod futex;
@@ -29,6 +32,8 @@ mod futex;
 mod image;
 #[path = "../linux/ofd.rs"]
 mod ofd;
+#[path = "../linux/placement.rs"]
+mod placement;
 mod proc;
 #[path = "../linux/process.rs"]
 mod process;
@@ -39,10 +44,12 @@ mod stack;
 
 pub(crate) use clone::*;
 pub(crate) use daemon::*;
+pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 pub(crate) use futex::*;
 pub(crate) use image::*;
 pub(crate) use ofd::*;
+pub(crate) use placement::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
 pub(crate) use shm::*;
