@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Pod;
 use super::segment::Bytes;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::sync::{AcquireError, Lock, LockGuard, OwnerDied};
 
 /// `len` values of `T` in shared memory, guarded by one [`Lock`].
@@ -61,14 +61,7 @@ impl<T: Pod> std::fmt::Debug for Array<T> {
 impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (lock, data, len) = <(Lock, Bytes, usize)>::deserialize(d)?;
-        if len
-            .checked_mul(size_of::<T>())
-            .is_none_or(|bytes| bytes > data.seg.len())
-        {
-            return Err(serde::de::Error::custom(
-                "shared array segment too small for its length",
-            ));
-        }
+        super::check_received_len::<T, D::Error>(len, data.seg.len())?;
         Ok(Array {
             lock,
             data,
@@ -95,8 +88,8 @@ impl<T: Pod> Array<T> {
     /// An array of `len` zeroed elements with its own lock.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] if `len` elements do not fit in memory;
-    /// [`ErrorKind::Io`] if shared memory cannot be created.
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if `len` elements do not fit
+    /// in memory; [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new(len: usize) -> Result<Array<T>> {
         Self::zeroed(len, Lock::new()?)
     }
@@ -123,15 +116,7 @@ impl<T: Pod> Array<T> {
     }
 
     fn zeroed(len: usize, lock: Lock) -> Result<Array<T>> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(|| {
-                Error::with_message(
-                    ErrorKind::InvalidInput,
-                    format!("an array of {len} elements does not fit in memory"),
-                )
-            })?;
+        let bytes = super::byte_len::<T>(len, "an array")?;
         Ok(Array {
             lock,
             data: Bytes::zeroed(bytes)?,

@@ -123,15 +123,7 @@ impl<T: Pod> SharedSlice<T> {
     /// [`ErrorKind::InvalidInput`] if `len` elements do not fit in memory; [`ErrorKind::Io`]
     /// if the memory cannot be created or mapped (the OS's error is the source).
     pub fn new(len: usize) -> Result<SharedSlice<T>> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(|| {
-                Error::with_message(
-                    ErrorKind::InvalidInput,
-                    format!("a shared slice of {len} elements does not fit in memory"),
-                )
-            })?;
+        let bytes = super::byte_len::<T>(len, "a shared slice")?;
         // A memory of no bytes cannot be mapped: an empty slice still gets one byte.
         let fd = sys::memfd_fixed_size(c"multiproc-buffer", bytes.max(1))?;
         let map = sys::Mapping::new(fd.as_fd(), bytes.max(1))?;

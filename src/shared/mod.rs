@@ -39,6 +39,36 @@ fn recovered<G>(died: crate::sync::OwnerDied<G>) -> G {
     died.into_inner()
 }
 
+/// The bytes that `len` elements of `T` take, checked once for all the shared containers: an
+/// overflowing product, or one past `isize::MAX` (no allocation or mapping can be larger), is
+/// bad input, reported as `{what} of {len} elements does not fit in memory`.
+fn byte_len<T: Pod>(len: usize, what: &str) -> crate::error::Result<usize> {
+    len.checked_mul(size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| {
+            crate::error::Error::with_message(
+                crate::error::ErrorKind::InvalidInput,
+                format!("{what} of {len} elements does not fit in memory"),
+            )
+        })
+}
+
+/// Checks a received array's length against the segment it came with: a peer (or a corrupt
+/// message) could claim more elements than the segment holds, and indexing would then read
+/// past the mapping.
+fn check_received_len<T: Pod, E: serde::de::Error>(
+    len: usize,
+    segment_len: usize,
+) -> std::result::Result<(), E> {
+    if len
+        .checked_mul(size_of::<T>())
+        .is_none_or(|bytes| bytes > segment_len)
+    {
+        return Err(E::custom("shared array segment too small for its length"));
+    }
+    Ok(())
+}
+
 /// Plain old data: types that may be stored in shared memory and read back by any process.
 ///
 /// # Safety

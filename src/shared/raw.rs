@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::segment::Bytes;
 use super::{Pod, SharedAtomic};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 /// The atomic of type `A` at byte `at` of `data`, which must be aligned to `A` and inside the
 /// segment (asserted: a bad offset is a bug here, never undefined behaviour).
@@ -231,7 +231,7 @@ impl<T: Pod> RawValue<T> {
     /// A new shared value holding `value`.
     ///
     /// # Errors
-    /// [`ErrorKind::Io`] if shared memory cannot be created.
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new(value: T) -> Result<RawValue<T>> {
         let v = RawValue {
             data: Bytes::zeroed(size_of::<T>())?,
@@ -340,14 +340,7 @@ impl<T: Pod> std::fmt::Debug for RawArray<T> {
 impl<'de, T: Pod> Deserialize<'de> for RawArray<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (data, len) = <(Bytes, usize)>::deserialize(d)?;
-        if len
-            .checked_mul(size_of::<T>())
-            .is_none_or(|bytes| bytes > data.seg.len())
-        {
-            return Err(serde::de::Error::custom(
-                "shared array segment too small for its length",
-            ));
-        }
+        super::check_received_len::<T, D::Error>(len, data.seg.len())?;
         Ok(RawArray {
             data,
             len,
@@ -360,18 +353,10 @@ impl<T: Pod> RawArray<T> {
     /// An array of `len` zeroed elements (Python's `RawArray(type, size)`).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] if `len` elements do not fit in memory;
-    /// [`ErrorKind::Io`] if shared memory cannot be created.
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if `len` elements do not fit
+    /// in memory; [`ErrorKind::Io`](crate::ErrorKind::Io) if shared memory cannot be created.
     pub fn new(len: usize) -> Result<RawArray<T>> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(|| {
-                Error::with_message(
-                    ErrorKind::InvalidInput,
-                    format!("an array of {len} elements does not fit in memory"),
-                )
-            })?;
+        let bytes = super::byte_len::<T>(len, "an array")?;
         Ok(RawArray {
             data: Bytes::zeroed(bytes)?,
             len,
@@ -453,6 +438,7 @@ impl<T: AtomicPod> RawArray<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[derive(Clone, Copy, Debug, PartialEq)]
     #[repr(C)]
