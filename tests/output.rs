@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Reaper, WAIT};
+use common::{Captured, Reaper, WAIT};
 use multiproc::process::{Builder, Output, OutputLine, Stream};
 use multiproc::{Event, Pool};
 
@@ -148,19 +148,6 @@ fn emit_events(_: ()) {
     let _ = std::thread::spawn(|| tracing::warn!("from a thread")).join();
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 start_method_matrix! {
     #[test]
     fn a_killed_child_loses_no_line_and_splits_none() {
@@ -285,7 +272,7 @@ start_method_matrix! {
         p.start().unwrap();
         let pid = p.pid().unwrap();
         assert_eq!(p.join_timeout(WAIT).unwrap(), Some(0));
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = captured.text();
         let line = log
             .lines()
             .find(|l| l.contains("hello from the child"))

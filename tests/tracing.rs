@@ -2,24 +2,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use common::{Reaper, WAIT};
+use common::{Captured, Reaper, WAIT};
 use multiproc::Process;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn start_exit_and_signal_are_logged() {
@@ -40,7 +24,7 @@ fn start_exit_and_signal_are_logged() {
         slow.terminate().unwrap();
         assert_eq!(slow.join_timeout(WAIT).unwrap(), Some(-15));
     });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert_eq!(log.matches("process started").count(), 2, "{log}");
     assert!(log.contains("exitcode=4"), "{log}");
     assert!(log.contains("signal=Term"), "{log}");

@@ -292,3 +292,25 @@ pub fn shm_names(prefix: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A writer for a `tracing` subscriber that keeps what it is given, so a test can read the log
+/// back with [`Captured::text`]; clones share one buffer.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("the log is UTF-8")
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
