@@ -12,19 +12,37 @@ use super::ring::{ShmQueue, Words};
 /// still there (how quickly a dead peer is noticed).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// [`RECHECK`], unless the environment variable `MULTIPROC_TEST_RECHECK_MS` (read once per
-/// process) sets another. For tests only: with a recheck of many seconds, a wake-up that
-/// the futex or the event descriptor loses shows as a wait of that long instead of hiding
-/// inside a 50 ms slice (`tests/aio.rs`, `round_trips_never_wait_for_the_recheck`). Also
-/// used by `crate::aio`'s queue futures.
+/// The name of the internal knob read by [`recheck`]. Not public API: it exists for
+/// `tests/aio.rs` and may change or go without notice.
+const RECHECK_VAR: &str = "MULTIPROC_TEST_RECHECK_MS";
+
+/// The most [`RECHECK_VAR`] may set: a minute, twice what its test uses.
+const RECHECK_MAX_MS: u64 = 60_000;
+
+/// [`RECHECK`], unless the internal knob `MULTIPROC_TEST_RECHECK_MS` (read once per process)
+/// sets a whole number of milliseconds from 1 to [`RECHECK_MAX_MS`]; any other value is
+/// ignored. For tests only: with a recheck of many seconds, a wake-up that the futex or the
+/// event descriptor loses shows as a wait of that long instead of hiding inside a 50 ms slice
+/// (`tests/aio.rs`, `round_trips_never_wait_for_the_recheck`). Also used by `crate::aio`'s
+/// queue futures.
+///
+/// It stays an environment variable, not `#[cfg(test)]` or a feature, because the test that
+/// needs it is an integration test and the processes it checks are children running the
+/// ordinary build of the library; a feature would have to be switched on for every test
+/// build through a self dev-dependency. What it can change is only how soon a blocked call
+/// notices a dead peer (never what a call returns), and the bounds keep a stray value from
+/// making that a busy loop (0) or practically never (hours).
 pub(crate) fn recheck() -> Duration {
     static RECHECK_NOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *RECHECK_NOW.get_or_init(|| {
-        std::env::var("MULTIPROC_TEST_RECHECK_MS")
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map_or(RECHECK, Duration::from_millis)
-    })
+    *RECHECK_NOW.get_or_init(|| recheck_from(std::env::var(RECHECK_VAR).ok().as_deref()))
+}
+
+/// The recheck that a value of [`RECHECK_VAR`] asks for, [`RECHECK`] if it asks for none
+/// within bounds.
+fn recheck_from(var: Option<&str>) -> Duration {
+    var.and_then(|ms| ms.trim().parse::<u64>().ok())
+        .filter(|ms| (1..=RECHECK_MAX_MS).contains(ms))
+        .map_or(RECHECK, Duration::from_millis)
 }
 
 /// The processes sleeping for one thing (an item, or room): the futex word they sleep on,
@@ -166,4 +184,24 @@ pub(super) fn deadline_after(timeout: Duration) -> Instant {
     Instant::now()
         .checked_add(timeout)
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recheck_knob_is_bounded() {
+        assert_eq!(recheck_from(None), RECHECK);
+        assert_eq!(recheck_from(Some("30000")), Duration::from_secs(30));
+        assert_eq!(recheck_from(Some("1")), Duration::from_millis(1));
+        assert_eq!(recheck_from(Some("60000")), Duration::from_secs(60));
+        for out_of_bounds in ["0", "60001", "3600000", "-5", "fast", ""] {
+            assert_eq!(
+                recheck_from(Some(out_of_bounds)),
+                RECHECK,
+                "{out_of_bounds:?}"
+            );
+        }
+    }
 }
