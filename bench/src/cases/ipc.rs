@@ -152,7 +152,7 @@ fn queue_bytes(ctx: &mut Ctx, case: &'static str, size: usize, n: usize, key: &s
     }));
     row.peer.insert(
         "ipc_channel_bytes".into(),
-        median(ctx.rounds(), || ipc_channel_bytes(n, size)),
+        median(ctx.rounds(), || ipc_channel_mbs(size, n)),
     );
     let py = ctx.python("bench_queue.py", &["--pin", "none,same"]);
     row.python = get(&py, &format!("Queue_{key}_MB_per_s_pin_none"));
@@ -287,30 +287,10 @@ fn pipe_bytes_1m(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("pipe_bytes_1m", "MB_per_s");
     let n = ctx.scale(2_000, 200);
     let size = 1 << 20;
-    row.ours = Some(median(ctx.rounds(), || {
-        let (a, b) = pipe(true).expect("pipe");
-        let mut p = Process::new(move || {
-            let mut buf = vec![0u8; size];
-            for _ in 0..n {
-                assert_eq!(b.recv_bytes_into(&mut buf).expect("recv"), size);
-            }
-            b.send_bytes(b"done").expect("send");
-        });
-        p.start().expect("start");
-        let payload = vec![0xcdu8; size];
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let t = Instant::now();
-        for _ in 0..n {
-            a.send_bytes(&payload).expect("send");
-        }
-        a.recv_bytes().expect("done");
-        let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
-        p.join().expect("join");
-        mbs
-    }));
+    row.ours = Some(median(ctx.rounds(), || ours_pipe_mbs(size, n)));
     row.peer.insert(
         "ipc_channel_bytes".into(),
-        median(ctx.rounds(), || ipc_channel_bytes(n, size)),
+        median(ctx.rounds(), || ipc_channel_mbs(size, n)),
     );
     let py = ctx.python("bench_pipe.py", &["--pin", "same,none"]);
     row.python = get(&py, "bw_MB_per_s_1MiB_duplex_socketpair_pin_none");
@@ -411,29 +391,6 @@ fn ipc_channel_small(n: usize) -> f64 {
     rate
 }
 
-/// `n` messages of `size` bytes from a child over an `IpcBytesSender`; MB/s.
-fn ipc_channel_bytes(n: usize, size: usize) -> f64 {
-    let (tx, rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
-    let (go_rx, go_tx) = pipe(false).expect("pipe");
-    let mut p = Process::new(move || {
-        let payload = vec![0xabu8; size];
-        let _: u8 = go_rx.recv().expect("go");
-        for _ in 0..n {
-            tx.send(&payload).expect("send");
-        }
-    });
-    p.start().expect("start");
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let t = Instant::now();
-    go_tx.send(&1u8).expect("go");
-    for _ in 0..n {
-        assert_eq!(rx.recv().expect("recv").len(), size);
-    }
-    let rate = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
-    p.join().expect("join");
-    rate
-}
-
 /// 1-byte ping-pong over two `IpcBytesSender`s; microseconds per round trip.
 fn ipc_channel_roundtrip(n: usize, pin: Pin) -> f64 {
     pin_to(pin.cpu());
@@ -463,4 +420,51 @@ fn ipc_channel_roundtrip(n: usize, pin: Pin) -> f64 {
     p.join().expect("join");
     unpin();
     us
+}
+
+/// One-way MB/s of `n` `send_bytes` messages of `size` bytes to a child (`pipe_bytes_1m`,
+/// and `bandwidth_by_size` in `large.rs`).
+pub(super) fn ours_pipe_mbs(size: usize, n: usize) -> f64 {
+    let (a, b) = pipe(true).expect("pipe");
+    let mut p = Process::new(move || {
+        let mut buf = vec![0u8; size];
+        for _ in 0..n {
+            assert_eq!(b.recv_bytes_into(&mut buf).expect("recv"), size);
+        }
+        b.send_bytes(b"done").expect("send");
+    });
+    p.start().expect("start");
+    let payload = vec![0xcdu8; size];
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    for _ in 0..n {
+        a.send_bytes(&payload).expect("send");
+    }
+    a.recv_bytes().expect("done");
+    let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    p.join().expect("join");
+    mbs
+}
+
+/// `n` messages of `size` bytes over an ipc-channel bytes channel; MB/s.
+pub(super) fn ipc_channel_mbs(size: usize, n: usize) -> f64 {
+    let (tx, rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
+    let (go_rx, go_tx) = pipe(false).expect("pipe");
+    let mut p = Process::new(move || {
+        let payload = vec![0xabu8; size];
+        let _: u8 = go_rx.recv().expect("go");
+        for _ in 0..n {
+            tx.send(&payload).expect("send");
+        }
+    });
+    p.start().expect("start");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    go_tx.send(&1u8).expect("go");
+    for _ in 0..n {
+        assert_eq!(rx.recv().expect("recv").len(), size);
+    }
+    let rate = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    p.join().expect("join");
+    rate
 }

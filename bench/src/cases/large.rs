@@ -10,6 +10,7 @@ use multiproc::shared::{SharedBuffer, SharedSlice};
 use multiproc::{Pool, Process, StartMethod, pipe};
 use serde_bytes::ByteBuf;
 
+use super::ipc::{ipc_channel_mbs, ours_pipe_mbs};
 use crate::harness::{Case, Ctx, Row, get, median};
 
 pub fn cases() -> Vec<Case> {
@@ -224,53 +225,6 @@ fn pool_map_large(ctx: &mut Ctx) -> Row {
     }
     row.limit = ctx.limit("memcpy_GBps").map(|g| g * 1000.0);
     row
-}
-
-/// One-way MB/s of `n` `send_bytes` messages of `size` bytes from a child, as
-/// `pipe_bytes_1m` measures it.
-fn ours_pipe_mbs(size: usize, n: usize) -> f64 {
-    let (a, b) = pipe(true).expect("pipe");
-    let mut p = Process::new(move || {
-        let mut buf = vec![0u8; size];
-        for _ in 0..n {
-            assert_eq!(b.recv_bytes_into(&mut buf).expect("recv"), size);
-        }
-        b.send_bytes(b"done").expect("send");
-    });
-    p.start().expect("start");
-    let payload = vec![0xcdu8; size];
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let t = Instant::now();
-    for _ in 0..n {
-        a.send_bytes(&payload).expect("send");
-    }
-    a.recv_bytes().expect("done");
-    let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
-    p.join().expect("join");
-    mbs
-}
-
-/// `n` messages of `size` bytes over an ipc-channel bytes channel; MB/s.
-fn ipc_channel_mbs(size: usize, n: usize) -> f64 {
-    let (tx, rx) = ipc::bytes_channel().expect("ipc channel");
-    let (go_rx, go_tx) = pipe(false).expect("pipe");
-    let mut p = Process::new(move || {
-        let payload = vec![0xabu8; size];
-        let _: u8 = go_rx.recv().expect("go");
-        for _ in 0..n {
-            tx.send(&payload).expect("send");
-        }
-    });
-    p.start().expect("start");
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let t = Instant::now();
-    go_tx.send(&1u8).expect("go");
-    for _ in 0..n {
-        assert_eq!(rx.recv().expect("recv").len(), size);
-    }
-    let rate = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
-    p.join().expect("join");
-    rate
 }
 
 /// MB/s by message size (4 KiB to 64 MiB) for our `send_bytes`, ipc-channel's bytes channel,
