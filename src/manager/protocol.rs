@@ -201,3 +201,9 @@ impl From<&Addr> for Address {
         }
     }
 }
+
+/// A client's timeout as the `timeout_ms` of an [`Op`]: `Some` (a wait without one is `None`),
+/// saturated at `u64::MAX` ms.
+pub(super) fn timeout_ms(timeout: std::time::Duration) -> Option<u64> {
+    Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+}

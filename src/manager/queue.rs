@@ -8,11 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::{Handle, encode, unexpected};
 use super::error::ManagerError;
-use super::protocol::{Op, Reply};
-
-fn millis(d: Duration) -> Option<u64> {
-    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use super::protocol::{Op, Reply, timeout_ms};
 
 /// A FIFO queue in the manager's server, Python's `Manager().Queue(maxsize)`, typed. Unlike
 /// [`Queue`](crate::Queue), it reaches processes of other programs and machines; it is
@@ -57,7 +53,7 @@ where
     /// # Errors
     /// As [`put`](QueueProxy::put).
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<bool, ManagerError> {
-        self.put_with(item, millis(timeout))
+        self.put_with(item, timeout_ms(timeout))
     }
 
     fn put_with(&self, item: &T, timeout_ms: Option<u64>) -> Result<bool, ManagerError> {
@@ -83,7 +79,7 @@ where
     /// As [`put`](QueueProxy::put).
     pub fn get_timeout(&self, timeout: Duration) -> Result<Option<T>, ManagerError> {
         self.handle.value(Op::Take {
-            timeout_ms: millis(timeout),
+            timeout_ms: timeout_ms(timeout),
         })
     }
 

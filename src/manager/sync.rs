@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use super::client::Handle;
 use super::error::ManagerError;
-use super::protocol::Op;
+use super::protocol::{Op, timeout_ms};
 
-fn millis(d: Duration) -> Option<u64> {
-    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Acquires the lock, semaphore or condition's lock behind `handle`, waiting at most
+/// `timeout_ms` (forever for `None`); whether it was acquired.
+fn acquire(handle: &Handle, timeout_ms: Option<u64>) -> Result<bool, ManagerError> {
+    handle.bool(Op::Acquire { timeout_ms })
 }
 
 /// A lock in the manager's server: `Manager::lock()` (Python's `Manager().Lock()`) or
@@ -45,7 +47,7 @@ impl LockProxy {
     /// # Errors
     /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
     pub fn acquire(&self) -> Result<(), ManagerError> {
-        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+        acquire(&self.handle, None).map(drop)
     }
 
     /// Waits at most `timeout` for the lock; whether it was acquired (`Duration::ZERO`
@@ -54,9 +56,7 @@ impl LockProxy {
     /// # Errors
     /// As [`acquire`](LockProxy::acquire).
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        self.handle.bool(Op::Acquire {
-            timeout_ms: millis(timeout),
-        })
+        acquire(&self.handle, timeout_ms(timeout))
     }
 
     /// Releases the lock.
@@ -120,7 +120,7 @@ impl SemaphoreProxy {
     /// # Errors
     /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
     pub fn acquire(&self) -> Result<(), ManagerError> {
-        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+        acquire(&self.handle, None).map(drop)
     }
 
     /// As [`acquire`](SemaphoreProxy::acquire), waiting at most `timeout`; whether it
@@ -129,9 +129,7 @@ impl SemaphoreProxy {
     /// # Errors
     /// As [`acquire`](SemaphoreProxy::acquire).
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        self.handle.bool(Op::Acquire {
-            timeout_ms: millis(timeout),
-        })
+        acquire(&self.handle, timeout_ms(timeout))
     }
 
     /// Increments the counter, waking a waiter.
@@ -212,7 +210,7 @@ impl EventProxy {
     /// As [`set`](EventProxy::set).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
         self.handle.bool(Op::Wait {
-            timeout_ms: millis(timeout),
+            timeout_ms: timeout_ms(timeout),
         })
     }
 }
@@ -268,7 +266,7 @@ impl BarrierProxy {
     /// # Errors
     /// As [`wait`](BarrierProxy::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
-        self.arrive(millis(timeout))
+        self.arrive(timeout_ms(timeout))
     }
 
     /// Breaks the barrier: current and later waits fail until [`reset`](BarrierProxy::reset).
@@ -362,7 +360,7 @@ impl ConditionProxy {
     /// # Errors
     /// [`ManagerError::Disconnected`] when the server is gone, also while waiting.
     pub fn acquire(&self) -> Result<(), ManagerError> {
-        self.handle.bool(Op::Acquire { timeout_ms: None }).map(drop)
+        acquire(&self.handle, None).map(drop)
     }
 
     /// Waits at most `timeout` for the lock; whether it was acquired.
@@ -370,9 +368,7 @@ impl ConditionProxy {
     /// # Errors
     /// As [`acquire`](ConditionProxy::acquire).
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        self.handle.bool(Op::Acquire {
-            timeout_ms: millis(timeout),
-        })
+        acquire(&self.handle, timeout_ms(timeout))
     }
 
     /// Releases the lock once.
@@ -402,7 +398,7 @@ impl ConditionProxy {
     /// As [`wait`](ConditionProxy::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
         self.handle.bool(Op::CondWait {
-            timeout_ms: millis(timeout),
+            timeout_ms: timeout_ms(timeout),
         })
     }
 
