@@ -151,16 +151,9 @@ impl Watch {
     pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.0 {
             #[cfg(feature = "tokio")]
-            WatchInner::Tokio(fd) => match fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    // Cleared before the caller's attempt: readiness that comes after it is
-                    // kept (tokio compares event ticks), so no wake-up is lost.
-                    guard.clear_ready();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            // Cleared before the caller's attempt: readiness that comes after it is kept
+            // (tokio compares event ticks), so no wake-up is lost.
+            WatchInner::Tokio(fd) => fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready()),
             #[cfg(feature = "async-io")]
             WatchInner::AsyncIo(fd) => fd.poll_readable(cx),
         }
@@ -170,14 +163,7 @@ impl Watch {
     pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.0 {
             #[cfg(feature = "tokio")]
-            WatchInner::Tokio(fd) => match fd.poll_write_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    guard.clear_ready();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            WatchInner::Tokio(fd) => fd.poll_write_ready(cx).map_ok(|mut g| g.clear_ready()),
             #[cfg(feature = "async-io")]
             WatchInner::AsyncIo(fd) => fd.poll_writable(cx),
         }
