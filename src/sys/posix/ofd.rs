@@ -21,19 +21,20 @@
 //!
 //! - **Reopening.** An unlinked `shm_open` object has no name to open again, and `/dev/fd/N`
 //!   on macOS and the BSDs duplicates the descriptor (the same description) rather than
-//!   opening the file anew. So a portable `reopen` needs a name that lives as long as the
-//!   queue: a lock file in a private directory beside the memory, opened once per handle and
-//!   passed with the memory's descriptor, and removed by the resource tracker when its
-//!   creator dies (a handle that outlives the creator keeps working: it holds its
-//!   description already).
+//!   opening the file anew. So a portable `reopen` needs names that live as long as the
+//!   queue: the files below, in a private directory beside the memory, opened per handle and
+//!   passed with the memory's descriptor (a handle that outlives the creator keeps working:
+//!   it holds its descriptions already).
 //! - **Holder locks.** `flock` has the open-file-description semantics (released when the
-//!   description's last descriptor closes, available on macOS and the BSDs), but locks a
-//!   whole file, not a byte: the two roles (may put, may get) need a lock file each, and
-//!   `flock` has no query, so "does another description hold it" is asked by converting
-//!   one's shared lock to an exclusive one without blocking, which `flock` does not do
-//!   atomically (two handles asking at once can each see the other's lock gone: a false
-//!   "no other producer"). The query needs its own file per role, probed through a
-//!   description that holds nothing.
+//!   description's last descriptor closes, available on macOS and the BSDs), but locks a whole
+//!   file, not a byte, and has no query: asking "does another description hold it" by converting
+//!   one's own shared lock to an exclusive one without blocking is not atomic (`flock` drops the
+//!   old lock first), so two handles asking at once can each miss the other. So a portable version
+//!   gives each handle its own file per role, `flock`ed (`LOCK_EX`) while it has the role, in the
+//!   queue's private directory (removed by the resource tracker when its creator dies); the query
+//!   lists the directory and tries `LOCK_SH | LOCK_NB` on the other handles' files of that role
+//!   (refused: a live holder; granted: its holders are gone and the file is removed). No handle
+//!   drops its own mark to ask, so it is race-free.
 //!
 //! Until that lands, `reopen`, `ofd_hold`, `ofd_release` and `ofd_others_hold` are the Linux
 //! layer's (`linux/ofd.rs`, included below), which is why this layer runs on Linux only.
