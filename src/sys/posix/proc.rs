@@ -79,8 +79,11 @@ fn life_path() -> [u8; 48] {
             break;
         }
     }
-    for i in 0..n {
-        path[prefix.len() + i] = digits[n - 1 - i];
+    for (to, from) in path[prefix.len()..]
+        .iter_mut()
+        .zip(digits[..n].iter().rev())
+    {
+        *to = *from;
     }
     path
 }
@@ -301,6 +304,14 @@ mod tests {
         assert_eq!(proc_stat(me).unwrap(), Some((b'R', token)), "stable");
         assert!(proc_stat(u32::MAX).is_err());
         assert!(proc_stat(0).is_err());
+        let path = life_path();
+        let path = std::ffi::CStr::from_bytes_until_nul(&path).unwrap();
+        let expected = format!(
+            "/tmp/multiproc-life-{}",
+            rustix::process::geteuid().as_raw()
+        );
+        assert_eq!(path.to_str().unwrap(), expected);
+        assert!(std::path::Path::new(&expected).is_file());
     }
 
     /// A registered child is `R` with its own token while it runs, and `X` once it ended,
