@@ -45,7 +45,7 @@
 //! kill(2) (signal 0), fcntl(2) (`F_SETLK`, `F_GETLK`), pthread_atfork(3).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// The life file's descriptor (-1: not opened yet), and its identity (device, inode) packed
@@ -97,7 +97,7 @@ fn life_file() -> Option<BorrowedFd<'static>> {
         // `fstat` fails or tells another identity, and it is not used further).
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
         if rustix::fs::fstat(b).is_ok_and(|st| {
-            (st.st_dev as u64, st.st_ino as u64)
+            file_id(&st)
                 == (
                     LIFE_DEV.load(Ordering::Relaxed),
                     LIFE_INO.load(Ordering::Relaxed),
@@ -123,14 +123,21 @@ fn life_file() -> Option<BorrowedFd<'static>> {
     {
         return None;
     }
-    LIFE_DEV.store(st.st_dev as u64, Ordering::Relaxed);
-    LIFE_INO.store(st.st_ino as u64, Ordering::Relaxed);
+    let (dev, ino) = file_id(&st);
+    LIFE_DEV.store(dev, Ordering::Relaxed);
+    LIFE_INO.store(ino, Ordering::Relaxed);
     // Never closed: closing any descriptor of the file would drop this process's lock on it.
-    let raw = OwnedFd::from(file).into_raw_fd();
+    let raw = file.into_raw_fd();
     let _ = LIFE_FD.compare_exchange(fd, raw, Ordering::AcqRel, Ordering::Acquire);
     // SAFETY: `raw` is never closed (leaked above, whether or not it was published), so the
     // borrow is valid for the rest of the process.
     Some(unsafe { BorrowedFd::borrow_raw(raw) })
+}
+
+/// The identity (device, inode) of a file.
+#[allow(clippy::unnecessary_cast)] // their widths differ between platforms
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 /// `fcntl(fd, cmd, {kind, offset, 1 byte})`, retried on `EINTR`; the `flock` as the kernel
