@@ -52,6 +52,12 @@ fn holder_child(conn: Connection) {
     drop(held);
 }
 
+/// Whether a `/proc` path names a shared buffer's memory: a memfd on the Linux layer, an
+/// unlinked `shm_open` object (`/dev/shm/mp-...`) on the portable one.
+fn is_buffer_memory(path: &str) -> bool {
+    path.contains("memfd:multiproc-buffer") || path.contains("/dev/shm/mp-")
+}
+
 /// Every (pid, how) holding the file with inode `ino` open or mapped, among the processes
 /// this user can see.
 fn holders(ino: u64) -> Vec<(u32, &'static str)> {
@@ -66,7 +72,7 @@ fn holders(ino: u64) -> Vec<(u32, &'static str)> {
                     && fd
                         .path()
                         .read_link()
-                        .is_ok_and(|l| l.to_string_lossy().contains("memfd:multiproc-buffer"))
+                        .is_ok_and(|l| is_buffer_memory(&l.to_string_lossy()))
                 {
                     out.push((pid, "fd"));
                 }
@@ -74,8 +80,7 @@ fn holders(ino: u64) -> Vec<(u32, &'static str)> {
         }
         if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             && maps.lines().any(|l| {
-                l.contains("memfd:multiproc-buffer")
-                    && l.split_whitespace().nth(4) == Some(&ino.to_string())
+                is_buffer_memory(l) && l.split_whitespace().nth(4) == Some(&ino.to_string())
             })
         {
             out.push((pid, "map"));

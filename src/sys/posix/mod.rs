@@ -8,7 +8,9 @@
 //! | File | State |
 //! |---|---|
 //! | `futex.rs` | portable: polling with exponential backoff, no futex |
-//! | `proc.rs` | portable: no `/proc`, liveness by `kill(pid, 0)` alone |
+//! | `proc.rs` | portable: no `/proc`; liveness by a per-process life lock (a record lock held for the process's life), `kill(pid, 0)` as fallback |
+//! | `shm.rs` | portable: `shm_open` (anonymous: random `O_EXCL` name, unlinked at once); no seals, no hole punching |
+//! | `ofd.rs` | partly: the event is a self-connected Unix datagram socket; `reopen` and the holder locks are still `linux/ofd.rs` (`/proc/self/fd`, OFD locks) |
 //! | `process.rs`, `clone.rs`, `daemon.rs`, `exec.rs`, `image.rs`, `ofd.rs`, `shm.rs`, `stack.rs` | still the Linux files (pidfd, `clone(CLONE_PARENT)`, `PR_SET_PDEATHSIG`, memfd, `/proc/self/exe`, OFD locks, eventfd) |
 //! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
@@ -30,14 +32,12 @@ mod exec;
 mod futex;
 #[path = "../linux/image.rs"]
 mod image;
-#[path = "../linux/ofd.rs"]
 mod ofd;
 #[path = "../linux/placement.rs"]
 mod placement;
 mod proc;
 #[path = "../linux/process.rs"]
 mod process;
-#[path = "../linux/shm.rs"]
 mod shm;
 #[path = "../linux/stack.rs"]
 mod stack;

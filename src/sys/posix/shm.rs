@@ -1,0 +1,432 @@
+//! Shared memory without memfd or `/dev/shm` paths: POSIX `shm_open` objects and mappings.
+//!
+//! - **Anonymous segments** ([`memfd`]): `shm_open` of a random name with `O_CREAT | O_EXCL`,
+//!   unlinked at once, so only the descriptor (passed like a memfd's) reaches the memory, and
+//!   the kernel frees it when the last descriptor and mapping are gone, however the holders
+//!   end. The name exists for the few system calls between the create and the unlink: a
+//!   process killed in between leaves one name behind (`/mp-` and 16 hex digits), which
+//!   nothing tracks. Linux keeps no such window (memfd has no name).
+//! - **Named segments** ([`shm_create`], [`shm_open`], [`shm_unlink`]): `shm_open` and
+//!   `shm_unlink` of `/<name>`. Nothing lists them (no `/dev/shm` directory is read); the
+//!   resource tracker finds a dead creator's names through [`shm_identity`] and
+//!   [`shm_remove`] by name, as on Linux, so a killed holder's segments are still unlinked.
+//! - **No sealing.** `F_ADD_SEALS` is Linux's: [`memfd_fixed_size`] is a plain anonymous
+//!   segment, [`seal_future_writes`] does nothing, and [`has_fixed_size`] only checks that
+//!   `fstat` reads a size (the caller then bounds its mapping by that size). What that
+//!   costs a `SharedSlice`: a receiver can map a frozen buffer writable (its own mapping
+//!   stays read-only, and this crate never writes a frozen buffer), and a process holding
+//!   the descriptor that shrank the file would make the others' mappings fault (`SIGBUS`)
+//!   past the new end; no code in this crate ever shrinks one. A portable repair is to open
+//!   a second, read-only descriptor of the object before unlinking its name and to pass only
+//!   that one once frozen (`mmap(PROT_WRITE)` of an `O_RDONLY` descriptor fails).
+//! - **No hole punching.** [`punch_hole`] does nothing (`fallocate` is Linux's): a `Queue`
+//!   that once held more than its 128 MiB keep-level keeps those pages until its last handle
+//!   is gone, instead of giving them back when it drains.
+//! - [`Mapping::populate_write`] does nothing (`MADV_POPULATE_WRITE` is Linux's): pages are
+//!   faulted in one at a time as they are first written.
+//!
+//! # Safety
+//! [`Mapping`] owns a `MAP_SHARED` region from `mmap` and unmaps it on drop; it hands out a
+//! raw base pointer and length, and the typed layers above (`shared/`, `sync/raw.rs`) decide
+//! how the bytes are viewed; the one typed view it gives itself is an atomic word
+//! ([`Mapping::atomic_u32`]), in bounds and aligned. `shm_open`/`shm_unlink` go through
+//! `libc` with NUL-terminated names built on the stack and live across each call; the
+//! descriptor `shm_open` returns is owned at once.
+//!
+//! # References
+//! shm_open(3), shm_unlink(3), mmap(2), ftruncate(2), fstat(2).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// The longest name accepted for a named segment (bytes, without the leading `/`). macOS
+/// allows 31 bytes with the slash (`PSHMNAMLEN`); elsewhere the file system's limit is far
+/// above this.
+#[cfg(target_vendor = "apple")]
+pub(crate) const MAX_NAME: usize = 30;
+/// The longest name accepted for a named segment (bytes, without the leading `/`).
+#[cfg(not(target_vendor = "apple"))]
+pub(crate) const MAX_NAME: usize = 200;
+
+/// `/<name>` with a terminating NUL, built on the stack: `None` if `name` is longer than
+/// [`MAX_NAME`]. A NUL inside `name` ends the name there.
+fn stack_name(name: &[u8]) -> Option<[u8; MAX_NAME + 2]> {
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let mut path = [0u8; MAX_NAME + 2];
+    path[0] = b'/';
+    path[1..=name.len()].copy_from_slice(name);
+    Some(path)
+}
+
+/// `shm_open(name, flags, 0600)`, retried on `EINTR`; the descriptor is close-on-exec (POSIX
+/// sets `FD_CLOEXEC` on it).
+fn raw_shm_open(name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: `name` is a NUL-terminated string that lives across the call; the mode is
+        // a plain integer.
+        let fd = unsafe { libc::shm_open(name.as_ptr(), flags, 0o600 as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just returned by `shm_open` and is owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn raw_shm_unlink(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a NUL-terminated string that lives across the call.
+    if unsafe { libc::shm_unlink(name.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A new anonymous shared-memory object of `len` zero bytes (close-on-exec): a random name
+/// created exclusively and unlinked at once.
+///
+/// # References
+/// shm_open(3) `O_CREAT | O_EXCL`, shm_unlink(3), ftruncate(2).
+pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
+    let mut attempts = 0;
+    let fd = loop {
+        let mut random = [0u8; 8];
+        super::random_bytes(&mut random)?;
+        // "/mp-" and 16 hex digits: 20 bytes, within macOS's 31.
+        let mut name = *b"/mp-0000000000000000\0";
+        for (i, b) in random.iter().enumerate() {
+            name[4 + 2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+            name[5 + 2 * i] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        let name = CStr::from_bytes_with_nul(&name).expect("one NUL, at the end");
+        match raw_shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) {
+            Ok(fd) => {
+                raw_shm_unlink(name)?;
+                break fd;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    Ok(fd)
+}
+
+/// As [`memfd`]; `name` is not shown anywhere (an unlinked object has no name).
+pub(crate) fn memfd_named(_name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    memfd(len)
+}
+
+/// As [`memfd`]: no seal can fix its size on this layer (see the module note).
+pub(crate) fn memfd_fixed_size(_name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    memfd(len)
+}
+
+/// Does nothing: sealing is Linux's (see the module note).
+pub(crate) fn seal_future_writes(_fd: BorrowedFd<'_>) {}
+
+/// Whether the file behind `fd` is a regular file (as POSIX shared-memory objects `fstat` on
+/// Linux, macOS and the BSDs) whose size `fstat` reads: the only check this layer has in
+/// place of Linux's size seal (see the module note); the caller bounds its mapping by that
+/// size. Pipes, sockets and devices are refused.
+pub(crate) fn has_fixed_size(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            && st.st_size >= 0
+    })
+}
+
+/// Does nothing: hole punching is Linux's (see the module note).
+pub(crate) fn punch_hole(_fd: BorrowedFd<'_>, _start: u64, _len: u64) {}
+
+/// The size in bytes of the object behind `fd`, and its identity (device and inode): two
+/// descriptors, in any processes, refer to the same shared memory exactly when the identities
+/// are equal.
+///
+/// # References
+/// fstat(2).
+pub(crate) fn fd_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64))> {
+    let st = rustix::fs::fstat(fd)?;
+    let len =
+        usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    #[allow(clippy::unnecessary_cast)] // their widths differ between platforms
+    Ok((len, (st.st_dev as u64, st.st_ino as u64)))
+}
+
+/// A `MAP_SHARED` mapping of a whole object (read-write unless made read-only); unmapped on
+/// drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; what is stored in it and how it is
+// accessed concurrently is governed by the typed layers above, which only use atomics or
+// lock-protected access.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` shared and read-write. `len` must be non-zero.
+    ///
+    /// # References
+    /// mmap(2).
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        Self::map(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    /// Maps the first `len` bytes of `fd` shared and read-only: a write through the mapping
+    /// faults. `len` must be non-zero.
+    ///
+    /// # References
+    /// mmap(2).
+    pub(crate) fn new_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        Self::map(fd, len, ProtFlags::READ)
+    }
+
+    fn map(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map an empty segment",
+            ));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (null hint) overlaps nothing we own;
+        // the returned region is owned by the `Mapping` and unmapped exactly once in `drop`.
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// Makes this mapping read-only in place (addresses and existing borrows stay valid);
+    /// a later write through it faults.
+    ///
+    /// # References
+    /// mprotect(2).
+    pub(crate) fn make_read_only(&self) -> io::Result<()> {
+        // SAFETY: `ptr`/`len` describe exactly this mapping, which stays mapped; dropping
+        // write permission changes no byte, and no `&mut` into it exists when the typed layer
+        // calls this (it holds the only handle, or only shared borrows remain).
+        unsafe {
+            rustix::mm::mprotect(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::MprotectFlags::READ,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The base address (page aligned).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The atomic 32-bit word at `offset`, shared with every process that maps the same
+    /// object; `None` if it would not lie inside the mapping or is not 4-byte aligned.
+    pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        if !offset.is_multiple_of(std::mem::align_of::<AtomicU32>())
+            || offset.checked_add(4).is_none_or(|end| end > self.len)
+        {
+            return None;
+        }
+        // SAFETY: the word lies inside this mapping (checked above), which is page aligned, so
+        // the word is 4-byte aligned; it stays mapped while `self` lives, which bounds the
+        // returned borrow; an `AtomicU32` is valid for any bit pattern, and every process that
+        // shares the word accesses it atomically.
+        Some(unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() })
+    }
+
+    /// Does nothing on this layer (`MADV_POPULATE_WRITE` is Linux's): pages are faulted in
+    /// as they are written.
+    pub(crate) fn populate_write(&self, _offset: usize, _len: usize) {}
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the region mapped in `new`, and no reference
+        // into it outlives `self` (the typed layers borrow from the owner of this mapping).
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Checks a segment name: 1..=MAX_NAME bytes of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid shared memory name {name:?}: use 1 to {MAX_NAME} characters of \
+                 A-Z a-z 0-9 _ . - not starting with a dot"
+            ),
+        ))
+    }
+}
+
+/// `/<name>` as a C string, for a name that passed [`check_name`].
+fn checked_name(name: &str) -> io::Result<[u8; MAX_NAME + 2]> {
+    check_name(name)?;
+    stack_name(name.as_bytes()).ok_or_else(|| io::ErrorKind::InvalidInput.into())
+}
+
+fn as_cstr(path: &[u8; MAX_NAME + 2]) -> io::Result<&CStr> {
+    CStr::from_bytes_until_nul(path).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+/// Creates the named segment `name` (which must not exist) with `len` zero bytes.
+///
+/// # References
+/// shm_open(3) `O_CREAT | O_EXCL`, ftruncate(2).
+pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let path = checked_name(name)?;
+    let c = as_cstr(&path)?;
+    let fd = raw_shm_open(c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)?;
+    if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
+        let _ = raw_shm_unlink(c);
+        return Err(e.into());
+    }
+    Ok(fd)
+}
+
+/// Opens the existing named segment `name`.
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    let path = checked_name(name)?;
+    raw_shm_open(as_cstr(&path)?, libc::O_RDWR)
+}
+
+/// Removes the name `name`; mappings stay valid until unmapped.
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    let path = checked_name(name)?;
+    raw_shm_unlink(as_cstr(&path)?)
+}
+
+/// The identity (device, inode) of the object now called `name`, if there is one: opened
+/// read-only, `fstat`ed and closed. Allocates nothing (the resource tracker calls it after
+/// `fork`): `shm_open` is not on POSIX's list of async-signal-safe calls, but it is a system
+/// call on macOS and the BSDs, and glibc's builds the path on the stack and calls `open`. The
+/// name is not checked beyond its length.
+///
+/// # References
+/// shm_open(3), fstat(2).
+pub(crate) fn shm_identity(name: &[u8]) -> Option<(u64, u64)> {
+    let path = stack_name(name)?;
+    let c = CStr::from_bytes_until_nul(&path).ok()?;
+    let fd = raw_shm_open(c, libc::O_RDONLY).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    #[allow(clippy::unnecessary_cast)] // their widths differ between platforms
+    Some((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// Removes the name `name`, ignoring errors. Allocates nothing, as [`shm_identity`].
+///
+/// # References
+/// shm_unlink(3).
+pub(crate) fn shm_remove(name: &[u8]) {
+    if let Some(path) = stack_name(name)
+        && let Ok(c) = CStr::from_bytes_until_nul(&path)
+    {
+        let _ = raw_shm_unlink(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn anonymous_segments_are_shared_zeroed_and_nameless() {
+        let fd = memfd(4096).unwrap();
+        let (len, id) = fd_len_and_id(fd.as_fd()).unwrap();
+        assert_eq!(len, 4096);
+        let map = Mapping::new(fd.as_fd(), 4096).unwrap();
+        assert_eq!(map.atomic_u32(8).unwrap().load(Ordering::SeqCst), 0);
+        map.atomic_u32(8).unwrap().store(7, Ordering::SeqCst);
+        let other = Mapping::new(fd.as_fd(), 4096).unwrap();
+        assert_eq!(other.atomic_u32(8).unwrap().load(Ordering::SeqCst), 7);
+        assert!(map.atomic_u32(4093).is_none(), "past the end");
+        assert!(map.atomic_u32(2).is_none(), "misaligned");
+        assert_ne!(
+            fd_len_and_id(memfd(4096).unwrap().as_fd()).unwrap().1,
+            id,
+            "each is its own object"
+        );
+        // Unlinked at once: no name of ours is left behind (on Linux, where names are files
+        // in /dev/shm, this can be seen).
+        if cfg!(target_os = "linux") {
+            let ours = std::fs::read_dir("/dev/shm")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.metadata().is_ok_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.dev(), m.ino()) == id
+                    })
+                })
+                .count();
+            assert_eq!(ours, 0, "the anonymous segment still has a name");
+        }
+    }
+
+    #[test]
+    fn shm_identity_and_remove_see_the_named_object() {
+        let name = format!("mpsys-{}-identity", std::process::id());
+        let fd = shm_create(&name, 64).unwrap();
+        assert_eq!(
+            shm_create(&name, 64).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        let (len, id) = fd_len_and_id(fd.as_fd()).unwrap();
+        assert_eq!(len, 64);
+        let again = shm_open(&name).unwrap();
+        assert_eq!(fd_len_and_id(again.as_fd()).unwrap().1, id);
+        let seen = shm_identity(name.as_bytes());
+        shm_remove(name.as_bytes());
+        assert_eq!(seen, Some(id));
+        assert_eq!(shm_identity(name.as_bytes()), None, "removed");
+        assert_eq!(shm_open(&name).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(shm_identity(&[b'a'; MAX_NAME + 1]), None, "too long");
+        assert!(shm_unlink("../etc").is_err(), "checked");
+    }
+
+    #[test]
+    fn the_size_check_replaces_the_seal() {
+        let fd = memfd_fixed_size(c"x", 100).unwrap();
+        assert!(has_fixed_size(fd.as_fd()));
+        let (r, _w) = super::super::pipe().unwrap();
+        assert!(!has_fixed_size(r.as_fd()), "a pipe is no shared memory");
+        seal_future_writes(fd.as_fd());
+        punch_hole(fd.as_fd(), 0, 100);
+        assert_eq!(fd_len_and_id(fd.as_fd()).unwrap().0, 100);
+    }
+}
