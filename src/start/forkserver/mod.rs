@@ -14,9 +14,14 @@
 //! (a pid slot shared with the owner, written by `clone` itself) tells whether the child
 //! exists: then the start succeeded; otherwise it is tried once more on a new server. Nothing
 //! hangs, and no child is ever made that the owner does not know of.
+//!
+//! On the portable POSIX layer (`--cfg multiproc_portable`, and every non-Linux Unix) there is
+//! no `CLONE_PARENT`: the server forks its own children and reports each one's exit status
+//! back on a per-child status pipe sent with the request, as CPython's forkserver does; that
+//! pipe is the child's handle here (see `sys/posix/clone.rs`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -74,10 +79,11 @@ impl Popen for ForkServer {
         // One request at a time: the server answers in order on one socket.
         let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
         let mut retried = false;
-        let pid = loop {
+        let (pid, status) = loop {
             let server = running(&mut slot)?;
-            let error = match server.request(&boot) {
-                Ok(pid) => break pid,
+            let status = StatusPipe::new()?;
+            let error = match server.request(&boot, status.write_end()) {
+                Ok(pid) => break (pid, status),
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::Lost(e)) => e,
             };
@@ -91,7 +97,7 @@ impl Popen for ForkServer {
                         pid,
                         "forkserver died after making a child; the start stands"
                     );
-                    break pid;
+                    break (pid, status);
                 }
                 // Nothing was made, so trying once more on a new server is safe: a start made
                 // just as the server died (it never read the request) should not fail.
@@ -103,8 +109,42 @@ impl Popen for ForkServer {
             }
         };
         drop(slot);
-        let pidfd = sys::pidfd_for_new_child(pid)?;
+        let pidfd = status.into_handle(pid)?;
         Ok(Launched { pid, pidfd })
+    }
+}
+
+/// Where a forkserver child's end is seen from. On the Linux layer the child is ours
+/// (`CLONE_PARENT`) and gets a pidfd; on the portable layer the server reports its exit status
+/// into a pipe made here per request, whose write end goes with the request.
+struct StatusPipe(Option<(OwnedFd, OwnedFd)>);
+
+impl StatusPipe {
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    fn new() -> Result<StatusPipe> {
+        Ok(StatusPipe(None))
+    }
+
+    #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+    fn new() -> Result<StatusPipe> {
+        Ok(StatusPipe(Some(sys::exit_pipe()?)))
+    }
+
+    fn write_end(&self) -> Option<BorrowedFd<'_>> {
+        self.0.as_ref().map(|(_, w)| w.as_fd())
+    }
+
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    fn into_handle(self, pid: RawPid) -> Result<OwnedFd> {
+        Ok(sys::pidfd_for_new_child(pid)?)
+    }
+
+    #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+    fn into_handle(self, pid: RawPid) -> Result<OwnedFd> {
+        let (r, w) = self.0.expect("made by `new` on this layer");
+        // The server and the child hold the write end now; ours would hide their end.
+        drop(w);
+        Ok(sys::handle_for_reported_child(pid, r)?)
     }
 }
 
@@ -144,6 +184,7 @@ enum Ended {
 
 impl Server {
     fn start() -> Result<Server> {
+        #[cfg(all(target_os = "linux", not(multiproc_portable)))]
         warn_once_if_no_cached_tid();
         let (made, made_fd) = sys::PidSlot::create()?;
         let (ours, pid, pidfd) = super::start_self("forkserver")?;
@@ -174,7 +215,11 @@ impl Server {
     }
 
     /// Sends one boot message and waits for the pid of the child made from it.
-    fn request(&self, boot: &boot::Prepared) -> std::result::Result<RawPid, Failure> {
+    fn request(
+        &self,
+        boot: &boot::Prepared,
+        status: Option<BorrowedFd<'_>>,
+    ) -> std::result::Result<RawPid, Failure> {
         let died = |what: &str| {
             Failure::Lost(Error::with_message(
                 ErrorKind::Io,
@@ -182,7 +227,10 @@ impl Server {
             ))
         };
         self.made.clear();
-        if sys::send_with_fds(self.sock.as_fd(), &boot.frame, &boot.borrowed_fds()).is_err() {
+        let mut fds = boot.borrowed_fds();
+        // Last, so the server finds it whatever the boot message carries.
+        fds.extend(status);
+        if sys::send_with_fds(self.sock.as_fd(), &boot.frame, &fds).is_err() {
             return Err(died("before it got the request"));
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -238,6 +286,7 @@ impl Server {
 
 /// Tells the program's log once when forkserver children cannot get a correct cached thread id
 /// (not glibc, or glibc without the descriptor `libthread_db` uses).
+#[cfg(all(target_os = "linux", not(multiproc_portable)))]
 fn warn_once_if_no_cached_tid() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -267,6 +316,12 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
         }
     };
     loop {
+        // The portable layer's server reports its children's exits while it waits.
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        if let Err(e) = cloner.wait_for_request(sock.as_fd()) {
+            eprintln!("multiproc: forkserver lost its request stream: {e}");
+            return 1;
+        }
         let (frame, fds) = match reader.next(sock.as_fd()) {
             Ok(Some(request)) => request,
             Ok(None) => return 0,
@@ -275,13 +330,26 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
                 return 1;
             }
         };
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        let (fds, report) = {
+            let mut fds = fds;
+            let Some(report) = fds.pop() else {
+                eprintln!("multiproc: forkserver request without its status pipe");
+                return 1;
+            };
+            (fds, report)
+        };
         // In the server the closure is dropped unrun, closing its copies of the descriptors.
-        let started = cloner.clone_sibling(&[sock.as_raw_fd()], move || {
+        let body = move || {
             // libc's fork handlers do not run after a raw clone: the server's identity,
             // should it ever have computed one, is not the child's.
             crate::sync::owner::forget_ident_in_child();
             boot::run_boot(&frame, fds)
-        });
+        };
+        #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+        let started = cloner.clone_sibling(&[sock.as_raw_fd()], body);
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        let started = cloner.clone_sibling_reporting(&[sock.as_raw_fd()], report, body);
         let reply = match started {
             Ok(pid) => pid,
             // `clone` errors always carry an errno; EPERM stands in should one not.

@@ -19,13 +19,10 @@
 //! Each file states its own `# Safety` note; every `unsafe` block carries a `// SAFETY:`
 //! comment.
 
-#[path = "../linux/clone.rs"]
 mod clone;
-#[path = "../linux/daemon.rs"]
 mod daemon;
 #[path = "../linux/entries.rs"]
 mod entries;
-#[path = "../linux/exec.rs"]
 mod exec;
 mod futex;
 #[path = "../linux/image.rs"]
@@ -35,17 +32,17 @@ mod ofd;
 #[path = "../linux/placement.rs"]
 mod placement;
 mod proc;
-#[path = "../linux/process.rs"]
 mod process;
 #[path = "../linux/shm.rs"]
 mod shm;
-#[path = "../linux/stack.rs"]
 mod stack;
 
 pub(crate) use clone::*;
 pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
+// Shadows `image::take_boot_fd`: also takes over the exit and alive pipes (`process.rs`).
+pub(crate) use exec::take_boot_fd;
 pub(crate) use futex::*;
 pub(crate) use image::*;
 pub(crate) use ofd::*;
