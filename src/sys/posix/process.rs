@@ -223,6 +223,10 @@ struct Table {
     /// Children started whose handle was not taken yet (by `pidfd_for_new_child`).
     pending: Vec<(RawPid, OwnedFd)>,
     handles: Vec<Handle>,
+    /// What the reaper thread watches: a copy of each own child's handle, until it is reaped.
+    watched: Vec<(RawPid, OwnedFd)>,
+    /// The reaper's wake-up pipe (its write end), once the thread runs in this process.
+    reaper_wake: Option<OwnedFd>,
 }
 
 static TABLE: ForkSafe<Table> = ForkSafe::new();
@@ -590,17 +594,7 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     }
     let ended = !pipe_open(pidfd.as_raw_fd(), 0);
     let code = match h.kind {
-        Kind::Own => {
-            let mut code = waitpid_nohang(h.pid)?;
-            let mut pause = Duration::from_micros(50);
-            let until = Instant::now() + Duration::from_millis(20);
-            while code.is_none() && ended && Instant::now() < until {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(2));
-                code = waitpid_nohang(h.pid)?;
-            }
-            code
-        }
+        Kind::Own => reap_exited(h.pid, ended)?,
         Kind::Reported if ended => {
             let mut status = [0u8; 4];
             Some(match read(pidfd, &mut status) {
@@ -612,6 +606,111 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     };
     h.code = code;
     Ok(code)
+}
+
+/// `waitpid(pid, WNOHANG)`, retried for at most about 20 ms when `ended` says its exit pipe
+/// has closed (the kernel closes it a moment before the child becomes a zombie).
+fn reap_exited(pid: RawPid, ended: bool) -> io::Result<Option<i32>> {
+    let mut code = waitpid_nohang(pid)?;
+    let mut pause = Duration::from_micros(50);
+    let until = Instant::now() + Duration::from_millis(20);
+    while code.is_none() && ended && Instant::now() < until {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+        code = waitpid_nohang(pid)?;
+    }
+    Ok(code)
+}
+
+/// Hands a copy of an own child's handle to the reaper thread, starting it on first use in
+/// this process.
+///
+/// Why a thread: a child that was killed but not reaped is a zombie, and other processes
+/// cannot tell a zombie from a live process without `/proc` (`kill(pid, 0)` succeeds on it),
+/// so a lock or barrier party that dies would count alive until its parent happens to join
+/// it. The reaper reaps each child as soon as its exit pipe closes and keeps the code for
+/// [`try_reap`]; then `kill(pid, 0)` in any process says it is gone. The table's lock is held
+/// across each reap, so a signal never goes to a pid reaped meanwhile.
+fn watch(table: &mut Table, pid: RawPid, handle: BorrowedFd<'_>) {
+    let Ok(copy) = rustix::io::fcntl_dupfd_cloexec(handle, 0) else {
+        // Out of descriptors: the child is reaped when it is joined, as without the thread.
+        return;
+    };
+    if table.reaper_wake.is_none() {
+        let Ok((wake_r, wake_w)) = pipe_nonblocking(true, true) else {
+            return;
+        };
+        let started = std::thread::Builder::new()
+            .name("multiproc-reaper".to_owned())
+            .spawn(move || reaper(wake_r));
+        if started.is_err() {
+            return;
+        }
+        table.reaper_wake = Some(wake_w);
+    }
+    table.watched.push((pid, copy));
+    if let Some(wake) = &table.reaper_wake {
+        let _ = rustix::io::write(wake, &[0]);
+    }
+}
+
+/// The reaper thread's body: polls the watched handles and reaps each child whose handle
+/// ends. Lives as long as the process (a forked child starts its own).
+fn reaper(wake: OwnedFd) {
+    let me = getpid_raw();
+    loop {
+        let watched: Vec<(RawPid, RawFd)> = {
+            let table = TABLE.lock();
+            table
+                .watched
+                .iter()
+                .map(|(pid, fd)| (*pid, fd.as_raw_fd()))
+                .collect()
+        };
+        // Only this thread removes entries from `watched`, so these descriptors stay open
+        // until it does.
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(watched.len() + 1);
+        fds.push(wake.as_fd());
+        // SAFETY: see above: owned by the table's `watched` list for as long as this loop uses
+        // them.
+        fds.extend(watched.iter().map(|&(_, fd)| unsafe { BorrowedFd::borrow_raw(fd) }));
+        let Ok(ready) = wait_readable(&fds, None) else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if ready[0] {
+            let mut drain = [0u8; 64];
+            while matches!(read(wake.as_fd(), &mut drain), Ok(n) if n > 0) {}
+        }
+        let ended: Vec<RawPid> = watched
+            .iter()
+            .zip(&ready[1..])
+            .filter(|(_, r)| **r)
+            .map(|((pid, _), _)| *pid)
+            .collect();
+        if ended.is_empty() {
+            continue;
+        }
+        let mut table = TABLE.lock();
+        if getpid_raw() != me {
+            return;
+        }
+        for pid in ended {
+            let code = reap_exited(pid, true);
+            if let Some(h) = table
+                .handles
+                .iter_mut()
+                .find(|h| h.pid == pid && h.kind == Kind::Own && h.code.is_none())
+            {
+                if let Ok(Some(code)) = code {
+                    h.code = Some(code);
+                }
+            }
+            // Reaped, gone to someone else's `waitpid`, or a child that closed its end of the
+            // pipe itself: either way, stop watching (joining it still reaps it).
+            table.watched.retain(|(p, _)| *p != pid);
+        }
+    }
 }
 
 fn decode_status(status: libc::c_int) -> i32 {
@@ -799,6 +898,7 @@ pub(crate) fn pidfd_for_new_child(pid: RawPid) -> io::Result<OwnedFd> {
     };
     let (_, fd) = table.pending.swap_remove(i);
     table.add(pid, &fd, Kind::Own)?;
+    watch(&mut table, pid, fd.as_fd());
     Ok(fd)
 }
 
