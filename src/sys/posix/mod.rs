@@ -9,7 +9,12 @@
 //! |---|---|
 //! | `futex.rs` | portable: polling with exponential backoff, no futex |
 //! | `proc.rs` | portable: no `/proc`, liveness by `kill(pid, 0)` alone |
-//! | `process.rs`, `clone.rs`, `daemon.rs`, `exec.rs`, `image.rs`, `ofd.rs`, `shm.rs`, `stack.rs` | still the Linux files (pidfd, `clone(CLONE_PARENT)`, `PR_SET_PDEATHSIG`, memfd, `/proc/self/exe`, OFD locks, eventfd) |
+//! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
+//! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
+//! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
+//! | `daemon.rs` | portable: descriptors closed one by one |
+//! | `stack.rs` | per C library (`pthread_getattr_np`, `pthread_attr_get_np`, `pthread_get_stackaddr_np`); only the Linux branch is built here |
+//! | `image.rs`, `ofd.rs`, `shm.rs` | still the Linux files (ELF hooks, memfd, OFD locks, eventfd) |
 //! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
 //! Until every row reads "portable", `sys/mod.rs` keeps its `compile_error!` on non-Linux
