@@ -113,7 +113,11 @@ unsafe fn errno_location() -> *mut libc::c_int {
     unsafe { libc::__errno_location() }
 }
 
-#[cfg(any(target_vendor = "apple", target_os = "freebsd", target_os = "dragonfly"))]
+#[cfg(any(
+    target_vendor = "apple",
+    target_os = "freebsd",
+    target_os = "dragonfly"
+))]
 unsafe fn errno_location() -> *mut libc::c_int {
     // SAFETY: the C library's thread-local errno.
     unsafe { libc::__error() }

@@ -58,7 +58,13 @@ fn self_exe() -> io::Result<&'static CStr> {
     static EXE: OnceLock<Result<CString, String>> = OnceLock::new();
     let found = EXE.get_or_init(|| {
         let path = std::env::current_exe()
-            .and_then(|p| if p.is_absolute() { Ok(p) } else { std::path::absolute(p) })
+            .and_then(|p| {
+                if p.is_absolute() {
+                    Ok(p)
+                } else {
+                    std::path::absolute(p)
+                }
+            })
             .map_err(|e| e.to_string())?;
         CString::new(path.into_os_string().into_vec()).map_err(|e| e.to_string())
     });

@@ -470,8 +470,7 @@ pub(crate) fn die_with_parent(expected_parent: RawPid) -> bool {
     // system calls. The thread is detached at once, so nothing joins it.
     unsafe {
         let mut thread: libc::pthread_t = std::mem::zeroed();
-        if libc::pthread_create(&mut thread, std::ptr::null(), watch, std::ptr::null_mut()) != 0
-        {
+        if libc::pthread_create(&mut thread, std::ptr::null(), watch, std::ptr::null_mut()) != 0 {
             return false;
         }
         libc::pthread_detach(thread);
@@ -673,7 +672,11 @@ fn reaper(wake: OwnedFd) {
         fds.push(wake.as_fd());
         // SAFETY: see above: owned by the table's `watched` list for as long as this loop uses
         // them.
-        fds.extend(watched.iter().map(|&(_, fd)| unsafe { BorrowedFd::borrow_raw(fd) }));
+        fds.extend(
+            watched
+                .iter()
+                .map(|&(_, fd)| unsafe { BorrowedFd::borrow_raw(fd) }),
+        );
         let Ok(ready) = wait_readable(&fds, None) else {
             std::thread::sleep(Duration::from_millis(10));
             continue;

@@ -36,7 +36,14 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     (bounds.1 > bounds.0).then_some(bounds)
 }
 
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "dragonfly", target_os = "netbsd", target_os = "openbsd"))]
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd"
+))]
 fn query() -> Option<(usize, usize)> {
     // SAFETY: an all-zero `pthread_attr_t` is a valid argument for the C library's call below,
     // which fills it (FreeBSD's and OpenBSD's want it initialised first, which `init` does);
@@ -85,7 +92,15 @@ fn query() -> Option<(usize, usize)> {
 }
 
 /// No known call: recursion depth is then limited by the decoder's own count alone.
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "dragonfly", target_os = "netbsd", target_os = "openbsd", target_vendor = "apple")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_vendor = "apple"
+)))]
 fn query() -> Option<(usize, usize)> {
     None
 }
