@@ -64,7 +64,7 @@ fn read_table(path: &str) -> Result<Table, String> {
             continue;
         };
         let last = path.last().copied().unwrap_or_default();
-        if path == ["multiproc", "sys", "linux", "image", "anchor"] {
+        if let ["multiproc", "sys", "linux" | "posix", "image", "anchor"] = path[..] {
             anchor = Some(value);
         } else if path == ["multiproc", "manager", "modify", "entry"] {
             found.push((EntryKind::Modify, value));

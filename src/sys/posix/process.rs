@@ -223,8 +223,9 @@ struct Table {
     /// Children started whose handle was not taken yet (by `pidfd_for_new_child`).
     pending: Vec<(RawPid, OwnedFd)>,
     handles: Vec<Handle>,
-    /// What the reaper thread watches: a copy of each own child's handle, until it is reaped.
-    watched: Vec<(RawPid, OwnedFd)>,
+    /// What the reaper thread watches: each own child's pid and handle key, until the child
+    /// is reaped or the handle closed.
+    watched: Vec<(RawPid, (RawFd, u64, u64))>,
     /// The reaper's wake-up pipe (its write end), once the thread runs in this process.
     reaper_wake: Option<OwnedFd>,
 }
@@ -621,18 +622,17 @@ fn reap_exited(pid: RawPid, ended: bool) -> io::Result<Option<i32>> {
     Ok(code)
 }
 
-/// Hands a copy of an own child's handle to the reaper thread, starting it on first use in
-/// this process.
+/// Hands an own child's handle to the reaper thread, starting it on first use in this
+/// process.
 ///
 /// Why a thread: a child that was killed but not reaped is a zombie, and other processes
 /// cannot tell a zombie from a live process without `/proc` (`kill(pid, 0)` succeeds on it),
 /// so a lock or barrier party that dies would count alive until its parent happens to join
-/// it. The reaper reaps each child as soon as its exit pipe closes and keeps the code for
+/// it. The reaper reaps each child as soon as its exit channel closes and keeps the code for
 /// [`try_reap`]; then `kill(pid, 0)` in any process says it is gone. The table's lock is held
 /// across each reap, so a signal never goes to a pid reaped meanwhile.
 fn watch(table: &mut Table, pid: RawPid, handle: BorrowedFd<'_>) {
-    let Ok(copy) = rustix::io::fcntl_dupfd_cloexec(handle, 0) else {
-        // Out of descriptors: the child is reaped when it is joined, as without the thread.
+    let Ok(key) = key_of(handle) else {
         return;
     };
     if table.reaper_wake.is_none() {
@@ -647,7 +647,7 @@ fn watch(table: &mut Table, pid: RawPid, handle: BorrowedFd<'_>) {
         }
         table.reaper_wake = Some(wake_w);
     }
-    table.watched.push((pid, copy));
+    table.watched.push((pid, key));
     if let Some(wake) = &table.reaper_wake {
         let _ = rustix::io::write(wake, &[0]);
     }
@@ -655,41 +655,42 @@ fn watch(table: &mut Table, pid: RawPid, handle: BorrowedFd<'_>) {
 
 /// The reaper thread's body: polls the watched handles and reaps each child whose handle
 /// ends. Lives as long as the process (a forked child starts its own).
+///
+/// It polls the handles' descriptor numbers, not copies (a copy would be one more descriptor
+/// in every forked child, and outlive the handle). Their owners may close them at any time: a
+/// closed number polls as invalid, a reused one as whatever it names now, so a ready entry is
+/// trusted only if the number still names the same socket (its key), checked under the
+/// table's lock; otherwise the entry is dropped and the child is reaped when it is joined.
 fn reaper(wake: OwnedFd) {
     let me = getpid_raw();
     loop {
-        let watched: Vec<(RawPid, RawFd)> = {
-            let table = TABLE.lock();
-            table
-                .watched
-                .iter()
-                .map(|(pid, fd)| (*pid, fd.as_raw_fd()))
-                .collect()
-        };
-        // Only this thread removes entries from `watched`, so these descriptors stay open
-        // until it does.
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(watched.len() + 1);
-        fds.push(wake.as_fd());
-        // SAFETY: see above: owned by the table's `watched` list for as long as this loop uses
-        // them.
-        fds.extend(
-            watched
-                .iter()
-                .map(|&(_, fd)| unsafe { BorrowedFd::borrow_raw(fd) }),
-        );
-        let Ok(ready) = wait_readable(&fds, None) else {
-            std::thread::sleep(Duration::from_millis(10));
+        let watched: Vec<(RawPid, (RawFd, u64, u64))> = TABLE.lock().watched.clone();
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(watched.len() + 1);
+        for fd in std::iter::once(wake.as_raw_fd()).chain(watched.iter().map(|w| w.1.0)) {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` entries; a number closed meanwhile
+        // polls as POLLNVAL, handled below like any other readiness.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             continue;
-        };
-        if ready[0] {
+        }
+        if fds[0].revents != 0 {
             let mut drain = [0u8; 64];
             while matches!(read(wake.as_fd(), &mut drain), Ok(n) if n > 0) {}
         }
-        let ended: Vec<RawPid> = watched
+        let ended: Vec<(RawPid, (RawFd, u64, u64))> = watched
             .iter()
-            .zip(&ready[1..])
-            .filter(|(_, r)| **r)
-            .map(|((pid, _), _)| *pid)
+            .zip(&fds[1..])
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(w, _)| *w)
             .collect();
         if ended.is_empty() {
             continue;
@@ -698,19 +699,20 @@ fn reaper(wake: OwnedFd) {
         if getpid_raw() != me {
             return;
         }
-        for pid in ended {
-            let code = reap_exited(pid, true);
-            if let Some(h) = table
-                .handles
-                .iter_mut()
-                .find(|h| h.pid == pid && h.kind == Kind::Own && h.code.is_none())
-            {
-                if let Ok(Some(code)) = code {
+        for (pid, key) in ended {
+            // SAFETY: `fstat` on a number that may be closed only fails with EBADF.
+            let same = key_of(unsafe { BorrowedFd::borrow_raw(key.0) }).is_ok_and(|k| k == key);
+            if same && let Ok(Some(code)) = reap_exited(pid, true) {
+                if let Some(h) = table
+                    .handles
+                    .iter_mut()
+                    .find(|h| h.pid == pid && h.kind == Kind::Own && h.code.is_none())
+                {
                     h.code = Some(code);
                 }
             }
-            // Reaped, gone to someone else's `waitpid`, or a child that closed its end of the
-            // pipe itself: either way, stop watching (joining it still reaps it).
+            // Reaped, gone to someone else's `waitpid`, a child that closed its end itself,
+            // or a handle closed by its owner: stop watching (a join still reaps it).
             table.watched.retain(|(p, _)| *p != pid);
         }
     }
