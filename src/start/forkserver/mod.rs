@@ -81,7 +81,7 @@ impl Popen for ForkServer {
         let mut retried = false;
         let (pid, status) = loop {
             let server = running(&mut slot)?;
-            let status = StatusPipe::new()?;
+            let mut status = StatusPipe::new()?;
             let error = match server.request(&boot, status.write_end()) {
                 Ok(pid) => break (pid, status),
                 Err(Failure::Refused(e)) => return Err(e),
@@ -91,7 +91,7 @@ impl Popen for ForkServer {
             // made the child before it went: then the start succeeded (the child is ours,
             // through CLONE_PARENT), and starting it again would run the target twice.
             let server = slot.take().expect("`running` filled the slot");
-            match server.stop() {
+            match server.stop(status.in_flight()) {
                 Ended::Made(pid) => {
                     tracing::warn!(
                         pid,
@@ -114,24 +114,69 @@ impl Popen for ForkServer {
     }
 }
 
+/// The portable layer's server writes a child's pid into the slot after `fork` returns, and the
+/// child writes it too as its first act; a server killed in between leaves it to the child.
+/// Whether there is such a child is told by the request's status channel: the child holds its
+/// write end from birth, so once the server is dead (and our copy closed) the channel is at its
+/// end exactly when no child exists. While it is open, the child will record itself (it is
+/// running, or about to): wait for that, bounded.
+fn wait_for_made(made: &PidSlot, in_flight: Option<BorrowedFd<'_>>) -> Option<RawPid> {
+    let status = in_flight?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        if let Some(pid) = made.get() {
+            return Some(pid);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let ready = sys::wait_readable(
+            &[status],
+            Some((now + Duration::from_millis(1)).min(deadline)),
+        );
+        if ready.map_or(true, |r| r[0]) {
+            // At its end (no child), or an error: a last look at the slot.
+            return made.get();
+        }
+    }
+}
+
 /// Where a forkserver child's end is seen from. On the Linux layer the child is ours
 /// (`CLONE_PARENT`) and gets a pidfd; on the portable layer the server reports its exit status
-/// into a pipe made here per request, whose write end goes with the request.
-struct StatusPipe(Option<(OwnedFd, OwnedFd)>);
+/// into a channel made here per request, whose write end goes with the request.
+struct StatusPipe {
+    read: Option<OwnedFd>,
+    write: Option<OwnedFd>,
+}
 
 impl StatusPipe {
     #[cfg(all(target_os = "linux", not(multiproc_portable)))]
     fn new() -> Result<StatusPipe> {
-        Ok(StatusPipe(None))
+        Ok(StatusPipe {
+            read: None,
+            write: None,
+        })
     }
 
     #[cfg(any(multiproc_portable, not(target_os = "linux")))]
     fn new() -> Result<StatusPipe> {
-        Ok(StatusPipe(Some(sys::exit_pipe()?)))
+        let (r, w) = sys::exit_pipe()?;
+        Ok(StatusPipe {
+            read: Some(r),
+            write: Some(w),
+        })
     }
 
     fn write_end(&self) -> Option<BorrowedFd<'_>> {
-        self.0.as_ref().map(|(_, w)| w.as_fd())
+        self.write.as_ref().map(AsFd::as_fd)
+    }
+
+    /// After a lost request: closes our copy of the write end (so that the channel ends when
+    /// no child holds it) and returns the read end for [`Server::stop`].
+    fn in_flight(&mut self) -> Option<BorrowedFd<'_>> {
+        self.write = None;
+        self.read.as_ref().map(AsFd::as_fd)
     }
 
     #[cfg(all(target_os = "linux", not(multiproc_portable)))]
@@ -141,10 +186,10 @@ impl StatusPipe {
 
     #[cfg(any(multiproc_portable, not(target_os = "linux")))]
     fn into_handle(self, pid: RawPid) -> Result<OwnedFd> {
-        let (r, w) = self.0.expect("made by `new` on this layer");
+        let read = self.read.expect("made by `new` on this layer");
         // The server and the child hold the write end now; ours would hide their end.
-        drop(w);
-        Ok(sys::handle_for_reported_child(pid, r)?)
+        drop(self.write);
+        Ok(sys::handle_for_reported_child(pid, read)?)
     }
 }
 
@@ -159,7 +204,7 @@ fn running(slot: &mut Option<Server>) -> Result<&Server> {
             tracing::warn!(pid = server.pid, "forkserver died; starting a new one");
             if let Some(server) = slot.take() {
                 // Its last request was answered, so the slot holds no unknown child.
-                server.stop();
+                server.stop(None);
             }
         }
     }
@@ -198,7 +243,7 @@ impl Server {
         // Its first message: the pid slot it clones children with.
         let setup = wire::encode_frame(&())?;
         if let Err(e) = sys::send_with_fds(server.sock.as_fd(), &setup, &[made_fd.as_fd()]) {
-            server.stop();
+            server.stop(None);
             return Err(Error::with_source(ErrorKind::Io, e));
         }
         SERVER_PID.store(
@@ -267,7 +312,8 @@ impl Server {
     }
 
     /// Kills and reaps the server, and says whether it made a child for the request in flight.
-    fn stop(self) -> Ended {
+    /// `in_flight` is that request's status channel on the portable layer (see `wait_for_made`).
+    fn stop(self, in_flight: Option<BorrowedFd<'_>>) -> Ended {
         if server_pid() == Some(self.pid as u32) {
             SERVER_PID.store(0, Ordering::Release);
         }
@@ -275,8 +321,13 @@ impl Server {
         let ended = sys::wait_readable(&[self.pidfd.as_fd()], Some(Instant::now() + REPLY_TIMEOUT))
             .is_ok_and(|ready| ready[0]);
         let _ = sys::try_reap(self.pidfd.as_fd());
-        // An exited process makes no more children, so the slot is final now.
-        match self.made.get() {
+        // An exited process makes no more children, so the slot is final now (on the portable
+        // layer, once the child it may have made has recorded itself: `wait_for_made`).
+        match self
+            .made
+            .get()
+            .or_else(|| wait_for_made(&self.made, in_flight))
+        {
             Some(pid) => Ended::Made(pid),
             None if ended => Ended::MadeNothing,
             None => Ended::Unknown,

@@ -15,9 +15,10 @@
 //! it is the server's pid (`parent_pid` answers with the owner, through the owner's alive pipe
 //! which the server passes on), signals to it go by pid (see `process.rs` for the bound), and
 //! glibc's cached thread id is right without help (a plain `fork`). The [`PidSlot`] is written
-//! by the server right after `fork` returns, not by the kernel: if the server is killed between
-//! the two, the owner cannot know a child was made and retries the start on a new server, so
-//! the target can run twice. The window is a few instructions.
+//! by the server right after `fork` returns and by the child as its first act, not by the
+//! kernel; an owner that lost its server waits for a child whose status channel is still open
+//! to record itself (`start/forkserver/mod.rs`), so a start is never retried while its child
+//! runs.
 //!
 //! # Safety
 //! The SIGCHLD handler only `write`s one byte to a non-blocking pipe and restores `errno`. The
@@ -28,13 +29,19 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use super::{Mapping, RawPid};
 
-/// A word of memory shared by the forkserver and its owner, into which the server writes the
-/// pid of each child it forks. The owner clears it before each request; once the server has
-/// exited, a non-zero value is a child the server made.
+/// A word of memory shared by the forkserver and its owner, into which the pid of each child
+/// the server forks is written: by the server right after `fork` returns, and by the child as
+/// its first act (so a server killed in between still leaves it there). The owner clears it
+/// before each request; once the server has exited and the child it may have made has run,
+/// a pid there is that child.
+///
+/// The word holds a request number above the pid (`seq << 32 | pid`): each write is a
+/// compare-and-swap from `seq << 32`, the value the server read when it took the request, so a
+/// child of an earlier request that runs late cannot record itself into a later request.
 #[derive(Debug)]
 pub(crate) struct PidSlot {
     map: Mapping,
@@ -64,27 +71,39 @@ impl PidSlot {
         })
     }
 
-    fn word(&self) -> &AtomicI32 {
-        // SAFETY: the mapping is page aligned, at least 4 bytes long and lives as long as
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page aligned, at least 8 bytes long and lives as long as
         // `self`; it is only ever accessed as this one atomic.
-        unsafe { &*self.map.as_ptr().cast::<AtomicI32>() }
+        unsafe { &*self.map.as_ptr().cast::<AtomicU64>() }
     }
 
-    /// Forgets any earlier child's pid, before a request.
+    /// Forgets any earlier child's pid, before a request (and starts the request's number).
     pub(crate) fn clear(&self) {
-        self.word().store(0, Ordering::SeqCst);
+        let seq = (self.word().load(Ordering::SeqCst) >> 32).wrapping_add(1);
+        self.word().store(seq << 32, Ordering::SeqCst);
     }
 
     /// The pid of the child made since the last [`clear`](PidSlot::clear), if any.
     pub(crate) fn get(&self) -> Option<RawPid> {
-        match self.word().load(Ordering::SeqCst) {
+        match self.word().load(Ordering::SeqCst) as u32 {
             0 => None,
-            pid => Some(pid),
+            pid => Some(pid as RawPid),
         }
     }
 
-    fn set(&self, pid: RawPid) {
-        self.word().store(pid, Ordering::SeqCst);
+    /// The empty value of the request being served, taken before `fork`.
+    fn empty(&self) -> u64 {
+        self.word().load(Ordering::SeqCst) & !u64::from(u32::MAX)
+    }
+
+    /// Records `pid` for the request whose empty value is `empty`. Async-signal-safe.
+    fn record(&self, empty: u64, pid: RawPid) {
+        let _ = self.word().compare_exchange(
+            empty,
+            empty | u64::from(pid as u32),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 }
 
@@ -240,6 +259,7 @@ impl SiblingCloner {
         close.extend(self.sigchld.as_ref().map(AsRawFd::as_raw_fd));
         close.push(SIGCHLD_W.load(Ordering::Acquire));
         let report_raw = report.as_raw_fd();
+        let empty = self.pid_slot.empty();
         // SAFETY: the server is single-threaded, so the child is a full copy of its only
         // thread. The child branch closes descriptors, resets two signal dispositions, stores
         // to atomics, then runs `child` and `_exit`s: it never returns into the caller's frames.
@@ -248,6 +268,8 @@ impl SiblingCloner {
             -1 => Err(io::Error::last_os_error()),
             0 => {
                 let guard = super::process::AbortOnUnwind;
+                // SAFETY: `getpid` has no preconditions.
+                self.pid_slot.record(empty, unsafe { libc::getpid() });
                 // SAFETY: restoring the default SIGCHLD disposition has no preconditions.
                 unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
                 for &fd in &close {
@@ -266,7 +288,7 @@ impl SiblingCloner {
                 super::exit_now(code)
             }
             pid => {
-                self.pid_slot.set(pid);
+                self.pid_slot.record(empty, pid);
                 self.children.borrow_mut().push(Served { pid, report });
                 Ok(pid)
             }
