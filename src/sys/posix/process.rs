@@ -702,14 +702,14 @@ fn reaper(wake: OwnedFd) {
         for (pid, key) in ended {
             // SAFETY: `fstat` on a number that may be closed only fails with EBADF.
             let same = key_of(unsafe { BorrowedFd::borrow_raw(key.0) }).is_ok_and(|k| k == key);
-            if same && let Ok(Some(code)) = reap_exited(pid, true) {
-                if let Some(h) = table
+            if same
+                && let Ok(Some(code)) = reap_exited(pid, true)
+                && let Some(h) = table
                     .handles
                     .iter_mut()
                     .find(|h| h.pid == pid && h.kind == Kind::Own && h.code.is_none())
-                {
-                    h.code = Some(code);
-                }
+            {
+                h.code = Some(code);
             }
             // Reaped, gone to someone else's `waitpid`, a child that closed its end itself,
             // or a handle closed by its owner: stop watching (a join still reaps it).
