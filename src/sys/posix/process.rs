@@ -2,8 +2,9 @@
 //! write end only the child holds, and it is reaped with `waitpid`.
 //!
 //! # Child handles
-//! Every child made by [`fork_child`] or `spawn_self` gets an *exit pipe*, made (close-on-exec)
-//! before the fork or spawn. The child keeps the write end for its whole life and never writes
+//! Every child made by [`fork_child`] or `spawn_self` gets an *exit pipe* ([`exit_pipe`]: a
+//! Unix stream socket pair, whose end polls as readable, as a pidfd does), made
+//! (close-on-exec) before the fork or spawn. The child keeps the write end for its whole life and never writes
 //! to it; the parent keeps the read end, which becomes readable (end of file) when the child
 //! exits and the kernel closes its descriptors. That read end is the handle the rest of the
 //! crate polls, under the Linux layer's names ([`pidfd_for_new_child`] hands it out, and it is
@@ -30,6 +31,9 @@
 //!   pipe is readable, which leaves the window between the server's `waitpid` and its write of
 //!   the status (a few system calls), in which the pid would have to be reused for the signal
 //!   to reach another process.
+//! - A reaper thread (one per process with children) reaps each child as soon as its exit
+//!   pipe closes, so that no dead child lingers as a zombie, which other processes could not
+//!   tell from a live one without `/proc`; the code is kept for [`try_reap`].
 //! - The exit pipe closes a moment before the kernel turns the child into a zombie;
 //!   [`try_reap`] on a readable handle retries `waitpid` for at most about 20 ms, so a caller
 //!   that saw the handle ready gets the exit code.
