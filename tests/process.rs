@@ -368,6 +368,45 @@ start_method_matrix! {
         assert_eq!(p.join().unwrap(), 0);
     }
 
+    /// A child's end is seen while a process it started lives on: on the portable layer, where
+    /// the handle is a channel the child holds open, its own children must not hold it too.
+    #[test]
+    fn a_childs_end_is_seen_while_its_own_child_lives_on() {
+        let _r = Reaper::new();
+        let grandchild = multiproc::Value::new(0u32).unwrap();
+        let mut middle = Process::with_args(
+            |g: multiproc::Value<u32>| {
+                let mut p = Process::new(|| std::thread::sleep(Duration::from_secs(30)));
+                p.start().unwrap();
+                g.set(p.pid().unwrap());
+                std::thread::sleep(Duration::from_secs(30));
+            },
+            grandchild.clone(),
+        );
+        middle.start().unwrap();
+        assert!(eventually(WAIT, || grandchild.get() != 0));
+        middle.kill().unwrap();
+        let ended = middle.join_timeout(WAIT);
+        let orphan = grandchild.get().to_string();
+        let _ = std::process::Command::new("kill").args(["-9", &orphan]).status();
+        assert_eq!(ended.unwrap(), Some(-9), "the middle's end was not seen");
+    }
+
+    /// The portable layer reaps a child as soon as it ends, joined or not: without `/proc`
+    /// other processes cannot tell a zombie from a live process (a dead lock owner would count
+    /// alive), and the exit code is kept for the join.
+    #[cfg(multiproc_portable)]
+    #[test]
+    fn a_killed_child_is_reaped_before_it_is_joined() {
+        let _r = Reaper::new();
+        let mut p = sleeper(30);
+        p.start().unwrap();
+        let pid = p.pid().unwrap();
+        p.kill().unwrap();
+        assert!(eventually(WAIT, || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(-9));
+    }
+
     #[test]
     fn authkey_is_random_and_inherited() {
         let _r = Reaper::new();
@@ -411,7 +450,13 @@ start_method_matrix! {
         .join()
         .unwrap();
         assert_ne!(pid, std::process::id());
-        assert_eq!(ppid, std::process::id());
+        if cfg!(multiproc_portable) && multiproc::get_start_method() == multiproc::StartMethod::ForkServer {
+            // The portable layer has no CLONE_PARENT: the server forks its children, so it is
+            // their OS parent; `parent_process()` is still the program that started them.
+            assert_eq!(Some(ppid), multiproc::forkserver_pid());
+        } else {
+            assert_eq!(ppid, std::process::id());
+        }
         assert_eq!(parent_pid, std::process::id());
         assert_eq!(parent_name, "MainProcess");
         assert!(alive);

@@ -286,11 +286,23 @@ impl Tracker<'_> {
                 let fd = if w.refs > 0 { w.pidfd.as_ref() } else { None };
                 self.poll.set(i + 1, fd.map(|fd| fd.as_fd()));
             }
-            if self.poll.wait(hi + 1).is_err() {
+            // A creator watched without a descriptor (the portable layer has none for a process
+            // that is not our child; or we ran out) is checked with `kill(pid, 0)` ten times a
+            // second instead.
+            let unwatched = self.watches[..hi]
+                .iter()
+                .any(|w| w.refs > 0 && w.pidfd.is_none());
+            let waited = if unwatched {
+                self.poll.wait_timeout(hi + 1, 100)
+            } else {
+                self.poll.wait(hi + 1)
+            };
+            if waited.is_err() {
                 continue; // EINTR
             }
             for w in 0..hi {
-                if self.poll.ready(w + 1) && self.watches[w].refs > 0 {
+                let gone = self.watches[w].pidfd.is_none() && !sys::pid_exists(self.watches[w].pid);
+                if (self.poll.ready(w + 1) || gone) && self.watches[w].refs > 0 {
                     let pid = self.watches[w].pid;
                     self.bury(pid);
                 }

@@ -172,6 +172,17 @@ impl PollSet {
         Ok(got as usize)
     }
 
+    /// As [`wait`](PollSet::wait), for at most `timeout_ms` milliseconds (0 ready: timed out).
+    pub(crate) fn wait_timeout(&mut self, n: usize, timeout_ms: i32) -> io::Result<usize> {
+        let fds = &mut self.fds[..n];
+        // SAFETY: as in `wait`.
+        let got = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(got as usize)
+    }
+
     /// Whether the last [`wait`](PollSet::wait) found place `i` ready.
     pub(crate) fn ready(&self, i: usize) -> bool {
         self.fds[i].revents != 0

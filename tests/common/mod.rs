@@ -70,7 +70,7 @@ pub fn os_children() -> Vec<(i32, char)> {
 /// Children of this process in any state, the forkserver included.
 pub fn os_children_with_forkserver() -> Vec<(i32, char)> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
+    let mut all = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -85,9 +85,25 @@ pub fn os_children_with_forkserver() -> Vec<(i32, char)> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if ppid == me {
-            out.push((pid, state));
-        }
+        all.push((pid, state, ppid));
+    }
+    let mut out: Vec<(i32, char)> = all
+        .iter()
+        .filter(|e| e.2 == me)
+        .map(|e| (e.0, e.1))
+        .collect();
+    if cfg!(multiproc_portable) {
+        // No CLONE_PARENT on the portable layer: the forkserver's children are its own.
+        let servers: Vec<i32> = out
+            .iter()
+            .filter(|&&(pid, state)| state != 'Z' && is_forkserver(pid))
+            .map(|e| e.0)
+            .collect();
+        out.extend(
+            all.iter()
+                .filter(|e| servers.contains(&e.2))
+                .map(|e| (e.0, e.1)),
+        );
     }
     out
 }

@@ -14,9 +14,14 @@
 //! (a pid slot shared with the owner, written by `clone` itself) tells whether the child
 //! exists: then the start succeeded; otherwise it is tried once more on a new server. Nothing
 //! hangs, and no child is ever made that the owner does not know of.
+//!
+//! On the portable POSIX layer (`--cfg multiproc_portable`, and every non-Linux Unix) there is
+//! no `CLONE_PARENT`: the server forks its own children and reports each one's exit status
+//! back on a per-child status pipe sent with the request, as CPython's forkserver does; that
+//! pipe is the child's handle here (see `sys/posix/clone.rs`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -74,10 +79,11 @@ impl Popen for ForkServer {
         // One request at a time: the server answers in order on one socket.
         let mut slot = SERVER.lock().unwrap_or_else(|e| e.into_inner());
         let mut retried = false;
-        let pid = loop {
+        let (pid, status) = loop {
             let server = running(&mut slot)?;
-            let error = match server.request(&boot) {
-                Ok(pid) => break pid,
+            let mut status = StatusPipe::new()?;
+            let error = match server.request(&boot, status.write_end()) {
+                Ok(pid) => break (pid, status),
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::Lost(e)) => e,
             };
@@ -85,13 +91,13 @@ impl Popen for ForkServer {
             // made the child before it went: then the start succeeded (the child is ours,
             // through CLONE_PARENT), and starting it again would run the target twice.
             let server = slot.take().expect("`running` filled the slot");
-            match server.stop() {
+            match server.stop(status.in_flight()) {
                 Ended::Made(pid) => {
                     tracing::warn!(
                         pid,
                         "forkserver died after making a child; the start stands"
                     );
-                    break pid;
+                    break (pid, status);
                 }
                 // Nothing was made, so trying once more on a new server is safe: a start made
                 // just as the server died (it never read the request) should not fail.
@@ -103,8 +109,87 @@ impl Popen for ForkServer {
             }
         };
         drop(slot);
-        let pidfd = sys::pidfd_for_new_child(pid)?;
+        let pidfd = status.into_handle(pid)?;
         Ok(Launched { pid, pidfd })
+    }
+}
+
+/// The portable layer's server writes a child's pid into the slot after `fork` returns, and the
+/// child writes it too as its first act; a server killed in between leaves it to the child.
+/// Whether there is such a child is told by the request's status channel: the child holds its
+/// write end from birth, so once the server is dead (and our copy closed) the channel is at its
+/// end exactly when no child exists. While it is open, the child will record itself (it is
+/// running, or about to): wait for that, bounded.
+fn wait_for_made(made: &PidSlot, in_flight: Option<BorrowedFd<'_>>) -> Option<RawPid> {
+    let status = in_flight?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        if let Some(pid) = made.get() {
+            return Some(pid);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let ready = sys::wait_readable(
+            &[status],
+            Some((now + Duration::from_millis(1)).min(deadline)),
+        );
+        if ready.map_or(true, |r| r[0]) {
+            // At its end (no child), or an error: a last look at the slot.
+            return made.get();
+        }
+    }
+}
+
+/// Where a forkserver child's end is seen from. On the Linux layer the child is ours
+/// (`CLONE_PARENT`) and gets a pidfd; on the portable layer the server reports its exit status
+/// into a channel made here per request, whose write end goes with the request.
+struct StatusPipe {
+    read: Option<OwnedFd>,
+    write: Option<OwnedFd>,
+}
+
+impl StatusPipe {
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    fn new() -> Result<StatusPipe> {
+        Ok(StatusPipe {
+            read: None,
+            write: None,
+        })
+    }
+
+    #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+    fn new() -> Result<StatusPipe> {
+        let (r, w) = sys::exit_pipe()?;
+        Ok(StatusPipe {
+            read: Some(r),
+            write: Some(w),
+        })
+    }
+
+    fn write_end(&self) -> Option<BorrowedFd<'_>> {
+        self.write.as_ref().map(AsFd::as_fd)
+    }
+
+    /// After a lost request: closes our copy of the write end (so that the channel ends when
+    /// no child holds it) and returns the read end for [`Server::stop`].
+    fn in_flight(&mut self) -> Option<BorrowedFd<'_>> {
+        self.write = None;
+        self.read.as_ref().map(AsFd::as_fd)
+    }
+
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    fn into_handle(self, pid: RawPid) -> Result<OwnedFd> {
+        Ok(sys::pidfd_for_new_child(pid)?)
+    }
+
+    #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+    fn into_handle(self, pid: RawPid) -> Result<OwnedFd> {
+        let read = self.read.expect("made by `new` on this layer");
+        // The server and the child hold the write end now; ours would hide their end.
+        drop(self.write);
+        Ok(sys::handle_for_reported_child(pid, read)?)
     }
 }
 
@@ -119,7 +204,7 @@ fn running(slot: &mut Option<Server>) -> Result<&Server> {
             tracing::warn!(pid = server.pid, "forkserver died; starting a new one");
             if let Some(server) = slot.take() {
                 // Its last request was answered, so the slot holds no unknown child.
-                server.stop();
+                server.stop(None);
             }
         }
     }
@@ -144,6 +229,7 @@ enum Ended {
 
 impl Server {
     fn start() -> Result<Server> {
+        #[cfg(all(target_os = "linux", not(multiproc_portable)))]
         warn_once_if_no_cached_tid();
         let (made, made_fd) = sys::PidSlot::create()?;
         let (ours, pid, pidfd) = super::start_self("forkserver")?;
@@ -157,7 +243,7 @@ impl Server {
         // Its first message: the pid slot it clones children with.
         let setup = wire::encode_frame(&())?;
         if let Err(e) = sys::send_with_fds(server.sock.as_fd(), &setup, &[made_fd.as_fd()]) {
-            server.stop();
+            server.stop(None);
             return Err(Error::with_source(ErrorKind::Io, e));
         }
         SERVER_PID.store(
@@ -174,7 +260,11 @@ impl Server {
     }
 
     /// Sends one boot message and waits for the pid of the child made from it.
-    fn request(&self, boot: &boot::Prepared) -> std::result::Result<RawPid, Failure> {
+    fn request(
+        &self,
+        boot: &boot::Prepared,
+        status: Option<BorrowedFd<'_>>,
+    ) -> std::result::Result<RawPid, Failure> {
         let died = |what: &str| {
             Failure::Lost(Error::with_message(
                 ErrorKind::Io,
@@ -182,7 +272,10 @@ impl Server {
             ))
         };
         self.made.clear();
-        if sys::send_with_fds(self.sock.as_fd(), &boot.frame, &boot.borrowed_fds()).is_err() {
+        let mut fds = boot.borrowed_fds();
+        // Last, so the server finds it whatever the boot message carries.
+        fds.extend(status);
+        if sys::send_with_fds(self.sock.as_fd(), &boot.frame, &fds).is_err() {
             return Err(died("before it got the request"));
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -219,7 +312,8 @@ impl Server {
     }
 
     /// Kills and reaps the server, and says whether it made a child for the request in flight.
-    fn stop(self) -> Ended {
+    /// `in_flight` is that request's status channel on the portable layer (see `wait_for_made`).
+    fn stop(self, in_flight: Option<BorrowedFd<'_>>) -> Ended {
         if server_pid() == Some(self.pid as u32) {
             SERVER_PID.store(0, Ordering::Release);
         }
@@ -227,8 +321,13 @@ impl Server {
         let ended = sys::wait_readable(&[self.pidfd.as_fd()], Some(Instant::now() + REPLY_TIMEOUT))
             .is_ok_and(|ready| ready[0]);
         let _ = sys::try_reap(self.pidfd.as_fd());
-        // An exited process makes no more children, so the slot is final now.
-        match self.made.get() {
+        // An exited process makes no more children, so the slot is final now (on the portable
+        // layer, once the child it may have made has recorded itself: `wait_for_made`).
+        match self
+            .made
+            .get()
+            .or_else(|| wait_for_made(&self.made, in_flight))
+        {
             Some(pid) => Ended::Made(pid),
             None if ended => Ended::MadeNothing,
             None => Ended::Unknown,
@@ -238,6 +337,7 @@ impl Server {
 
 /// Tells the program's log once when forkserver children cannot get a correct cached thread id
 /// (not glibc, or glibc without the descriptor `libthread_db` uses).
+#[cfg(all(target_os = "linux", not(multiproc_portable)))]
 fn warn_once_if_no_cached_tid() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -267,6 +367,12 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
         }
     };
     loop {
+        // The portable layer's server reports its children's exits while it waits.
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        if let Err(e) = cloner.wait_for_request(sock.as_fd()) {
+            eprintln!("multiproc: forkserver lost its request stream: {e}");
+            return 1;
+        }
         let (frame, fds) = match reader.next(sock.as_fd()) {
             Ok(Some(request)) => request,
             Ok(None) => return 0,
@@ -275,13 +381,26 @@ pub(crate) fn serve(sock: OwnedFd) -> i32 {
                 return 1;
             }
         };
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        let (fds, report) = {
+            let mut fds = fds;
+            let Some(report) = fds.pop() else {
+                eprintln!("multiproc: forkserver request without its status pipe");
+                return 1;
+            };
+            (fds, report)
+        };
         // In the server the closure is dropped unrun, closing its copies of the descriptors.
-        let started = cloner.clone_sibling(&[sock.as_raw_fd()], move || {
+        let body = move || {
             // libc's fork handlers do not run after a raw clone: the server's identity,
             // should it ever have computed one, is not the child's.
             crate::sync::owner::forget_ident_in_child();
             boot::run_boot(&frame, fds)
-        });
+        };
+        #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+        let started = cloner.clone_sibling(&[sock.as_raw_fd()], body);
+        #[cfg(any(multiproc_portable, not(target_os = "linux")))]
+        let started = cloner.clone_sibling_reporting(&[sock.as_raw_fd()], report, body);
         let reply = match started {
             Ok(pid) => pid,
             // `clone` errors always carry an errno; EPERM stands in should one not.

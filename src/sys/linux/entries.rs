@@ -64,11 +64,7 @@ fn read_table(path: &str) -> Result<Table, String> {
             continue;
         };
         let last = path.last().copied().unwrap_or_default();
-        // `linux` or `posix`: the portable layer includes this file and `image.rs` by path.
-        if matches!(
-            path.as_slice(),
-            ["multiproc", "sys", "linux" | "posix", "image", "anchor"]
-        ) {
+        if let ["multiproc", "sys", "linux" | "posix", "image", "anchor"] = path[..] {
             anchor = Some(value);
         } else if path == ["multiproc", "manager", "modify", "entry"] {
             found.push((EntryKind::Modify, value));

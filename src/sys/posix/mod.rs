@@ -11,7 +11,12 @@
 //! | `proc.rs` | portable: no `/proc`; liveness by a per-process life lock (a record lock held for the process's life), `kill(pid, 0)` as fallback |
 //! | `shm.rs` | portable: `shm_open` (anonymous: random `O_EXCL` name, unlinked at once); no seals, no hole punching |
 //! | `ofd.rs` | partly: the event is a self-connected Unix datagram socket; `reopen` and the holder locks are still `linux/ofd.rs` (`/proc/self/fd`, OFD locks) |
-//! | `process.rs`, `clone.rs`, `daemon.rs`, `exec.rs`, `image.rs`, `ofd.rs`, `shm.rs`, `stack.rs` | still the Linux files (pidfd, `clone(CLONE_PARENT)`, `PR_SET_PDEATHSIG`, memfd, `/proc/self/exe`, OFD locks, eventfd) |
+//! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
+//! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
+//! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
+//! | `daemon.rs` | portable: descriptors closed one by one |
+//! | `stack.rs` | per C library (`pthread_getattr_np`, `pthread_attr_get_np`, `pthread_get_stackaddr_np`); only the Linux branch is built here |
+//! | `image.rs` | still the Linux file (ELF hooks) |
 //! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
 //! Until every row reads "portable", `sys/mod.rs` keeps its `compile_error!` on non-Linux
@@ -21,13 +26,10 @@
 //! Each file states its own `# Safety` note; every `unsafe` block carries a `// SAFETY:`
 //! comment.
 
-#[path = "../linux/clone.rs"]
 mod clone;
-#[path = "../linux/daemon.rs"]
 mod daemon;
 #[path = "../linux/entries.rs"]
 mod entries;
-#[path = "../linux/exec.rs"]
 mod exec;
 mod futex;
 #[path = "../linux/image.rs"]
@@ -36,16 +38,16 @@ mod ofd;
 #[path = "../linux/placement.rs"]
 mod placement;
 mod proc;
-#[path = "../linux/process.rs"]
 mod process;
 mod shm;
-#[path = "../linux/stack.rs"]
 mod stack;
 
 pub(crate) use clone::*;
 pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
+// Shadows `image::take_boot_fd`: also takes over the exit and alive pipes (`process.rs`).
+pub(crate) use exec::take_boot_fd;
 pub(crate) use futex::*;
 pub(crate) use image::*;
 pub(crate) use ofd::*;
