@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::sys;
 use crate::wire::share::{PassFd, TakeFd};
 use crate::wire::{self, HEADER};
 
+mod large;
 mod listener;
 mod wait;
 
@@ -195,6 +196,35 @@ pub struct Connection {
     /// Whether the pipe was already asked for a larger buffer (done on the first large send,
     /// so that pipes carrying only small messages keep the default and the per-user budget).
     grown: AtomicBool,
+    /// Whether `reader` and `writer` are Unix sockets, which carry large messages out of band
+    /// ([`large`]): [`UNKNOWN`] until first asked.
+    reader_unix: AtomicU8,
+    writer_unix: AtomicU8,
+}
+
+/// Not yet asked whether a descriptor is a Unix socket ([`Connection::reader_unix`]).
+const UNKNOWN: u8 = 0;
+const NOT_UNIX: u8 = 1;
+const UNIX: u8 = 2;
+
+/// Whether `fd` is a Unix socket, asking the kernel once and keeping the answer in `cache`.
+fn is_unix(cache: &AtomicU8, fd: BorrowedFd<'_>) -> bool {
+    match cache.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let unix = sys::is_unix_socket(fd).unwrap_or(false);
+            cache.store(if unix { UNIX } else { NOT_UNIX }, Ordering::Relaxed);
+            unix
+        }
+        known => known == UNIX,
+    }
+}
+
+/// A frame read off the stream: where its payload is.
+enum Frame {
+    /// In the inbox: `buf[start..start + len]`.
+    Inline { start: usize, len: usize },
+    /// In a memfd that came with the frame (already consumed from the inbox).
+    OutOfBand(large::OutOfBand),
 }
 
 /// The frame being received: `buf[..filled]`. Reads are exact, so this never holds bytes of
@@ -210,6 +240,8 @@ struct Inbox {
     /// The connection is a client's made without an authkey, and nothing was received yet:
     /// the first message is checked for being a listener's authentication challenge.
     keyless_client: bool,
+    /// Descriptors that arrived with the frame being received (on a Unix socket).
+    fds: Vec<OwnedFd>,
 }
 
 impl Inbox {
@@ -230,9 +262,11 @@ impl Inbox {
         Ok(())
     }
 
-    /// Drops the whole frame just handed out.
+    /// Drops the whole frame just handed out, and closes the descriptors that came with it
+    /// and were not taken.
     fn consume(&mut self) {
         self.filled = 0;
+        self.fds.clear();
         if self.buf.len() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
@@ -298,6 +332,8 @@ impl Connection {
             inbox: Arc::default(),
             outbox: Arc::default(),
             grown: AtomicBool::new(false),
+            reader_unix: AtomicU8::new(UNKNOWN),
+            writer_unix: AtomicU8::new(UNKNOWN),
         }
     }
 
@@ -322,7 +358,14 @@ impl Connection {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let mut out = lock(&self.outbox);
         out.clear();
-        wire::encode_into(value, &mut out)?;
+        if is_unix(&self.writer_unix, writer.as_fd()) {
+            if let large::Encoded::OutOfBand { file, len } = large::encode(value, &mut out)? {
+                large::send_frame(writer.as_fd(), file.as_fd(), len)?;
+                return Ok(());
+            }
+        } else {
+            wire::encode_into(value, &mut out)?;
+        }
         if out.len() < MIN_FRAME {
             out.resize(MIN_FRAME, 0);
         }
@@ -341,6 +384,13 @@ impl Connection {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let header = wire::header_for(bytes.len())?;
+        if HEADER + bytes.len() >= large::OUT_OF_BAND && is_unix(&self.writer_unix, writer.as_fd())
+        {
+            let file = large::file_with(bytes)?;
+            let _serialise = lock(&self.outbox);
+            large::send_frame(writer.as_fd(), file.as_fd(), bytes.len())?;
+            return Ok(());
+        }
         let _serialise = lock(&self.outbox);
         if HEADER + bytes.len() < MIN_FRAME {
             let mut frame = [0u8; MIN_FRAME];
@@ -421,17 +471,22 @@ impl Connection {
         if !sys::is_unix_socket(reader.as_fd())? {
             return Err(RecvError::HandlesUnsupported);
         }
-        let mut fds = Vec::new();
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame_with(
-            reader.as_fd(),
-            &mut inbox,
-            None,
-            wire::MAX_FRAME,
-            &mut |fd, buf| sys::recv_exact_with_fds(fd, buf, &mut fds),
-        )?;
+        let (start, len) =
+            match self.read_frame(reader.as_fd(), &mut inbox, None, wire::MAX_FRAME)? {
+                Frame::Inline { start, len } => (start, len),
+                Frame::OutOfBand(_) => {
+                    return Err(DecodeError::new(
+                        "expected a descriptor sent with send_handle, but a large message arrived \
+                     out of band (it is consumed, its memory closed)",
+                        None,
+                    )
+                    .into());
+                }
+            };
         inbox.check_first(start, len)?;
         let is_handle = &inbox.buf[start..start + len] == HANDLE_MESSAGE;
+        let mut fds = std::mem::take(&mut inbox.fds);
         inbox.consume();
         let why = match (is_handle, fds.len()) {
             (true, 1) => return Ok(fds.pop().expect("one descriptor")),
@@ -519,7 +574,7 @@ impl Connection {
     /// # Errors
     /// As [`recv`](Connection::recv), without `Decode` except for a bad size header.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        self.recv_with(None, |payload| Ok(payload.to_vec()))
+        self.recv_limited(None, wire::MAX_FRAME)
     }
 
     /// As [`recv_bytes`](Connection::recv_bytes), refusing messages longer than `max_len`
@@ -539,11 +594,15 @@ impl Connection {
     ) -> Result<Vec<u8>, RecvError> {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, max_len)?;
-        inbox.check_first(start, len)?;
-        let bytes = inbox.buf[start..start + len].to_vec();
-        inbox.consume();
-        Ok(bytes)
+        match self.read_frame(reader.as_fd(), &mut inbox, deadline, max_len)? {
+            Frame::Inline { start, len } => {
+                inbox.check_first(start, len)?;
+                let bytes = inbox.buf[start..start + len].to_vec();
+                inbox.consume();
+                Ok(bytes)
+            }
+            Frame::OutOfBand(payload) => Ok(payload.to_vec().map_err(refused)?),
+        }
     }
 
     /// Receives one message into `buf`, returning its length: Python's `recv_bytes_into`.
@@ -559,9 +618,19 @@ impl Connection {
             return Err(broken());
         }
         // Every frame is at least MIN_FRAME long, so this never reads into the next one.
-        fill_at_least(reader, &mut inbox, MIN_FRAME)?;
-        let header: [u8; HEADER] = inbox.buf[..HEADER].try_into().expect("HEADER bytes");
-        let len = match wire::announced_len(header) {
+        if is_unix(&self.reader_unix, reader) {
+            let mut fds = std::mem::take(&mut inbox.fds);
+            let filled = fill_at_least_with(reader, &mut inbox, MIN_FRAME, &mut |fd, buf| {
+                sys::recv_exact_with_fds(fd, buf, &mut fds)
+            });
+            inbox.fds = fds;
+            filled?;
+        } else {
+            fill_at_least(reader, &mut inbox, MIN_FRAME)?;
+        }
+        let raw = u32::from_le_bytes(inbox.buf[..HEADER].try_into().expect("HEADER bytes"));
+        let out_of_band = raw & large::OOB_FLAG != 0;
+        let len = match wire::announced_len((raw & !large::OOB_FLAG).to_le_bytes()) {
             Ok(len) => len,
             Err(e) => {
                 inbox.broken = true;
@@ -569,9 +638,24 @@ impl Connection {
             }
         };
         let have = inbox.filled - HEADER;
-        if len <= have || len > buf.len() || inbox.keyless_client {
-            // Already whole, too long for `buf`, or to be checked: the general path.
-            let (start, len) = next_frame(reader, &mut inbox, None, wire::MAX_FRAME)?;
+        if len <= have || len > buf.len() || inbox.keyless_client || out_of_band {
+            // Already whole, too long for `buf`, to be checked, or out of band: the general
+            // path.
+            let (start, len) = match self.read_frame(reader, &mut inbox, None, wire::MAX_FRAME)? {
+                Frame::Inline { start, len } => (start, len),
+                Frame::OutOfBand(payload) if payload.len > buf.len() => {
+                    return Err(RecvError::BufferTooShort {
+                        message: payload.to_vec().map_err(refused)?,
+                        capacity: buf.len(),
+                    });
+                }
+                Frame::OutOfBand(payload) => {
+                    payload
+                        .read_into(&mut buf[..payload.len])
+                        .map_err(refused)?;
+                    return Ok(payload.len);
+                }
+            };
             inbox.check_first(start, len)?;
             let result = if len > buf.len() {
                 Err(RecvError::BufferTooShort {
@@ -585,9 +669,12 @@ impl Connection {
             inbox.consume();
             return result;
         }
-        // A large message that fits: the rest goes straight into `buf`, one copy fewer.
+        // A large message that fits: the rest goes straight into `buf`, one copy fewer. (A
+        // descriptor attached to it is closed; so is any in its remaining bytes, which the
+        // kernel closes for a plain read.)
         buf[..have].copy_from_slice(&inbox.buf[HEADER..HEADER + have]);
         inbox.filled = 0;
+        inbox.fds.clear();
         let mut got = have;
         while got < len {
             match sys::read(reader, &mut buf[got..len]) {
@@ -616,11 +703,83 @@ impl Connection {
     ) -> Result<R, RecvError> {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)?;
-        inbox.check_first(start, len)?;
-        let result = f(&inbox.buf[start..start + len]);
+        match self.read_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)? {
+            Frame::Inline { start, len } => {
+                inbox.check_first(start, len)?;
+                let result = f(&inbox.buf[start..start + len]);
+                inbox.consume();
+                result
+            }
+            Frame::OutOfBand(payload) => {
+                // The inbox is free again: decoding from the mapping holds no buffer of ours.
+                drop(inbox);
+                let bytes = payload.map().map_err(refused)?;
+                f(bytes.bytes())
+            }
+        }
+    }
+
+    /// Reads the next frame: on a Unix socket, with the descriptors that come with it. A
+    /// frame announced out of band is taken off the stream here, with its descriptor, which
+    /// must be exactly one; otherwise the frame is refused (consumed, descriptors closed).
+    fn read_frame(
+        &self,
+        reader: BorrowedFd<'_>,
+        inbox: &mut Inbox,
+        deadline: Option<Instant>,
+        max_len: usize,
+    ) -> Result<Frame, RecvError> {
+        let unix = is_unix(&self.reader_unix, reader);
+        let found = if unix {
+            let mut fds = std::mem::take(&mut inbox.fds);
+            let found = next_frame_with(reader, inbox, deadline, max_len, &mut |fd, buf| {
+                sys::recv_exact_with_fds(fd, buf, &mut fds)
+            });
+            inbox.fds = fds;
+            found
+        } else {
+            next_frame(reader, inbox, deadline, max_len)
+        };
+        let (start, len, out_of_band) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                if inbox.filled == 0 {
+                    // No frame is pending (end of stream, or a truncated one dropped).
+                    inbox.fds.clear();
+                }
+                return Err(e);
+            }
+        };
+        if !out_of_band {
+            // Descriptors attached to an ordinary frame are closed when it is consumed, as
+            // a plain `read(2)` would have closed them.
+            return Ok(Frame::Inline { start, len });
+        }
+        inbox.keyless_client = false;
+        let mut fds = std::mem::take(&mut inbox.fds);
         inbox.consume();
-        result
+        let why = match fds.len() {
+            1 if len <= max_len => {
+                let file = fds.pop().expect("one descriptor");
+                return Ok(Frame::OutOfBand(large::OutOfBand { file, len }));
+            }
+            1 => {
+                format!("message of {len} bytes exceeds the {max_len}-byte limit (it is consumed)")
+            }
+            0 if unix => format!(
+                "a frame header announces {len} bytes out of band (bit 31 set), but no \
+                 descriptor came with it (the frame is consumed)"
+            ),
+            0 => format!(
+                "a frame header announces {len} bytes out of band (bit 31 set), which only a \
+                 Unix-socket connection can carry (the frame is consumed)"
+            ),
+            n => format!(
+                "a frame announced out of band came with {n} descriptors, not one (consumed, \
+                 closed here)"
+            ),
+        };
+        Err(DecodeError::new(why, None).into())
     }
 
     /// Whether a message (or end of file) is waiting, waiting up to `timeout` for one;
@@ -705,6 +864,8 @@ impl Connection {
             inbox: Arc::clone(&self.inbox),
             outbox: Arc::clone(&self.outbox),
             grown: AtomicBool::new(self.grown.load(Ordering::Relaxed)),
+            reader_unix: AtomicU8::new(self.reader_unix.load(Ordering::Relaxed)),
+            writer_unix: AtomicU8::new(self.writer_unix.load(Ordering::Relaxed)),
         })
     }
 
@@ -741,6 +902,16 @@ impl Connection {
 
 /// Reads until `inbox` holds at least `want` bytes (never more than `want` in all).
 fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Result<(), RecvError> {
+    fill_at_least_with(reader, inbox, want, &mut sys::read)
+}
+
+/// As [`fill_at_least`], reading with `read` (which must read at most the slice it is given).
+fn fill_at_least_with(
+    reader: BorrowedFd<'_>,
+    inbox: &mut Inbox,
+    want: usize,
+    read: &mut dyn FnMut(BorrowedFd<'_>, &mut [u8]) -> std::io::Result<usize>,
+) -> Result<(), RecvError> {
     if inbox.buf.len() < want {
         inbox.buf.resize(want, 0);
     }
@@ -758,7 +929,7 @@ fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Resu
             });
         }
         let filled = inbox.filled;
-        let n = sys::read(reader, &mut inbox.buf[filled..want])?;
+        let n = read(reader, &mut inbox.buf[filled..want])?;
         if n == 0 {
             inbox.eof = true;
         }
@@ -767,17 +938,31 @@ fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Resu
     Ok(())
 }
 
+/// A payload that came out of band and cannot be read: a descriptor that is not a sealed
+/// memfd of the announced size is a [`RecvError::Decode`] that says why; failing to map or
+/// read a valid one is the OS's error.
+fn refused(e: std::io::Error) -> RecvError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        DecodeError::new(format!("refused a message sent out of band: {e}"), None).into()
+    } else {
+        e.into()
+    }
+}
+
 fn broken() -> RecvError {
     DecodeError::new("connection unreadable after a bad message header", None).into()
 }
 
-/// Reads until `inbox` holds a whole frame; returns its payload's offset and length.
+/// Reads until `inbox` holds a whole frame; returns its payload's offset and length, and
+/// whether the header announced it out of band (bit 31 set: the frame on the stream is then
+/// [`MIN_FRAME`] bytes, and `len`, unchecked against `max_len`, is that of the payload in the
+/// descriptor that came with it).
 fn next_frame(
     reader: BorrowedFd<'_>,
     inbox: &mut Inbox,
     deadline: Option<Instant>,
     max_len: usize,
-) -> Result<(usize, usize), RecvError> {
+) -> Result<(usize, usize, bool), RecvError> {
     next_frame_with(reader, inbox, deadline, max_len, &mut sys::read)
 }
 
@@ -788,7 +973,7 @@ fn next_frame_with(
     deadline: Option<Instant>,
     max_len: usize,
     read: &mut dyn FnMut(BorrowedFd<'_>, &mut [u8]) -> std::io::Result<usize>,
-) -> Result<(usize, usize), RecvError> {
+) -> Result<(usize, usize, bool), RecvError> {
     if inbox.broken {
         return Err(broken());
     }
@@ -796,8 +981,10 @@ fn next_frame_with(
         let unread = inbox.unread();
         let need = match unread.get(..HEADER) {
             Some(header) => {
-                let len = match wire::announced_len(header.try_into().expect("HEADER bytes")) {
-                    Ok(len) if len <= max_len => len,
+                let raw = u32::from_le_bytes(header.try_into().expect("HEADER bytes"));
+                let out_of_band = raw & large::OOB_FLAG != 0;
+                let len = match wire::announced_len((raw & !large::OOB_FLAG).to_le_bytes()) {
+                    Ok(len) if len <= max_len || out_of_band => len,
                     Ok(len) => {
                         inbox.broken = true;
                         return Err(DecodeError::new(
@@ -811,9 +998,13 @@ fn next_frame_with(
                         return Err(e.into());
                     }
                 };
-                let total = (HEADER + len).max(MIN_FRAME);
+                let total = if out_of_band {
+                    MIN_FRAME
+                } else {
+                    (HEADER + len).max(MIN_FRAME)
+                };
                 if unread.len() >= total {
-                    return Ok((HEADER, len));
+                    return Ok((HEADER, len, out_of_band));
                 }
                 total - unread.len()
             }
