@@ -30,12 +30,7 @@ use crate::error::{EncodeError, SendError};
 use crate::sys;
 use crate::wire::{self, HEADER, MAX_FRAME};
 
-/// Frames of at least this many bytes (header included) go out of band on a Unix socket.
-///
-/// Measured (`bandwidth_by_size` and BENCHMARKS.md "Large payloads"): below about 64 KiB the
-/// memfd's creation, sealing and mapping cost more than the copies they save; from 64 KiB
-/// on the out-of-band path is the faster one on the machine measured.
-pub(crate) const OUT_OF_BAND: usize = 64 * 1024;
+pub(crate) use super::OUT_OF_BAND;
 
 /// Bit 31 of a frame header: the payload is in the memfd attached to the frame.
 pub(crate) const OOB_FLAG: u32 = 1 << 31;

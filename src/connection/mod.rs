@@ -47,6 +47,30 @@ pub use crate::wire::MAX_DECODE_DEPTH;
 /// message costs one `read`, and a large one two.
 const MIN_FRAME: usize = 64;
 
+/// On a connection that is a Unix socket, a message whose frame (the 4-byte header and the
+/// payload) is at least this many bytes long travels out of band: its payload goes into a
+/// fresh sealed memfd that is passed with the frame (SCM_RIGHTS), so that it is written once
+/// by the sender and read once by the receiver instead of being copied through the socket.
+/// This is transparent: [`send`](Connection::send), [`send_bytes`](Connection::send_bytes)
+/// and every receive work as for smaller messages, and the sender may exit right after
+/// sending (the kernel holds the memfd while it is in flight). Connections over pipes
+/// ([`pipe`]) and TCP cannot carry descriptors and send every message through the stream.
+///
+/// The value was measured (BENCHMARKS.md, "Large payloads"): below it the memfd's creation,
+/// sealing and mapping cost more than the copies they save.
+///
+/// # Examples
+/// ```
+/// use multiproc::connection::{OUT_OF_BAND, socket_pipe};
+///
+/// let (a, b) = socket_pipe()?;
+/// let big = vec![7u8; 4 * OUT_OF_BAND];
+/// a.send_bytes(&big)?; // a 64-byte frame and a memfd, not 256 KiB through the socket
+/// assert_eq!(b.recv_bytes()?, big);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const OUT_OF_BAND: usize = 64 * 1024;
+
 /// Messages this large make the connection ask for a bigger pipe buffer.
 const LARGE_MESSAGE: usize = 256 * 1024;
 
@@ -1147,5 +1171,206 @@ mod tests {
         // The stream is in step: the next message is received whole.
         a.send(&7u8).unwrap();
         assert_eq!(b.recv::<u8>().unwrap(), 7);
+    }
+
+    /// Reads the next frame off `conn`'s socket by hand: its header and the descriptors that
+    /// came with it.
+    fn raw_frame(conn: &Connection) -> (u32, Vec<OwnedFd>) {
+        let mut frame = [0u8; MIN_FRAME];
+        let mut fds = Vec::new();
+        let mut got = 0;
+        while got < MIN_FRAME {
+            let n = sys::recv_exact_with_fds(
+                conn.reader.as_ref().unwrap().as_fd(),
+                &mut frame[got..],
+                &mut fds,
+            )
+            .unwrap();
+            assert!(n > 0, "end of stream");
+            got += n;
+        }
+        (u32::from_le_bytes(frame[..HEADER].try_into().unwrap()), fds)
+    }
+
+    /// Sends a forged frame with header `raw` and `fds` attached.
+    fn forge(conn: &Connection, raw: u32, fds: &[BorrowedFd<'_>]) {
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&raw.to_le_bytes());
+        sys::send_with_fds(conn.writer.as_ref().unwrap().as_fd(), &frame, fds).unwrap();
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Frames of `OUT_OF_BAND - 1` bytes go down the socket, frames of `OUT_OF_BAND` and
+    /// `OUT_OF_BAND + 1` bytes out of band, for `send_bytes` and for `send` alike.
+    #[test]
+    fn the_threshold_is_the_frame_length() {
+        let (a, b) = socket_pipe().unwrap();
+        for delta in [-1isize, 0, 1] {
+            let frame = large::OUT_OF_BAND.checked_add_signed(delta).unwrap();
+            let out_of_band = delta >= 0;
+            let bytes = pattern(frame - HEADER);
+            a.send_bytes(&bytes).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(
+                raw & large::OOB_FLAG != 0,
+                out_of_band,
+                "send_bytes {frame}"
+            );
+            assert_eq!(fds.len(), usize::from(out_of_band));
+            if out_of_band {
+                assert_eq!((raw & !large::OOB_FLAG) as usize, bytes.len());
+            } else {
+                // The rest of the inline frame.
+                let mut rest = vec![0u8; frame - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+            // A `Vec<u8>` of n < 2^21 bytes encodes as a 3-byte length, then the bytes.
+            let value = pattern(frame - HEADER - 3);
+            a.send(&value).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(raw & large::OOB_FLAG != 0, out_of_band, "send {frame}");
+            assert_eq!(fds.len(), usize::from(out_of_band));
+            if !out_of_band {
+                let mut rest = vec![0u8; frame - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+            // And every receive gets them back whole.
+            a.send_bytes(&bytes).unwrap();
+            assert_eq!(b.recv_bytes().unwrap(), bytes);
+            a.send(&value).unwrap();
+            assert_eq!(b.recv::<Vec<u8>>().unwrap(), value);
+            a.send_bytes(&bytes).unwrap();
+            let mut into = vec![0u8; bytes.len() + 5];
+            assert_eq!(b.recv_bytes_into(&mut into).unwrap(), bytes.len());
+            assert_eq!(&into[..bytes.len()], &bytes[..]);
+            a.send_bytes(&bytes).unwrap();
+            assert_eq!(b.recv_bytes_max(bytes.len()).unwrap(), bytes);
+            a.send(&value).unwrap();
+            assert_eq!(
+                b.recv_timeout::<Vec<u8>>(Duration::from_secs(10)).unwrap(),
+                value
+            );
+        }
+    }
+
+    /// Checks that `err` is a decode error mentioning `what`, and that the stream is still in
+    /// step after it.
+    fn refused_then_in_step(a: &Connection, b: &Connection, err: RecvError, what: &str) {
+        assert!(matches!(err, RecvError::Decode(_)), "{err:?}");
+        assert!(err.to_string().contains(what), "{err} (wanted {what:?})");
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
+    }
+
+    /// Bit 31 with no descriptor, with two, with a pipe, with an unsealed memfd, with one of
+    /// the wrong size, one sealed against resizing but not writes, one of no bytes: each a
+    /// clear error, the frame consumed and its descriptors closed, never a panic or a hang.
+    #[test]
+    fn forged_out_of_band_frames_are_refused() {
+        let (a, b) = socket_pipe().unwrap();
+        let flag = large::OOB_FLAG;
+
+        forge(&a, flag | 100_000, &[]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "no descriptor came with it");
+
+        // A pipe's write end: its reader sees end of file once the receiver closes it.
+        let (pipe_r, pipe_w) = sys::pipe().unwrap();
+        forge(&a, flag | 100_000, &[pipe_w.as_fd()]);
+        drop(pipe_w);
+        let e = b.recv_bytes().unwrap_err();
+        refused_then_in_step(&a, &b, e, "not a memfd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(sys::wait_readable(&[pipe_r.as_fd()], Some(deadline)).unwrap()[0]);
+        assert_eq!(sys::read(pipe_r.as_fd(), &mut [0u8; 1]).unwrap(), 0);
+
+        let unsealed = sys::memfd(100_000).unwrap();
+        forge(&a, flag | 100_000, &[unsealed.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "not sealed");
+
+        let fixed = sys::memfd_fixed_size(c"test", 100_000).unwrap();
+        forge(&a, flag | 100_000, &[fixed.as_fd()]);
+        let mut buf = vec![0u8; 200_000];
+        let e = b.recv_bytes_into(&mut buf).unwrap_err();
+        refused_then_in_step(&a, &b, e, "not sealed");
+
+        let sealed = large::file_with(&pattern(100_000)).unwrap();
+        forge(&a, flag | 100_001, &[sealed.as_fd()]);
+        let e = b.recv_bytes().unwrap_err();
+        refused_then_in_step(
+            &a,
+            &b,
+            e,
+            "holds 100000 bytes, but the header announces 100001",
+        );
+
+        forge(&a, flag | 100_000, &[sealed.as_fd(), sealed.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "2 descriptors");
+
+        let empty = large::file_with(&[]).unwrap();
+        forge(&a, flag, &[empty.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        assert!(!matches!(e, RecvError::Timeout), "{e:?}");
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
+
+        // Over the frame limit even without the bit: the stream cannot be resynchronised.
+        forge(&a, flag | (wire::MAX_FRAME as u32 + 1), &[sealed.as_fd()]);
+        let e = b.recv_bytes().unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+
+        // A genuine one still decodes on a fresh pair, also as a value of the wrong type.
+        let (a, b) = socket_pipe().unwrap();
+        forge(&a, flag | 100_000, &[sealed.as_fd()]);
+        assert_eq!(b.recv_bytes().unwrap(), pattern(100_000));
+        forge(&a, flag | 100_000, &[sealed.as_fd()]);
+        let e = b.recv::<(u64, u64)>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "left over");
+    }
+
+    /// On a pipe, which cannot carry descriptors, a header with bit 31 set is refused and
+    /// the stream stays in step; `recv_handle`, `recv_bytes_max` and `recv_bytes_into` refuse
+    /// out-of-band messages they cannot take, and `poll` sees one coming.
+    #[test]
+    fn out_of_band_frames_where_they_cannot_be_taken() {
+        let (r, w) = pipe(false).unwrap();
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&(large::OOB_FLAG | 100_000).to_le_bytes());
+        sys::write_all(w.writer.as_ref().unwrap().as_fd(), &frame).unwrap();
+        let e = r.recv_bytes().unwrap_err();
+        refused_then_in_step(&w, &r, e, "only a Unix-socket connection can carry");
+
+        let (a, b) = socket_pipe().unwrap();
+        let big = pattern(1 << 20);
+        a.send_bytes(&big).unwrap();
+        assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
+        let e = b.recv_handle().unwrap_err();
+        refused_then_in_step(&a, &b, e, "out of band");
+
+        a.send_bytes(&big).unwrap();
+        let e = b.recv_bytes_max(1000).unwrap_err();
+        refused_then_in_step(&a, &b, e, "exceeds the 1000-byte limit");
+
+        a.send_bytes(&big).unwrap();
+        let mut small = [0u8; 10];
+        match b.recv_bytes_into(&mut small) {
+            Err(RecvError::BufferTooShort { message, capacity }) => {
+                assert_eq!((message, capacity), (big.clone(), 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
     }
 }
