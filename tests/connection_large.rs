@@ -1,18 +1,22 @@
-//! Large messages out of band (issue 17): on a Unix-socket connection, a message whose frame
-//! reaches `connection::OUT_OF_BAND` bytes travels as a sealed memfd passed with SCM_RIGHTS.
-//! What a caller can see of it: messages of every size arrive whole, across processes and
-//! under every start method, also from a sender that exited right after sending; and no
-//! descriptor is left behind in the receiver.
+//! Large messages out of band (issue 17): on a Unix-socket connection told to
+//! (`Connection::set_out_of_band`), a message whose frame reaches the threshold travels as a
+//! sealed memfd passed with SCM_RIGHTS. What a caller can see of it: messages of every size
+//! arrive whole, across processes and under every start method, also from a sender that
+//! exited right after sending, and whichever side sends out of band; and no descriptor is
+//! left behind in the receiver.
 
 mod common;
 
-use multiproc::connection::{OUT_OF_BAND, socket_pipe};
+use multiproc::connection::socket_pipe;
 use multiproc::{Connection, Process};
 
 use common::WAIT;
 
 /// Frame header bytes (a little-endian `u32` length).
 const HEADER: usize = 4;
+
+/// The threshold these tests set: frames of this many bytes or more go out of band.
+const OUT_OF_BAND: usize = 64 * 1024;
 
 /// `n` bytes that depend on `seed` and, every 4093 bytes (a prime, so that pages differ),
 /// on their position: cheap to make in a debug build, yet a misplaced chunk shows.
@@ -39,12 +43,14 @@ fn leb128(mut n: usize) -> Vec<u8> {
 
 /// The child: sends 16 MiB as a value and as bytes, and returns at once.
 fn send_16_mib_and_exit(conn: Connection) {
+    conn.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
     conn.send(&pattern(16 << 20, 1)).unwrap();
     conn.send_bytes(&pattern(16 << 20, 2)).unwrap();
 }
 
 /// The child: echoes every message back (as bytes), until an empty one.
 fn echo(conn: Connection) {
+    conn.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
     loop {
         let got = conn.recv_bytes().unwrap();
         if got.is_empty() {
@@ -90,6 +96,7 @@ start_method_matrix! {
         let (mine, theirs) = socket_pipe().unwrap();
         let mut p = Process::with_args(echo, theirs);
         p.start().unwrap();
+        mine.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
         let at = OUT_OF_BAND - HEADER;
         for (i, n) in [at - 1, at, at + 1, 1, 4 << 20, at - 1].into_iter().enumerate() {
             let sent = pattern(n, i as u8);
@@ -109,6 +116,7 @@ start_method_matrix! {
         let (mine, theirs) = socket_pipe().unwrap();
         let mut p = Process::with_args(sum_into, theirs);
         p.start().unwrap();
+        mine.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
         // A serde `Vec<u8>` of these lengths has a 3- or 4-byte length prefix.
         for n in [OUT_OF_BAND - HEADER - 4, OUT_OF_BAND - HEADER - 3, OUT_OF_BAND, 16 << 20] {
             let sent = pattern(n, 9);
@@ -128,6 +136,7 @@ start_method_matrix! {
 #[test]
 fn receiving_out_of_band_leaves_no_descriptor_behind() {
     let (a, b) = socket_pipe().unwrap();
+    a.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
     let big = pattern(256 << 10, 3);
     let mut buf = vec![0u8; 1 << 20];
     // One of each first, so that lazily opened descriptors (none expected) are counted.

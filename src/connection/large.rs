@@ -1,7 +1,7 @@
 //! Large messages out of band, on connections that are Unix sockets (issue 17).
 //!
-//! A message whose frame would be [`OUT_OF_BAND`] bytes or more is not written down the
-//! socket. Its payload goes into a fresh memfd, which is then sealed (its size fixed, no
+//! When a connection was told to (`Connection::set_out_of_band`), a message whose frame
+//! would be that many bytes or more is not written down the socket. Its payload goes into a fresh memfd, which is then sealed (its size fixed, no
 //! writes, no further seals: `sys::seal_contents`), and the socket carries a frame of
 //! [`MIN_FRAME`](super::MIN_FRAME) bytes whose header is the payload's length with bit 31
 //! ([`OOB_FLAG`]) set, the memfd attached to it with SCM_RIGHTS in the same `sendmsg`.
@@ -30,8 +30,6 @@ use crate::error::{EncodeError, SendError};
 use crate::sys;
 use crate::wire::{self, HEADER, MAX_FRAME};
 
-pub(crate) use super::OUT_OF_BAND;
-
 /// Bit 31 of a frame header: the payload is in the memfd attached to the frame.
 pub(crate) const OOB_FLAG: u32 = 1 << 31;
 
@@ -51,11 +49,13 @@ pub(crate) enum Encoded {
 }
 
 /// Serializes `value` into `out` as one frame (as `wire::encode_into` does), or, once its
-/// frame reaches [`OUT_OF_BAND`] bytes, into a memfd that is sealed when serialization ends.
+/// frame reaches `from` bytes (at least `MIN_FRAME + 1`), into a memfd that is sealed when
+/// serialization ends.
 /// `out` is left empty in the second case, and on error.
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
+    from: usize,
 ) -> Result<Encoded, SendError> {
     out.clear();
     out.extend_from_slice(&[0u8; HEADER]);
@@ -64,7 +64,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
         out: std::mem::take(out),
         file: None,
         spilled: 0,
-        fast_until: OUT_OF_BAND - 1,
+        fast_until: from - 1,
+        from,
         failure: &mut failure,
     };
     let result = postcard::serialize_with_flavor(value, sink);
@@ -126,6 +127,8 @@ struct Spill<'a> {
     spilled: usize,
     /// While `out` is shorter than this, a byte can be pushed without any other check.
     fast_until: usize,
+    /// The frame length from which the payload goes to a memfd.
+    from: usize,
     /// Why writing to the memfd failed (postcard keeps only its own error kinds).
     failure: &'a mut Option<io::Error>,
 }
@@ -188,7 +191,7 @@ impl postcard::ser_flavors::Flavor for Spill<'_> {
             return Err(postcard::Error::SerializeBufferFull);
         }
         if self.file.is_none() {
-            if self.out.len() + data.len() < OUT_OF_BAND {
+            if self.out.len() + data.len() < self.from {
                 self.out.extend_from_slice(data);
                 return Ok(());
             }

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,30 +46,6 @@ pub use crate::wire::MAX_DECODE_DEPTH;
 /// a receive can read this many bytes at once without touching the next message: a small
 /// message costs one `read`, and a large one two.
 const MIN_FRAME: usize = 64;
-
-/// On a connection that is a Unix socket, a message whose frame (the 4-byte header and the
-/// payload) is at least this many bytes long travels out of band: its payload goes into a
-/// fresh sealed memfd that is passed with the frame (SCM_RIGHTS), so that it is written once
-/// by the sender and read once by the receiver instead of being copied through the socket.
-/// This is transparent: [`send`](Connection::send), [`send_bytes`](Connection::send_bytes)
-/// and every receive work as for smaller messages, and the sender may exit right after
-/// sending (the kernel holds the memfd while it is in flight). Connections over pipes
-/// ([`pipe`]) and TCP cannot carry descriptors and send every message through the stream.
-///
-/// The value was measured (BENCHMARKS.md, "Large payloads"): below it the memfd's creation,
-/// sealing and mapping cost more than the copies they save.
-///
-/// # Examples
-/// ```
-/// use multiproc::connection::{OUT_OF_BAND, socket_pipe};
-///
-/// let (a, b) = socket_pipe()?;
-/// let big = vec![7u8; 4 * OUT_OF_BAND];
-/// a.send_bytes(&big)?; // a 64-byte frame and a memfd, not 256 KiB through the socket
-/// assert_eq!(b.recv_bytes()?, big);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub const OUT_OF_BAND: usize = 64 * 1024;
 
 /// Messages this large make the connection ask for a bigger pipe buffer.
 const LARGE_MESSAGE: usize = 256 * 1024;
@@ -224,6 +200,9 @@ pub struct Connection {
     /// ([`large`]): [`UNKNOWN`] until first asked.
     reader_unix: AtomicU8,
     writer_unix: AtomicU8,
+    /// Frames of at least this many bytes are sent out of band
+    /// ([`set_out_of_band`](Connection::set_out_of_band)); `usize::MAX`: never.
+    out_of_band_from: AtomicUsize,
 }
 
 /// Not yet asked whether a descriptor is a Unix socket ([`Connection::reader_unix`]).
@@ -358,6 +337,7 @@ impl Connection {
             grown: AtomicBool::new(false),
             reader_unix: AtomicU8::new(UNKNOWN),
             writer_unix: AtomicU8::new(UNKNOWN),
+            out_of_band_from: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -382,8 +362,9 @@ impl Connection {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let mut out = lock(&self.outbox);
         out.clear();
-        if is_unix(&self.writer_unix, writer.as_fd()) {
-            if let large::Encoded::OutOfBand { file, len } = large::encode(value, &mut out)? {
+        let from = self.out_of_band_from.load(Ordering::Relaxed);
+        if from != usize::MAX {
+            if let large::Encoded::OutOfBand { file, len } = large::encode(value, &mut out, from)? {
                 large::send_frame(writer.as_fd(), file.as_fd(), len)?;
                 return Ok(());
             }
@@ -408,8 +389,7 @@ impl Connection {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let header = wire::header_for(bytes.len())?;
-        if HEADER + bytes.len() >= large::OUT_OF_BAND && is_unix(&self.writer_unix, writer.as_fd())
-        {
+        if HEADER + bytes.len() >= self.out_of_band_from.load(Ordering::Relaxed) {
             let file = large::file_with(bytes)?;
             let _serialise = lock(&self.outbox);
             large::send_frame(writer.as_fd(), file.as_fd(), bytes.len())?;
@@ -425,6 +405,53 @@ impl Connection {
             self.grow_for(writer.as_fd(), HEADER + bytes.len());
             sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
         }
+        Ok(())
+    }
+
+    /// Sends messages whose frame (the 4-byte header and the payload) is at least `from`
+    /// bytes long out of band from now on, or none with `None` (the default).
+    ///
+    /// Out of band, a message's payload is written into a fresh memfd, which is sealed (its
+    /// size fixed, no more writes) and passed with a 64-byte frame (SCM_RIGHTS) instead of
+    /// going through the socket: a large [`send`](Connection::send) or
+    /// [`send_bytes`](Connection::send_bytes) then never blocks on a peer that is not reading
+    /// (it returns once the memfd is written), and the sender may exit right after sending
+    /// (the kernel holds the memfd while it is in flight). Receiving needs nothing: every
+    /// receive takes such messages, on any Unix-socket connection, whatever this setting.
+    ///
+    /// It is not the default because it is not faster when the receiver copies the message
+    /// out, which every receive does: each message costs fresh pages for the memfd, written
+    /// and then read whole from memory, while a socket streams the bytes through a small
+    /// buffer that stays in cache (measured in BENCHMARKS.md, "Large payloads"). To hand a
+    /// large buffer over without any copy, send a
+    /// [`SharedBuffer`](crate::shared::SharedBuffer) instead. `from` is raised to at least 65
+    /// bytes, so that a payload sent out of band is never empty.
+    ///
+    /// Affects this handle only (a [`try_clone`](Connection::try_clone) starts with this
+    /// handle's setting).
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiproc::connection::socket_pipe()?;
+    /// a.set_out_of_band(Some(64 * 1024))?;
+    /// let big = vec![7u8; 1 << 20];
+    /// a.send_bytes(&big)?; // a 64-byte frame and a memfd, not 1 MiB through the socket
+    /// drop(a); // the message is in flight, held by the kernel
+    /// assert_eq!(b.recv_bytes()?, big);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendError::HandlesUnsupported`] if the connection is not a Unix socket (a pipe or
+    /// TCP cannot carry descriptors; nothing changes); [`SendError::Closed`] on a read-only
+    /// or closed connection.
+    pub fn set_out_of_band(&self, from: Option<usize>) -> Result<(), SendError> {
+        let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
+        if !is_unix(&self.writer_unix, writer.as_fd()) {
+            return Err(SendError::HandlesUnsupported);
+        }
+        let from = from.map_or(usize::MAX, |f| f.max(MIN_FRAME + 1));
+        self.out_of_band_from.store(from, Ordering::Relaxed);
         Ok(())
     }
 
@@ -890,6 +917,7 @@ impl Connection {
             grown: AtomicBool::new(self.grown.load(Ordering::Relaxed)),
             reader_unix: AtomicU8::new(self.reader_unix.load(Ordering::Relaxed)),
             writer_unix: AtomicU8::new(self.writer_unix.load(Ordering::Relaxed)),
+            out_of_band_from: AtomicUsize::new(self.out_of_band_from.load(Ordering::Relaxed)),
         })
     }
 
@@ -1203,13 +1231,31 @@ mod tests {
         (0..n).map(|i| (i % 251) as u8).collect()
     }
 
-    /// Frames of `OUT_OF_BAND - 1` bytes go down the socket, frames of `OUT_OF_BAND` and
-    /// `OUT_OF_BAND + 1` bytes out of band, for `send_bytes` and for `send` alike.
+    /// With `set_out_of_band(Some(T))`, frames of `T - 1` bytes go down the socket, frames of
+    /// `T` and `T + 1` bytes out of band, for `send_bytes` and for `send` alike; by default,
+    /// and after `set_out_of_band(None)`, none does.
     #[test]
     fn the_threshold_is_the_frame_length() {
+        const T: usize = 64 * 1024;
         let (a, b) = socket_pipe().unwrap();
+        let big = pattern(T * 2);
+        for setting in [None, Some(T), None] {
+            a.set_out_of_band(setting).unwrap();
+            a.send_bytes(&big).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(raw & large::OOB_FLAG != 0, setting.is_some());
+            assert_eq!(fds.len(), usize::from(setting.is_some()));
+            if setting.is_none() {
+                let mut rest = vec![0u8; HEADER + big.len() - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+        }
+        a.set_out_of_band(Some(T)).unwrap();
         for delta in [-1isize, 0, 1] {
-            let frame = large::OUT_OF_BAND.checked_add_signed(delta).unwrap();
+            let frame = T.checked_add_signed(delta).unwrap();
             let out_of_band = delta >= 0;
             let bytes = pattern(frame - HEADER);
             a.send_bytes(&bytes).unwrap();
@@ -1345,6 +1391,10 @@ mod tests {
     #[test]
     fn out_of_band_frames_where_they_cannot_be_taken() {
         let (r, w) = pipe(false).unwrap();
+        assert!(matches!(
+            w.set_out_of_band(Some(1 << 20)),
+            Err(SendError::HandlesUnsupported)
+        ));
         let mut frame = [0u8; MIN_FRAME];
         frame[..HEADER].copy_from_slice(&(large::OOB_FLAG | 100_000).to_le_bytes());
         sys::write_all(w.writer.as_ref().unwrap().as_fd(), &frame).unwrap();
@@ -1352,6 +1402,7 @@ mod tests {
         refused_then_in_step(&w, &r, e, "only a Unix-socket connection can carry");
 
         let (a, b) = socket_pipe().unwrap();
+        a.set_out_of_band(Some(1000)).unwrap();
         let big = pattern(1 << 20);
         a.send_bytes(&big).unwrap();
         assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
