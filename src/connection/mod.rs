@@ -414,9 +414,10 @@ impl Connection {
     /// Out of band, a message's payload is written into a fresh memfd, which is sealed (its
     /// size fixed, no more writes) and passed with a 64-byte frame (SCM_RIGHTS) instead of
     /// going through the socket: a large [`send`](Connection::send) or
-    /// [`send_bytes`](Connection::send_bytes) then never blocks on a peer that is not reading
-    /// (it returns once the memfd is written), and the sender may exit right after sending
-    /// (the kernel holds the memfd while it is in flight). Receiving needs nothing: every
+    /// [`send_bytes`](Connection::send_bytes) then does not wait for the peer to read its
+    /// bytes (it returns once the memfd is written and its 64-byte frame queued), and the
+    /// sender may exit right after sending (the kernel holds the memfd while it is in
+    /// flight). Receiving needs nothing: every
     /// receive takes such messages, on any Unix-socket connection, whatever this setting.
     ///
     /// It is not the default because it is not faster when the receiver copies the message

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcSharedMemory};
 use multiproc::shared::{SharedBuffer, SharedSlice};
-use multiproc::{Pool, Process, StartMethod, pipe};
+use multiproc::connection::socket_pipe;
+use multiproc::{Connection, Pool, Process, StartMethod, pipe};
 use serde_bytes::ByteBuf;
 
 use crate::harness::{Case, Ctx, Row, get, median};
@@ -226,10 +227,34 @@ fn pool_map_large(ctx: &mut Ctx) -> Row {
     row
 }
 
+/// How [`ours_pipe_mbs`] connects the two processes.
+#[derive(Clone, Copy)]
+pub(crate) enum Link {
+    /// `pipe(true)`: two pipes.
+    Pipe,
+    /// `socket_pipe()`: a Unix socket pair, every message through the socket.
+    Socket,
+    /// `socket_pipe()` with `set_out_of_band(Some(64 KiB))`: large messages as sealed memfds.
+    SocketOutOfBand,
+}
+
 /// One-way MB/s of `n` `send_bytes` messages of `size` bytes from a child, as
 /// `pipe_bytes_1m` measures it.
 fn ours_pipe_mbs(size: usize, n: usize) -> f64 {
-    let (a, b) = pipe(true).expect("pipe");
+    ours_link_mbs(Link::Pipe, size, n)
+}
+
+/// [`ours_pipe_mbs`] over `link`.
+pub(crate) fn ours_link_mbs(link: Link, size: usize, n: usize) -> f64 {
+    let (a, b): (Connection, Connection) = match link {
+        Link::Pipe => pipe(true).expect("pipe"),
+        Link::Socket => socket_pipe().expect("socket pipe"),
+        Link::SocketOutOfBand => {
+            let (a, b) = socket_pipe().expect("socket pipe");
+            a.set_out_of_band(Some(64 * KIB)).expect("out of band");
+            (a, b)
+        }
+    };
     let mut p = Process::new(move || {
         let mut buf = vec![0u8; size];
         for _ in 0..n {
@@ -290,6 +315,16 @@ fn bandwidth_by_size(ctx: &mut Ctx) -> Row {
             row.ours = Some(ours);
         }
         row.peer.insert(format!("ours_pipe_{l}"), ours);
+        row.peer.insert(
+            format!("ours_socket_{l}"),
+            median(rounds, || ours_link_mbs(Link::Socket, size, n)),
+        );
+        if size >= 64 * KIB {
+            row.peer.insert(
+                format!("ours_socket_out_of_band_{l}"),
+                median(rounds, || ours_link_mbs(Link::SocketOutOfBand, size, n)),
+            );
+        }
         row.peer.insert(
             format!("ipc_channel_{l}"),
             median(rounds, || ipc_channel_mbs(size, n)),
