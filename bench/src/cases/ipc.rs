@@ -151,18 +151,6 @@ fn queue_bytes(ctx: &mut Ctx, case: &'static str, size: usize, n: usize, key: &s
         (n * size) as f64 / queue_run(n, Pin::None, move |_| Arc::clone(&payload)) / 1e6
     }));
     row.peer.insert(
-        "ours_socket".into(),
-        median(ctx.rounds(), || {
-            super::large::ours_link_mbs(super::large::Link::Socket, size, n)
-        }),
-    );
-    row.peer.insert(
-        "ours_socket_out_of_band".into(),
-        median(ctx.rounds(), || {
-            super::large::ours_link_mbs(super::large::Link::SocketOutOfBand, size, n)
-        }),
-    );
-    row.peer.insert(
         "ipc_channel_bytes".into(),
         median(ctx.rounds(), || ipc_channel_bytes(n, size)),
     );
