@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcSharedMemory};
-use multiproc::shared::{SharedBuffer, SharedSlice};
 use multiproc::connection::socket_pipe;
+use multiproc::shared::{SharedBuffer, SharedSlice};
 use multiproc::{Connection, Pool, Process, StartMethod, pipe};
 use serde_bytes::ByteBuf;
 
