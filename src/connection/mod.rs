@@ -15,6 +15,9 @@
 //! holding a lock of its own around `recv`). A peer that exits or is killed in the
 //! middle of a message never leaves the reader blocked or holding half a message: the reader
 //! gets [`RecvError::Truncated`], then [`RecvError::Disconnected`].
+//!
+//! On a Unix socket, a message may also travel out of band, as a sealed memfd passed beside
+//! a short frame (see [`Connection::set_out_of_band`]); every receive takes such messages.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -350,8 +353,10 @@ impl Connection {
     /// Sends `value` as one message.
     ///
     /// Blocks while the channel is full (the peer is not reading). The bytes of `value` go
-    /// through the channel, however large; to hand over a large buffer without copying it,
-    /// send a [`SharedBuffer`](crate::shared::SharedBuffer) or
+    /// through the channel, however large, unless this Unix-socket connection was told to
+    /// send large messages out of band ([`set_out_of_band`](Connection::set_out_of_band)); to
+    /// hand over a large buffer without copying it, send a
+    /// [`SharedBuffer`](crate::shared::SharedBuffer) or
     /// [`SharedSlice`](crate::shared::SharedSlice), which travels as a handle.
     ///
     /// # Errors
