@@ -433,8 +433,9 @@ impl Connection {
     /// [`SharedBuffer`](crate::shared::SharedBuffer) instead. `from` is raised to at least 65
     /// bytes, so that a payload sent out of band is never empty.
     ///
-    /// Affects this handle only (a [`try_clone`](Connection::try_clone) starts with this
-    /// handle's setting).
+    /// Affects this handle's blocking sends only (a [`try_clone`](Connection::try_clone)
+    /// starts with this handle's setting; the async sends of `multiproc::aio` send every
+    /// message through the socket, and their receives take out-of-band messages too).
     ///
     /// # Examples
     /// ```
