@@ -23,6 +23,8 @@ SERIES = [
     ("ipc_channel_", "IPC-CHANNEL", (255, 127, 14)),
     ("python_", "PYTHON PIPE", (44, 160, 44)),
     ("ours_shared_read_all_", "OURS SHARED", (214, 39, 40)),
+    ("ours_socket_", "OURS SOCKET", (148, 103, 189)),
+    ("ours_socket_out_of_band_", "OURS SOCKET OOB", (140, 86, 75)),
 ]
 
 # 3x5 glyphs, five rows of three, '#' = ink.

@@ -15,10 +15,13 @@
 //! holding a lock of its own around `recv`). A peer that exits or is killed in the
 //! middle of a message never leaves the reader blocked or holding half a message: the reader
 //! gets [`RecvError::Truncated`], then [`RecvError::Disconnected`].
+//!
+//! On a Unix socket, a message may also travel out of band, as a sealed memfd passed beside
+//! a short frame (see [`Connection::set_out_of_band`]); every receive takes such messages.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,7 @@ use crate::sys;
 use crate::wire::share::{PassFd, TakeFd};
 use crate::wire::{self, HEADER};
 
+mod large;
 mod listener;
 mod wait;
 
@@ -195,6 +199,38 @@ pub struct Connection {
     /// Whether the pipe was already asked for a larger buffer (done on the first large send,
     /// so that pipes carrying only small messages keep the default and the per-user budget).
     grown: AtomicBool,
+    /// Whether `reader` and `writer` are Unix sockets, which carry large messages out of band
+    /// ([`large`]): [`UNKNOWN`] until first asked.
+    reader_unix: AtomicU8,
+    writer_unix: AtomicU8,
+    /// Frames of at least this many bytes are sent out of band
+    /// ([`set_out_of_band`](Connection::set_out_of_band)); `usize::MAX`: never.
+    out_of_band_from: AtomicUsize,
+}
+
+/// Not yet asked whether a descriptor is a Unix socket ([`Connection::reader_unix`]).
+const UNKNOWN: u8 = 0;
+const NOT_UNIX: u8 = 1;
+const UNIX: u8 = 2;
+
+/// Whether `fd` is a Unix socket, asking the kernel once and keeping the answer in `cache`.
+fn is_unix(cache: &AtomicU8, fd: BorrowedFd<'_>) -> bool {
+    match cache.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let unix = sys::is_unix_socket(fd).unwrap_or(false);
+            cache.store(if unix { UNIX } else { NOT_UNIX }, Ordering::Relaxed);
+            unix
+        }
+        known => known == UNIX,
+    }
+}
+
+/// A frame read off the stream: where its payload is.
+enum Frame {
+    /// In the inbox: `buf[start..start + len]`.
+    Inline { start: usize, len: usize },
+    /// In a memfd that came with the frame (already consumed from the inbox).
+    OutOfBand(large::OutOfBand),
 }
 
 /// The frame being received: `buf[..filled]`. Reads are exact, so this never holds bytes of
@@ -210,6 +246,8 @@ struct Inbox {
     /// The connection is a client's made without an authkey, and nothing was received yet:
     /// the first message is checked for being a listener's authentication challenge.
     keyless_client: bool,
+    /// Descriptors that arrived with the frame being received (on a Unix socket).
+    fds: Vec<OwnedFd>,
 }
 
 impl Inbox {
@@ -230,9 +268,11 @@ impl Inbox {
         Ok(())
     }
 
-    /// Drops the whole frame just handed out.
+    /// Drops the whole frame just handed out, and closes the descriptors that came with it
+    /// and were not taken.
     fn consume(&mut self) {
         self.filled = 0;
+        self.fds.clear();
         if self.buf.len() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
@@ -298,6 +338,9 @@ impl Connection {
             inbox: Arc::default(),
             outbox: Arc::default(),
             grown: AtomicBool::new(false),
+            reader_unix: AtomicU8::new(UNKNOWN),
+            writer_unix: AtomicU8::new(UNKNOWN),
+            out_of_band_from: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -310,8 +353,10 @@ impl Connection {
     /// Sends `value` as one message.
     ///
     /// Blocks while the channel is full (the peer is not reading). The bytes of `value` go
-    /// through the channel, however large; to hand over a large buffer without copying it,
-    /// send a [`SharedBuffer`](crate::shared::SharedBuffer) or
+    /// through the channel, however large, unless this Unix-socket connection was told to
+    /// send large messages out of band ([`set_out_of_band`](Connection::set_out_of_band)); to
+    /// hand over a large buffer without copying it, send a
+    /// [`SharedBuffer`](crate::shared::SharedBuffer) or
     /// [`SharedSlice`](crate::shared::SharedSlice), which travels as a handle.
     ///
     /// # Errors
@@ -322,7 +367,15 @@ impl Connection {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let mut out = lock(&self.outbox);
         out.clear();
-        wire::encode_into(value, &mut out)?;
+        let from = self.out_of_band_from.load(Ordering::Relaxed);
+        if from != usize::MAX {
+            if let large::Encoded::OutOfBand { file, len } = large::encode(value, &mut out, from)? {
+                large::send_frame(writer.as_fd(), file.as_fd(), len)?;
+                return Ok(());
+            }
+        } else {
+            wire::encode_into(value, &mut out)?;
+        }
         if out.len() < MIN_FRAME {
             out.resize(MIN_FRAME, 0);
         }
@@ -341,6 +394,12 @@ impl Connection {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
         let header = wire::header_for(bytes.len())?;
+        if HEADER + bytes.len() >= self.out_of_band_from.load(Ordering::Relaxed) {
+            let file = large::file_with(bytes)?;
+            let _serialise = lock(&self.outbox);
+            large::send_frame(writer.as_fd(), file.as_fd(), bytes.len())?;
+            return Ok(());
+        }
         let _serialise = lock(&self.outbox);
         if HEADER + bytes.len() < MIN_FRAME {
             let mut frame = [0u8; MIN_FRAME];
@@ -351,6 +410,55 @@ impl Connection {
             self.grow_for(writer.as_fd(), HEADER + bytes.len());
             sys::write_all_vectored(writer.as_fd(), &[&header, bytes])?;
         }
+        Ok(())
+    }
+
+    /// Sends messages whose frame (the 4-byte header and the payload) is at least `from`
+    /// bytes long out of band from now on, or none with `None` (the default).
+    ///
+    /// Out of band, a message's payload is written into a fresh memfd, which is sealed (its
+    /// size fixed, no more writes) and passed with a 64-byte frame (SCM_RIGHTS) instead of
+    /// going through the socket: a large [`send`](Connection::send) or
+    /// [`send_bytes`](Connection::send_bytes) then does not wait for the peer to read its
+    /// bytes (it returns once the memfd is written and its 64-byte frame queued), and the
+    /// sender may exit right after sending (the kernel holds the memfd while it is in
+    /// flight). Receiving needs nothing: every
+    /// receive takes such messages, on any Unix-socket connection, whatever this setting.
+    ///
+    /// It is not the default because it is not faster when the receiver copies the message
+    /// out, which every receive does: each message costs fresh pages for the memfd, written
+    /// and then read whole from memory, while a socket streams the bytes through a small
+    /// buffer that stays in cache (measured in BENCHMARKS.md, "Large payloads"). To hand a
+    /// large buffer over without any copy, send a
+    /// [`SharedBuffer`](crate::shared::SharedBuffer) instead. `from` is raised to at least 65
+    /// bytes, so that a payload sent out of band is never empty.
+    ///
+    /// Affects this handle's blocking sends only (a [`try_clone`](Connection::try_clone)
+    /// starts with this handle's setting; the async sends of `multiproc::aio` send every
+    /// message through the socket, and their receives take out-of-band messages too).
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiproc::connection::socket_pipe()?;
+    /// a.set_out_of_band(Some(64 * 1024))?;
+    /// let big = vec![7u8; 1 << 20];
+    /// a.send_bytes(&big)?; // a 64-byte frame and a memfd, not 1 MiB through the socket
+    /// drop(a); // the message is in flight, held by the kernel
+    /// assert_eq!(b.recv_bytes()?, big);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendError::HandlesUnsupported`] if the connection is not a Unix socket (a pipe or
+    /// TCP cannot carry descriptors; nothing changes); [`SendError::Closed`] on a read-only
+    /// or closed connection.
+    pub fn set_out_of_band(&self, from: Option<usize>) -> Result<(), SendError> {
+        let writer = self.writer.as_ref().ok_or(SendError::Closed)?;
+        if !is_unix(&self.writer_unix, writer.as_fd()) {
+            return Err(SendError::HandlesUnsupported);
+        }
+        let from = from.map_or(usize::MAX, |f| f.max(MIN_FRAME + 1));
+        self.out_of_band_from.store(from, Ordering::Relaxed);
         Ok(())
     }
 
@@ -421,17 +529,22 @@ impl Connection {
         if !sys::is_unix_socket(reader.as_fd())? {
             return Err(RecvError::HandlesUnsupported);
         }
-        let mut fds = Vec::new();
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame_with(
-            reader.as_fd(),
-            &mut inbox,
-            None,
-            wire::MAX_FRAME,
-            &mut |fd, buf| sys::recv_exact_with_fds(fd, buf, &mut fds),
-        )?;
+        let (start, len) =
+            match self.read_frame(reader.as_fd(), &mut inbox, None, wire::MAX_FRAME)? {
+                Frame::Inline { start, len } => (start, len),
+                Frame::OutOfBand(_) => {
+                    return Err(DecodeError::new(
+                        "expected a descriptor sent with send_handle, but a large message arrived \
+                     out of band (it is consumed, its memory closed)",
+                        None,
+                    )
+                    .into());
+                }
+            };
         inbox.check_first(start, len)?;
         let is_handle = &inbox.buf[start..start + len] == HANDLE_MESSAGE;
+        let mut fds = std::mem::take(&mut inbox.fds);
         inbox.consume();
         let why = match (is_handle, fds.len()) {
             (true, 1) => return Ok(fds.pop().expect("one descriptor")),
@@ -519,7 +632,7 @@ impl Connection {
     /// # Errors
     /// As [`recv`](Connection::recv), without `Decode` except for a bad size header.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        self.recv_with(None, |payload| Ok(payload.to_vec()))
+        self.recv_limited(None, wire::MAX_FRAME)
     }
 
     /// As [`recv_bytes`](Connection::recv_bytes), refusing messages longer than `max_len`
@@ -539,11 +652,15 @@ impl Connection {
     ) -> Result<Vec<u8>, RecvError> {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, max_len)?;
-        inbox.check_first(start, len)?;
-        let bytes = inbox.buf[start..start + len].to_vec();
-        inbox.consume();
-        Ok(bytes)
+        match self.read_frame(reader.as_fd(), &mut inbox, deadline, max_len)? {
+            Frame::Inline { start, len } => {
+                inbox.check_first(start, len)?;
+                let bytes = inbox.buf[start..start + len].to_vec();
+                inbox.consume();
+                Ok(bytes)
+            }
+            Frame::OutOfBand(payload) => Ok(payload.to_vec().map_err(refused)?),
+        }
     }
 
     /// Receives one message into `buf`, returning its length: Python's `recv_bytes_into`.
@@ -559,9 +676,19 @@ impl Connection {
             return Err(broken());
         }
         // Every frame is at least MIN_FRAME long, so this never reads into the next one.
-        fill_at_least(reader, &mut inbox, MIN_FRAME)?;
-        let header: [u8; HEADER] = inbox.buf[..HEADER].try_into().expect("HEADER bytes");
-        let len = match wire::announced_len(header) {
+        if is_unix(&self.reader_unix, reader) {
+            let mut fds = std::mem::take(&mut inbox.fds);
+            let filled = fill_at_least_with(reader, &mut inbox, MIN_FRAME, &mut |fd, buf| {
+                sys::recv_exact_with_fds(fd, buf, &mut fds)
+            });
+            inbox.fds = fds;
+            filled?;
+        } else {
+            fill_at_least(reader, &mut inbox, MIN_FRAME)?;
+        }
+        let raw = u32::from_le_bytes(inbox.buf[..HEADER].try_into().expect("HEADER bytes"));
+        let out_of_band = raw & large::OOB_FLAG != 0;
+        let len = match wire::announced_len((raw & !large::OOB_FLAG).to_le_bytes()) {
             Ok(len) => len,
             Err(e) => {
                 inbox.broken = true;
@@ -569,9 +696,24 @@ impl Connection {
             }
         };
         let have = inbox.filled - HEADER;
-        if len <= have || len > buf.len() || inbox.keyless_client {
-            // Already whole, too long for `buf`, or to be checked: the general path.
-            let (start, len) = next_frame(reader, &mut inbox, None, wire::MAX_FRAME)?;
+        if len <= have || len > buf.len() || inbox.keyless_client || out_of_band {
+            // Already whole, too long for `buf`, to be checked, or out of band: the general
+            // path.
+            let (start, len) = match self.read_frame(reader, &mut inbox, None, wire::MAX_FRAME)? {
+                Frame::Inline { start, len } => (start, len),
+                Frame::OutOfBand(payload) if payload.len > buf.len() => {
+                    return Err(RecvError::BufferTooShort {
+                        message: payload.to_vec().map_err(refused)?,
+                        capacity: buf.len(),
+                    });
+                }
+                Frame::OutOfBand(payload) => {
+                    payload
+                        .read_into(&mut buf[..payload.len])
+                        .map_err(refused)?;
+                    return Ok(payload.len);
+                }
+            };
             inbox.check_first(start, len)?;
             let result = if len > buf.len() {
                 Err(RecvError::BufferTooShort {
@@ -585,9 +727,12 @@ impl Connection {
             inbox.consume();
             return result;
         }
-        // A large message that fits: the rest goes straight into `buf`, one copy fewer.
+        // A large message that fits: the rest goes straight into `buf`, one copy fewer. (A
+        // descriptor attached to it is closed; so is any in its remaining bytes, which the
+        // kernel closes for a plain read.)
         buf[..have].copy_from_slice(&inbox.buf[HEADER..HEADER + have]);
         inbox.filled = 0;
+        inbox.fds.clear();
         let mut got = have;
         while got < len {
             match sys::read(reader, &mut buf[got..len]) {
@@ -616,11 +761,83 @@ impl Connection {
     ) -> Result<R, RecvError> {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         let mut inbox = lock(&self.inbox);
-        let (start, len) = next_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)?;
-        inbox.check_first(start, len)?;
-        let result = f(&inbox.buf[start..start + len]);
+        match self.read_frame(reader.as_fd(), &mut inbox, deadline, wire::MAX_FRAME)? {
+            Frame::Inline { start, len } => {
+                inbox.check_first(start, len)?;
+                let result = f(&inbox.buf[start..start + len]);
+                inbox.consume();
+                result
+            }
+            Frame::OutOfBand(payload) => {
+                // The inbox is free again: decoding from the mapping holds no buffer of ours.
+                drop(inbox);
+                let bytes = payload.map().map_err(refused)?;
+                f(bytes.bytes())
+            }
+        }
+    }
+
+    /// Reads the next frame: on a Unix socket, with the descriptors that come with it. A
+    /// frame announced out of band is taken off the stream here, with its descriptor, which
+    /// must be exactly one; otherwise the frame is refused (consumed, descriptors closed).
+    fn read_frame(
+        &self,
+        reader: BorrowedFd<'_>,
+        inbox: &mut Inbox,
+        deadline: Option<Instant>,
+        max_len: usize,
+    ) -> Result<Frame, RecvError> {
+        let unix = is_unix(&self.reader_unix, reader);
+        let found = if unix {
+            let mut fds = std::mem::take(&mut inbox.fds);
+            let found = next_frame_with(reader, inbox, deadline, max_len, &mut |fd, buf| {
+                sys::recv_exact_with_fds(fd, buf, &mut fds)
+            });
+            inbox.fds = fds;
+            found
+        } else {
+            next_frame(reader, inbox, deadline, max_len)
+        };
+        let (start, len, out_of_band) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                if inbox.filled == 0 {
+                    // No frame is pending (end of stream, or a truncated one dropped).
+                    inbox.fds.clear();
+                }
+                return Err(e);
+            }
+        };
+        if !out_of_band {
+            // Descriptors attached to an ordinary frame are closed when it is consumed, as
+            // a plain `read(2)` would have closed them.
+            return Ok(Frame::Inline { start, len });
+        }
+        inbox.keyless_client = false;
+        let mut fds = std::mem::take(&mut inbox.fds);
         inbox.consume();
-        result
+        let why = match fds.len() {
+            1 if len <= max_len => {
+                let file = fds.pop().expect("one descriptor");
+                return Ok(Frame::OutOfBand(large::OutOfBand { file, len }));
+            }
+            1 => {
+                format!("message of {len} bytes exceeds the {max_len}-byte limit (it is consumed)")
+            }
+            0 if unix => format!(
+                "a frame header announces {len} bytes out of band (bit 31 set), but no \
+                 descriptor came with it (the frame is consumed)"
+            ),
+            0 => format!(
+                "a frame header announces {len} bytes out of band (bit 31 set), which only a \
+                 Unix-socket connection can carry (the frame is consumed)"
+            ),
+            n => format!(
+                "a frame announced out of band came with {n} descriptors, not one (consumed, \
+                 closed here)"
+            ),
+        };
+        Err(DecodeError::new(why, None).into())
     }
 
     /// Whether a message (or end of file) is waiting, waiting up to `timeout` for one;
@@ -705,6 +922,9 @@ impl Connection {
             inbox: Arc::clone(&self.inbox),
             outbox: Arc::clone(&self.outbox),
             grown: AtomicBool::new(self.grown.load(Ordering::Relaxed)),
+            reader_unix: AtomicU8::new(self.reader_unix.load(Ordering::Relaxed)),
+            writer_unix: AtomicU8::new(self.writer_unix.load(Ordering::Relaxed)),
+            out_of_band_from: AtomicUsize::new(self.out_of_band_from.load(Ordering::Relaxed)),
         })
     }
 
@@ -741,6 +961,16 @@ impl Connection {
 
 /// Reads until `inbox` holds at least `want` bytes (never more than `want` in all).
 fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Result<(), RecvError> {
+    fill_at_least_with(reader, inbox, want, &mut sys::read)
+}
+
+/// As [`fill_at_least`], reading with `read` (which must read at most the slice it is given).
+fn fill_at_least_with(
+    reader: BorrowedFd<'_>,
+    inbox: &mut Inbox,
+    want: usize,
+    read: &mut dyn FnMut(BorrowedFd<'_>, &mut [u8]) -> std::io::Result<usize>,
+) -> Result<(), RecvError> {
     if inbox.buf.len() < want {
         inbox.buf.resize(want, 0);
     }
@@ -758,7 +988,7 @@ fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Resu
             });
         }
         let filled = inbox.filled;
-        let n = sys::read(reader, &mut inbox.buf[filled..want])?;
+        let n = read(reader, &mut inbox.buf[filled..want])?;
         if n == 0 {
             inbox.eof = true;
         }
@@ -767,17 +997,31 @@ fn fill_at_least(reader: BorrowedFd<'_>, inbox: &mut Inbox, want: usize) -> Resu
     Ok(())
 }
 
+/// A payload that came out of band and cannot be read: a descriptor that is not a sealed
+/// memfd of the announced size is a [`RecvError::Decode`] that says why; failing to map or
+/// read a valid one is the OS's error.
+fn refused(e: std::io::Error) -> RecvError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        DecodeError::new(format!("refused a message sent out of band: {e}"), None).into()
+    } else {
+        e.into()
+    }
+}
+
 fn broken() -> RecvError {
     DecodeError::new("connection unreadable after a bad message header", None).into()
 }
 
-/// Reads until `inbox` holds a whole frame; returns its payload's offset and length.
+/// Reads until `inbox` holds a whole frame; returns its payload's offset and length, and
+/// whether the header announced it out of band (bit 31 set: the frame on the stream is then
+/// [`MIN_FRAME`] bytes, and `len`, unchecked against `max_len`, is that of the payload in the
+/// descriptor that came with it).
 fn next_frame(
     reader: BorrowedFd<'_>,
     inbox: &mut Inbox,
     deadline: Option<Instant>,
     max_len: usize,
-) -> Result<(usize, usize), RecvError> {
+) -> Result<(usize, usize, bool), RecvError> {
     next_frame_with(reader, inbox, deadline, max_len, &mut sys::read)
 }
 
@@ -788,7 +1032,7 @@ fn next_frame_with(
     deadline: Option<Instant>,
     max_len: usize,
     read: &mut dyn FnMut(BorrowedFd<'_>, &mut [u8]) -> std::io::Result<usize>,
-) -> Result<(usize, usize), RecvError> {
+) -> Result<(usize, usize, bool), RecvError> {
     if inbox.broken {
         return Err(broken());
     }
@@ -796,8 +1040,10 @@ fn next_frame_with(
         let unread = inbox.unread();
         let need = match unread.get(..HEADER) {
             Some(header) => {
-                let len = match wire::announced_len(header.try_into().expect("HEADER bytes")) {
-                    Ok(len) if len <= max_len => len,
+                let raw = u32::from_le_bytes(header.try_into().expect("HEADER bytes"));
+                let out_of_band = raw & large::OOB_FLAG != 0;
+                let len = match wire::announced_len((raw & !large::OOB_FLAG).to_le_bytes()) {
+                    Ok(len) if len <= max_len || out_of_band => len,
                     Ok(len) => {
                         inbox.broken = true;
                         return Err(DecodeError::new(
@@ -811,9 +1057,13 @@ fn next_frame_with(
                         return Err(e.into());
                     }
                 };
-                let total = (HEADER + len).max(MIN_FRAME);
+                let total = if out_of_band {
+                    MIN_FRAME
+                } else {
+                    (HEADER + len).max(MIN_FRAME)
+                };
                 if unread.len() >= total {
-                    return Ok((HEADER, len));
+                    return Ok((HEADER, len, out_of_band));
                 }
                 total - unread.len()
             }
@@ -956,5 +1206,229 @@ mod tests {
         // The stream is in step: the next message is received whole.
         a.send(&7u8).unwrap();
         assert_eq!(b.recv::<u8>().unwrap(), 7);
+    }
+
+    /// Reads the next frame off `conn`'s socket by hand: its header and the descriptors that
+    /// came with it.
+    fn raw_frame(conn: &Connection) -> (u32, Vec<OwnedFd>) {
+        let mut frame = [0u8; MIN_FRAME];
+        let mut fds = Vec::new();
+        let mut got = 0;
+        while got < MIN_FRAME {
+            let n = sys::recv_exact_with_fds(
+                conn.reader.as_ref().unwrap().as_fd(),
+                &mut frame[got..],
+                &mut fds,
+            )
+            .unwrap();
+            assert!(n > 0, "end of stream");
+            got += n;
+        }
+        (u32::from_le_bytes(frame[..HEADER].try_into().unwrap()), fds)
+    }
+
+    /// Sends a forged frame with header `raw` and `fds` attached.
+    fn forge(conn: &Connection, raw: u32, fds: &[BorrowedFd<'_>]) {
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&raw.to_le_bytes());
+        sys::send_with_fds(conn.writer.as_ref().unwrap().as_fd(), &frame, fds).unwrap();
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// With `set_out_of_band(Some(T))`, frames of `T - 1` bytes go down the socket, frames of
+    /// `T` and `T + 1` bytes out of band, for `send_bytes` and for `send` alike; by default,
+    /// and after `set_out_of_band(None)`, none does.
+    #[test]
+    fn the_threshold_is_the_frame_length() {
+        const T: usize = 64 * 1024;
+        let (a, b) = socket_pipe().unwrap();
+        let big = pattern(T * 2);
+        for setting in [None, Some(T), None] {
+            a.set_out_of_band(setting).unwrap();
+            a.send_bytes(&big).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(raw & large::OOB_FLAG != 0, setting.is_some());
+            assert_eq!(fds.len(), usize::from(setting.is_some()));
+            if setting.is_none() {
+                let mut rest = vec![0u8; HEADER + big.len() - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+        }
+        a.set_out_of_band(Some(T)).unwrap();
+        for delta in [-1isize, 0, 1] {
+            let frame = T.checked_add_signed(delta).unwrap();
+            let out_of_band = delta >= 0;
+            let bytes = pattern(frame - HEADER);
+            a.send_bytes(&bytes).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(
+                raw & large::OOB_FLAG != 0,
+                out_of_band,
+                "send_bytes {frame}"
+            );
+            assert_eq!(fds.len(), usize::from(out_of_band));
+            if out_of_band {
+                assert_eq!((raw & !large::OOB_FLAG) as usize, bytes.len());
+            } else {
+                // The rest of the inline frame.
+                let mut rest = vec![0u8; frame - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+            // A `Vec<u8>` of n < 2^21 bytes encodes as a 3-byte length, then the bytes.
+            let value = pattern(frame - HEADER - 3);
+            a.send(&value).unwrap();
+            let (raw, fds) = raw_frame(&b);
+            assert_eq!(raw & large::OOB_FLAG != 0, out_of_band, "send {frame}");
+            assert_eq!(fds.len(), usize::from(out_of_band));
+            if !out_of_band {
+                let mut rest = vec![0u8; frame - MIN_FRAME];
+                let mut got = 0;
+                while got < rest.len() {
+                    got += sys::read(b.reader.as_ref().unwrap().as_fd(), &mut rest[got..]).unwrap();
+                }
+            }
+            // And every receive gets them back whole.
+            a.send_bytes(&bytes).unwrap();
+            assert_eq!(b.recv_bytes().unwrap(), bytes);
+            a.send(&value).unwrap();
+            assert_eq!(b.recv::<Vec<u8>>().unwrap(), value);
+            a.send_bytes(&bytes).unwrap();
+            let mut into = vec![0u8; bytes.len() + 5];
+            assert_eq!(b.recv_bytes_into(&mut into).unwrap(), bytes.len());
+            assert_eq!(&into[..bytes.len()], &bytes[..]);
+            a.send_bytes(&bytes).unwrap();
+            assert_eq!(b.recv_bytes_max(bytes.len()).unwrap(), bytes);
+            a.send(&value).unwrap();
+            assert_eq!(
+                b.recv_timeout::<Vec<u8>>(Duration::from_secs(10)).unwrap(),
+                value
+            );
+        }
+    }
+
+    /// Checks that `err` is a decode error mentioning `what`, and that the stream is still in
+    /// step after it.
+    fn refused_then_in_step(a: &Connection, b: &Connection, err: RecvError, what: &str) {
+        assert!(matches!(err, RecvError::Decode(_)), "{err:?}");
+        assert!(err.to_string().contains(what), "{err} (wanted {what:?})");
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
+    }
+
+    /// Bit 31 with no descriptor, with two, with a pipe, with an unsealed memfd, with one of
+    /// the wrong size, one sealed against resizing but not writes, one of no bytes: each a
+    /// clear error, the frame consumed and its descriptors closed, never a panic or a hang.
+    #[test]
+    fn forged_out_of_band_frames_are_refused() {
+        let (a, b) = socket_pipe().unwrap();
+        let flag = large::OOB_FLAG;
+
+        forge(&a, flag | 100_000, &[]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "no descriptor came with it");
+
+        // A pipe's write end: its reader sees end of file once the receiver closes it.
+        let (pipe_r, pipe_w) = sys::pipe().unwrap();
+        forge(&a, flag | 100_000, &[pipe_w.as_fd()]);
+        drop(pipe_w);
+        let e = b.recv_bytes().unwrap_err();
+        refused_then_in_step(&a, &b, e, "not a memfd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(sys::wait_readable(&[pipe_r.as_fd()], Some(deadline)).unwrap()[0]);
+        assert_eq!(sys::read(pipe_r.as_fd(), &mut [0u8; 1]).unwrap(), 0);
+
+        let unsealed = sys::memfd(100_000).unwrap();
+        forge(&a, flag | 100_000, &[unsealed.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "not sealed");
+
+        let fixed = sys::memfd_fixed_size(c"test", 100_000).unwrap();
+        forge(&a, flag | 100_000, &[fixed.as_fd()]);
+        let mut buf = vec![0u8; 200_000];
+        let e = b.recv_bytes_into(&mut buf).unwrap_err();
+        refused_then_in_step(&a, &b, e, "not sealed");
+
+        let sealed = large::file_with(&pattern(100_000)).unwrap();
+        forge(&a, flag | 100_001, &[sealed.as_fd()]);
+        let e = b.recv_bytes().unwrap_err();
+        refused_then_in_step(
+            &a,
+            &b,
+            e,
+            "holds 100000 bytes, but the header announces 100001",
+        );
+
+        forge(&a, flag | 100_000, &[sealed.as_fd(), sealed.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "2 descriptors");
+
+        let empty = large::file_with(&[]).unwrap();
+        forge(&a, flag, &[empty.as_fd()]);
+        let e = b.recv::<Vec<u8>>().unwrap_err();
+        assert!(!matches!(e, RecvError::Timeout), "{e:?}");
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
+
+        // Over the frame limit even without the bit: the stream cannot be resynchronised.
+        forge(&a, flag | (wire::MAX_FRAME as u32 + 1), &[sealed.as_fd()]);
+        let e = b.recv_bytes().unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+
+        // A genuine one still decodes on a fresh pair, also as a value of the wrong type.
+        let (a, b) = socket_pipe().unwrap();
+        forge(&a, flag | 100_000, &[sealed.as_fd()]);
+        assert_eq!(b.recv_bytes().unwrap(), pattern(100_000));
+        forge(&a, flag | 100_000, &[sealed.as_fd()]);
+        let e = b.recv::<(u64, u64)>().unwrap_err();
+        refused_then_in_step(&a, &b, e, "left over");
+    }
+
+    /// On a pipe, which cannot carry descriptors, a header with bit 31 set is refused and
+    /// the stream stays in step; `recv_handle`, `recv_bytes_max` and `recv_bytes_into` refuse
+    /// out-of-band messages they cannot take, and `poll` sees one coming.
+    #[test]
+    fn out_of_band_frames_where_they_cannot_be_taken() {
+        let (r, w) = pipe(false).unwrap();
+        assert!(matches!(
+            w.set_out_of_band(Some(1 << 20)),
+            Err(SendError::HandlesUnsupported)
+        ));
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&(large::OOB_FLAG | 100_000).to_le_bytes());
+        sys::write_all(w.writer.as_ref().unwrap().as_fd(), &frame).unwrap();
+        let e = r.recv_bytes().unwrap_err();
+        refused_then_in_step(&w, &r, e, "only a Unix-socket connection can carry");
+
+        let (a, b) = socket_pipe().unwrap();
+        a.set_out_of_band(Some(1000)).unwrap();
+        let big = pattern(1 << 20);
+        a.send_bytes(&big).unwrap();
+        assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
+        let e = b.recv_handle().unwrap_err();
+        refused_then_in_step(&a, &b, e, "out of band");
+
+        a.send_bytes(&big).unwrap();
+        let e = b.recv_bytes_max(1000).unwrap_err();
+        refused_then_in_step(&a, &b, e, "exceeds the 1000-byte limit");
+
+        a.send_bytes(&big).unwrap();
+        let mut small = [0u8; 10];
+        match b.recv_bytes_into(&mut small) {
+            Err(RecvError::BufferTooShort { message, capacity }) => {
+                assert_eq!((message, capacity), (big.clone(), 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        a.send(&"next").unwrap();
+        assert_eq!(b.recv::<String>().unwrap(), "next");
     }
 }

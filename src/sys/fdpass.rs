@@ -96,7 +96,10 @@ pub(crate) fn recv_exact_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    // On the stack: connections on Unix sockets read every message through here, small
+    // ones included, and an allocation per read would cost them.
+    const SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
+    let mut space = [MaybeUninit::<u8>::uninit(); SPACE];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = match rustix::net::recvmsg(

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use multiproc::{Process, Queue, pipe};
+use multiproc::connection::socket_pipe;
+use multiproc::{Connection, Process, Queue, pipe};
 use serde_bytes::ByteBuf;
 
 use crate::harness::{Case, Ctx, Row, get, median};
@@ -289,6 +290,16 @@ fn pipe_bytes_1m(ctx: &mut Ctx) -> Row {
     let size = 1 << 20;
     row.ours = Some(median(ctx.rounds(), || ours_pipe_mbs(size, n)));
     row.peer.insert(
+        "ours_socket".into(),
+        median(ctx.rounds(), || ours_link_mbs(Link::Socket, size, n)),
+    );
+    row.peer.insert(
+        "ours_socket_out_of_band".into(),
+        median(ctx.rounds(), || {
+            ours_link_mbs(Link::SocketOutOfBand, size, n)
+        }),
+    );
+    row.peer.insert(
         "ipc_channel_bytes".into(),
         median(ctx.rounds(), || ipc_channel_mbs(size, n)),
     );
@@ -422,10 +433,34 @@ fn ipc_channel_roundtrip(n: usize, pin: Pin) -> f64 {
     us
 }
 
-/// One-way MB/s of `n` `send_bytes` messages of `size` bytes to a child (`pipe_bytes_1m`,
-/// and `bandwidth_by_size` in `large.rs`).
+/// How [`ours_link_mbs`] connects the two processes.
+#[derive(Clone, Copy)]
+pub(super) enum Link {
+    /// `pipe(true)`: two pipes.
+    Pipe,
+    /// `socket_pipe()`: a Unix socket pair, every message through the socket.
+    Socket,
+    /// `socket_pipe()` with `set_out_of_band(Some(64 KiB))`: large messages as sealed memfds.
+    SocketOutOfBand,
+}
+
+/// One-way MB/s of `n` `send_bytes` messages of `size` bytes to a child over `pipe(true)`
+/// (`pipe_bytes_1m`, and `bandwidth_by_size` in `large.rs`).
 pub(super) fn ours_pipe_mbs(size: usize, n: usize) -> f64 {
-    let (a, b) = pipe(true).expect("pipe");
+    ours_link_mbs(Link::Pipe, size, n)
+}
+
+/// [`ours_pipe_mbs`] over `link`.
+pub(super) fn ours_link_mbs(link: Link, size: usize, n: usize) -> f64 {
+    let (a, b): (Connection, Connection) = match link {
+        Link::Pipe => pipe(true).expect("pipe"),
+        Link::Socket => socket_pipe().expect("socket pipe"),
+        Link::SocketOutOfBand => {
+            let (a, b) = socket_pipe().expect("socket pipe");
+            a.set_out_of_band(Some(64 * 1024)).expect("out of band");
+            (a, b)
+        }
+    };
     let mut p = Process::new(move || {
         let mut buf = vec![0u8; size];
         for _ in 0..n {

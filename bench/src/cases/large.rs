@@ -10,7 +10,7 @@ use multiproc::shared::{SharedBuffer, SharedSlice};
 use multiproc::{Pool, Process, StartMethod, pipe};
 use serde_bytes::ByteBuf;
 
-use super::ipc::{ipc_channel_mbs, ours_pipe_mbs};
+use super::ipc::{Link, ipc_channel_mbs, ours_link_mbs, ours_pipe_mbs};
 use crate::harness::{Case, Ctx, Row, get, median};
 
 pub fn cases() -> Vec<Case> {
@@ -244,6 +244,16 @@ fn bandwidth_by_size(ctx: &mut Ctx) -> Row {
             row.ours = Some(ours);
         }
         row.peer.insert(format!("ours_pipe_{l}"), ours);
+        row.peer.insert(
+            format!("ours_socket_{l}"),
+            median(rounds, || ours_link_mbs(Link::Socket, size, n)),
+        );
+        if size >= 64 * KIB {
+            row.peer.insert(
+                format!("ours_socket_out_of_band_{l}"),
+                median(rounds, || ours_link_mbs(Link::SocketOutOfBand, size, n)),
+            );
+        }
         row.peer.insert(
             format!("ipc_channel_{l}"),
             median(rounds, || ipc_channel_mbs(size, n)),

@@ -49,6 +49,115 @@ pub(crate) fn memfd_fixed_size(name: &CStr, len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new anonymous shared-memory file, empty and not yet sealed (memfd, close-on-exec): an
+/// out-of-band message is written into it with `write(2)`, which grows it, and then sealed
+/// with [`seal_contents`]. It is never mapped writable, so the write seal can be added.
+///
+/// # References
+/// memfd_create(2) `MFD_ALLOW_SEALING`.
+pub(crate) fn memfd_sealable(name: &CStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )?)
+}
+
+/// The seals that make a memfd's bytes immutable for every holder: its size can neither
+/// shrink nor grow, and nobody can write it (`write(2)` or a writable mapping).
+fn content_seals() -> rustix::fs::SealFlags {
+    rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW | rustix::fs::SealFlags::WRITE
+}
+
+/// Seals the memfd behind `fd` so that its bytes and size never change again, and no seal
+/// can be added or removed. Fails (`EBUSY`) while a writable shared mapping of it exists,
+/// which is what makes the seal a promise a receiver can rely on.
+///
+/// # References
+/// fcntl(2) `F_ADD_SEALS`, `F_SEAL_WRITE`, `F_SEAL_SEAL`.
+pub(crate) fn seal_contents(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fcntl_add_seals(fd, content_seals() | rustix::fs::SealFlags::SEAL)?;
+    Ok(())
+}
+
+/// Checks that `fd` is a memfd whose contents are sealed ([`seal_contents`]) and that it
+/// holds exactly `len` bytes; the error says which check failed (`InvalidData`).
+pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) if seals.contains(content_seals()) => {}
+        Ok(_) => {
+            return Err(bad(
+                "its memory is not sealed against writes and resizing".to_owned()
+            ));
+        }
+        Err(_) => return Err(bad("its descriptor is not a memfd".to_owned())),
+    }
+    let (size, _) = fd_len_and_id(fd)?;
+    if size != len {
+        return Err(bad(format!(
+            "its memory holds {size} bytes, but the header announces {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of the file behind `fd` from its start (`pread`, so the file's
+/// offset, shared with other holders, does not move).
+///
+/// # References
+/// pread(2).
+pub(crate) fn read_exact_at_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], done as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A read-only mapping of a memfd whose contents are sealed ([`seal_contents`]): since no
+/// process can write or resize the file, its bytes can be lent out as a plain `&[u8]`.
+#[derive(Debug)]
+pub(crate) struct SealedBytes {
+    map: Mapping,
+}
+
+impl SealedBytes {
+    /// Maps `fd` read-only after checking it with [`check_sealed_len`] against `len`, which
+    /// must be above 0; its pages are faulted in with one call (best effort).
+    ///
+    /// # References
+    /// mmap(2), madvise(2) `MADV_POPULATE_READ`.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
+        check_sealed_len(fd, len)?;
+        let map = Mapping::new_read_only(fd, len)?;
+        // SAFETY: the range is exactly this new mapping, which stays mapped while `map`
+        // lives; populating only faults pages in and changes no byte.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                map.as_ptr().cast(),
+                len,
+                rustix::mm::Advice::LinuxPopulateRead,
+            )
+        };
+        Ok(SealedBytes { map })
+    }
+
+    /// The file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping spans `len` bytes of a file whose size is sealed at exactly
+        // `len` (checked in `map`), so every byte is backed and reading cannot fault; the
+        // write seal means no process can change them (no `write(2)`, and no writable mapping
+        // exists or can be made), so the shared borrow sees fixed bytes; it lives no longer
+        // than `self`, which unmaps on drop.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    }
+}
+
 /// Seals the memfd behind `fd` against new writers: no process can map it writable or
 /// `write(2)` to it any more (mappings made before keep their protection; see
 /// [`Mapping::make_read_only`]), and no seal can be added or removed. Best effort: kernels
