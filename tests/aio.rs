@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::connection::{Address, Listener, RecvError};
 use multiproc::queue::{GetError, PutError};
-use multiproc::{Connection, JoinError, Process, Queue, SimpleQueue, pipe};
+use multiproc::{Connection, Event, JoinError, Lock, Process, Queue, RLock, SimpleQueue, pipe};
 use serde_bytes::ByteBuf;
 
 mod common;
@@ -257,6 +257,30 @@ fn hold_queue(_q: Queue<u32>) {
 
 fn hold_connection(_c: Connection) {
     std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Takes the lock (and the recursive one), says so, holds both for `hold_ms`, releases.
+fn hold_locks((lock, rlock, holding, hold_ms): (Lock, RLock, multiproc::Event, u64)) {
+    let _g = lock.acquire().unwrap();
+    let _r = rlock.acquire().unwrap();
+    holding.set();
+    std::thread::sleep(Duration::from_millis(hold_ms));
+}
+
+/// Takes and releases both locks until `stop` is set, holding them a random 0-3 ms and
+/// pausing up to 300 us between, so that the parent's acquires (and its drops of them) meet the
+/// locks held, free, and changing hands. Sets `started` once it first holds them.
+fn hammer_locks((lock, rlock, started, stop, seed): (Lock, RLock, Event, Event, u64)) {
+    let mut rng = Rng::from_seed(seed);
+    while !stop.is_set() {
+        {
+            let _g = lock.acquire().unwrap();
+            let _r = rlock.acquire().unwrap();
+            started.set();
+            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(300)));
+    }
 }
 
 fn kill9(pid: i32) {
@@ -689,6 +713,111 @@ start_method_matrix! {
                 for h in &mut clients {
                     assert!(bounded(rt, h.join_async()).await.unwrap());
                 }
+            });
+        }
+    }
+    /// A lock (and a recursive one) held by a child: the acquire waits, is dropped while
+    /// waiting with nothing held, and completes once the child releases; a child killed while
+    /// holding them is `OwnerDied` for the awaiting acquire, never a hang.
+    #[test]
+    fn lock_and_rlock_acquire_async_wait_for_a_child_and_report_a_killed_holder() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+            let holding = multiproc::Event::new().unwrap();
+            let args = (lock.clone(), rlock.clone(), holding.clone(), 300);
+            let mut p = Process::with_args(hold_locks, args);
+            p.start().unwrap();
+            bounded(rt, holding.wait_async()).await.unwrap();
+            // Held by a live child: pending; dropped, it leaves the lock to the child.
+            match race(lock.acquire_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(r) => panic!("a held lock was acquired: {:?}", r.map(|r| r.is_ok())),
+                Either::Right(()) => {}
+            }
+            let g = bounded(rt, lock.acquire_async()).await.unwrap().unwrap();
+            drop(g);
+            // The child releases the recursive lock just after the other.
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_ok());
+            bounded(rt, p.join_async()).await.unwrap();
+            assert!(!lock.is_locked() && !rlock.is_locked());
+
+            holding.clear();
+            let args = (lock.clone(), rlock.clone(), holding.clone(), 60_000);
+            let mut p = Process::with_args(hold_locks, args);
+            p.start().unwrap();
+            bounded(rt, holding.wait_async()).await.unwrap();
+            let pid = p.pid().unwrap() as i32;
+            let killer = async move {
+                rt.sleep(Duration::from_millis(30)).await;
+                kill9(pid);
+            };
+            let (got, ()) = bounded(rt, async { tokio::join!(lock.acquire_async(), killer) }).await;
+            match got.unwrap() {
+                Err(died) => drop(died.into_inner()),
+                Ok(_) => panic!("a killed holder's lock came without OwnerDied"),
+            }
+            assert!(matches!(bounded(rt, rlock.acquire_async()).await.unwrap(), Err(_)));
+            assert!(!lock.is_locked() && !rlock.is_locked());
+            // And both stay usable.
+            assert!(bounded(rt, lock.acquire_async()).await.unwrap().is_ok());
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_ok());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9, "Python's exitcode");
+        });
+    }
+
+    /// Acquires dropped at seeded random points while a child takes and releases the locks:
+    /// a dropped acquire never holds the lock, and the locks are free once the child is done.
+    #[test]
+    fn lock_acquires_dropped_at_random_points_never_leave_it_held() {
+        let _r = common::Reaper::new();
+        let mut rng = Rng::seeded("lock_acquires_dropped_at_random_points_never_leave_it_held");
+        for &rt in RUNTIMES {
+            let mut rng = Rng::from_seed(seed_of(&mut rng));
+            rt.run(async move {
+                let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+                let (started, stop) = (Event::new().unwrap(), Event::new().unwrap());
+                let args = (lock.clone(), rlock.clone(), started.clone(), stop.clone(), seed_of(&mut rng));
+                let mut p = Process::with_args(hammer_locks, args);
+                p.start().unwrap();
+                bounded(rt, started.wait_async()).await.unwrap();
+                let (mut acquired, mut dropped) = (0u32, 0u32);
+                for round in 0..150 {
+                    let patience = Duration::from_micros(rng.below(3000));
+                    // At a random point of the child's cycle, not just after its release.
+                    rt.sleep(Duration::from_micros(rng.below(2000))).await;
+                    if round % 2 == 0 {
+                        match race(lock.acquire_async(), rt.sleep(patience)).await {
+                            Either::Left(r) => {
+                                let g = r.unwrap().unwrap();
+                                assert!(lock.is_locked());
+                                drop(g);
+                                acquired += 1;
+                            }
+                            Either::Right(()) => dropped += 1,
+                        }
+                    } else {
+                        match race(rlock.acquire_async(), rt.sleep(patience)).await {
+                            Either::Left(r) => {
+                                let g = r.unwrap().unwrap();
+                                assert_eq!(rlock.depth(), 1);
+                                drop(g);
+                                acquired += 1;
+                            }
+                            Either::Right(()) => dropped += 1,
+                        }
+                    }
+                    // Whatever happened, this process holds neither lock now: a dropped
+                    // acquire took nothing (its helper thread only waits).
+                    assert_eq!(rlock.depth(), 0);
+                }
+                stop.set();
+                assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+                eprintln!("{acquired} acquires completed, {dropped} dropped");
+                assert!(!lock.is_locked(), "a dropped acquire left the lock held");
+                assert!(!rlock.is_locked(), "a dropped acquire left the rlock held");
+                assert!(dropped > 0, "no acquire was dropped while waiting");
+                let g = lock.try_acquire().map_err(|e| e.to_string()).unwrap();
+                drop(g);
             });
         }
     }
