@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use multiproc::connection::{Address, Listener, RecvError};
 use multiproc::queue::{GetError, PutError};
-use multiproc::{Connection, Event, JoinError, Lock, Process, Queue, RLock, SimpleQueue, pipe};
+use multiproc::{
+    Barrier, Condition, Connection, Event, JoinError, Lock, Process, Queue, RLock, SimpleQueue,
+    pipe,
+};
 use serde_bytes::ByteBuf;
 
 mod common;
@@ -281,6 +284,33 @@ fn hammer_locks((lock, rlock, started, stop, seed): (Lock, RLock, Event, Event, 
         }
         std::thread::sleep(Duration::from_micros(rng.below(300)));
     }
+}
+
+/// Sets `ready` to 1 under the condition's lock after a moment, and notifies every waiter.
+fn notify_later((ready, cond): (multiproc::Value<u32>, Condition)) {
+    std::thread::sleep(Duration::from_millis(30));
+    let mut g = cond.acquire().unwrap();
+    ready.set_with(g.lock_guard_mut(), 1).unwrap();
+    g.notify_all();
+}
+
+/// Notifies, says so, and stays holding the condition's lock (to be killed holding it).
+fn notify_and_hold((cond, holding): (Condition, Event)) {
+    let g = cond.acquire().unwrap();
+    g.notify_all();
+    holding.set();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(g);
+}
+
+fn barrier_wait(b: Barrier) {
+    b.wait().unwrap();
+}
+
+/// Waits at the barrier, expecting it to be broken (by a party that was killed).
+fn barrier_wait_then_sleep(b: Barrier) {
+    let _ = b.wait();
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 fn kill9(pid: i32) {
@@ -820,6 +850,107 @@ start_method_matrix! {
                 drop(g);
             });
         }
+    }
+    /// A condition wait as a future: woken by a child's notify with the predicate true; a
+    /// wait dropped while waiting leaves the lock free and takes no later notification from
+    /// a real waiter; a notifier killed holding the lock is `OwnerDied` for the waiter.
+    #[test]
+    fn condition_wait_async_is_notified_by_a_child_and_survives_drops_and_kills() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let ready = multiproc::Value::new(0u32).unwrap();
+            let cond = Condition::with_lock(ready.get_lock().clone()).unwrap();
+            // Dropped while waiting: the lock went with the future's guard.
+            let g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            match race(g.wait_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(_) => panic!("a wait nobody notified returned"),
+                Either::Right(()) => {}
+            }
+            assert!(!cond.lock().is_locked(), "a dropped wait left the lock held");
+
+            let mut p = Process::with_args(notify_later, (ready.clone(), cond.clone()));
+            p.start().unwrap();
+            let mut g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            // The child sets the value 30 ms after it starts, under the lock this holds: the
+            // first look finds it unset unless the child got there first.
+            while ready.get_with(g.lock_guard()) != Some(1) {
+                g = bounded(rt, g.wait_async()).await.unwrap().unwrap();
+            }
+            drop(g);
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+
+            // The notifier is killed holding the lock after notifying.
+            let holding = Event::new().unwrap();
+            let g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            let mut p = Process::with_args(notify_and_hold, (cond.clone(), holding.clone()));
+            p.start().unwrap();
+            let pid = p.pid().unwrap() as i32;
+            let killer = async {
+                bounded(rt, holding.wait_async()).await.unwrap();
+                kill9(pid);
+            };
+            let (waited, ()) = bounded(rt, async { tokio::join!(g.wait_async(), killer) }).await;
+            match waited.unwrap() {
+                Err(died) => drop(died.into_inner()),
+                Ok(_) => panic!("the lock of a notifier killed holding it came without OwnerDied"),
+            }
+            assert!(!cond.lock().is_locked());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9);
+        });
+    }
+
+    /// A barrier wait as a future with two children; a wait dropped while the barrier fills
+    /// takes its arrival back (the barrier is neither broken nor a party short); a party
+    /// killed while the others wait breaks it for the awaiting one.
+    #[test]
+    fn barrier_wait_async_meets_children_and_survives_drops_and_kills() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let b = Barrier::new(3).unwrap();
+            let mut kids: Vec<Process> = (0..2)
+                .map(|_| {
+                    let mut p = Process::with_args(barrier_wait, b.clone());
+                    p.start().unwrap();
+                    p
+                })
+                .collect();
+            let index = bounded(rt, b.wait_async()).await.unwrap().unwrap();
+            assert!(index < 3);
+            for p in &mut kids {
+                assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+            }
+
+            let b = Barrier::new(2).unwrap();
+            match race(b.wait_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(r) => panic!("a barrier of two passed with one: {r:?}"),
+                Either::Right(()) => {}
+            }
+            assert_eq!(b.n_waiting(), 0, "a dropped wait kept its arrival");
+            assert!(!b.is_broken());
+            let mut p = Process::with_args(barrier_wait, b.clone());
+            p.start().unwrap();
+            assert!(bounded(rt, b.wait_async()).await.unwrap().unwrap() < 2);
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+
+            let b = Barrier::new(3).unwrap();
+            let mut p = Process::with_args(barrier_wait_then_sleep, b.clone());
+            p.start().unwrap();
+            bounded(rt, async {
+                while b.n_waiting() < 1 {
+                    rt.sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            let pid = p.pid().unwrap() as i32;
+            let killer = async move {
+                rt.sleep(Duration::from_millis(30)).await;
+                kill9(pid);
+            };
+            let (waited, ()) = bounded(rt, async { tokio::join!(b.wait_async(), killer) }).await;
+            assert!(waited.unwrap().is_err(), "a killed party did not break the barrier");
+            assert!(b.is_broken());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9);
+        });
     }
 }
 
