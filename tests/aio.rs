@@ -65,6 +65,26 @@ impl Rt {
         }
     }
 
+    /// Runs `fut`, which need not be `Send`, to completion on this thread (on the
+    /// multi-thread runtime through `block_on`: the workers drive IO and timers).
+    fn run_local<F: Future<Output = ()>>(self, fut: F) {
+        match self {
+            Rt::TokioCurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut),
+            Rt::TokioMultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut),
+            #[cfg(feature = "async-io")]
+            Rt::AsyncIo => async_io::block_on(fut),
+        }
+    }
+
     async fn sleep(self, d: Duration) {
         match self {
             Rt::TokioCurrentThread | Rt::TokioMultiThread => tokio::time::sleep(d).await,
@@ -115,6 +135,11 @@ async fn bounded<T>(rt: Rt, fut: impl Future<Output = T>) -> T {
         Either::Left(x) => x,
         Either::Right(()) => panic!("an awaited operation did not finish within {WAIT:?}"),
     }
+}
+
+/// The next item of `stream`.
+async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 /// Awaits every future at once in this one task; their outputs in order.
@@ -951,6 +976,57 @@ start_method_matrix! {
             assert!(b.is_broken());
             assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9);
         });
+    }
+    /// `imap` and `imap_unordered` as `Stream`s: every item, in input order for `imap`, the
+    /// quick ones first for `imap_unordered`; a `next()` dropped while a slow task runs
+    /// loses nothing.
+    #[test]
+    fn imap_and_imap_unordered_are_streams_and_dropped_nexts_lose_nothing() {
+        let _r = common::Reaper::new();
+        for &rt in RUNTIMES {
+            eprintln!("runtime: {rt:?}");
+            rt.run_local(async move {
+                let pool = multiproc::Pool::new(2).unwrap();
+                let mut squares = pool.imap(square, 0..40u64);
+                let mut got = Vec::new();
+                while let Some(v) = bounded(rt, next(&mut squares)).await {
+                    got.push(v.unwrap());
+                }
+                assert_eq!(got, (0..40u64).map(|i| i * i).collect::<Vec<_>>());
+
+                // In order: the 150 ms nap comes first, so a `next()` given 10 ms is dropped.
+                let mut naps = pool.imap(nap_ms, [150u64, 5, 5]);
+                match race(next(&mut naps), rt.sleep(Duration::from_millis(10))).await {
+                    Either::Left(v) => panic!("a 150 ms task came in 10 ms: {v:?}"),
+                    Either::Right(()) => {}
+                }
+                let mut got = Vec::new();
+                while let Some(v) = bounded(rt, next(&mut naps)).await {
+                    got.push(v.unwrap());
+                }
+                assert_eq!(got, vec![150, 5, 5]);
+
+                let mut naps = pool.imap_unordered(nap_ms, [300u64, 1, 150]);
+                let mut got = Vec::new();
+                if let Either::Left(v) =
+                    race(next(&mut naps), rt.sleep(Duration::from_micros(200))).await
+                {
+                    got.push(v.unwrap().unwrap());
+                }
+                while let Some(v) = bounded(rt, next(&mut naps)).await {
+                    got.push(v.unwrap());
+                }
+                // Each exactly once, whether or not the first `next()` was dropped; the
+                // 1 ms nap first and the 300 ms one last (two workers).
+                let mut sorted = got.clone();
+                sorted.sort();
+                assert_eq!(sorted, vec![1, 150, 300], "{got:?}");
+                assert_eq!((got[0], got[2]), (1, 300), "{got:?}");
+                drop(naps);
+                pool.close();
+                pool.join().unwrap();
+            });
+        }
     }
 }
 
