@@ -1,5 +1,5 @@
-//! `multiproc::aio`: every future under tokio's current-thread and multi-thread runtimes and
-//! under async-io (smol's reactor), across processes under every start method: results
+//! `multiproc::aio`: every future under tokio's current-thread and multi-thread runtimes,
+//! under async-io's `block_on` and under smol's multi-threaded executor, across processes under every start method: results
 //! arrive, many waits share one task, futures dropped at seeded random points lose nothing,
 //! and a peer killed while awaited is an error, never a hang.
 //!
@@ -31,6 +31,11 @@ enum Rt {
     TokioMultiThread,
     #[cfg(feature = "async-io")]
     AsyncIo,
+    /// smol's executor with two threads running it, the body a spawned task (async-io's
+    /// reactor underneath, as with `AsyncIo`, but woken through a real multi-threaded
+    /// executor's wakers rather than `block_on`'s).
+    #[cfg(feature = "async-io")]
+    Smol,
 }
 
 const RUNTIMES: &[Rt] = &[
@@ -38,7 +43,28 @@ const RUNTIMES: &[Rt] = &[
     Rt::TokioMultiThread,
     #[cfg(feature = "async-io")]
     Rt::AsyncIo,
+    #[cfg(feature = "async-io")]
+    Rt::Smol,
 ];
+
+/// Runs `fut` as a task of a smol executor that this thread and one more run; a panic in
+/// the body is caught in the task and raised again here.
+#[cfg(feature = "async-io")]
+fn run_on_smol<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    use smol::future::FutureExt;
+    let ex = smol::Executor::new();
+    let task = ex.spawn(std::panic::AssertUnwindSafe(fut).catch_unwind());
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| smol::block_on(ex.run(stopped.recv())));
+        let outcome = smol::block_on(ex.run(task));
+        drop(stop);
+        outcome
+    });
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
 
 impl Rt {
     /// Runs `fut` to completion: on the multi-thread runtime as a spawned task (so on a
@@ -62,6 +88,8 @@ impl Rt {
             }
             #[cfg(feature = "async-io")]
             Rt::AsyncIo => async_io::block_on(fut),
+            #[cfg(feature = "async-io")]
+            Rt::Smol => run_on_smol(fut),
         }
     }
 
@@ -82,6 +110,12 @@ impl Rt {
                 .block_on(fut),
             #[cfg(feature = "async-io")]
             Rt::AsyncIo => async_io::block_on(fut),
+            // A local executor on this thread: the stream is not `Send`.
+            #[cfg(feature = "async-io")]
+            Rt::Smol => {
+                let ex = smol::LocalExecutor::new();
+                smol::block_on(ex.run(fut));
+            }
         }
     }
 
@@ -89,7 +123,7 @@ impl Rt {
         match self {
             Rt::TokioCurrentThread | Rt::TokioMultiThread => tokio::time::sleep(d).await,
             #[cfg(feature = "async-io")]
-            Rt::AsyncIo => {
+            Rt::AsyncIo | Rt::Smol => {
                 async_io::Timer::after(d).await;
             }
         }
