@@ -1271,6 +1271,55 @@ fn acquires_dropped_at_random_points_keep_no_unit() {
     }
 }
 
+/// A large send dropped part-way (nobody reading, so it cannot finish): the peer still
+/// receives the whole message, then the next one, whether that next send is async or
+/// blocking; on a socket pair and on a pipe.
+#[test]
+fn a_large_send_dropped_part_way_still_delivers_it_whole_before_the_next() {
+    on_each_runtime(|rt| async move {
+        for duplex in [true, false] {
+            // Without duplex the first end only receives; with it, either may.
+            let (rx, tx) = pipe(duplex).unwrap();
+            let big = ByteBuf::from((0..3 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            let small = ByteBuf::from(vec![1, 2, 3]);
+            for blocking_next in [false, true] {
+                match race(tx.send_async(&big), rt.sleep(Duration::from_millis(5))).await {
+                    Either::Left(r) => panic!("3 MiB went into an unread channel: {r:?}"),
+                    Either::Right(()) => {}
+                }
+                if blocking_next {
+                    let reader = rx.try_clone().unwrap();
+                    let reader = std::thread::spawn(move || {
+                        let first = reader.recv_timeout::<ByteBuf>(WAIT);
+                        (first, reader.recv_timeout::<ByteBuf>(WAIT))
+                    });
+                    // Waits for the helper thread's rest of `big`, then goes out whole.
+                    tx.send(&small).unwrap();
+                    let (first, second) = reader.join().unwrap();
+                    assert!(
+                        first.unwrap() == big,
+                        "duplex {duplex}: the first message is not whole"
+                    );
+                    assert_eq!(second.unwrap(), small, "duplex {duplex}");
+                } else {
+                    let receive = async {
+                        let first = rx.recv_async::<ByteBuf>().await;
+                        (first, rx.recv_async::<ByteBuf>().await)
+                    };
+                    let (sent, (first, second)) =
+                        bounded(rt, async { tokio::join!(tx.send_async(&small), receive) }).await;
+                    sent.unwrap();
+                    assert!(
+                        first.unwrap() == big,
+                        "duplex {duplex}: the first message is not whole"
+                    );
+                    assert_eq!(second.unwrap(), small, "duplex {duplex}");
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn a_dropped_event_wait_changes_nothing() {
     on_each_runtime(|rt| async move {
