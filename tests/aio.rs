@@ -845,7 +845,7 @@ start_method_matrix! {
                 Err(died) => drop(died.into_inner()),
                 Ok(_) => panic!("a killed holder's lock came without OwnerDied"),
             }
-            assert!(matches!(bounded(rt, rlock.acquire_async()).await.unwrap(), Err(_)));
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_err());
             assert!(!lock.is_locked() && !rlock.is_locked());
             // And both stay usable.
             assert!(bounded(rt, lock.acquire_async()).await.unwrap().is_ok());
