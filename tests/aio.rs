@@ -1,5 +1,5 @@
-//! `multiproc::aio`: every future under tokio's current-thread and multi-thread runtimes and
-//! under async-io (smol's reactor), across processes under every start method: results
+//! `multiproc::aio`: every future under tokio's current-thread and multi-thread runtimes,
+//! under async-io's `block_on` and under smol's multi-threaded executor, across processes under every start method: results
 //! arrive, many waits share one task, futures dropped at seeded random points lose nothing,
 //! and a peer killed while awaited is an error, never a hang.
 //!
@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use multiproc::connection::{Address, Listener, RecvError};
 use multiproc::queue::{GetError, PutError};
-use multiproc::{Connection, JoinError, Process, Queue, SimpleQueue, pipe};
+use multiproc::{
+    Barrier, Condition, Connection, Event, JoinError, Lock, Process, Queue, RLock, SimpleQueue,
+    pipe,
+};
 use serde_bytes::ByteBuf;
 
 mod common;
@@ -28,6 +31,11 @@ enum Rt {
     TokioMultiThread,
     #[cfg(feature = "async-io")]
     AsyncIo,
+    /// smol's executor with two threads running it, the body a spawned task (async-io's
+    /// reactor underneath, as with `AsyncIo`, but woken through a real multi-threaded
+    /// executor's wakers rather than `block_on`'s).
+    #[cfg(feature = "async-io")]
+    Smol,
 }
 
 const RUNTIMES: &[Rt] = &[
@@ -35,7 +43,28 @@ const RUNTIMES: &[Rt] = &[
     Rt::TokioMultiThread,
     #[cfg(feature = "async-io")]
     Rt::AsyncIo,
+    #[cfg(feature = "async-io")]
+    Rt::Smol,
 ];
+
+/// Runs `fut` as a task of a smol executor that this thread and one more run; a panic in
+/// the body is caught in the task and raised again here.
+#[cfg(feature = "async-io")]
+fn run_on_smol<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    use smol::future::FutureExt;
+    let ex = smol::Executor::new();
+    let task = ex.spawn(std::panic::AssertUnwindSafe(fut).catch_unwind());
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| smol::block_on(ex.run(stopped.recv())));
+        let outcome = smol::block_on(ex.run(task));
+        drop(stop);
+        outcome
+    });
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
 
 impl Rt {
     /// Runs `fut` to completion: on the multi-thread runtime as a spawned task (so on a
@@ -59,6 +88,34 @@ impl Rt {
             }
             #[cfg(feature = "async-io")]
             Rt::AsyncIo => async_io::block_on(fut),
+            #[cfg(feature = "async-io")]
+            Rt::Smol => run_on_smol(fut),
+        }
+    }
+
+    /// Runs `fut`, which need not be `Send`, to completion on this thread (on the
+    /// multi-thread runtime through `block_on`: the workers drive IO and timers).
+    fn run_local<F: Future<Output = ()>>(self, fut: F) {
+        match self {
+            Rt::TokioCurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut),
+            Rt::TokioMultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(fut),
+            #[cfg(feature = "async-io")]
+            Rt::AsyncIo => async_io::block_on(fut),
+            // A local executor on this thread: the stream is not `Send`.
+            #[cfg(feature = "async-io")]
+            Rt::Smol => {
+                let ex = smol::LocalExecutor::new();
+                smol::block_on(ex.run(fut));
+            }
         }
     }
 
@@ -66,7 +123,7 @@ impl Rt {
         match self {
             Rt::TokioCurrentThread | Rt::TokioMultiThread => tokio::time::sleep(d).await,
             #[cfg(feature = "async-io")]
-            Rt::AsyncIo => {
+            Rt::AsyncIo | Rt::Smol => {
                 async_io::Timer::after(d).await;
             }
         }
@@ -112,6 +169,11 @@ async fn bounded<T>(rt: Rt, fut: impl Future<Output = T>) -> T {
         Either::Left(x) => x,
         Either::Right(()) => panic!("an awaited operation did not finish within {WAIT:?}"),
     }
+}
+
+/// The next item of `stream`.
+async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
 }
 
 /// Awaits every future at once in this one task; their outputs in order.
@@ -256,6 +318,57 @@ fn hold_queue(_q: Queue<u32>) {
 }
 
 fn hold_connection(_c: Connection) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Takes the lock (and the recursive one), says so, holds both for `hold_ms`, releases.
+fn hold_locks((lock, rlock, holding, hold_ms): (Lock, RLock, multiproc::Event, u64)) {
+    let _g = lock.acquire().unwrap();
+    let _r = rlock.acquire().unwrap();
+    holding.set();
+    std::thread::sleep(Duration::from_millis(hold_ms));
+}
+
+/// Takes and releases both locks until `stop` is set, holding them a random 0-3 ms and
+/// pausing up to 300 us between, so that the parent's acquires (and its drops of them) meet the
+/// locks held, free, and changing hands. Sets `started` once it first holds them.
+fn hammer_locks((lock, rlock, started, stop, seed): (Lock, RLock, Event, Event, u64)) {
+    let mut rng = Rng::from_seed(seed);
+    while !stop.is_set() {
+        {
+            let _g = lock.acquire().unwrap();
+            let _r = rlock.acquire().unwrap();
+            started.set();
+            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(300)));
+    }
+}
+
+/// Sets `ready` to 1 under the condition's lock after a moment, and notifies every waiter.
+fn notify_later((ready, cond): (multiproc::Value<u32>, Condition)) {
+    std::thread::sleep(Duration::from_millis(30));
+    let mut g = cond.acquire().unwrap();
+    ready.set_with(g.lock_guard_mut(), 1).unwrap();
+    g.notify_all();
+}
+
+/// Notifies, says so, and stays holding the condition's lock (to be killed holding it).
+fn notify_and_hold((cond, holding): (Condition, Event)) {
+    let g = cond.acquire().unwrap();
+    g.notify_all();
+    holding.set();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(g);
+}
+
+fn barrier_wait(b: Barrier) {
+    b.wait().unwrap();
+}
+
+/// Waits at the barrier, expecting it to be broken (by a party that was killed).
+fn barrier_wait_then_sleep(b: Barrier) {
+    let _ = b.wait();
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -692,6 +805,263 @@ start_method_matrix! {
             });
         }
     }
+    /// A lock (and a recursive one) held by a child: the acquire waits, is dropped while
+    /// waiting with nothing held, and completes once the child releases; a child killed while
+    /// holding them is `OwnerDied` for the awaiting acquire, never a hang.
+    #[test]
+    fn lock_and_rlock_acquire_async_wait_for_a_child_and_report_a_killed_holder() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+            let holding = multiproc::Event::new().unwrap();
+            let args = (lock.clone(), rlock.clone(), holding.clone(), 300);
+            let mut p = Process::with_args(hold_locks, args);
+            p.start().unwrap();
+            bounded(rt, holding.wait_async()).await.unwrap();
+            // Held by a live child: pending; dropped, it leaves the lock to the child.
+            match race(lock.acquire_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(r) => panic!("a held lock was acquired: {:?}", r.map(|r| r.is_ok())),
+                Either::Right(()) => {}
+            }
+            let g = bounded(rt, lock.acquire_async()).await.unwrap().unwrap();
+            drop(g);
+            // The child releases the recursive lock just after the other.
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_ok());
+            bounded(rt, p.join_async()).await.unwrap();
+            assert!(!lock.is_locked() && !rlock.is_locked());
+
+            holding.clear();
+            let args = (lock.clone(), rlock.clone(), holding.clone(), 60_000);
+            let mut p = Process::with_args(hold_locks, args);
+            p.start().unwrap();
+            bounded(rt, holding.wait_async()).await.unwrap();
+            let pid = p.pid().unwrap() as i32;
+            let killer = async move {
+                rt.sleep(Duration::from_millis(30)).await;
+                kill9(pid);
+            };
+            let (got, ()) = bounded(rt, async { tokio::join!(lock.acquire_async(), killer) }).await;
+            match got.unwrap() {
+                Err(died) => drop(died.into_inner()),
+                Ok(_) => panic!("a killed holder's lock came without OwnerDied"),
+            }
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_err());
+            assert!(!lock.is_locked() && !rlock.is_locked());
+            // And both stay usable.
+            assert!(bounded(rt, lock.acquire_async()).await.unwrap().is_ok());
+            assert!(bounded(rt, rlock.acquire_async()).await.unwrap().is_ok());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9, "Python's exitcode");
+        });
+    }
+
+    /// Acquires dropped at seeded random points while a child takes and releases the locks:
+    /// a dropped acquire never holds the lock, and the locks are free once the child is done.
+    #[test]
+    fn lock_acquires_dropped_at_random_points_never_leave_it_held() {
+        let _r = common::Reaper::new();
+        let mut rng = Rng::seeded("lock_acquires_dropped_at_random_points_never_leave_it_held");
+        for &rt in RUNTIMES {
+            let mut rng = Rng::from_seed(seed_of(&mut rng));
+            rt.run(async move {
+                let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+                let (started, stop) = (Event::new().unwrap(), Event::new().unwrap());
+                let args = (lock.clone(), rlock.clone(), started.clone(), stop.clone(), seed_of(&mut rng));
+                let mut p = Process::with_args(hammer_locks, args);
+                p.start().unwrap();
+                bounded(rt, started.wait_async()).await.unwrap();
+                let (mut acquired, mut dropped) = (0u32, 0u32);
+                for round in 0..150 {
+                    let patience = Duration::from_micros(rng.below(3000));
+                    // At a random point of the child's cycle, not just after its release.
+                    rt.sleep(Duration::from_micros(rng.below(2000))).await;
+                    if round % 2 == 0 {
+                        match race(lock.acquire_async(), rt.sleep(patience)).await {
+                            Either::Left(r) => {
+                                let g = r.unwrap().unwrap();
+                                assert!(lock.is_locked());
+                                drop(g);
+                                acquired += 1;
+                            }
+                            Either::Right(()) => dropped += 1,
+                        }
+                    } else {
+                        match race(rlock.acquire_async(), rt.sleep(patience)).await {
+                            Either::Left(r) => {
+                                let g = r.unwrap().unwrap();
+                                assert_eq!(rlock.depth(), 1);
+                                drop(g);
+                                acquired += 1;
+                            }
+                            Either::Right(()) => dropped += 1,
+                        }
+                    }
+                    // Whatever happened, this process holds neither lock now: a dropped
+                    // acquire took nothing (its helper thread only waits).
+                    assert_eq!(rlock.depth(), 0);
+                }
+                stop.set();
+                assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+                eprintln!("{acquired} acquires completed, {dropped} dropped");
+                assert!(!lock.is_locked(), "a dropped acquire left the lock held");
+                assert!(!rlock.is_locked(), "a dropped acquire left the rlock held");
+                assert!(dropped > 0, "no acquire was dropped while waiting");
+                let g = lock.try_acquire().map_err(|e| e.to_string()).unwrap();
+                drop(g);
+            });
+        }
+    }
+    /// A condition wait as a future: woken by a child's notify with the predicate true; a
+    /// wait dropped while waiting leaves the lock free and takes no later notification from
+    /// a real waiter; a notifier killed holding the lock is `OwnerDied` for the waiter.
+    #[test]
+    fn condition_wait_async_is_notified_by_a_child_and_survives_drops_and_kills() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let ready = multiproc::Value::new(0u32).unwrap();
+            let cond = Condition::with_lock(ready.get_lock().clone()).unwrap();
+            // Dropped while waiting: the lock went with the future's guard.
+            let g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            match race(g.wait_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(_) => panic!("a wait nobody notified returned"),
+                Either::Right(()) => {}
+            }
+            assert!(!cond.lock().is_locked(), "a dropped wait left the lock held");
+
+            let mut p = Process::with_args(notify_later, (ready.clone(), cond.clone()));
+            p.start().unwrap();
+            let mut g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            // The child sets the value 30 ms after it starts, under the lock this holds: the
+            // first look finds it unset unless the child got there first.
+            while ready.get_with(g.lock_guard()) != Some(1) {
+                g = bounded(rt, g.wait_async()).await.unwrap().unwrap();
+            }
+            drop(g);
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+
+            // The notifier is killed holding the lock after notifying.
+            let holding = Event::new().unwrap();
+            let g = bounded(rt, cond.acquire_async()).await.unwrap().unwrap();
+            let mut p = Process::with_args(notify_and_hold, (cond.clone(), holding.clone()));
+            p.start().unwrap();
+            let pid = p.pid().unwrap() as i32;
+            let killer = async {
+                bounded(rt, holding.wait_async()).await.unwrap();
+                kill9(pid);
+            };
+            let (waited, ()) = bounded(rt, async { tokio::join!(g.wait_async(), killer) }).await;
+            match waited.unwrap() {
+                Err(died) => drop(died.into_inner()),
+                Ok(_) => panic!("the lock of a notifier killed holding it came without OwnerDied"),
+            }
+            assert!(!cond.lock().is_locked());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9);
+        });
+    }
+
+    /// A barrier wait as a future with two children; a wait dropped while the barrier fills
+    /// takes its arrival back (the barrier is neither broken nor a party short); a party
+    /// killed while the others wait breaks it for the awaiting one.
+    #[test]
+    fn barrier_wait_async_meets_children_and_survives_drops_and_kills() {
+        let _r = common::Reaper::new();
+        on_each_runtime(|rt| async move {
+            let b = Barrier::new(3).unwrap();
+            let mut kids: Vec<Process> = (0..2)
+                .map(|_| {
+                    let mut p = Process::with_args(barrier_wait, b.clone());
+                    p.start().unwrap();
+                    p
+                })
+                .collect();
+            let index = bounded(rt, b.wait_async()).await.unwrap().unwrap();
+            assert!(index < 3);
+            for p in &mut kids {
+                assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+            }
+
+            let b = Barrier::new(2).unwrap();
+            match race(b.wait_async(), rt.sleep(Duration::from_millis(20))).await {
+                Either::Left(r) => panic!("a barrier of two passed with one: {r:?}"),
+                Either::Right(()) => {}
+            }
+            assert_eq!(b.n_waiting(), 0, "a dropped wait kept its arrival");
+            assert!(!b.is_broken());
+            let mut p = Process::with_args(barrier_wait, b.clone());
+            p.start().unwrap();
+            assert!(bounded(rt, b.wait_async()).await.unwrap().unwrap() < 2);
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), 0);
+
+            let b = Barrier::new(3).unwrap();
+            let mut p = Process::with_args(barrier_wait_then_sleep, b.clone());
+            p.start().unwrap();
+            bounded(rt, async {
+                while b.n_waiting() < 1 {
+                    rt.sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            let pid = p.pid().unwrap() as i32;
+            let killer = async move {
+                rt.sleep(Duration::from_millis(30)).await;
+                kill9(pid);
+            };
+            let (waited, ()) = bounded(rt, async { tokio::join!(b.wait_async(), killer) }).await;
+            assert!(waited.unwrap().is_err(), "a killed party did not break the barrier");
+            assert!(b.is_broken());
+            assert_eq!(bounded(rt, p.join_async()).await.unwrap(), -9);
+        });
+    }
+    /// `imap` and `imap_unordered` as `Stream`s: every item, in input order for `imap`, the
+    /// quick ones first for `imap_unordered`; a `next()` dropped while a slow task runs
+    /// loses nothing.
+    #[test]
+    fn imap_and_imap_unordered_are_streams_and_dropped_nexts_lose_nothing() {
+        let _r = common::Reaper::new();
+        for &rt in RUNTIMES {
+            eprintln!("runtime: {rt:?}");
+            rt.run_local(async move {
+                let pool = multiproc::Pool::new(2).unwrap();
+                let mut squares = pool.imap(square, 0..40u64);
+                let mut got = Vec::new();
+                while let Some(v) = bounded(rt, next(&mut squares)).await {
+                    got.push(v.unwrap());
+                }
+                assert_eq!(got, (0..40u64).map(|i| i * i).collect::<Vec<_>>());
+
+                // In order: the 150 ms nap comes first, so a `next()` given 10 ms is dropped.
+                let mut naps = pool.imap(nap_ms, [150u64, 5, 5]);
+                match race(next(&mut naps), rt.sleep(Duration::from_millis(10))).await {
+                    Either::Left(v) => panic!("a 150 ms task came in 10 ms: {v:?}"),
+                    Either::Right(()) => {}
+                }
+                let mut got = Vec::new();
+                while let Some(v) = bounded(rt, next(&mut naps)).await {
+                    got.push(v.unwrap());
+                }
+                assert_eq!(got, vec![150, 5, 5]);
+
+                let mut naps = pool.imap_unordered(nap_ms, [300u64, 1, 150]);
+                let mut got = Vec::new();
+                if let Either::Left(v) =
+                    race(next(&mut naps), rt.sleep(Duration::from_micros(200))).await
+                {
+                    got.push(v.unwrap().unwrap());
+                }
+                while let Some(v) = bounded(rt, next(&mut naps)).await {
+                    got.push(v.unwrap());
+                }
+                // Each exactly once, whether or not the first `next()` was dropped; the
+                // 1 ms nap first and the 300 ms one last (two workers).
+                let mut sorted = got.clone();
+                sorted.sort();
+                assert_eq!(sorted, vec![1, 150, 300], "{got:?}");
+                assert_eq!((got[0], got[2]), (1, 300), "{got:?}");
+                drop(naps);
+                pool.close();
+                pool.join().unwrap();
+            });
+        }
+    }
 }
 
 #[test]
@@ -899,6 +1269,55 @@ fn acquires_dropped_at_random_points_keep_no_unit() {
             assert_eq!(acquired + sem.value(), released);
         });
     }
+}
+
+/// A large send dropped part-way (nobody reading, so it cannot finish): the peer still
+/// receives the whole message, then the next one, whether that next send is async or
+/// blocking; on a socket pair and on a pipe.
+#[test]
+fn a_large_send_dropped_part_way_still_delivers_it_whole_before_the_next() {
+    on_each_runtime(|rt| async move {
+        for duplex in [true, false] {
+            // Without duplex the first end only receives; with it, either may.
+            let (rx, tx) = pipe(duplex).unwrap();
+            let big = ByteBuf::from((0..3 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            let small = ByteBuf::from(vec![1, 2, 3]);
+            for blocking_next in [false, true] {
+                match race(tx.send_async(&big), rt.sleep(Duration::from_millis(5))).await {
+                    Either::Left(r) => panic!("3 MiB went into an unread channel: {r:?}"),
+                    Either::Right(()) => {}
+                }
+                if blocking_next {
+                    let reader = rx.try_clone().unwrap();
+                    let reader = std::thread::spawn(move || {
+                        let first = reader.recv_timeout::<ByteBuf>(WAIT);
+                        (first, reader.recv_timeout::<ByteBuf>(WAIT))
+                    });
+                    // Waits for the helper thread's rest of `big`, then goes out whole.
+                    tx.send(&small).unwrap();
+                    let (first, second) = reader.join().unwrap();
+                    assert!(
+                        first.unwrap() == big,
+                        "duplex {duplex}: the first message is not whole"
+                    );
+                    assert_eq!(second.unwrap(), small, "duplex {duplex}");
+                } else {
+                    let receive = async {
+                        let first = rx.recv_async::<ByteBuf>().await;
+                        (first, rx.recv_async::<ByteBuf>().await)
+                    };
+                    let (sent, (first, second)) =
+                        bounded(rt, async { tokio::join!(tx.send_async(&small), receive) }).await;
+                    sent.unwrap();
+                    assert!(
+                        first.unwrap() == big,
+                        "duplex {duplex}: the first message is not whole"
+                    );
+                    assert_eq!(second.unwrap(), small, "duplex {duplex}");
+                }
+            }
+        }
+    });
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! `recv_async`, `send_async` for [`Connection`], `accept_async` for [`Listener`], and
 //! [`wait_ready`] for anything [`wait`](crate::connection::wait) takes.
 
+use std::future::poll_fn;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Watch;
 use super::errors::{connect_io, recv_io, recv_would_block};
+use super::{Timer, Watch};
 use crate::connection::{ConnectError, Connection, Listener, RecvError, SendError, Waitable};
 use crate::sys;
 use crate::wire;
@@ -39,13 +42,42 @@ async fn recv_with<R>(
     }
 }
 
-/// Writes `frame` without blocking the thread, waiting for writability between writes.
-async fn send_frame(fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> Result<(), SendError> {
-    let mut written = 0;
+/// How often a send looks whether a frame left by a dropped send has gone out.
+const FLUSH_TICK: Duration = Duration::from_millis(1);
+
+/// Writes `frame` without blocking the thread, waiting for writability between writes. If
+/// the future is dropped after part of the frame went out, the rest goes out on a helper
+/// thread ([`Unfinished`]), so the stream never carries half a frame; a later send waits
+/// for it first.
+async fn send_frame(
+    c: &Connection,
+    fd: std::os::fd::BorrowedFd<'_>,
+    frame: Vec<u8>,
+) -> Result<(), SendError> {
+    let turn = c.send_turn();
+    // A frame that a dropped send left to a helper thread goes out before this one (the
+    // helper holds the turn until it is written); a blocking send holds it while it writes.
+    while matches!(turn.try_lock(), Err(TryLockError::WouldBlock)) {
+        let mut timer = Timer::after(FLUSH_TICK)?;
+        poll_fn(|cx| timer.poll(cx)).await;
+    }
+    let mut out = Unfinished {
+        fd,
+        frame,
+        written: 0,
+        turn,
+    };
     let mut watch = None;
     loop {
-        written += sys::write_nowait(fd, &frame[written..])?;
-        if written == frame.len() {
+        match sys::write_nowait(fd, &out.frame[out.written..]) {
+            Ok(n) => out.written += n,
+            Err(e) => {
+                // The stream is unusable (the peer is gone, or worse): nothing to finish.
+                out.written = out.frame.len();
+                return Err(e.into());
+            }
+        }
+        if out.written == out.frame.len() {
             return Ok(());
         }
         let watch = match &watch {
@@ -53,6 +85,45 @@ async fn send_frame(fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> Result<(),
             None => watch.insert(Watch::write(fd)?),
         };
         watch.writable().await?;
+    }
+}
+
+/// A frame being written by an async send. Dropped with part of it written (the future was
+/// cancelled between writes), it writes the rest with blocking writes on a helper thread,
+/// holding the connection's send turn meanwhile so that no other send of this connection or
+/// its clones comes in between. The drop waits only until that thread holds the turn.
+struct Unfinished<'f> {
+    fd: std::os::fd::BorrowedFd<'f>,
+    frame: Vec<u8>,
+    written: usize,
+    turn: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.written == 0 || self.written >= self.frame.len() {
+            return; // nothing, or everything, went out
+        }
+        // A duplicate: the connection (and its descriptor) may be dropped before the rest
+        // is written. If none can be made, the stream keeps the start of a frame, as it
+        // would without this (the peer sees `Truncated` once this end closes).
+        let Ok(fd) = self.fd.try_clone_to_owned() else {
+            return;
+        };
+        let (frame, written) = (std::mem::take(&mut self.frame), self.written);
+        let turn = Arc::clone(&self.turn);
+        let (holding, held) = mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-aio-send".into())
+            .spawn(move || {
+                let _turn = turn.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = holding.send(());
+                // An error here (the peer went away) is the next send's to report.
+                let _ = sys::write_all(fd.as_fd(), &frame[written..]);
+            });
+        if spawned.is_ok() {
+            let _ = held.recv();
+        }
     }
 }
 
@@ -114,23 +185,30 @@ impl Connection {
     /// written with `MSG_DONTWAIT`, a pipe 4 KiB at a time once it polls writable.
     ///
     /// # Cancellation safety
-    /// Not cancel-safe once the message has begun to go out, and the message cannot always
-    /// go out in one write: a framed message of up to 4 KiB goes out whole or not at all on
-    /// a pipe; a larger one (or any that does not fit in a socket's free buffer) is written
-    /// in parts, waiting for the peer in between. Dropping the future between parts leaves
-    /// the start of a message in the stream that no later send completes: the peer can no
-    /// longer make sense of what follows, so the connection must then be closed, not used
-    /// again (the peer then gets [`RecvError::Truncated`]). Dropping it before its first
-    /// poll, or after it returned, sends nothing or the whole message. Likewise, two sends
-    /// from different tasks on one connection at once can interleave large messages; use
-    /// one sending task per connection, or a lock.
+    /// Cancel-safe in the sense that matters for a stream: the peer receives the whole
+    /// message or none of it, never part of one. A framed message of up to 4 KiB goes out in
+    /// one write on a pipe; a larger one (or one that does not fit in a socket's free buffer)
+    /// is written in parts, waiting for the peer in between. If the future is dropped after
+    /// the first part went out, the rest is written by a short-lived helper thread with
+    /// blocking writes, so the message is *sent* although its future did not return: a
+    /// dropped send has sent nothing (dropped before any byte went out) or all of it. That
+    /// thread holds the connection's send turn until it is done: a later send of this
+    /// connection or its clones (async or blocking) waits for it, so nothing comes between
+    /// the parts. (The helper lives as long as the peer takes to read the rest; an error
+    /// there, such as the peer having gone, is reported by the next send.) The drop waits
+    /// until that thread holds the send turn, which is at once unless a blocking send of a
+    /// clone holds it.
+    ///
+    /// Two async sends on one connection *at the same time* (from two tasks, or joined in
+    /// one) do not wait for each other's parts and can interleave large messages: use one
+    /// sending task per connection, or a lock.
     ///
     /// # Errors
     /// As [`send`](Connection::send); [`SendError::Io`] also when no supported runtime is
     /// running.
     pub async fn send_async<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         let (fd, frame) = self.frame_for_send(value)?;
-        send_frame(fd, &frame).await
+        send_frame(self, fd, frame).await
     }
 
     /// As [`send_bytes`](Connection::send_bytes), as a future.
@@ -142,7 +220,7 @@ impl Connection {
     /// As [`send_async`](Connection::send_async).
     pub async fn send_bytes_async(&self, bytes: &[u8]) -> Result<(), SendError> {
         let (fd, frame) = self.frame_for_send_bytes(bytes)?;
-        send_frame(fd, &frame).await
+        send_frame(self, fd, frame).await
     }
 }
 

@@ -1,5 +1,6 @@
-//! Await processes, queues and connections from async code: tokio (feature `tokio`) or any
-//! executor built on async-io's reactor, such as smol (feature `async-io`).
+//! Await processes, queues, connections, locks and pool results from async code: tokio
+//! (feature `tokio`) or any executor built on async-io's reactor, such as smol (feature
+//! `async-io`).
 //!
 //! Every waitable in this crate already has a descriptor that becomes readable when waiting
 //! may be over: a process its pidfd, a connection its pipe or socket, a queue its eventfd
@@ -8,9 +9,15 @@
 //! zero-timeout `join`...) and the reactor's readiness on a duplicate of that descriptor, so
 //! no thread waits per future. Where no descriptor exists, and only there, a short-lived
 //! helper thread sleeps on the crate's futex for at most 50 ms at a time (a `put` into a full
-//! bounded queue, [`Event::wait_async`](crate::Event::wait_async), semaphore acquisition,
+//! bounded queue, [`Event::wait_async`](crate::Event::wait_async), lock and semaphore
+//! acquisition ([`Lock::acquire_async`](crate::Lock::acquire_async),
+//! [`RLock::acquire_async`](crate::RLock::acquire_async),
+//! [`Semaphore::acquire_async`](crate::Semaphore::acquire_async)),
+//! [`ConditionGuard::wait_async`](crate::sync::ConditionGuard::wait_async),
+//! [`Barrier::wait_async`](crate::Barrier::wait_async),
 //! [`JoinableQueue::join_async`](crate::JoinableQueue::join_async)); each method's docs say
-//! which.
+//! which. Pool results, [`Pool::imap`](crate::Pool::imap) streams and executor futures are
+//! woken by the pool's own result thread.
 //!
 //! The runtime is found at the first poll: with the `tokio` feature, inside a tokio runtime,
 //! tokio's reactor and timer are used (the runtime needs IO and time enabled, as
@@ -22,8 +29,10 @@
 //! Every method says what dropping its future part-way means; the argument is in `README.md`
 //! beside this file. In short: an item or message is taken by one non-blocking call that
 //! returns it in the same poll, so a dropped `get`, `recv` or `accept` never loses one, and a
-//! dropped `put` never half-puts one; a dropped `send` of a message too large to go out in one
-//! write can leave part of it on the stream (see [`Connection::send_async`]).
+//! dropped `put` never half-puts one. A lock is taken only in the poll that returns its
+//! guard, so a dropped acquire never holds it. A dropped `send` of a message too large to go
+//! out in one write has its rest written by a helper thread, so the peer never sees half a
+//! message (see [`Connection::send_async`]).
 //!
 //! # Examples
 //! ```

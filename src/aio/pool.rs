@@ -1,6 +1,6 @@
-//! Pool results as futures and executor futures as a `Stream` in completion order. The pool's
-//! result slots already wake `Waker`s (its result thread completes them), so no descriptor,
-//! thread or timer is involved.
+//! Pool results as futures, `imap`/`imap_unordered` as `Stream`s, and executor futures as a
+//! `Stream` in completion order. The pool's result slots already wake `Waker`s (its result
+//! thread completes them), so no descriptor, thread or timer is involved.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -8,7 +8,53 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::pool::{AsyncResult, TaskError, TaskFuture};
+use serde::de::DeserializeOwned;
+
+use crate::pool::{AsyncResult, Imap, TaskError, TaskFuture};
+
+/// [`Pool::imap`](crate::Pool::imap), [`imap_unordered`](crate::Pool::imap_unordered) and
+/// their `_chunked` forms as a [`Stream`]: the same items as the iterator, in the same order,
+/// awaited instead of blocked on. Woken by the pool's result thread: no thread or timer per
+/// wait. Pulling the input (to keep the window of tasks full) happens in the poll, so a slow
+/// input iterator slows the task that polls. The stream is not `Send` (nor is the iterator):
+/// poll it from the task that made it, on a current-thread runtime, in `block_on`, or a
+/// `LocalSet`.
+///
+/// # Cancellation safety
+/// Dropping a pending `next()` loses nothing: an item is taken only in the poll that yields
+/// it, and the next `next()` (or `Iterator::next`) yields it. Dropping the stream is dropping
+/// the iterator: its tasks no worker has started are cancelled.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "tokio")] {
+/// use std::future::poll_fn;
+/// use std::pin::Pin;
+/// use futures_core::Stream;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let pool = multiproc::Pool::new(2)?;
+/// let mut squares = pool.imap(square, 1..=4);
+/// let got = rt.block_on(async {
+///     let mut got = Vec::new();
+///     while let Some(v) = poll_fn(|cx| Pin::new(&mut squares).poll_next(cx)).await {
+///         got.push(v?);
+///     }
+///     Ok::<_, multiproc::pool::TaskError>(got)
+/// })?;
+/// assert_eq!(got, vec![1, 4, 9, 16]);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<T: DeserializeOwned + Send + 'static> Stream for Imap<'_, T> {
+    type Item = Result<T, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_item(cx)
+    }
+}
 
 impl<T> AsyncResult<T> {
     /// As [`get`](AsyncResult::get), as a future: waits for the task and takes its value.

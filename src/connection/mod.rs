@@ -580,6 +580,13 @@ impl Connection {
         Ok((writer.as_fd(), out))
     }
 
+    /// For `crate::aio`: the lock that sends of this connection and its clones take turns
+    /// with (a blocking send holds it while it writes).
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn send_turn(&self) -> Arc<Mutex<Vec<u8>>> {
+        Arc::clone(&self.outbox)
+    }
+
     /// For `crate::aio`: as [`frame_for_send`](Connection::frame_for_send), for `send_bytes`.
     #[cfg(any(feature = "tokio", feature = "async-io"))]
     pub(crate) fn frame_for_send_bytes(

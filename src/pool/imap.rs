@@ -2,7 +2,8 @@
 //! are taken.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::task::Waker;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,12 +42,19 @@ pub struct Imap<'a, T> {
     unordered: (mpsc::Sender<RawChunk>, mpsc::Receiver<RawChunk>),
     /// Out of order: the keys of the chunks in flight, for a cancel.
     unordered_keys: HashSet<u64>,
+    /// Out of order: the task awaiting the next outcome, if the iterator is a `Stream`
+    /// (`crate::aio`); each sink wakes it after sending.
+    unordered_waker: Arc<Mutex<Option<Waker>>>,
     in_flight: usize,
     ready: VecDeque<Result<T, TaskError>>,
     /// The pool stopped accepting tasks before the input ended.
     refused: bool,
     progress: Tracker,
 }
+
+// Nothing in an `Imap` is pinned in place (its values sit in heap collections that move
+// freely), so a `Stream` over it may be polled without pinning, whatever `T` is.
+impl<T> Unpin for Imap<'_, T> {}
 
 impl<T> std::fmt::Debug for Imap<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +69,23 @@ struct ChannelSink {
     key: u64,
     len: usize,
     tx: Option<mpsc::Sender<RawChunk>>,
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl ChannelSink {
+    fn send(&mut self, outcome: std::result::Result<Vec<u8>, TaskError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.key, self.len, outcome));
+            let waker = self
+                .waker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
 }
 
 impl Sink for ChannelSink {
@@ -69,17 +94,13 @@ impl Sink for ChannelSink {
     }
 
     fn finish(mut self: Box<Self>, outcome: std::result::Result<Vec<u8>, TaskError>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.key, self.len, outcome));
-        }
+        self.send(outcome);
     }
 }
 
 impl Drop for ChannelSink {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.key, self.len, Err(TaskError::Terminated)));
-        }
+        self.send(Err(TaskError::Terminated));
     }
 }
 
@@ -116,6 +137,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
             ordered: ordered.then(VecDeque::new),
             unordered: mpsc::channel(),
             unordered_keys: HashSet::new(),
+            unordered_waker: Arc::new(Mutex::new(None)),
             in_flight: 0,
             ready: VecDeque::new(),
             refused: false,
@@ -150,6 +172,7 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
                         key,
                         len,
                         tx: Some(self.unordered.0.clone()),
+                        waker: Arc::clone(&self.unordered_waker),
                     })
                 }
             };
@@ -183,7 +206,101 @@ impl<'a, T: DeserializeOwned + Send + 'static> Imap<'a, T> {
     }
 }
 
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl<T: DeserializeOwned + Send + 'static> Imap<'_, T> {
+    /// For `crate::aio`'s `Stream`: as [`next_chunk`](Imap::next_chunk) without waiting;
+    /// `Pending` with `cx`'s waker registered for the next chunk's completion. A chunk is
+    /// taken only in the call that returns it.
+    fn poll_next_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ChunkOutcome<T>>> {
+        use std::task::Poll;
+        if self.in_flight == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut self.ordered {
+            Some(queue) => {
+                let Some((_, slot)) = queue.front() else {
+                    return Poll::Ready(None);
+                };
+                if !slot.register(cx.waker()) {
+                    return Poll::Pending;
+                }
+                let Some((len, slot)) = queue.pop_front() else {
+                    return Poll::Ready(None);
+                };
+                self.in_flight -= 1;
+                let values = slot
+                    .take()
+                    .unwrap_or(Err(TaskError::AlreadyTaken))
+                    .and_then(|bytes| decode_chunk::<T>(&bytes, len));
+                Poll::Ready(Some((len, values)))
+            }
+            None => {
+                let mut got = self.unordered.1.try_recv();
+                if matches!(got, Err(mpsc::TryRecvError::Empty)) {
+                    // Registered before looking again: a sink that sends after this look
+                    // finds the waker.
+                    *self
+                        .unordered_waker
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+                    got = self.unordered.1.try_recv();
+                }
+                match got {
+                    Ok((key, len, raw)) => {
+                        self.in_flight -= 1;
+                        self.unordered_keys.remove(&key);
+                        let values = raw.and_then(|bytes| decode_chunk::<T>(&bytes, len));
+                        Poll::Ready(Some((len, values)))
+                    }
+                    Err(mpsc::TryRecvError::Empty) => Poll::Pending,
+                    // Unreachable: this iterator holds a sender.
+                    Err(mpsc::TryRecvError::Disconnected) => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    /// As [`next`](Iterator::next), without waiting: the `Stream` of `crate::aio`.
+    pub(crate) fn poll_next_item(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T, TaskError>>> {
+        use std::task::Poll;
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                self.progress.advance(1);
+                return Poll::Ready(Some(item));
+            }
+            self.refill();
+            let Some((len, outcome)) = std::task::ready!(self.poll_next_chunk(cx)) else {
+                self.progress.finish();
+                if std::mem::take(&mut self.refused) {
+                    return Poll::Ready(Some(Err(TaskError::PoolClosed)));
+                }
+                return Poll::Ready(None);
+            };
+            self.queue_outcome(len, outcome);
+        }
+    }
+}
+
 impl<T> Imap<'_, T> {
+    /// Queues a chunk's values, or its error once per item.
+    fn queue_outcome(&mut self, len: usize, outcome: std::result::Result<Vec<T>, TaskError>) {
+        match outcome {
+            Ok(values) => self.ready.extend(values.into_iter().map(Ok)),
+            Err(e) => {
+                for _ in 1..len {
+                    self.ready.push_back(Err(e.duplicate()));
+                }
+                self.ready.push_back(Err(e));
+            }
+        }
+    }
+
     /// The keys of the chunks submitted and not yet taken by the iterator.
     fn keys_in_flight(&self) -> Vec<u64> {
         match &self.ordered {
@@ -253,15 +370,7 @@ impl<T: DeserializeOwned + Send + 'static> Iterator for Imap<'_, T> {
                 }
                 return None;
             };
-            match outcome {
-                Ok(values) => self.ready.extend(values.into_iter().map(Ok)),
-                Err(e) => {
-                    for _ in 1..len {
-                        self.ready.push_back(Err(e.duplicate()));
-                    }
-                    self.ready.push_back(Err(e));
-                }
-            }
+            self.queue_outcome(len, outcome);
         }
     }
 }

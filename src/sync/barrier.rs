@@ -332,7 +332,9 @@ impl Barrier {
         raw::wake(&s.generation, raw::WAKE_ALL);
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrierError> {
+    /// Arrives: the first half of a wait. The last party to arrive runs the action and
+    /// releases the others; every other one gets the generation and index to wait with.
+    pub(crate) fn arrive(&self) -> Result<Arrival, BrokenBarrierError> {
         let s = &*self.state;
         let g = self.lock();
         if g & BROKEN != 0 {
@@ -354,9 +356,18 @@ impl Barrier {
                 .store(g.wrapping_add(2) & !BROKEN, Ordering::Release);
             raw::wake(&s.generation, raw::WAKE_ALL);
             s.lock.unlock();
-            return Ok(index as usize);
+            return Ok(Arrival::Released(index as usize));
         }
         s.lock.unlock();
+        Ok(Arrival::Waiting { g, index })
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrierError> {
+        let s = &*self.state;
+        let (g, index) = match self.arrive()? {
+            Arrival::Released(index) => return Ok(index),
+            Arrival::Waiting { g, index } => (g, index),
+        };
         loop {
             let slice = match deadline {
                 None => Some(raw::LIVENESS_SLICE),
@@ -386,7 +397,71 @@ impl Barrier {
             }
         }
     }
+}
 
+/// For `crate::aio`: the async wait is `arrive`, then rounds on a helper
+/// thread of [`sleep_while_generation`](Barrier::sleep_while_generation), each followed by
+/// [`ended`](Barrier::ended) and, if the generation has not moved,
+/// [`check_parties`](Barrier::check_parties); a dropped wait [`leave`](Barrier::leave)s.
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl Barrier {
+    /// The default timeout set by [`with_timeout`](Barrier::with_timeout).
+    pub(crate) fn default_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Sleeps while the generation is `g`, at most `max`.
+    pub(crate) fn sleep_while_generation(&self, g: u32, max: Duration) {
+        raw::wait_while(&self.state.generation, g, raw::deadline(max));
+    }
+
+    /// The wait's outcome if generation `g` ended.
+    pub(crate) fn ended(&self, g: u32, index: u32) -> Option<Result<usize, BrokenBarrierError>> {
+        let now = self.state.generation.load(Ordering::Acquire);
+        (now != g).then(|| self.outcome(g, now, index))
+    }
+
+    /// As a blocking waiter does after a slice with no change: breaks the barrier if the
+    /// wait `timed_out` or a party died too many to fill it; the wait's outcome if it ended.
+    pub(crate) fn check_parties(
+        &self,
+        g: u32,
+        index: u32,
+        timed_out: bool,
+    ) -> Option<Result<usize, BrokenBarrierError>> {
+        let s = &*self.state;
+        let now = self.lock();
+        if now == g && (timed_out || self.party_died()) {
+            self.break_locked(g);
+            s.lock.unlock();
+            return Some(Err(BrokenBarrierError));
+        }
+        s.lock.unlock();
+        (now != g).then(|| self.outcome(g, now, index))
+    }
+
+    /// Takes back an arrival in generation `g` if it is still filling (a dropped async
+    /// wait), as asyncio's `Barrier` does for a cancelled waiter: the barrier is not broken
+    /// and needs one more arrival again.
+    pub(crate) fn leave(&self, g: u32) {
+        let s = &*self.state;
+        if self.lock() == g {
+            let count = s.count.load(Ordering::Relaxed);
+            s.count.store(count.saturating_sub(1), Ordering::Relaxed);
+        }
+        s.lock.unlock();
+    }
+}
+
+/// How an arrival at a barrier went.
+pub(crate) enum Arrival {
+    /// This party was the last: the generation is released, with this index.
+    Released(usize),
+    /// Others are still to come: wait for generation `g` to end, with this index.
+    Waiting { g: u32, index: u32 },
+}
+
+impl Barrier {
     /// How a wait that started in generation word `g` ended, now that the word is `now`.
     fn outcome(&self, g: u32, now: u32, index: u32) -> Result<usize, BrokenBarrierError> {
         let broken_here = now & BROKEN != 0 && now >> 1 == g >> 1;

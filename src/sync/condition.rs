@@ -89,7 +89,7 @@ impl Condition {
         &self.lock
     }
 
-    fn wrap<'a>(&'a self, g: LockGuard<'a>) -> ConditionGuard<'a> {
+    pub(crate) fn wrap<'a>(&'a self, g: LockGuard<'a>) -> ConditionGuard<'a> {
         ConditionGuard {
             cond: self,
             guard: g,
@@ -237,6 +237,101 @@ impl<'a> ConditionGuard<'a> {
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         self.notify_n(raw::WAKE_ALL);
+    }
+}
+
+/// For `crate::aio`: a wait begun by [`ConditionGuard::begin_async_wait`], with the lock
+/// released. Dropping it ends the wait (it is no longer counted as a sleeper), whether it was
+/// notified or cancelled.
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+#[derive(Debug)]
+pub(crate) struct AsyncWait<'a> {
+    cond: &'a Condition,
+    /// The notification count when this waiter last looked.
+    seen: u32,
+}
+
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl<'a> ConditionGuard<'a> {
+    /// Registers as a waiter and releases the lock, as the blocking wait does first.
+    pub(crate) fn begin_async_wait(self) -> AsyncWait<'a> {
+        let ConditionGuard { cond, guard } = self;
+        let state = &*cond.state;
+        let seen = state.seq.load(Ordering::SeqCst);
+        state.sleepers.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        AsyncWait { cond, seen }
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl<'a> AsyncWait<'a> {
+    pub(crate) fn condition(&self) -> &'a Condition {
+        self.cond
+    }
+
+    /// The notification count this waiter waits to see change.
+    pub(crate) fn seen(&self) -> u32 {
+        self.seen
+    }
+
+    /// Whether a notification may be there for this waiter to take: one came since it last
+    /// looked, and not all were taken. If they were, it looks again from now on.
+    pub(crate) fn maybe_notified(&mut self) -> bool {
+        let state = &*self.cond.state;
+        let now = state.seq.load(Ordering::SeqCst);
+        if now == self.seen {
+            return false;
+        }
+        if state.tokens.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        // Taken by other waiters; a later notify changes the count again (it adds its
+        // tokens before it bumps the count).
+        self.seen = now;
+        false
+    }
+
+    /// With the lock held again: takes a notification and ends the wait, or (another
+    /// waiter took it first) releases the lock and goes on waiting.
+    pub(crate) fn try_finish(
+        &mut self,
+        guard: LockGuard<'a>,
+    ) -> std::result::Result<ConditionGuard<'a>, ()> {
+        let state = &*self.cond.state;
+        let now = state.seq.load(Ordering::SeqCst);
+        if take_token(state) {
+            return Ok(self.cond.wrap(guard));
+        }
+        self.seen = now;
+        drop(guard);
+        Err(())
+    }
+
+    /// Wraps a guard of this condition's lock (for an `OwnerDied` re-acquire, which ends
+    /// the wait early, as a spurious wake-up; a notification there is taken with it).
+    pub(crate) fn finish_early(&mut self, guard: LockGuard<'a>) -> ConditionGuard<'a> {
+        take_token(&self.cond.state);
+        self.cond.wrap(guard)
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl Drop for AsyncWait<'_> {
+    fn drop(&mut self) {
+        let state = &*self.cond.state;
+        let sleepers = state.sleepers.fetch_sub(1, Ordering::SeqCst) - 1;
+        // As the blocking wait's end: tokens meant for waiters that are gone must not pile up.
+        state.tokens.fetch_min(sleepers, Ordering::SeqCst);
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "async-io"))]
+impl Condition {
+    /// Sleeps while no notification came since `seen`, at most `max` (an async waiter's
+    /// helper thread does this).
+    pub(crate) fn sleep_unless_notified(&self, seen: u32, max: Duration) {
+        raw::wait_while(&self.state.seq, seen, raw::deadline(max));
     }
 }
 

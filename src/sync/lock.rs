@@ -184,6 +184,15 @@ impl Lock {
         self.raw.is_locked()
     }
 
+    /// For `crate::aio`: the lock if it is free (taken marked contended, see
+    /// [`RawLock::try_lock_contended`]) or its holder died; `None` while a live one holds it.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn try_acquire_after_wait(
+        &self,
+    ) -> Option<Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>>> {
+        self.raw.try_lock_contended().map(|how| self.guard(how))
+    }
+
     pub(crate) fn same(&self, other: &Lock) -> bool {
         self.raw.same(&other.raw)
     }

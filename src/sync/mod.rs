@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-mod barrier;
+pub(crate) mod barrier;
 mod condition;
 mod event;
 mod lock;

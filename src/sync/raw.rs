@@ -240,6 +240,76 @@ impl RawLock {
         }
     }
 
+    /// Takes the lock if it is free, marked contended (so that its release wakes a sleeper):
+    /// for a waiter that was woken by a release without taking the lock there (an async
+    /// acquire, whose helper thread consumed that wake), so the chain of wakes goes on.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn try_lock_contended(&self) -> Option<Acquired> {
+        if self
+            .state
+            .compare_exchange(
+                0,
+                owner_value() | WAITERS64,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            return Some(Acquired::Clean);
+        }
+        self.take_over_if_dead()
+    }
+
+    /// Waits until the lock looks takeable, free or held by an owner proven dead, or until
+    /// `deadline`; takes nothing. `true` if it looked takeable, `false` if the deadline came
+    /// first.
+    ///
+    /// For an acquire that must take the lock elsewhere: an async acquire waits here on a
+    /// helper thread, then takes the lock in its task with a non-blocking call, so that a
+    /// dropped future can never have taken it. Sleeps as [`lock`](RawLock::lock) does
+    /// (marking the word contended, so a release wakes it), and checks the owner's liveness
+    /// between slices in the same way; a release that wakes this waiter is not passed on, so
+    /// the taker should use [`try_lock_contended`](RawLock::try_lock_contended).
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn wait_until_takeable(&self, deadline: Option<Instant>) -> bool {
+        let mut slice = OWNER_CHECK_FIRST;
+        let mut owner = 0;
+        let mut learnt = None;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s == 0 {
+                return true;
+            }
+            if s & !WAITERS64 != owner {
+                owner = s & !WAITERS64;
+                learnt = None;
+                slice = OWNER_CHECK_FIRST;
+            }
+            if s & WAITERS64 == 0
+                && self
+                    .state
+                    .compare_exchange(s, s | WAITERS64, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let s = s | WAITERS64;
+            let nap = match left(deadline) {
+                None => return false,
+                Some(None) => slice,
+                Some(Some(d)) => d.min(slice),
+            };
+            if sys::futex_wait_low(&self.state, s as u32, Some(nap)) {
+                learnt = None;
+                continue;
+            }
+            slice = (slice * 2).min(OWNER_CHECK_MAX);
+            if self.state.load(Ordering::Relaxed) == s && !owner_alive(s, &mut learnt) {
+                return true;
+            }
+        }
+    }
+
     /// Releases the lock; wakes one sleeper if there may be one.
     #[inline]
     pub(crate) fn unlock(&self) {

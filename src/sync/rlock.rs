@@ -166,6 +166,28 @@ impl RLock {
         self.state.lock.is_locked()
     }
 
+    /// For `crate::aio`: the lock's word, to wait on until it looks free.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn raw(&self) -> &super::raw::RawLock {
+        &self.state.lock
+    }
+
+    /// For `crate::aio`: as [`try_acquire`](RLock::try_acquire), but a free lock is taken
+    /// marked contended (see `RawLock::try_lock_contended`); `None` while another thread or
+    /// a live process holds it.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn try_acquire_after_wait(
+        &self,
+    ) -> Option<Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>>> {
+        if self.mine() {
+            return Some(self.enter(None));
+        }
+        self.state
+            .lock
+            .try_lock_contended()
+            .map(|how| self.enter(Some(how)))
+    }
+
     /// How many guards this thread holds (0 if another thread or process holds the lock).
     pub fn depth(&self) -> u32 {
         if self.mine() {
