@@ -430,3 +430,79 @@ mod tests {
         assert_eq!(fd_len_and_id(fd.as_fd()).unwrap().0, 100);
     }
 }
+
+/// Out-of-band messages (`Connection::set_out_of_band`) on this layer: an anonymous object
+/// as [`memfd`], empty; it grows as the message is written into it.
+pub(crate) fn memfd_sealable(_name: &CStr) -> io::Result<OwnedFd> {
+    memfd(0)
+}
+
+/// Does nothing: sealing is Linux's (see the module note). On this layer a receiver trusts
+/// that its sender does not write or shrink an object after sending it, as for
+/// `SharedSlice`; this crate never does.
+pub(crate) fn seal_contents(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+/// Checks that `fd` is a regular file (a shared-memory object, [`has_fixed_size`]) holding
+/// exactly `len` bytes: this layer's stand-in for Linux's seal check (`InvalidData`).
+pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if !has_fixed_size(fd) {
+        return Err(bad(
+            "its descriptor is not a shared-memory object".to_owned()
+        ));
+    }
+    let (size, _) = fd_len_and_id(fd)?;
+    if size != len {
+        return Err(bad(format!(
+            "its memory holds {size} bytes, but the header announces {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of the file behind `fd` from its start (`pread`, so the file's
+/// offset, shared with other holders, does not move).
+///
+/// # References
+/// pread(2).
+pub(crate) fn read_exact_at_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], done as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A read-only mapping of an out-of-band message's object, checked by [`check_sealed_len`].
+#[derive(Debug)]
+pub(crate) struct SealedBytes {
+    map: Mapping,
+}
+
+impl SealedBytes {
+    /// Maps `fd` read-only after checking it with [`check_sealed_len`] against `len`, which
+    /// must be above 0.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
+        check_sealed_len(fd, len)?;
+        let map = Mapping::new_read_only(fd, len)?;
+        Ok(SealedBytes { map })
+    }
+
+    /// The object's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping spans `len` bytes of an object that held exactly `len` bytes
+        // when mapped (checked in `map`); with no seals on this layer, the only other holder
+        // is the sender, which wrote the message before sending it and never writes or
+        // resizes it after (this crate's `Connection::send`), so the bytes are backed and
+        // fixed while borrowed (the module note says what a hostile sender could do); the
+        // borrow lives no longer than `self`, which unmaps on drop.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    }
+}
