@@ -61,6 +61,47 @@ fn pool_on_two_serving_ranks_under_spawn() {
     selftest("spawn");
 }
 
+/// Builds `examples/cluster.rs` (nextest does not build examples) and returns its path:
+/// `target/<profile>/examples/cluster`, beside this test's own profile directory.
+fn cluster_example() -> PathBuf {
+    let profile_dir = Path::new(SELFTEST).parent().expect("target/<profile>");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "cluster",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        );
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    assert!(cargo.status().expect("run cargo build").success());
+    profile_dir.join("examples").join("cluster")
+}
+
+/// The README's cluster example prints what it says it does.
+#[test]
+fn the_cluster_example_runs_under_mpirun() {
+    let (code, out) = run(mpirun().arg("-n").arg("3").arg(cluster_example()));
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "rank 0: 2 serving ranks",
+        "squares: [1, 4, 9, 16, 25, 36, 49, 64]",
+        "words per line: [4, 2, 3]",
+        "the crashing task failed alone: ",
+        "after the crash: [81, 100]",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
 /// Dynamic mode: the program started plainly (an MPI singleton) spawns its two servers.
 /// Without `mpirun --timeout`, the run is bounded here: the program gets its own process
 /// group (which Open MPI's helper daemon and the spawned servers join), killed if it runs
