@@ -34,6 +34,8 @@ mod posix;
 pub(crate) use posix::*;
 
 mod conn;
+mod exit;
+mod fd;
 mod fdpass;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 mod nowait;

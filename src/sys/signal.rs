@@ -42,3 +42,15 @@ fn restore_default(signal: libc::c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The signals the library sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Kill::Kill` is SIGKILL, named as `kill()` is
+pub(crate) enum Kill {
+    /// SIGTERM: the polite request, `terminate()`.
+    Term,
+    /// SIGKILL: `kill()`.
+    Kill,
+    /// SIGINT: `interrupt()`, what Ctrl-C sends.
+    Int,
+}
