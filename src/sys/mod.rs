@@ -41,6 +41,7 @@ mod fdpass;
 mod nowait;
 mod poll;
 mod signal;
+mod spawn;
 #[cfg(feature = "tokio")]
 mod tokio_fd;
 pub(crate) use conn::*;
