@@ -37,6 +37,7 @@ mod conn;
 mod exit;
 mod fd;
 mod fdpass;
+mod mapping;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 mod nowait;
 mod poll;
