@@ -43,6 +43,7 @@ mod nowait;
 mod poll;
 mod signal;
 mod spawn;
+mod stack;
 #[cfg(feature = "tokio")]
 mod tokio_fd;
 pub(crate) use conn::*;
@@ -50,7 +51,10 @@ pub(crate) use fdpass::*;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub(crate) use nowait::write_nowait;
 pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
-pub(crate) use signal::restore_default_stop_signals;
+pub(crate) use signal::{
+    ignore_interrupts, is_main_thread, restore_default_stop_signals, rust_signal_defaults,
+};
+pub(crate) use stack::{stack_bounds, stack_pointer};
 #[cfg(feature = "tokio")]
 pub(crate) use tokio_fd::tokio_async_fd;
 

@@ -18,7 +18,6 @@ mod placement;
 mod proc;
 mod process;
 mod shm;
-mod stack;
 
 pub(crate) use clone::*;
 pub(crate) use daemon::*;
@@ -31,4 +30,3 @@ pub(crate) use placement::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
 pub(crate) use shm::*;
-pub(crate) use stack::{stack_bounds, stack_pointer};
