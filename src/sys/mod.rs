@@ -34,6 +34,7 @@ mod posix;
 pub(crate) use posix::*;
 
 mod conn;
+mod daemon;
 mod exit;
 mod fd;
 mod fdpass;
@@ -47,6 +48,7 @@ mod stack;
 #[cfg(feature = "tokio")]
 mod tokio_fd;
 pub(crate) use conn::*;
+pub(crate) use daemon::detach_daemon;
 pub(crate) use fdpass::*;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub(crate) use nowait::write_nowait;

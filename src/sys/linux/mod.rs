@@ -8,7 +8,6 @@
 //! comment.
 
 mod clone;
-mod daemon;
 mod entries;
 mod exec;
 mod futex;
@@ -20,7 +19,6 @@ mod process;
 mod shm;
 
 pub(crate) use clone::*;
-pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 pub(crate) use futex::*;

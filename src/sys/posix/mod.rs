@@ -14,7 +14,6 @@
 //! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
 //! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
-//! | `daemon.rs` | portable: descriptors closed one by one |
 //! | `image.rs` | still the Linux file (ELF hooks) |
 //! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
@@ -26,7 +25,6 @@
 //! comment.
 
 mod clone;
-mod daemon;
 #[path = "../linux/entries.rs"]
 mod entries;
 mod exec;
@@ -41,7 +39,6 @@ mod process;
 mod shm;
 
 pub(crate) use clone::*;
-pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 // Shadows `image::take_boot_fd`: also takes over the exit and alive pipes (`process.rs`).

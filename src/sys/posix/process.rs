@@ -881,7 +881,7 @@ pub(crate) fn wait_child(pid: RawPid) -> io::Result<i32> {
 
 /// Forgets (without closing) the descriptors this file tracks: `detach_daemon` closes every
 /// inherited descriptor, and numbers reused later must not be closed by a later start.
-pub(super) fn forget_inherited() {
+pub(crate) fn forget_inherited() {
     OWN_EXIT_W.store(-1, Ordering::Release);
     PARENT_ALIVE_R.store(-1, Ordering::Release);
     ALIVE_R.store(-1, Ordering::Release);
