@@ -8,7 +8,8 @@
 //! the program, its image and pre-main hook, waits on shared words, other processes'
 //! liveness, open file descriptions, shared memory, stack bounds), and re-exports it beside
 //! the portable POSIX files every layer shares (`conn.rs`, `fdpass.rs`, `poll.rs`,
-//! `signal.rs`).
+//! `signal.rs`, `daemon.rs`, `stack.rs`; and `fd.rs`, `exit.rs`, `mapping.rs`, `spawn.rs`,
+//! which the layers' own files re-export or call).
 //!
 //! Linux (`linux/`) is the default layer. The portable POSIX layer (`posix/`, issue 18) is
 //! selected by `--cfg multiproc_portable`; it has the same names and signatures, documents per
