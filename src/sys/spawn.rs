@@ -198,20 +198,23 @@ fn inheritable_fds(from: i32) -> Vec<i32> {
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         flags >= 0 && flags & libc::FD_CLOEXEC == 0
     };
-    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
-    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    });
-    #[cfg(not(all(target_os = "linux", not(multiproc_portable))))]
-    let listed: Option<Vec<i32>> = None;
-    let candidates = listed.unwrap_or_else(|| {
+    let probe = || -> Vec<i32> {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX)
             .min(65_536) as i32;
         (from..limit).collect()
-    });
+    };
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    let candidates: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(probe);
+    #[cfg(not(all(target_os = "linux", not(multiproc_portable))))]
+    let candidates: Vec<i32> = probe();
     // The directory's own descriptor is closed by now and fails the check.
     candidates
         .into_iter()

@@ -236,6 +236,37 @@ pub(crate) fn shm_remove(name: &[u8]) {
     }
 }
 
+/// Out-of-band messages (`Connection::set_out_of_band`) on this layer: an anonymous object
+/// as [`memfd`], empty; it grows as the message is written into it.
+pub(crate) fn memfd_sealable(_name: &CStr) -> io::Result<OwnedFd> {
+    memfd(0)
+}
+
+/// Does nothing: sealing is Linux's (see the module note). On this layer a receiver trusts
+/// that its sender does not write or shrink an object after sending it, as for
+/// `SharedSlice`; this crate never does.
+pub(crate) fn seal_contents(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+/// Checks that `fd` is a regular file (a shared-memory object, [`has_fixed_size`]) holding
+/// exactly `len` bytes: this layer's stand-in for Linux's seal check (`InvalidData`).
+pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if !has_fixed_size(fd) {
+        return Err(bad(
+            "its descriptor is not a shared-memory object".to_owned()
+        ));
+    }
+    let (size, _) = fd_len_and_id(fd)?;
+    if size != len {
+        return Err(bad(format!(
+            "its memory holds {size} bytes, but the header announces {len}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,35 +338,4 @@ mod tests {
         punch_hole(fd.as_fd(), 0, 100);
         assert_eq!(fd_len_and_id(fd.as_fd()).unwrap().0, 100);
     }
-}
-
-/// Out-of-band messages (`Connection::set_out_of_band`) on this layer: an anonymous object
-/// as [`memfd`], empty; it grows as the message is written into it.
-pub(crate) fn memfd_sealable(_name: &CStr) -> io::Result<OwnedFd> {
-    memfd(0)
-}
-
-/// Does nothing: sealing is Linux's (see the module note). On this layer a receiver trusts
-/// that its sender does not write or shrink an object after sending it, as for
-/// `SharedSlice`; this crate never does.
-pub(crate) fn seal_contents(_fd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(())
-}
-
-/// Checks that `fd` is a regular file (a shared-memory object, [`has_fixed_size`]) holding
-/// exactly `len` bytes: this layer's stand-in for Linux's seal check (`InvalidData`).
-pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
-    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-    if !has_fixed_size(fd) {
-        return Err(bad(
-            "its descriptor is not a shared-memory object".to_owned()
-        ));
-    }
-    let (size, _) = fd_len_and_id(fd)?;
-    if size != len {
-        return Err(bad(format!(
-            "its memory holds {size} bytes, but the header announces {len}"
-        )));
-    }
-    Ok(())
 }
