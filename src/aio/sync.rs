@@ -109,21 +109,7 @@ impl Lock {
     pub async fn acquire_async(
         &self,
     ) -> io::Result<Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>>> {
-        match self.try_acquire() {
-            Ok(g) => return Ok(Ok(g)),
-            Err(TryAcquireError::OwnerDied(died)) => return Ok(Err(died)),
-            Err(TryAcquireError::WouldBlock) => {}
-        }
-        loop {
-            let lock = self.clone();
-            on_helper_thread(move || {
-                lock.raw.wait_until_takeable(raw::deadline(RECHECK));
-            })
-            .await?;
-            if let Some(r) = self.try_acquire_after_wait() {
-                return Ok(r);
-            }
-        }
+        acquire_after_helper_waits(self).await
     }
 }
 
@@ -167,20 +153,68 @@ impl RLock {
     pub async fn acquire_async(
         &self,
     ) -> io::Result<Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>>> {
-        match self.try_acquire() {
-            Ok(g) => return Ok(Ok(g)),
-            Err(TryAcquireError::OwnerDied(died)) => return Ok(Err(died)),
-            Err(TryAcquireError::WouldBlock) => {}
-        }
-        loop {
-            let lock = self.clone();
-            on_helper_thread(move || {
-                lock.raw().wait_until_takeable(raw::deadline(RECHECK));
-            })
-            .await?;
-            if let Some(r) = self.try_acquire_after_wait() {
-                return Ok(r);
-            }
+        acquire_after_helper_waits(self).await
+    }
+}
+
+/// What [`acquire_after_helper_waits`] needs of a lock: a try without blocking, the raw word
+/// a helper thread waits on, and the take after the helper's wait.
+trait TakeAfterWait: Clone + Send + 'static {
+    type Guard<'a>;
+    fn try_take(&self) -> Result<Self::Guard<'_>, TryAcquireError<Self::Guard<'_>>>;
+    fn raw_lock(&self) -> &raw::RawLock;
+    fn take_after_wait(&self) -> Option<Result<Self::Guard<'_>, OwnerDied<Self::Guard<'_>>>>;
+}
+
+impl TakeAfterWait for Lock {
+    type Guard<'a> = LockGuard<'a>;
+    fn try_take(&self) -> Result<LockGuard<'_>, TryAcquireError<LockGuard<'_>>> {
+        self.try_acquire()
+    }
+    fn raw_lock(&self) -> &raw::RawLock {
+        &self.raw
+    }
+    fn take_after_wait(&self) -> Option<Result<LockGuard<'_>, OwnerDied<LockGuard<'_>>>> {
+        self.try_acquire_after_wait()
+    }
+}
+
+impl TakeAfterWait for RLock {
+    type Guard<'a> = RLockGuard<'a>;
+    fn try_take(&self) -> Result<RLockGuard<'_>, TryAcquireError<RLockGuard<'_>>> {
+        self.try_acquire()
+    }
+    fn raw_lock(&self) -> &raw::RawLock {
+        self.raw()
+    }
+    fn take_after_wait(&self) -> Option<Result<RLockGuard<'_>, OwnerDied<RLockGuard<'_>>>> {
+        self.try_acquire_after_wait()
+    }
+}
+
+/// `Lock::acquire_async` and `RLock::acquire_async`: a free lock is taken at once; otherwise
+/// a helper thread waits (one round of [`RECHECK`]) until the lock looks takeable, and the
+/// task then tries to take it without blocking, waiting another round if someone else was
+/// quicker. The lock is taken only in the poll that returns its guard.
+#[allow(clippy::type_complexity)]
+async fn acquire_after_helper_waits<L: TakeAfterWait>(
+    lock: &L,
+) -> io::Result<Result<L::Guard<'_>, OwnerDied<L::Guard<'_>>>> {
+    match lock.try_take() {
+        Ok(g) => return Ok(Ok(g)),
+        Err(TryAcquireError::OwnerDied(died)) => return Ok(Err(died)),
+        Err(TryAcquireError::WouldBlock) => {}
+    }
+    loop {
+        let helper = lock.clone();
+        on_helper_thread(move || {
+            helper
+                .raw_lock()
+                .wait_until_takeable(raw::deadline(RECHECK));
+        })
+        .await?;
+        if let Some(r) = lock.take_after_wait() {
+            return Ok(r);
         }
     }
 }

@@ -8,7 +8,8 @@
 //! the program, its image and pre-main hook, waits on shared words, other processes'
 //! liveness, open file descriptions, shared memory, stack bounds), and re-exports it beside
 //! the portable POSIX files every layer shares (`conn.rs`, `fdpass.rs`, `poll.rs`,
-//! `signal.rs`).
+//! `signal.rs`, `daemon.rs`, `stack.rs`; and `fd.rs`, `exit.rs`, `mapping.rs`, `spawn.rs`,
+//! which the layers' own files re-export or call).
 //!
 //! Linux (`linux/`) is the default layer. The portable POSIX layer (`posix/`, issue 18) is
 //! selected by `--cfg multiproc_portable`; it has the same names and signatures, documents per
@@ -34,19 +35,29 @@ mod posix;
 pub(crate) use posix::*;
 
 mod conn;
+mod daemon;
+mod exit;
+mod fd;
 mod fdpass;
+mod mapping;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 mod nowait;
 mod poll;
 mod signal;
+mod spawn;
+mod stack;
 #[cfg(feature = "tokio")]
 mod tokio_fd;
 pub(crate) use conn::*;
+pub(crate) use daemon::detach_daemon;
 pub(crate) use fdpass::*;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub(crate) use nowait::write_nowait;
 pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
-pub(crate) use signal::restore_default_stop_signals;
+pub(crate) use signal::{
+    ignore_interrupts, is_main_thread, restore_default_stop_signals, rust_signal_defaults,
+};
+pub(crate) use stack::{stack_bounds, stack_pointer};
 #[cfg(feature = "tokio")]
 pub(crate) use tokio_fd::tokio_async_fd;
 

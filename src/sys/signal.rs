@@ -1,8 +1,11 @@
-//! Signal dispositions a pool worker needs.
+//! Signal dispositions and masks, shared by every platform layer: what a pool worker needs,
+//! the signals the library sends ([`Kill`]), and the forkserver's SIGINT mask and a
+//! re-executed child's Rust defaults.
 //!
 //! # Safety
 //! `sigaction` is called with a zeroed, then filled, `struct sigaction` that lives on the
 //! stack for the duration of the call; nothing is installed that could run Rust code.
+//! `signal` installs only `SIG_IGN`; `sigprocmask` reads a stack `sigset_t`.
 
 use std::io;
 
@@ -41,4 +44,71 @@ fn restore_default(signal: libc::c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The signals the library sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Kill::Kill` is SIGKILL, named as `kill()` is
+pub(crate) enum Kill {
+    /// SIGTERM: the polite request, `terminate()`.
+    Term,
+    /// SIGKILL: `kill()`.
+    Kill,
+    /// SIGINT: `interrupt()`, what Ctrl-C sends.
+    Int,
+}
+
+/// Gives a re-executed child the signal dispositions Rust's runtime gives `main` (which the
+/// pre-main hook runs before): SIGPIPE ignored, so writes to a closed pipe fail with `EPIPE`
+/// instead of killing the process, as under `fork`, where the child inherits them.
+pub(crate) fn rust_signal_defaults() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Whether the calling thread is the process's main thread.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// Whether the calling thread is the process's main thread.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn is_main_thread() -> bool {
+    // SAFETY: no preconditions; 1 on the main thread.
+    unsafe { libc::pthread_main_np() == 1 }
+}
+
+/// Makes the forkserver immune to the terminal's Ctrl-C (SIGINT goes to the whole foreground
+/// process group; the program that owns the server decides what happens to its children).
+///
+/// By blocking SIGINT, not ignoring it: an ignored signal sent to a new child before it
+/// restores the default ([`restore_default_signals`]) would be discarded, so a
+/// `Process::interrupt` right after `start` would be lost; a blocked one stays pending in the
+/// child until it unblocks it. (A child does not inherit the server's pending signals.)
+pub(crate) fn ignore_interrupts() {
+    set_sigint_blocked(true);
+}
+
+/// Undoes [`ignore_interrupts`] in a child of the server. Async-signal-safe.
+pub(crate) fn restore_default_signals() {
+    set_sigint_blocked(false);
+}
+
+fn set_sigint_blocked(blocked: bool) {
+    // SAFETY: an all-zero `sigset_t` is a valid value to initialise with `sigemptyset`.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let how = if blocked {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is a valid, writable `sigset_t` on this stack; SIGINT is a valid signal;
+    // `sigprocmask` (async-signal-safe) reads `set` and is given no old-mask pointer. The
+    // callers run single-threaded (the server, or its child right after the clone or fork).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigprocmask(how, &set, std::ptr::null_mut());
+    }
 }

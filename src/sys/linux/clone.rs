@@ -223,7 +223,7 @@ impl SiblingCloner {
                     // the child uses them after this point.
                     unsafe { libc::close(fd) };
                 }
-                restore_default_signals();
+                crate::sys::signal::restore_default_signals();
                 let guard = super::process::AbortOnUnwind;
                 let code = child();
                 std::mem::forget(guard);
@@ -267,53 +267,6 @@ unsafe fn raw_clone(flags: libc::c_ulong, parent_tid: usize, child_tid: usize) -
         )
     };
     rc
-}
-
-/// Gives a re-executed child the signal dispositions Rust's runtime gives `main` (which the
-/// pre-main hook runs before): SIGPIPE ignored, so writes to a closed pipe fail with `EPIPE`
-/// instead of killing the process, as under `fork`, where the child inherits them.
-pub(crate) fn rust_signal_defaults() {
-    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-}
-
-/// Whether the calling thread is the process's main thread.
-pub(crate) fn is_main_thread() -> bool {
-    rustix::thread::gettid() == rustix::process::getpid()
-}
-
-/// Makes the forkserver immune to the terminal's Ctrl-C (SIGINT goes to the whole foreground
-/// process group; the program that owns the server decides what happens to its children).
-///
-/// By blocking SIGINT, not ignoring it: an ignored signal sent to a new child before it
-/// restores the default ([`restore_default_signals`]) would be discarded, so a
-/// `Process::interrupt` right after `start` would be lost; a blocked one stays pending in the
-/// child until it unblocks it. (A child does not inherit the server's pending signals.)
-pub(crate) fn ignore_interrupts() {
-    set_sigint_blocked(true);
-}
-
-/// Undoes [`ignore_interrupts`] in a child of the server. Async-signal-safe.
-fn restore_default_signals() {
-    set_sigint_blocked(false);
-}
-
-fn set_sigint_blocked(blocked: bool) {
-    // SAFETY: an all-zero `sigset_t` is a valid value to initialise with `sigemptyset`.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let how = if blocked {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
-    };
-    // SAFETY: `set` is a valid, writable `sigset_t` on this stack; SIGINT is a valid signal;
-    // `sigprocmask` (async-signal-safe) reads `set` and is given no old-mask pointer. The
-    // callers run single-threaded (the server, or its child right after the clone).
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigprocmask(how, &set, std::ptr::null_mut());
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! comment.
 
 mod clone;
-mod daemon;
 mod entries;
 mod exec;
 mod futex;
@@ -18,10 +17,8 @@ mod placement;
 mod proc;
 mod process;
 mod shm;
-mod stack;
 
 pub(crate) use clone::*;
-pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 pub(crate) use futex::*;
@@ -31,4 +28,3 @@ pub(crate) use placement::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
 pub(crate) use shm::*;
-pub(crate) use stack::{stack_bounds, stack_pointer};

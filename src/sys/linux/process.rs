@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
+// The plain POSIX wrappers every layer shares, re-exported here so that this layer's files
+// reach them as `super::NAME` and the crate as `crate::sys::NAME`.
+pub(crate) use crate::sys::exit::{AbortOnUnwind, at_exit, exit_now};
+pub(crate) use crate::sys::fd::{
+    StdStream, read, read_append, redirect_stdio, set_blocking, set_nonblocking, write_all,
+};
+pub(crate) use crate::sys::signal::Kill;
+
 /// The OS process id type used across the crate.
 pub(crate) type RawPid = i32;
 
@@ -43,22 +51,6 @@ pub(crate) fn fork_child<F: FnOnce() -> i32>(child: F) -> io::Result<RawPid> {
     }
 }
 
-/// Aborts the process if dropped during unwinding (rayon's `AbortIfPanic`).
-pub(super) struct AbortOnUnwind;
-
-impl Drop for AbortOnUnwind {
-    fn drop(&mut self) {
-        std::process::abort();
-    }
-}
-
-/// Ends the calling process at once with `code`: no destructors, no atexit handlers, no
-/// stdio flush (callers flush what they own first).
-pub(crate) fn exit_now(code: i32) -> ! {
-    // SAFETY: `_exit` is async-signal-safe and never returns; skipping destructors is the point.
-    unsafe { libc::_exit(code) }
-}
-
 /// Asks the kernel to SIGKILL the calling process when its parent dies, then checks that the
 /// parent is still `expected_parent` (it may have died before the request took effect).
 ///
@@ -84,18 +76,6 @@ pub(crate) fn parent_pid() -> RawPid {
 pub(crate) fn pidfd_open(pid: RawPid) -> io::Result<OwnedFd> {
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
-}
-
-/// The signals the library sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(clippy::enum_variant_names)] // `Kill::Kill` is SIGKILL, named as `kill()` is
-pub(crate) enum Kill {
-    /// SIGTERM: the polite request, `terminate()`.
-    Term,
-    /// SIGKILL: `kill()`.
-    Kill,
-    /// SIGINT: `interrupt()`, what Ctrl-C sends.
-    Int,
 }
 
 /// Sends `sig` to the process behind `pidfd`. Signalling a process that has exited but was
@@ -186,65 +166,6 @@ pub(crate) fn pipe_nonblocking(read: bool, write: bool) -> io::Result<(OwnedFd, 
     Ok((r, w))
 }
 
-/// Makes reads and writes on `fd` return `WouldBlock` instead of blocking.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(fd)?;
-    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
-    Ok(())
-}
-
-/// Undoes [`set_nonblocking`]: reads and writes on `fd` block again.
-pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(fd)?;
-    rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK)?;
-    Ok(())
-}
-
-/// Reads what is available without blocking; `Ok(0)` is end of file. `WouldBlock` when empty.
-pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(n) => return Ok(n),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Reads what is available (up to `max` bytes) onto the end of `buf`, into its spare capacity:
-/// unlike a zeroed scratch buffer, only the pages the kernel writes are touched, which right
-/// after a `fork` means copy-on-write faults for the bytes that came rather than the buffer's
-/// size. `Ok(0)` is end of file; `WouldBlock` when empty.
-pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    buf.reserve(max);
-    loop {
-        let spare = &mut buf.spare_capacity_mut()[..max];
-        match rustix::io::read(fd, spare) {
-            Ok((filled, _)) => {
-                let n = filled.len();
-                // SAFETY: the kernel initialized the `n` bytes just past the length.
-                unsafe { buf.set_len(buf.len() + n) };
-                return Ok(n);
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Writes all of `buf`, blocking as needed. Async-signal-safe (no allocation on success).
-pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match rustix::io::write(fd, buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Fills `buf` from the kernel's random source.
 pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
@@ -256,17 +177,6 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `f` when the process exits normally (returning from `main` or `std::process::exit`),
-/// after Rust's own runtime is done with `main`. Not run when a child leaves by [`exit_now`].
-pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
-    // SAFETY: `atexit` only records the function pointer; `f` is a plain `extern "C" fn` with no
-    // captured state, valid for the whole life of the program.
-    match unsafe { libc::atexit(f) } {
-        0 => Ok(()),
-        _ => Err(io::Error::other("atexit registration failed")),
-    }
 }
 
 /// Opens a pidfd for a child just started; if that fails, kills and reaps the child, so that
@@ -310,37 +220,4 @@ pub(crate) fn wait_child(pid: RawPid) -> io::Result<i32> {
         .exit_status()
         .or_else(|| status.terminating_signal().map(|sig| -sig))
         .unwrap_or(-1))
-}
-
-/// Which standard stream [`redirect_stdio`] replaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StdStream {
-    Stdout,
-    Stderr,
-}
-
-/// Makes the calling process's stdout or stderr a copy of `fd` (a pipe's write end), without
-/// close-on-exec, so that what the process writes there, and what it executes, goes into
-/// the pipe. Async-signal-safe (one `dup2`): called in a forked child before user code.
-///
-/// # References
-/// dup2(2).
-pub(crate) fn redirect_stdio(fd: BorrowedFd<'_>, stream: StdStream) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let target = match stream {
-        StdStream::Stdout => libc::STDOUT_FILENO,
-        StdStream::Stderr => libc::STDERR_FILENO,
-    };
-    loop {
-        // SAFETY: `fd` is an open descriptor for the duration of the borrow; `dup2` onto 1 or 2
-        // closes whatever was there and makes it a copy, which no Rust owner holds as an
-        // `OwnedFd` (the standard streams are borrowed by std, never closed).
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }

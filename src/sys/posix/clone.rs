@@ -282,7 +282,7 @@ impl SiblingCloner {
                 SIGCHLD_W.store(-1, Ordering::Relaxed);
                 super::process::adopt_in_server_child(report_raw);
                 std::mem::forget(report);
-                restore_default_signals();
+                crate::sys::signal::restore_default_signals();
                 let code = child();
                 std::mem::forget(guard);
                 super::exit_now(code)
@@ -293,55 +293,5 @@ impl SiblingCloner {
                 Ok(pid)
             }
         }
-    }
-}
-
-/// Gives a re-executed child the signal dispositions Rust's runtime gives `main` (which the
-/// pre-main hook runs before): SIGPIPE ignored, so writes to a closed pipe fail with `EPIPE`
-/// instead of killing the process, as under `fork`, where the child inherits them.
-pub(crate) fn rust_signal_defaults() {
-    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-}
-
-/// Whether the calling thread is the process's main thread.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) fn is_main_thread() -> bool {
-    rustix::thread::gettid() == rustix::process::getpid()
-}
-
-/// Whether the calling thread is the process's main thread.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) fn is_main_thread() -> bool {
-    // SAFETY: no preconditions; 1 on the main thread.
-    unsafe { libc::pthread_main_np() == 1 }
-}
-
-/// Makes the forkserver immune to the terminal's Ctrl-C, by blocking SIGINT (see the Linux
-/// layer's `clone.rs` for why blocking rather than ignoring).
-pub(crate) fn ignore_interrupts() {
-    set_sigint_blocked(true);
-}
-
-/// Undoes [`ignore_interrupts`] in a child of the server. Async-signal-safe.
-fn restore_default_signals() {
-    set_sigint_blocked(false);
-}
-
-fn set_sigint_blocked(blocked: bool) {
-    // SAFETY: an all-zero `sigset_t` is a valid value to initialise with `sigemptyset`.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let how = if blocked {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
-    };
-    // SAFETY: `set` is a valid, writable `sigset_t` on this stack; SIGINT is a valid signal;
-    // `sigprocmask` (async-signal-safe) reads `set` and is given no old-mask pointer. The
-    // callers run single-threaded (the server, or its child right after the fork).
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigprocmask(how, &set, std::ptr::null_mut());
     }
 }

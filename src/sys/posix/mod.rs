@@ -14,8 +14,6 @@
 //! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
 //! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
-//! | `daemon.rs` | portable: descriptors closed one by one |
-//! | `stack.rs` | per C library (`pthread_getattr_np`, `pthread_attr_get_np`, `pthread_get_stackaddr_np`); only the Linux branch is built here |
 //! | `image.rs` | still the Linux file (ELF hooks) |
 //! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
 //!
@@ -27,7 +25,6 @@
 //! comment.
 
 mod clone;
-mod daemon;
 #[path = "../linux/entries.rs"]
 mod entries;
 mod exec;
@@ -40,10 +37,8 @@ mod placement;
 mod proc;
 mod process;
 mod shm;
-mod stack;
 
 pub(crate) use clone::*;
-pub(crate) use daemon::*;
 pub(crate) use entries::{EntryKind, is_entry};
 pub(crate) use exec::*;
 // Shadows `image::take_boot_fd`: also takes over the exit and alive pipes (`process.rs`).
@@ -55,4 +50,3 @@ pub(crate) use placement::*;
 pub(crate) use proc::*;
 pub(crate) use process::*;
 pub(crate) use shm::*;
-pub(crate) use stack::{stack_bounds, stack_pointer};

@@ -39,10 +39,10 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
 
-use rustix::mm::{MapFlags, ProtFlags};
+// The mapping and its reads are shared by both layers; re-exported here with the rest of
+// this concern.
+pub(crate) use crate::sys::mapping::{Mapping, SealedBytes, fd_len_and_id, read_exact_at_start};
 
 /// The longest name accepted for a named segment (bytes, without the leading `/`). macOS
 /// allows 31 bytes with the slash (`PSHMNAMLEN`); elsewhere the file system's limit is far
@@ -149,128 +149,6 @@ pub(crate) fn has_fixed_size(fd: BorrowedFd<'_>) -> bool {
 /// Does nothing: hole punching is Linux's (see the module note).
 pub(crate) fn punch_hole(_fd: BorrowedFd<'_>, _start: u64, _len: u64) {}
 
-/// The size in bytes of the object behind `fd`, and its identity (device and inode): two
-/// descriptors, in any processes, refer to the same shared memory exactly when the identities
-/// are equal.
-///
-/// # References
-/// fstat(2).
-pub(crate) fn fd_len_and_id(fd: BorrowedFd<'_>) -> io::Result<(usize, (u64, u64))> {
-    let st = rustix::fs::fstat(fd)?;
-    let len =
-        usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    #[allow(clippy::unnecessary_cast)] // their widths differ between platforms
-    Ok((len, (st.st_dev as u64, st.st_ino as u64)))
-}
-
-/// A `MAP_SHARED` mapping of a whole object (read-write unless made read-only); unmapped on
-/// drop.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; what is stored in it and how it is
-// accessed concurrently is governed by the typed layers above, which only use atomics or
-// lock-protected access.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps the first `len` bytes of `fd` shared and read-write. `len` must be non-zero.
-    ///
-    /// # References
-    /// mmap(2).
-    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
-        Self::map(fd, len, ProtFlags::READ | ProtFlags::WRITE)
-    }
-
-    /// Maps the first `len` bytes of `fd` shared and read-only: a write through the mapping
-    /// faults. `len` must be non-zero.
-    ///
-    /// # References
-    /// mmap(2).
-    pub(crate) fn new_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
-        Self::map(fd, len, ProtFlags::READ)
-    }
-
-    fn map(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags) -> io::Result<Mapping> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot map an empty segment",
-            ));
-        }
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) overlaps nothing we own;
-        // the returned region is owned by the `Mapping` and unmapped exactly once in `drop`.
-        let ptr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mapping { ptr, len })
-    }
-
-    /// Makes this mapping read-only in place (addresses and existing borrows stay valid);
-    /// a later write through it faults.
-    ///
-    /// # References
-    /// mprotect(2).
-    pub(crate) fn make_read_only(&self) -> io::Result<()> {
-        // SAFETY: `ptr`/`len` describe exactly this mapping, which stays mapped; dropping
-        // write permission changes no byte, and no `&mut` into it exists when the typed layer
-        // calls this (it holds the only handle, or only shared borrows remain).
-        unsafe {
-            rustix::mm::mprotect(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                rustix::mm::MprotectFlags::READ,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The base address (page aligned).
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// The length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The atomic 32-bit word at `offset`, shared with every process that maps the same
-    /// object; `None` if it would not lie inside the mapping or is not 4-byte aligned.
-    pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        if !offset.is_multiple_of(std::mem::align_of::<AtomicU32>())
-            || offset.checked_add(4).is_none_or(|end| end > self.len)
-        {
-            return None;
-        }
-        // SAFETY: the word lies inside this mapping (checked above), which is page aligned, so
-        // the word is 4-byte aligned; it stays mapped while `self` lives, which bounds the
-        // returned borrow; an `AtomicU32` is valid for any bit pattern, and every process that
-        // shares the word accesses it atomically.
-        Some(unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() })
-    }
-
-    /// Does nothing on this layer (`MADV_POPULATE_WRITE` is Linux's): pages are faulted in
-    /// as they are written.
-    pub(crate) fn populate_write(&self, _offset: usize, _len: usize) {}
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe exactly the region mapped in `new`, and no reference
-        // into it outlives `self` (the typed layers borrow from the owner of this mapping).
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 /// Checks a segment name: 1..=MAX_NAME bytes of `[A-Za-z0-9_.-]`, not starting with a dot.
 pub(crate) fn check_name(name: &str) -> io::Result<()> {
     let ok = !name.is_empty()
@@ -358,6 +236,37 @@ pub(crate) fn shm_remove(name: &[u8]) {
     }
 }
 
+/// Out-of-band messages (`Connection::set_out_of_band`) on this layer: an anonymous object
+/// as [`memfd`], empty; it grows as the message is written into it.
+pub(crate) fn memfd_sealable(_name: &CStr) -> io::Result<OwnedFd> {
+    memfd(0)
+}
+
+/// Does nothing: sealing is Linux's (see the module note). On this layer a receiver trusts
+/// that its sender does not write or shrink an object after sending it, as for
+/// `SharedSlice`; this crate never does.
+pub(crate) fn seal_contents(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+/// Checks that `fd` is a regular file (a shared-memory object, [`has_fixed_size`]) holding
+/// exactly `len` bytes: this layer's stand-in for Linux's seal check (`InvalidData`).
+pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if !has_fixed_size(fd) {
+        return Err(bad(
+            "its descriptor is not a shared-memory object".to_owned()
+        ));
+    }
+    let (size, _) = fd_len_and_id(fd)?;
+    if size != len {
+        return Err(bad(format!(
+            "its memory holds {size} bytes, but the header announces {len}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,81 +337,5 @@ mod tests {
         seal_future_writes(fd.as_fd());
         punch_hole(fd.as_fd(), 0, 100);
         assert_eq!(fd_len_and_id(fd.as_fd()).unwrap().0, 100);
-    }
-}
-
-/// Out-of-band messages (`Connection::set_out_of_band`) on this layer: an anonymous object
-/// as [`memfd`], empty; it grows as the message is written into it.
-pub(crate) fn memfd_sealable(_name: &CStr) -> io::Result<OwnedFd> {
-    memfd(0)
-}
-
-/// Does nothing: sealing is Linux's (see the module note). On this layer a receiver trusts
-/// that its sender does not write or shrink an object after sending it, as for
-/// `SharedSlice`; this crate never does.
-pub(crate) fn seal_contents(_fd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(())
-}
-
-/// Checks that `fd` is a regular file (a shared-memory object, [`has_fixed_size`]) holding
-/// exactly `len` bytes: this layer's stand-in for Linux's seal check (`InvalidData`).
-pub(crate) fn check_sealed_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
-    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-    if !has_fixed_size(fd) {
-        return Err(bad(
-            "its descriptor is not a shared-memory object".to_owned()
-        ));
-    }
-    let (size, _) = fd_len_and_id(fd)?;
-    if size != len {
-        return Err(bad(format!(
-            "its memory holds {size} bytes, but the header announces {len}"
-        )));
-    }
-    Ok(())
-}
-
-/// Reads `buf.len()` bytes of the file behind `fd` from its start (`pread`, so the file's
-/// offset, shared with other holders, does not move).
-///
-/// # References
-/// pread(2).
-pub(crate) fn read_exact_at_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pread(fd, &mut buf[done..], done as u64) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// A read-only mapping of an out-of-band message's object, checked by [`check_sealed_len`].
-#[derive(Debug)]
-pub(crate) struct SealedBytes {
-    map: Mapping,
-}
-
-impl SealedBytes {
-    /// Maps `fd` read-only after checking it with [`check_sealed_len`] against `len`, which
-    /// must be above 0.
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
-        check_sealed_len(fd, len)?;
-        let map = Mapping::new_read_only(fd, len)?;
-        Ok(SealedBytes { map })
-    }
-
-    /// The object's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping spans `len` bytes of an object that held exactly `len` bytes
-        // when mapped (checked in `map`); with no seals on this layer, the only other holder
-        // is the sender, which wrote the message before sending it and never writes or
-        // resizes it after (this crate's `Connection::send`), so the bytes are backed and
-        // fixed while borrowed (the module note says what a hostile sender could do); the
-        // borrow lives no longer than `self`, which unmaps on drop.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 }

@@ -1,11 +1,11 @@
 //! Where the calling thread's stack ends, so that recursive decoding can stop with an error
 //! before it overflows a small stack.
 //!
-//! The portable layer's version: POSIX has no call for a thread's own stack, so each C
+//! Shared by every platform layer. POSIX has no call for a thread's own stack, so each C
 //! library's is used: `pthread_getattr_np` (glibc, musl, NetBSD), `pthread_attr_get_np`
 //! (FreeBSD, DragonFly, OpenBSD), `pthread_get_stackaddr_np` and `pthread_get_stacksize_np`
 //! (macOS); anywhere else the bounds are unknown and only the decoder's depth count applies.
-//! Only the Linux branch is built and tested here.
+//! Only the Linux branch is built and tested here (on both layers).
 //!
 //! # Safety
 //! The attribute object is filled by the C library in this frame; two integers are read out

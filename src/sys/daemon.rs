@@ -1,8 +1,10 @@
 //! Detaching a freshly forked child into a daemon of its own: the resource tracker's setup.
-//!
-//! As the Linux layer's, without `close_range`: every descriptor above 3 is closed one by one,
-//! up to the soft descriptor limit (at most 65,536 numbers; a descriptor above that, possible
-//! only in a process that raised its limit and opened that many, stays open in the daemon).
+//! Shared by every platform layer. They differ in how the inherited descriptors are closed:
+//! the Linux layer uses `close_range` (closing one by one on kernels before 5.9); the
+//! portable layer closes every descriptor above 3 one by one, up to the soft descriptor limit
+//! (at most 65,536 numbers; a descriptor above that, possible only in a process that raised
+//! its limit and opened that many, stays open in the daemon), and then forgets the exit and
+//! alive pipes it inherited (`posix/process.rs`).
 //!
 //! # Safety
 //! [`detach_daemon`] runs in a freshly forked child of a possibly multi-threaded parent: it
@@ -10,7 +12,7 @@
 //! that child, on stack buffers, and allocates nothing.
 //!
 //! # References
-//! setsid(2), signal(2), dup2(2), close(2), getrlimit(2).
+//! setsid(2), signal(2), dup2(2), close_range(2), close(2), getrlimit(2).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -50,12 +52,23 @@ pub(crate) fn detach_daemon(report: BorrowedFd<'_>, keep: BorrowedFd<'_>) -> Opt
             libc::dup2(null, 1);
             libc::dup2(null, 2);
         }
-        let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 16) as i32;
-        for fd in 4..max {
-            libc::close(fd);
+        #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9: close them one by one.
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as i32;
+            for fd in 4..max {
+                libc::close(fd);
+            }
         }
-        // The exit and alive pipes this process inherited are among those just closed.
-        super::process::forget_inherited();
+        #[cfg(not(all(target_os = "linux", not(multiproc_portable))))]
+        {
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 16) as i32;
+            for fd in 4..max {
+                libc::close(fd);
+            }
+            // The exit and alive pipes this process inherited are among those just closed.
+            super::forget_inherited();
+        }
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
