@@ -138,6 +138,21 @@ pub(crate) fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>
     }
 }
 
+/// The number of bytes `value` serializes to (postcard's `serialized_size`, with byte
+/// sequences counted in one go).
+pub(crate) fn serialized_size<T: Serialize + ?Sized>(value: &T) -> postcard::Result<usize> {
+    ser::serialize(value, ser::Size::default())
+}
+
+/// Serializes `value` into the start of `buf` (postcard's `to_slice`, with byte sequences
+/// copied in one go); returns the number of bytes written.
+pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> postcard::Result<usize> {
+    ser::serialize(value, ser::Slice::new(buf))
+}
+
 /// A `Vec` that refuses to grow past one frame, so that a value too large to send fails as
 /// soon as it crosses the limit, before its bytes are copied (a 1 GiB result used to be
 /// copied whole, with the `Vec`'s regrowths, only to be refused).
@@ -176,8 +191,7 @@ impl postcard::ser_flavors::Flavor for Bounded {
     }
 }
 
-impl Bounded {
-    /// Appends the `len` bytes `bytes` yields in one go ([`ser`]'s byte sequences).
+impl ser::Out for Bounded {
     fn extend_bytes(
         &mut self,
         len: usize,

@@ -5,37 +5,154 @@
 //! `Vec<u8>` took milliseconds where `serde_bytes::ByteBuf` takes a `memcpy`. [`Fast`] wraps
 //! postcard's serializer, forwards every call to it unchanged (so the bytes written are
 //! exactly postcard's), and only takes over `collect_seq` when the elements are bytes: it
-//! writes the length as postcard would and then all the bytes at once.
+//! writes the length as postcard would and then all the bytes at once ([`Out::extend_bytes`]).
 
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
-use super::Bounded;
-
-type Postcard<'a> = &'a mut postcard::Serializer<Bounded>;
 type Error = postcard::Error;
 
-/// Serializes `value` into `out` with postcard's format, refusing to grow past `limit`.
-pub(super) fn serialize<T: Serialize + ?Sized>(
+/// A postcard output that can take a run of bytes from an iterator in one go.
+pub(super) trait Out: Flavor {
+    /// Appends the `len` bytes that `bytes` yields; an error if it yields fewer.
+    fn extend_bytes(
+        &mut self,
+        len: usize,
+        bytes: impl Iterator<Item = postcard::Result<u8>>,
+    ) -> postcard::Result<()>;
+}
+
+/// Serializes `value` into `out` with postcard's format.
+pub(super) fn serialize<T: Serialize + ?Sized, F: Out>(
     value: &T,
-    out: Bounded,
-) -> postcard::Result<Vec<u8>> {
+    out: F,
+) -> postcard::Result<F::Output> {
     let mut serializer = postcard::Serializer { output: out };
     value.serialize(Fast(&mut serializer))?;
     serializer.output.finalize()
 }
 
 /// postcard's serializer, with byte sequences written in one piece.
-pub(super) struct Fast<'a>(Postcard<'a>);
+pub(super) struct Fast<'a, F: Out>(&'a mut postcard::Serializer<F>);
 
 /// Whether the items of a sequence are bytes. std has no `TypeId` for types that may borrow
 /// (an item here is usually `&u8`), so this compares names: only `u8` is named `u8` (a user's
 /// type carries its path), and the comparison of constant strings costs nothing measurable.
+/// Were it ever wrong, the item would fail to serialize ([`ToByte`]), not be written wrong.
 #[inline]
 fn is_byte<T>() -> bool {
     let name = std::any::type_name::<T>();
     name == std::any::type_name::<u8>() || name == std::any::type_name::<&u8>()
+}
+
+/// Counts the bytes a value serializes to, as postcard's `serialized_size` does.
+#[derive(Default)]
+pub(super) struct Size(usize);
+
+impl Flavor for Size {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+impl Out for Size {
+    fn extend_bytes(
+        &mut self,
+        len: usize,
+        _: impl Iterator<Item = postcard::Result<u8>>,
+    ) -> postcard::Result<()> {
+        // Bytes serialize without side effects and the length is exact (`collect_seq`).
+        self.0 += len;
+        Ok(())
+    }
+}
+
+/// Writes into a slice, as postcard's `to_slice` does; the output is the length used.
+pub(super) struct Slice<'a> {
+    buf: &'a mut [u8],
+    used: usize,
+}
+
+impl<'a> Slice<'a> {
+    pub(super) fn new(buf: &'a mut [u8]) -> Self {
+        Slice { buf, used: 0 }
+    }
+}
+
+impl Flavor for Slice<'_> {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.used + data.len();
+        let dst = self
+            .buf
+            .get_mut(self.used..end)
+            .ok_or(Error::SerializeBufferFull)?;
+        dst.copy_from_slice(data);
+        self.used = end;
+        Ok(())
+    }
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        *self
+            .buf
+            .get_mut(self.used)
+            .ok_or(Error::SerializeBufferFull)? = byte;
+        self.used += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.used)
+    }
+}
+
+impl Out for Slice<'_> {
+    fn extend_bytes(
+        &mut self,
+        len: usize,
+        bytes: impl Iterator<Item = postcard::Result<u8>>,
+    ) -> postcard::Result<()> {
+        let end = self
+            .used
+            .checked_add(len)
+            .ok_or(Error::SerializeBufferFull)?;
+        let dst = self
+            .buf
+            .get_mut(self.used..end)
+            .ok_or(Error::SerializeBufferFull)?;
+        let mut failed = None;
+        let mut n = 0;
+        for (slot, b) in dst.iter_mut().zip(bytes) {
+            *slot = b.unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                0
+            });
+            n += 1;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if n != len {
+            // An iterator that yielded fewer items than its exact size hint announced.
+            return Err(Error::SerializeSeqLengthUnknown);
+        }
+        self.used = end;
+        Ok(())
+    }
 }
 
 macro_rules! forward {
@@ -60,7 +177,7 @@ macro_rules! forward_compound {
     };
 }
 
-impl<'a> ser::Serializer for Fast<'a> {
+impl<F: Out> ser::Serializer for Fast<'_, F> {
     type Ok = ();
     type Error = Error;
     type SerializeSeq = Self;
@@ -165,7 +282,7 @@ impl<'a> ser::Serializer for Fast<'a> {
 macro_rules! compound {
     ($($trait:ident { $($method:ident($($arg:ident: $ty:ty),*);)* })*) => {
         $(
-            impl ser::$trait for Fast<'_> {
+            impl<F: Out> ser::$trait for Fast<'_, F> {
                 type Ok = ();
                 type Error = Error;
                 $(
@@ -301,7 +418,7 @@ mod tests {
     use proptest::prelude::*;
     use serde::{Deserialize, Serialize};
 
-    use crate::wire::{decode_payload, encode_payload};
+    use crate::wire::{decode_payload, encode_payload, encode_to_slice, serialized_size};
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Shape {
@@ -378,6 +495,18 @@ mod tests {
         fn writes_postcards_bytes_and_reads_them_back(v in value()) {
             let ours = encode_payload(&v).unwrap();
             prop_assert_eq!(&ours, &postcard::to_allocvec(&v).unwrap());
+            prop_assert_eq!(serialized_size(&v).unwrap(), ours.len());
+            prop_assert_eq!(
+                postcard::experimental::serialized_size(&v).unwrap(),
+                ours.len()
+            );
+            // Into a slice: exactly the bytes, and an error, never a panic, one byte short.
+            let mut buf = vec![0u8; ours.len() + 3];
+            prop_assert_eq!(encode_to_slice(&v, &mut buf).unwrap(), ours.len());
+            prop_assert_eq!(&buf[..ours.len()], &ours[..]);
+            if !ours.is_empty() {
+                prop_assert!(encode_to_slice(&v, &mut buf[..ours.len() - 1]).is_err());
+            }
             let back: Value = decode_payload(&ours).unwrap();
             prop_assert_eq!(back, v);
         }
@@ -412,6 +541,8 @@ mod tests {
             }
         }
         assert!(encode_payload(&Filtered(vec![1, 0, 2])).is_err());
+        assert!(serialized_size(&Filtered(vec![1, 0, 2])).is_err());
+        assert!(encode_to_slice(&Filtered(vec![1, 0, 2]), &mut [0u8; 16]).is_err());
         assert!(postcard::to_allocvec(&Filtered(vec![1, 0, 2])).is_err());
     }
 }
