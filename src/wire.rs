@@ -13,6 +13,7 @@ use serde::de::{Deserialize, DeserializeOwned};
 use crate::error::{DecodeError, EncodeError, Error, ErrorKind, Result};
 
 mod depth;
+mod ser;
 pub(crate) mod share;
 
 /// How deeply a received value may be nested: a message whose value goes further down
@@ -113,14 +114,13 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// Serializes `value` into one frame.
 pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let out = vec![0u8; HEADER];
-    let mut out =
-        match postcard::serialize_with_flavor(value, Bounded::new(out, HEADER + MAX_FRAME)) {
-            Ok(out) => out,
-            Err(postcard::Error::SerializeBufferFull) => {
-                return Err(Error::with_message(ErrorKind::Encode, over_the_limit()));
-            }
-            Err(e) => return Err(Error::with_source(ErrorKind::Encode, e)),
-        };
+    let mut out = match ser::serialize(value, Bounded::new(out, HEADER + MAX_FRAME)) {
+        Ok(out) => out,
+        Err(postcard::Error::SerializeBufferFull) => {
+            return Err(Error::with_message(ErrorKind::Encode, over_the_limit()));
+        }
+        Err(e) => return Err(Error::with_source(ErrorKind::Encode, e)),
+    };
     let len = out.len() - HEADER;
     out[..HEADER].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
@@ -129,13 +129,28 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> 
 /// Serializes `value` as a payload (no header) that fits in one frame, refusing a larger one
 /// as soon as it crosses the limit.
 pub(crate) fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    match postcard::serialize_with_flavor(value, Bounded::new(Vec::new(), MAX_FRAME)) {
+    match ser::serialize(value, Bounded::new(Vec::new(), MAX_FRAME)) {
         Ok(out) => Ok(out),
         Err(postcard::Error::SerializeBufferFull) => {
             Err(Error::with_message(ErrorKind::Encode, over_the_limit()))
         }
         Err(e) => Err(Error::with_source(ErrorKind::Encode, e)),
     }
+}
+
+/// The number of bytes `value` serializes to (postcard's `serialized_size`, with byte
+/// sequences counted in one go).
+pub(crate) fn serialized_size<T: Serialize + ?Sized>(value: &T) -> postcard::Result<usize> {
+    ser::serialize(value, ser::Size::default())
+}
+
+/// Serializes `value` into the start of `buf` (postcard's `to_slice`, with byte sequences
+/// copied in one go); returns the number of bytes written.
+pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> postcard::Result<usize> {
+    ser::serialize(value, ser::Slice::new(buf))
 }
 
 /// A `Vec` that refuses to grow past one frame, so that a value too large to send fails as
@@ -173,6 +188,34 @@ impl postcard::ser_flavors::Flavor for Bounded {
 
     fn finalize(self) -> postcard::Result<Vec<u8>> {
         Ok(self.out)
+    }
+}
+
+impl ser::Out for Bounded {
+    fn extend_bytes(
+        &mut self,
+        len: usize,
+        bytes: impl Iterator<Item = postcard::Result<u8>>,
+    ) -> postcard::Result<()> {
+        if len > self.limit - self.out.len() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        let start = self.out.len();
+        let mut failed = None;
+        self.out.extend(bytes.take(len).map(|b| {
+            b.unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                0
+            })
+        }));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if self.out.len() - start != len {
+            // An iterator that yielded fewer items than its exact size hint announced.
+            return Err(postcard::Error::SerializeSeqLengthUnknown);
+        }
+        Ok(())
     }
 }
 
@@ -217,7 +260,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     out.extend_from_slice(&[0u8; HEADER]);
     let buf = std::mem::take(out);
     let limit = start + HEADER + MAX_FRAME;
-    *out = match postcard::serialize_with_flavor(value, Bounded::new(buf, limit)) {
+    *out = match ser::serialize(value, Bounded::new(buf, limit)) {
         Ok(buf) => buf,
         Err(postcard::Error::SerializeBufferFull) => {
             return Err(EncodeError::new(over_the_limit(), None));

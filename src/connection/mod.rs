@@ -18,6 +18,13 @@
 //!
 //! On a Unix socket, a message may also travel out of band, as a sealed memfd passed beside
 //! a short frame (see [`Connection::set_out_of_band`]); every receive takes such messages.
+//!
+//! Bytes inside values: a `Vec<u8>`, `&[u8]` or `VecDeque<u8>` is written in one piece (the
+//! same bytes as postcard's sequence of `u8`: a length, then the bytes). Reading one back as a
+//! `Vec<u8>` still goes through serde's `Vec` visitor a byte at a time (some hundreds of MB/s);
+//! for large byte payloads, `serde_bytes::ByteBuf` or a field with
+//! `#[serde(with = "serde_bytes")]` reads at `memcpy` speed, and reads the same bytes, so
+//! either side may use either type.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -504,7 +504,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Err((PutFail::Closed, item));
         }
         // Measuring issues no tickets for handles in the item (`wire::share`).
-        let size = match wire::share::measuring(|| postcard::experimental::serialized_size(&item)) {
+        let size = match wire::share::measuring(|| wire::serialized_size(&item)) {
             Ok(size) => size,
             Err(e) => {
                 let e = EncodeError::new("could not serialize the item", Some(Box::new(e)));
@@ -543,8 +543,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // Large: serialize straight into shared memory, one copy in all.
             let fill = |buf: &mut [u8]| {
                 buf[..HEADER].copy_from_slice(&header);
-                match postcard::to_slice(&item, &mut buf[HEADER..]) {
-                    Ok(used) if used.len() == size => Ok(()),
+                match wire::encode_to_slice(&item, &mut buf[HEADER..]) {
+                    Ok(used) if used == size => Ok(()),
                     Ok(_) => Err(EncodeError::new(
                         "the item serialized to different sizes twice",
                         None,

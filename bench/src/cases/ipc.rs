@@ -175,8 +175,17 @@ fn queue_bytes_16m(ctx: &mut Ctx) -> Row {
 
 /// Microseconds per 1-byte `send_bytes`/`recv_bytes` round trip over a duplex pipe.
 fn roundtrip_us(n: usize, pin: Pin) -> f64 {
+    link_roundtrip_us(Link::Pipe, n, pin)
+}
+
+/// [`roundtrip_us`] over `link` (`Link::Socket`: a Unix socket pair, as Python's duplex
+/// `Pipe` is).
+fn link_roundtrip_us(link: Link, n: usize, pin: Pin) -> f64 {
     pin_to(pin.cpu());
-    let (a, b) = pipe(true).expect("pipe");
+    let (a, b) = match link {
+        Link::Pipe => pipe(true).expect("pipe"),
+        _ => socket_pipe().expect("socket pipe"),
+    };
     let child_cpu = pin.cpu();
     let mut p = Process::new(move || {
         pin_to(child_cpu);
@@ -262,6 +271,12 @@ fn pipe_roundtrip(ctx: &mut Ctx) -> Row {
     row.peer.insert(
         "ours_unpinned".into(),
         median(ctx.rounds(), || roundtrip_us(n, Pin::None)),
+    );
+    row.peer.insert(
+        "ours_socket_pin_same".into(),
+        median(ctx.rounds(), || {
+            link_roundtrip_us(Link::Socket, n, Pin::Same)
+        }),
     );
     row.peer.insert(
         "raw_pipe_pin_same".into(),

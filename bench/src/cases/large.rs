@@ -3,11 +3,12 @@
 //! Python via `python/bench_large.py`; ipc-channel (its `IpcSharedMemory` and bytes channel)
 //! as the Rust peer; the probe's memcpy as the limit where one applies.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcSharedMemory};
 use multiproc::shared::{SharedBuffer, SharedSlice};
-use multiproc::{Pool, Process, StartMethod, pipe};
+use multiproc::{Pool, Process, Queue, StartMethod, pipe};
 use serde_bytes::ByteBuf;
 
 use super::ipc::{Link, ipc_channel_mbs, ours_link_mbs, ours_pipe_mbs};
@@ -26,6 +27,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "bandwidth_by_size",
             run: bandwidth_by_size,
+        },
+        Case {
+            name: "vec_bytes_1m",
+            run: vec_bytes_1m,
         },
     ]
 }
@@ -274,5 +279,99 @@ fn bandwidth_by_size(ctx: &mut Ctx) -> Row {
         }
     }
     row.limit = ctx.limit("memcpy_GBps").map(|g| g * 1000.0);
+    row
+}
+
+/// One-way MB/s of `n` typed messages made by `make` (each `size` bytes of payload) sent to
+/// a child with `Connection::send`, which decodes each with `recv::<T>()`: the encode and the
+/// decode are both in the figure, unlike `pipe_bytes_1m`'s `send_bytes`/`recv_bytes_into`.
+fn typed_pipe_mbs<T>(size: usize, n: usize, make: fn(usize) -> T) -> f64
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + AsRef<[u8]> + 'static,
+{
+    let (a, b) = pipe(true).expect("pipe");
+    let mut p = Process::new(move || {
+        for _ in 0..n {
+            let m: T = b.recv().expect("recv");
+            assert_eq!(m.as_ref().len(), size);
+        }
+        b.send(&0u8).expect("send");
+    });
+    p.start().expect("start");
+    let payload = make(size);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    for _ in 0..n {
+        a.send(&payload).expect("send");
+    }
+    let _: u8 = a.recv().expect("done");
+    let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    p.join().expect("join");
+    mbs
+}
+
+/// The same through a `Queue<T>`: a child puts `n` items, this process gets them.
+fn typed_queue_mbs<T>(size: usize, n: usize, make: fn(usize) -> T) -> f64
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + AsRef<[u8]> + 'static,
+{
+    // Items are `Arc`s of one payload, so that the producer does not copy it per item.
+    let q: Queue<Arc<T>> = Queue::new().expect("queue");
+    let (go_rx, go_tx) = pipe(false).expect("pipe");
+    let producer = q.clone();
+    let mut p = Process::new(move || {
+        let payload = Arc::new(make(size));
+        let _: u8 = go_rx.recv().expect("go");
+        for _ in 0..n {
+            if producer.put(Arc::clone(&payload)).is_err() {
+                panic!("put failed");
+            }
+        }
+    });
+    p.start().expect("start");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    go_tx.send(&1u8).expect("go");
+    for _ in 0..n {
+        assert_eq!((*q.get().expect("get")).as_ref().len(), size);
+    }
+    let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    p.join().expect("join");
+    mbs
+}
+
+fn make_vec(size: usize) -> Vec<u8> {
+    (0..size).map(|i| i as u8).collect()
+}
+
+fn make_byte_buf(size: usize) -> ByteBuf {
+    ByteBuf::from(make_vec(size))
+}
+
+/// A plain `Vec<u8>` of 1 MiB through `Connection::send`/`recv` (`ours`) and `Queue::put`/`get`
+/// (`ours_queue`), beside the same bytes as `serde_bytes::ByteBuf` (written and read as one
+/// byte string), which was the fast way before plain `Vec<u8>` was; MB/s, encode and decode
+/// included.
+fn vec_bytes_1m(ctx: &mut Ctx) -> Row {
+    let mut row = Row::new("vec_bytes_1m", "MB_per_s");
+    let size = MIB;
+    let n = ctx.scale(500, 50);
+    row.ours = Some(median(ctx.rounds(), || typed_pipe_mbs(size, n, make_vec)));
+    row.peer.insert(
+        "ours_byte_buf".into(),
+        median(ctx.rounds(), || typed_pipe_mbs(size, n, make_byte_buf)),
+    );
+    row.peer.insert(
+        "ours_queue".into(),
+        median(ctx.rounds(), || typed_queue_mbs(size, n, make_vec)),
+    );
+    row.peer.insert(
+        "ours_queue_byte_buf".into(),
+        median(ctx.rounds(), || typed_queue_mbs(size, n, make_byte_buf)),
+    );
+    row.peer.insert(
+        "ipc_channel_bytes".into(),
+        median(ctx.rounds(), || ipc_channel_mbs(size, n)),
+    );
     row
 }
