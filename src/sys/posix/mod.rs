@@ -10,7 +10,7 @@
 //! | `futex.rs` | portable: polling with exponential backoff, no futex |
 //! | `proc.rs` | portable: no `/proc`; liveness by a per-process life lock (a record lock held for the process's life), `kill(pid, 0)` as fallback |
 //! | `shm.rs` | portable: `shm_open` (anonymous: random `O_EXCL` name, unlinked at once); no seals, no hole punching |
-//! | `ofd.rs` | partly: the event is a self-connected Unix datagram socket; `reopen` and the holder locks are still `linux/ofd.rs` (`/proc/self/fd`, OFD locks) |
+//! | `ofd.rs` | portable: the event is a self-connected Unix datagram socket; a queue handle's holder mark is a `flock`ed file of its own in a private directory per queue |
 //! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
 //! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
