@@ -17,7 +17,8 @@
 //! | `daemon.rs` | portable: descriptors closed one by one |
 //! | `stack.rs` | per C library (`pthread_getattr_np`, `pthread_attr_get_np`, `pthread_get_stackaddr_np`); only the Linux branch is built here |
 //! | `image.rs` | still the Linux file (ELF hooks) |
-//! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
+//! | `placement.rs` | portable: niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere); only the Linux branches are built here |
+//! | `entries.rs` | still the Linux file (the manager's ELF symbol reader) |
 //!
 //! Until every row reads "portable", `sys/mod.rs` keeps its `compile_error!` on non-Linux
 //! targets.
@@ -35,7 +36,6 @@ mod futex;
 #[path = "../linux/image.rs"]
 mod image;
 mod ofd;
-#[path = "../linux/placement.rs"]
 mod placement;
 mod proc;
 mod process;
