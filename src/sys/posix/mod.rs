@@ -16,7 +16,7 @@
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
 //! | `daemon.rs` | portable: descriptors closed one by one |
 //! | `stack.rs` | per C library (`pthread_getattr_np`, `pthread_attr_get_np`, `pthread_get_stackaddr_np`); only the Linux branch is built here |
-//! | `image.rs` | still the Linux file (ELF hooks) |
+//! | `image.rs` | per image format: ELF `.init_array` with `__ehdr_start`/`etext` (Linux, and the BSDs with `dl_iterate_phdr` for the main-executable check), Mach-O `__DATA,__mod_init_func` with `__dso_handle`/`getsegmentdata` (not compiled here) |
 //! | `placement.rs` | portable: niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere); only the Linux branches are built here |
 //! | `entries.rs` | still the Linux file (the manager's ELF symbol reader) |
 //!
@@ -33,7 +33,6 @@ mod daemon;
 mod entries;
 mod exec;
 mod futex;
-#[path = "../linux/image.rs"]
 mod image;
 mod ofd;
 mod placement;
