@@ -752,6 +752,38 @@ start_method_matrix! {
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
+    /// The getter role outlives `close` and ends with the holder, SIGKILL included: a put on
+    /// a full queue times out (it may yet get room) while a closed child lives, and is
+    /// `Disconnected` once it is killed; a get sees the closed child as no producer.
+    #[test]
+    fn a_closed_then_killed_consumer_ends_the_getter_role_only_when_killed() {
+        let _r = Reaper::new();
+        let q: Queue<u32> = Queue::with_maxsize(1).unwrap();
+        let closed = Event::new().unwrap();
+        let mut p = Process::with_args(
+            |(q, closed): (Queue<u32>, Event)| {
+                q.close();
+                closed.set();
+                std::thread::sleep(Duration::from_secs(60));
+            },
+            (q.clone(), closed.clone()),
+        );
+        p.start().unwrap();
+        assert!(closed.wait_timeout(WAIT));
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(WAIT), Err(GetTimeoutError::Disconnected)));
+        assert!(start.elapsed() < WAIT, "waited the whole timeout");
+        q.put(1).unwrap();
+        let err = q.put_timeout(2, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, PutTimeoutError::Timeout(2)), "{err:?}");
+        p.kill().unwrap();
+        p.join_timeout(WAIT).unwrap();
+        let start = Instant::now();
+        let err = q.put_timeout(2, WAIT).unwrap_err();
+        assert!(matches!(err, PutTimeoutError::Disconnected(2)), "{err:?}");
+        assert!(start.elapsed() < WAIT, "waited the whole timeout");
+    }
+
     #[test]
     fn processes_killed_at_random_points_never_wedge_or_corrupt_the_queue() {
         let _r = Reaper::new();

@@ -160,6 +160,11 @@ impl PoolBuilder {
     /// assert_eq!(pool.apply(one, ())?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// Where the platform has no per-process CPU affinity (see
+    /// [`cpu_affinity`](crate::process::Builder::cpu_affinity)), `build()` or the first
+    /// worker's start fails with [`std::io::ErrorKind::Unsupported`]; so does
+    /// [`pin_workers`](PoolBuilder::pin_workers).
     #[doc(alias = "sched_setaffinity")]
     pub fn worker_cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.placement.cpus = Some(cpus.into_iter().collect());
@@ -258,6 +263,9 @@ impl PoolBuilder {
     /// After each task, a worker whose resident memory (RSS, `/proc/<pid>/statm`) is above
     /// `bytes` is replaced before its next task (billiard's `max_memory_per_child`, in bytes
     /// rather than KiB). Tasks queued on it go back to the pool's queue unstarted.
+    ///
+    /// The size is read with `proc_pidinfo` on macOS and `sysctl` on FreeBSD; where no
+    /// process's resident size can be read (OpenBSD, NetBSD) the limit is not enforced.
     ///
     /// A worker that is already above the limit when it starts (under `fork`, a copy of a
     /// parent that is itself larger: celery#4125) is measured against its size at start

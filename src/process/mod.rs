@@ -544,6 +544,11 @@ impl Builder {
     /// ```
     ///
     /// `start()` fails with [`ErrorKind::InvalidInput`] for a CPU this process may not use.
+    ///
+    /// Per-process CPU affinity exists on Linux and FreeBSD only: elsewhere (macOS, OpenBSD,
+    /// NetBSD) `start()` fails with [`ErrorKind::Io`] carrying
+    /// [`std::io::ErrorKind::Unsupported`], before any child is made (and the example above
+    /// fails there).
     #[doc(alias = "sched_setaffinity")]
     pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.placement.cpus = Some(cpus.into_iter().collect());

@@ -71,7 +71,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -226,11 +226,17 @@ impl<T> Queue<T> {
     pub fn with_maxsize(maxsize: usize) -> crate::Result<Queue<T>> {
         let maxsize = u32::try_from(maxsize).unwrap_or(u32::MAX);
         let shm = Arc::new(ShmQueue::create(RING, maxsize)?);
-        Queue::handle(shm)
+        Queue::handle(shm, None)
     }
 
-    fn handle(shm: Arc<ShmQueue>) -> crate::Result<Queue<T>> {
-        let ofd = shm.reopen()?;
+    /// A new handle of `shm`: a new open file description of its memory (of `sibling`'s,
+    /// another handle's, when there is one: on the portable layer a handle's mark is made
+    /// beside its siblings', `sys/posix/ofd.rs`), marked as a holder of both roles.
+    fn handle(shm: Arc<ShmQueue>, sibling: Option<BorrowedFd<'_>>) -> crate::Result<Queue<T>> {
+        let ofd = match sibling {
+            Some(fd) => sys::reopen(fd)?,
+            None => shm.reopen()?,
+        };
         sys::ofd_hold(ofd.as_fd(), PRODUCER)?;
         sys::ofd_hold(ofd.as_fd(), GETTER)?;
         Ok(Queue {
@@ -246,7 +252,7 @@ impl<T> Queue<T> {
     /// # Errors
     /// The OS error if a descriptor cannot be opened.
     pub fn try_clone(&self) -> crate::Result<Queue<T>> {
-        let handle = Queue::handle(Arc::clone(&self.shm))?;
+        let handle = Queue::handle(Arc::clone(&self.shm), Some(self.ofd.as_fd()))?;
         self.shm.mark_shared();
         Ok(handle)
     }
@@ -605,6 +611,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let shared = self.shm.was_shared();
             match sys::ofd_others_hold(self.ofd.as_fd(), GETTER) {
                 Ok(true) => {}
+                // The last getter may have made room and left between our look and the
+                // question (a get is one store): look once more before giving up.
+                Ok(false) if self.shm.gets() != gets => continue,
                 Ok(false) if shared || matches!(wait, Wait::Forever) => {
                     return Err(PutFail::Disconnected);
                 }
@@ -836,6 +845,7 @@ impl<T> Serialize for Queue<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         (
             SerFd(self.ofd.as_fd()),
+            SerFd(self.shm.memory_fd()),
             SerFd(self.shm.event_fd()),
             self.is_closed(),
         )
@@ -845,11 +855,11 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> serde::Deserialize<'de> for Queue<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (DeFd(ofd), DeFd(event), closed): (DeFd, DeFd, bool) =
+        // The memory travels beside the handle's own description: on the portable layer that
+        // is a holder mark, not the memory (`sys/posix/ofd.rs`).
+        let (DeFd(ofd), DeFd(memory), DeFd(event), closed): (DeFd, DeFd, DeFd, bool) =
             serde::Deserialize::deserialize(d)?;
-        let shm = sys::reopen(ofd.as_fd())
-            .and_then(|fd| ShmQueue::open(fd, event))
-            .map_err(serde::de::Error::custom)?;
+        let shm = ShmQueue::open(memory, event).map_err(serde::de::Error::custom)?;
         Ok(Queue {
             shm: Arc::new(shm),
             ofd,

@@ -233,10 +233,16 @@ impl ShmQueue {
         self.cap as usize
     }
 
-    /// A new open file description of the queue's memfd, for a new handle: OFD locks taken
-    /// on it are its own.
+    /// A new open file description of the queue's memfd, for a new queue's first handle:
+    /// OFD locks taken on it are its own (on the portable layer, the first holder mark, in a
+    /// new directory: `sys/posix/ofd.rs`).
     pub(crate) fn reopen(&self) -> io::Result<OwnedFd> {
         sys::reopen(self.fd.as_fd())
+    }
+
+    /// The queue's memory, to pass beside a handle's mark to another process.
+    pub(crate) fn memory_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// The event descriptor (see [`want_event`](Self::want_event)).
@@ -871,7 +877,7 @@ mod tests {
     /// Another process's view of the same queue (with no remembered look at either side).
     fn another_mapping(q: &ShmQueue) -> ShmQueue {
         let event = rustix::io::dup(q.event_fd()).unwrap();
-        ShmQueue::open(q.reopen().unwrap(), event).unwrap()
+        ShmQueue::open(rustix::io::dup(q.fd.as_fd()).unwrap(), event).unwrap()
     }
 
     fn is_corrupt<T>(r: io::Result<T>) -> bool {

@@ -10,12 +10,13 @@
 //! | `futex.rs` | portable: polling with exponential backoff, no futex |
 //! | `proc.rs` | portable: no `/proc`; liveness by a per-process life lock (a record lock held for the process's life), `kill(pid, 0)` as fallback |
 //! | `shm.rs` | portable: `shm_open` (anonymous: random `O_EXCL` name, unlinked at once); no seals, no hole punching |
-//! | `ofd.rs` | partly: the event is a self-connected Unix datagram socket; `reopen` and the holder locks are still `linux/ofd.rs` (`/proc/self/fd`, OFD locks) |
+//! | `ofd.rs` | portable: the event is a self-connected Unix datagram socket; a queue handle's holder mark is a `flock`ed file of its own in a private directory per queue |
 //! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
 //! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
-//! | `image.rs` | still the Linux file (ELF hooks) |
-//! | `placement.rs`, `entries.rs` | still the Linux files (`sched_setaffinity`, `/proc/<pid>/statm`; the manager's ELF symbol reader) |
+//! | `image.rs` | per image format: ELF `.init_array` with `__ehdr_start`/`etext` (Linux, and the BSDs with `dl_iterate_phdr` for the main-executable check), Mach-O `__DATA,__mod_init_func` with `__dso_handle`/`getsegmentdata` (not compiled here) |
+//! | `placement.rs` | portable: niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere); only the Linux branches are built here |
+//! | `entries.rs` | still the Linux file (the manager's ELF symbol reader) |
 //!
 //! Until every row reads "portable", `sys/mod.rs` keeps its `compile_error!` on non-Linux
 //! targets.
@@ -29,10 +30,8 @@ mod clone;
 mod entries;
 mod exec;
 mod futex;
-#[path = "../linux/image.rs"]
 mod image;
 mod ofd;
-#[path = "../linux/placement.rs"]
 mod placement;
 mod proc;
 mod process;
