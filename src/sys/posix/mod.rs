@@ -7,7 +7,7 @@
 //!
 //! | File | State |
 //! |---|---|
-//! | `futex.rs` | portable: polling with exponential backoff, no futex |
+//! | `futex.rs` | portable: polling (yields for 100 µs, then sleeps with exponential backoff), no futex |
 //! | `proc.rs` | portable: no `/proc`; liveness by a per-process life lock (a record lock held for the process's life), `kill(pid, 0)` as fallback |
 //! | `shm.rs` | portable: `shm_open` (anonymous: random `O_EXCL` name, unlinked at once); no seals, no hole punching |
 //! | `ofd.rs` | portable: the event is a self-connected Unix datagram socket; a queue handle's holder mark is a `flock`ed file of its own in a private directory per queue |
