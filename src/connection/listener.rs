@@ -17,6 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,6 +77,10 @@ impl Address {
     /// A Unix socket in Linux's abstract namespace: `name` without the leading NUL byte,
     /// which this adds (Python spells the address `"\0" + name`).
     ///
+    /// Linux only: on other systems (the portable layer's targets), binding or connecting to
+    /// such an address fails with an I/O error of kind `Unsupported`, and the example below
+    /// fails there.
+    ///
     /// # Examples
     /// ```
     /// use multiproc::connection::{Address, Listener, client};
@@ -112,8 +117,17 @@ impl Address {
 
     /// The socket address of an abstract Unix address.
     fn abstract_socket_addr(&self) -> Option<io::Result<std::os::unix::net::SocketAddr>> {
-        self.abstract_name()
-            .map(std::os::unix::net::SocketAddr::from_abstract_name)
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return self
+            .abstract_name()
+            .map(std::os::unix::net::SocketAddr::from_abstract_name);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        self.abstract_name().map(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "abstract Unix socket names exist on Linux only",
+            ))
+        })
     }
 }
 

@@ -21,14 +21,46 @@ use rustix::net::{
 /// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS: usize = 253;
 
+/// What every send passes so that a gone peer is `BrokenPipe`, not SIGPIPE. macOS has no
+/// `MSG_NOSIGNAL`: there the socket itself must have `SO_NOSIGPIPE`, which [`socketpair`]
+/// sets, as std does on the sockets it makes (a socket from elsewhere, handed to
+/// `Connection::from_fd`, needs it set by its maker).
+#[cfg(not(target_vendor = "apple"))]
+pub(crate) const SEND_NOSIGNAL: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+pub(crate) const SEND_NOSIGNAL: SendFlags = SendFlags::empty();
+
+/// Received descriptors close-on-exec (macOS: set after the receive, see `recv_with_fds`).
+#[cfg(not(target_vendor = "apple"))]
+const RECV_CLOEXEC: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+#[cfg(target_vendor = "apple")]
+const RECV_CLOEXEC: RecvFlags = RecvFlags::empty();
+
 /// A connected pair of Unix stream sockets, both ends close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
+    #[cfg(not(target_vendor = "apple"))]
+    return Ok(rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?);
+    // macOS has no SOCK_CLOEXEC: the flag is set right after, so a fork + exec by another
+    // thread in between can leak the pair into that program (the window std accepts there).
+    #[cfg(target_vendor = "apple")]
+    {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::empty(),
+            None,
+        )?;
+        for fd in [&a, &b] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+            rustix::net::sockopt::set_socket_nosigpipe(fd, true)?;
+        }
+        Ok((a, b))
+    }
 }
 
 /// Writes all of `bytes` to `sock`, with `fds` attached to the first chunk.
@@ -59,7 +91,7 @@ pub(crate) fn send_with_fds(
             sock,
             &[io::IoSlice::new(bytes)],
             &mut control,
-            SendFlags::NOSIGNAL,
+            SEND_NOSIGNAL,
         ) {
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -106,7 +138,7 @@ pub(crate) fn recv_exact_with_fds(
             sock,
             &mut [io::IoSliceMut::new(buf)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC,
+            RECV_CLOEXEC,
         ) {
             Ok(r) => r,
             Err(rustix::io::Errno::INTR) => continue,
@@ -114,7 +146,13 @@ pub(crate) fn recv_exact_with_fds(
         };
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(incoming) = message {
-                fds.extend(incoming);
+                for fd in incoming {
+                    // macOS has no MSG_CMSG_CLOEXEC: the flag is set here, with the window
+                    // `socketpair` describes.
+                    #[cfg(target_vendor = "apple")]
+                    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+                    fds.push(fd);
+                }
             }
         }
         if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
@@ -129,7 +167,12 @@ pub(crate) fn recv_exact_with_fds(
 /// # References
 /// getsockopt(2) (`SO_DOMAIN`).
 pub(crate) fn is_unix_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    match rustix::net::sockopt::socket_domain(fd) {
+    // macOS has no SO_DOMAIN: the family of the socket's own address says the same.
+    #[cfg(target_vendor = "apple")]
+    let domain = rustix::net::getsockname(fd).map(|addr| addr.address_family());
+    #[cfg(not(target_vendor = "apple"))]
+    let domain = rustix::net::sockopt::socket_domain(fd);
+    match domain {
         Ok(domain) => Ok(domain == AddressFamily::UNIX),
         Err(rustix::io::Errno::NOTSOCK) => Ok(false),
         Err(e) => Err(e.into()),

@@ -12,7 +12,8 @@
 //! which the layers' own files re-export or call).
 //!
 //! Linux (`linux/`) is the default layer. The portable POSIX layer (`posix/`, issue 18) is
-//! selected by `--cfg multiproc_portable`; it has the same names and signatures, documents per
+//! selected by `--cfg multiproc_portable` (or `MULTIPROC_PORTABLE=1`, see `build.rs`) and on
+//! every other Unix; it has the same names and signatures, documents per
 //! name where its promise differs, and still borrows some Linux files (see `posix/mod.rs`).
 //!
 //! # Safety
@@ -60,11 +61,3 @@ pub(crate) use signal::{
 pub(crate) use stack::{stack_bounds, stack_pointer};
 #[cfg(feature = "tokio")]
 pub(crate) use tokio_fd::tokio_async_fd;
-
-// The portable layer still borrows the Linux layer's files for the concerns it has not
-// replaced yet (see `posix/mod.rs`), so it builds on Linux only for now.
-#[cfg(not(target_os = "linux"))]
-compile_error!(
-    "multiproc supports Linux today; the portable POSIX layer (src/sys/posix/) does not yet \
-     replace every Linux-only call, see src/sys/README.md"
-);

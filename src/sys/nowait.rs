@@ -37,7 +37,7 @@ const PIPE_BUF: usize = 4096;
 /// send(2) `MSG_DONTWAIT`, pipe(7) "PIPE_BUF", poll(2).
 pub(crate) fn write_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        match rustix::net::send(fd, buf, SendFlags::DONTWAIT | super::fdpass::SEND_NOSIGNAL) {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return Ok(0),

@@ -104,8 +104,12 @@ pub(crate) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 ///
 /// # References
 /// fcntl(2) `F_SETPIPE_SZ`; pipe(7) on `pipe-max-size` and `pipe-user-pages-soft`.
+/// Elsewhere pipes have no settable size, and this is a no-op.
 pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = rustix::pipe::fcntl_setpipe_size(fd, size);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (fd, size);
 }
 
 /// Whether nobody holds the read end of the pipe whose write end is `fd` any more (a pipe's

@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,12 +89,28 @@ fn share(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Token)> {
     Ok((sharer.name.clone(), token))
 }
 
+/// The sharer's address: a name in Linux's abstract namespace, which needs no file and goes
+/// away with the socket. Other systems have no such namespace; there a handle cannot be sent
+/// inside a message yet (a socket path in a private directory would do, issue 18).
+fn abstract_addr(name: &[u8]) -> io::Result<SocketAddr> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return SocketAddr::from_abstract_name(name);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = name;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "sending a Connection inside a message needs Linux's abstract Unix sockets",
+        ))
+    }
+}
+
 /// Binds a fresh abstract socket and starts the thread that serves it.
 fn start(pid: u32) -> io::Result<Sharer> {
     let mut nonce = [0u8; 8];
     sys::random_bytes(&mut nonce)?;
     let name = format!("multiproc-share-{pid}-{:016x}", u64::from_le_bytes(nonce)).into_bytes();
-    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
+    let listener = UnixListener::bind_addr(&abstract_addr(&name)?)?;
     let pending: Arc<Mutex<HashMap<Token, OwnedFd>>> = Arc::default();
     let table = Arc::clone(&pending);
     std::thread::Builder::new()
@@ -140,7 +157,7 @@ fn take(name: &[u8], token: &Token) -> io::Result<OwnedFd> {
             ),
         )
     };
-    let addr = SocketAddr::from_abstract_name(name)?;
+    let addr = abstract_addr(name)?;
     let mut sock = UnixStream::connect_addr(&addr).map_err(gone)?;
     sock.set_read_timeout(Some(HAND_OVER_TIMEOUT))?;
     sock.set_write_timeout(Some(HAND_OVER_TIMEOUT))?;

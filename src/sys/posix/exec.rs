@@ -121,8 +121,13 @@ pub(crate) fn spawn_self(boot: BorrowedFd<'_>, marker: (&str, &str)) -> io::Resu
 /// binary as its parent: (device, inode, size, modification time in ns).
 pub(crate) fn exe_identity() -> io::Result<(u64, u64, i64, i64)> {
     let st = rustix::fs::stat(self_exe()?)?;
+    // `dev_t` is `u64` on Linux and the BSDs, `i32` on macOS (its bits are what counts).
+    #[cfg(target_vendor = "apple")]
+    let dev = st.st_dev as u32 as u64;
+    #[cfg(not(target_vendor = "apple"))]
+    let dev = st.st_dev;
     Ok((
-        st.st_dev,
+        dev,
         st.st_ino,
         st.st_size,
         st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec as i64,

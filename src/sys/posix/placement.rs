@@ -40,6 +40,7 @@ pub(crate) const MAX_CPUS: usize = 1024;
 /// A CPU set as 64-bit words (the layout of `cpu_set_t` on Linux).
 pub(crate) type CpuMask = [u64; MAX_CPUS / 64];
 
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 fn has(mask: &CpuMask, cpu: usize) -> bool {
     mask[cpu / 64] & (1 << (cpu % 64)) != 0
 }

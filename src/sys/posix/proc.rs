@@ -140,17 +140,23 @@ fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
 
+/// A lock kind as `i32`, whichever integer type the C library gives it.
+fn widen(kind: impl Into<i32>) -> i32 {
+    kind.into()
+}
+
 /// `fcntl(fd, cmd, {kind, offset, 1 byte})`, retried on `EINTR`; the `flock` as the kernel
 /// left it.
 fn record_lock(
     fd: BorrowedFd<'_>,
     cmd: libc::c_int,
-    kind: libc::c_int,
+    kind: impl Into<i32>,
     offset: u64,
 ) -> io::Result<libc::flock> {
     // SAFETY: `flock` is plain data; zero is a valid value for every field.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
+    // The lock kinds are `c_int` on Linux and `c_short` on the BSDs and macOS.
+    fl.l_type = kind.into() as _;
     fl.l_whence = libc::SEEK_SET as _;
     fl.l_start = offset as _;
     fl.l_len = 1;
@@ -244,7 +250,7 @@ pub(crate) fn proc_stat(pid: u32) -> io::Result<Option<(u8, u32)>> {
         return Err(unsupported());
     }
     let fl = record_lock(fd, libc::F_GETLK, libc::F_WRLCK, lock_offset(pid, token))?;
-    if i32::from(fl.l_type) != libc::F_UNLCK {
+    if i32::from(fl.l_type) != widen(libc::F_UNLCK) {
         return Ok(Some((b'R', token)));
     }
     // Nobody holds the byte. A process of another user (another file) is not ours to judge.

@@ -67,11 +67,18 @@ fn stack_name(name: &[u8]) -> Option<[u8; MAX_NAME + 2]> {
 
 /// `shm_open(name, flags, 0600)`, retried on `EINTR`; the descriptor is close-on-exec (POSIX
 /// sets `FD_CLOEXEC` on it).
+/// Owner read and write: `mode_t` is `u32` on Linux and `u16` on the BSDs, and macOS's
+/// `shm_open` takes its mode as a variadic argument, promoted to `c_uint`.
+#[cfg(not(target_vendor = "apple"))]
+const SHM_MODE: libc::mode_t = 0o600;
+#[cfg(target_vendor = "apple")]
+const SHM_MODE: libc::c_uint = 0o600;
+
 fn raw_shm_open(name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: `name` is a NUL-terminated string that lives across the call; the mode is
         // a plain integer.
-        let fd = unsafe { libc::shm_open(name.as_ptr(), flags, 0o600 as libc::c_uint) };
+        let fd = unsafe { libc::shm_open(name.as_ptr(), flags, SHM_MODE) };
         if fd >= 0 {
             // SAFETY: `fd` was just returned by `shm_open` and is owned by nobody else.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
