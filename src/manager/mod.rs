@@ -28,6 +28,13 @@
 //!
 //! See `README.md` beside this file for the protocol and why no update is lost.
 //!
+//! Platforms: `modify` and `#[remote]` types run only functions the server finds in its own
+//! executable's ELF symbol table (so a client holding the key cannot make it call anything
+//! else). Where that table cannot be read (a stripped executable; macOS, whose executables
+//! are Mach-O; a system where the running executable cannot be found), the server refuses
+//! those calls with [`RemoteError::BadRequest`] saying why; the
+//! other proxies work everywhere.
+//!
 //! # Examples
 //! ```
 //! use multiproc::manager::DictProxy;

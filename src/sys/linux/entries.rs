@@ -42,7 +42,7 @@ struct Table {
 pub(crate) fn is_entry(kind: EntryKind, offset: i64) -> Result<bool, String> {
     static TABLE: OnceLock<Result<Table, String>> = OnceLock::new();
     let table = TABLE
-        .get_or_init(|| read_table("/proc/self/exe"))
+        .get_or_init(|| read_table(&exe_path()?))
         .as_ref()
         .map_err(Clone::clone)?;
     Ok(match kind {
@@ -53,8 +53,20 @@ pub(crate) fn is_entry(kind: EntryKind, offset: i64) -> Result<bool, String> {
     .contains(&offset))
 }
 
-fn read_table(path: &str) -> Result<Table, String> {
-    let file = File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+/// The running executable's file: `/proc/self/exe` on the Linux layer (the running file even
+/// if its path was replaced since); on the portable layer, which this file also serves, the
+/// path the program was started from (`current_exe`). Only ELF is read: on macOS (Mach-O)
+/// the table cannot be read and every call is refused, saying why.
+fn exe_path() -> Result<std::path::PathBuf, String> {
+    if cfg!(all(target_os = "linux", not(multiproc_portable))) {
+        return Ok("/proc/self/exe".into());
+    }
+    std::env::current_exe().map_err(|e| format!("cannot find the running executable: {e}"))
+}
+
+fn read_table(file_path: &std::path::Path) -> Result<Table, String> {
+    let path = file_path.display();
+    let file = File::open(file_path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let symbols = function_symbols(&file).map_err(|e| format!("{path}: {e}"))?;
     let mut anchor = None;
     let mut table = Table::default();

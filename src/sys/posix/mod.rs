@@ -16,7 +16,7 @@
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
 //! | `image.rs` | per image format: ELF `.init_array` with `__ehdr_start`/`etext` (Linux, and the BSDs with `dl_iterate_phdr` for the main-executable check), Mach-O `__DATA,__mod_init_func` with `__dso_handle`/`getsegmentdata` (type-checked for macOS, never run) |
 //! | `placement.rs` | portable: niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere); only the Linux branches are built here |
-//! | `entries.rs` | still the Linux file (the manager's ELF symbol reader, which reads `/proc/self/exe`): elsewhere it cannot read the table, and a manager refuses `modify` and `#[remote]` calls with an error saying why |
+//! | `entries.rs` | the Linux file (the manager's ELF symbol reader), reading `current_exe()` on this layer: ELF systems (Linux, the BSDs) have the table; on macOS (Mach-O) a manager refuses `modify` and `#[remote]` calls with an error saying why |
 //!
 //! The crate type-checks (`cargo check --lib`) for x86_64-unknown-freebsd and
 //! x86_64-apple-darwin (CI checks both); it has never been linked or run on them, so the
