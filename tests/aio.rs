@@ -1433,3 +1433,22 @@ fn async_io_pipeline_example_runs() {
         "{out}"
     );
 }
+
+/// A `pipe()`'s message far larger than a socket buffer, sent by a blocking sender: the async
+/// receive reads it through the pair's side socket, waiting on that socket between reads
+/// (not on the pipe, which stays silent meanwhile), and it arrives whole.
+#[test]
+fn a_large_pipe_message_is_received_async_through_many_waits() {
+    on_each_runtime(|rt| async move {
+        let (a, b) = pipe(true).unwrap();
+        let sent: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let sender = std::thread::spawn(move || {
+            b.send_bytes(&sent).unwrap();
+            b
+        });
+        let got = bounded(rt, a.recv_bytes_async()).await.unwrap();
+        assert!(got == expected, "32 MiB intact");
+        drop(sender.join().unwrap());
+    });
+}

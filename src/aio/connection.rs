@@ -25,20 +25,21 @@ async fn recv_with<R>(
     c: &Connection,
     mut attempt: impl FnMut() -> Result<R, RecvError>,
 ) -> Result<R, RecvError> {
-    let mut watch = None;
+    let mut watch: Option<(std::os::fd::RawFd, Watch)> = None;
     loop {
         if let Err(done) = recv_would_block(attempt()) {
             return done;
         }
-        let watch = match &watch {
-            Some(w) => w,
-            None => {
-                // `attempt` failed with `Closed` already if there is no reading end.
-                let fd = c.wait_fd().ok_or(RecvError::Closed)?;
-                watch.insert(Watch::read(fd).map_err(recv_io)?)
-            }
-        };
-        watch.readable().await.map_err(recv_io)?;
+        // `attempt` failed with `Closed` already if there is no reading end. The descriptor
+        // changes while a pipe's large message comes through its side socket.
+        let fd = c.recv_wait_fd().ok_or(RecvError::Closed)?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        if watch.as_ref().is_none_or(|(watched, _)| *watched != raw) {
+            drop(watch.take()); // deregistered before the next is registered
+            watch = Some((raw, Watch::read(fd).map_err(recv_io)?));
+        }
+        let (_, w) = watch.as_ref().expect("just set");
+        w.readable().await.map_err(recv_io)?;
     }
 }
 

@@ -67,6 +67,15 @@ const GROW_STEP: usize = 64 * 1024;
 /// Receive buffers larger than this are freed after use rather than kept for the next message.
 const KEEP_BUFFER: usize = 64 << 20;
 
+/// Frames this large (header included) go through a [`pipe`]'s side socket rather than the
+/// pipe: a Unix stream socket moves large messages faster than a pipe (BENCHMARKS.md, "Large
+/// payloads"), while a pipe is faster for small ones.
+const SIDE_FROM: usize = 256 * 1024;
+
+/// The send buffer asked for on a [`pipe`]'s side socket, and on a Unix socket connection
+/// before its first large message (the kernel may cap it).
+const SIDE_BUFFER: usize = 4 << 20;
+
 /// Creates a pair of connected duplex [`Connection`]s over a Unix socket pair, which, unlike
 /// [`pipe`]'s, can also carry descriptors ([`send_handle`](Connection::send_handle)).
 ///
@@ -136,23 +145,37 @@ const HANDLE_MESSAGE: &[u8] = b"#MULTIPROC-HANDLE#";
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
+/// # Large messages
+/// Each pair also has a Unix socket pair beside its pipes (two more descriptors per end), and
+/// a message of 256 KiB or more crosses through it: a small frame on the pipe says the
+/// message follows on the socket, which is read whole before the next frame. A pipe is the
+/// fastest path for small messages and a socket for large ones (BENCHMARKS.md, "Large
+/// payloads"), so both keep their best figure. Nothing changes for the user: order, `poll`,
+/// [`wait`], timeouts and end of file work as for any connection. The async sends of
+/// `multiproc::aio` keep every message on the pipe; their receives take both.
+///
 /// # Errors
 /// The OS error if pipes cannot be created (out of descriptors).
 #[doc(alias = "Pipe")]
 pub fn pipe(duplex: bool) -> crate::Result<(Connection, Connection)> {
     let (r1, w1) = sys::pipe()?;
-    if duplex {
+    let (s1, s2) = sys::socketpair()?;
+    for s in [&s1, &s2] {
+        sys::set_send_buffer(s.as_fd(), SIDE_BUFFER);
+    }
+    let (a, b) = if duplex {
         let (r2, w2) = sys::pipe()?;
-        Ok((
+        (
             Connection::from_fds(Some(r1), Some(w2)),
             Connection::from_fds(Some(r2), Some(w1)),
-        ))
+        )
     } else {
-        Ok((
+        (
             Connection::from_fds(Some(r1), None),
             Connection::from_fds(None, Some(w1)),
-        ))
-    }
+        )
+    };
+    Ok((a.with_side(s1), b.with_side(s2)))
 }
 
 /// One end of a message channel between processes: Python's `Connection`.
@@ -213,6 +236,10 @@ pub struct Connection {
     /// Frames of at least this many bytes are sent out of band
     /// ([`set_out_of_band`](Connection::set_out_of_band)); `usize::MAX`: never.
     out_of_band_from: AtomicUsize,
+    /// A [`pipe`]'s side socket, which carries messages of [`SIDE_FROM`] bytes or more: the
+    /// pipe gets a frame announcing the message (bit 31 set, as an out-of-band frame on a
+    /// Unix socket), its payload follows on this socket. `None` for other connections.
+    side: Option<OwnedFd>,
 }
 
 /// Not yet asked whether a descriptor is a Unix socket ([`Connection::reader_unix`]).
@@ -238,6 +265,16 @@ enum Frame {
     Inline { start: usize, len: usize },
     /// In a memfd that came with the frame (already consumed from the inbox).
     OutOfBand(large::OutOfBand),
+    /// Read whole from a [`pipe`]'s side socket.
+    Side(Vec<u8>),
+}
+
+/// A message coming through a [`pipe`]'s side socket: `buf[..got]` of its `len` bytes are
+/// in. Kept in the inbox between receives, so that one that timed out resumes.
+struct SidePayload {
+    buf: Vec<u8>,
+    got: usize,
+    len: usize,
 }
 
 /// The frame being received: `buf[..filled]`. Reads are exact, so this never holds bytes of
@@ -255,11 +292,19 @@ struct Inbox {
     keyless_client: bool,
     /// Descriptors that arrived with the frame being received (on a Unix socket).
     fds: Vec<OwnedFd>,
+    /// The message being read from a [`pipe`]'s side socket, once its frame was taken.
+    side: Option<SidePayload>,
 }
 
 impl Inbox {
     fn unread(&self) -> &[u8] {
         &self.buf[..self.filled]
+    }
+
+    /// Whether a receive would find something here without waiting for the descriptor: part
+    /// of a message, end of file, a broken stream, or a side message under way.
+    fn has_buffered(&self) -> bool {
+        !self.unread().is_empty() || self.eof || self.broken || self.side.is_some()
     }
 
     /// Refuses the frame at `buf[start..start + len]` if it is the first one a keyless client
@@ -348,7 +393,38 @@ impl Connection {
             reader_unix: AtomicU8::new(UNKNOWN),
             writer_unix: AtomicU8::new(UNKNOWN),
             out_of_band_from: AtomicUsize::new(usize::MAX),
+            side: None,
         }
+    }
+
+    fn with_side(mut self, side: OwnedFd) -> Self {
+        self.side = Some(side);
+        self
+    }
+
+    /// The side socket, if this connection has one and a frame of `frame_len` bytes should
+    /// go through it.
+    fn side_for(&self, frame_len: usize) -> Option<BorrowedFd<'_>> {
+        self.side
+            .as_ref()
+            .filter(|_| frame_len >= SIDE_FROM)
+            .map(AsFd::as_fd)
+    }
+
+    /// Sends a message of `len` bytes (the concatenation of `parts`) through the side socket:
+    /// its announcing frame on the pipe, then the bytes. The caller holds the send turn.
+    fn send_on_side(
+        writer: BorrowedFd<'_>,
+        side: BorrowedFd<'_>,
+        parts: &[&[u8]],
+        len: usize,
+    ) -> Result<(), SendError> {
+        debug_assert!(len <= wire::MAX_FRAME);
+        let mut frame = [0u8; MIN_FRAME];
+        frame[..HEADER].copy_from_slice(&(len as u32 | large::OOB_FLAG).to_le_bytes());
+        sys::write_all(writer, &frame)?;
+        sys::write_all_vectored(side, parts)?;
+        Ok(())
     }
 
     /// Marks this as a client's connection made without an authkey; see
@@ -383,6 +459,14 @@ impl Connection {
         } else {
             wire::encode_into(value, &mut out)?;
         }
+        if let Some(side) = self.side_for(out.len()) {
+            let len = out.len() - HEADER;
+            Connection::send_on_side(writer.as_fd(), side, &[&out[HEADER..]], len)?;
+            if out.capacity() > KEEP_BUFFER {
+                *out = Vec::new();
+            }
+            return Ok(());
+        }
         if out.len() < MIN_FRAME {
             out.resize(MIN_FRAME, 0);
         }
@@ -408,6 +492,9 @@ impl Connection {
             return Ok(());
         }
         let _serialise = lock(&self.outbox);
+        if let Some(side) = self.side_for(HEADER + bytes.len()) {
+            return Connection::send_on_side(writer.as_fd(), side, &[bytes], bytes.len());
+        }
         if HEADER + bytes.len() < MIN_FRAME {
             let mut frame = [0u8; MIN_FRAME];
             frame[..HEADER].copy_from_slice(&header);
@@ -540,7 +627,8 @@ impl Connection {
         let (start, len) =
             match self.read_frame(reader.as_fd(), &mut inbox, None, wire::MAX_FRAME)? {
                 Frame::Inline { start, len } => (start, len),
-                Frame::OutOfBand(_) => {
+                // (A side message cannot come here: only a pipe's connection has one.)
+                Frame::OutOfBand(_) | Frame::Side(_) => {
                     return Err(DecodeError::new(
                         "expected a descriptor sent with send_handle, but a large message arrived \
                      out of band (it is consumed, its memory closed)",
@@ -612,10 +700,15 @@ impl Connection {
         Ok((writer.as_fd(), out))
     }
 
-    /// Before a large message, asks once for a 1 MiB pipe buffer: fewer wake-ups per message.
+    /// Before a large message, asks once for a 1 MiB pipe buffer, or a larger socket send
+    /// buffer: fewer wake-ups per message.
     fn grow_for(&self, writer: BorrowedFd<'_>, len: usize) {
         if len >= LARGE_MESSAGE && !self.grown.swap(true, Ordering::Relaxed) {
-            sys::set_pipe_size(writer, 1 << 20);
+            if is_unix(&self.writer_unix, writer) {
+                sys::set_send_buffer(writer, SIDE_BUFFER);
+            } else {
+                sys::set_pipe_size(writer, 1 << 20);
+            }
         }
     }
 
@@ -649,6 +742,28 @@ impl Connection {
         self.recv_limited(None, wire::MAX_FRAME)
     }
 
+    /// As [`recv_bytes`](Connection::recv_bytes), waiting at most `timeout` for the message.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::connection::RecvError;
+    ///
+    /// let (a, b) = multiproc::pipe(true)?;
+    /// let nothing = b.recv_bytes_timeout(Duration::from_millis(10));
+    /// assert!(matches!(nothing, Err(RecvError::Timeout)));
+    /// a.send_bytes(b"hello")?;
+    /// assert_eq!(b.recv_bytes_timeout(Duration::from_secs(10))?, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As `recv_bytes`, plus [`RecvError::Timeout`] when no whole message arrived in time
+    /// (part of one may have, and is kept for the next call).
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        self.recv_limited(Some(deadline_after(timeout)), wire::MAX_FRAME)
+    }
+
     /// As [`recv_bytes`](Connection::recv_bytes), refusing messages longer than `max_len`
     /// (Python's `recv_bytes(maxlength)`): such a message is an error and the connection
     /// cannot be read further, so a peer cannot make this end allocate more than `max_len`.
@@ -674,6 +789,7 @@ impl Connection {
                 Ok(bytes)
             }
             Frame::OutOfBand(payload) => Ok(payload.to_vec().map_err(refused)?),
+            Frame::Side(bytes) => Ok(bytes),
         }
     }
 
@@ -688,6 +804,13 @@ impl Connection {
         let mut inbox = lock(&self.inbox);
         if inbox.broken {
             return Err(broken());
+        }
+        if inbox.side.is_some() {
+            // A side message a timed-out receive began: finish it first.
+            return match self.finish_side(&mut inbox, None)? {
+                Frame::Side(message) => side_message_into(message, buf),
+                _ => unreachable!("finish_side gives side messages"),
+            };
         }
         // Every frame is at least MIN_FRAME long, so this never reads into the next one.
         if is_unix(&self.reader_unix, reader) {
@@ -710,6 +833,19 @@ impl Connection {
             }
         };
         let have = inbox.filled - HEADER;
+        if let Some(side) = self
+            .side
+            .as_ref()
+            .filter(|_| out_of_band && len <= buf.len())
+        {
+            // A side message that fits: read straight into `buf`, one copy fewer.
+            inbox.consume();
+            let read = read_side_into(side.as_fd(), &mut buf[..len]);
+            if let Err(RecvError::Io(_)) = read {
+                inbox.broken = true; // part of the message is gone: no resuming
+            }
+            return read.map(|()| len);
+        }
         if len <= have || len > buf.len() || inbox.keyless_client || out_of_band {
             // Already whole, too long for `buf`, to be checked, or out of band: the general
             // path.
@@ -727,6 +863,7 @@ impl Connection {
                         .map_err(refused)?;
                     return Ok(payload.len);
                 }
+                Frame::Side(message) => return side_message_into(message, buf),
             };
             inbox.check_first(start, len)?;
             let result = if len > buf.len() {
@@ -788,6 +925,10 @@ impl Connection {
                 let bytes = payload.map().map_err(refused)?;
                 f(bytes.bytes())
             }
+            Frame::Side(bytes) => {
+                drop(inbox);
+                f(&bytes)
+            }
         }
     }
 
@@ -801,6 +942,9 @@ impl Connection {
         deadline: Option<Instant>,
         max_len: usize,
     ) -> Result<Frame, RecvError> {
+        if inbox.side.is_some() {
+            return self.finish_side(inbox, deadline);
+        }
         let unix = is_unix(&self.reader_unix, reader);
         let found = if unix {
             let mut fds = std::mem::take(&mut inbox.fds);
@@ -830,6 +974,23 @@ impl Connection {
         inbox.keyless_client = false;
         let mut fds = std::mem::take(&mut inbox.fds);
         inbox.consume();
+        if self.side.is_some() && !unix {
+            if len > max_len {
+                // Its bytes are on the side socket, unread: the connection cannot go on.
+                inbox.broken = true;
+                return Err(DecodeError::new(
+                    format!("message of {len} bytes exceeds the {max_len}-byte limit"),
+                    None,
+                )
+                .into());
+            }
+            inbox.side = Some(SidePayload {
+                buf: Vec::new(),
+                got: 0,
+                len,
+            });
+            return self.finish_side(inbox, deadline);
+        }
         let why = match fds.len() {
             1 if len <= max_len => {
                 let file = fds.pop().expect("one descriptor");
@@ -854,6 +1015,68 @@ impl Connection {
         Err(DecodeError::new(why, None).into())
     }
 
+    /// Reads the rest of the message coming through the side socket ([`Inbox::side`]), until
+    /// `deadline`: on timeout what came is kept for the next receive.
+    fn finish_side(
+        &self,
+        inbox: &mut Inbox,
+        deadline: Option<Instant>,
+    ) -> Result<Frame, RecvError> {
+        let side = self
+            .side
+            .as_ref()
+            .expect("a side payload needs a side socket")
+            .as_fd();
+        loop {
+            let pending = inbox.side.as_mut().expect("a side payload is pending");
+            if pending.got == pending.len {
+                let mut bytes = std::mem::take(&mut pending.buf);
+                bytes.truncate(pending.len);
+                inbox.side = None;
+                return Ok(Frame::Side(bytes));
+            }
+            if pending.buf.len() == pending.got {
+                // Grow with what actually arrives (at most doubling), never by what the
+                // header claims.
+                let end = pending
+                    .len
+                    .min(pending.got.max(GROW_STEP).saturating_mul(2));
+                pending.buf.resize(end, 0);
+            }
+            if let Some(d) = deadline
+                && !sys::wait_readable(&[side], Some(d))?[0]
+            {
+                return Err(RecvError::Timeout);
+            }
+            let got = pending.got;
+            match sys::read(side, &mut pending.buf[got..]) {
+                Ok(0) => {
+                    // The sender went away part-way; the pipe tells what follows (end of
+                    // file, most likely).
+                    let (received, expected) = (HEADER + pending.got, HEADER + pending.len);
+                    inbox.side = None;
+                    return Err(RecvError::Truncated { received, expected });
+                }
+                Ok(n) => pending.got += n,
+                Err(e) => {
+                    inbox.side = None;
+                    inbox.broken = true;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// For `crate::aio`: the descriptor a receive that would block waits on: the side socket
+    /// while a message is coming through it, else the reader.
+    #[cfg(any(feature = "tokio", feature = "async-io"))]
+    pub(crate) fn recv_wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        if lock(&self.inbox).side.is_some() {
+            return self.side.as_ref().map(AsFd::as_fd);
+        }
+        self.reader.as_ref().map(AsFd::as_fd)
+    }
+
     /// Whether a message (or end of file) is waiting, waiting up to `timeout` for one;
     /// `None` waits forever, `Some(Duration::ZERO)` just checks. Python's `poll`.
     ///
@@ -866,7 +1089,7 @@ impl Connection {
         let reader = self.reader.as_ref().ok_or(RecvError::Closed)?;
         {
             let inbox = lock(&self.inbox);
-            if !inbox.unread().is_empty() || inbox.eof || inbox.broken {
+            if inbox.has_buffered() {
                 return Ok(true);
             }
         }
@@ -876,8 +1099,7 @@ impl Connection {
 
     /// Whether received bytes are buffered here (so the descriptor may not look readable).
     pub(crate) fn has_buffered(&self) -> bool {
-        let inbox = lock(&self.inbox);
-        !inbox.unread().is_empty() || inbox.eof || inbox.broken
+        lock(&self.inbox).has_buffered()
     }
 
     /// Closes the connection: both directions, at once. Later operations fail with `Closed`;
@@ -885,6 +1107,7 @@ impl Connection {
     pub fn close(&mut self) {
         self.reader = None;
         self.writer = None;
+        self.side = None;
         // Clones keep the buffered bytes; this end just lets go of them.
         self.inbox = Arc::default();
         self.outbox = Arc::default();
@@ -939,6 +1162,7 @@ impl Connection {
             reader_unix: AtomicU8::new(self.reader_unix.load(Ordering::Relaxed)),
             writer_unix: AtomicU8::new(self.writer_unix.load(Ordering::Relaxed)),
             out_of_band_from: AtomicUsize::new(self.out_of_band_from.load(Ordering::Relaxed)),
+            side: dup(&self.side)?,
         })
     }
 
@@ -1007,6 +1231,35 @@ fn fill_at_least_with(
             inbox.eof = true;
         }
         inbox.filled += n;
+    }
+    Ok(())
+}
+
+/// `recv_bytes_into`'s answer for a side message read whole.
+fn side_message_into(message: Vec<u8>, buf: &mut [u8]) -> Result<usize, RecvError> {
+    if message.len() > buf.len() {
+        return Err(RecvError::BufferTooShort {
+            capacity: buf.len(),
+            message,
+        });
+    }
+    buf[..message.len()].copy_from_slice(&message);
+    Ok(message.len())
+}
+
+/// Reads a whole side message into `buf` (blocking: its frame was already taken).
+fn read_side_into(side: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(), RecvError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(side, &mut buf[got..])? {
+            0 => {
+                return Err(RecvError::Truncated {
+                    received: HEADER + got,
+                    expected: HEADER + buf.len(),
+                });
+            }
+            n => got += n,
+        }
     }
     Ok(())
 }
@@ -1131,6 +1384,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("reader", &self.reader)
             .field("writer", &self.writer)
+            .field("side", &self.side)
             .finish_non_exhaustive()
     }
 }
@@ -1157,9 +1411,11 @@ impl Serialize for Connection {
         (
             self.reader.as_ref().map(|fd| PassFd(fd.as_fd())),
             self.writer.as_ref().map(|fd| PassFd(fd.as_fd())),
+            self.side.as_ref().map(|fd| PassFd(fd.as_fd())),
             inbox.unread(),
             inbox.eof,
             inbox.keyless_client,
+            inbox.side.as_ref().map(|p| (&p.buf[..p.got], p.len)),
         )
             .serialize(s)
     }
@@ -1167,16 +1423,32 @@ impl Serialize for Connection {
 
 impl<'de> serde::Deserialize<'de> for Connection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (reader, writer, unread, eof, keyless_client): (
+        #[allow(clippy::type_complexity)]
+        let (reader, writer, side, unread, eof, keyless_client, side_payload): (
+            Option<TakeFd>,
             Option<TakeFd>,
             Option<TakeFd>,
             Vec<u8>,
             bool,
             bool,
+            Option<(Vec<u8>, usize)>,
         ) = serde::Deserialize::deserialize(d)?;
-        let conn = Connection::from_fds(reader.map(|f| f.0), writer.map(|f| f.0));
+        let mut conn = Connection::from_fds(reader.map(|f| f.0), writer.map(|f| f.0));
+        conn.side = side.map(|f| f.0);
         {
             let mut inbox = lock(&conn.inbox);
+            if let Some((buf, len)) = side_payload {
+                if conn.side.is_none() || buf.len() > len || len > wire::MAX_FRAME {
+                    return Err(serde::de::Error::custom(
+                        "a connection's partly received side message does not fit it",
+                    ));
+                }
+                inbox.side = Some(SidePayload {
+                    got: buf.len(),
+                    buf,
+                    len,
+                });
+            }
             inbox.filled = unread.len();
             inbox.buf = unread;
             inbox.eof = eof;
@@ -1415,7 +1687,12 @@ mod tests {
     /// out-of-band messages they cannot take, and `poll` sees one coming.
     #[test]
     fn out_of_band_frames_where_they_cannot_be_taken() {
-        let (r, w) = pipe(false).unwrap();
+        // Bare pipes: a `pipe()`'s own pair takes such a frame as a side message.
+        let (r, w) = sys::pipe().unwrap();
+        let (r, w) = (
+            Connection::from_fds(Some(r), None),
+            Connection::from_fds(None, Some(w)),
+        );
         assert!(matches!(
             w.set_out_of_band(Some(1 << 20)),
             Err(SendError::HandlesUnsupported)
@@ -1448,5 +1725,83 @@ mod tests {
         }
         a.send(&"next").unwrap();
         assert_eq!(b.recv::<String>().unwrap(), "next");
+    }
+
+    /// A `pipe()`'s large message goes through its side socket: the pipe carries only the
+    /// 64-byte frame announcing it; a small one stays on the pipe.
+    #[test]
+    fn a_pipes_large_messages_go_through_its_side_socket() {
+        let (r, w) = pipe(false).unwrap();
+        let big = pattern(SIDE_FROM);
+        let sent = big.clone();
+        let sender = std::thread::spawn(move || {
+            w.send_bytes(&sent).unwrap();
+            w.send_bytes(b"small").unwrap();
+            w
+        });
+        let pipe_fd = r.reader.as_ref().unwrap().as_fd();
+        let side_fd = r.side.as_ref().unwrap().as_fd();
+        let mut frame = [0u8; MIN_FRAME];
+        let mut got = 0;
+        while got < MIN_FRAME {
+            got += sys::read(pipe_fd, &mut frame[got..]).unwrap();
+        }
+        let raw = u32::from_le_bytes(frame[..HEADER].try_into().unwrap());
+        assert_eq!(
+            raw,
+            large::OOB_FLAG | SIDE_FROM as u32,
+            "the announcing frame"
+        );
+        let mut payload = vec![0u8; SIDE_FROM];
+        let mut got = 0;
+        while got < SIDE_FROM {
+            got += sys::read(side_fd, &mut payload[got..]).unwrap();
+        }
+        assert!(payload == big, "the bytes came through the side socket");
+        let w = sender.join().unwrap();
+        assert_eq!(r.recv_bytes().unwrap(), b"small");
+        drop(w);
+        assert!(matches!(r.recv_bytes(), Err(RecvError::Disconnected)));
+    }
+
+    /// Frames forged on a `pipe()`'s pipe: a side message over `recv_bytes_max`'s limit is
+    /// refused (the connection then unreadable, as for an over-long inline message), and one
+    /// whose sender closes part-way gives `Truncated`, then end of file; no hang.
+    #[test]
+    fn forged_side_frames_are_refused() {
+        let announce = |w: &Connection, len: u32| {
+            let mut frame = [0u8; MIN_FRAME];
+            frame[..HEADER].copy_from_slice(&(large::OOB_FLAG | len).to_le_bytes());
+            sys::write_all(w.writer.as_ref().unwrap().as_fd(), &frame).unwrap();
+        };
+        let (r, w) = pipe(false).unwrap();
+        announce(&w, 5000);
+        let e = r.recv_bytes_max(1000).unwrap_err();
+        assert!(e.to_string().contains("exceeds the 1000-byte limit"), "{e}");
+        assert!(
+            r.recv_bytes().is_err(),
+            "unreadable after a refused message"
+        );
+
+        let (r, w) = pipe(false).unwrap();
+        announce(&w, 1000);
+        sys::write_all(w.side.as_ref().unwrap().as_fd(), &[9u8; 500]).unwrap();
+        let wait = Duration::from_millis(20);
+        assert!(matches!(
+            r.recv_bytes_timeout(wait),
+            Err(RecvError::Timeout)
+        ));
+        assert!(
+            r.poll(Some(Duration::ZERO)).unwrap(),
+            "a message is under way"
+        );
+        drop(w);
+        match r.recv_bytes_timeout(Duration::from_secs(10)) {
+            Err(RecvError::Truncated { received, expected }) => {
+                assert_eq!((received, expected), (HEADER + 500, HEADER + 1000));
+            }
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+        assert!(matches!(r.recv_bytes(), Err(RecvError::Disconnected)));
     }
 }

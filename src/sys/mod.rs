@@ -54,7 +54,9 @@ pub(crate) use daemon::detach_daemon;
 pub(crate) use fdpass::*;
 #[cfg(any(feature = "tokio", feature = "async-io"))]
 pub(crate) use nowait::write_nowait;
-pub(crate) use poll::{Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, write_some};
+pub(crate) use poll::{
+    Interest, PollSet, pipe_reader_gone, poll_fds, set_pipe_size, set_send_buffer, write_some,
+};
 pub(crate) use signal::{
     ignore_interrupts, is_main_thread, restore_default_stop_signals, rust_signal_defaults,
 };

@@ -112,6 +112,17 @@ pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     let _ = (fd, size);
 }
 
+/// Asks for a socket send buffer of `size` bytes, so that a large message streams through a
+/// Unix socket in fewer, larger steps. Best effort: the kernel caps it at `wmem_max` (212992
+/// bytes by default; some systems raise it), and a refusal leaves the buffer as it was.
+///
+/// # References
+/// socket(7) `SO_SNDBUF`; unix(7) (a Unix stream socket's in-flight bytes count against the
+/// sender's buffer).
+pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, size: usize) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, size);
+}
+
 /// Whether nobody holds the read end of the pipe whose write end is `fd` any more (a pipe's
 /// write end polls as an error then). Never blocks.
 ///

@@ -459,8 +459,10 @@ pub(super) enum Link {
     SocketOutOfBand,
 }
 
-/// One-way MB/s of `n` `send_bytes` messages of `size` bytes to a child over `pipe(true)`
-/// (`pipe_bytes_1m`, and `bandwidth_by_size` in `large.rs`).
+/// One-way MB/s of `n` `send_bytes` messages of `size` bytes from a child over `pipe(true)`,
+/// received with `recv_bytes_into` (`pipe_bytes_1m`, and `bandwidth_by_size` in `large.rs`).
+/// The child sends and the parent receives, as in [`ipc_channel_mbs`], so that the two are
+/// measured the same way round.
 pub(super) fn ours_pipe_mbs(size: usize, n: usize) -> f64 {
     ours_link_mbs(Link::Pipe, size, n)
 }
@@ -477,20 +479,20 @@ pub(super) fn ours_link_mbs(link: Link, size: usize, n: usize) -> f64 {
         }
     };
     let mut p = Process::new(move || {
-        let mut buf = vec![0u8; size];
+        let payload = vec![0xcdu8; size];
+        let _ = b.recv_bytes().expect("go");
         for _ in 0..n {
-            assert_eq!(b.recv_bytes_into(&mut buf).expect("recv"), size);
+            b.send_bytes(&payload).expect("send");
         }
-        b.send_bytes(b"done").expect("send");
     });
     p.start().expect("start");
-    let payload = vec![0xcdu8; size];
+    let mut buf = vec![0u8; size];
     std::thread::sleep(std::time::Duration::from_millis(50));
     let t = Instant::now();
+    a.send_bytes(b"go").expect("go");
     for _ in 0..n {
-        a.send_bytes(&payload).expect("send");
+        assert_eq!(a.recv_bytes_into(&mut buf).expect("recv"), size);
     }
-    a.recv_bytes().expect("done");
     let mbs = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
     p.join().expect("join");
     mbs
