@@ -17,7 +17,7 @@ import zlib
 
 W, H = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 70, 180, 30, 50
-SIZES = [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20), ("64MiB", 64 << 20)]
+SIZES = [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("256KiB", 256 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20), ("64MiB", 64 << 20)]
 SERIES = [
     ("ours_pipe_", "OURS PIPE", (31, 119, 180)),
     ("ipc_channel_", "IPC-CHANNEL", (255, 127, 14)),

@@ -149,7 +149,13 @@ fn interrupt_helper(mode: &str) -> (std::process::ExitStatus, Vec<String>, Vec<u
             .status();
         panic!("the helper's forkserver {server} outlived it");
     }
-    let rest: Vec<String> = rx.try_iter().collect();
+    // Everything it printed: the reader thread may still be forwarding the last lines (under
+    // load it lags the exit), so read until it ends at end of file, bounded.
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + common::WAIT;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        rest.push(line);
+    }
     (exit.unwrap(), rest, pids, took)
 }
 

@@ -238,7 +238,7 @@ fn pool_map_large(ctx: &mut Ctx) -> Row {
 /// our pipe. The chart is drawn from this row by `bench/plot_bandwidth.py`.
 fn bandwidth_by_size(ctx: &mut Ctx) -> Row {
     let mut row = Row::new("bandwidth_by_size", "MB_per_s_16MiB");
-    let sizes = [4 * KIB, 64 * KIB, MIB, 16 * MIB, 64 * MIB];
+    let sizes = [4 * KIB, 64 * KIB, 256 * KIB, MIB, 16 * MIB, 64 * MIB];
     let rounds = ctx.rounds();
     for size in sizes {
         let n = (256 * MIB / size).clamp(8, 20_000);
