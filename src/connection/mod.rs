@@ -79,11 +79,11 @@ const SIDE_BUFFER: usize = 4 << 20;
 /// Creates a pair of connected duplex [`Connection`]s over a Unix socket pair, which, unlike
 /// [`pipe`]'s, can also carry descriptors ([`send_handle`](Connection::send_handle)).
 ///
-/// This is what Python's `Pipe(duplex=True)` is on Unix. [`pipe`] uses two pipes instead:
-/// faster for large messages (a pipe buffer can be grown to 1 MiB) and, between processes,
-/// whole for messages up to 4092 bytes from several senders at once (see
-/// [`Connection::try_clone`]); sockets give neither. Use this pair when descriptors must
-/// travel.
+/// This is what Python's `Pipe(duplex=True)` is on Unix. [`pipe`] uses two pipes instead,
+/// with a socket pair beside them for messages of 256 KiB or more: faster for small
+/// messages, as fast for large ones, and, between processes, whole for messages up to 4092
+/// bytes from several senders at once (see [`Connection::try_clone`]), which a socket does
+/// not give. Use this pair when descriptors must travel.
 ///
 /// # Examples
 /// ```
@@ -436,7 +436,8 @@ impl Connection {
     /// Sends `value` as one message.
     ///
     /// Blocks while the channel is full (the peer is not reading). The bytes of `value` go
-    /// through the channel, however large, unless this Unix-socket connection was told to
+    /// through the channel, however large (a [`pipe`]'s message of 256 KiB or more through
+    /// the pair's side socket, see [`pipe`]), unless this Unix-socket connection was told to
     /// send large messages out of band ([`set_out_of_band`](Connection::set_out_of_band)); to
     /// hand over a large buffer without copying it, send a
     /// [`SharedBuffer`](crate::shared::SharedBuffer) or

@@ -13,6 +13,31 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
+//! # Large arguments and values
+//! Arguments and values are serialized and copied through each worker's pipes, whatever
+//! their size: a pool does not send large ones out of band (the pool's thread must never
+//! block, and its pipes carry bytes only). Multi-MiB items cross at a fraction of a
+//! connection's bandwidth (BENCHMARKS.md, `pool_map_large`: about 0.4 GB/s for 4 MiB
+//! `ByteBuf`s). For large arrays, pass a [`SharedSlice`](crate::shared::SharedSlice) (or its
+//! [`chunks`](crate::shared::SharedSlice::chunks)) or a
+//! [`SharedBuffer`](crate::shared::SharedBuffer): only a handle travels, and the worker reads
+//! the caller's memory in place.
+//!
+//! ```
+//! use multiproc::{Pool, shared::SharedSlice};
+//!
+//! fn sum(part: SharedSlice<u64>) -> u64 {
+//!     part.iter().sum()
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! let mut big = SharedSlice::<u64>::new(1 << 16)?;
+//! big.get_mut().expect("not shared yet").fill(1);
+//! let sums = pool.map(sum, big.chunks(1 << 12)?)?;
+//! assert_eq!(sums.iter().sum::<u64>(), 1 << 16);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Layout: `mod.rs` ([`Pool`] and its methods), `builder.rs` ([`PoolBuilder`]), `task.rs` (what a
 //! task is, [`TaskFn`] and [`Payload`], and how one is submitted), `map.rs` (`map`'s chunks and
 //! their sinks), `imap.rs` ([`Imap`]), `supervisor/` (the pool's thread: workers, dispatch,
