@@ -27,20 +27,6 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// postcard's varint, as the length of a sequence is written.
-fn leb128(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// Byte containers inside another value, beside other fields.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Mixed {
@@ -135,7 +121,7 @@ fn the_wire_format_is_a_length_then_the_bytes() {
     for n in [0, 1, 127, 128, 300, 16_000] {
         let v = pattern(n, 9);
         a.send(&v).unwrap();
-        let mut expected = leb128(n);
+        let mut expected = common::leb128(n);
         expected.extend_from_slice(&v);
         let got = b.recv_bytes().unwrap();
         assert_eq!(got, expected, "{n} bytes");
@@ -158,14 +144,14 @@ fn bad_bytes_give_a_decode_error() {
         // No length at all.
         Vec::new(),
         // A length that runs past the end of the message, small and huge.
-        leb128(10).into_iter().chain([1, 2, 3]).collect(),
-        leb128(1 << 40),
-        leb128(usize::MAX),
+        common::leb128(10).into_iter().chain([1, 2, 3]).collect(),
+        common::leb128(1 << 40),
+        common::leb128(usize::MAX),
         // A varint that never ends.
         vec![0xff; 12],
     ];
     // Bytes left over after the value.
-    cases.push(leb128(2).into_iter().chain([1, 2, 3]).collect());
+    cases.push(common::leb128(2).into_iter().chain([1, 2, 3]).collect());
     for bad in &cases {
         a.send_bytes(bad).unwrap();
         match b.recv_timeout::<Vec<u8>>(WAIT) {

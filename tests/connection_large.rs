@@ -28,19 +28,6 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
     v
 }
 
-fn leb128(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// The child: sends 16 MiB as a value and as bytes, and returns at once.
 fn send_16_mib_and_exit(conn: Connection) {
     conn.set_out_of_band(Some(OUT_OF_BAND)).unwrap();
@@ -122,7 +109,7 @@ start_method_matrix! {
             let sent = pattern(n, 9);
             mine.send(&sent).unwrap();
             // postcard writes a `Vec<u8>` as its length (LEB128), then the bytes.
-            let mut encoded = leb128(n);
+            let mut encoded = common::leb128(n);
             encoded.extend_from_slice(&sent);
             let want = encoded.iter().map(|&b| u64::from(b)).sum::<u64>();
             assert_eq!(mine.recv_timeout::<u64>(WAIT).unwrap(), want, "{n} bytes");

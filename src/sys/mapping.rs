@@ -1,7 +1,8 @@
 //! Mappings of shared memory and reads of its bytes, shared by every platform layer (each
 //! layer's `shm.rs` re-exports them, so they are reached as `crate::sys::NAME`): a
-//! `MAP_SHARED` [`Mapping`], a file's size and identity, and an out-of-band message's bytes
-//! ([`SealedBytes`], checked by the layer's `check_sealed_len`). What differs by layer: the
+//! `MAP_SHARED` [`Mapping`], a file's size and identity, an out-of-band message's bytes
+//! ([`SealedBytes`], checked by the layer's `check_sealed_len`), and the check of a named
+//! segment's name ([`check_name`], against the layer's `MAX_NAME`). What differs by layer: the
 //! populate hints (`MADV_POPULATE_*` on the Linux layer, nothing on the portable one) and
 //! what the seal check proves (see each layer's `shm.rs`).
 //!
@@ -228,5 +229,28 @@ impl SealedBytes {
         // fixed while borrowed (its `shm.rs` says what a hostile sender could do). The borrow
         // lives no longer than `self`, which unmaps on drop.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    }
+}
+
+/// Checks a named segment's name: 1..=[`MAX_NAME`](crate::sys::MAX_NAME) bytes (the layer's
+/// limit) of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
+    use crate::sys::MAX_NAME;
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid shared memory name {name:?}: use 1 to {MAX_NAME} characters of \
+                 A-Z a-z 0-9 _ . - not starting with a dot"
+            ),
+        ))
     }
 }

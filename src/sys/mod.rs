@@ -23,7 +23,7 @@
 //! [`exit_now`], never through the parent's destructors or `atexit` handlers. The forkserver's
 //! [`SiblingCloner::clone_sibling`] is its sibling for a single-threaded server
 //! (`linux/clone.rs`); [`spawn_self`] re-executes the program (`linux/exec.rs`);
-//! `linux/image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
+//! `image.rs` holds the pre-main hook and the entry-point codec; `fdpass.rs` SCM_RIGHTS;
 //! `linux/ofd.rs` new open file descriptions, OFD locks and eventfds.
 
 #[cfg(all(target_os = "linux", not(multiproc_portable)))]

@@ -330,3 +330,17 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// postcard's varint, as the length of a sequence is written.
+pub fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}

@@ -11,8 +11,10 @@ mod clone;
 mod entries;
 mod exec;
 mod futex;
+#[path = "../image.rs"]
 mod image;
 mod ofd;
+#[path = "../placement.rs"]
 mod placement;
 mod proc;
 mod process;

@@ -13,7 +13,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 // The mapping and its reads are shared by both layers; re-exported here with the rest of
 // this concern.
-pub(crate) use crate::sys::mapping::{Mapping, SealedBytes, fd_len_and_id, read_exact_at_start};
+pub(crate) use crate::sys::mapping::{
+    Mapping, SealedBytes, check_name, fd_len_and_id, read_exact_at_start,
+};
 
 /// A new anonymous shared-memory file of `len` zero bytes (memfd, close-on-exec).
 ///
@@ -140,27 +142,6 @@ pub(crate) fn punch_hole(fd: BorrowedFd<'_>, start: u64, len: u64) {
 
 /// The longest name accepted for a named segment (bytes, without the leading `/`).
 pub(crate) const MAX_NAME: usize = 200;
-
-/// Checks a segment name: 1..=MAX_NAME bytes of `[A-Za-z0-9_.-]`, not starting with a dot.
-pub(crate) fn check_name(name: &str) -> io::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "invalid shared memory name {name:?}: use 1 to {MAX_NAME} characters of \
-                 A-Z a-z 0-9 _ . - not starting with a dot"
-            ),
-        ))
-    }
-}
 
 fn shm_path(name: &str) -> String {
     format!("/dev/shm/{name}")

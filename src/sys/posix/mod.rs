@@ -14,8 +14,8 @@
 //! | `process.rs` | portable: child handles by exit socket pairs reaped with `waitpid` by a reaper thread, parent death by an alive pipe |
 //! | `clone.rs` | portable: the forkserver forks its children and reports their exit codes (CPython's design) |
 //! | `exec.rs` | portable: `posix_spawn` of `current_exe()` as found on first use, with the exit and alive pipes at fixed descriptors |
-//! | `image.rs` | per image format: ELF `.init_array` with `__ehdr_start`/`etext` (Linux, and the BSDs with `dl_iterate_phdr` for the main-executable check), Mach-O `__DATA,__mod_init_func` with `__dso_handle`/`getsegmentdata` (type-checked for macOS, never run) |
-//! | `placement.rs` | portable: niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere); only the Linux branches are built here |
+//! | `image.rs` | shared with the Linux layer (`../image.rs`): per image format, ELF `.init_array` with `__ehdr_start`/`etext` (Linux, and the BSDs with `dl_iterate_phdr` for the main-executable check), Mach-O `__DATA,__mod_init_func` with `__dso_handle`/`getsegmentdata` (type-checked for macOS, never run) |
+//! | `placement.rs` | shared with the Linux layer (`../placement.rs`): niceness and limits by POSIX calls; affinity per target (Linux, FreeBSD; `Unsupported` elsewhere), resident size per target (`/proc/<pid>/statm` on Linux, `proc_pidinfo` on macOS, `sysctl` on FreeBSD; `Unsupported` elsewhere) |
 //! | `entries.rs` | the Linux file (the manager's ELF symbol reader), reading `current_exe()` on this layer: ELF systems (Linux, the BSDs) have the table; on macOS (Mach-O) a manager refuses `modify` and `#[remote]` calls with an error saying why |
 //!
 //! The crate type-checks (`cargo check --lib`) for x86_64-unknown-freebsd and
@@ -31,8 +31,10 @@ mod clone;
 mod entries;
 mod exec;
 mod futex;
+#[path = "../image.rs"]
 mod image;
 mod ofd;
+#[path = "../placement.rs"]
 mod placement;
 mod proc;
 mod process;

@@ -42,7 +42,9 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 // The mapping and its reads are shared by both layers; re-exported here with the rest of
 // this concern.
-pub(crate) use crate::sys::mapping::{Mapping, SealedBytes, fd_len_and_id, read_exact_at_start};
+pub(crate) use crate::sys::mapping::{
+    Mapping, SealedBytes, check_name, fd_len_and_id, read_exact_at_start,
+};
 
 /// The longest name accepted for a named segment (bytes, without the leading `/`). macOS
 /// allows 31 bytes with the slash (`PSHMNAMLEN`); elsewhere the file system's limit is far
@@ -155,27 +157,6 @@ pub(crate) fn has_fixed_size(fd: BorrowedFd<'_>) -> bool {
 
 /// Does nothing: hole punching is Linux's (see the module note).
 pub(crate) fn punch_hole(_fd: BorrowedFd<'_>, _start: u64, _len: u64) {}
-
-/// Checks a segment name: 1..=MAX_NAME bytes of `[A-Za-z0-9_.-]`, not starting with a dot.
-pub(crate) fn check_name(name: &str) -> io::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "invalid shared memory name {name:?}: use 1 to {MAX_NAME} characters of \
-                 A-Z a-z 0-9 _ . - not starting with a dot"
-            ),
-        ))
-    }
-}
 
 /// `/<name>` as a C string, for a name that passed [`check_name`].
 fn checked_name(name: &str) -> io::Result<[u8; MAX_NAME + 2]> {

@@ -1,5 +1,6 @@
-//! Where a child runs and what it may use, on the portable layer: CPU affinity, niceness,
-//! resource limits, and the resident size of a process.
+//! Where a child runs and what it may use, on both layers (each includes this file as its
+//! `placement` module): CPU affinity, niceness, resource limits, and the resident size of a
+//! process.
 //!
 //! Niceness and resource limits are POSIX (`setpriority`, `setrlimit`). The rest has no
 //! POSIX form and is chosen per target with `cfg`, as `stack.rs` does; only the Linux
@@ -11,7 +12,7 @@
 //!   tags, OpenBSD and NetBSD nothing per process) [`allowed_cpus`] and [`set_affinity`]
 //!   return `Unsupported`, so a placement naming CPUs is refused when it is configured, before
 //!   any child is started.
-//! - **Resident size**: `/proc/<pid>/statm` on Linux (the one `/proc` read left on this layer:
+//! - **Resident size**: `/proc/<pid>/statm` on Linux (on the portable layer the one `/proc` read:
 //!   Linux has no other way to read another process's resident size), `proc_pidinfo`
 //!   (`PROC_PIDTASKINFO`) on macOS, `sysctl` (`KERN_PROC_PID`, `ki_rssize`) on FreeBSD;
 //!   elsewhere `Unsupported` (a pool's `max_memory_per_child` then cannot be enforced, and
@@ -40,6 +41,15 @@ pub(crate) const MAX_CPUS: usize = 1024;
 /// A CPU set as 64-bit words (the layout of `cpu_set_t` on Linux).
 pub(crate) type CpuMask = [u64; MAX_CPUS / 64];
 
+/// A C call's return value as a result: 0 is success, anything else the error in `errno`.
+fn os_result(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 fn has(mask: &CpuMask, cpu: usize) -> bool {
     mask[cpu / 64] & (1 << (cpu % 64)) != 0
@@ -63,11 +73,7 @@ mod affinity {
         let set = to_cpu_set(mask);
         // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 is the caller.
         let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        os_result(r)
     }
 
     pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
@@ -76,9 +82,7 @@ mod affinity {
         // SAFETY: `set` is a live, writable cpu_set_t of the size passed.
         let r =
             unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        os_result(r)?;
         Ok((0..MAX_CPUS)
             // SAFETY: `cpu` < MAX_CPUS, the bits of a cpu_set_t.
             .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -113,11 +117,7 @@ mod affinity {
                 &set,
             )
         };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        os_result(r)
     }
 
     pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
@@ -133,9 +133,7 @@ mod affinity {
                 &mut set,
             )
         };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        os_result(r)?;
         Ok((0..set_size())
             // SAFETY: `cpu` < CPU_SETSIZE, the bits of a cpuset_t.
             .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -222,11 +220,7 @@ pub(crate) fn set_rlimit(resource: i32, soft: u64, hard: u64) -> io::Result<()> 
     };
     // SAFETY: `lim` is a live rlimit; an unknown resource number is refused with EINVAL.
     let r = unsafe { libc::setrlimit(resource as _, &lim) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os_result(r)
 }
 
 /// The soft and hard limit of `resource` for the calling process.

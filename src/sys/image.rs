@@ -1,7 +1,7 @@
-//! The running program's image on the portable layer: code addresses that mean the same
-//! thing in a re-executed copy of it, and the pre-main hook through which such a copy becomes
-//! a child instead of running `main`. The platform-neutral part is Linux's (`linux/image.rs`);
-//! the image format is chosen per target with `cfg`, as `stack.rs` does:
+//! The running program's image, on both layers (each includes this file as its `image`
+//! module): code addresses that mean the same thing in a re-executed copy of it, and the
+//! pre-main hook through which such a copy becomes a child instead of running `main`. The
+//! image format is chosen per target with `cfg`, as `stack.rs` does:
 //!
 //! - **ELF on Linux** (built here): the hook in `.init_array`; the image is `__ehdr_start` to
 //!   `etext`; the main executable is the one whose program headers `getauxval(AT_PHDR)` names.
