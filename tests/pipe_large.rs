@@ -1,4 +1,4 @@
-//! Large messages over `pipe()` (issue 17): a message of 256 KiB or more crosses through the
+//! Large messages over `pipe()` (issue 17): a message of 64 KiB or more crosses through the
 //! pair's side socket, announced by a small frame on the pipe. What a caller can see of it:
 //! messages of every size arrive whole and in order, both ways and one way, under every
 //! start method; `recv_bytes_into` and its too-short buffer; a clone of an end keeps the
@@ -18,7 +18,7 @@ use common::{Rng, WAIT};
 const HEADER: usize = 4;
 
 /// Frames of this many bytes or more (header included) go through the side socket.
-const SIDE_FROM: usize = 256 * 1024;
+const SIDE_FROM: usize = 64 * 1024;
 
 /// `n` random bytes from `rng`: a misplaced or repeated chunk shows.
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {

@@ -70,7 +70,7 @@ const KEEP_BUFFER: usize = 64 << 20;
 /// Frames this large (header included) go through a [`pipe`]'s side socket rather than the
 /// pipe: a Unix stream socket moves large messages faster than a pipe (BENCHMARKS.md, "Large
 /// payloads"), while a pipe is faster for small ones.
-const SIDE_FROM: usize = 256 * 1024;
+const SIDE_FROM: usize = 64 * 1024;
 
 /// The send buffer asked for on a [`pipe`]'s side socket, and on a Unix socket connection
 /// before its first large message (the kernel may cap it).
@@ -80,7 +80,7 @@ const SIDE_BUFFER: usize = 4 << 20;
 /// [`pipe`]'s, can also carry descriptors ([`send_handle`](Connection::send_handle)).
 ///
 /// This is what Python's `Pipe(duplex=True)` is on Unix. [`pipe`] uses two pipes instead,
-/// with a socket pair beside them for messages of 256 KiB or more: faster for small
+/// with a socket pair beside them for messages of 64 KiB or more: faster for small
 /// messages, as fast for large ones, and, between processes, whole for messages up to 4092
 /// bytes from several senders at once (see [`Connection::try_clone`]), which a socket does
 /// not give. Use this pair when descriptors must travel.
@@ -147,7 +147,7 @@ const HANDLE_MESSAGE: &[u8] = b"#MULTIPROC-HANDLE#";
 ///
 /// # Large messages
 /// Each pair also has a Unix socket pair beside its pipes (two more descriptors per end), and
-/// a message of 256 KiB or more crosses through it: a small frame on the pipe says the
+/// a message of 64 KiB or more crosses through it: a small frame on the pipe says the
 /// message follows on the socket, which is read whole before the next frame. A pipe is the
 /// fastest path for small messages and a socket for large ones (BENCHMARKS.md, "Large
 /// payloads"), so both keep their best figure. Nothing changes for the user: order, `poll`,
@@ -436,7 +436,7 @@ impl Connection {
     /// Sends `value` as one message.
     ///
     /// Blocks while the channel is full (the peer is not reading). The bytes of `value` go
-    /// through the channel, however large (a [`pipe`]'s message of 256 KiB or more through
+    /// through the channel, however large (a [`pipe`]'s message of 64 KiB or more through
     /// the pair's side socket, see [`pipe`]), unless this Unix-socket connection was told to
     /// send large messages out of band ([`set_out_of_band`](Connection::set_out_of_band)); to
     /// hand over a large buffer without copying it, send a
