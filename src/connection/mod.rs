@@ -463,16 +463,13 @@ impl Connection {
         if let Some(side) = self.side_for(out.len()) {
             let len = out.len() - HEADER;
             Connection::send_on_side(writer.as_fd(), side, &[&out[HEADER..]], len)?;
-            if out.capacity() > KEEP_BUFFER {
-                *out = Vec::new();
+        } else {
+            if out.len() < MIN_FRAME {
+                out.resize(MIN_FRAME, 0);
             }
-            return Ok(());
+            self.grow_for(writer.as_fd(), out.len());
+            sys::write_all(writer.as_fd(), &out)?;
         }
-        if out.len() < MIN_FRAME {
-            out.resize(MIN_FRAME, 0);
-        }
-        self.grow_for(writer.as_fd(), out.len());
-        sys::write_all(writer.as_fd(), &out)?;
         if out.capacity() > KEEP_BUFFER {
             *out = Vec::new();
         }
